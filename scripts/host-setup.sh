@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian host for astrtc: a Docker engine, compose v2, and the base image the
+# Asterisk Dockerfile names. Idempotent: each step is skipped when its result is already there.
+# Used by `make up`, `make test` and .ci/run. Needs root (apt-get, dockerd).
+set -euo pipefail
+
+BASE_IMAGE="${BASE_IMAGE:-debian:trixie-slim}"
+log() { printf 'host-setup: %s\n' "$*" >&2; }
+
+# The Debian mirror this host already uses (never the security entry). Works for the deb822
+# debian.sources format and the one-line sources.list format, so users behind their own mirror
+# keep using it.
+host_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/debian.sources; do
+    [ -f "$f" ] || continue
+    awk 'BEGIN{RS=""} !/-security/ { for (i=1;i<=NF;i++) if ($i=="URIs:") { print $(i+1); exit } }' "$f"
+    return
+  done
+  awk '$1=="deb" && $0 !~ /security/ { for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
+    /etc/apt/sources.list
+}
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ $apt_updated = 0 ]; then apt-get update -qq; apt_updated=1; fi
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_docker() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  if ! command -v dockerd >/dev/null 2>&1; then apt_install docker.io; fi
+  log "starting dockerd (log: /var/log/dockerd.log)"
+  setsid dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  log "dockerd did not answer within 30 s; see /var/log/dockerd.log"
+  exit 1
+}
+
+# Compose v2: Debian trixie ships it as a static CLI plugin; take it from the trixie .deb.
+ensure_compose() {
+  if docker compose version >/dev/null 2>&1; then return 0; fi
+  local mirror tmp
+  mirror="$(host_mirror)"
+  tmp="$(mktemp -d)"
+  mkdir -p "$tmp/lists" "$tmp/cache/archives/partial"
+  echo "deb $mirror trixie main" > "$tmp/trixie.list"
+  local opts=(-o "Dir::Etc::SourceList=$tmp/trixie.list" -o "Dir::Etc::SourceParts=-"
+    -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
+  log "fetching docker-compose from trixie ($mirror)"
+  apt-get "${opts[@]}" update -qq
+  (cd "$tmp" && apt-get "${opts[@]}" download docker-compose >/dev/null)
+  dpkg -x "$tmp"/docker-compose_*.deb "$tmp/x"
+  install -D -m 0755 "$tmp/x/usr/libexec/docker/cli-plugins/docker-compose" \
+    /usr/libexec/docker/cli-plugins/docker-compose
+  rm -rf "$tmp"
+  docker compose version >/dev/null
+}
+
+# The base image: pulled where a registry answers, else made locally with debootstrap and slimmed
+# the way Debian's own slim images are.
+ensure_base_image() {
+  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then return 0; fi
+  if timeout 60 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then return 0; fi
+  local suite="${BASE_IMAGE#debian:}"; suite="${suite%-slim}"
+  apt_install debootstrap
+  local mirror root
+  mirror="$(host_mirror)"
+  root="$(mktemp -d)"
+  log "no registry: building $BASE_IMAGE with debootstrap from $mirror"
+  debootstrap --variant=minbase "$suite" "$root" "$mirror" >/var/log/astrtc-debootstrap.log 2>&1
+  # Make it look like the official image: deb822 sources with a main and a security stanza.
+  rm -f "$root/etc/apt/sources.list"
+  cat > "$root/etc/apt/sources.list.d/debian.sources" <<SRC
+Types: deb
+URIs: $mirror
+Suites: $suite $suite-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: ${mirror%/debian}/debian-security
+Suites: $suite-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+    "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
+    "$root"/var/log/* "$root"/tmp/*
+  find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name 'locale.alias' -exec rm -rf {} + 2>/dev/null || true
+  tar -C "$root" -c . | docker import - "$BASE_IMAGE" >/dev/null
+  rm -rf "$root"
+  log "made $BASE_IMAGE ($(docker image inspect -f '{{.Size}}' "$BASE_IMAGE") bytes)"
+}
+
+what="${1:-all}"
+case "$what" in
+  docker) ensure_docker ;;
+  all) ensure_docker; ensure_compose; ensure_base_image ;;
+  *) echo "usage: $0 [docker|all]" >&2; exit 2 ;;
+esac

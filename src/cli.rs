@@ -1,0 +1,55 @@
+//! Command-line types (clap derive) and nothing else: parsing lives here, running in
+//! [`crate::run`].
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// astrtc: one spec file to a WebRTC-ready Asterisk.
+#[derive(Debug, Parser)]
+#[command(name = "astrtc", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented starter spec (astrtc.toml) and a secrets file with generated passwords.
+    #[command(after_help = "Example:\n  astrtc init --dir pbx --domain pbx.example.test")]
+    Init {
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// DNS name browsers connect to (wss://DOMAIN:8089/ws).
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        /// Overwrite existing files (generates new passwords).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Render Asterisk configs, keys and compose.yaml from the spec.
+    #[command(
+        after_help = "Examples:\n  astrtc render --spec pbx/astrtc.toml --out pbx/deploy\n  \
+                            astrtc render --spec pbx/astrtc.toml --out pbx/deploy --check"
+    )]
+    Render {
+        /// The spec file.
+        #[arg(long, default_value = "astrtc.toml")]
+        spec: PathBuf,
+        /// Output directory (replaced as a whole, atomically).
+        #[arg(long, default_value = "deploy")]
+        out: PathBuf,
+        /// Write nothing; exit 0 when the output is up to date, else print a diff and exit 1.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Generate passwords for endpoints of the spec that have none in the secrets file.
+    Secrets {
+        /// The spec file.
+        #[arg(long, default_value = "astrtc.toml")]
+        spec: PathBuf,
+    },
+}

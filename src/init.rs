@@ -1,0 +1,184 @@
+//! `astrtc init`: writes a commented starter spec and a secrets file with generated passwords.
+//!
+//! Owns: the starter spec's text (every option shown with its default, taken from
+//! [`crate::plan::defaults`] so the two can never disagree) and refusing to overwrite. The
+//! secrets file is created with mode 0600 and its passwords are never printed.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use minijinja::{context, Environment, UndefinedBehavior};
+use thiserror::Error;
+
+use crate::plan::defaults as d;
+use crate::spec::secrets::{generate_password, Secrets};
+use crate::spec::validate::{dns_name, MAX_BRIDGE_RTP_PORTS};
+
+const SPEC_TEMPLATE: &str = include_str!("init/astrtc.toml.j2");
+
+/// Spec file name `init` writes.
+pub const SPEC_FILE: &str = "astrtc.toml";
+
+/// Errors of `astrtc init`.
+#[derive(Debug, Error, miette::Diagnostic)]
+pub enum InitError {
+    /// A file exists and `--force` was not given.
+    #[error("{} already exists", path.display())]
+    #[diagnostic(
+        code(astrtc::init::exists),
+        help("pass --force to overwrite it (new passwords are generated)")
+    )]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The domain is not a DNS name.
+    #[error("--domain: {reason}")]
+    #[diagnostic(code(astrtc::init::domain))]
+    Domain {
+        /// Why.
+        reason: String,
+    },
+    /// Writing failed.
+    #[error("failed to write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl InitError {
+    /// True for errors in the user's flags (exit code 2).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, InitError::Exists { .. } | InitError::Domain { .. })
+    }
+}
+
+/// What `init` wrote.
+#[derive(Debug)]
+pub struct Written {
+    /// The spec.
+    pub spec: PathBuf,
+    /// The secrets file.
+    pub secrets: PathBuf,
+    /// Endpoint ids that got passwords.
+    pub endpoints: Vec<String>,
+}
+
+/// The starter spec's text for `domain`.
+pub fn spec_text(domain: &str) -> String {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .expect("default delimiters are valid"),
+    );
+    let quoted = |list: &[&str]| {
+        format!(
+            "[{}]",
+            list.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let defaults = context! {
+        NAME => d::NAME, IMAGE => d::IMAGE, SECRETS_FILE => d::SECRETS_FILE,
+        SIP_PORT => d::SIP_PORT, WSS_PORT => d::WSS_PORT, HTTP_PORT => d::HTTP_PORT,
+        RTP_START => d::RTP_START, RTP_END => d::RTP_END,
+        BRIDGE_SUBNET => d::BRIDGE_SUBNET, BRIDGE_ADDRESS => d::BRIDGE_ADDRESS.to_string(),
+        CA_DIR => d::CA_DIR, CONTEXT => d::CONTEXT, ECHO_EXTENSION => d::ECHO_EXTENSION,
+        MAX_CONTACTS => d::MAX_CONTACTS,
+    };
+    env.render_str(
+        SPEC_TEMPLATE,
+        context! {
+            d => defaults,
+            domain => domain,
+            max_bridge => MAX_BRIDGE_RTP_PORTS,
+            local_nets => quoted(d::LOCAL_NETS),
+            webrtc_codecs => quoted(d::WEBRTC_CODECS),
+            sip_codecs => quoted(d::SIP_CODECS),
+        },
+    )
+    .expect("the embedded starter spec renders")
+}
+
+/// The endpoint ids of the starter spec.
+pub const STARTER_ENDPOINTS: &[&str] = &["199", "3001", "3002"];
+
+/// Writes `DIR/astrtc.toml` and `DIR/astrtc.secrets.toml`.
+pub fn init(dir: &Path, domain: &str, force: bool) -> Result<Written, InitError> {
+    dns_name(domain).map_err(|reason| InitError::Domain { reason })?;
+    let spec = dir.join(SPEC_FILE);
+    let secrets = dir.join(d::SECRETS_FILE);
+    if !force {
+        for p in [&spec, &secrets] {
+            if p.exists() {
+                return Err(InitError::Exists { path: p.clone() });
+            }
+        }
+    }
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| InitError::Write { path, source }
+    };
+    fs::create_dir_all(dir).map_err(werr(dir))?;
+    let mut s = Secrets::default();
+    for id in STARTER_ENDPOINTS {
+        s.endpoints.insert(id.to_string(), generate_password());
+    }
+    write_new(&secrets, s.to_toml().as_bytes(), 0o600).map_err(werr(&secrets))?;
+    write_new(&spec, spec_text(domain).as_bytes(), 0o644).map_err(werr(&spec))?;
+    Ok(Written {
+        spec,
+        secrets,
+        endpoints: STARTER_ENDPOINTS.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+/// Adds generated passwords for endpoints that have none; returns their ids.
+pub fn fill_secrets(
+    path: &Path,
+    existing: Option<Secrets>,
+    ids: &[String],
+) -> Result<Vec<String>, InitError> {
+    let mut s = existing.unwrap_or_default();
+    let mut added = Vec::new();
+    for id in ids {
+        if !s.endpoints.contains_key(id) {
+            s.endpoints.insert(id.clone(), generate_password());
+            added.push(id.clone());
+        }
+    }
+    if !added.is_empty() {
+        crate::certs::local_ca::write_atomic(path, s.to_toml().as_bytes(), 0o600).map_err(
+            |source| InitError::Write {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+    }
+    Ok(added)
+}
+
+/// Creates (or truncates) a file with `mode` from the start, so a secret is never readable by
+/// others even for an instant.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}

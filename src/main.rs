@@ -1,0 +1,13 @@
+//! The `astrtc` binary: parse the command line, run, print errors as miette reports, exit
+//! 0 (success), 1 (failure at run time) or 2 (bad input).
+
+use clap::Parser;
+
+fn main() {
+    let cli = astrtc::cli::Cli::parse();
+    if let Err(err) = astrtc::run::run(cli.command) {
+        let code = err.exit_code();
+        eprintln!("{:?}", miette::Report::new(err));
+        std::process::exit(code);
+    }
+}

@@ -1,0 +1,47 @@
+//! Renders `deploy/compose.yaml`, the main deployment path (`docker compose up`).
+//!
+//! Owns: the compose-specific derived strings (published ports, tmpfs options). Every value is
+//! JSON-escaped by the environment (a JSON literal is a valid YAML scalar), so no spec value can
+//! add a key.
+
+use minijinja::value::{Serde, Value};
+use minijinja::{context, Environment};
+
+use super::templates::COMPOSE_YAML;
+use super::{Bundle, FileKind, RenderError};
+use crate::plan::{image, Plan};
+use crate::spec::NetworkMode;
+
+/// Name of the user-defined network in bridge mode.
+pub const NETWORK_NAME: &str = "astrtc";
+
+/// Adds `compose.yaml` to the bundle.
+pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result<(), RenderError> {
+    let n = &plan.network;
+    let rtp_range = format!("{}-{}", plan.rtp.start, plan.rtp.end);
+    let published_ports: Vec<String> = if n.mode == NetworkMode::Bridge {
+        vec![
+            format!("{0}:{0}/tcp", n.wss_port),
+            format!("{0}:{0}/udp", n.sip_port),
+            format!("{rtp_range}:{rtp_range}/udp"),
+        ]
+    } else {
+        Vec::new()
+    };
+    let ctx = context! {
+        plan => Value::from(Serde(plan)),
+        rtp_range => rtp_range,
+        published_ports => published_ports,
+        network_name => NETWORK_NAME,
+        config_dir => image::CONFIG_DIR,
+        keys_dir => image::KEYS_DIR,
+        asterisk_uid => image::ASTERISK_UID,
+        healthcheck => Value::from(Serde(["CMD", image::HEALTHCHECK])),
+    };
+    bundle.add(
+        COMPOSE_YAML,
+        super::render_template(env, COMPOSE_YAML, &ctx)?,
+        FileKind::Public,
+    );
+    Ok(())
+}

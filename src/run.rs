@@ -1,0 +1,166 @@
+//! Runs a parsed command: the glue between the CLI and the library's steps
+//! (spec → plan → bundle → disk). Owns exit codes: 0 success, 1 failure at run time, 2 bad input.
+
+use std::path::Path;
+
+use thiserror::Error;
+
+use crate::certs::local_ca::LocalCa;
+use crate::certs::CertError;
+use crate::cli::Command;
+use crate::init::{self, InitError};
+use crate::plan::{self, HostFacts, Plan};
+use crate::render::{self, CheckReport, RenderError};
+use crate::spec::{self, SpecError, TlsMode};
+
+/// Any failure of a command.
+#[derive(Debug, Error, miette::Diagnostic)]
+pub enum RunError {
+    /// Bad spec or secrets.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Spec(#[from] SpecError),
+    /// `init` failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Init(#[from] InitError),
+    /// Rendering or writing failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Render(#[from] RenderError),
+    /// Certificates failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Cert(#[from] CertError),
+    /// `render --check` found differences.
+    #[error("{out} is out of date with {spec}: {count} difference{s}", s = if *count == 1 { "" } else { "s" })]
+    #[diagnostic(
+        code(astrtc::render::out_of_date),
+        help("run `astrtc render` to update it")
+    )]
+    OutOfDate {
+        /// Spec path.
+        spec: String,
+        /// Output path.
+        out: String,
+        /// Number of differences.
+        count: usize,
+    },
+}
+
+impl RunError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Spec(_) => 2,
+            RunError::Init(e) if e.is_bad_input() => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs one command, printing progress to stderr and results to stdout.
+pub fn run(command: Command) -> Result<(), RunError> {
+    match command {
+        Command::Init { dir, domain, force } => {
+            let w = init::init(&dir, &domain, force)?;
+            println!(
+                "wrote {} and {} (mode 0600)",
+                w.spec.display(),
+                w.secrets.display()
+            );
+            println!(
+                "endpoints: {} (passwords in {})",
+                w.endpoints.join(", "),
+                w.secrets.display()
+            );
+            println!(
+                "next: astrtc render --spec {} --out {}",
+                w.spec.display(),
+                dir.join("deploy").display()
+            );
+            Ok(())
+        }
+        Command::Render { spec, out, check } => {
+            let plan = load_plan(&spec)?;
+            if check {
+                let report = check_output(&plan, &out)?;
+                if report.is_up_to_date() {
+                    println!("{} is up to date", out.display());
+                    Ok(())
+                } else {
+                    print!("{report}");
+                    Err(RunError::OutOfDate {
+                        spec: spec.display().to_string(),
+                        out: out.display().to_string(),
+                        count: report.changes.len(),
+                    })
+                }
+            } else {
+                write_output(&plan, &out)?;
+                println!("rendered {} from {}", out.display(), spec.display());
+                println!(
+                    "start it: cd {} && docker compose up -d --wait",
+                    out.display()
+                );
+                Ok(())
+            }
+        }
+        Command::Secrets { spec } => {
+            let loaded = spec::load(&spec)?;
+            let path = plan::secrets_path(&loaded);
+            let existing = if path.exists() {
+                Some(spec::secrets::load(&path)?.secrets)
+            } else {
+                None
+            };
+            let ids: Vec<String> = loaded.spec.endpoints.iter().map(|e| e.id.clone()).collect();
+            let added = init::fill_secrets(&path, existing, &ids)?;
+            if added.is_empty() {
+                println!(
+                    "every endpoint already has a password in {}",
+                    path.display()
+                );
+            } else {
+                println!(
+                    "generated passwords for {} in {}",
+                    added.join(", "),
+                    path.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Loads and validates a spec and its secrets into a plan.
+pub fn load_plan(spec_path: &Path) -> Result<Plan, RunError> {
+    let loaded = spec::load(spec_path)?;
+    let secrets = plan::load_secrets(&loaded)?;
+    Ok(plan::build(&loaded, &secrets, HostFacts::detect())?)
+}
+
+/// Renders a plan into `out` atomically, creating the local CA on first use.
+pub fn write_output(plan: &Plan, out: &Path) -> Result<(), RunError> {
+    let certs = match plan.tls.mode {
+        TlsMode::SelfSigned => {
+            let ca = LocalCa::load_or_create(&plan.tls.ca_dir, &plan.tls.domain)?;
+            ca.leaf(&plan.tls.names, render::existing_certs(out).as_ref())?
+        }
+    };
+    render::render(plan, &certs)?.write_atomic(out, plan.secret_access)?;
+    Ok(())
+}
+
+/// Compares what `write_output` would write with `out`, writing nothing.
+pub fn check_output(plan: &Plan, out: &Path) -> Result<CheckReport, RunError> {
+    let certs = match plan.tls.mode {
+        TlsMode::SelfSigned => {
+            let ca = LocalCa::load(&plan.tls.ca_dir)?.ok_or_else(|| CertError::NoCa {
+                dir: plan.tls.ca_dir.clone(),
+            })?;
+            ca.leaf(&plan.tls.names, render::existing_certs(out).as_ref())?
+        }
+    };
+    Ok(render::render(plan, &certs)?.check(out)?)
+}

@@ -1,0 +1,183 @@
+//! The spec: what the user wrote in `astrtc.toml` (and, apart, in `astrtc.secrets.toml`).
+//!
+//! This module owns reading and parsing only. Every field the user may leave out is an `Option`
+//! here, so that `Spec` says exactly what was written; defaults are applied once, in
+//! [`crate::plan`], and semantic checks live in [`validate`]. Nothing here renders or writes.
+
+pub mod secrets;
+pub mod source;
+pub mod validate;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use source::{Problem, SourceFile, SpecError};
+
+/// The parsed `astrtc.toml`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Deployment name: the compose project name and the prefix of everything it creates.
+    pub name: Option<String>,
+    /// Image reference of the Asterisk image (`astrtc build` tags it, compose runs it).
+    pub image: Option<String>,
+    /// Path of the secrets file, relative to the spec file.
+    pub secrets: Option<PathBuf>,
+    /// How the container is attached to the network, and the ports it listens on.
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// Media ports and ICE helpers.
+    #[serde(default)]
+    pub rtp: RtpSpec,
+    /// The certificate of the WSS listener.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// The dialplan context and test extensions.
+    #[serde(default)]
+    pub dialplan: DialplanSpec,
+    /// The endpoints, in the order they are rendered.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// `host` (default) or `bridge`.
+    pub mode: Option<NetworkMode>,
+    /// Public address clients reach Asterisk at, when it sits behind NAT.
+    pub public_address: Option<IpAddr>,
+    /// Networks reached without NAT (CIDR), used with `public_address`.
+    pub local_nets: Option<Vec<String>>,
+    /// SIP over UDP port.
+    pub sip_port: Option<i64>,
+    /// WSS (SIP over secure WebSocket) port of Asterisk's HTTPS server.
+    pub wss_port: Option<i64>,
+    /// Plain HTTP port, bound to loopback only.
+    pub http_port: Option<i64>,
+    /// Bridge mode: the user-defined network's subnet (CIDR).
+    pub bridge_subnet: Option<String>,
+    /// Bridge mode: the container's fixed address in that subnet.
+    pub bridge_address: Option<IpAddr>,
+}
+
+/// How the Asterisk container reaches the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkMode {
+    /// Host networking: every port, including the whole RTP range, without Docker's proxy.
+    Host,
+    /// A user-defined bridge with a fixed address; only a narrow RTP range is published.
+    Bridge,
+}
+
+/// `[rtp]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RtpSpec {
+    /// First RTP port.
+    pub start: Option<i64>,
+    /// Last RTP port.
+    pub end: Option<i64>,
+    /// STUN server as `host:port`.
+    pub stun: Option<String>,
+    /// TURN server as `host:port` (its password lives in the secrets file).
+    pub turn: Option<String>,
+    /// TURN user name.
+    pub turn_username: Option<String>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// `self-signed` (default): a local CA made once and reused.
+    pub mode: Option<TlsMode>,
+    /// The name browsers connect to (`wss://DOMAIN:PORT/ws`).
+    pub domain: Option<String>,
+    /// More DNS names for the certificate.
+    pub extra_names: Option<Vec<String>>,
+    /// Where the local CA's certificate and key are kept, relative to the spec file.
+    pub ca_dir: Option<PathBuf>,
+}
+
+/// Where the WSS certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// A local CA made by astrtc, for development and private networks.
+    SelfSigned,
+}
+
+/// `[dialplan]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DialplanSpec {
+    /// The context every endpoint sends calls to.
+    pub context: Option<String>,
+    /// The extension that answers and echoes audio back.
+    pub echo_extension: Option<String>,
+}
+
+/// One `[[endpoints]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// The endpoint id: SIP user name and the extension that rings it.
+    pub id: String,
+    /// `webrtc` (browser over WSS) or `sip` (plain SIP phone over UDP).
+    pub kind: EndpointKind,
+    /// Codecs in order of preference.
+    pub codecs: Option<Vec<String>>,
+    /// Caller id name shown to the called party.
+    pub display_name: Option<String>,
+    /// How many registrations at once (default 1; a new one replaces the oldest).
+    pub max_contacts: Option<i64>,
+}
+
+/// What kind of client an endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointKind {
+    /// A browser: WSS, DTLS-SRTP, ICE, AVPF, rtcp-mux.
+    Webrtc,
+    /// A plain SIP phone: UDP, RTP.
+    Sip,
+}
+
+/// A spec file as read from disk, kept whole so errors can point into it.
+#[derive(Debug, Clone)]
+pub struct LoadedSpec {
+    /// The parsed spec.
+    pub spec: Spec,
+    /// The file it came from, with its text.
+    pub source: SourceFile,
+}
+
+impl LoadedSpec {
+    /// The directory relative paths in the spec are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        match self.source.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+}
+
+/// Reads and parses a spec file. Syntax errors, unknown keys and wrong types are reported with
+/// the position in the file.
+pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
+    let source = SourceFile::read(path)?;
+    let spec = source.parse::<Spec>()?;
+    Ok(LoadedSpec { spec, source })
+}
+
+/// Parses spec text that did not come from a file (tests, `init`).
+pub fn parse(name: &str, text: &str) -> Result<LoadedSpec, SpecError> {
+    let source = SourceFile::new(PathBuf::from(name), text.to_string());
+    let spec = source.parse::<Spec>()?;
+    Ok(LoadedSpec { spec, source })
+}

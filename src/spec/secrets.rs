@@ -1,0 +1,91 @@
+//! The secrets file (`astrtc.secrets.toml`): endpoint passwords and the TURN password, kept
+//! apart from the spec so the spec can be committed and shared.
+//!
+//! Owns: the file's format, generating strong passwords, and writing the file with mode 0600.
+//! It never prints a secret; `Debug` of [`Secrets`] redacts them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{SourceFile, SpecError};
+
+/// Length of generated passwords: 32 characters from a 62-letter alphabet is 190 bits.
+pub const GENERATED_PASSWORD_LEN: usize = 32;
+
+/// The parsed secrets file.
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// Endpoint id → SIP digest password.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, String>,
+    /// TURN credentials, when `[rtp] turn` is set.
+    pub turn: Option<TurnSecrets>,
+}
+
+/// `[turn]` in the secrets file.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnSecrets {
+    /// The TURN password.
+    pub password: String,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secrets")
+            .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .field("turn", &self.turn.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A secrets file as read from disk.
+#[derive(Debug, Clone)]
+pub struct LoadedSecrets {
+    /// The parsed secrets.
+    pub secrets: Secrets,
+    /// The file, for error positions.
+    pub source: SourceFile,
+}
+
+/// Reads and parses a secrets file.
+pub fn load(path: &Path) -> Result<LoadedSecrets, SpecError> {
+    let source = SourceFile::read(path)?;
+    let secrets = source.parse::<Secrets>()?;
+    Ok(LoadedSecrets { secrets, source })
+}
+
+/// A new random password of [`GENERATED_PASSWORD_LEN`] letters and digits (≥128 bits).
+pub fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(GENERATED_PASSWORD_LEN);
+    while out.len() < GENERATED_PASSWORD_LEN {
+        let mut buf = [0u8; 64];
+        getrandom::fill(&mut buf).expect("the OS random source failed");
+        // Rejection sampling: 248 = 4 * 62, so bytes below it map uniformly.
+        for b in buf.iter().filter(|b| **b < 248) {
+            if out.len() == GENERATED_PASSWORD_LEN {
+                break;
+            }
+            out.push(ALPHABET[(*b % 62) as usize] as char);
+        }
+    }
+    out
+}
+
+impl Secrets {
+    /// The file's text, with a header saying what it is.
+    pub fn to_toml(&self) -> String {
+        let mut text = String::from(
+            "# astrtc secrets: SIP passwords for the endpoints in astrtc.toml.\n\
+             # Keep this file private (mode 0600) and out of version control.\n\
+             # Passwords: 16-128 characters of A-Z a-z 0-9 - _ . ~ + / ! @ % ^ * ( ) , : ?\n\n",
+        );
+        text.push_str(&toml::to_string(self).expect("secrets serialize"));
+        text
+    }
+}
