@@ -52,4 +52,27 @@ pub enum Command {
         #[arg(long, default_value = "astrtc.toml")]
         spec: PathBuf,
     },
+    /// Build the Asterisk image (Asterisk 22 from source, bundled pjproject, opus) and tag it as
+    /// the spec's `image`.
+    Build {
+        /// The spec file.
+        #[arg(long, default_value = "astrtc.toml")]
+        spec: PathBuf,
+        /// Build from this directory instead of the copy embedded in astrtc (e.g. images/asterisk).
+        #[arg(long)]
+        context: Option<PathBuf>,
+        /// Print the full build log.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Print what a person needs to use a rendered deployment: WSS URL, endpoints, where the
+    /// passwords are, the CA to import in browsers.
+    Info {
+        /// The spec file.
+        #[arg(long, default_value = "astrtc.toml")]
+        spec: PathBuf,
+        /// The rendered output directory.
+        #[arg(long, default_value = "deploy")]
+        out: PathBuf,
+    },
 }

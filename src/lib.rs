@@ -17,8 +17,11 @@
 
 pub mod certs;
 pub mod cli;
+pub mod image;
 pub mod init;
 pub mod plan;
 pub mod render;
 pub mod run;
 pub mod spec;
+pub mod testing;
+pub mod verify;

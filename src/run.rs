@@ -8,6 +8,7 @@ use thiserror::Error;
 use crate::certs::local_ca::LocalCa;
 use crate::certs::CertError;
 use crate::cli::Command;
+use crate::image::{self, BuildContext, ImageError};
 use crate::init::{self, InitError};
 use crate::plan::{self, HostFacts, Plan};
 use crate::render::{self, CheckReport, RenderError};
@@ -32,6 +33,10 @@ pub enum RunError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Cert(#[from] CertError),
+    /// Building the image failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Image(#[from] ImageError),
     /// `render --check` found differences.
     #[error("{out} is out of date with {spec}: {count} difference{s}", s = if *count == 1 { "" } else { "s" })]
     #[diagnostic(
@@ -106,6 +111,29 @@ pub fn run(command: Command) -> Result<(), RunError> {
                 Ok(())
             }
         }
+        Command::Build {
+            spec,
+            context,
+            verbose,
+        } => {
+            let plan = load_plan(&spec)?;
+            let ctx = context
+                .map(BuildContext::Dir)
+                .unwrap_or(BuildContext::Embedded);
+            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+            let built = runtime.block_on(async {
+                let docker = image::connect().await?;
+                image::build(&docker, &ctx, &plan.image, verbose).await
+            })?;
+            println!("built {} in {:.0?}", built.tag, built.elapsed);
+            Ok(())
+        }
+        Command::Info { spec, out } => {
+            let plan = load_plan(&spec)?;
+            let loaded = spec::load(&spec)?;
+            print!("{}", info_text(&plan, &plan::secrets_path(&loaded), &out));
+            Ok(())
+        }
         Command::Secrets { spec } => {
             let loaded = spec::load(&spec)?;
             let path = plan::secrets_path(&loaded);
@@ -163,4 +191,47 @@ pub fn check_output(plan: &Plan, out: &Path) -> Result<CheckReport, RunError> {
         }
     };
     Ok(render::render(plan, &certs)?.check(out)?)
+}
+
+/// The summary `astrtc info` (and `make up`) prints. Never includes a password.
+pub fn info_text(plan: &Plan, secrets: &Path, out: &Path) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "WSS URL:    wss://{}:{}/ws",
+        plan.tls.domain, plan.network.wss_port
+    );
+    let _ = writeln!(
+        t,
+        "SIP (UDP):  {}:{}",
+        plan.tls.domain, plan.network.sip_port
+    );
+    let _ = writeln!(t, "endpoints:");
+    for e in &plan.endpoints {
+        let how = match e.kind {
+            spec::EndpointKind::Webrtc => "browser, WSS",
+            spec::EndpointKind::Sip => "SIP phone, UDP",
+        };
+        let _ = writeln!(t, "  {:<12} {how}", e.id);
+    }
+    let _ = writeln!(
+        t,
+        "  {:<12} echo test (call it to hear yourself)",
+        plan.dialplan.echo_extension
+    );
+    let _ = writeln!(t, "passwords:  {}", secrets.display());
+    if plan.tls.mode == TlsMode::SelfSigned {
+        let _ = writeln!(
+            t,
+            "browser CA: {} (import it as a trusted authority; see README, \"Trusting the local CA\")",
+            out.join("keys").join(crate::certs::files::CA).display()
+        );
+    }
+    let _ = writeln!(
+        t,
+        "logs:       cd {} && docker compose logs -f",
+        out.display()
+    );
+    t
 }

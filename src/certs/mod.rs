@@ -117,8 +117,12 @@ pub struct CertFacts {
 /// Reads the first certificate of a PEM chain.
 pub fn cert_facts(pem: &str) -> Result<CertFacts, String> {
     let (_, pem) = parse_x509_pem(pem.as_bytes()).map_err(|e| format!("not PEM: {e}"))?;
-    let cert = pem
-        .parse_x509()
+    cert_facts_der(&pem.contents)
+}
+
+/// Reads a DER certificate.
+pub fn cert_facts_der(der: &[u8]) -> Result<CertFacts, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let mut dns_names = BTreeSet::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {

@@ -257,8 +257,8 @@ impl Bundle {
                     FileKind::Secret => None,
                     FileKind::Public => Some(
                         similar::TextDiff::from_lines(
-                            &String::from_utf8_lossy(&old),
-                            &String::from_utf8_lossy(&file.bytes),
+                            String::from_utf8_lossy(&old),
+                            String::from_utf8_lossy(&file.bytes),
                         )
                         .unified_diff()
                         .context_radius(3)

@@ -23,6 +23,9 @@ pub struct SourceFile {
     pub text: String,
 }
 
+/// A child of a TOML table or array: its path step, its key's span, its value.
+type Child<'a, 'i> = (KeySeg, Option<Range<usize>>, &'a Spanned<DeValue<'i>>);
+
 /// One step of a key path inside a TOML document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySeg {
@@ -102,9 +105,16 @@ impl SourceFile {
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, SpecError> {
         toml::from_str(&self.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
+            // Name the key in the message too, not only in the label.
+            let path = self.path_at(span.start);
+            let message = if path.0.is_empty() {
+                e.message().to_string()
+            } else {
+                format!("{path}: {}", e.message())
+            };
             SpecError::Invalid(InvalidSpec::new(
                 self,
-                vec![Problem::at_span(span, e.message().to_string())],
+                vec![Problem::at_span(span, message)],
             ))
         })
     }
@@ -137,6 +147,43 @@ impl SourceFile {
             }
         }
         best
+    }
+
+    /// The deepest key path whose key or value contains byte `offset` (empty when none does, as
+    /// for syntax errors).
+    pub fn path_at(&self, offset: usize) -> KeyPath {
+        // Depth-first: table spans do not always cover their contents (a `[table]` header's
+        // span is the header), so every branch is searched and the first leaf that contains
+        // the offset wins.
+        fn walk(v: &DeValue<'_>, offset: usize, path: &mut KeyPath) -> bool {
+            let children: Vec<Child<'_, '_>> = match v {
+                DeValue::Table(t) => t
+                    .iter()
+                    .map(|(k, val)| (KeySeg::Key(k.get_ref().to_string()), Some(k.span()), val))
+                    .collect(),
+                DeValue::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, val)| (KeySeg::Index(i), None, val))
+                    .collect(),
+                _ => return false,
+            };
+            for (seg, key_span, val) in children {
+                path.0.push(seg);
+                let here =
+                    key_span.is_some_and(|s| s.contains(&offset)) || val.span().contains(&offset);
+                if walk(val.get_ref(), offset, path) || here {
+                    return true;
+                }
+                path.0.pop();
+            }
+            false
+        }
+        let mut path = KeyPath::default();
+        if let Ok(root) = DeTable::parse(&self.text) {
+            walk(&DeValue::Table(root.into_inner()), offset, &mut path);
+        }
+        path
     }
 
     /// Attaches this file to a problem and resolves its key path to a span.

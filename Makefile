@@ -1,0 +1,48 @@
+# astrtc: one spec file to a WebRTC-ready Asterisk. `make up` and `make test` do all set-up
+# themselves on a fresh Debian host (they need root for apt and dockerd).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PBX_DIR ?= pbx
+DOMAIN ?= localhost
+ASTRTC := target/release/astrtc
+SPEC := $(PBX_DIR)/astrtc.toml
+DEPLOY := $(PBX_DIR)/deploy
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+deps: ## install and start what the tools need: Docker engine, compose v2, base image
+	bash scripts/host-setup.sh
+
+$(ASTRTC): Cargo.toml Cargo.lock $(shell find src images compose -type f)
+	cargo build --release --locked
+
+up: deps $(ASTRTC) ## build and start the default WebRTC stack (self-signed) on this host
+	@test -f $(SPEC) || $(ASTRTC) init --dir $(PBX_DIR) --domain $(DOMAIN)
+	$(ASTRTC) render --spec $(SPEC) --out $(DEPLOY)
+	$(ASTRTC) build --spec $(SPEC)
+	cd $(DEPLOY) && docker compose up -d --wait
+	@$(ASTRTC) status --spec $(SPEC) --out $(DEPLOY)
+
+down: ## stop the stack started by `make up` (keeps the spec, secrets and CA)
+	@if [ -f $(DEPLOY)/compose.yaml ]; then cd $(DEPLOY) && docker compose down; else echo "nothing to stop"; fi
+
+test: deps ## every test: unit, snapshots, CLI, hostile corpus, Docker image and stack
+	cargo test --locked --all-targets
+
+test-unit: ## the tests that need no Docker engine
+	ASTRTC_SKIP_DOCKER=1 cargo test --locked --all-targets
+
+lint: ## formatting and clippy, warnings as errors
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+bench: $(ASTRTC) ## benchmarks: render time (default and 1000-endpoint specs)
+	bash scripts/bench.sh
+
+review-snapshots: ## accept changed insta snapshots after reviewing the diff
+	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
+	git diff --stat tests/snapshots
+
+.PHONY: help deps up down test test-unit lint bench review-snapshots

@@ -1,0 +1,170 @@
+//! A testcontainers module for astrtc's Asterisk: start the image with a rendered deployment's
+//! configs and keys, wait until its healthcheck says it is fully booted with the TLS listener
+//! up, and ask it the questions the WebRTC guides ask by hand. For astrtc's own tests and for
+//! users' integration tests, as testcontainers modules do for databases.
+//!
+//! Owns: starting and querying the container. It uses host networking, so the plan's ports are
+//! the ports on 127.0.0.1; pick a spec whose ports are free.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use testcontainers::core::{AccessMode, CmdWaitFor, ExecCommand, Mount, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use thiserror::Error;
+
+use crate::plan::{image, Plan};
+use crate::verify::{self, ModuleRow, TlsReport, VerifyError};
+
+/// Errors of the test harness.
+#[derive(Debug, Error)]
+pub enum TestingError {
+    /// testcontainers failed (no engine, image missing, unhealthy...).
+    #[error("failed to run the Asterisk container: {0}")]
+    Container(#[from] testcontainers::TestcontainersError),
+    /// `asterisk -rx` failed.
+    #[error("`asterisk -rx {command:?}` exited {code:?}: {stderr}")]
+    Rx {
+        /// The CLI command.
+        command: String,
+        /// Exit code.
+        code: Option<i64>,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// A check failed.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// Reading the keys failed.
+    #[error("failed to read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running astrtc Asterisk.
+pub struct AsteriskContainer {
+    container: ContainerAsync<GenericImage>,
+    plan: Plan,
+    deploy: PathBuf,
+}
+
+/// Starts the plan's image with `deploy/asterisk` and `deploy/keys` mounted read-only, and
+/// waits until the image's healthcheck passes (Asterisk fully booted, TLS listener accepting).
+pub async fn start(plan: &Plan, deploy: &Path) -> Result<AsteriskContainer, TestingError> {
+    let (name, tag) = plan
+        .image
+        .rsplit_once(':')
+        .unwrap_or((plan.image.as_str(), "latest"));
+    let abs = std::path::absolute(deploy).map_err(|source| TestingError::Read {
+        path: deploy.into(),
+        source,
+    })?;
+    let container = GenericImage::new(name, tag)
+        .with_wait_for(WaitFor::healthcheck())
+        .with_network("host")
+        .with_mount(
+            Mount::bind_mount(
+                abs.join("asterisk").display().to_string(),
+                image::CONFIG_DIR,
+            )
+            .with_access_mode(AccessMode::ReadOnly),
+        )
+        .with_mount(
+            Mount::bind_mount(abs.join("keys").display().to_string(), image::KEYS_DIR)
+                .with_access_mode(AccessMode::ReadOnly),
+        )
+        .with_startup_timeout(Duration::from_secs(120))
+        .start()
+        .await?;
+    Ok(AsteriskContainer {
+        container,
+        plan: plan.clone(),
+        deploy: abs,
+    })
+}
+
+impl AsteriskContainer {
+    /// The container id.
+    pub fn id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// Runs an Asterisk CLI command (`asterisk -rx`) and returns its output.
+    pub async fn rx(&self, command: &str) -> Result<String, TestingError> {
+        let mut exec = self
+            .container
+            .exec(
+                ExecCommand::new(["/usr/sbin/asterisk", "-rx", command])
+                    .with_cmd_ready_condition(CmdWaitFor::exit()),
+            )
+            .await?;
+        let stdout = String::from_utf8_lossy(&exec.stdout_to_vec().await?).into_owned();
+        let code = exec.exit_code().await?;
+        if code != Some(0) {
+            let stderr = String::from_utf8_lossy(&exec.stderr_to_vec().await?).into_owned();
+            return Err(TestingError::Rx {
+                command: command.into(),
+                code,
+                stderr,
+            });
+        }
+        Ok(stdout)
+    }
+
+    /// `module show like PATTERN`, parsed.
+    pub async fn modules_like(&self, pattern: &str) -> Result<Vec<ModuleRow>, TestingError> {
+        Ok(verify::parse_module_show(
+            &self.rx(&format!("module show like {pattern}")).await?,
+        ))
+    }
+
+    /// Endpoint ids from `pjsip show endpoints`.
+    pub async fn endpoints(&self) -> Result<Vec<String>, TestingError> {
+        Ok(verify::parse_endpoints(
+            &self.rx("pjsip show endpoints").await?,
+        ))
+    }
+
+    /// The HTTPS binding from `http show status`.
+    pub async fn https_binding(&self) -> Result<Option<String>, TestingError> {
+        Ok(verify::parse_https_binding(
+            &self.rx("http show status").await?,
+        ))
+    }
+
+    /// The WSS listener's address on this host.
+    pub fn wss_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.plan.network.wss_port))
+    }
+
+    fn ca_pem(&self) -> Result<String, TestingError> {
+        let path = self.deploy.join("keys").join(crate::certs::files::CA);
+        std::fs::read_to_string(&path).map_err(|source| TestingError::Read { path, source })
+    }
+
+    /// TLS handshake verified against the deployment's `ca.crt` for the spec's domain.
+    pub fn check_tls(&self) -> Result<TlsReport, TestingError> {
+        Ok(verify::check_tls(
+            self.wss_addr(),
+            &self.plan.tls.domain,
+            &self.ca_pem()?,
+        )?)
+    }
+
+    /// The WebSocket upgrade on `/ws` with the `sip` subprotocol.
+    pub fn check_websocket(&self) -> Result<String, TestingError> {
+        Ok(verify::websocket_upgrade(
+            self.wss_addr(),
+            &self.plan.tls.domain,
+            &self.ca_pem()?,
+            "/ws",
+        )?)
+    }
+}

@@ -1,0 +1,8 @@
+//! astrtc's integration tests: one binary, one module per area.
+
+mod common;
+
+mod cli;
+mod compose;
+mod hostile;
+mod render;
