@@ -5,4 +5,5 @@ mod common;
 mod cli;
 mod compose;
 mod hostile;
+mod image;
 mod render;

@@ -75,6 +75,9 @@ pub const NOLOAD: &[&str] = &[
     "app_amd.so",
     "app_followme.so",
     "cdr_csv.so",
+    "app_alarmreceiver.so",
+    "app_page.so",
+    "app_queue.so",
 ];
 
 /// Config files without secrets, in the order they are rendered.

@@ -1,0 +1,213 @@
+//! The Asterisk image this repository builds, run for real with testcontainers: what the WebRTC
+//! guides ask operators to check by hand (8089 listening with a trusted certificate, the
+//! WebSocket transport, crypto/websocket/opus/srtp modules Running, the endpoints), plus a
+//! deployment whose certificate does not match its domain, which must be caught.
+//!
+//! Needs a Docker engine (`make test` starts one). `ASTRTC_SKIP_DOCKER=1` skips these tests
+//! (`make test-unit`); CI never sets it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use astrtc::certs::local_ca::LocalCa;
+use astrtc::certs::{cert_facts, files};
+use astrtc::plan::Plan;
+use astrtc::testing;
+
+use crate::common::*;
+
+fn skip() -> bool {
+    if std::env::var_os("ASTRTC_SKIP_DOCKER").is_some() {
+        eprintln!("ASTRTC_SKIP_DOCKER is set: skipping a Docker test");
+        return true;
+    }
+    false
+}
+
+/// Builds the image once per test run, through `astrtc build`'s code path (bollard). With a warm
+/// cache this takes about a second; on a fresh host, the whole Asterisk build.
+fn ensure_image(tag: &str) {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let tag = tag.to_string();
+    let result = BUILT.get_or_init(move || {
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let docker = astrtc::image::connect()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, &tag, false)
+                    .await
+                    .map(|b| eprintln!("image {} ready in {:.1?}", b.tag, b.elapsed))
+                    .map_err(|e| format!("{:?}", miette::Report::new(e)))
+            })
+        })
+        .join()
+        .unwrap()
+    });
+    if let Err(e) = result {
+        panic!("building the image failed: {e}");
+    }
+}
+
+/// A rendered copy of the `host-alt-ports` fixture, with the ports shifted by `offset` so tests
+/// running at once do not collide.
+fn deployment(offset: u16) -> (tempfile::TempDir, Plan) {
+    let dir = fixture_copy("host-alt-ports");
+    let spec = dir.path().join("astrtc.toml");
+    if offset != 0 {
+        let text = std::fs::read_to_string(&spec).unwrap();
+        let text = text
+            .replace(
+                "sip_port = 15060",
+                &format!("sip_port = {}", 15060 + offset),
+            )
+            .replace(
+                "wss_port = 18089",
+                &format!("wss_port = {}", 18089 + offset),
+            )
+            .replace(
+                "http_port = 18088",
+                &format!("http_port = {}", 18088 + offset),
+            )
+            .replace("start = 40000", &format!("start = {}", 40000 + offset * 10))
+            .replace("end = 40999", &format!("end = {}", 40999 + offset * 10));
+        std::fs::write(&spec, text).unwrap();
+    }
+    let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
+    astrtc::run::write_output(&plan, &dir.path().join("deploy")).unwrap();
+    (dir, plan)
+}
+
+fn running(rows: &[astrtc::verify::ModuleRow], name: &str) -> bool {
+    rows.iter().any(|r| r.name == name && r.status == "Running")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_serves_wss_and_runs_the_webrtc_modules() {
+    if skip() {
+        return;
+    }
+    let (dir, plan) = deployment(0);
+    ensure_image(&plan.image);
+    let asterisk = testing::start(&plan, &dir.path().join("deploy"))
+        .await
+        .expect("container becomes healthy");
+
+    // 1. TLS on the WSS port, verified against the generated ca.crt for the spec's domain.
+    let tls = asterisk.check_tls().expect("TLS verifies against ca.crt");
+    let rendered = cert_facts(
+        &std::fs::read_to_string(dir.path().join("deploy/keys").join(files::CERT)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        tls.leaf.serial, rendered.serial,
+        "the served leaf is the rendered one"
+    );
+    assert_eq!(
+        tls.leaf.dns_names,
+        BTreeSet::from(["localhost".to_string()])
+    );
+    assert!(tls.chain_len >= 1);
+
+    // 2. WebSocket upgrade with the sip subprotocol.
+    assert_eq!(
+        asterisk.check_websocket().expect("101 Switching Protocols"),
+        "sip"
+    );
+
+    // 3. Modules, parsed.
+    let crypto = asterisk.modules_like("crypto").await.unwrap();
+    assert!(running(&crypto, "res_crypto.so"), "{crypto:?}");
+    let ws = asterisk.modules_like("websocket").await.unwrap();
+    assert!(running(&ws, "res_http_websocket.so"), "{ws:?}");
+    assert!(running(&ws, "res_pjsip_transport_websocket.so"), "{ws:?}");
+    let opus = asterisk.modules_like("opus").await.unwrap();
+    assert!(running(&opus, "codec_opus_open_source.so"), "{opus:?}");
+    assert!(running(&opus, "res_format_attr_opus.so"), "{opus:?}");
+    let srtp = asterisk.modules_like("srtp").await.unwrap();
+    assert!(running(&srtp, "res_srtp.so"), "{srtp:?}");
+
+    // 4. Exactly the spec's endpoints; the TLS server on the spec's port.
+    let mut endpoints = asterisk.endpoints().await.unwrap();
+    endpoints.sort();
+    let mut expected: Vec<_> = plan.endpoints.iter().map(|e| e.id.clone()).collect();
+    expected.sort();
+    assert_eq!(endpoints, expected);
+    assert_eq!(
+        asterisk.https_binding().await.unwrap().as_deref(),
+        Some(format!("0.0.0.0:{}", plan.network.wss_port).as_str())
+    );
+    // Plain HTTP answers on loopback only.
+    let status = asterisk.rx("http show status").await.unwrap();
+    assert!(
+        status.contains(&format!(
+            "Server Enabled and Bound to 127.0.0.1:{}",
+            plan.network.http_port
+        )),
+        "{status}"
+    );
+    // The image runs unprivileged and carries its version labels.
+    let docker = astrtc::image::connect().await.unwrap();
+    let config = docker
+        .inspect_image(&plan.image)
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!(config.user.as_deref(), Some("asterisk"));
+    let labels = config.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("io.astrtc.asterisk.version").map(String::as_str),
+        Some("22.10.1")
+    );
+    assert_eq!(
+        labels
+            .get("io.astrtc.pjproject.version")
+            .map(String::as_str),
+        Some("2.17")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_for_another_name_is_caught() {
+    if skip() {
+        return;
+    }
+    let (dir, plan) = deployment(7);
+    ensure_image(&plan.image);
+    // Replace the served leaf with one for another name, from the same trusted CA.
+    let ca = LocalCa::load(&plan.tls.ca_dir).unwrap().unwrap();
+    let wrong = ca.leaf(&["pbx.old.test".to_string()], None).unwrap();
+    let keys = dir.path().join("deploy/keys");
+    for (file, text) in [
+        (files::CERT, &wrong.chain_pem),
+        (files::KEY, &wrong.key_pem),
+    ] {
+        overwrite_keep_mode(&keys.join(file), text);
+    }
+    let asterisk = testing::start(&plan, &dir.path().join("deploy"))
+        .await
+        .expect("container becomes healthy");
+    let err = asterisk
+        .check_tls()
+        .expect_err("a leaf for pbx.old.test must not verify for localhost");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("localhost") && msg.to_lowercase().contains("not valid for name"),
+        "{msg}"
+    );
+    // The WebSocket check fails the same way: a browser could not connect.
+    assert!(asterisk.check_websocket().is_err());
+}
+
+fn overwrite_keep_mode(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
