@@ -25,3 +25,32 @@ hyperfine -N --warmup 3 --runs 30 --export-markdown "$work/bench.md" \
   -n "render 1000 endpoints" "$bin render --spec $work/big/astrtc.toml --out $work/big/deploy" \
   -n "render --check 1000 endpoints" "$bin render --check --spec $work/big/astrtc.toml --out $work/big/deploy"
 cat "$work/bench.md"
+
+# Start -> healthy with docker compose (needs the image: `astrtc build`). Host mode with the full
+# RTP range 10000-20000, and bridge mode with a narrow range; ports moved off the defaults so a
+# stack from `make up` can keep running.
+if docker info >/dev/null 2>&1; then
+  up_bench() {
+    local name="$1" mode="$2" rtp_start="$3" rtp_end="$4" dir="$work/$1"
+    "$bin" init --dir "$dir" >/dev/null
+    sed -i -e "s/^# name = \"astrtc\"/name = \"bench-$name\"/" \
+      -e "s/^# mode = \"host\"/mode = \"$mode\"/" \
+      -e "s/^# sip_port = 5060 /sip_port = 25060 /" -e "s/^# wss_port = 8089 /wss_port = 28089 /" \
+      -e "s/^# http_port = 8088 /http_port = 28088 /" \
+      -e "s/^# start = 10000/start = $rtp_start/" -e "s/^# end = 20000/end = $rtp_end/" "$dir/astrtc.toml"
+    "$bin" render --spec "$dir/astrtc.toml" --out "$dir/deploy" >/dev/null
+    "$bin" build --spec "$dir/astrtc.toml" >/dev/null
+    local times=()
+    for _ in 1 2 3; do
+      local t0 t1
+      t0=$(date +%s%N)
+      (cd "$dir/deploy" && docker compose up -d --wait >/dev/null 2>&1)
+      t1=$(date +%s%N)
+      times+=("$(( (t1 - t0) / 1000000 )) ms")
+      (cd "$dir/deploy" && docker compose down -v >/dev/null 2>&1)
+    done
+    echo "compose up -> healthy, $name ($mode, RTP $rtp_start-$rtp_end): ${times[*]}"
+  }
+  up_bench host-full-range host 10000 20000
+  up_bench bridge-100-ports bridge 30000 30099
+fi
