@@ -11,6 +11,28 @@ fn astrtc() -> Command {
     Command::cargo_bin("astrtc").unwrap()
 }
 
+fn init_in(dir: &Path) {
+    astrtc().args(["init", "--dir"]).arg(dir).assert().success();
+}
+
+fn render(spec: &Path, out: &Path, check: bool) -> assert_cmd::assert::Assert {
+    let mut cmd = astrtc();
+    cmd.arg("render");
+    if check {
+        cmd.arg("--check");
+    }
+    cmd.arg("--spec").arg(spec).arg("--out").arg(out).assert()
+}
+
+/// Everything the command printed, stdout then stderr.
+fn all_output(out: &assert_cmd::assert::Assert) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.get_output().stdout),
+        String::from_utf8_lossy(&out.get_output().stderr)
+    )
+}
+
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -35,11 +57,7 @@ fn init_writes_a_private_secrets_file_and_never_prints_it() {
     assert_eq!(mode(&secrets), 0o600);
     let pw = passwords(&secrets);
     assert_eq!(pw.len(), 3);
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.get_output().stdout),
-        String::from_utf8_lossy(&out.get_output().stderr)
-    );
+    let printed = all_output(&out);
     for p in &pw {
         assert!(
             p.len() >= 22,
@@ -50,11 +68,7 @@ fn init_writes_a_private_secrets_file_and_never_prints_it() {
     }
     // Different every time.
     let other = dir.path().join("other");
-    astrtc()
-        .args(["init", "--dir"])
-        .arg(&other)
-        .assert()
-        .success();
+    init_in(&other);
     let pw2 = passwords(&other.join("astrtc.secrets.toml"));
     assert!(pw.iter().all(|p| !pw2.contains(p)));
     let spec = fs::read_to_string(pbx.join("astrtc.toml")).unwrap();
@@ -65,11 +79,7 @@ fn init_writes_a_private_secrets_file_and_never_prints_it() {
 #[test]
 fn init_refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();
-    astrtc()
-        .args(["init", "--dir"])
-        .arg(dir.path())
-        .assert()
-        .success();
+    init_in(dir.path());
     let before = fs::read(dir.path().join("astrtc.secrets.toml")).unwrap();
     let out = astrtc()
         .args(["init", "--dir"])
@@ -122,21 +132,9 @@ fn render_then_check_round_trip() {
     let spec = pbx.join("astrtc.toml");
     let deploy = pbx.join("deploy");
     // Check before the first render: out of date (no CA yet), exit 1, nothing written.
-    astrtc()
-        .args(["render", "--check", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(&deploy)
-        .assert()
-        .code(1);
+    render(&spec, &deploy, true).code(1);
     assert!(!deploy.exists());
-    astrtc()
-        .args(["render", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(&deploy)
-        .assert()
-        .success();
+    render(&spec, &deploy, false).success();
     for f in [
         "asterisk/http.conf",
         "asterisk/pjsip.conf",
@@ -157,13 +155,7 @@ fn render_then_check_round_trip() {
     assert_eq!(mode(&deploy.join("asterisk/pjsip_auth.conf")), 0o640);
     assert_eq!(mode(&deploy.join("keys/ca.crt")), 0o644);
     assert_eq!(mode(&pbx.join(".astrtc/ca/ca.key")), 0o600);
-    astrtc()
-        .args(["render", "--check", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(&deploy)
-        .assert()
-        .success();
+    render(&spec, &deploy, true).success();
 
     // A public file edited by hand: a unified diff and exit 1.
     let http = deploy.join("asterisk/http.conf");
@@ -173,13 +165,7 @@ fn render_then_check_round_trip() {
         text.replace("bindaddr = 127.0.0.1", "bindaddr = 0.0.0.0"),
     )
     .unwrap();
-    let out = astrtc()
-        .args(["render", "--check", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(&deploy)
-        .assert()
-        .code(1);
+    let out = render(&spec, &deploy, true).code(1);
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(stdout.contains("--- a/asterisk/http.conf"), "{stdout}");
     assert!(
@@ -191,18 +177,8 @@ fn render_then_check_round_trip() {
     let auth = deploy.join("asterisk/pjsip_auth.conf");
     let text = fs::read_to_string(&auth).unwrap();
     fs::write(&auth, text.replace("type = auth", "type = auth\n;")).unwrap();
-    let out = astrtc()
-        .args(["render", "--check", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(&deploy)
-        .assert()
-        .code(1);
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.get_output().stdout),
-        String::from_utf8_lossy(&out.get_output().stderr)
-    );
+    let out = render(&spec, &deploy, true).code(1);
+    let all = all_output(&out);
     assert!(
         all.contains("differs: asterisk/pjsip_auth.conf (secret; contents not shown)"),
         "{all}"
@@ -214,20 +190,8 @@ fn render_then_check_round_trip() {
     // Re-render repairs it; the CA and the leaf stay the same.
     let ca = fs::read(deploy.join("keys/ca.crt")).unwrap();
     let leaf = fs::read(deploy.join("keys/asterisk.crt")).unwrap();
-    astrtc()
-        .args(["render", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(&deploy)
-        .assert()
-        .success();
-    astrtc()
-        .args(["render", "--check", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(&deploy)
-        .assert()
-        .success();
+    render(&spec, &deploy, false).success();
+    render(&spec, &deploy, true).success();
     assert_eq!(fs::read(deploy.join("keys/ca.crt")).unwrap(), ca);
     assert_eq!(fs::read(deploy.join("keys/asterisk.crt")).unwrap(), leaf);
 
@@ -238,13 +202,7 @@ fn render_then_check_round_trip() {
         text.replace("# extra_names = []", "extra_names = [\"sip.example.test\"]"),
     )
     .unwrap();
-    astrtc()
-        .args(["render", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(&deploy)
-        .assert()
-        .success();
+    render(&spec, &deploy, false).success();
     assert_eq!(fs::read(deploy.join("keys/ca.crt")).unwrap(), ca);
     assert_ne!(fs::read(deploy.join("keys/asterisk.crt")).unwrap(), leaf);
 }
@@ -252,20 +210,10 @@ fn render_then_check_round_trip() {
 #[test]
 fn a_bad_spec_exits_2_points_at_the_line_and_leaves_deploy_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    astrtc()
-        .args(["init", "--dir"])
-        .arg(dir.path())
-        .assert()
-        .success();
+    init_in(dir.path());
     let spec = dir.path().join("astrtc.toml");
     let deploy = dir.path().join("deploy");
-    astrtc()
-        .args(["render", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(&deploy)
-        .assert()
-        .success();
+    render(&spec, &deploy, false).success();
     let before = fs::read(deploy.join("asterisk/pjsip.conf")).unwrap();
     let good = fs::read_to_string(&spec).unwrap();
 
@@ -292,13 +240,7 @@ fn a_bad_spec_exits_2_points_at_the_line_and_leaves_deploy_untouched() {
         ),
     ] {
         fs::write(&spec, &bad).unwrap();
-        let out = astrtc()
-            .args(["render", "--spec"])
-            .arg(&spec)
-            .arg("--out")
-            .arg(&deploy)
-            .assert()
-            .code(2);
+        let out = render(&spec, &deploy, false).code(2);
         let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
         assert!(err.contains(key) && err.contains(needle), "{key}: {err}");
         assert!(err.contains("astrtc.toml:"), "no file position in {err}");
@@ -328,11 +270,7 @@ fn a_missing_spec_or_password_is_bad_input() {
         .code(2);
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("astrtc init"));
 
-    astrtc()
-        .args(["init", "--dir"])
-        .arg(dir.path())
-        .assert()
-        .success();
+    init_in(dir.path());
     let spec = dir.path().join("astrtc.toml");
     let text = fs::read_to_string(&spec).unwrap();
     fs::write(
