@@ -211,3 +211,63 @@ fn overwrite_keep_mode(path: &Path, text: &str) {
         .unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_build_step_is_an_error_with_its_output() {
+    if skip() {
+        return;
+    }
+    // A context with every expected file, whose Dockerfile fails in a RUN step: the engine still
+    // answers HTTP 200 and reports the failure inside the stream.
+    let dir = tempfile::tempdir().unwrap();
+    for (path, _, _) in astrtc::image::EMBEDDED_CONTEXT {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+    }
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM debian:trixie-slim\nRUN echo astrtc-step-output && exit 3\n",
+    )
+    .unwrap();
+    let docker = astrtc::image::connect().await.unwrap();
+    let ctx = astrtc::image::BuildContext::Dir(dir.path().to_path_buf());
+    let err = astrtc::image::build(&docker, &ctx, "astrtc-test/failing:1", false)
+        .await
+        .unwrap_err();
+    match &err {
+        astrtc::image::ImageError::BuildFailed {
+            step,
+            message,
+            log_tail,
+        } => {
+            assert!(step.contains("2/2"), "{step}");
+            assert!(
+                message.contains("exit") || message.contains("returned a non-zero code"),
+                "{message}"
+            );
+            assert!(log_tail.contains("astrtc-step-output"), "{log_tail}");
+        }
+        other => panic!("expected BuildFailed, got {other:?}"),
+    }
+}
+
+#[test]
+fn no_engine_is_a_clear_error() {
+    let out = assert_cmd::Command::cargo_bin("astrtc")
+        .unwrap()
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args(["build", "--spec"])
+        .arg(fixtures().join("host-alt-ports/astrtc.toml"))
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("no Docker engine answered at unix:///nonexistent/docker.sock"),
+        "{err}"
+    );
+    assert!(
+        err.contains("dockerd") || err.contains("systemctl start docker"),
+        "{err}"
+    );
+}
