@@ -8,6 +8,8 @@ DOMAIN ?= localhost
 ASTRTC := target/release/astrtc
 SPEC := $(PBX_DIR)/astrtc.toml
 DEPLOY := $(PBX_DIR)/deploy
+# Package downloads inside the image build trust what this host trusts (TLS-inspecting proxies).
+EXTRA_CA := $(if $(wildcard /etc/ssl/certs/ca-certificates.crt),--extra-ca /etc/ssl/certs/ca-certificates.crt)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -21,14 +23,17 @@ $(ASTRTC): Cargo.toml Cargo.lock $(shell find src images compose -type f)
 up: deps $(ASTRTC) ## build and start the default WebRTC stack (self-signed) on this host
 	@test -f $(SPEC) || $(ASTRTC) init --dir $(PBX_DIR) --domain $(DOMAIN)
 	$(ASTRTC) render --spec $(SPEC) --out $(DEPLOY)
-	$(ASTRTC) build --spec $(SPEC)
+	$(ASTRTC) build --spec $(SPEC) $(EXTRA_CA)
 	cd $(DEPLOY) && docker compose up -d --wait
 	@$(ASTRTC) status --spec $(SPEC) --out $(DEPLOY)
 
 down: ## stop the stack started by `make up` (keeps the spec, secrets and CA)
 	@if [ -f $(DEPLOY)/compose.yaml ]; then cd $(DEPLOY) && docker compose down; else echo "nothing to stop"; fi
 
-test: deps ## every test: unit, snapshots, CLI, hostile corpus, Docker image and stack
+deps-clients: ## install the real clients the tests drive: chromium, baresip, playwright-core
+	bash scripts/host-setup.sh clients
+
+test: deps deps-clients ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
 	cargo test --locked --all-targets
 
 test-unit: ## the tests that need no Docker engine
@@ -45,4 +50,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps up down test test-unit lint bench review-snapshots
+.PHONY: help deps deps-clients up down test test-unit lint bench review-snapshots

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bin="$PWD/target/release/astrtc"
 [ -x "$bin" ] || cargo build --release --locked
 command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
+[ -f /etc/ssl/certs/ca-certificates.crt ] && export ASTRTC_EXTRA_CA="${ASTRTC_EXTRA_CA:-/etc/ssl/certs/ca-certificates.crt}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -39,7 +40,7 @@ if docker info >/dev/null 2>&1; then
       -e "s/^# http_port = 8088 /http_port = 28088 /" \
       -e "s/^# start = 10000/start = $rtp_start/" -e "s/^# end = 20000/end = $rtp_end/" "$dir/astrtc.toml"
     "$bin" render --spec "$dir/astrtc.toml" --out "$dir/deploy" >/dev/null
-    "$bin" build --spec "$dir/astrtc.toml" >/dev/null
+    "$bin" build --spec "$dir/astrtc.toml" ${ASTRTC_EXTRA_CA:+--extra-ca "$ASTRTC_EXTRA_CA"} >/dev/null
     local times=()
     for _ in 1 2 3; do
       local t0 t1

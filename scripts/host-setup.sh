@@ -3,6 +3,7 @@
 # Asterisk Dockerfile names. Idempotent: each step is skipped when its result is already there.
 # Used by `make up`, `make test` and .ci/run. Needs root (apt-get, dockerd).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 BASE_IMAGE="${BASE_IMAGE:-debian:trixie-slim}"
 log() { printf 'host-setup: %s\n' "$*" >&2; }
@@ -100,9 +101,22 @@ SRC
   log "made $BASE_IMAGE ($(docker image inspect -f '{{.Size}}' "$BASE_IMAGE") bytes)"
 }
 
+# Real clients for the test suite: Debian's chromium and NSS tools (to trust a test CA), baresip
+# as a plain SIP phone, and playwright-core from npm to drive chromium.
+ensure_clients() {
+  apt_install chromium libnss3-tools baresip-core
+  # Node.js may come from elsewhere (its own npm included); only add Debian's when it is absent.
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  if [ ! -d tests/clients/node_modules/playwright-core ]; then
+    log "installing playwright-core (npm) into tests/clients"
+    (cd tests/clients && npm install --no-audit --no-fund --no-package-lock --loglevel=error >/dev/null)
+  fi
+}
+
 what="${1:-all}"
 case "$what" in
   docker) ensure_docker ;;
   all) ensure_docker; ensure_compose; ensure_base_image ;;
-  *) echo "usage: $0 [docker|all]" >&2; exit 2 ;;
+  clients) ensure_clients ;;
+  *) echo "usage: $0 [docker|all|clients]" >&2; exit 2 ;;
 esac

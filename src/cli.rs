@@ -61,6 +61,10 @@ pub enum Command {
         /// Build from this directory instead of the copy embedded in astrtc (e.g. images/asterisk).
         #[arg(long)]
         context: Option<PathBuf>,
+        /// Extra CA certificates (PEM) to trust for package downloads during the build, e.g. the
+        /// host's bundle behind a TLS-inspecting proxy. Not copied into the final image.
+        #[arg(long, env = "ASTRTC_EXTRA_CA")]
+        extra_ca: Option<PathBuf>,
         /// Print the full build log.
         #[arg(long, short)]
         verbose: bool,

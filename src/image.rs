@@ -47,6 +47,21 @@ pub const EMBEDDED_CONTEXT: &[(&str, u32, &[u8])] = &[
         0o755,
         include_bytes!("../images/asterisk/runtime/astrtc-healthcheck"),
     ),
+    (
+        "phone/package.json",
+        0o644,
+        include_bytes!("../images/asterisk/phone/package.json"),
+    ),
+    (
+        "phone/index.html",
+        0o644,
+        include_bytes!("../images/asterisk/phone/index.html"),
+    ),
+    (
+        "phone/phone.js",
+        0o644,
+        include_bytes!("../images/asterisk/phone/phone.js"),
+    ),
 ];
 
 /// How many lines of build output are kept to show when a step fails.
@@ -108,6 +123,13 @@ pub enum BuildContext {
     Dir(PathBuf),
 }
 
+/// Name of the extra CA bundle inside the build context (always present, maybe empty).
+pub const EXTRA_CA_FILE: &str = "extra-ca.pem";
+
+/// The host's CA bundle, when it has one: builds pass it with `--extra-ca` so package downloads
+/// inside the build trust what the host trusts (TLS-inspecting proxies).
+pub const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The outcome of a build.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -134,7 +156,7 @@ pub async fn connect() -> Result<Docker, ImageError> {
 }
 
 /// Tars the build context in memory.
-pub fn context_tar(ctx: &BuildContext) -> Result<Vec<u8>, ImageError> {
+pub fn context_tar(ctx: &BuildContext, extra_ca: Option<&Path>) -> Result<Vec<u8>, ImageError> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |path: &str, mode: u32, bytes: &[u8]| {
         let mut header = tar::Header::new_gnu();
@@ -165,6 +187,11 @@ pub fn context_tar(ctx: &BuildContext) -> Result<Vec<u8>, ImageError> {
             }
         }
     }
+    let ca = match extra_ca {
+        Some(p) => std::fs::read(p).map_err(cerr(p))?,
+        None => Vec::new(),
+    };
+    add(EXTRA_CA_FILE, 0o644, &ca).map_err(cerr(Path::new(EXTRA_CA_FILE)))?;
     tar.into_inner().map_err(cerr(Path::new("build context")))
 }
 
@@ -173,11 +200,12 @@ pub fn context_tar(ctx: &BuildContext) -> Result<Vec<u8>, ImageError> {
 pub async fn build(
     docker: &Docker,
     ctx: &BuildContext,
+    extra_ca: Option<&Path>,
     tag: &str,
     verbose: bool,
 ) -> Result<Built, ImageError> {
     let started = Instant::now();
-    let body = context_tar(ctx)?;
+    let body = context_tar(ctx, extra_ca)?;
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
         .t(tag)
@@ -213,6 +241,8 @@ pub async fn build(
                 if let Some(rest) = line.strip_prefix("Step ") {
                     step = format!("step {}", truncate(rest, 100));
                     bar.set_message(step.clone());
+                    // Keep only the current step's output for the failure report.
+                    tail.clear();
                 }
                 if verbose {
                     bar.suspend(|| eprintln!("{line}"));
@@ -255,5 +285,47 @@ fn truncate(s: &str, max: usize) -> String {
         s.to_string()
     } else {
         format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of images/asterisk that the Dockerfile may use is in the embedded context
+    /// (templates are rendered by astrtc, not used by the build).
+    #[test]
+    fn embedded_context_lists_every_image_file() {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(root, &p, out);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/asterisk");
+        let mut on_disk = Vec::new();
+        walk(&root, &root, &mut on_disk);
+        on_disk.retain(|p| !p.starts_with("templates/"));
+        on_disk.sort();
+        let mut embedded: Vec<String> = EMBEDDED_CONTEXT
+            .iter()
+            .map(|(p, _, _)| p.to_string())
+            .collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk);
+        for (path, mode, _) in EMBEDDED_CONTEXT {
+            let disk = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(root.join(path)).unwrap().permissions(),
+            );
+            assert_eq!(
+                disk & 0o111 != 0,
+                mode & 0o111 != 0,
+                "{path}: executable bit differs"
+            );
+        }
     }
 }

@@ -114,6 +114,7 @@ pub fn run(command: Command) -> Result<(), RunError> {
         Command::Build {
             spec,
             context,
+            extra_ca,
             verbose,
         } => {
             let plan = load_plan(&spec)?;
@@ -123,7 +124,7 @@ pub fn run(command: Command) -> Result<(), RunError> {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
             let built = runtime.block_on(async {
                 let docker = image::connect().await?;
-                image::build(&docker, &ctx, &plan.image, verbose).await
+                image::build(&docker, &ctx, extra_ca.as_deref(), &plan.image, verbose).await
             })?;
             println!("built {} in {:.0?}", built.tag, built.elapsed);
             Ok(())

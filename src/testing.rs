@@ -118,6 +118,13 @@ impl AsteriskContainer {
         Ok(stdout)
     }
 
+    /// Everything Asterisk logged so far (the container's stdout and stderr).
+    pub async fn logs(&self) -> Result<String, TestingError> {
+        let mut out = self.container.stdout_to_vec().await?;
+        out.extend(self.container.stderr_to_vec().await?);
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
     /// `module show like PATTERN`, parsed.
     pub async fn modules_like(&self, pattern: &str) -> Result<Vec<ModuleRow>, TestingError> {
         Ok(verify::parse_module_show(

@@ -27,7 +27,7 @@ fn skip() -> bool {
 
 /// Builds the image once per test run, through `astrtc build`'s code path (bollard). With a warm
 /// cache this takes about a second; on a fresh host, the whole Asterisk build.
-fn ensure_image(tag: &str) {
+pub fn ensure_image(tag: &str) {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let tag = tag.to_string();
     let result = BUILT.get_or_init(move || {
@@ -37,10 +37,18 @@ fn ensure_image(tag: &str) {
                 let docker = astrtc::image::connect()
                     .await
                     .map_err(|e| format!("{e:?}"))?;
-                astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, &tag, false)
-                    .await
-                    .map(|b| eprintln!("image {} ready in {:.1?}", b.tag, b.elapsed))
-                    .map_err(|e| format!("{:?}", miette::Report::new(e)))
+                let ca = Path::new(astrtc::image::HOST_CA_BUNDLE);
+                let ca = ca.exists().then_some(ca);
+                astrtc::image::build(
+                    &docker,
+                    &astrtc::image::BuildContext::Embedded,
+                    ca,
+                    &tag,
+                    false,
+                )
+                .await
+                .map(|b| eprintln!("image {} ready in {:.1?}", b.tag, b.elapsed))
+                .map_err(|e| format!("{:?}", miette::Report::new(e)))
             })
         })
         .join()
@@ -53,7 +61,7 @@ fn ensure_image(tag: &str) {
 
 /// A rendered copy of the `host-alt-ports` fixture, with the ports shifted by `offset` so tests
 /// running at once do not collide.
-fn deployment(offset: u16) -> (tempfile::TempDir, Plan) {
+pub fn deployment(offset: u16) -> (tempfile::TempDir, Plan) {
     let dir = fixture_copy("host-alt-ports");
     let spec = dir.path().join("astrtc.toml");
     if offset != 0 {
@@ -232,7 +240,7 @@ async fn a_failing_build_step_is_an_error_with_its_output() {
     .unwrap();
     let docker = astrtc::image::connect().await.unwrap();
     let ctx = astrtc::image::BuildContext::Dir(dir.path().to_path_buf());
-    let err = astrtc::image::build(&docker, &ctx, "astrtc-test/failing:1", false)
+    let err = astrtc::image::build(&docker, &ctx, None, "astrtc-test/failing:1", false)
         .await
         .unwrap_err();
     match &err {

@@ -3,6 +3,7 @@
 mod common;
 
 mod cli;
+mod clients;
 mod compose;
 mod hostile;
 mod image;

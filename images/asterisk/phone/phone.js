@@ -1,0 +1,165 @@
+// The astrtc demo softphone. The test suite drives exactly this page, so it cannot rot:
+// window.astrtcPhone exposes the state the tests assert on.
+import JsSIP from 'jssip';
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  registered: false,
+  registeredAt: null,
+  callState: 'idle',
+  confirmedAt: null,
+  endCause: null,
+  errors: [],
+  startedAt: performance.now(),
+};
+let ua = null;
+let session = null;
+
+function show(text) {
+  $('state').textContent = text;
+}
+
+function fail(text) {
+  state.errors.push(text);
+  show(text);
+}
+
+// Prefill the WSS URL from the page's own origin when it is served by Asterisk.
+if (location.protocol === 'https:') {
+  $('wss').value = `wss://${location.host}/ws`;
+}
+const params = new URLSearchParams(location.hash.slice(1));
+for (const key of ['wss', 'user', 'target']) {
+  if (params.get(key)) $(key).value = params.get(key);
+}
+
+$('account').addEventListener('submit', (event) => {
+  event.preventDefault();
+  register($('wss').value, $('user').value, $('password').value);
+});
+$('unregister').addEventListener('click', () => ua && ua.stop());
+$('dial').addEventListener('submit', (event) => {
+  event.preventDefault();
+  call($('target').value);
+});
+$('hangup').addEventListener('click', () => session && session.terminate());
+
+function register(wss, user, password) {
+  let host;
+  try {
+    host = new URL(wss).hostname;
+  } catch (e) {
+    fail(`not a WSS URL: ${wss}`);
+    return;
+  }
+  const socket = new JsSIP.WebSocketInterface(wss);
+  ua = new JsSIP.UA({
+    sockets: [socket],
+    uri: `sip:${user}@${host}`,
+    password,
+    register: true,
+    session_timers: false,
+    connection_recovery_min_interval: 2,
+    connection_recovery_max_interval: 4,
+  });
+  ua.on('connecting', () => show(`connecting to ${wss}`));
+  ua.on('disconnected', (e) => {
+    if (!state.registered) {
+      fail(`cannot connect to ${wss}: the WebSocket failed (is the port open and the certificate trusted?)`);
+    }
+  });
+  ua.on('registered', () => {
+    state.registered = true;
+    state.registeredAt = performance.now() - state.startedAt;
+    show(`registered as ${user}`);
+    $('call').disabled = false;
+    $('unregister').disabled = false;
+  });
+  ua.on('unregistered', () => {
+    state.registered = false;
+    show('not registered');
+    $('call').disabled = true;
+  });
+  ua.on('registrationFailed', (e) => fail(`registration failed: ${e.cause}`));
+  ua.on('newRTCSession', (e) => {
+    if (e.originator === 'remote') {
+      if (session || !$('autoanswer').checked) {
+        e.session.terminate({ status_code: 486 });
+        return;
+      }
+      track(e.session);
+      e.session.answer({ mediaConstraints: { audio: true, video: false } });
+    }
+  });
+  ua.start();
+}
+
+function call(target) {
+  if (!ua) return;
+  const host = new URL($('wss').value).hostname;
+  track(ua.call(`sip:${target}@${host}`, {
+    mediaConstraints: { audio: true, video: false },
+    pcConfig: { iceServers: [] },
+  }));
+}
+
+function track(s) {
+  session = s;
+  state.callState = 'calling';
+  state.confirmedAt = null;
+  state.endCause = null;
+  show('calling');
+  $('hangup').disabled = false;
+  s.on('peerconnection', (e) => attach(e.peerconnection));
+  if (s.connection) attach(s.connection);
+  s.on('progress', () => { state.callState = 'ringing'; show('ringing'); });
+  s.on('confirmed', () => {
+    state.callState = 'confirmed';
+    state.confirmedAt = performance.now() - state.startedAt;
+    show('in call');
+  });
+  const done = (e) => {
+    state.callState = 'ended';
+    state.endCause = e.cause;
+    session = null;
+    $('hangup').disabled = true;
+    show(`call ended: ${e.cause}`);
+  };
+  s.on('ended', done);
+  s.on('failed', (e) => { done(e); state.errors.push(`call failed: ${e.cause}`); });
+}
+
+function attach(pc) {
+  pc.addEventListener('track', (e) => {
+    $('remote').srcObject = e.streams[0] || new MediaStream([e.track]);
+  });
+}
+
+// Audio levels and the figures the tests read, from getStats().
+async function stats() {
+  const pc = session && session.connection;
+  if (!pc) return null;
+  const report = await pc.getStats();
+  const out = { dtlsState: null, codec: null, packetsReceived: 0, packetsSent: 0, audioLevelIn: 0, audioLevelOut: 0 };
+  const codecs = new Map();
+  report.forEach((r) => { if (r.type === 'codec') codecs.set(r.id, r.mimeType); });
+  report.forEach((r) => {
+    if (r.type === 'transport' && r.dtlsState) out.dtlsState = r.dtlsState;
+    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+      out.packetsReceived = r.packetsReceived || 0;
+      out.audioLevelIn = r.audioLevel || 0;
+      if (r.codecId) out.codec = codecs.get(r.codecId) || out.codec;
+    }
+    if (r.type === 'outbound-rtp' && r.kind === 'audio') out.packetsSent = r.packetsSent || 0;
+    if (r.type === 'media-source' && r.kind === 'audio') out.audioLevelOut = r.audioLevel || 0;
+  });
+  return out;
+}
+
+setInterval(async () => {
+  const s = await stats();
+  $('level-in').value = s ? s.audioLevelIn : 0;
+  $('level-out').value = s ? s.audioLevelOut : 0;
+}, 250);
+
+window.astrtcPhone = { state, stats, register, call, hangup: () => session && session.terminate() };

@@ -1,0 +1,400 @@
+//! Real clients against the image this repository builds: the demo softphone
+//! (images/asterisk/phone, served by Asterisk itself) in Debian's headless chromium driven by
+//! playwright-core, and baresip as a plain SIP phone. The browser trusts the generated `ca.crt`
+//! through an NSS database; no certificate errors are ignored.
+//!
+//! Needs Docker, chromium, certutil, baresip and tests/clients/node_modules (`make deps-clients`).
+//! Outside CI, missing tools skip these tests with a message; in CI they fail. Artifacts (Asterisk
+//! log, browser console, getStats samples, baresip log) go to target/astrtc-artifacts/<test>/.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use astrtc::plan::Plan;
+use astrtc::testing::{self, AsteriskContainer};
+use serde_json::Value;
+
+fn tools_missing() -> Option<String> {
+    if std::env::var_os("ASTRTC_SKIP_DOCKER").is_some() {
+        return Some("ASTRTC_SKIP_DOCKER is set".into());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (what, ok) in [
+        ("chromium", Path::new("/usr/bin/chromium").exists()),
+        ("certutil", which("certutil")),
+        ("baresip", which("baresip")),
+        ("node", which("node")),
+        (
+            "playwright-core",
+            root.join("tests/clients/node_modules/playwright-core")
+                .exists(),
+        ),
+    ] {
+        if !ok {
+            let msg = format!("{what} is not installed (make deps-clients)");
+            if std::env::var_os("CI").is_some() {
+                panic!("{msg}");
+            }
+            return Some(msg);
+        }
+    }
+    None
+}
+
+fn which(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn artifacts(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/astrtc-artifacts")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn save_logs(asterisk: &AsteriskContainer, dir: &Path) {
+    if let Ok(log) = asterisk.logs().await {
+        std::fs::write(dir.join("asterisk.log"), log).unwrap();
+    }
+}
+
+/// A HOME whose NSS database trusts `ca` (or nothing, when `ca` is None).
+fn browser_home(ca: Option<&Path>) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db_arg = format!("sql:{}", db.display());
+    let ok = Command::new("certutil")
+        .args(["-d", &db_arg, "-N", "--empty-password"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    if let Some(ca) = ca {
+        let ok = Command::new("certutil")
+            .args([
+                "-d",
+                &db_arg,
+                "-A",
+                "-t",
+                "C,,",
+                "-n",
+                "astrtc-test-ca",
+                "-i",
+            ])
+            .arg(ca)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    home
+}
+
+struct BrowserCall<'a> {
+    plan: &'a Plan,
+    home: &'a Path,
+    user: &'a str,
+    target: &'a str,
+    seconds: u32,
+    artifacts: &'a Path,
+}
+
+/// Runs tests/clients/browser-call.mjs; returns its JSON result and exit status.
+fn browser_call(c: &BrowserCall<'_>) -> (Value, bool, Duration) {
+    let port = c.plan.network.wss_port;
+    let domain = &c.plan.tls.domain;
+    let password = &c
+        .plan
+        .endpoints
+        .iter()
+        .find(|e| e.id == c.user)
+        .unwrap()
+        .password;
+    let profile = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new("node")
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients"))
+        .arg("browser-call.mjs")
+        .args([
+            "--page",
+            &format!("https://{domain}:{port}/static/phone/index.html"),
+        ])
+        .args(["--wss", &format!("wss://{domain}:{port}/ws")])
+        .args([
+            "--user",
+            c.user,
+            "--password-env",
+            "ASTRTC_TEST_PASSWORD",
+            "--target",
+            c.target,
+        ])
+        .args(["--seconds", &c.seconds.to_string()])
+        .arg("--profile")
+        .arg(profile.path())
+        .arg("--artifacts")
+        .arg(c.artifacts)
+        .env("HOME", c.home)
+        .env("ASTRTC_TEST_PASSWORD", password)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("browser-call printed no JSON ({e}): {text}"));
+    (json, out.status.success(), elapsed)
+}
+
+/// Asserts a browser call carried media both ways for `seconds` and ended with a clean BYE.
+fn assert_media_flowed(r: &Value, seconds: u32) {
+    assert_eq!(r["ok"], true, "{r:#}");
+    let samples = r["samples"].as_array().unwrap();
+    assert!(!samples.is_empty());
+    let last = samples.last().unwrap();
+    assert_eq!(last["dtlsState"], "connected", "{last}");
+    assert_eq!(last["codec"], "audio/opus", "{last}");
+    // Inbound RTP keeps increasing for the whole window, not just at the start.
+    let at = |t: u64| {
+        samples
+            .iter()
+            .find(|s| s["t"].as_u64().unwrap() >= t)
+            .unwrap()["packetsReceived"]
+            .as_u64()
+            .unwrap()
+    };
+    let window = u64::from(seconds) * 1000;
+    assert!(
+        last["t"].as_u64().unwrap() >= window - 300,
+        "sampled for too short a time"
+    );
+    let (p1, p2, p3) = (
+        at(500),
+        at(window / 2),
+        last["packetsReceived"].as_u64().unwrap(),
+    );
+    assert!(p1 < p2 && p2 < p3, "inbound RTP stalled: {p1} {p2} {p3}");
+    let rate = p3 as f64 / (last["t"].as_f64().unwrap() / 1000.0);
+    assert!(rate > 30.0, "only {rate:.0} packets/s");
+    assert_eq!(r["endCause"], "Terminated", "not a clean BYE: {r:#}");
+}
+
+fn start_baresip(
+    plan: &Plan,
+    user: &str,
+    listen_port: u16,
+    dial: Option<&str>,
+    seconds: u32,
+    dir: &Path,
+) -> std::process::Child {
+    let cfg = dir.join("baresip");
+    let snd = dir.join("baresip-audio");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::create_dir_all(&snd).unwrap();
+    std::fs::write(
+        cfg.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{listen_port}\naudio_player aubridge,nil\n\
+             audio_source ausine,440\naudio_alert aubridge,nil\nausrc_srate 48000\nauplay_srate 48000\n\
+             ausrc_channels 2\nauplay_channels 2\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
+             module ausine.so\nmodule aubridge.so\nmodule sndfile.so\nmodule_app account.so\nmodule_app menu.so\n\
+             snd_path {}\n",
+            snd.display()
+        ),
+    )
+    .unwrap();
+    let password = &plan
+        .endpoints
+        .iter()
+        .find(|e| e.id == user)
+        .unwrap()
+        .password;
+    let sip = plan.network.sip_port;
+    std::fs::write(
+        cfg.join("accounts"),
+        format!("<sip:{user}@127.0.0.1:{sip};transport=udp>;auth_pass={password};answermode=auto;regint=60\n"),
+    )
+    .unwrap();
+    std::fs::write(cfg.join("contacts"), "").unwrap();
+    let log = std::fs::File::create(dir.join("baresip.log")).unwrap();
+    let mut cmd = Command::new("baresip");
+    cmd.arg("-f").arg(&cfg).args(["-t", &seconds.to_string()]);
+    if let Some(target) = dial {
+        cmd.args(["-e", &format!("/dial sip:{target}@127.0.0.1:{sip}")]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// RMS (0..1) of the decoded audio baresip dumped (16-bit PCM WAV), skipping the first second.
+fn received_rms(dir: &Path) -> f64 {
+    let snd = dir.join("baresip-audio");
+    let wav = std::fs::read_dir(&snd)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("baresip wrote no decoded audio in {}", snd.display()));
+    let bytes = std::fs::read(wav).unwrap();
+    assert_eq!(&bytes[0..4], b"RIFF");
+    let channels = u16::from_le_bytes([bytes[22], bytes[23]]) as usize;
+    let rate = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]) as usize;
+    assert_eq!(
+        u16::from_le_bytes([bytes[34], bytes[35]]),
+        16,
+        "expected 16-bit PCM"
+    );
+    let samples: Vec<i16> = bytes[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let skip = (rate * channels).min(samples.len());
+    let tail = &samples[skip..];
+    if tail.is_empty() {
+        return 0.0;
+    }
+    (tail
+        .iter()
+        .map(|s| (f64::from(*s) / 32768.0).powi(2))
+        .sum::<f64>()
+        / tail.len() as f64)
+        .sqrt()
+}
+
+async fn wait_registered(asterisk: &AsteriskContainer, aor: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let contacts = asterisk.rx("pjsip show contacts").await.unwrap();
+        if contacts
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("Contact:  {aor}/")))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{aor} did not register:\n{contacts}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_and_sip_phone_calls() {
+    if let Some(why) = tools_missing() {
+        eprintln!("skipping real-client tests: {why}");
+        return;
+    }
+    let suite = Instant::now();
+    let (dir, plan) = crate::image::deployment(3);
+    crate::image::ensure_image(&plan.image);
+    let asterisk = testing::start(&plan, &dir.path().join("deploy"))
+        .await
+        .expect("container becomes healthy");
+    let ca = dir.path().join("deploy/keys/ca.crt");
+    let home = browser_home(Some(&ca));
+
+    // 1. Browser echo call: 199 over WSS calls 600.
+    let art = artifacts("browser-echo");
+    let (r, ok, took) = browser_call(&BrowserCall {
+        plan: &plan,
+        home: home.path(),
+        user: "199",
+        target: &plan.dialplan.echo_extension,
+        seconds: 3,
+        artifacts: &art,
+    });
+    save_logs(&asterisk, &art).await;
+    assert!(ok, "{r:#}");
+    assert_media_flowed(&r, 3);
+    eprintln!(
+        "browser echo: registered {:.0} ms, confirmed {:.0} ms, first RTP {:.0} ms, {} packets, {:.1?}",
+        r["registeredMs"].as_f64().unwrap(),
+        r["confirmedMs"].as_f64().unwrap(),
+        r["firstRtpMs"].as_f64().unwrap(),
+        r["samples"].as_array().unwrap().last().unwrap()["packetsReceived"],
+        took
+    );
+
+    // 2. Plain SIP: baresip registers as 3001 over UDP and calls 600; what comes back is not silence.
+    let art = artifacts("sip-echo");
+    let mut phone = start_baresip(
+        &plan,
+        "3001",
+        25071,
+        Some(&plan.dialplan.echo_extension),
+        6,
+        &art,
+    );
+    let status = phone.wait().unwrap();
+    save_logs(&asterisk, &art).await;
+    assert!(status.success(), "baresip failed; see {}", art.display());
+    let log = std::fs::read_to_string(art.join("baresip.log")).unwrap();
+    assert!(log.contains("200 OK"), "3001 did not register:\n{log}");
+    assert!(log.contains("Call established"), "{log}");
+    let rms = received_rms(&art);
+    eprintln!("sip echo: received RMS {rms:.3}");
+    assert!(rms > 0.01, "baresip heard silence (RMS {rms})");
+
+    // 3. Transcoding: the browser (opus) calls 3001 (baresip, PCMU, auto-answer); audio both ways.
+    let art = artifacts("transcoding");
+    let mut phone = start_baresip(&plan, "3001", 25072, None, 20, &art);
+    wait_registered(&asterisk, "3001").await;
+    let (r, ok, _) = browser_call(&BrowserCall {
+        plan: &plan,
+        home: home.path(),
+        user: "199",
+        target: "3001",
+        seconds: 3,
+        artifacts: &art,
+    });
+    let _ = phone.kill();
+    let _ = phone.wait();
+    save_logs(&asterisk, &art).await;
+    assert!(ok, "{r:#}");
+    assert_media_flowed(&r, 3);
+    let level = r["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["audioLevelIn"].as_f64().unwrap_or(0.0))
+        .fold(0.0, f64::max);
+    assert!(
+        level > 0.01,
+        "the browser heard silence from the SIP phone (level {level})"
+    );
+    let log = std::fs::read_to_string(art.join("baresip.log")).unwrap();
+    assert!(
+        log.contains("PCMU"),
+        "the SIP leg did not use G.711 u-law:\n{log}"
+    );
+    let rms = received_rms(&art);
+    assert!(
+        rms > 0.01,
+        "the SIP phone heard silence from the browser (RMS {rms})"
+    );
+
+    // 4. An untrusted CA: the browser fails fast, with the reason.
+    let art = artifacts("untrusted-ca");
+    let untrusting = browser_home(None);
+    let (r, ok, took) = browser_call(&BrowserCall {
+        plan: &plan,
+        home: untrusting.path(),
+        user: "199",
+        target: &plan.dialplan.echo_extension,
+        seconds: 1,
+        artifacts: &art,
+    });
+    assert!(!ok, "a browser that does not trust the CA must fail: {r:#}");
+    let err = r["errors"][0].as_str().unwrap();
+    assert!(err.contains("ERR_CERT_AUTHORITY_INVALID"), "{err}");
+    assert!(took < Duration::from_secs(15), "failing took {took:?}");
+    eprintln!("real-client suite: {:.1?}", suite.elapsed());
+}

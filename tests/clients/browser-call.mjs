@@ -1,0 +1,93 @@
+// Drives the astrtc demo softphone (served by Asterisk at /static/phone/index.html) in Debian's
+// headless chromium: register, call, watch getStats(), hang up. Prints one JSON object on
+// stdout; the Rust test (tests/clients.rs) asserts on it. Exits non-zero, quickly and with a
+// reason, when the page cannot load (e.g. untrusted certificate) or registration fails.
+//
+// node browser-call.mjs --page URL --wss URL --user ID --password-env VAR --target EXT
+//                       --seconds N --profile DIR --artifacts DIR
+import { chromium } from 'playwright-core';
+import { writeFileSync, mkdirSync } from 'node:fs';
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+const seconds = Number(args.seconds || 3);
+const password = process.env[args['password-env'] || 'ASTRTC_PASSWORD'] || '';
+const result = { ok: false, registeredMs: null, confirmedMs: null, firstRtpMs: null, samples: [], errors: [], endCause: null };
+const consoleLines = [];
+const t0 = Date.now();
+
+function finish(code) {
+  result.elapsedMs = Date.now() - t0;
+  if (args.artifacts) {
+    mkdirSync(args.artifacts, { recursive: true });
+    writeFileSync(`${args.artifacts}/browser-console.log`, consoleLines.join('\n') + '\n');
+    writeFileSync(`${args.artifacts}/browser-result.json`, JSON.stringify(result, null, 2));
+  }
+  process.stdout.write(JSON.stringify(result) + '\n');
+  process.exit(code);
+}
+
+async function waitFor(page, predicate, what, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const s = await page.evaluate(() => window.astrtcPhone.state);
+    if (s.errors.length) throw new Error(`${what}: ${s.errors.join('; ')}`);
+    if (predicate(s)) return s;
+    await page.waitForTimeout(50);
+  }
+  throw new Error(`${what}: timed out after ${timeoutMs} ms`);
+}
+
+let context;
+try {
+  context = await chromium.launchPersistentContext(args.profile, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+    ],
+  });
+  const page = context.pages()[0] || (await context.newPage());
+  page.on('console', (m) => consoleLines.push(`[${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
+  try {
+    await page.goto(args.page, { timeout: 10000 });
+  } catch (e) {
+    throw new Error(`cannot load ${args.page}: ${e.message.split('\n')[0]}`);
+  }
+  await page.fill('#wss', args.wss);
+  await page.fill('#user', args.user);
+  await page.fill('#password', password);
+  if (args.autoanswer) await page.check('#autoanswer');
+  await page.click('#register');
+  let s = await waitFor(page, (st) => st.registered, 'registration', 10000);
+  result.registeredMs = s.registeredAt;
+  await page.fill('#target', args.target);
+  await page.click('#call');
+  s = await waitFor(page, (st) => st.callState === 'confirmed' || st.callState === 'ended', 'call', 15000);
+  if (s.callState !== 'confirmed') throw new Error(`call ended before it was answered: ${s.endCause}`);
+  result.confirmedMs = s.confirmedAt;
+  const callStart = Date.now();
+  const callStartPage = s.confirmedAt;
+  while (Date.now() - callStart < seconds * 1000) {
+    const st = await page.evaluate(() => window.astrtcPhone.stats());
+    result.samples.push({ t: Date.now() - callStart, ...st });
+    if (result.firstRtpMs === null && st && st.packetsReceived > 0) {
+      result.firstRtpMs = callStartPage + (Date.now() - callStart);
+    }
+    await page.waitForTimeout(250);
+  }
+  await page.click('#hangup');
+  s = await waitFor(page, (st) => st.callState === 'ended', 'hang-up', 5000);
+  result.endCause = s.endCause;
+  result.ok = true;
+  await context.close();
+  finish(0);
+} catch (e) {
+  result.errors.push(e.message);
+  if (context) await context.close().catch(() => {});
+  finish(1);
+}
