@@ -79,4 +79,30 @@ pub enum Command {
         #[arg(long, default_value = "deploy")]
         out: PathBuf,
     },
+    /// Check a running deployment of the spec: TLS, WebSocket upgrade, SIP REGISTER over WSS for
+    /// each WebRTC endpoint, SIP OPTIONS over UDP, and (when local) modules and endpoints.
+    #[command(
+        after_help = "Examples:\n  astrtc verify --spec pbx/astrtc.toml --out pbx/deploy\n  \
+                            astrtc verify --spec pbx/astrtc.toml --host 203.0.113.10 --json"
+    )]
+    Verify {
+        /// The spec file.
+        #[arg(long, default_value = "astrtc.toml")]
+        spec: PathBuf,
+        /// The rendered output directory (its keys/ca.crt is the CA to verify against).
+        #[arg(long, default_value = "deploy")]
+        out: PathBuf,
+        /// Host to connect to [default: the spec's tls.domain].
+        #[arg(long)]
+        host: Option<String>,
+        /// CA certificate(s) the WSS certificate must chain to [default: OUT/keys/ca.crt].
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The Asterisk container (name or id) [default: found by the compose project name].
+        #[arg(long)]
+        container: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -13,6 +13,7 @@ use crate::init::{self, InitError};
 use crate::plan::{self, HostFacts, Plan};
 use crate::render::{self, CheckReport, RenderError};
 use crate::spec::{self, SpecError, TlsMode};
+use crate::verify;
 
 /// Any failure of a command.
 #[derive(Debug, Error, miette::Diagnostic)]
@@ -37,6 +38,25 @@ pub enum RunError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Image(#[from] ImageError),
+    /// `verify` found failures.
+    #[error("{failed} check{s} failed", s = if *failed == 1 { "" } else { "s" })]
+    #[diagnostic(
+        code(astrtc::verify::failed),
+        help("each failure above says what to do")
+    )]
+    VerifyFailed {
+        /// Number of failed checks.
+        failed: usize,
+    },
+    /// A file could not be read.
+    #[error("failed to read {}", path.display())]
+    ReadFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// `render --check` found differences.
     #[error("{out} is out of date with {spec}: {count} difference{s}", s = if *count == 1 { "" } else { "s" })]
     #[diagnostic(
@@ -134,6 +154,48 @@ pub fn run(command: Command) -> Result<(), RunError> {
             let loaded = spec::load(&spec)?;
             print!("{}", info_text(&plan, &plan::secrets_path(&loaded), &out));
             Ok(())
+        }
+        Command::Verify {
+            spec,
+            out,
+            host,
+            ca,
+            container,
+            json,
+        } => {
+            let plan = load_plan(&spec)?;
+            let ca_path = ca.unwrap_or_else(|| out.join("keys").join(crate::certs::files::CA));
+            let ca_pem =
+                std::fs::read_to_string(&ca_path).map_err(|source| RunError::ReadFile {
+                    path: ca_path.clone(),
+                    source,
+                })?;
+            let target = verify::Target {
+                host: host.unwrap_or_else(|| plan.tls.domain.clone()),
+                ca_pem,
+                ca_file: ca_path.display().to_string(),
+                container,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+            let report = runtime.block_on(verify::verify(&plan, &target));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                print!("{report}");
+            }
+            let failed = report
+                .checks
+                .iter()
+                .filter(|c| c.status == verify::Status::Fail)
+                .count();
+            if failed == 0 {
+                Ok(())
+            } else {
+                Err(RunError::VerifyFailed { failed })
+            }
         }
         Command::Secrets { spec } => {
             let loaded = spec::load(&spec)?;

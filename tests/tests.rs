@@ -8,3 +8,4 @@ mod compose;
 mod hostile;
 mod image;
 mod render;
+mod verify;

@@ -2,7 +2,7 @@
 //! given CA for the spec's domain, then an HTTP/1.1 WebSocket upgrade with the `sip`
 //! subprotocol.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +66,8 @@ pub struct TlsReport {
     pub chain_len: usize,
 }
 
-type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+/// A TLS client stream.
+pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 fn connect(addr: SocketAddr, domain: &str, ca_pem: &str) -> Result<TlsStream, VerifyError> {
     let mut roots = RootCertStore::empty();
@@ -140,6 +141,16 @@ pub fn websocket_upgrade(
     ca_pem: &str,
     path: &str,
 ) -> Result<String, VerifyError> {
+    websocket(addr, domain, ca_pem, path).map(|_| "sip".to_string())
+}
+
+/// Opens a WebSocket with the `sip` subprotocol and returns the stream, ready for frames.
+pub fn websocket(
+    addr: SocketAddr,
+    domain: &str,
+    ca_pem: &str,
+    path: &str,
+) -> Result<TlsStream, VerifyError> {
     let mut tls = connect(addr, domain, ca_pem)?;
     let io = |source| VerifyError::Tls {
         addr,
@@ -154,24 +165,25 @@ pub fn websocket_upgrade(
     );
     tls.write_all(request.as_bytes()).map_err(io)?;
     tls.flush().map_err(io)?;
-    let mut reader = BufReader::new(tls);
-    let mut status = String::new();
-    reader.read_line(&mut status).map_err(io)?;
-    let mut protocol = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).map_err(io)? == 0 || line == "\r\n" {
+    // Read the response head byte by byte so no frame data is consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tls.read(&mut byte).map_err(io)? == 0 || head.len() > 16384 {
             break;
         }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("sec-websocket-protocol") {
-                protocol = Some(v.trim().to_string());
-            }
-        }
+        head.push(byte[0]);
     }
-    let status = status.trim().to_string();
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.lines().next().unwrap_or("").trim().to_string();
+    let protocol = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("sec-websocket-protocol")
+            .then(|| v.trim().to_string())
+    });
     if status.split_whitespace().nth(1) == Some("101") && protocol.as_deref() == Some("sip") {
-        Ok("sip".into())
+        Ok(tls)
     } else {
         Err(VerifyError::Upgrade {
             path: path.into(),

@@ -1,0 +1,351 @@
+//! `astrtc verify`: the guide's "check your configuration" section, automated, against any
+//! running deployment of a spec — local or remote.
+//!
+//! Owns: the order of checks, which depend on which, and the remedies. Talks to the deployment
+//! over the network (TLS, WSS, SIP) and, when its container is local, through the Docker API.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use futures_util::StreamExt;
+
+use super::report::{Check, Report};
+use super::{parse_endpoints, parse_module_show, sip, tls, VerifyError};
+use crate::plan::Plan;
+use crate::spec::EndpointKind;
+
+/// Modules a WebRTC deployment must run.
+pub const REQUIRED_MODULES: &[&str] = &[
+    "res_crypto.so",
+    "res_http_websocket.so",
+    "res_pjsip_transport_websocket.so",
+    "codec_opus_open_source.so",
+    "res_format_attr_opus.so",
+    "res_srtp.so",
+];
+
+/// A certificate with fewer days left than this fails the TLS check.
+pub const MIN_DAYS_LEFT: i64 = 14;
+
+/// Where and how to verify.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Host to connect to (the TLS name is always the spec's domain).
+    pub host: String,
+    /// CA certificate(s) the WSS certificate must chain to.
+    pub ca_pem: String,
+    /// Where `ca_pem` came from, for messages.
+    pub ca_file: String,
+    /// The Asterisk container, when local: a name or id; `None` finds it by compose labels.
+    pub container: Option<String>,
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| "no address".into())
+}
+
+/// Runs every check against the deployment of `plan`.
+pub async fn verify(plan: &Plan, target: &Target) -> Report {
+    let mut report = Report::default();
+    let domain = plan.tls.domain.clone();
+    let wss = match resolve(&target.host, plan.network.wss_port) {
+        Ok(a) => a,
+        Err(e) => {
+            report.push(Check::fail(
+                "tls",
+                format!("cannot resolve {}: {e}", target.host),
+                "pass the deployment's address with --host",
+            ));
+            return report;
+        }
+    };
+
+    // TLS, then everything that needs it.
+    let (ca, dom) = (target.ca_pem.clone(), domain.clone());
+    let tls_result = tokio::task::spawn_blocking(move || tls::check_tls(wss, &dom, &ca))
+        .await
+        .expect("join");
+    let tls_ok = match tls_result {
+        Ok(r) => {
+            let days = r.leaf.seconds_left / 86400;
+            let names: Vec<_> = r.leaf.dns_names.iter().cloned().collect();
+            let detail = format!(
+                "{} on {wss}, certificate for {}, {days} days left",
+                r.protocol,
+                names.join(", ")
+            );
+            if days < MIN_DAYS_LEFT {
+                report.push(Check::fail("tls", detail, "the certificate expires soon: re-run `astrtc render` (self-signed) or renew it"));
+            } else {
+                report.push(Check::pass("tls", detail));
+            }
+            true
+        }
+        Err(e) => {
+            report.push(tls_failure(&e, wss, &domain, &target.ca_file));
+            false
+        }
+    };
+
+    if tls_ok {
+        let (ca, dom) = (target.ca_pem.clone(), domain.clone());
+        let ws = tokio::task::spawn_blocking(move || tls::websocket_upgrade(wss, &dom, &ca, "/ws"))
+            .await
+            .expect("join");
+        let ws_ok = match ws {
+            Ok(p) => {
+                report.push(Check::pass(
+                    "websocket",
+                    format!("/ws upgraded (101) with subprotocol {p}"),
+                ));
+                true
+            }
+            Err(e) => {
+                report.push(Check::fail(
+                    "websocket",
+                    e.to_string(),
+                    "Asterisk must load res_http_websocket.so and res_pjsip_transport_websocket.so; check modules.conf",
+                ));
+                false
+            }
+        };
+        for ep in plan
+            .endpoints
+            .iter()
+            .filter(|e| e.kind == EndpointKind::Webrtc)
+        {
+            let name = format!("register {}", ep.id);
+            if !ws_ok {
+                report.push(Check::skip(name, "the WebSocket upgrade failed"));
+                continue;
+            }
+            let (ca, dom, id, pw) = (
+                target.ca_pem.clone(),
+                domain.clone(),
+                ep.id.clone(),
+                ep.password.clone(),
+            );
+            let outcome = tokio::task::spawn_blocking(move || {
+                sip::register_over_wss(wss, &dom, &ca, &id, &pw)
+            })
+            .await
+            .expect("join");
+            report.push(match outcome {
+                Ok(o) if o.registered.code == 200 => {
+                    let removed = o.removed.map(|r| format!("{} {}", r.code, r.reason)).unwrap_or_default();
+                    Check::pass(name, format!("200 OK over WSS with digest auth; removed: {removed}"))
+                }
+                Ok(o) if matches!(o.registered.code, 401 | 403 | 407) => Check::fail(
+                    name,
+                    format!("{} {} after digest auth", o.registered.code, o.registered.reason),
+                    format!(
+                        "wrong password for endpoint {}: the deployment does not use the password in the secrets \
+                         file; re-run `astrtc render` and restart Asterisk",
+                        ep.id
+                    ),
+                ),
+                Ok(o) => Check::fail(
+                    name,
+                    format!("{} {}", o.registered.code, o.registered.reason),
+                    format!("Asterisk does not know endpoint {}: re-run `astrtc render` and restart", ep.id),
+                ),
+                Err(e) => Check::fail(name, e.to_string(), "the WSS connection broke during REGISTER; see the Asterisk log"),
+            });
+        }
+    } else {
+        report.push(Check::skip("websocket", "TLS failed"));
+        for ep in plan
+            .endpoints
+            .iter()
+            .filter(|e| e.kind == EndpointKind::Webrtc)
+        {
+            report.push(Check::skip(format!("register {}", ep.id), "TLS failed"));
+        }
+    }
+
+    // SIP over UDP.
+    match resolve(&target.host, plan.network.sip_port) {
+        Ok(addr) => {
+            let r = tokio::task::spawn_blocking(move || {
+                sip::options_over_udp(addr, Duration::from_secs(3))
+            })
+            .await
+            .expect("join");
+            report.push(match r {
+                Ok(Some(resp)) => Check::pass(
+                    "sip udp",
+                    format!("OPTIONS to {addr} answered {} {}", resp.code, resp.reason),
+                ),
+                Ok(None) => Check::fail(
+                    "sip udp",
+                    format!("no answer to OPTIONS on udp {addr} within 3 s"),
+                    format!(
+                        "is Asterisk running and UDP port {} open (firewall, published port)?",
+                        plan.network.sip_port
+                    ),
+                ),
+                Err(e) => Check::fail("sip udp", e.to_string(), "check the host's network"),
+            });
+        }
+        Err(e) => report.push(Check::fail(
+            "sip udp",
+            e,
+            "pass the deployment's address with --host",
+        )),
+    }
+
+    // Inside the container, when it is local.
+    match local_container(plan, target.container.as_deref()).await {
+        Err(why) => {
+            report.push(Check::skip("modules", why.clone()));
+            report.push(Check::skip("endpoints", why));
+        }
+        Ok((docker, id)) => {
+            let mut rows = Vec::new();
+            for pattern in ["crypto", "websocket", "opus", "srtp"] {
+                if let Ok(out) = rx(&docker, &id, &format!("module show like {pattern}")).await {
+                    rows.extend(parse_module_show(&out));
+                }
+            }
+            for m in REQUIRED_MODULES {
+                let name = format!("module {m}");
+                report.push(match rows.iter().find(|r| r.name == *m) {
+                    Some(r) if r.status == "Running" => Check::pass(name, "Running"),
+                    Some(r) => Check::fail(name, r.status.clone(), format!("{m} is loaded but not running; see the Asterisk log")),
+                    None => Check::fail(
+                        name,
+                        "not loaded",
+                        format!("{m} is not running: remove any `noload = {m}` from modules.conf, or rebuild the image with `astrtc build`"),
+                    ),
+                });
+            }
+            match rx(&docker, &id, "pjsip show endpoints").await {
+                Ok(out) => {
+                    let mut have = parse_endpoints(&out);
+                    have.sort();
+                    let mut want: Vec<_> = plan.endpoints.iter().map(|e| e.id.clone()).collect();
+                    want.sort();
+                    report.push(if have == want {
+                        Check::pass("endpoints", format!("{} as in the spec", have.join(", ")))
+                    } else {
+                        Check::fail(
+                            "endpoints",
+                            format!(
+                                "Asterisk has [{}], the spec has [{}]",
+                                have.join(", "),
+                                want.join(", ")
+                            ),
+                            "re-run `astrtc render` and restart Asterisk",
+                        )
+                    });
+                }
+                Err(e) => report.push(Check::fail(
+                    "endpoints",
+                    e,
+                    "is Asterisk running in the container?",
+                )),
+            }
+        }
+    }
+    report
+}
+
+fn tls_failure(e: &VerifyError, addr: SocketAddr, domain: &str, ca_file: &str) -> Check {
+    let detail = e.to_string();
+    let remedy = match e {
+        VerifyError::Connect { .. } => format!(
+            "nothing accepts connections on {addr}: is the stack running (`docker compose ps`), and is network.wss_port \
+             {} open?",
+            addr.port()
+        ),
+        VerifyError::Tls { source, .. } => {
+            let msg = source.to_string();
+            if let Some(idx) = msg.find("certificate is only valid for") {
+                let presented = msg[idx + "certificate is only valid for".len()..].trim().to_string();
+                format!(
+                    "the certificate is for {presented}, the spec says {domain}: re-run `astrtc render` (self-signed) \
+                     or `astrtc certs issue`, then restart Asterisk"
+                )
+            } else if msg.contains("UnknownIssuer") || msg.contains("unknown issuer") {
+                format!("the certificate does not chain to {ca_file}: re-run `astrtc render`, or pass the right CA with --ca")
+            } else if msg.contains("Expired") || msg.contains("expired") {
+                "the certificate has expired: re-run `astrtc render` or renew it".to_string()
+            } else {
+                "see the Asterisk log (`docker compose logs asterisk`) for the TLS error".to_string()
+            }
+        }
+        _ => "check the CA file and the spec's tls.domain".to_string(),
+    };
+    Check::fail("tls", detail, remedy)
+}
+
+async fn local_container(
+    plan: &Plan,
+    explicit: Option<&str>,
+) -> Result<(bollard::Docker, String), String> {
+    let docker = crate::image::connect()
+        .await
+        .map_err(|_| "no local Docker engine (remote deployment?)".to_string())?;
+    if let Some(id) = explicit {
+        return Ok((docker, id.to_string()));
+    }
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("com.docker.compose.project={}", plan.name),
+            "com.docker.compose.service=asterisk".to_string(),
+        ],
+    )]);
+    let list = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = list.first().and_then(|c| c.id.clone()).ok_or_else(|| {
+        format!(
+            "no running container of compose project {:?} here (pass --container for others)",
+            plan.name
+        )
+    })?;
+    Ok((docker, id))
+}
+
+async fn rx(docker: &bollard::Docker, id: &str, command: &str) -> Result<String, String> {
+    let exec = docker
+        .create_exec(
+            id,
+            CreateExecOptions {
+                cmd: Some(vec!["/usr/sbin/asterisk", "-rx", command]),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    if let StartExecResults::Attached { mut output, .. } = docker
+        .start_exec(&exec.id, None)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        while let Some(chunk) = output.next().await {
+            out.push_str(&chunk.map_err(|e| e.to_string())?.to_string());
+        }
+    }
+    Ok(out)
+}
