@@ -33,7 +33,10 @@ down: ## stop the stack started by `make up` (keeps the spec, secrets and CA)
 deps-clients: ## install the real clients the tests drive: chromium, baresip, playwright-core
 	bash scripts/host-setup.sh clients
 
-test: deps deps-clients ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
+deps-helm: ## install the chart tools into target/tools: helm 3 and 4, kubernetes-validate
+	bash scripts/host-setup.sh helm
+
+test: deps deps-clients deps-helm ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
 	cargo test --locked --all-targets
 
 test-unit: ## the tests that need no Docker engine
@@ -50,4 +53,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-clients up down test test-unit lint bench review-snapshots
+.PHONY: help deps deps-clients deps-helm up down test test-unit lint bench review-snapshots

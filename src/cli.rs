@@ -31,10 +31,8 @@ pub enum Command {
         force: bool,
     },
     /// Render Asterisk configs, keys and compose.yaml from the spec.
-    #[command(
-        after_help = "Examples:\n  astrtc render --spec pbx/astrtc.toml --out pbx/deploy\n  \
-                            astrtc render --spec pbx/astrtc.toml --out pbx/deploy --check"
-    )]
+    #[command(after_help = "Examples:\n  astrtc render --spec pbx/astrtc.toml --out pbx/deploy\n  \
+                            astrtc render --spec pbx/astrtc.toml --out pbx/deploy --check")]
     Render {
         /// The spec file.
         #[arg(long, default_value = "astrtc.toml")]
@@ -81,10 +79,8 @@ pub enum Command {
     },
     /// Check a running deployment of the spec: TLS, WebSocket upgrade, SIP REGISTER over WSS for
     /// each WebRTC endpoint, SIP OPTIONS over UDP, and (when local) modules and endpoints.
-    #[command(
-        after_help = "Examples:\n  astrtc verify --spec pbx/astrtc.toml --out pbx/deploy\n  \
-                            astrtc verify --spec pbx/astrtc.toml --host 203.0.113.10 --json"
-    )]
+    #[command(after_help = "Examples:\n  astrtc verify --spec pbx/astrtc.toml --out pbx/deploy\n  \
+                            astrtc verify --spec pbx/astrtc.toml --host 203.0.113.10 --json")]
     Verify {
         /// The spec file.
         #[arg(long, default_value = "astrtc.toml")]

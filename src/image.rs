@@ -17,51 +17,15 @@ use thiserror::Error;
 
 /// The embedded build context: path inside the context, mode, contents.
 pub const EMBEDDED_CONTEXT: &[(&str, u32, &[u8])] = &[
-    (
-        "Dockerfile",
-        0o644,
-        include_bytes!("../images/asterisk/Dockerfile"),
-    ),
-    (
-        "build/fetch-source",
-        0o755,
-        include_bytes!("../images/asterisk/build/fetch-source"),
-    ),
-    (
-        "build/configure",
-        0o755,
-        include_bytes!("../images/asterisk/build/configure"),
-    ),
-    (
-        "build/install-runtime",
-        0o755,
-        include_bytes!("../images/asterisk/build/install-runtime"),
-    ),
-    (
-        "runtime/astrtc-entrypoint",
-        0o755,
-        include_bytes!("../images/asterisk/runtime/astrtc-entrypoint"),
-    ),
-    (
-        "runtime/astrtc-healthcheck",
-        0o755,
-        include_bytes!("../images/asterisk/runtime/astrtc-healthcheck"),
-    ),
-    (
-        "phone/package.json",
-        0o644,
-        include_bytes!("../images/asterisk/phone/package.json"),
-    ),
-    (
-        "phone/index.html",
-        0o644,
-        include_bytes!("../images/asterisk/phone/index.html"),
-    ),
-    (
-        "phone/phone.js",
-        0o644,
-        include_bytes!("../images/asterisk/phone/phone.js"),
-    ),
+    ("Dockerfile", 0o644, include_bytes!("../images/asterisk/Dockerfile")),
+    ("build/fetch-source", 0o755, include_bytes!("../images/asterisk/build/fetch-source")),
+    ("build/configure", 0o755, include_bytes!("../images/asterisk/build/configure")),
+    ("build/install-runtime", 0o755, include_bytes!("../images/asterisk/build/install-runtime")),
+    ("runtime/astrtc-entrypoint", 0o755, include_bytes!("../images/asterisk/runtime/astrtc-entrypoint")),
+    ("runtime/astrtc-healthcheck", 0o755, include_bytes!("../images/asterisk/runtime/astrtc-healthcheck")),
+    ("phone/package.json", 0o644, include_bytes!("../images/asterisk/phone/package.json")),
+    ("phone/index.html", 0o644, include_bytes!("../images/asterisk/phone/index.html")),
+    ("phone/phone.js", 0o644, include_bytes!("../images/asterisk/phone/phone.js")),
 ];
 
 /// How many lines of build output are kept to show when a step fails.
@@ -97,10 +61,7 @@ pub enum ImageError {
     },
     /// The build failed at a step.
     #[error("the image build failed at {step}: {message}")]
-    #[diagnostic(
-        code(astrtc::image::build_failed),
-        help("the step's last output:\n{log_tail}")
-    )]
+    #[diagnostic(code(astrtc::image::build_failed), help("the step's last output:\n{log_tail}"))]
     BuildFailed {
         /// The step, e.g. "step 9/25 (RUN ...)".
         step: String,
@@ -143,12 +104,8 @@ pub struct Built {
 
 /// Connects to the engine (DOCKER_HOST or the local socket) and checks that it answers.
 pub async fn connect() -> Result<Docker, ImageError> {
-    let endpoint =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-    let no_engine = |source| ImageError::NoEngine {
-        endpoint: endpoint.clone(),
-        source,
-    };
+    let endpoint = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let no_engine = |source| ImageError::NoEngine { endpoint: endpoint.clone(), source };
     let docker = Docker::connect_with_local_defaults().map_err(no_engine)?;
     let docker = docker.negotiate_version().await.map_err(no_engine)?;
     docker.ping().await.map_err(no_engine)?;
@@ -206,17 +163,9 @@ pub async fn build(
 ) -> Result<Built, ImageError> {
     let started = Instant::now();
     let body = context_tar(ctx, extra_ca)?;
-    let options = BuildImageOptionsBuilder::default()
-        .dockerfile("Dockerfile")
-        .t(tag)
-        .rm(true)
-        .forcerm(true)
-        .build();
+    let options = BuildImageOptionsBuilder::default().dockerfile("Dockerfile").t(tag).rm(true).forcerm(true).build();
     let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
-            .expect("valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
     bar.set_message(format!("building {tag}"));
 
@@ -265,11 +214,7 @@ pub async fn build(
     bar.finish_and_clear();
     // Confirm the tag exists: the stream can end early without an error item.
     docker.inspect_image(tag).await?;
-    Ok(Built {
-        tag: tag.into(),
-        id,
-        elapsed: started.elapsed(),
-    })
+    Ok(Built { tag: tag.into(), id, elapsed: started.elapsed() })
 }
 
 fn failed(step: &str, message: String, tail: &VecDeque<String>) -> ImageError {
@@ -311,21 +256,13 @@ mod tests {
         walk(&root, &root, &mut on_disk);
         on_disk.retain(|p| !p.starts_with("templates/"));
         on_disk.sort();
-        let mut embedded: Vec<String> = EMBEDDED_CONTEXT
-            .iter()
-            .map(|(p, _, _)| p.to_string())
-            .collect();
+        let mut embedded: Vec<String> = EMBEDDED_CONTEXT.iter().map(|(p, _, _)| p.to_string()).collect();
         embedded.sort();
         assert_eq!(embedded, on_disk);
         for (path, mode, _) in EMBEDDED_CONTEXT {
-            let disk = std::os::unix::fs::PermissionsExt::mode(
-                &std::fs::metadata(root.join(path)).unwrap().permissions(),
-            );
-            assert_eq!(
-                disk & 0o111 != 0,
-                mode & 0o111 != 0,
-                "{path}: executable bit differs"
-            );
+            let disk =
+                std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(root.join(path)).unwrap().permissions());
+            assert_eq!(disk & 0o111 != 0, mode & 0o111 != 0, "{path}: executable bit differs");
         }
     }
 }

@@ -26,10 +26,7 @@ pub const SPEC_FILE: &str = "astrtc.toml";
 pub enum InitError {
     /// A file exists and `--force` was not given.
     #[error("{} already exists", path.display())]
-    #[diagnostic(
-        code(astrtc::init::exists),
-        help("pass --force to overwrite it (new passwords are generated)")
-    )]
+    #[diagnostic(code(astrtc::init::exists), help("pass --force to overwrite it (new passwords are generated)"))]
     Exists {
         /// The file.
         path: PathBuf,
@@ -80,15 +77,7 @@ pub fn spec_text(domain: &str) -> String {
             .build()
             .expect("default delimiters are valid"),
     );
-    let quoted = |list: &[&str]| {
-        format!(
-            "[{}]",
-            list.iter()
-                .map(|s| format!("{s:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
+    let quoted = |list: &[&str]| format!("[{}]", list.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "));
     let defaults = context! {
         NAME => d::NAME, IMAGE => d::IMAGE, SECRETS_FILE => d::SECRETS_FILE,
         SIP_PORT => d::SIP_PORT, WSS_PORT => d::WSS_PORT, HTTP_PORT => d::HTTP_PORT,
@@ -137,19 +126,11 @@ pub fn init(dir: &Path, domain: &str, force: bool) -> Result<Written, InitError>
     }
     write_new(&secrets, s.to_toml().as_bytes(), 0o600).map_err(werr(&secrets))?;
     write_new(&spec, spec_text(domain).as_bytes(), 0o644).map_err(werr(&spec))?;
-    Ok(Written {
-        spec,
-        secrets,
-        endpoints: STARTER_ENDPOINTS.iter().map(|s| s.to_string()).collect(),
-    })
+    Ok(Written { spec, secrets, endpoints: STARTER_ENDPOINTS.iter().map(|s| s.to_string()).collect() })
 }
 
 /// Adds generated passwords for endpoints that have none; returns their ids.
-pub fn fill_secrets(
-    path: &Path,
-    existing: Option<Secrets>,
-    ids: &[String],
-) -> Result<Vec<String>, InitError> {
+pub fn fill_secrets(path: &Path, existing: Option<Secrets>, ids: &[String]) -> Result<Vec<String>, InitError> {
     let mut s = existing.unwrap_or_default();
     let mut added = Vec::new();
     for id in ids {
@@ -159,12 +140,8 @@ pub fn fill_secrets(
         }
     }
     if !added.is_empty() {
-        crate::certs::local_ca::write_atomic(path, s.to_toml().as_bytes(), 0o600).map_err(
-            |source| InitError::Write {
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
+        crate::certs::local_ca::write_atomic(path, s.to_toml().as_bytes(), 0o600)
+            .map_err(|source| InitError::Write { path: path.to_path_buf(), source })?;
     }
     Ok(added)
 }
@@ -172,12 +149,7 @@ pub fn fill_secrets(
 /// Creates (or truncates) a file with `mode` from the start, so a secret is never readable by
 /// others even for an instant.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
     f.set_permissions(fs::Permissions::from_mode(mode))?;
     f.write_all(bytes)?;
     f.sync_all()

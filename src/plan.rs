@@ -61,6 +61,8 @@ pub mod defaults {
 
 /// Fixed facts about the image astrtc builds.
 pub mod image {
+    /// The Asterisk version the image builds (images/asterisk/Dockerfile, ASTERISK_VERSION).
+    pub const ASTERISK_VERSION: &str = "22.10.1";
     /// Uid and gid of the `asterisk` user in the image.
     pub const ASTERISK_UID: u32 = 10060;
     /// Where configs are mounted.
@@ -84,12 +86,7 @@ impl HostFacts {
     /// The running process's facts.
     pub fn detect() -> Self {
         // SAFETY: geteuid/getegid cannot fail and touch no memory.
-        unsafe {
-            HostFacts {
-                uid: libc::geteuid(),
-                gid: libc::getegid(),
-            }
-        }
+        unsafe { HostFacts { uid: libc::geteuid(), gid: libc::getegid() } }
     }
 }
 
@@ -240,11 +237,7 @@ pub struct Endpoint {
 
 /// Where the secrets file of a spec is.
 pub fn secrets_path(spec: &LoadedSpec) -> PathBuf {
-    let rel = spec
-        .spec
-        .secrets
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(defaults::SECRETS_FILE));
+    let rel = spec.spec.secrets.clone().unwrap_or_else(|| PathBuf::from(defaults::SECRETS_FILE));
     resolve(spec.base_dir(), &rel)
 }
 
@@ -262,29 +255,12 @@ pub fn load_secrets(spec: &LoadedSpec) -> Result<LoadedSecrets, SpecError> {
 }
 
 /// Checks the spec and its secrets and resolves every value. All problems are reported at once.
-pub fn build(
-    spec: &LoadedSpec,
-    secrets: &LoadedSecrets,
-    host: HostFacts,
-) -> Result<Plan, SpecError> {
+pub fn build(spec: &LoadedSpec, secrets: &LoadedSecrets, host: HostFacts) -> Result<Plan, SpecError> {
     let problems = validate::validate(&spec.spec, Some(&secrets.secrets));
     if !problems.is_empty() {
-        let mut located: Vec<_> = problems
-            .spec
-            .into_iter()
-            .map(|p| spec.source.locate(p))
-            .collect();
-        located.extend(
-            problems
-                .secrets
-                .into_iter()
-                .map(|p| secrets.source.locate(p)),
-        );
-        return Err(InvalidSpec {
-            file: spec.source.path.clone(),
-            problems: located,
-        }
-        .into());
+        let mut located: Vec<_> = problems.spec.into_iter().map(|p| spec.source.locate(p)).collect();
+        located.extend(problems.secrets.into_iter().map(|p| secrets.source.locate(p)));
+        return Err(InvalidSpec { file: spec.source.path.clone(), problems: located }.into());
     }
     Ok(resolve_valid(spec, &secrets.secrets, host))
 }
@@ -312,33 +288,13 @@ fn resolve_valid(loaded: &LoadedSpec, secrets: &Secrets, host: HostFacts) -> Pla
             .collect(),
     });
     let bridge = (mode == NetworkMode::Bridge).then(|| Bridge {
-        subnet: net
-            .bridge_subnet
-            .clone()
-            .unwrap_or_else(|| defaults::BRIDGE_SUBNET.into()),
+        subnet: net.bridge_subnet.clone().unwrap_or_else(|| defaults::BRIDGE_SUBNET.into()),
         address: net.bridge_address.unwrap_or(defaults::BRIDGE_ADDRESS),
     });
-    let domain = s
-        .tls
-        .domain
-        .clone()
-        .unwrap_or_else(|| defaults::DOMAIN.into())
-        .to_ascii_lowercase();
+    let domain = s.tls.domain.clone().unwrap_or_else(|| defaults::DOMAIN.into()).to_ascii_lowercase();
     let mut names = vec![domain.clone()];
-    names.extend(
-        s.tls
-            .extra_names
-            .iter()
-            .flatten()
-            .map(|n| n.to_ascii_lowercase()),
-    );
-    let ca_dir = resolve(
-        loaded.base_dir(),
-        s.tls
-            .ca_dir
-            .as_deref()
-            .unwrap_or(Path::new(defaults::CA_DIR)),
-    );
+    names.extend(s.tls.extra_names.iter().flatten().map(|n| n.to_ascii_lowercase()));
+    let ca_dir = resolve(loaded.base_dir(), s.tls.ca_dir.as_deref().unwrap_or(Path::new(defaults::CA_DIR)));
     let endpoints = s
         .endpoints
         .iter()
@@ -353,23 +309,14 @@ fn resolve_valid(loaded: &LoadedSpec, secrets: &Secrets, host: HostFacts) -> Pla
                 d.iter().map(|c| c.to_string()).collect()
             }),
             display_name: e.display_name.clone().unwrap_or_else(|| e.id.clone()),
-            max_contacts: u32::try_from(e.max_contacts.unwrap_or(defaults::MAX_CONTACTS))
-                .expect("validated"),
+            max_contacts: u32::try_from(e.max_contacts.unwrap_or(defaults::MAX_CONTACTS)).expect("validated"),
             password: secrets.endpoints[&e.id].clone(),
         })
         .collect();
     let secret_access = if host.uid == 0 {
-        SecretAccess {
-            gid: image::ASTERISK_UID,
-            chown: true,
-            group_add: None,
-        }
+        SecretAccess { gid: image::ASTERISK_UID, chown: true, group_add: None }
     } else {
-        SecretAccess {
-            gid: host.gid,
-            chown: false,
-            group_add: Some(host.gid),
-        }
+        SecretAccess { gid: host.gid, chown: false, group_add: Some(host.gid) }
     };
     Plan {
         name: s.name.clone().unwrap_or_else(|| defaults::NAME.into()),
@@ -398,23 +345,10 @@ fn resolve_valid(loaded: &LoadedSpec, secrets: &Secrets, host: HostFacts) -> Pla
                 password: secrets.turn.as_ref().expect("validated").password.clone(),
             }),
         },
-        tls: TlsPlan {
-            mode: s.tls.mode.unwrap_or(TlsMode::SelfSigned),
-            domain,
-            names,
-            ca_dir,
-        },
+        tls: TlsPlan { mode: s.tls.mode.unwrap_or(TlsMode::SelfSigned), domain, names, ca_dir },
         dialplan: DialplanPlan {
-            context: s
-                .dialplan
-                .context
-                .clone()
-                .unwrap_or_else(|| defaults::CONTEXT.into()),
-            echo_extension: s
-                .dialplan
-                .echo_extension
-                .clone()
-                .unwrap_or_else(|| defaults::ECHO_EXTENSION.into()),
+            context: s.dialplan.context.clone().unwrap_or_else(|| defaults::CONTEXT.into()),
+            echo_extension: s.dialplan.echo_extension.clone().unwrap_or_else(|| defaults::ECHO_EXTENSION.into()),
         },
         endpoints,
         secret_access,

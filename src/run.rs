@@ -40,10 +40,7 @@ pub enum RunError {
     Image(#[from] ImageError),
     /// `verify` found failures.
     #[error("{failed} check{s} failed", s = if *failed == 1 { "" } else { "s" })]
-    #[diagnostic(
-        code(astrtc::verify::failed),
-        help("each failure above says what to do")
-    )]
+    #[diagnostic(code(astrtc::verify::failed), help("each failure above says what to do"))]
     VerifyFailed {
         /// Number of failed checks.
         failed: usize,
@@ -59,10 +56,7 @@ pub enum RunError {
     },
     /// `render --check` found differences.
     #[error("{out} is out of date with {spec}: {count} difference{s}", s = if *count == 1 { "" } else { "s" })]
-    #[diagnostic(
-        code(astrtc::render::out_of_date),
-        help("run `astrtc render` to update it")
-    )]
+    #[diagnostic(code(astrtc::render::out_of_date), help("run `astrtc render` to update it"))]
     OutOfDate {
         /// Spec path.
         spec: String,
@@ -89,21 +83,9 @@ pub fn run(command: Command) -> Result<(), RunError> {
     match command {
         Command::Init { dir, domain, force } => {
             let w = init::init(&dir, &domain, force)?;
-            println!(
-                "wrote {} and {} (mode 0600)",
-                w.spec.display(),
-                w.secrets.display()
-            );
-            println!(
-                "endpoints: {} (passwords in {})",
-                w.endpoints.join(", "),
-                w.secrets.display()
-            );
-            println!(
-                "next: astrtc render --spec {} --out {}",
-                w.spec.display(),
-                dir.join("deploy").display()
-            );
+            println!("wrote {} and {} (mode 0600)", w.spec.display(), w.secrets.display());
+            println!("endpoints: {} (passwords in {})", w.endpoints.join(", "), w.secrets.display());
+            println!("next: astrtc render --spec {} --out {}", w.spec.display(), dir.join("deploy").display());
             Ok(())
         }
         Command::Render { spec, out, check } => {
@@ -124,23 +106,13 @@ pub fn run(command: Command) -> Result<(), RunError> {
             } else {
                 write_output(&plan, &out)?;
                 println!("rendered {} from {}", out.display(), spec.display());
-                println!(
-                    "start it: cd {} && docker compose up -d --wait",
-                    out.display()
-                );
+                println!("start it: cd {} && docker compose up -d --wait", out.display());
                 Ok(())
             }
         }
-        Command::Build {
-            spec,
-            context,
-            extra_ca,
-            verbose,
-        } => {
+        Command::Build { spec, context, extra_ca, verbose } => {
             let plan = load_plan(&spec)?;
-            let ctx = context
-                .map(BuildContext::Dir)
-                .unwrap_or(BuildContext::Embedded);
+            let ctx = context.map(BuildContext::Dir).unwrap_or(BuildContext::Embedded);
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
             let built = runtime.block_on(async {
                 let docker = image::connect().await?;
@@ -155,21 +127,11 @@ pub fn run(command: Command) -> Result<(), RunError> {
             print!("{}", info_text(&plan, &plan::secrets_path(&loaded), &out));
             Ok(())
         }
-        Command::Verify {
-            spec,
-            out,
-            host,
-            ca,
-            container,
-            json,
-        } => {
+        Command::Verify { spec, out, host, ca, container, json } => {
             let plan = load_plan(&spec)?;
             let ca_path = ca.unwrap_or_else(|| out.join("keys").join(crate::certs::files::CA));
-            let ca_pem =
-                std::fs::read_to_string(&ca_path).map_err(|source| RunError::ReadFile {
-                    path: ca_path.clone(),
-                    source,
-                })?;
+            let ca_pem = std::fs::read_to_string(&ca_path)
+                .map_err(|source| RunError::ReadFile { path: ca_path.clone(), source })?;
             let target = verify::Target {
                 host: host.unwrap_or_else(|| plan.tls.domain.clone()),
                 ca_pem,
@@ -179,18 +141,11 @@ pub fn run(command: Command) -> Result<(), RunError> {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
             let report = runtime.block_on(verify::verify(&plan, &target));
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serializes")
-                );
+                println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
             } else {
                 print!("{report}");
             }
-            let failed = report
-                .checks
-                .iter()
-                .filter(|c| c.status == verify::Status::Fail)
-                .count();
+            let failed = report.checks.iter().filter(|c| c.status == verify::Status::Fail).count();
             if failed == 0 {
                 Ok(())
             } else {
@@ -200,24 +155,13 @@ pub fn run(command: Command) -> Result<(), RunError> {
         Command::Secrets { spec } => {
             let loaded = spec::load(&spec)?;
             let path = plan::secrets_path(&loaded);
-            let existing = if path.exists() {
-                Some(spec::secrets::load(&path)?.secrets)
-            } else {
-                None
-            };
+            let existing = if path.exists() { Some(spec::secrets::load(&path)?.secrets) } else { None };
             let ids: Vec<String> = loaded.spec.endpoints.iter().map(|e| e.id.clone()).collect();
             let added = init::fill_secrets(&path, existing, &ids)?;
             if added.is_empty() {
-                println!(
-                    "every endpoint already has a password in {}",
-                    path.display()
-                );
+                println!("every endpoint already has a password in {}", path.display());
             } else {
-                println!(
-                    "generated passwords for {} in {}",
-                    added.join(", "),
-                    path.display()
-                );
+                println!("generated passwords for {} in {}", added.join(", "), path.display());
             }
             Ok(())
         }
@@ -247,9 +191,8 @@ pub fn write_output(plan: &Plan, out: &Path) -> Result<(), RunError> {
 pub fn check_output(plan: &Plan, out: &Path) -> Result<CheckReport, RunError> {
     let certs = match plan.tls.mode {
         TlsMode::SelfSigned => {
-            let ca = LocalCa::load(&plan.tls.ca_dir)?.ok_or_else(|| CertError::NoCa {
-                dir: plan.tls.ca_dir.clone(),
-            })?;
+            let ca =
+                LocalCa::load(&plan.tls.ca_dir)?.ok_or_else(|| CertError::NoCa { dir: plan.tls.ca_dir.clone() })?;
             ca.leaf(&plan.tls.names, render::existing_certs(out).as_ref())?
         }
     };
@@ -260,16 +203,8 @@ pub fn check_output(plan: &Plan, out: &Path) -> Result<CheckReport, RunError> {
 pub fn info_text(plan: &Plan, secrets: &Path, out: &Path) -> String {
     use std::fmt::Write;
     let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "WSS URL:    wss://{}:{}/ws",
-        plan.tls.domain, plan.network.wss_port
-    );
-    let _ = writeln!(
-        t,
-        "SIP (UDP):  {}:{}",
-        plan.tls.domain, plan.network.sip_port
-    );
+    let _ = writeln!(t, "WSS URL:    wss://{}:{}/ws", plan.tls.domain, plan.network.wss_port);
+    let _ = writeln!(t, "SIP (UDP):  {}:{}", plan.tls.domain, plan.network.sip_port);
     let _ = writeln!(t, "endpoints:");
     for e in &plan.endpoints {
         let how = match e.kind {
@@ -278,11 +213,7 @@ pub fn info_text(plan: &Plan, secrets: &Path, out: &Path) -> String {
         };
         let _ = writeln!(t, "  {:<12} {how}", e.id);
     }
-    let _ = writeln!(
-        t,
-        "  {:<12} echo test (call it to hear yourself)",
-        plan.dialplan.echo_extension
-    );
+    let _ = writeln!(t, "  {:<12} echo test (call it to hear yourself)", plan.dialplan.echo_extension);
     let _ = writeln!(t, "passwords:  {}", secrets.display());
     if plan.tls.mode == TlsMode::SelfSigned {
         let _ = writeln!(
@@ -291,10 +222,6 @@ pub fn info_text(plan: &Plan, secrets: &Path, out: &Path) -> String {
             out.join("keys").join(crate::certs::files::CA).display()
         );
     }
-    let _ = writeln!(
-        t,
-        "logs:       cd {} && docker compose logs -f",
-        out.display()
-    );
+    let _ = writeln!(t, "logs:       cd {} && docker compose logs -f", out.display());
     t
 }

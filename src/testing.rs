@@ -58,23 +58,14 @@ pub struct AsteriskContainer {
 /// Starts the plan's image with `deploy/asterisk` and `deploy/keys` mounted read-only, and
 /// waits until the image's healthcheck passes (Asterisk fully booted, TLS listener accepting).
 pub async fn start(plan: &Plan, deploy: &Path) -> Result<AsteriskContainer, TestingError> {
-    let (name, tag) = plan
-        .image
-        .rsplit_once(':')
-        .unwrap_or((plan.image.as_str(), "latest"));
-    let abs = std::path::absolute(deploy).map_err(|source| TestingError::Read {
-        path: deploy.into(),
-        source,
-    })?;
+    let (name, tag) = plan.image.rsplit_once(':').unwrap_or((plan.image.as_str(), "latest"));
+    let abs = std::path::absolute(deploy).map_err(|source| TestingError::Read { path: deploy.into(), source })?;
     let container = GenericImage::new(name, tag)
         .with_wait_for(WaitFor::healthcheck())
         .with_network("host")
         .with_mount(
-            Mount::bind_mount(
-                abs.join("asterisk").display().to_string(),
-                image::CONFIG_DIR,
-            )
-            .with_access_mode(AccessMode::ReadOnly),
+            Mount::bind_mount(abs.join("asterisk").display().to_string(), image::CONFIG_DIR)
+                .with_access_mode(AccessMode::ReadOnly),
         )
         .with_mount(
             Mount::bind_mount(abs.join("keys").display().to_string(), image::KEYS_DIR)
@@ -83,11 +74,7 @@ pub async fn start(plan: &Plan, deploy: &Path) -> Result<AsteriskContainer, Test
         .with_startup_timeout(Duration::from_secs(120))
         .start()
         .await?;
-    Ok(AsteriskContainer {
-        container,
-        plan: plan.clone(),
-        deploy: abs,
-    })
+    Ok(AsteriskContainer { container, plan: plan.clone(), deploy: abs })
 }
 
 impl AsteriskContainer {
@@ -100,20 +87,13 @@ impl AsteriskContainer {
     pub async fn rx(&self, command: &str) -> Result<String, TestingError> {
         let mut exec = self
             .container
-            .exec(
-                ExecCommand::new(["/usr/sbin/asterisk", "-rx", command])
-                    .with_cmd_ready_condition(CmdWaitFor::exit()),
-            )
+            .exec(ExecCommand::new(["/usr/sbin/asterisk", "-rx", command]).with_cmd_ready_condition(CmdWaitFor::exit()))
             .await?;
         let stdout = String::from_utf8_lossy(&exec.stdout_to_vec().await?).into_owned();
         let code = exec.exit_code().await?;
         if code != Some(0) {
             let stderr = String::from_utf8_lossy(&exec.stderr_to_vec().await?).into_owned();
-            return Err(TestingError::Rx {
-                command: command.into(),
-                code,
-                stderr,
-            });
+            return Err(TestingError::Rx { command: command.into(), code, stderr });
         }
         Ok(stdout)
     }
@@ -127,23 +107,17 @@ impl AsteriskContainer {
 
     /// `module show like PATTERN`, parsed.
     pub async fn modules_like(&self, pattern: &str) -> Result<Vec<ModuleRow>, TestingError> {
-        Ok(verify::parse_module_show(
-            &self.rx(&format!("module show like {pattern}")).await?,
-        ))
+        Ok(verify::parse_module_show(&self.rx(&format!("module show like {pattern}")).await?))
     }
 
     /// Endpoint ids from `pjsip show endpoints`.
     pub async fn endpoints(&self) -> Result<Vec<String>, TestingError> {
-        Ok(verify::parse_endpoints(
-            &self.rx("pjsip show endpoints").await?,
-        ))
+        Ok(verify::parse_endpoints(&self.rx("pjsip show endpoints").await?))
     }
 
     /// The HTTPS binding from `http show status`.
     pub async fn https_binding(&self) -> Result<Option<String>, TestingError> {
-        Ok(verify::parse_https_binding(
-            &self.rx("http show status").await?,
-        ))
+        Ok(verify::parse_https_binding(&self.rx("http show status").await?))
     }
 
     /// The WSS listener's address on this host.
@@ -158,20 +132,11 @@ impl AsteriskContainer {
 
     /// TLS handshake verified against the deployment's `ca.crt` for the spec's domain.
     pub fn check_tls(&self) -> Result<TlsReport, TestingError> {
-        Ok(verify::check_tls(
-            self.wss_addr(),
-            &self.plan.tls.domain,
-            &self.ca_pem()?,
-        )?)
+        Ok(verify::check_tls(self.wss_addr(), &self.plan.tls.domain, &self.ca_pem()?)?)
     }
 
     /// The WebSocket upgrade on `/ws` with the `sip` subprotocol.
     pub fn check_websocket(&self) -> Result<String, TestingError> {
-        Ok(verify::websocket_upgrade(
-            self.wss_addr(),
-            &self.plan.tls.domain,
-            &self.ca_pem()?,
-            "/ws",
-        )?)
+        Ok(verify::websocket_upgrade(self.wss_addr(), &self.plan.tls.domain, &self.ca_pem()?, "/ws")?)
     }
 }

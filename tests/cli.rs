@@ -38,8 +38,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 fn passwords(secrets: &Path) -> Vec<String> {
-    let s: astrtc::spec::secrets::Secrets =
-        toml::from_str(&fs::read_to_string(secrets).unwrap()).unwrap();
+    let s: astrtc::spec::secrets::Secrets = toml::from_str(&fs::read_to_string(secrets).unwrap()).unwrap();
     s.endpoints.values().cloned().collect()
 }
 
@@ -47,23 +46,14 @@ fn passwords(secrets: &Path) -> Vec<String> {
 fn init_writes_a_private_secrets_file_and_never_prints_it() {
     let dir = tempfile::tempdir().unwrap();
     let pbx = dir.path().join("pbx");
-    let out = astrtc()
-        .args(["init", "--dir"])
-        .arg(&pbx)
-        .args(["--domain", "pbx.example.test"])
-        .assert()
-        .success();
+    let out = astrtc().args(["init", "--dir"]).arg(&pbx).args(["--domain", "pbx.example.test"]).assert().success();
     let secrets = pbx.join("astrtc.secrets.toml");
     assert_eq!(mode(&secrets), 0o600);
     let pw = passwords(&secrets);
     assert_eq!(pw.len(), 3);
     let printed = all_output(&out);
     for p in &pw {
-        assert!(
-            p.len() >= 22,
-            "a password of {} characters has < 128 bits",
-            p.len()
-        );
+        assert!(p.len() >= 22, "a password of {} characters has < 128 bits", p.len());
         assert!(!printed.contains(p.as_str()), "init printed a password");
     }
     // Different every time.
@@ -81,39 +71,18 @@ fn init_refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();
     init_in(dir.path());
     let before = fs::read(dir.path().join("astrtc.secrets.toml")).unwrap();
-    let out = astrtc()
-        .args(["init", "--dir"])
-        .arg(dir.path())
-        .assert()
-        .code(2);
+    let out = astrtc().args(["init", "--dir"]).arg(dir.path()).assert().code(2);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(
-        err.contains("already exists") && err.contains("--force"),
-        "{err}"
-    );
-    assert_eq!(
-        fs::read(dir.path().join("astrtc.secrets.toml")).unwrap(),
-        before
-    );
-    astrtc()
-        .args(["init", "--force", "--dir"])
-        .arg(dir.path())
-        .assert()
-        .success();
-    assert_ne!(
-        fs::read(dir.path().join("astrtc.secrets.toml")).unwrap(),
-        before
-    );
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert_eq!(fs::read(dir.path().join("astrtc.secrets.toml")).unwrap(), before);
+    astrtc().args(["init", "--force", "--dir"]).arg(dir.path()).assert().success();
+    assert_ne!(fs::read(dir.path().join("astrtc.secrets.toml")).unwrap(), before);
 }
 
 #[test]
 fn init_rejects_a_bad_domain_and_flags_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    astrtc()
-        .args(["init", "--domain", "bad domain", "--dir"])
-        .arg(dir.path())
-        .assert()
-        .code(2);
+    astrtc().args(["init", "--domain", "bad domain", "--dir"]).arg(dir.path()).assert().code(2);
     assert!(!dir.path().join("astrtc.toml").exists());
     astrtc().args(["render", "--no-such-flag"]).assert().code(2);
     astrtc().args(["frobnicate"]).assert().code(2);
@@ -123,12 +92,7 @@ fn init_rejects_a_bad_domain_and_flags_with_exit_2() {
 fn render_then_check_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let pbx = dir.path().join("pbx");
-    astrtc()
-        .args(["init", "--dir"])
-        .arg(&pbx)
-        .args(["--domain", "pbx.example.test"])
-        .assert()
-        .success();
+    astrtc().args(["init", "--dir"]).arg(&pbx).args(["--domain", "pbx.example.test"]).assert().success();
     let spec = pbx.join("astrtc.toml");
     let deploy = pbx.join("deploy");
     // Check before the first render: out of date (no CA yet), exit 1, nothing written.
@@ -160,18 +124,11 @@ fn render_then_check_round_trip() {
     // A public file edited by hand: a unified diff and exit 1.
     let http = deploy.join("asterisk/http.conf");
     let text = fs::read_to_string(&http).unwrap();
-    fs::write(
-        &http,
-        text.replace("bindaddr = 127.0.0.1", "bindaddr = 0.0.0.0"),
-    )
-    .unwrap();
+    fs::write(&http, text.replace("bindaddr = 127.0.0.1", "bindaddr = 0.0.0.0")).unwrap();
     let out = render(&spec, &deploy, true).code(1);
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(stdout.contains("--- a/asterisk/http.conf"), "{stdout}");
-    assert!(
-        stdout.contains("-bindaddr = 0.0.0.0") && stdout.contains("+bindaddr = 127.0.0.1"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("-bindaddr = 0.0.0.0") && stdout.contains("+bindaddr = 127.0.0.1"), "{stdout}");
 
     // A secret file edited: reported, never shown.
     let auth = deploy.join("asterisk/pjsip_auth.conf");
@@ -179,10 +136,7 @@ fn render_then_check_round_trip() {
     fs::write(&auth, text.replace("type = auth", "type = auth\n;")).unwrap();
     let out = render(&spec, &deploy, true).code(1);
     let all = all_output(&out);
-    assert!(
-        all.contains("differs: asterisk/pjsip_auth.conf (secret; contents not shown)"),
-        "{all}"
-    );
+    assert!(all.contains("differs: asterisk/pjsip_auth.conf (secret; contents not shown)"), "{all}");
     for p in passwords(&pbx.join("astrtc.secrets.toml")) {
         assert!(!all.contains(&p), "--check printed a password");
     }
@@ -197,11 +151,7 @@ fn render_then_check_round_trip() {
 
     // A new name in the spec re-issues the leaf, signed by the same CA.
     let text = fs::read_to_string(&spec).unwrap();
-    fs::write(
-        &spec,
-        text.replace("# extra_names = []", "extra_names = [\"sip.example.test\"]"),
-    )
-    .unwrap();
+    fs::write(&spec, text.replace("# extra_names = []", "extra_names = [\"sip.example.test\"]")).unwrap();
     render(&spec, &deploy, false).success();
     assert_eq!(fs::read(deploy.join("keys/ca.crt")).unwrap(), ca);
     assert_ne!(fs::read(deploy.join("keys/asterisk.crt")).unwrap(), leaf);
@@ -218,92 +168,43 @@ fn a_bad_spec_exits_2_points_at_the_line_and_leaves_deploy_untouched() {
     let good = fs::read_to_string(&spec).unwrap();
 
     for (bad, key, needle) in [
-        (
-            good.replace("[rtp]", "[rtp]\nports = 5"),
-            "ports",
-            "unknown field",
-        ),
-        (
-            good.replace("[rtp]", "[rtp]\nstart = \"10000\""),
-            "rtp.start",
-            "invalid type",
-        ),
-        (
-            good.replace("kind = \"sip\"\n", "\n"),
-            "kind",
-            "missing field",
-        ),
-        (
-            good.replace("[rtp]", "[rtp]\nstart = 30000\nend = 20000"),
-            "rtp.start",
-            "must be below",
-        ),
+        (good.replace("[rtp]", "[rtp]\nports = 5"), "ports", "unknown field"),
+        (good.replace("[rtp]", "[rtp]\nstart = \"10000\""), "rtp.start", "invalid type"),
+        (good.replace("kind = \"sip\"\n", "\n"), "kind", "missing field"),
+        (good.replace("[rtp]", "[rtp]\nstart = 30000\nend = 20000"), "rtp.start", "must be below"),
     ] {
         fs::write(&spec, &bad).unwrap();
         let out = render(&spec, &deploy, false).code(2);
         let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
         assert!(err.contains(key) && err.contains(needle), "{key}: {err}");
         assert!(err.contains("astrtc.toml:"), "no file position in {err}");
-        assert_eq!(
-            fs::read(deploy.join("asterisk/pjsip.conf")).unwrap(),
-            before,
-            "deploy was touched"
-        );
+        assert_eq!(fs::read(deploy.join("asterisk/pjsip.conf")).unwrap(), before, "deploy was touched");
     }
-    let leftovers = fs::read_dir(dir.path()).unwrap().filter(|e| {
-        e.as_ref()
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .contains(".astrtc-")
-    });
+    let leftovers = fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".astrtc-"));
     assert_eq!(leftovers.count(), 0);
 }
 
 #[test]
 fn a_missing_spec_or_password_is_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let out = astrtc()
-        .args(["render", "--spec"])
-        .arg(dir.path().join("nope.toml"))
-        .assert()
-        .code(2);
+    let out = astrtc().args(["render", "--spec"]).arg(dir.path().join("nope.toml")).assert().code(2);
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("astrtc init"));
 
     init_in(dir.path());
     let spec = dir.path().join("astrtc.toml");
     let text = fs::read_to_string(&spec).unwrap();
-    fs::write(
-        &spec,
-        format!("{text}\n[[endpoints]]\nid = \"3003\"\nkind = \"sip\"\n"),
-    )
-    .unwrap();
-    let out = astrtc()
-        .args(["render", "--spec"])
-        .arg(&spec)
-        .assert()
-        .code(2);
+    fs::write(&spec, format!("{text}\n[[endpoints]]\nid = \"3003\"\nkind = \"sip\"\n")).unwrap();
+    let out = astrtc().args(["render", "--spec"]).arg(&spec).assert().code(2);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(
-        err.contains("no password for endpoint \"3003\"") && err.contains("astrtc secrets"),
-        "{err}"
-    );
+    assert!(err.contains("no password for endpoint \"3003\"") && err.contains("astrtc secrets"), "{err}");
     // `astrtc secrets` fills it in, keeps the others, keeps mode 0600.
     let before = passwords(&dir.path().join("astrtc.secrets.toml"));
-    astrtc()
-        .args(["secrets", "--spec"])
-        .arg(&spec)
-        .assert()
-        .success();
+    astrtc().args(["secrets", "--spec"]).arg(&spec).assert().success();
     let after = passwords(&dir.path().join("astrtc.secrets.toml"));
     assert_eq!(after.len(), 4);
     assert!(before.iter().all(|p| after.contains(p)));
     assert_eq!(mode(&dir.path().join("astrtc.secrets.toml")), 0o600);
-    astrtc()
-        .args(["render", "--spec"])
-        .arg(&spec)
-        .arg("--out")
-        .arg(dir.path().join("deploy"))
-        .assert()
-        .success();
+    astrtc().args(["render", "--spec"]).arg(&spec).arg("--out").arg(dir.path().join("deploy")).assert().success();
 }

@@ -25,11 +25,7 @@ fn tools_missing() -> Option<String> {
         ("certutil", which("certutil")),
         ("baresip", which("baresip")),
         ("node", which("node")),
-        (
-            "playwright-core",
-            root.join("tests/clients/node_modules/playwright-core")
-                .exists(),
-        ),
+        ("playwright-core", root.join("tests/clients/node_modules/playwright-core").exists()),
     ] {
         if !ok {
             let msg = format!("{what} is not installed (make deps-clients)");
@@ -51,9 +47,7 @@ fn which(cmd: &str) -> bool {
 }
 
 fn artifacts(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/astrtc-artifacts")
-        .join(test);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/astrtc-artifacts").join(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -71,23 +65,11 @@ fn browser_home(ca: Option<&Path>) -> tempfile::TempDir {
     let db = home.path().join(".pki/nssdb");
     std::fs::create_dir_all(&db).unwrap();
     let db_arg = format!("sql:{}", db.display());
-    let ok = Command::new("certutil")
-        .args(["-d", &db_arg, "-N", "--empty-password"])
-        .status()
-        .unwrap();
+    let ok = Command::new("certutil").args(["-d", &db_arg, "-N", "--empty-password"]).status().unwrap();
     assert!(ok.success());
     if let Some(ca) = ca {
         let ok = Command::new("certutil")
-            .args([
-                "-d",
-                &db_arg,
-                "-A",
-                "-t",
-                "C,,",
-                "-n",
-                "astrtc-test-ca",
-                "-i",
-            ])
+            .args(["-d", &db_arg, "-A", "-t", "C,,", "-n", "astrtc-test-ca", "-i"])
             .arg(ca)
             .status()
             .unwrap();
@@ -109,31 +91,15 @@ struct BrowserCall<'a> {
 fn browser_call(c: &BrowserCall<'_>) -> (Value, bool, Duration) {
     let port = c.plan.network.wss_port;
     let domain = &c.plan.tls.domain;
-    let password = &c
-        .plan
-        .endpoints
-        .iter()
-        .find(|e| e.id == c.user)
-        .unwrap()
-        .password;
+    let password = &c.plan.endpoints.iter().find(|e| e.id == c.user).unwrap().password;
     let profile = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let out = Command::new("node")
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients"))
         .arg("browser-call.mjs")
-        .args([
-            "--page",
-            &format!("https://{domain}:{port}/static/phone/index.html"),
-        ])
+        .args(["--page", &format!("https://{domain}:{port}/static/phone/index.html")])
         .args(["--wss", &format!("wss://{domain}:{port}/ws")])
-        .args([
-            "--user",
-            c.user,
-            "--password-env",
-            "ASTRTC_TEST_PASSWORD",
-            "--target",
-            c.target,
-        ])
+        .args(["--user", c.user, "--password-env", "ASTRTC_TEST_PASSWORD", "--target", c.target])
         .args(["--seconds", &c.seconds.to_string()])
         .arg("--profile")
         .arg(profile.path())
@@ -146,8 +112,8 @@ fn browser_call(c: &BrowserCall<'_>) -> (Value, bool, Duration) {
         .unwrap();
     let elapsed = started.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
-    let json: Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("browser-call printed no JSON ({e}): {text}"));
+    let json: Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("browser-call printed no JSON ({e}): {text}"));
     (json, out.status.success(), elapsed)
 }
 
@@ -160,24 +126,11 @@ fn assert_media_flowed(r: &Value, seconds: u32) {
     assert_eq!(last["dtlsState"], "connected", "{last}");
     assert_eq!(last["codec"], "audio/opus", "{last}");
     // Inbound RTP keeps increasing for the whole window, not just at the start.
-    let at = |t: u64| {
-        samples
-            .iter()
-            .find(|s| s["t"].as_u64().unwrap() >= t)
-            .unwrap()["packetsReceived"]
-            .as_u64()
-            .unwrap()
-    };
+    let at =
+        |t: u64| samples.iter().find(|s| s["t"].as_u64().unwrap() >= t).unwrap()["packetsReceived"].as_u64().unwrap();
     let window = u64::from(seconds) * 1000;
-    assert!(
-        last["t"].as_u64().unwrap() >= window - 300,
-        "sampled for too short a time"
-    );
-    let (p1, p2, p3) = (
-        at(500),
-        at(window / 2),
-        last["packetsReceived"].as_u64().unwrap(),
-    );
+    assert!(last["t"].as_u64().unwrap() >= window - 300, "sampled for too short a time");
+    let (p1, p2, p3) = (at(500), at(window / 2), last["packetsReceived"].as_u64().unwrap());
     assert!(p1 < p2 && p2 < p3, "inbound RTP stalled: {p1} {p2} {p3}");
     let rate = p3 as f64 / (last["t"].as_f64().unwrap() / 1000.0);
     assert!(rate > 30.0, "only {rate:.0} packets/s");
@@ -208,12 +161,7 @@ fn start_baresip(
         ),
     )
     .unwrap();
-    let password = &plan
-        .endpoints
-        .iter()
-        .find(|e| e.id == user)
-        .unwrap()
-        .password;
+    let password = &plan.endpoints.iter().find(|e| e.id == user).unwrap().password;
     let sip = plan.network.sip_port;
     std::fs::write(
         cfg.join("accounts"),
@@ -227,11 +175,7 @@ fn start_baresip(
     if let Some(target) = dial {
         cmd.args(["-e", &format!("/dial sip:{target}@127.0.0.1:{sip}")]);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap()
 }
 
 /// RMS (0..1) of the decoded audio baresip dumped (16-bit PCM WAV), skipping the first second.
@@ -246,42 +190,24 @@ fn received_rms(dir: &Path) -> f64 {
     assert_eq!(&bytes[0..4], b"RIFF");
     let channels = u16::from_le_bytes([bytes[22], bytes[23]]) as usize;
     let rate = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]) as usize;
-    assert_eq!(
-        u16::from_le_bytes([bytes[34], bytes[35]]),
-        16,
-        "expected 16-bit PCM"
-    );
-    let samples: Vec<i16> = bytes[44..]
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    assert_eq!(u16::from_le_bytes([bytes[34], bytes[35]]), 16, "expected 16-bit PCM");
+    let samples: Vec<i16> = bytes[44..].chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
     let skip = (rate * channels).min(samples.len());
     let tail = &samples[skip..];
     if tail.is_empty() {
         return 0.0;
     }
-    (tail
-        .iter()
-        .map(|s| (f64::from(*s) / 32768.0).powi(2))
-        .sum::<f64>()
-        / tail.len() as f64)
-        .sqrt()
+    (tail.iter().map(|s| (f64::from(*s) / 32768.0).powi(2)).sum::<f64>() / tail.len() as f64).sqrt()
 }
 
 async fn wait_registered(asterisk: &AsteriskContainer, aor: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let contacts = asterisk.rx("pjsip show contacts").await.unwrap();
-        if contacts
-            .lines()
-            .any(|l| l.trim_start().starts_with(&format!("Contact:  {aor}/")))
-        {
+        if contacts.lines().any(|l| l.trim_start().starts_with(&format!("Contact:  {aor}/"))) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{aor} did not register:\n{contacts}"
-        );
+        assert!(Instant::now() < deadline, "{aor} did not register:\n{contacts}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -295,9 +221,7 @@ async fn browser_and_sip_phone_calls() {
     let suite = Instant::now();
     let (dir, plan) = crate::image::deployment(3);
     crate::image::ensure_image(&plan.image);
-    let asterisk = testing::start(&plan, &dir.path().join("deploy"))
-        .await
-        .expect("container becomes healthy");
+    let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
     let ca = dir.path().join("deploy/keys/ca.crt");
     let home = browser_home(Some(&ca));
 
@@ -325,14 +249,7 @@ async fn browser_and_sip_phone_calls() {
 
     // 2. Plain SIP: baresip registers as 3001 over UDP and calls 600; what comes back is not silence.
     let art = artifacts("sip-echo");
-    let mut phone = start_baresip(
-        &plan,
-        "3001",
-        25071,
-        Some(&plan.dialplan.echo_extension),
-        6,
-        &art,
-    );
+    let mut phone = start_baresip(&plan, "3001", 25071, Some(&plan.dialplan.echo_extension), 6, &art);
     let status = phone.wait().unwrap();
     save_logs(&asterisk, &art).await;
     assert!(status.success(), "baresip failed; see {}", art.display());
@@ -360,26 +277,13 @@ async fn browser_and_sip_phone_calls() {
     save_logs(&asterisk, &art).await;
     assert!(ok, "{r:#}");
     assert_media_flowed(&r, 3);
-    let level = r["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["audioLevelIn"].as_f64().unwrap_or(0.0))
-        .fold(0.0, f64::max);
-    assert!(
-        level > 0.01,
-        "the browser heard silence from the SIP phone (level {level})"
-    );
+    let level =
+        r["samples"].as_array().unwrap().iter().map(|s| s["audioLevelIn"].as_f64().unwrap_or(0.0)).fold(0.0, f64::max);
+    assert!(level > 0.01, "the browser heard silence from the SIP phone (level {level})");
     let log = std::fs::read_to_string(art.join("baresip.log")).unwrap();
-    assert!(
-        log.contains("PCMU"),
-        "the SIP leg did not use G.711 u-law:\n{log}"
-    );
+    assert!(log.contains("PCMU"), "the SIP leg did not use G.711 u-law:\n{log}");
     let rms = received_rms(&art);
-    assert!(
-        rms > 0.01,
-        "the SIP phone heard silence from the browser (RMS {rms})"
-    );
+    assert!(rms > 0.01, "the SIP phone heard silence from the browser (RMS {rms})");
 
     // 4. An untrusted CA: the browser fails fast, with the reason.
     let art = artifacts("untrusted-ca");

@@ -6,10 +6,7 @@ use std::process::Command;
 use crate::common::*;
 
 fn compose_available() -> bool {
-    Command::new("docker")
-        .args(["compose", "version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success())
 }
 
 #[test]
@@ -21,56 +18,25 @@ fn every_fixture_compose_file_is_valid() {
         let out = dir.path().join("deploy");
         astrtc::run::write_output(&plan, &out).unwrap();
         let text = std::fs::read_to_string(out.join("compose.yaml")).unwrap();
-        let doc: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{case}: {e}"));
-        assert!(
-            doc.get("version").is_none(),
-            "{case}: compose-spec files have no version key"
-        );
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert!(doc.get("version").is_none(), "{case}: compose-spec files have no version key");
         let svc = &doc["services"]["asterisk"];
         assert_eq!(svc["image"].as_str(), Some(plan.image.as_str()));
         assert_eq!(svc["volumes"][0]["target"].as_str(), Some("/etc/asterisk"));
         assert_eq!(svc["volumes"][0]["read_only"].as_bool(), Some(true));
-        assert_eq!(
-            svc["volumes"][1]["target"].as_str(),
-            Some("/etc/asterisk/keys")
-        );
+        assert_eq!(svc["volumes"][1]["target"].as_str(), Some("/etc/asterisk/keys"));
         assert!(svc["healthcheck"]["test"].is_sequence());
         match plan.network.mode {
             astrtc::spec::NetworkMode::Host => {
                 assert_eq!(svc["network_mode"].as_str(), Some("host"), "{case}");
-                assert!(
-                    svc.get("ports").is_none(),
-                    "{case}: host mode publishes nothing"
-                );
+                assert!(svc.get("ports").is_none(), "{case}: host mode publishes nothing");
             }
             astrtc::spec::NetworkMode::Bridge => {
-                let ports: Vec<_> = svc["ports"]
-                    .as_sequence()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_str().unwrap())
-                    .collect();
-                assert_eq!(
-                    ports,
-                    [
-                        "8089:8089/tcp",
-                        "5060:5060/udp",
-                        "10000-10099:10000-10099/udp"
-                    ],
-                    "{case}"
-                );
+                let ports: Vec<_> = svc["ports"].as_sequence().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+                assert_eq!(ports, ["8089:8089/tcp", "5060:5060/udp", "10000-10099:10000-10099/udp"], "{case}");
                 assert_eq!(
                     svc["networks"]["astrtc"]["ipv4_address"].as_str(),
-                    Some(
-                        plan.network
-                            .bridge
-                            .as_ref()
-                            .unwrap()
-                            .address
-                            .to_string()
-                            .as_str()
-                    )
+                    Some(plan.network.bridge.as_ref().unwrap().address.to_string().as_str())
                 );
             }
         }
@@ -81,18 +47,11 @@ fn every_fixture_compose_file_is_valid() {
                 .args(["config", "-q"])
                 .output()
                 .unwrap();
-            assert!(
-                o.status.success(),
-                "{case}: docker compose config: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            assert!(o.status.success(), "{case}: docker compose config: {}", String::from_utf8_lossy(&o.stderr));
             checked_by_compose += 1;
         }
     }
     if std::env::var_os("CI").is_some() {
-        assert!(
-            checked_by_compose > 0,
-            "CI must check compose files with docker compose"
-        );
+        assert!(checked_by_compose > 0, "CI must check compose files with docker compose");
     }
 }

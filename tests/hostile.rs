@@ -38,16 +38,11 @@ fn every_hostile_spec_is_refused_naming_its_key_and_position() {
         };
         let shown = report(&err);
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(
-            shown.contains(expect),
-            "{name}: the error does not name {expect:?}:\n{shown}"
-        );
+        assert!(shown.contains(expect), "{name}: the error does not name {expect:?}:\n{shown}");
         // miette shows the position as [file:line:col].
         let has_position = shown.lines().any(|l| {
             l.contains(".toml:")
-                && l.split(".toml:")
-                    .nth(1)
-                    .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+                && l.split(".toml:").nth(1).is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
         });
         assert!(has_position, "{name}: no line:column in\n{shown}");
         count += 1;
@@ -65,27 +60,12 @@ fn semantic_problems_are_reported_all_at_once() {
          [[endpoints]]\nid = \"1\"\nkind = \"sip\"\ncodecs = [\"speex9\"]\n[[endpoints]]\nid = \"1\"\nkind = \"sip\"\n",
     )
     .unwrap();
-    fs::write(
-        dir.path().join("astrtc.secrets.toml"),
-        "[endpoints]\n1 = \"aaaaaaaaaaaaaaaaaaaa\"\n",
-    )
-    .unwrap();
+    fs::write(dir.path().join("astrtc.secrets.toml"), "[endpoints]\n1 = \"aaaaaaaaaaaaaaaaaaaa\"\n").unwrap();
     let err = plan_for(&spec, ROOT).unwrap_err();
-    let astrtc::spec::SpecError::Invalid(inv) = &err else {
-        panic!("{err:?}")
-    };
+    let astrtc::spec::SpecError::Invalid(inv) = &err else { panic!("{err:?}") };
     let messages: Vec<_> = inv.problems.iter().map(|p| p.message.clone()).collect();
-    for key in [
-        "rtp.start",
-        "network.wss_port",
-        "tls.domain",
-        "endpoints[0].codecs[0]",
-        "endpoints[1].id",
-    ] {
-        assert!(
-            messages.iter().any(|m| m.starts_with(key)),
-            "{key} missing from {messages:#?}"
-        );
+    for key in ["rtp.start", "network.wss_port", "tls.domain", "endpoints[0].codecs[0]", "endpoints[1].id"] {
+        assert!(messages.iter().any(|m| m.starts_with(key)), "{key} missing from {messages:#?}");
     }
     assert_eq!(messages.len(), 5, "{messages:#?}");
 }
@@ -127,10 +107,8 @@ fn yaml_keys(v: &serde_yaml_ng::Value, prefix: &str, out: &mut Vec<String>) {
 
 #[test]
 fn no_accepted_value_changes_the_shape_of_any_output() {
-    let hostile = [
-        "\n", "\r", "[", "]", ";", "=", "#", "\"", "'", "\\", "\t", "\u{0}", "\u{1b}", ",", "$",
-        "{", "}", ":",
-    ];
+    let hostile =
+        ["\n", "\r", "[", "]", ";", "=", "#", "\"", "'", "\\", "\t", "\u{0}", "\u{1b}", ",", "$", "{", "}", ":"];
     let base_dir = fixture_copy("webrtc-self-signed");
     let base_spec = fs::read_to_string(base_dir.path().join("astrtc.toml")).unwrap();
     let baseline = plan_for(&base_dir.path().join("astrtc.toml"), ROOT).unwrap();
@@ -153,15 +131,9 @@ fn no_accepted_value_changes_the_shape_of_any_output() {
     let expected = shape(&baseline);
     // Each (field, template) puts a value into the otherwise valid default spec.
     let fields: &[(&str, &str)] = &[
-        (
-            "domain = \"pbx.example.test\"",
-            "domain = \"pbx{V}example.test\"",
-        ),
+        ("domain = \"pbx.example.test\"", "domain = \"pbx{V}example.test\""),
         ("id = \"3002\"", "id = \"30{V}02\""),
-        (
-            "kind = \"webrtc\"",
-            "kind = \"webrtc\"\ndisplay_name = \"Al{V}ice\"",
-        ),
+        ("kind = \"webrtc\"", "kind = \"webrtc\"\ndisplay_name = \"Al{V}ice\""),
         ("[dialplan]", "[dialplan]\ncontext = \"ctx{V}x\""),
         ("[rtp]", "[rtp]\nstun = \"stun.example.test:34{V}78\""),
     ];
@@ -180,10 +152,7 @@ fn no_accepted_value_changes_the_shape_of_any_output() {
                 Ok(plan) => {
                     accepted += 1;
                     let got = shape(&bundle_for(&plan));
-                    assert_eq!(
-                        got, expected,
-                        "value {v:?} via {template:?} changed an output's shape"
-                    );
+                    assert_eq!(got, expected, "value {v:?} via {template:?} changed an output's shape");
                 }
             }
         }

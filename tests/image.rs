@@ -34,21 +34,13 @@ pub fn ensure_image(tag: &str) {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
-                let docker = astrtc::image::connect()
-                    .await
-                    .map_err(|e| format!("{e:?}"))?;
+                let docker = astrtc::image::connect().await.map_err(|e| format!("{e:?}"))?;
                 let ca = Path::new(astrtc::image::HOST_CA_BUNDLE);
                 let ca = ca.exists().then_some(ca);
-                astrtc::image::build(
-                    &docker,
-                    &astrtc::image::BuildContext::Embedded,
-                    ca,
-                    &tag,
-                    false,
-                )
-                .await
-                .map(|b| eprintln!("image {} ready in {:.1?}", b.tag, b.elapsed))
-                .map_err(|e| format!("{:?}", miette::Report::new(e)))
+                astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, ca, &tag, false)
+                    .await
+                    .map(|b| eprintln!("image {} ready in {:.1?}", b.tag, b.elapsed))
+                    .map_err(|e| format!("{:?}", miette::Report::new(e)))
             })
         })
         .join()
@@ -67,18 +59,9 @@ pub fn deployment(offset: u16) -> (tempfile::TempDir, Plan) {
     if offset != 0 {
         let text = std::fs::read_to_string(&spec).unwrap();
         let text = text
-            .replace(
-                "sip_port = 15060",
-                &format!("sip_port = {}", 15060 + offset),
-            )
-            .replace(
-                "wss_port = 18089",
-                &format!("wss_port = {}", 18089 + offset),
-            )
-            .replace(
-                "http_port = 18088",
-                &format!("http_port = {}", 18088 + offset),
-            )
+            .replace("sip_port = 15060", &format!("sip_port = {}", 15060 + offset))
+            .replace("wss_port = 18089", &format!("wss_port = {}", 18089 + offset))
+            .replace("http_port = 18088", &format!("http_port = {}", 18088 + offset))
             .replace("start = 40000", &format!("start = {}", 40000 + offset * 10))
             .replace("end = 40999", &format!("end = {}", 40999 + offset * 10));
         std::fs::write(&spec, text).unwrap();
@@ -99,31 +82,18 @@ async fn the_image_serves_wss_and_runs_the_webrtc_modules() {
     }
     let (dir, plan) = deployment(0);
     ensure_image(&plan.image);
-    let asterisk = testing::start(&plan, &dir.path().join("deploy"))
-        .await
-        .expect("container becomes healthy");
+    let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
 
     // 1. TLS on the WSS port, verified against the generated ca.crt for the spec's domain.
     let tls = asterisk.check_tls().expect("TLS verifies against ca.crt");
-    let rendered = cert_facts(
-        &std::fs::read_to_string(dir.path().join("deploy/keys").join(files::CERT)).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        tls.leaf.serial, rendered.serial,
-        "the served leaf is the rendered one"
-    );
-    assert_eq!(
-        tls.leaf.dns_names,
-        BTreeSet::from(["localhost".to_string()])
-    );
+    let rendered =
+        cert_facts(&std::fs::read_to_string(dir.path().join("deploy/keys").join(files::CERT)).unwrap()).unwrap();
+    assert_eq!(tls.leaf.serial, rendered.serial, "the served leaf is the rendered one");
+    assert_eq!(tls.leaf.dns_names, BTreeSet::from(["localhost".to_string()]));
     assert!(tls.chain_len >= 1);
 
     // 2. WebSocket upgrade with the sip subprotocol.
-    assert_eq!(
-        asterisk.check_websocket().expect("101 Switching Protocols"),
-        "sip"
-    );
+    assert_eq!(asterisk.check_websocket().expect("101 Switching Protocols"), "sip");
 
     // 3. Modules, parsed.
     let crypto = asterisk.modules_like("crypto").await.unwrap();
@@ -149,33 +119,14 @@ async fn the_image_serves_wss_and_runs_the_webrtc_modules() {
     );
     // Plain HTTP answers on loopback only.
     let status = asterisk.rx("http show status").await.unwrap();
-    assert!(
-        status.contains(&format!(
-            "Server Enabled and Bound to 127.0.0.1:{}",
-            plan.network.http_port
-        )),
-        "{status}"
-    );
+    assert!(status.contains(&format!("Server Enabled and Bound to 127.0.0.1:{}", plan.network.http_port)), "{status}");
     // The image runs unprivileged and carries its version labels.
     let docker = astrtc::image::connect().await.unwrap();
-    let config = docker
-        .inspect_image(&plan.image)
-        .await
-        .unwrap()
-        .config
-        .unwrap();
+    let config = docker.inspect_image(&plan.image).await.unwrap().config.unwrap();
     assert_eq!(config.user.as_deref(), Some("asterisk"));
     let labels = config.labels.unwrap_or_default();
-    assert_eq!(
-        labels.get("io.astrtc.asterisk.version").map(String::as_str),
-        Some("22.10.1")
-    );
-    assert_eq!(
-        labels
-            .get("io.astrtc.pjproject.version")
-            .map(String::as_str),
-        Some("2.17")
-    );
+    assert_eq!(labels.get("io.astrtc.asterisk.version").map(String::as_str), Some("22.10.1"));
+    assert_eq!(labels.get("io.astrtc.pjproject.version").map(String::as_str), Some("2.17"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,34 +140,20 @@ async fn a_certificate_for_another_name_is_caught() {
     let ca = LocalCa::load(&plan.tls.ca_dir).unwrap().unwrap();
     let wrong = ca.leaf(&["pbx.old.test".to_string()], None).unwrap();
     let keys = dir.path().join("deploy/keys");
-    for (file, text) in [
-        (files::CERT, &wrong.chain_pem),
-        (files::KEY, &wrong.key_pem),
-    ] {
+    for (file, text) in [(files::CERT, &wrong.chain_pem), (files::KEY, &wrong.key_pem)] {
         overwrite_keep_mode(&keys.join(file), text);
     }
-    let asterisk = testing::start(&plan, &dir.path().join("deploy"))
-        .await
-        .expect("container becomes healthy");
-    let err = asterisk
-        .check_tls()
-        .expect_err("a leaf for pbx.old.test must not verify for localhost");
+    let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
+    let err = asterisk.check_tls().expect_err("a leaf for pbx.old.test must not verify for localhost");
     let msg = err.to_string();
-    assert!(
-        msg.contains("localhost") && msg.to_lowercase().contains("not valid for name"),
-        "{msg}"
-    );
+    assert!(msg.contains("localhost") && msg.to_lowercase().contains("not valid for name"), "{msg}");
     // The WebSocket check fails the same way: a browser could not connect.
     assert!(asterisk.check_websocket().is_err());
 }
 
 fn overwrite_keep_mode(path: &Path, text: &str) {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
 
@@ -233,27 +170,15 @@ async fn a_failing_build_step_is_an_error_with_its_output() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, "#!/bin/sh\n").unwrap();
     }
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM debian:trixie-slim\nRUN echo astrtc-step-output && exit 3\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM debian:trixie-slim\nRUN echo astrtc-step-output && exit 3\n")
+        .unwrap();
     let docker = astrtc::image::connect().await.unwrap();
     let ctx = astrtc::image::BuildContext::Dir(dir.path().to_path_buf());
-    let err = astrtc::image::build(&docker, &ctx, None, "astrtc-test/failing:1", false)
-        .await
-        .unwrap_err();
+    let err = astrtc::image::build(&docker, &ctx, None, "astrtc-test/failing:1", false).await.unwrap_err();
     match &err {
-        astrtc::image::ImageError::BuildFailed {
-            step,
-            message,
-            log_tail,
-        } => {
+        astrtc::image::ImageError::BuildFailed { step, message, log_tail } => {
             assert!(step.contains("2/2"), "{step}");
-            assert!(
-                message.contains("exit") || message.contains("returned a non-zero code"),
-                "{message}"
-            );
+            assert!(message.contains("exit") || message.contains("returned a non-zero code"), "{message}");
             assert!(log_tail.contains("astrtc-step-output"), "{log_tail}");
         }
         other => panic!("expected BuildFailed, got {other:?}"),
@@ -270,12 +195,6 @@ fn no_engine_is_a_clear_error() {
         .assert()
         .code(1);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(
-        err.contains("no Docker engine answered at unix:///nonexistent/docker.sock"),
-        "{err}"
-    );
-    assert!(
-        err.contains("dockerd") || err.contains("systemctl start docker"),
-        "{err}"
-    );
+    assert!(err.contains("no Docker engine answered at unix:///nonexistent/docker.sock"), "{err}");
+    assert!(err.contains("dockerd") || err.contains("systemctl start docker"), "{err}");
 }

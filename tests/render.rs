@@ -8,8 +8,7 @@ use astrtc::certs::cert_facts;
 fn snapshots_of_every_fixture() {
     for case in fixture_cases() {
         let dir = fixture_copy(&case);
-        let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT)
-            .unwrap_or_else(|e| panic!("{case}: {e:?}"));
+        let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap_or_else(|e| panic!("{case}: {e:?}"));
         let bundle = bundle_for(&plan);
         insta::assert_snapshot!(case.clone(), snapshot_text(&bundle));
     }
@@ -23,10 +22,7 @@ fn the_guide_deployment_is_the_default() {
     let http = b.text("asterisk/http.conf").unwrap();
     assert!(http.contains("\ntlsenable = yes\n"));
     assert!(http.contains("\ntlsbindaddr = 0.0.0.0:8089\n"));
-    assert!(
-        http.contains("\nbindaddr = 127.0.0.1\n"),
-        "plain HTTP must stay on loopback"
-    );
+    assert!(http.contains("\nbindaddr = 127.0.0.1\n"), "plain HTTP must stay on loopback");
     assert!(http.contains("\ntlscertfile = /etc/asterisk/keys/asterisk.crt\n"));
     assert!(http.contains("\ntlsprivatekey = /etc/asterisk/keys/asterisk.key\n"));
     let rtp = b.text("asterisk/rtp.conf").unwrap();
@@ -38,29 +34,20 @@ fn the_guide_deployment_is_the_default() {
     assert!(pjsip.contains("[transport-udp]\ntype = transport\nprotocol = udp\n"));
     assert!(pjsip.contains("webrtc = yes"));
     assert!(pjsip.contains("allow = opus,ulaw"));
-    assert!(
-        !pjsip.contains("password"),
-        "passwords must stay out of pjsip.conf"
-    );
+    assert!(!pjsip.contains("password"), "passwords must stay out of pjsip.conf");
     assert!(pjsip.contains("#include pjsip_auth.conf"));
     let auth = b.text("asterisk/pjsip_auth.conf").unwrap();
     assert!(auth.contains("password = fixture-webrtc-199-password"));
     let ext = b.text("asterisk/extensions.conf").unwrap();
     assert!(ext.contains("exten => 600,1,Answer()\n same => n,Echo()"));
     for id in ["199", "3001", "3002"] {
-        assert!(
-            ext.contains(&format!("exten => {id},1,Dial(PJSIP/{id},30)")),
-            "{id}"
-        );
+        assert!(ext.contains(&format!("exten => {id},1,Dial(PJSIP/{id},30)")), "{id}");
     }
     let modules = b.text("asterisk/modules.conf").unwrap();
     assert!(modules.contains("autoload = yes"));
     assert!(modules.contains("noload = chan_iax2.so"));
     let leaf = cert_facts(b.text("keys/asterisk.crt").unwrap()).unwrap();
-    assert_eq!(
-        leaf.dns_names.into_iter().collect::<Vec<_>>(),
-        ["pbx.example.test"]
-    );
+    assert_eq!(leaf.dns_names.into_iter().collect::<Vec<_>>(), ["pbx.example.test"]);
     let pem = b.text("keys/asterisk.pem").unwrap();
     assert!(pem.starts_with(b.text("keys/asterisk.crt").unwrap()));
     assert!(pem.ends_with(b.text("keys/asterisk.key").unwrap()));
@@ -73,37 +60,18 @@ fn nat_settings_appear_only_with_a_public_address() {
     let b = bundle_for(&plan);
     let pjsip = b.text("asterisk/pjsip.conf").unwrap();
     // Both transports carry the NAT settings.
-    assert_eq!(
-        pjsip
-            .matches("external_media_address = 203.0.113.10")
-            .count(),
-        2
-    );
-    assert_eq!(
-        pjsip
-            .matches("external_signaling_address = 203.0.113.10")
-            .count(),
-        2
-    );
+    assert_eq!(pjsip.matches("external_media_address = 203.0.113.10").count(), 2);
+    assert_eq!(pjsip.matches("external_signaling_address = 203.0.113.10").count(), 2);
     assert_eq!(pjsip.matches("local_net = 10.20.0.0/16").count(), 2);
     let rtp = b.text("asterisk/rtp.conf").unwrap();
     assert!(rtp.contains("stunaddr = stun.example.test:3478"));
     assert!(rtp.contains("turnaddr = turn.example.test:3478"));
-    assert!(
-        !rtp.contains("fixture-turn-password"),
-        "the TURN password belongs in rtp_turn.conf"
-    );
-    assert!(b
-        .text("asterisk/rtp_turn.conf")
-        .unwrap()
-        .contains("turnpassword = fixture-turn-password!"));
+    assert!(!rtp.contains("fixture-turn-password"), "the TURN password belongs in rtp_turn.conf");
+    assert!(b.text("asterisk/rtp_turn.conf").unwrap().contains("turnpassword = fixture-turn-password!"));
 
     let dir = fixture_copy("webrtc-self-signed");
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
-    assert!(!bundle_for(&plan)
-        .text("asterisk/pjsip.conf")
-        .unwrap()
-        .contains("external_"));
+    assert!(!bundle_for(&plan).text("asterisk/pjsip.conf").unwrap().contains("external_"));
 }
 
 #[test]
@@ -112,34 +80,17 @@ fn secret_files_are_group_readable_only() {
     let dir = fixture_copy("nat-multi-endpoint");
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
     let b = bundle_for(&plan);
-    let secret: Vec<_> = b
-        .files()
-        .iter()
-        .filter(|(_, f)| f.kind == FileKind::Secret)
-        .map(|(p, _)| p.display().to_string())
-        .collect();
+    let secret: Vec<_> =
+        b.files().iter().filter(|(_, f)| f.kind == FileKind::Secret).map(|(p, _)| p.display().to_string()).collect();
     assert_eq!(
         secret,
-        [
-            "asterisk/pjsip_auth.conf",
-            "asterisk/rtp_turn.conf",
-            "keys/asterisk.key",
-            "keys/asterisk.pem"
-        ]
+        ["asterisk/pjsip_auth.conf", "asterisk/rtp_turn.conf", "keys/asterisk.key", "keys/asterisk.pem"]
     );
     for (path, f) in b.files() {
         let text = String::from_utf8_lossy(&f.bytes);
         if f.kind == FileKind::Public {
-            assert!(
-                !text.contains("PRIVATE KEY"),
-                "{} holds a key",
-                path.display()
-            );
-            assert!(
-                !text.contains("fixture-"),
-                "{} holds a password",
-                path.display()
-            );
+            assert!(!text.contains("PRIVATE KEY"), "{} holds a key", path.display());
+            assert!(!text.contains("fixture-"), "{} holds a password", path.display());
         }
     }
 }
@@ -154,20 +105,9 @@ fn write_replaces_the_output_atomically_and_keeps_the_leaf() {
     let crt = std::fs::read(out.join("keys/asterisk.crt")).unwrap();
     let ca = std::fs::read(out.join("keys/ca.crt")).unwrap();
     astrtc::run::write_output(&plan, &out).unwrap();
-    assert!(
-        !out.join("stray.txt").exists(),
-        "the output directory is replaced as a whole"
-    );
-    assert_eq!(
-        std::fs::read(out.join("keys/asterisk.crt")).unwrap(),
-        crt,
-        "leaf re-issued without need"
-    );
-    assert_eq!(
-        std::fs::read(out.join("keys/ca.crt")).unwrap(),
-        ca,
-        "CA must survive re-renders"
-    );
+    assert!(!out.join("stray.txt").exists(), "the output directory is replaced as a whole");
+    assert_eq!(std::fs::read(out.join("keys/asterisk.crt")).unwrap(), crt, "leaf re-issued without need");
+    assert_eq!(std::fs::read(out.join("keys/ca.crt")).unwrap(), ca, "CA must survive re-renders");
     let report = astrtc::run::check_output(&plan, &out).unwrap();
     assert!(report.is_up_to_date(), "{report}");
     // No staging directories are left beside the output.
@@ -196,18 +136,8 @@ fn secret_files_belong_to_the_asterisk_group_when_rendered_as_root() {
 #[test]
 fn non_root_renders_add_the_users_group_to_the_container() {
     let dir = fixture_copy("webrtc-self-signed");
-    let plan = plan_for(
-        &dir.path().join("astrtc.toml"),
-        astrtc::plan::HostFacts {
-            uid: 1000,
-            gid: 1234,
-        },
-    )
-    .unwrap();
+    let plan = plan_for(&dir.path().join("astrtc.toml"), astrtc::plan::HostFacts { uid: 1000, gid: 1234 }).unwrap();
     let compose = bundle_for(&plan).text("compose.yaml").unwrap().to_string();
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&compose).unwrap();
-    assert_eq!(
-        doc["services"]["asterisk"]["group_add"][0].as_str(),
-        Some("1234")
-    );
+    assert_eq!(doc["services"]["asterisk"]["group_add"][0].as_str(), Some("1234"));
 }

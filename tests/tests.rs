@@ -5,6 +5,7 @@ mod common;
 mod cli;
 mod clients;
 mod compose;
+mod helm;
 mod hostile;
 mod image;
 mod render;

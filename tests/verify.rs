@@ -18,12 +18,11 @@ fn skip() -> bool {
 /// Runs `astrtc verify --json`; returns (exit code, report).
 fn verify(dir: &Path, container: Option<&str>) -> (i32, Value) {
     let mut cmd = Command::cargo_bin("astrtc").unwrap();
-    cmd.arg("verify")
-        .arg("--spec")
-        .arg(dir.join("astrtc.toml"))
-        .arg("--out")
-        .arg(dir.join("deploy"))
-        .args(["--host", "127.0.0.1", "--json"]);
+    cmd.arg("verify").arg("--spec").arg(dir.join("astrtc.toml")).arg("--out").arg(dir.join("deploy")).args([
+        "--host",
+        "127.0.0.1",
+        "--json",
+    ]);
     if let Some(c) = container {
         cmd.args(["--container", c]);
     }
@@ -44,12 +43,7 @@ fn failed(report: &Value) -> Vec<String> {
 }
 
 fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap()
+    report["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,26 +53,12 @@ async fn a_good_deployment_passes_and_a_wrong_password_is_named() {
     }
     let (dir, plan) = deployment(11);
     ensure_image(&plan.image);
-    let asterisk = testing::start(&plan, &dir.path().join("deploy"))
-        .await
-        .unwrap();
+    let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.unwrap();
     let (code, report) = verify(dir.path(), Some(asterisk.id()));
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["ok"], true);
-    let names: Vec<_> = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    for n in [
-        "tls",
-        "websocket",
-        "register 199",
-        "sip udp",
-        "module res_srtp.so",
-        "endpoints",
-    ] {
+    let names: Vec<_> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for n in ["tls", "websocket", "register 199", "sip udp", "module res_srtp.so", "endpoints"] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
         assert_eq!(check(&report, n)["status"], "pass", "{report:#}");
     }
@@ -86,23 +66,13 @@ async fn a_good_deployment_passes_and_a_wrong_password_is_named() {
     // The secrets file now says something the deployment does not use.
     let secrets = dir.path().join("astrtc.secrets.toml");
     let text = std::fs::read_to_string(&secrets).unwrap();
-    std::fs::write(
-        &secrets,
-        text.replace("fixture-webrtc-199-password", "a-different-199-password"),
-    )
-    .unwrap();
+    std::fs::write(&secrets, text.replace("fixture-webrtc-199-password", "a-different-199-password")).unwrap();
     let (code, report) = verify(dir.path(), Some(asterisk.id()));
     assert_eq!(code, 1);
     assert_eq!(failed(&report), ["register 199"]);
     let c = check(&report, "register 199");
     assert!(c["detail"].as_str().unwrap().starts_with("401"), "{c}");
-    assert!(
-        c["remedy"]
-            .as_str()
-            .unwrap()
-            .contains("wrong password for endpoint 199"),
-        "{c}"
-    );
+    assert!(c["remedy"].as_str().unwrap().contains("wrong password for endpoint 199"), "{c}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,17 +87,12 @@ async fn a_certificate_for_another_name_fails_tls_with_both_names() {
     let keys = dir.path().join("deploy/keys");
     std::fs::write(keys.join(files::CERT), &wrong.chain_pem).unwrap();
     std::fs::write(keys.join(files::KEY), &wrong.key_pem).unwrap();
-    let asterisk = testing::start(&plan, &dir.path().join("deploy"))
-        .await
-        .unwrap();
+    let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.unwrap();
     let (code, report) = verify(dir.path(), Some(asterisk.id()));
     assert_eq!(code, 1);
     assert_eq!(failed(&report), ["tls"], "{report:#}");
     let remedy = check(&report, "tls")["remedy"].as_str().unwrap();
-    assert!(
-        remedy.contains("pbx.old.test") && remedy.contains("the spec says localhost"),
-        "{remedy}"
-    );
+    assert!(remedy.contains("pbx.old.test") && remedy.contains("the spec says localhost"), "{remedy}");
     assert_eq!(check(&report, "register 199")["status"], "skip");
 }
 
@@ -141,20 +106,12 @@ async fn a_missing_module_is_named() {
     let modules = dir.path().join("deploy/asterisk/modules.conf");
     let text = std::fs::read_to_string(&modules).unwrap();
     std::fs::write(&modules, format!("{text}noload = res_srtp.so\n")).unwrap();
-    let asterisk = testing::start(&plan, &dir.path().join("deploy"))
-        .await
-        .unwrap();
+    let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.unwrap();
     let (code, report) = verify(dir.path(), Some(asterisk.id()));
     assert_eq!(code, 1);
     assert_eq!(failed(&report), ["module res_srtp.so"], "{report:#}");
     let c = check(&report, "module res_srtp.so");
-    assert!(
-        c["remedy"]
-            .as_str()
-            .unwrap()
-            .contains("noload = res_srtp.so"),
-        "{c}"
-    );
+    assert!(c["remedy"].as_str().unwrap().contains("noload = res_srtp.so"), "{c}");
 }
 
 #[test]
@@ -168,9 +125,6 @@ fn nothing_listening_fails_tls_and_sip_with_their_own_messages() {
         .as_str()
         .unwrap()
         .contains("nothing accepts connections on 127.0.0.1:18108"));
-    assert!(check(&report, "sip udp")["detail"]
-        .as_str()
-        .unwrap()
-        .contains("no answer to OPTIONS"));
+    assert!(check(&report, "sip udp")["detail"].as_str().unwrap().contains("no answer to OPTIONS"));
     assert_eq!(check(&report, "websocket")["status"], "skip");
 }

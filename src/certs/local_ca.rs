@@ -11,8 +11,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -52,33 +52,19 @@ impl LocalCa {
         if !cert_path.exists() && !key_path.exists() {
             return Ok(None);
         }
-        let read = |p: &Path| {
-            fs::read_to_string(p).map_err(|source| CertError::Read {
-                path: p.into(),
-                source,
-            })
-        };
+        let read = |p: &Path| fs::read_to_string(p).map_err(|source| CertError::Read { path: p.into(), source });
         let cert_pem = read(&cert_path)?;
         let key_pem = read(&key_path)?;
-        let bad = |reason: String| CertError::BadCa {
-            dir: dir.into(),
-            reason,
-        };
+        let bad = |reason: String| CertError::BadCa { dir: dir.into(), reason };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("{CA_KEY_FILE}: {e}")))?;
         let facts = cert_facts(&cert_pem).map_err(|e| bad(format!("{CA_CERT_FILE}: {e}")))?;
         if facts.spki_der != key.subject_public_key_info() {
-            return Err(bad(format!(
-                "{CA_KEY_FILE} does not belong to {CA_CERT_FILE}"
-            )));
+            return Err(bad(format!("{CA_KEY_FILE} does not belong to {CA_CERT_FILE}")));
         }
         if facts.seconds_left < Duration::days(LEAF_LIFETIME_DAYS).whole_seconds() {
             return Err(bad("it expires within a year".into()));
         }
-        Ok(Some(LocalCa {
-            dir: dir.into(),
-            cert_pem,
-            key,
-        }))
+        Ok(Some(LocalCa { dir: dir.into(), cert_pem, key }))
     }
 
     /// Loads the CA in `dir`, or makes one there.
@@ -103,11 +89,7 @@ impl LocalCa {
         params.not_after = now + Duration::days(CA_LIFETIME_DAYS);
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
-        let ca = LocalCa {
-            dir: dir.into(),
-            cert_pem: cert.pem(),
-            key,
-        };
+        let ca = LocalCa { dir: dir.into(), cert_pem: cert.pem(), key };
         ca.store()?;
         Ok(ca)
     }
@@ -117,23 +99,11 @@ impl LocalCa {
             let path = path.to_path_buf();
             move |source| CertError::WriteCa { path, source }
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(err(&self.dir))?;
-        write_atomic(
-            &self.dir.join(CA_KEY_FILE),
-            self.key.serialize_pem().as_bytes(),
-            0o600,
-        )
-        .map_err(err(&self.dir.join(CA_KEY_FILE)))?;
-        write_atomic(
-            &self.dir.join(CA_CERT_FILE),
-            self.cert_pem.as_bytes(),
-            0o644,
-        )
-        .map_err(err(&self.dir.join(CA_CERT_FILE)))?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(err(&self.dir))?;
+        write_atomic(&self.dir.join(CA_KEY_FILE), self.key.serialize_pem().as_bytes(), 0o600)
+            .map_err(err(&self.dir.join(CA_KEY_FILE)))?;
+        write_atomic(&self.dir.join(CA_CERT_FILE), self.cert_pem.as_bytes(), 0o644)
+            .map_err(err(&self.dir.join(CA_CERT_FILE)))?;
         Ok(())
     }
 
@@ -144,17 +114,10 @@ impl LocalCa {
 
     /// Returns the existing leaf when it is still good for `names` (same names, issued by this
     /// CA, key matching, not near expiry); otherwise issues a new one.
-    pub fn leaf(
-        &self,
-        names: &[String],
-        existing: Option<&CertLayout>,
-    ) -> Result<CertLayout, CertError> {
+    pub fn leaf(&self, names: &[String], existing: Option<&CertLayout>) -> Result<CertLayout, CertError> {
         if let Some(existing) = existing {
             if self.is_reusable(names, existing) {
-                return Ok(CertLayout {
-                    ca_pem: Some(self.cert_pem.clone()),
-                    ..existing.clone()
-                });
+                return Ok(CertLayout { ca_pem: Some(self.cert_pem.clone()), ..existing.clone() });
             }
         }
         self.issue(names)
@@ -178,14 +141,9 @@ impl LocalCa {
         };
         let signed_by_us = x509_parser::pem::parse_x509_pem(existing.chain_pem.as_bytes())
             .ok()
-            .and_then(|(_, p)| {
-                p.parse_x509()
-                    .ok()
-                    .map(|c| c.verify_signature(Some(ca_cert.public_key())).is_ok())
-            })
+            .and_then(|(_, p)| p.parse_x509().ok().map(|c| c.verify_signature(Some(ca_cert.public_key())).is_ok()))
             .unwrap_or(false);
-        let wanted: std::collections::BTreeSet<String> =
-            names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        let wanted: std::collections::BTreeSet<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
         let _ = ca;
         signed_by_us
             && leaf.dns_names == wanted
@@ -200,15 +158,10 @@ impl LocalCa {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, names[0].clone());
         params.distinguished_name = dn;
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| Ok(SanType::DnsName(n.clone().try_into()?)))
-            .collect::<Result<_, rcgen::Error>>()?;
+        params.subject_alt_names =
+            names.iter().map(|n| Ok(SanType::DnsName(n.clone().try_into()?))).collect::<Result<_, rcgen::Error>>()?;
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
@@ -230,17 +183,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Res
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
         std::process::id()
     ));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
     f.set_permissions(fs::Permissions::from_mode(mode))?;
     f.write_all(bytes)?;
     f.sync_all()?;
@@ -279,21 +225,11 @@ mod tests {
         let ca = LocalCa::load_or_create(dir.path(), "t").unwrap();
         let first = ca.leaf(&names(&["pbx.example.test"]), None).unwrap();
         let facts = cert_facts(&first.chain_pem).unwrap();
-        assert_eq!(
-            facts.dns_names.iter().collect::<Vec<_>>(),
-            ["pbx.example.test"]
-        );
-        let again = ca
-            .leaf(&names(&["pbx.example.test"]), Some(&first))
-            .unwrap();
+        assert_eq!(facts.dns_names.iter().collect::<Vec<_>>(), ["pbx.example.test"]);
+        let again = ca.leaf(&names(&["pbx.example.test"]), Some(&first)).unwrap();
         assert_eq!(again.chain_pem, first.chain_pem);
         assert_eq!(again.key_pem, first.key_pem);
-        let renamed = ca
-            .leaf(
-                &names(&["pbx.example.test", "sip.example.test"]),
-                Some(&first),
-            )
-            .unwrap();
+        let renamed = ca.leaf(&names(&["pbx.example.test", "sip.example.test"]), Some(&first)).unwrap();
         assert_ne!(renamed.chain_pem, first.chain_pem);
         assert_eq!(cert_facts(&renamed.chain_pem).unwrap().dns_names.len(), 2);
     }
@@ -314,14 +250,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         LocalCa::load_or_create(&dir.path().join("1"), "t").unwrap();
         LocalCa::load_or_create(&dir.path().join("2"), "t").unwrap();
-        fs::copy(
-            dir.path().join("2").join(CA_KEY_FILE),
-            dir.path().join("1").join(CA_KEY_FILE),
-        )
-        .unwrap();
-        let err = LocalCa::load(&dir.path().join("1"))
-            .err()
-            .expect("must fail");
+        fs::copy(dir.path().join("2").join(CA_KEY_FILE), dir.path().join("1").join(CA_KEY_FILE)).unwrap();
+        let err = LocalCa::load(&dir.path().join("1")).err().expect("must fail");
         assert!(err.to_string().contains("not usable"), "{err}");
     }
 }

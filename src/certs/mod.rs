@@ -40,10 +40,7 @@ pub struct CertLayout {
 
 impl std::fmt::Debug for CertLayout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertLayout")
-            .field("chain_pem", &self.chain_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
+        f.debug_struct("CertLayout").field("chain_pem", &self.chain_pem).field("key_pem", &"<redacted>").finish()
     }
 }
 
@@ -78,9 +75,7 @@ pub enum CertError {
     },
     /// The stored CA is not usable.
     #[error("the local CA in {} is not usable: {reason}", dir.display())]
-    #[diagnostic(help(
-        "move the directory away to make a new CA (browsers must then trust the new ca.crt)"
-    ))]
+    #[diagnostic(help("move the directory away to make a new CA (browsers must then trust the new ca.crt)"))]
     BadCa {
         /// The CA directory.
         dir: PathBuf,
@@ -122,8 +117,7 @@ pub fn cert_facts(pem: &str) -> Result<CertFacts, String> {
 
 /// Reads a DER certificate.
 pub fn cert_facts_der(der: &[u8]) -> Result<CertFacts, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let mut dns_names = BTreeSet::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {

@@ -113,29 +113,17 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
         rtp_secrets_file => "rtp_turn.conf",
     };
     for name in PUBLIC_CONFIGS {
-        bundle.add(
-            name,
-            super::render_template(env, name, &ctx)?,
-            FileKind::Public,
-        );
+        bundle.add(name, super::render_template(env, name, &ctx)?, FileKind::Public);
     }
     // Passwords reach exactly one template each, through their own context.
-    let auth: Vec<_> = plan
-        .endpoints
-        .iter()
-        .map(|e| context! { id => &e.id, password => &e.password })
-        .collect();
+    let auth: Vec<_> = plan.endpoints.iter().map(|e| context! { id => &e.id, password => &e.password }).collect();
     bundle.add(
         PJSIP_AUTH_CONF,
         super::render_template(env, PJSIP_AUTH_CONF, &context! { endpoints => auth })?,
         FileKind::Secret,
     );
     if plan.rtp.turn.is_some() {
-        bundle.add(
-            RTP_TURN_CONF,
-            super::render_template(env, RTP_TURN_CONF, &ctx)?,
-            FileKind::Secret,
-        );
+        bundle.add(RTP_TURN_CONF, super::render_template(env, RTP_TURN_CONF, &ctx)?, FileKind::Secret);
     }
     // Mount point for the keys inside the read-only config mount.
     bundle.add_dir("asterisk/keys");

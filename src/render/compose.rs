@@ -38,10 +38,6 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
         asterisk_uid => image::ASTERISK_UID,
         healthcheck => Value::from(Serde(["CMD", image::HEALTHCHECK])),
     };
-    bundle.add(
-        COMPOSE_YAML,
-        super::render_template(env, COMPOSE_YAML, &ctx)?,
-        FileKind::Public,
-    );
+    bundle.add(COMPOSE_YAML, super::render_template(env, COMPOSE_YAML, &ctx)?, FileKind::Public);
     Ok(())
 }

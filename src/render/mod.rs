@@ -8,6 +8,7 @@
 
 pub mod asterisk;
 pub mod compose;
+pub mod helm;
 pub mod templates;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,9 +63,7 @@ pub struct Bundle {
 
 impl fmt::Debug for Bundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bundle")
-            .field("files", &self.files.keys().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("Bundle").field("files", &self.files.keys().collect::<Vec<_>>()).finish()
     }
 }
 
@@ -107,16 +106,8 @@ pub(crate) fn render_template(
     name: &str,
     ctx: &minijinja::Value,
 ) -> Result<Vec<u8>, RenderError> {
-    let tmpl = env
-        .get_template(name)
-        .map_err(|source| RenderError::Template {
-            name: name.into(),
-            source,
-        })?;
-    let text = tmpl.render(ctx).map_err(|source| RenderError::Template {
-        name: name.into(),
-        source,
-    })?;
+    let tmpl = env.get_template(name).map_err(|source| RenderError::Template { name: name.into(), source })?;
+    let text = tmpl.render(ctx).map_err(|source| RenderError::Template { name: name.into(), source })?;
     Ok(text.into_bytes())
 }
 
@@ -126,28 +117,13 @@ pub fn render(plan: &Plan, certs: &CertLayout) -> Result<Bundle, RenderError> {
     let mut bundle = Bundle::default();
     asterisk::render(&env, plan, &mut bundle)?;
     compose::render(&env, plan, &mut bundle)?;
-    bundle.add(
-        format!("keys/{}", files::CERT),
-        certs.chain_pem.clone().into_bytes(),
-        FileKind::Public,
-    );
-    bundle.add(
-        format!("keys/{}", files::KEY),
-        certs.key_pem.clone().into_bytes(),
-        FileKind::Secret,
-    );
-    bundle.add(
-        format!("keys/{}", files::PEM),
-        certs.combined_pem().into_bytes(),
-        FileKind::Secret,
-    );
+    bundle.add(format!("keys/{}", files::CERT), certs.chain_pem.clone().into_bytes(), FileKind::Public);
+    bundle.add(format!("keys/{}", files::KEY), certs.key_pem.clone().into_bytes(), FileKind::Secret);
+    bundle.add(format!("keys/{}", files::PEM), certs.combined_pem().into_bytes(), FileKind::Secret);
     if let Some(ca) = &certs.ca_pem {
-        bundle.add(
-            format!("keys/{}", files::CA),
-            ca.clone().into_bytes(),
-            FileKind::Public,
-        );
+        bundle.add(format!("keys/{}", files::CA), ca.clone().into_bytes(), FileKind::Public);
     }
+    helm::render(&env, plan, &mut bundle)?;
     Ok(bundle)
 }
 
@@ -179,9 +155,7 @@ impl Bundle {
 
     /// One file's text, if present and UTF-8.
     pub fn text(&self, path: &str) -> Option<&str> {
-        self.files
-            .get(Path::new(path))
-            .and_then(|f| std::str::from_utf8(&f.bytes).ok())
+        self.files.get(Path::new(path)).and_then(|f| std::str::from_utf8(&f.bytes).ok())
     }
 
     /// Writes the bundle to `out`, replacing its previous contents in one atomic swap. On any
@@ -196,14 +170,9 @@ impl Bundle {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&parent).map_err(werr(&parent))?;
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "deploy".into());
-        let staging = tempfile::Builder::new()
-            .prefix(&format!(".{name}.astrtc-"))
-            .tempdir_in(&parent)
-            .map_err(werr(&parent))?;
+        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "deploy".into());
+        let staging =
+            tempfile::Builder::new().prefix(&format!(".{name}.astrtc-")).tempdir_in(&parent).map_err(werr(&parent))?;
         let root = staging.path();
         fs::set_permissions(root, fs::Permissions::from_mode(0o755)).map_err(werr(root))?;
         for dir in &self.dirs {
@@ -216,8 +185,7 @@ impl Bundle {
                 fs::create_dir_all(d).map_err(werr(d))?;
             }
             let mut f = fs::File::create(&p).map_err(werr(&p))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(file.kind.mode()))
-                .map_err(werr(&p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(file.kind.mode())).map_err(werr(&p))?;
             if file.kind == FileKind::Secret && access.chown {
                 std::os::unix::fs::chown(&p, None, Some(access.gid)).map_err(werr(&p))?;
             }
@@ -248,10 +216,7 @@ impl Bundle {
                 changes.push(Change::Added { path: display });
                 continue;
             }
-            let old = fs::read(&path).map_err(|source| RenderError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let old = fs::read(&path).map_err(|source| RenderError::Read { path: path.clone(), source })?;
             if old != file.bytes {
                 let diff = match file.kind {
                     FileKind::Secret => None,
@@ -266,31 +231,19 @@ impl Bundle {
                         .to_string(),
                     ),
                 };
-                changes.push(Change::Modified {
-                    path: display.clone(),
-                    diff,
-                });
+                changes.push(Change::Modified { path: display.clone(), diff });
             }
             let mode = fs::metadata(&path)
-                .map_err(|source| RenderError::Read {
-                    path: path.clone(),
-                    source,
-                })?
+                .map_err(|source| RenderError::Read { path: path.clone(), source })?
                 .permissions()
                 .mode()
                 & 0o777;
             if mode != file.kind.mode() {
-                changes.push(Change::Mode {
-                    path: display,
-                    on_disk: mode,
-                    wanted: file.kind.mode(),
-                });
+                changes.push(Change::Mode { path: display, on_disk: mode, wanted: file.kind.mode() });
             }
         }
         for rel in on_disk.difference(&self.files.keys().cloned().collect()) {
-            changes.push(Change::Removed {
-                path: rel.display().to_string(),
-            });
+            changes.push(Change::Removed { path: rel.display().to_string() });
         }
         Ok(CheckReport { changes })
     }
@@ -319,15 +272,8 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     let ca = CString::new(a.as_os_str().as_bytes())?;
     let cb = CString::new(b.as_os_str().as_bytes())?;
     // SAFETY: both are valid NUL-terminated paths; the call touches no other memory.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
     if rc == 0 {
         Ok(())
     } else {
@@ -385,18 +331,12 @@ impl fmt::Display for CheckReport {
         for c in &self.changes {
             match c {
                 Change::Added { path } => writeln!(f, "missing: {path}")?,
-                Change::Removed { path } => {
-                    writeln!(f, "not generated by the spec (would be removed): {path}")?
-                }
+                Change::Removed { path } => writeln!(f, "not generated by the spec (would be removed): {path}")?,
                 Change::Modified { diff: Some(d), .. } => write!(f, "{d}")?,
-                Change::Modified { path, diff: None } => {
-                    writeln!(f, "differs: {path} (secret; contents not shown)")?
+                Change::Modified { path, diff: None } => writeln!(f, "differs: {path} (secret; contents not shown)")?,
+                Change::Mode { path, on_disk, wanted } => {
+                    writeln!(f, "mode: {path} is {on_disk:o}, astrtc writes {wanted:o}")?
                 }
-                Change::Mode {
-                    path,
-                    on_disk,
-                    wanted,
-                } => writeln!(f, "mode: {path} is {on_disk:o}, astrtc writes {wanted:o}")?,
             }
         }
         Ok(())

@@ -93,10 +93,8 @@ impl SourceFile {
 
     /// Reads a file.
     pub fn read(path: &Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
         Ok(SourceFile::new(path.to_path_buf(), text))
     }
 
@@ -107,15 +105,8 @@ impl SourceFile {
             let span = e.span().unwrap_or(0..0);
             // Name the key in the message too, not only in the label.
             let path = self.path_at(span.start);
-            let message = if path.0.is_empty() {
-                e.message().to_string()
-            } else {
-                format!("{path}: {}", e.message())
-            };
-            SpecError::Invalid(InvalidSpec::new(
-                self,
-                vec![Problem::at_span(span, message)],
-            ))
+            let message = if path.0.is_empty() { e.message().to_string() } else { format!("{path}: {}", e.message()) };
+            SpecError::Invalid(InvalidSpec::new(self, vec![Problem::at_span(span, message)]))
         })
     }
 
@@ -130,9 +121,7 @@ impl SourceFile {
         let mut array: Option<&[Spanned<DeValue<'_>>]> = None;
         for seg in &path.0 {
             let next: Option<&Spanned<DeValue<'_>>> = match (seg, table, array) {
-                (KeySeg::Key(k), Some(t), _) => {
-                    t.iter().find(|(key, _)| key.get_ref() == k).map(|(_, v)| v)
-                }
+                (KeySeg::Key(k), Some(t), _) => t.iter().find(|(key, _)| key.get_ref() == k).map(|(_, v)| v),
                 (KeySeg::Index(i), _, Some(a)) => a.get(*i),
                 _ => None,
             };
@@ -157,21 +146,15 @@ impl SourceFile {
         // the offset wins.
         fn walk(v: &DeValue<'_>, offset: usize, path: &mut KeyPath) -> bool {
             let children: Vec<Child<'_, '_>> = match v {
-                DeValue::Table(t) => t
-                    .iter()
-                    .map(|(k, val)| (KeySeg::Key(k.get_ref().to_string()), Some(k.span()), val))
-                    .collect(),
-                DeValue::Array(a) => a
-                    .iter()
-                    .enumerate()
-                    .map(|(i, val)| (KeySeg::Index(i), None, val))
-                    .collect(),
+                DeValue::Table(t) => {
+                    t.iter().map(|(k, val)| (KeySeg::Key(k.get_ref().to_string()), Some(k.span()), val)).collect()
+                }
+                DeValue::Array(a) => a.iter().enumerate().map(|(i, val)| (KeySeg::Index(i), None, val)).collect(),
                 _ => return false,
             };
             for (seg, key_span, val) in children {
                 path.0.push(seg);
-                let here =
-                    key_span.is_some_and(|s| s.contains(&offset)) || val.span().contains(&offset);
+                let here = key_span.is_some_and(|s| s.contains(&offset)) || val.span().contains(&offset);
                 if walk(val.get_ref(), offset, path) || here {
                     return true;
                 }
@@ -225,14 +208,7 @@ pub struct Problem {
 impl Problem {
     /// A problem about the value at a key path.
     pub fn at(path: KeyPath, message: impl Into<String>) -> Self {
-        Problem {
-            message: message.into(),
-            span: (0, 0).into(),
-            path,
-            label: "here".into(),
-            help: None,
-            src: None,
-        }
+        Problem { message: message.into(), span: (0, 0).into(), path, label: "here".into(), help: None, src: None }
     }
 
     /// A problem at a byte range (parser errors).
@@ -271,10 +247,7 @@ impl InvalidSpec {
     /// Locates each problem in `source` and wraps them.
     pub fn new(source: &SourceFile, problems: Vec<Problem>) -> Self {
         let problems = problems.into_iter().map(|p| source.locate(p)).collect();
-        InvalidSpec {
-            file: source.path.clone(),
-            problems,
-        }
+        InvalidSpec { file: source.path.clone(), problems }
     }
 }
 
@@ -283,10 +256,7 @@ impl InvalidSpec {
 pub enum SpecError {
     /// The file could not be read.
     #[error("failed to read {}", path.display())]
-    #[diagnostic(
-        code(astrtc::spec::read),
-        help("create one with `astrtc init`, or name it with --spec")
-    )]
+    #[diagnostic(code(astrtc::spec::read), help("create one with `astrtc init`, or name it with --spec"))]
     Read {
         /// The file.
         path: PathBuf,

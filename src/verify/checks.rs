@@ -43,16 +43,8 @@ pub struct Target {
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| "no address".into())
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().map_err(|e| e.to_string())?.collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| "no address".into())
 }
 
 /// Runs every check against the deployment of `plan`.
@@ -73,20 +65,18 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
 
     // TLS, then everything that needs it.
     let (ca, dom) = (target.ca_pem.clone(), domain.clone());
-    let tls_result = tokio::task::spawn_blocking(move || tls::check_tls(wss, &dom, &ca))
-        .await
-        .expect("join");
+    let tls_result = tokio::task::spawn_blocking(move || tls::check_tls(wss, &dom, &ca)).await.expect("join");
     let tls_ok = match tls_result {
         Ok(r) => {
             let days = r.leaf.seconds_left / 86400;
             let names: Vec<_> = r.leaf.dns_names.iter().cloned().collect();
-            let detail = format!(
-                "{} on {wss}, certificate for {}, {days} days left",
-                r.protocol,
-                names.join(", ")
-            );
+            let detail = format!("{} on {wss}, certificate for {}, {days} days left", r.protocol, names.join(", "));
             if days < MIN_DAYS_LEFT {
-                report.push(Check::fail("tls", detail, "the certificate expires soon: re-run `astrtc render` (self-signed) or renew it"));
+                report.push(Check::fail(
+                    "tls",
+                    detail,
+                    "the certificate expires soon: re-run `astrtc render` (self-signed) or renew it",
+                ));
             } else {
                 report.push(Check::pass("tls", detail));
             }
@@ -100,15 +90,11 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
 
     if tls_ok {
         let (ca, dom) = (target.ca_pem.clone(), domain.clone());
-        let ws = tokio::task::spawn_blocking(move || tls::websocket_upgrade(wss, &dom, &ca, "/ws"))
-            .await
-            .expect("join");
+        let ws =
+            tokio::task::spawn_blocking(move || tls::websocket_upgrade(wss, &dom, &ca, "/ws")).await.expect("join");
         let ws_ok = match ws {
             Ok(p) => {
-                report.push(Check::pass(
-                    "websocket",
-                    format!("/ws upgraded (101) with subprotocol {p}"),
-                ));
+                report.push(Check::pass("websocket", format!("/ws upgraded (101) with subprotocol {p}")));
                 true
             }
             Err(e) => {
@@ -120,27 +106,16 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
                 false
             }
         };
-        for ep in plan
-            .endpoints
-            .iter()
-            .filter(|e| e.kind == EndpointKind::Webrtc)
-        {
+        for ep in plan.endpoints.iter().filter(|e| e.kind == EndpointKind::Webrtc) {
             let name = format!("register {}", ep.id);
             if !ws_ok {
                 report.push(Check::skip(name, "the WebSocket upgrade failed"));
                 continue;
             }
-            let (ca, dom, id, pw) = (
-                target.ca_pem.clone(),
-                domain.clone(),
-                ep.id.clone(),
-                ep.password.clone(),
-            );
-            let outcome = tokio::task::spawn_blocking(move || {
-                sip::register_over_wss(wss, &dom, &ca, &id, &pw)
-            })
-            .await
-            .expect("join");
+            let (ca, dom, id, pw) = (target.ca_pem.clone(), domain.clone(), ep.id.clone(), ep.password.clone());
+            let outcome = tokio::task::spawn_blocking(move || sip::register_over_wss(wss, &dom, &ca, &id, &pw))
+                .await
+                .expect("join");
             report.push(match outcome {
                 Ok(o) if o.registered.code == 200 => {
                     let removed = o.removed.map(|r| format!("{} {}", r.code, r.reason)).unwrap_or_default();
@@ -160,16 +135,14 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
                     format!("{} {}", o.registered.code, o.registered.reason),
                     format!("Asterisk does not know endpoint {}: re-run `astrtc render` and restart", ep.id),
                 ),
-                Err(e) => Check::fail(name, e.to_string(), "the WSS connection broke during REGISTER; see the Asterisk log"),
+                Err(e) => {
+                    Check::fail(name, e.to_string(), "the WSS connection broke during REGISTER; see the Asterisk log")
+                }
             });
         }
     } else {
         report.push(Check::skip("websocket", "TLS failed"));
-        for ep in plan
-            .endpoints
-            .iter()
-            .filter(|e| e.kind == EndpointKind::Webrtc)
-        {
+        for ep in plan.endpoints.iter().filter(|e| e.kind == EndpointKind::Webrtc) {
             report.push(Check::skip(format!("register {}", ep.id), "TLS failed"));
         }
     }
@@ -177,16 +150,13 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
     // SIP over UDP.
     match resolve(&target.host, plan.network.sip_port) {
         Ok(addr) => {
-            let r = tokio::task::spawn_blocking(move || {
-                sip::options_over_udp(addr, Duration::from_secs(3))
-            })
-            .await
-            .expect("join");
+            let r = tokio::task::spawn_blocking(move || sip::options_over_udp(addr, Duration::from_secs(3)))
+                .await
+                .expect("join");
             report.push(match r {
-                Ok(Some(resp)) => Check::pass(
-                    "sip udp",
-                    format!("OPTIONS to {addr} answered {} {}", resp.code, resp.reason),
-                ),
+                Ok(Some(resp)) => {
+                    Check::pass("sip udp", format!("OPTIONS to {addr} answered {} {}", resp.code, resp.reason))
+                }
                 Ok(None) => Check::fail(
                     "sip udp",
                     format!("no answer to OPTIONS on udp {addr} within 3 s"),
@@ -198,11 +168,7 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
                 Err(e) => Check::fail("sip udp", e.to_string(), "check the host's network"),
             });
         }
-        Err(e) => report.push(Check::fail(
-            "sip udp",
-            e,
-            "pass the deployment's address with --host",
-        )),
+        Err(e) => report.push(Check::fail("sip udp", e, "pass the deployment's address with --host")),
     }
 
     // Inside the container, when it is local.
@@ -241,20 +207,12 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
                     } else {
                         Check::fail(
                             "endpoints",
-                            format!(
-                                "Asterisk has [{}], the spec has [{}]",
-                                have.join(", "),
-                                want.join(", ")
-                            ),
+                            format!("Asterisk has [{}], the spec has [{}]", have.join(", "), want.join(", ")),
                             "re-run `astrtc render` and restart Asterisk",
                         )
                     });
                 }
-                Err(e) => report.push(Check::fail(
-                    "endpoints",
-                    e,
-                    "is Asterisk running in the container?",
-                )),
+                Err(e) => report.push(Check::fail("endpoints", e, "is Asterisk running in the container?")),
             }
         }
     }
@@ -290,36 +248,22 @@ fn tls_failure(e: &VerifyError, addr: SocketAddr, domain: &str, ca_file: &str) -
     Check::fail("tls", detail, remedy)
 }
 
-async fn local_container(
-    plan: &Plan,
-    explicit: Option<&str>,
-) -> Result<(bollard::Docker, String), String> {
-    let docker = crate::image::connect()
-        .await
-        .map_err(|_| "no local Docker engine (remote deployment?)".to_string())?;
+async fn local_container(plan: &Plan, explicit: Option<&str>) -> Result<(bollard::Docker, String), String> {
+    let docker =
+        crate::image::connect().await.map_err(|_| "no local Docker engine (remote deployment?)".to_string())?;
     if let Some(id) = explicit {
         return Ok((docker, id.to_string()));
     }
     let filters = std::collections::HashMap::from([(
         "label".to_string(),
-        vec![
-            format!("com.docker.compose.project={}", plan.name),
-            "com.docker.compose.service=asterisk".to_string(),
-        ],
+        vec![format!("com.docker.compose.project={}", plan.name), "com.docker.compose.service=asterisk".to_string()],
     )]);
     let list = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .filters(&filters)
-                .build(),
-        ))
+        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
         .await
         .map_err(|e| e.to_string())?;
     let id = list.first().and_then(|c| c.id.clone()).ok_or_else(|| {
-        format!(
-            "no running container of compose project {:?} here (pass --container for others)",
-            plan.name
-        )
+        format!("no running container of compose project {:?} here (pass --container for others)", plan.name)
     })?;
     Ok((docker, id))
 }
@@ -338,10 +282,8 @@ async fn rx(docker: &bollard::Docker, id: &str, command: &str) -> Result<String,
         .await
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
-    if let StartExecResults::Attached { mut output, .. } = docker
-        .start_exec(&exec.id, None)
-        .await
-        .map_err(|e| e.to_string())?
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&exec.id, None).await.map_err(|e| e.to_string())?
     {
         while let Some(chunk) = output.next().await {
             out.push_str(&chunk.map_err(|e| e.to_string())?.to_string());

@@ -61,9 +61,7 @@ pub fn parse_endpoints(out: &str) -> Vec<String> {
 
 /// The address the HTTPS (WSS) server is bound to, from `http show status`.
 pub fn parse_https_binding(out: &str) -> Option<String> {
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix("HTTPS Server Enabled and Bound to "))
-        .map(|s| s.trim().to_string())
+    out.lines().find_map(|l| l.trim().strip_prefix("HTTPS Server Enabled and Bound to ")).map(|s| s.trim().to_string())
 }
 
 #[cfg(test)]

@@ -34,36 +34,17 @@ pub struct Check {
 impl Check {
     /// A passed check.
     pub fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            status: Status::Pass,
-            detail: detail.into(),
-            remedy: None,
-        }
+        Check { name: name.into(), status: Status::Pass, detail: detail.into(), remedy: None }
     }
 
     /// A failed check with its remedy.
-    pub fn fail(
-        name: impl Into<String>,
-        detail: impl Into<String>,
-        remedy: impl Into<String>,
-    ) -> Check {
-        Check {
-            name: name.into(),
-            status: Status::Fail,
-            detail: detail.into(),
-            remedy: Some(remedy.into()),
-        }
+    pub fn fail(name: impl Into<String>, detail: impl Into<String>, remedy: impl Into<String>) -> Check {
+        Check { name: name.into(), status: Status::Fail, detail: detail.into(), remedy: Some(remedy.into()) }
     }
 
     /// A check that could not run.
     pub fn skip(name: impl Into<String>, detail: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            status: Status::Skip,
-            detail: detail.into(),
-            remedy: None,
-        }
+        Check { name: name.into(), status: Status::Skip, detail: detail.into(), remedy: None }
     }
 }
 
@@ -103,16 +84,8 @@ impl fmt::Display for Report {
                 writeln!(f, "     {:<width$}  -> {r}", "")?;
             }
         }
-        let failed = self
-            .checks
-            .iter()
-            .filter(|c| c.status == Status::Fail)
-            .count();
-        let passed = self
-            .checks
-            .iter()
-            .filter(|c| c.status == Status::Pass)
-            .count();
+        let failed = self.checks.iter().filter(|c| c.status == Status::Fail).count();
+        let passed = self.checks.iter().filter(|c| c.status == Status::Pass).count();
         let skipped = self.checks.len() - failed - passed;
         writeln!(f, "{passed} passed, {failed} failed, {skipped} skipped")
     }

@@ -49,10 +49,7 @@ fn token() -> String {
 }
 
 fn hex_md5(s: &str) -> String {
-    Md5::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Md5::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `Digest` parameters of a challenge.
@@ -84,13 +81,7 @@ fn split_params(s: &str) -> Vec<String> {
 }
 
 /// The `Authorization` header answering `challenge` (MD5, with or without qop=auth).
-pub fn digest_authorization(
-    challenge: &str,
-    method: &str,
-    uri: &str,
-    user: &str,
-    password: &str,
-) -> Option<String> {
+pub fn digest_authorization(challenge: &str, method: &str, uri: &str, user: &str, password: &str) -> Option<String> {
     let realm = digest_param(challenge, "realm")?;
     let nonce = digest_param(challenge, "nonce")?;
     let algorithm = digest_param(challenge, "algorithm").unwrap_or_else(|| "MD5".into());
@@ -99,14 +90,9 @@ pub fn digest_authorization(
     }
     let ha1 = hex_md5(&format!("{user}:{realm}:{password}"));
     let ha2 = hex_md5(&format!("{method}:{uri}"));
-    let opaque = digest_param(challenge, "opaque")
-        .map(|o| format!(", opaque=\"{o}\""))
-        .unwrap_or_default();
+    let opaque = digest_param(challenge, "opaque").map(|o| format!(", opaque=\"{o}\"")).unwrap_or_default();
     let qop = digest_param(challenge, "qop");
-    if qop
-        .as_deref()
-        .is_some_and(|q| q.split(',').any(|x| x.trim() == "auth"))
-    {
+    if qop.as_deref().is_some_and(|q| q.split(',').any(|x| x.trim() == "auth")) {
         let cnonce = token();
         let nc = "00000001";
         let response = hex_md5(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
@@ -168,19 +154,11 @@ fn ws_recv_text(s: &mut TlsStream) -> std::io::Result<String> {
         let mut payload = vec![0u8; len as usize];
         s.read_exact(&mut payload)?;
         if let Some(m) = mask {
-            payload
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b ^= m[i % 4]);
+            payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= m[i % 4]);
         }
         match opcode {
             0x1 | 0x2 => return Ok(String::from_utf8_lossy(&payload).into_owned()),
-            0x8 => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "WebSocket closed",
-                ))
-            }
+            0x8 => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "WebSocket closed")),
             _ => continue, // ping/pong/continuation: not used by Asterisk for SIP
         }
     }
@@ -204,22 +182,13 @@ pub fn register_over_wss(
     password: &str,
 ) -> Result<RegisterOutcome, VerifyError> {
     let mut ws = tls::websocket(addr, domain, ca_pem, "/ws")?;
-    let io = |source| VerifyError::Tls {
-        addr,
-        domain: domain.into(),
-        source,
-    };
+    let io = |source| VerifyError::Tls { addr, domain: domain.into(), source };
     let (call_id, tag, host) = (token(), token(), format!("{}.invalid", token()));
     let uri = format!("sip:{domain}");
     let mut cseq = 0;
-    let mut transact = |ws: &mut TlsStream,
-                        expires: u32,
-                        auth: Option<String>|
-     -> Result<SipResponse, VerifyError> {
+    let mut transact = |ws: &mut TlsStream, expires: u32, auth: Option<String>| -> Result<SipResponse, VerifyError> {
         cseq += 1;
-        let auth = auth
-            .map(|a| format!("Authorization: {a}\r\n"))
-            .unwrap_or_default();
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
         let msg = format!(
             "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/WSS {host};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\n\
              To: <sip:{user}@{domain}>\r\nFrom: <sip:{user}@{domain}>;tag={tag}\r\nCall-ID: {call_id}\r\n\
@@ -242,38 +211,20 @@ pub fn register_over_wss(
         if first.code != 401 && first.code != 407 {
             return Ok(first);
         }
-        let challenge = first
-            .header("WWW-Authenticate")
-            .or_else(|| first.header("Proxy-Authenticate"));
-        let Some(auth) =
-            challenge.and_then(|c| digest_authorization(c, "REGISTER", &uri, user, password))
-        else {
+        let challenge = first.header("WWW-Authenticate").or_else(|| first.header("Proxy-Authenticate"));
+        let Some(auth) = challenge.and_then(|c| digest_authorization(c, "REGISTER", &uri, user, password)) else {
             return Ok(first);
         };
         transact(ws, expires, Some(auth))
     };
     let registered = with_auth(&mut ws, 60)?;
-    let removed = if registered.code == 200 {
-        Some(with_auth(&mut ws, 0)?)
-    } else {
-        None
-    };
-    Ok(RegisterOutcome {
-        registered,
-        removed,
-    })
+    let removed = if registered.code == 200 { Some(with_auth(&mut ws, 0)?) } else { None };
+    Ok(RegisterOutcome { registered, removed })
 }
 
 /// Sends a SIP OPTIONS over UDP and returns the response, or `None` on timeout.
-pub fn options_over_udp(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> std::io::Result<Option<SipResponse>> {
-    let sock = UdpSocket::bind(if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    })?;
+pub fn options_over_udp(addr: SocketAddr, timeout: Duration) -> std::io::Result<Option<SipResponse>> {
+    let sock = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     sock.set_read_timeout(Some(timeout))?;
     let local = sock.local_addr()?;
     let msg = format!(
@@ -289,19 +240,13 @@ pub fn options_over_udp(
     loop {
         match sock.recv_from(&mut buf) {
             Ok((n, _)) => {
-                if let Some(r) = SipResponse::parse(String::from_utf8_lossy(&buf[..n]).into_owned())
-                {
+                if let Some(r) = SipResponse::parse(String::from_utf8_lossy(&buf[..n]).into_owned()) {
                     if r.code >= 200 {
                         return Ok(Some(r));
                     }
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 return Ok(None)
             }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
@@ -319,9 +264,7 @@ mod tests {
         // RFC 2617 section 3.5, with its fixed cnonce and nc.
         let ha1 = hex_md5("Mufasa:testrealm@host.com:Circle Of Life");
         let ha2 = hex_md5("GET:/dir/index.html");
-        let r = hex_md5(&format!(
-            "{ha1}:dcd98b7102dd2f0e8b11d0f600bfb0c093:00000001:0a4f113b:auth:{ha2}"
-        ));
+        let r = hex_md5(&format!("{ha1}:dcd98b7102dd2f0e8b11d0f600bfb0c093:00000001:0a4f113b:auth:{ha2}"));
         assert_eq!(r, "6629fae49393a05397450978507c4ef1");
     }
 
@@ -331,12 +274,7 @@ mod tests {
         assert_eq!(digest_param(c, "realm").as_deref(), Some("asterisk"));
         assert_eq!(digest_param(c, "nonce").as_deref(), Some("1700000000/abc"));
         let a = digest_authorization(c, "REGISTER", "sip:localhost", "199", "pw").unwrap();
-        assert!(
-            a.contains("qop=auth") && a.contains("opaque=\"7f\"") && a.contains("username=\"199\"")
-        );
-        assert!(
-            digest_authorization(&c.replace("MD5", "SHA-256"), "REGISTER", "sip:x", "u", "p")
-                .is_none()
-        );
+        assert!(a.contains("qop=auth") && a.contains("opaque=\"7f\"") && a.contains("username=\"199\""));
+        assert!(digest_authorization(&c.replace("MD5", "SHA-256"), "REGISTER", "sip:x", "u", "p").is_none());
     }
 }

@@ -78,9 +78,7 @@ fn connect(addr: SocketAddr, domain: &str, ca_pem: &str) -> Result<TlsStream, Ve
         return Err(VerifyError::BadCa("no certificate in the PEM".into()));
     }
     for c in certs {
-        roots
-            .add(c)
-            .map_err(|e| VerifyError::BadCa(e.to_string()))?;
+        roots.add(c).map_err(|e| VerifyError::BadCa(e.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
@@ -88,8 +86,7 @@ fn connect(addr: SocketAddr, domain: &str, ca_pem: &str) -> Result<TlsStream, Ve
         .expect("ring supports the default versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = ServerName::try_from(domain.to_string())
-        .map_err(|_| VerifyError::BadName(domain.into()))?;
+    let name = ServerName::try_from(domain.to_string()).map_err(|_| VerifyError::BadName(domain.into()))?;
     let conn = ClientConnection::new(Arc::new(config), name).map_err(|e| VerifyError::Tls {
         addr,
         domain: domain.into(),
@@ -101,13 +98,11 @@ fn connect(addr: SocketAddr, domain: &str, ca_pem: &str) -> Result<TlsStream, Ve
     tcp.set_write_timeout(Some(Duration::from_secs(5))).ok();
     let mut tls = StreamOwned::new(conn, tcp);
     while tls.conn.is_handshaking() {
-        tls.conn
-            .complete_io(&mut tls.sock)
-            .map_err(|source| VerifyError::Tls {
-                addr,
-                domain: domain.into(),
-                source,
-            })?;
+        tls.conn.complete_io(&mut tls.sock).map_err(|source| VerifyError::Tls {
+            addr,
+            domain: domain.into(),
+            source,
+        })?;
     }
     Ok(tls)
 }
@@ -116,47 +111,27 @@ fn connect(addr: SocketAddr, domain: &str, ca_pem: &str) -> Result<TlsStream, Ve
 pub fn check_tls(addr: SocketAddr, domain: &str, ca_pem: &str) -> Result<TlsReport, VerifyError> {
     let tls = connect(addr, domain, ca_pem)?;
     let peer = tls.conn.peer_certificates().unwrap_or_default();
-    let leaf =
-        cert_facts_der(peer.first().map(|c| c.as_ref()).unwrap_or_default()).map_err(|e| {
-            VerifyError::Tls {
-                addr,
-                domain: domain.into(),
-                source: std::io::Error::other(e),
-            }
-        })?;
+    let leaf = cert_facts_der(peer.first().map(|c| c.as_ref()).unwrap_or_default()).map_err(|e| VerifyError::Tls {
+        addr,
+        domain: domain.into(),
+        source: std::io::Error::other(e),
+    })?;
     Ok(TlsReport {
-        protocol: format!(
-            "{:?}",
-            tls.conn.protocol_version().expect("after handshake")
-        ),
+        protocol: format!("{:?}", tls.conn.protocol_version().expect("after handshake")),
         leaf,
         chain_len: peer.len(),
     })
 }
 
 /// Performs the WebSocket upgrade a SIP-over-WSS client does; returns the subprotocol answered.
-pub fn websocket_upgrade(
-    addr: SocketAddr,
-    domain: &str,
-    ca_pem: &str,
-    path: &str,
-) -> Result<String, VerifyError> {
+pub fn websocket_upgrade(addr: SocketAddr, domain: &str, ca_pem: &str, path: &str) -> Result<String, VerifyError> {
     websocket(addr, domain, ca_pem, path).map(|_| "sip".to_string())
 }
 
 /// Opens a WebSocket with the `sip` subprotocol and returns the stream, ready for frames.
-pub fn websocket(
-    addr: SocketAddr,
-    domain: &str,
-    ca_pem: &str,
-    path: &str,
-) -> Result<TlsStream, VerifyError> {
+pub fn websocket(addr: SocketAddr, domain: &str, ca_pem: &str, path: &str) -> Result<TlsStream, VerifyError> {
     let mut tls = connect(addr, domain, ca_pem)?;
-    let io = |source| VerifyError::Tls {
-        addr,
-        domain: domain.into(),
-        source,
-    };
+    let io = |source| VerifyError::Tls { addr, domain: domain.into(), source };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {domain}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
@@ -178,17 +153,11 @@ pub fn websocket(
     let status = head.lines().next().unwrap_or("").trim().to_string();
     let protocol = head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("sec-websocket-protocol")
-            .then(|| v.trim().to_string())
+        k.trim().eq_ignore_ascii_case("sec-websocket-protocol").then(|| v.trim().to_string())
     });
     if status.split_whitespace().nth(1) == Some("101") && protocol.as_deref() == Some("sip") {
         Ok(tls)
     } else {
-        Err(VerifyError::Upgrade {
-            path: path.into(),
-            status,
-            protocol,
-        })
+        Err(VerifyError::Upgrade { path: path.into(), status, protocol })
     }
 }

@@ -1,0 +1,52 @@
+{{/* Chart name, truncated to the 63 characters Kubernetes allows in names and labels. */}}
+{{- define "astrtc.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: release-chart unless the release name already contains it. */}}
+{{- define "astrtc.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Standard labels. */}}
+{{- define "astrtc.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "astrtc.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: astrtc
+{{- end }}
+
+{{/* Selector labels: name and instance only, so they never change on upgrade. */}}
+{{- define "astrtc.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "astrtc.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Secret holding the endpoint passwords (pjsip_auth.conf). */}}
+{{- define "astrtc.authSecretName" -}}
+{{- default (printf "%s-auth" (include "astrtc.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{/* Secret holding the WSS certificate (asterisk.crt, asterisk.key). */}}
+{{- define "astrtc.keysSecretName" -}}
+{{- if eq .Values.certificates.mode "existingSecret" }}
+{{- required "certificates.existingSecret is required when certificates.mode is existingSecret" .Values.certificates.existingSecret }}
+{{- else }}
+{{- printf "%s-keys" (include "astrtc.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the pod terminates TLS itself (false when an Ingress does). */}}
+{{- define "astrtc.podTLS" -}}
+{{- if .Values.ingress.enabled }}false{{ else }}true{{ end }}
+{{- end }}

@@ -1,0 +1,195 @@
+//! The Helm chart `astrtc render` writes: lint-clean with Helm 3 and 4 in every values mode,
+//! valid Kubernetes objects for 1.29 and the newest schema, a values schema that refuses what
+//! would break the deployment, and one source of truth — the spec's RTP range and ports appear
+//! identically in rtp.conf, http.conf and the pod's ports.
+//!
+//! Tools come from `make deps-helm` (target/tools). Outside CI, missing tools skip these tests
+//! with a message; in CI they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::*;
+
+struct Tools {
+    helm3: PathBuf,
+    helm4: PathBuf,
+    validate: PathBuf,
+}
+
+fn tools() -> Option<Tools> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools");
+    let t = Tools {
+        helm3: dir.join("helm3"),
+        helm4: dir.join("helm4"),
+        validate: dir.join("venv/bin/kubernetes-validate"),
+    };
+    if [&t.helm3, &t.helm4, &t.validate].iter().all(|p| p.exists()) {
+        return Some(t);
+    }
+    let msg = "helm or kubernetes-validate missing in target/tools (make deps-helm)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A fixture rendered to disk; returns (temp dir, chart path).
+fn rendered(case: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = fixture_copy(case);
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    astrtc::run::write_output(&plan, &dir.path().join("deploy")).unwrap();
+    let chart = dir.path().join("deploy/helm/astrtc");
+    (dir, chart)
+}
+
+/// Values modes every chart must lint and template in: (name, --set arguments).
+fn modes(narrow_rtp: bool) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut m = vec![
+        ("default", vec![]),
+        ("ingress", vec!["ingress.enabled=true", "ingress.className=nginx", "ingress.tlsSecretName=pbx-tls"]),
+        ("cert-manager", vec!["certificates.mode=certManager", "certificates.certManager.issuerName=letsencrypt"]),
+        (
+            "existing-secret",
+            vec![
+                "certificates.mode=existingSecret",
+                "certificates.existingSecret=pbx-tls",
+                "auth.existingSecret=pbx-auth",
+            ],
+        ),
+    ];
+    if narrow_rtp {
+        m.push(("host-port", vec!["network.mode=hostPort"]));
+    }
+    m
+}
+
+fn with_sets(cmd: &mut Command, sets: &[&str]) {
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+}
+
+fn template(t: &Tools, chart: &Path, sets: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(&t.helm4);
+    cmd.args(["template", "pbx"]).arg(chart);
+    with_sets(&mut cmd, sets);
+    run(&mut cmd)
+}
+
+#[test]
+fn every_fixture_lints_and_validates_in_every_mode() {
+    let Some(t) = tools() else { return };
+    let mut checked = 0;
+    for case in fixture_cases() {
+        let (dir, chart) = rendered(&case);
+        let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+        for (mode, sets) in modes(plan.rtp.len() <= 200) {
+            for helm in [&t.helm3, &t.helm4] {
+                let mut cmd = Command::new(helm);
+                cmd.args(["lint", "--strict"]).arg(&chart);
+                with_sets(&mut cmd, &sets);
+                let (ok, out) = run(&mut cmd);
+                assert!(ok, "{case}/{mode}: helm lint ({}):\n{out}", helm.display());
+            }
+            let (ok, manifests) = template(&t, &chart, &sets);
+            assert!(ok, "{case}/{mode}: helm template:\n{manifests}");
+            let file = dir.path().join(format!("{mode}.yaml"));
+            std::fs::write(&file, &manifests).unwrap();
+            for k8s in ["1.29.0", "1.37.0"] {
+                let (ok, out) = run(Command::new(&t.validate).args(["--strict", "--quiet", "-k", k8s]).arg(&file));
+                assert!(ok, "{case}/{mode}: kubernetes-validate {k8s}:\n{out}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 17, "only {checked} chart/mode combinations checked");
+}
+
+#[test]
+fn the_values_schema_refuses_what_would_break_the_deployment() {
+    let Some(t) = tools() else { return };
+    let (_dir, chart) = rendered("webrtc-self-signed");
+    for (sets, expect) in [
+        (vec!["ports.sip=5070"], "/ports/sip"),
+        (vec!["rtp.start=12000"], "/rtp/start"),
+        (vec!["network.mode=hostPort"], "/network/mode"), // 10000-20000 is too wide for host ports
+        (vec!["network.mode=bridge"], "/network/mode"),
+        (vec!["colour=blue"], "colour"),
+        (vec!["service.enabled=maybe"], "/service/enabled"),
+        (vec!["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        (vec!["certificates.mode=acme"], "/certificates/mode"),
+    ] {
+        let (ok, out) = template(&t, &chart, &sets);
+        assert!(!ok, "{sets:?} was accepted");
+        assert!(out.contains(expect), "{sets:?}: the error does not name {expect}:\n{out}");
+    }
+    // A narrow range may use host ports.
+    let (_dir, narrow) = rendered("bridge-narrow-rtp");
+    let (ok, out) = template(&t, &narrow, &["network.mode=hostPort"]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn the_spec_is_the_one_source_of_truth_for_ports() {
+    let Some(t) = tools() else { return };
+    for (start, end) in [(10000, 10099), (31000, 31049)] {
+        let dir = fixture_copy("bridge-narrow-rtp");
+        let spec = dir.path().join("astrtc.toml");
+        let text = std::fs::read_to_string(&spec).unwrap();
+        std::fs::write(
+            &spec,
+            text.replace("start = 10000", &format!("start = {start}")).replace("end = 10099", &format!("end = {end}")),
+        )
+        .unwrap();
+        let plan = plan_for(&spec, ROOT).unwrap();
+        astrtc::run::write_output(&plan, &dir.path().join("deploy")).unwrap();
+        let rtp_conf = std::fs::read_to_string(dir.path().join("deploy/asterisk/rtp.conf")).unwrap();
+        let conf = |key: &str| -> u16 {
+            rtp_conf.lines().find_map(|l| l.strip_prefix(&format!("{key} = "))).unwrap().parse().unwrap()
+        };
+        assert_eq!((conf("rtpstart"), conf("rtpend")), (start, end));
+
+        // The chart's bridge-mode default is hostPort: every RTP port is a host port.
+        let (ok, manifests) = template(&t, &dir.path().join("deploy/helm/astrtc"), &[]);
+        assert!(ok, "{manifests}");
+        let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&manifests)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let deploy = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+        let ports = container["ports"].as_sequence().unwrap();
+        let port_of =
+            |name: &str| ports.iter().find(|p| p["name"] == name).map(|p| p["containerPort"].as_u64().unwrap());
+        assert_eq!(port_of("wss"), Some(u64::from(plan.network.wss_port)));
+        assert_eq!(port_of("sip"), Some(u64::from(plan.network.sip_port)));
+        let rtp: Vec<u64> = ports
+            .iter()
+            .filter(|p| p.get("name").is_none() && p["protocol"] == "UDP")
+            .map(|p| {
+                assert_eq!(p["hostPort"], p["containerPort"]);
+                p["containerPort"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(rtp, (u64::from(start)..=u64::from(end)).collect::<Vec<_>>());
+        // The ConfigMap carries the very rtp.conf compose mounts; passwords are not in it.
+        let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+        assert_eq!(cm["data"]["rtp.conf"].as_str().unwrap().trim_end(), rtp_conf.trim_end());
+        assert!(cm["data"].get("pjsip_auth.conf").is_none());
+        let http = cm["data"]["http.conf"].as_str().unwrap();
+        assert!(http.contains(&format!("tlsbindaddr = 0.0.0.0:{}", plan.network.wss_port)));
+        // Probes run the image's healthcheck, which reads the port from Asterisk itself.
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            assert_eq!(container[probe]["exec"]["command"][0], "/usr/local/bin/astrtc-healthcheck");
+        }
+        let secret = docs.iter().find(|d| d["kind"] == "Secret" && d["data"].get("pjsip_auth.conf").is_some());
+        assert!(secret.is_some(), "passwords must be in a Secret");
+    }
+}
