@@ -25,7 +25,7 @@ up: deps $(ASTRTC) ## build and start the default WebRTC stack (self-signed) on 
 	$(ASTRTC) render --spec $(SPEC) --out $(DEPLOY)
 	$(ASTRTC) build --spec $(SPEC) $(EXTRA_CA)
 	cd $(DEPLOY) && docker compose up -d --wait
-	@$(ASTRTC) status --spec $(SPEC) --out $(DEPLOY)
+	@$(ASTRTC) info --spec $(SPEC) --out $(DEPLOY)
 
 down: ## stop the stack started by `make up` (keeps the spec, secrets and CA)
 	@if [ -f $(DEPLOY)/compose.yaml ]; then cd $(DEPLOY) && docker compose down; else echo "nothing to stop"; fi

@@ -124,7 +124,7 @@ pub fn run(command: Command) -> Result<(), RunError> {
         Command::Info { spec, out } => {
             let plan = load_plan(&spec)?;
             let loaded = spec::load(&spec)?;
-            print!("{}", info_text(&plan, &plan::secrets_path(&loaded), &out));
+            print!("{}", info_text(&plan, &spec, &plan::secrets_path(&loaded), &out));
             Ok(())
         }
         Command::Verify { spec, out, host, ca, container, json } => {
@@ -200,11 +200,16 @@ pub fn check_output(plan: &Plan, out: &Path) -> Result<CheckReport, RunError> {
 }
 
 /// The summary `astrtc info` (and `make up`) prints. Never includes a password.
-pub fn info_text(plan: &Plan, secrets: &Path, out: &Path) -> String {
+pub fn info_text(plan: &Plan, spec: &Path, secrets: &Path, out: &Path) -> String {
     use std::fmt::Write;
     let mut t = String::new();
     let _ = writeln!(t, "WSS URL:    wss://{}:{}/ws", plan.tls.domain, plan.network.wss_port);
     let _ = writeln!(t, "SIP (UDP):  {}:{}", plan.tls.domain, plan.network.sip_port);
+    let _ = writeln!(
+        t,
+        "phone:      https://{}:{}/static/phone/index.html (demo softphone, served by Asterisk)",
+        plan.tls.domain, plan.network.wss_port
+    );
     let _ = writeln!(t, "endpoints:");
     for e in &plan.endpoints {
         let how = match e.kind {
@@ -223,5 +228,6 @@ pub fn info_text(plan: &Plan, secrets: &Path, out: &Path) -> String {
         );
     }
     let _ = writeln!(t, "logs:       cd {} && docker compose logs -f", out.display());
+    let _ = writeln!(t, "check:      astrtc verify --spec {} --out {}", spec.display(), out.display());
     t
 }
