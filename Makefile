@@ -24,7 +24,7 @@ up: deps $(ASTRTC) ## build and start the default WebRTC stack (self-signed) on 
 	@test -f $(SPEC) || $(ASTRTC) init --dir $(PBX_DIR) --domain $(DOMAIN)
 	$(ASTRTC) render --spec $(SPEC) --out $(DEPLOY)
 	$(ASTRTC) build --spec $(SPEC) $(EXTRA_CA)
-	cd $(DEPLOY) && docker compose up -d --wait
+	cd $(DEPLOY) && docker compose up -d --wait --force-recreate
 	@$(ASTRTC) info --spec $(SPEC) --out $(DEPLOY)
 
 down: ## stop the stack started by `make up` (keeps the spec, secrets and CA)

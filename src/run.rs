@@ -104,9 +104,17 @@ pub fn run(command: Command) -> Result<(), RunError> {
                     })
                 }
             } else {
-                write_output(&plan, &out)?;
-                println!("rendered {} from {}", out.display(), spec.display());
-                println!("start it: cd {} && docker compose up -d --wait", out.display());
+                match write_output(&plan, &out)? {
+                    Written::Unchanged => println!("{} is up to date with {}", out.display(), spec.display()),
+                    Written::Changed => {
+                        println!("rendered {} from {}", out.display(), spec.display());
+                        println!(
+                            "start it, or apply the change to a running stack (Asterisk reads its configs at start):\n  \
+                             cd {} && docker compose up -d --force-recreate --wait",
+                            out.display()
+                        );
+                    }
+                }
                 Ok(())
             }
         }
@@ -176,15 +184,32 @@ pub fn load_plan(spec_path: &Path) -> Result<Plan, RunError> {
 }
 
 /// Renders a plan into `out` atomically, creating the local CA on first use.
-pub fn write_output(plan: &Plan, out: &Path) -> Result<(), RunError> {
+///
+/// When `out` already holds exactly this output, nothing is written: a running container keeps
+/// its mounts (the output directory is swapped as a whole, so a container started before a
+/// write sees the old directory until it is recreated).
+pub fn write_output(plan: &Plan, out: &Path) -> Result<Written, RunError> {
     let certs = match plan.tls.mode {
         TlsMode::SelfSigned => {
             let ca = LocalCa::load_or_create(&plan.tls.ca_dir, &plan.tls.domain)?;
             ca.leaf(&plan.tls.names, render::existing_certs(out).as_ref())?
         }
     };
-    render::render(plan, &certs)?.write_atomic(out, plan.secret_access)?;
-    Ok(())
+    let bundle = render::render(plan, &certs)?;
+    if out.exists() && bundle.check(out)?.is_up_to_date() {
+        return Ok(Written::Unchanged);
+    }
+    bundle.write_atomic(out, plan.secret_access)?;
+    Ok(Written::Changed)
+}
+
+/// What [`write_output`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The output was already up to date; nothing was touched.
+    Unchanged,
+    /// The output directory was replaced.
+    Changed,
 }
 
 /// Compares what `write_output` would write with `out`, writing nothing.

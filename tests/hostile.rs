@@ -119,6 +119,14 @@ fn no_accepted_value_changes_the_shape_of_any_output() {
             let text = String::from_utf8_lossy(&f.bytes).into_owned();
             if path.extension().is_some_and(|e| e == "conf") {
                 s.push(format!("{}: {:?}", path.display(), conf_shape(&text)));
+            } else if path.starts_with("helm/astrtc/templates") {
+                continue; // Go templates copied verbatim; no spec value reaches them
+            } else if path.extension().is_some_and(|e| e == "json") {
+                let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let yaml: serde_yaml_ng::Value = serde_yaml_ng::to_value(&doc).unwrap();
+                let mut keys = Vec::new();
+                yaml_keys(&yaml, "", &mut keys);
+                s.push(format!("{}: {keys:?}", path.display()));
             } else if path.extension().is_some_and(|e| e == "yaml") {
                 let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
                 let mut keys = Vec::new();

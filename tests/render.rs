@@ -84,7 +84,15 @@ fn secret_files_are_group_readable_only() {
         b.files().iter().filter(|(_, f)| f.kind == FileKind::Secret).map(|(p, _)| p.display().to_string()).collect();
     assert_eq!(
         secret,
-        ["asterisk/pjsip_auth.conf", "asterisk/rtp_turn.conf", "keys/asterisk.key", "keys/asterisk.pem"]
+        [
+            "asterisk/pjsip_auth.conf",
+            "asterisk/rtp_turn.conf",
+            "helm/astrtc/files/keys/asterisk.key",
+            "helm/astrtc/files/secrets/pjsip_auth.conf",
+            "helm/astrtc/files/secrets/rtp_turn.conf",
+            "keys/asterisk.key",
+            "keys/asterisk.pem"
+        ]
     );
     for (path, f) in b.files() {
         let text = String::from_utf8_lossy(&f.bytes);
@@ -100,7 +108,12 @@ fn write_replaces_the_output_atomically_and_keeps_the_leaf() {
     let dir = fixture_copy("webrtc-self-signed");
     let out = dir.path().join("deploy");
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
-    astrtc::run::write_output(&plan, &out).unwrap();
+    assert_eq!(astrtc::run::write_output(&plan, &out).unwrap(), astrtc::run::Written::Changed);
+    // Nothing changed: nothing is written, so a running container keeps its mounts.
+    let inode = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = inode(&out);
+    assert_eq!(astrtc::run::write_output(&plan, &out).unwrap(), astrtc::run::Written::Unchanged);
+    assert_eq!(inode(&out), before);
     std::fs::write(out.join("stray.txt"), "left by hand").unwrap();
     let crt = std::fs::read(out.join("keys/asterisk.crt")).unwrap();
     let ca = std::fs::read(out.join("keys/ca.crt")).unwrap();
