@@ -23,6 +23,7 @@ pub const EMBEDDED_CONTEXT: &[(&str, u32, &[u8])] = &[
     ("build/install-runtime", 0o755, include_bytes!("../images/asterisk/build/install-runtime")),
     ("runtime/astrtc-entrypoint", 0o755, include_bytes!("../images/asterisk/runtime/astrtc-entrypoint")),
     ("runtime/astrtc-healthcheck", 0o755, include_bytes!("../images/asterisk/runtime/astrtc-healthcheck")),
+    ("runtime/astrtc-cert-reloader", 0o755, include_bytes!("../images/asterisk/runtime/astrtc-cert-reloader")),
     ("phone/package.json", 0o644, include_bytes!("../images/asterisk/phone/package.json")),
     ("phone/index.html", 0o644, include_bytes!("../images/asterisk/phone/index.html")),
     ("phone/phone.js", 0o644, include_bytes!("../images/asterisk/phone/phone.js")),

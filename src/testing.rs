@@ -98,6 +98,17 @@ impl AsteriskContainer {
         Ok(stdout)
     }
 
+    /// Starts a shell command in the background inside the container (for daemons such as the
+    /// certificate reloader) and returns once it is started. Its output is discarded: an attached
+    /// stream would close when this call returns and kill the daemon with SIGPIPE.
+    pub async fn spawn(&self, shell_command: &str) -> Result<(), TestingError> {
+        let line = format!("{shell_command} >/dev/null 2>&1 &");
+        self.container
+            .exec(ExecCommand::new(["/bin/sh", "-c", line.as_str()]).with_cmd_ready_condition(CmdWaitFor::exit()))
+            .await?;
+        Ok(())
+    }
+
     /// Everything Asterisk logged so far (the container's stdout and stderr).
     pub async fn logs(&self) -> Result<String, TestingError> {
         let mut out = self.container.stdout_to_vec().await?;

@@ -193,3 +193,41 @@ fn the_spec_is_the_one_source_of_truth_for_ports() {
         assert!(secret.is_some(), "passwords must be in a Secret");
     }
 }
+
+#[test]
+fn renewable_certificates_get_the_reloader_and_bundled_ones_do_not() {
+    let Some(t) = tools() else { return };
+    let (_dir, chart) = rendered("webrtc-self-signed");
+    let containers = |sets: &[&str]| -> Vec<String> {
+        let (ok, manifests) = template(&t, &chart, sets);
+        assert!(ok, "{manifests}");
+        let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&manifests)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let deploy = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        deploy["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(containers(&[]), ["asterisk"]);
+    assert_eq!(
+        containers(&["certificates.mode=certManager", "certificates.certManager.issuerName=le"]),
+        ["asterisk", "cert-reloader"]
+    );
+    assert_eq!(
+        containers(&["certificates.mode=existingSecret", "certificates.existingSecret=tls"]),
+        ["asterisk", "cert-reloader"]
+    );
+    // Behind an Ingress the pod serves no TLS: nothing to reload.
+    assert_eq!(
+        containers(&[
+            "ingress.enabled=true",
+            "certificates.mode=certManager",
+            "certificates.certManager.issuerName=le"
+        ]),
+        ["asterisk"]
+    );
+}

@@ -198,3 +198,44 @@ fn no_engine_is_a_clear_error() {
     assert!(err.contains("no Docker engine answered at unix:///nonexistent/docker.sock"), "{err}");
     assert!(err.contains("dockerd") || err.contains("systemctl start docker"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_sessions_survive() {
+    if skip() {
+        return;
+    }
+    let (dir, plan) = deployment(23);
+    ensure_image(&plan.image);
+    let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
+    asterisk.spawn("ASTRTC_RELOAD_INTERVAL=1 /usr/local/bin/astrtc-cert-reloader").await.unwrap();
+    let before = asterisk.check_tls().unwrap().leaf.serial;
+    // An established WSS session, with a SIP transaction before and after the renewal.
+    let ca_pem = std::fs::read_to_string(dir.path().join("deploy/keys").join(files::CA)).unwrap();
+    let password = plan.endpoints.iter().find(|e| e.id == "199").unwrap().password.clone();
+    let mut session = astrtc::verify::sip::WssSession::open(asterisk.wss_addr(), &plan.tls.domain, &ca_pem).unwrap();
+    assert_eq!(session.register("199", &password, 60).unwrap().code, 200);
+
+    // Renew in place, as cert-manager or the ACME sidecar would (same CA, new key and serial).
+    let ca = LocalCa::load(&plan.tls.ca_dir).unwrap().unwrap();
+    let renewed = ca.leaf(&plan.tls.names, None).unwrap();
+    let keys = dir.path().join("deploy/keys");
+    overwrite_keep_mode(&keys.join(files::KEY), &renewed.key_pem);
+    overwrite_keep_mode(&keys.join(files::CERT), &renewed.chain_pem);
+    let after = cert_facts(&renewed.chain_pem).unwrap().serial;
+    assert_ne!(before, after);
+
+    // Readiness condition: a new TLS connection sees the new serial (bounded wait).
+    let started = std::time::Instant::now();
+    loop {
+        if asterisk.check_tls().map(|r| r.leaf.serial == after).unwrap_or(false) {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the new certificate was never served");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!("renewed certificate served {:.1?} after the files changed", started.elapsed());
+    // The session opened before the reload still carries SIP.
+    assert_eq!(session.register("199", &password, 0).unwrap().code, 200, "the WSS session did not survive");
+    let logs = asterisk.logs().await.unwrap();
+    assert!(logs.contains("Reloading module 'http'") || logs.contains("reloaded"), "no reload in the log");
+}

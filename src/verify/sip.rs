@@ -173,6 +173,75 @@ pub struct RegisterOutcome {
     pub removed: Option<SipResponse>,
 }
 
+/// An open SIP-over-WebSocket connection, as a browser holds one.
+pub struct WssSession {
+    ws: TlsStream,
+    addr: SocketAddr,
+    domain: String,
+    call_id: String,
+    tag: String,
+    host: String,
+    cseq: u32,
+}
+
+impl WssSession {
+    /// Opens the TLS connection and upgrades it to a WebSocket with the `sip` subprotocol.
+    pub fn open(addr: SocketAddr, domain: &str, ca_pem: &str) -> Result<WssSession, VerifyError> {
+        let ws = tls::websocket(addr, domain, ca_pem, "/ws")?;
+        Ok(WssSession {
+            ws,
+            addr,
+            domain: domain.into(),
+            call_id: token(),
+            tag: token(),
+            host: format!("{}.invalid", token()),
+            cseq: 0,
+        })
+    }
+
+    fn transact(&mut self, user: &str, expires: u32, auth: Option<String>) -> Result<SipResponse, VerifyError> {
+        let (addr, domain) = (self.addr, self.domain.clone());
+        let io = |source| VerifyError::Tls { addr, domain: domain.clone(), source };
+        self.cseq += 1;
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let msg = format!(
+            "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/WSS {host};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\n\
+             To: <sip:{user}@{domain}>\r\nFrom: <sip:{user}@{domain}>;tag={tag}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{host};transport=ws>;expires={expires}\r\n\
+             Expires: {expires}\r\n{auth}User-Agent: astrtc-verify\r\nContent-Length: 0\r\n\r\n",
+            host = self.host,
+            tag = self.tag,
+            call_id = self.call_id,
+            cseq = self.cseq,
+            branch = token()
+        );
+        ws_send_text(&mut self.ws, msg.as_bytes()).map_err(io)?;
+        loop {
+            let text = ws_recv_text(&mut self.ws).map_err(io)?;
+            if let Some(r) = SipResponse::parse(text) {
+                if r.code >= 200 {
+                    return Ok(r);
+                }
+            }
+        }
+    }
+
+    /// REGISTERs `user` for `expires` seconds (0 removes the binding), answering one digest
+    /// challenge. Returns the final response.
+    pub fn register(&mut self, user: &str, password: &str, expires: u32) -> Result<SipResponse, VerifyError> {
+        let first = self.transact(user, expires, None)?;
+        if first.code != 401 && first.code != 407 {
+            return Ok(first);
+        }
+        let uri = format!("sip:{}", self.domain);
+        let challenge = first.header("WWW-Authenticate").or_else(|| first.header("Proxy-Authenticate"));
+        let Some(auth) = challenge.and_then(|c| digest_authorization(c, "REGISTER", &uri, user, password)) else {
+            return Ok(first);
+        };
+        self.transact(user, expires, Some(auth))
+    }
+}
+
 /// REGISTERs `user` over WSS with digest auth, then removes the binding.
 pub fn register_over_wss(
     addr: SocketAddr,
@@ -181,44 +250,9 @@ pub fn register_over_wss(
     user: &str,
     password: &str,
 ) -> Result<RegisterOutcome, VerifyError> {
-    let mut ws = tls::websocket(addr, domain, ca_pem, "/ws")?;
-    let io = |source| VerifyError::Tls { addr, domain: domain.into(), source };
-    let (call_id, tag, host) = (token(), token(), format!("{}.invalid", token()));
-    let uri = format!("sip:{domain}");
-    let mut cseq = 0;
-    let mut transact = |ws: &mut TlsStream, expires: u32, auth: Option<String>| -> Result<SipResponse, VerifyError> {
-        cseq += 1;
-        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-        let msg = format!(
-            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/WSS {host};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\n\
-             To: <sip:{user}@{domain}>\r\nFrom: <sip:{user}@{domain}>;tag={tag}\r\nCall-ID: {call_id}\r\n\
-             CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{host};transport=ws>;expires={expires}\r\n\
-             Expires: {expires}\r\n{auth}User-Agent: astrtc-verify\r\nContent-Length: 0\r\n\r\n",
-            branch = token()
-        );
-        ws_send_text(ws, msg.as_bytes()).map_err(io)?;
-        loop {
-            let text = ws_recv_text(ws).map_err(io)?;
-            if let Some(r) = SipResponse::parse(text) {
-                if r.code >= 200 {
-                    return Ok(r);
-                }
-            }
-        }
-    };
-    let mut with_auth = |ws: &mut TlsStream, expires: u32| -> Result<SipResponse, VerifyError> {
-        let first = transact(ws, expires, None)?;
-        if first.code != 401 && first.code != 407 {
-            return Ok(first);
-        }
-        let challenge = first.header("WWW-Authenticate").or_else(|| first.header("Proxy-Authenticate"));
-        let Some(auth) = challenge.and_then(|c| digest_authorization(c, "REGISTER", &uri, user, password)) else {
-            return Ok(first);
-        };
-        transact(ws, expires, Some(auth))
-    };
-    let registered = with_auth(&mut ws, 60)?;
-    let removed = if registered.code == 200 { Some(with_auth(&mut ws, 0)?) } else { None };
+    let mut session = WssSession::open(addr, domain, ca_pem)?;
+    let registered = session.register(user, password, 60)?;
+    let removed = if registered.code == 200 { Some(session.register(user, password, 0)?) } else { None };
     Ok(RegisterOutcome { registered, removed })
 }
 
