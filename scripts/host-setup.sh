@@ -135,6 +135,11 @@ ensure_helm_tools() {
     python3 -m venv "$tools/venv"
     "$tools/venv/bin/pip" install -q kubernetes-validate==1.37.0
   fi
+  if [ ! -x "$tools/checkov/bin/checkov" ]; then
+    log "installing checkov (PyPI) into $tools/checkov"
+    python3 -m venv "$tools/checkov"
+    "$tools/checkov/bin/pip" install -q checkov
+  fi
 }
 
 what="${1:-all}"

@@ -180,7 +180,21 @@ pub fn run(command: Command) -> Result<(), RunError> {
 pub fn load_plan(spec_path: &Path) -> Result<Plan, RunError> {
     let loaded = spec::load(spec_path)?;
     let secrets = plan::load_secrets(&loaded)?;
+    if let Some(mode) = secrets_mode_too_open(&secrets.source.path) {
+        eprintln!(
+            "warning: {} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+            secrets.source.path.display(),
+            secrets.source.path.display()
+        );
+    }
     Ok(plan::build(&loaded, &secrets, HostFacts::detect())?)
+}
+
+/// The file's mode when group or others may read or write it.
+fn secrets_mode_too_open(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 /// Renders a plan into `out` atomically, creating the local CA on first use.

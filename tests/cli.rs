@@ -208,3 +208,17 @@ fn a_missing_spec_or_password_is_bad_input() {
     assert_eq!(mode(&dir.path().join("astrtc.secrets.toml")), 0o600);
     astrtc().args(["render", "--spec"]).arg(&spec).arg("--out").arg(dir.path().join("deploy")).assert().success();
 }
+
+#[test]
+fn a_secrets_file_others_can_read_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    init_in(dir.path());
+    let spec = dir.path().join("astrtc.toml");
+    let secrets = dir.path().join("astrtc.secrets.toml");
+    let out = render(&spec, &dir.path().join("deploy"), false);
+    assert!(!all_output(&out).contains("warning"), "{}", all_output(&out));
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = render(&spec, &dir.path().join("deploy"), false);
+    let text = all_output(&out);
+    assert!(text.contains("is readable by others (mode 644)") && text.contains("chmod 600"), "{text}");
+}
