@@ -36,7 +36,10 @@ deps-clients: ## install the real clients the tests drive: chromium, baresip, pl
 deps-helm: ## install the chart tools into target/tools: helm 3 and 4, kubernetes-validate, checkov
 	bash scripts/host-setup.sh helm
 
-test: deps deps-clients deps-helm ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
+deps-acme: ## install Pebble, the ACME test server
+	bash scripts/host-setup.sh acme
+
+test: deps deps-clients deps-helm deps-acme ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
 	cargo test --locked --all-targets
 
 test-unit: ## the tests that need no Docker engine
@@ -53,4 +56,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-clients deps-helm up down test test-unit lint bench review-snapshots
+.PHONY: help deps deps-clients deps-helm deps-acme up down test test-unit lint bench review-snapshots

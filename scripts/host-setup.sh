@@ -142,11 +142,17 @@ ensure_helm_tools() {
   fi
 }
 
+# A real ACME server for the certificate tests: Debian's Pebble (Let's Encrypt's test server).
+ensure_acme_tools() {
+  apt_install pebble
+}
+
 what="${1:-all}"
 case "$what" in
   docker) ensure_docker ;;
   all) ensure_docker; ensure_compose; ensure_base_image ;;
   clients) ensure_clients ;;
   helm) ensure_helm_tools ;;
-  *) echo "usage: $0 [docker|all|clients|helm]" >&2; exit 2 ;;
+  acme) ensure_acme_tools ;;
+  *) echo "usage: $0 [docker|all|clients|helm|acme]" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod acme;
 mod cli;
 mod clients;
 mod compose;

@@ -6,6 +6,7 @@
 //! certificate (names, expiry, key match). [`local_ca`] makes and reuses the self-signed CA.
 //! Writing files is the bundle's job (render) — nothing here writes into `deploy/`.
 
+pub mod acme;
 pub mod local_ca;
 
 use std::collections::BTreeSet;

@@ -161,3 +161,19 @@ pub fn websocket(addr: SocketAddr, domain: &str, ca_pem: &str, path: &str) -> Re
         Err(VerifyError::Upgrade { path: path.into(), status, protocol })
     }
 }
+
+/// A plain HTTP/1.1 GET over verified TLS; returns the whole response (head and body).
+pub fn https_get(addr: SocketAddr, domain: &str, ca_pem: &str, path: &str) -> Result<String, VerifyError> {
+    let mut tls = connect(addr, domain, ca_pem)?;
+    let io = |source| VerifyError::Tls { addr, domain: domain.into(), source };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {domain}:{}\r\nConnection: close\r\n\r\n", addr.port());
+    tls.write_all(request.as_bytes()).map_err(io)?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        // Servers that close without close_notify: keep what arrived.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(io(e)),
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}

@@ -1,0 +1,160 @@
+//! ACME issuance against a real ACME server: Debian's Pebble (Let's Encrypt's test server),
+//! started here on loopback with a TLS certificate from a throwaway local CA.
+//!
+//! Needs `pebble` (`make deps-acme`). Outside CI, a missing pebble skips these tests with a
+//! message; in CI they fail.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use astrtc::certs::acme::{self, AcmeRequest};
+use astrtc::certs::cert_facts;
+use astrtc::certs::local_ca::LocalCa;
+
+struct Pebble {
+    child: Child,
+    dir: tempfile::TempDir,
+    directory: String,
+    management: SocketAddr,
+    http01: SocketAddr,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn pebble() -> Option<Pebble> {
+    if !Path::new("/usr/bin/pebble").exists() {
+        assert!(std::env::var_os("CI").is_none(), "pebble is not installed (make deps-acme)");
+        eprintln!("skipping: pebble is not installed (make deps-acme)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Pebble ships no TLS certificate: make one for localhost, from a CA the client trusts.
+    let ca = LocalCa::load_or_create(&dir.path().join("ca"), "pebble").unwrap();
+    let tls = ca.leaf(&["localhost".to_string()], None).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &tls.chain_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &tls.key_pem).unwrap();
+    let (api, mgmt, http01, tls_alpn) = (free_port(), free_port(), free_port(), free_port());
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{api}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+        "certificate": dir.path().join("tls.crt"),
+        "privateKey": dir.path().join("tls.key"),
+        "httpPort": http01,
+        "tlsPort": tls_alpn,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false
+    }});
+    std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
+    let log = std::fs::File::create(dir.path().join("pebble.log")).unwrap();
+    let child = Command::new("/usr/bin/pebble")
+        .arg("-config")
+        .arg(dir.path().join("pebble.json"))
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Pebble {
+        child,
+        directory: format!("https://localhost:{api}/dir"),
+        management: SocketAddr::from(([127, 0, 0, 1], mgmt)),
+        http01: SocketAddr::from(([127, 0, 0, 1], http01)),
+        dir,
+    };
+    // Readiness: the API port accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
+        assert!(Instant::now() < deadline, "pebble did not start: {}", p.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(p)
+}
+
+impl Pebble {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+    }
+
+    fn request(&self, names: &[&str], account_dir: &Path) -> AcmeRequest {
+        AcmeRequest {
+            directory: self.directory.clone(),
+            email: Some("ops@example.test".into()),
+            server_roots: Some(self.dir.path().join("ca/ca.crt")),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            http01_listen: self.http01,
+            account_file: acme::account_file(account_dir, &self.directory),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Pebble's issuing root (it changes every run), from the management interface.
+    fn root_pem(&self) -> String {
+        let ca = std::fs::read_to_string(self.dir.path().join("ca/ca.crt")).unwrap();
+        let addr = self.management;
+        let mut tls = astrtc::verify::tls::https_get(addr, "localhost", &ca, "/roots/0").unwrap();
+        tls.retain(|c| c != '\r');
+        tls.split_once("\n\n").map(|(_, body)| body.to_string()).unwrap_or(tls)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http01_issues_a_certificate_that_chains_to_pebbles_root() {
+    let Some(pebble) = pebble() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let req = pebble.request(&["localhost"], state.path());
+    let started = Instant::now();
+    let cert = acme::issue_http01(&req).await.unwrap_or_else(|e| panic!("{e:?}\n{}", pebble.log()));
+    eprintln!("HTTP-01 issuance took {:.2?}", started.elapsed());
+
+    let leaf = cert_facts(&cert.chain_pem).unwrap();
+    assert_eq!(leaf.dns_names.iter().collect::<Vec<_>>(), ["localhost"]);
+    let key = rcgen::KeyPair::from_pem(&cert.key_pem).unwrap();
+    assert_eq!(leaf.spki_der, rcgen::PublicKeyData::subject_public_key_info(&key), "key does not match");
+    // leaf <- intermediate <- root (from Pebble's management API).
+    let chain: Vec<_> =
+        x509_parser::pem::Pem::iter_from_buffer(cert.chain_pem.as_bytes()).map(|p| p.unwrap()).collect();
+    assert!(chain.len() >= 2, "no intermediate in the chain");
+    let root_pem = pebble.root_pem();
+    let (_, root) = x509_parser::pem::parse_x509_pem(root_pem.as_bytes()).unwrap();
+    let root = root.parse_x509().unwrap();
+    let certs: Vec<_> = chain.iter().map(|p| p.parse_x509().unwrap()).collect();
+    certs[0].verify_signature(Some(certs[1].public_key())).expect("leaf signed by the intermediate");
+    certs.last().unwrap().verify_signature(Some(root.public_key())).expect("chain ends at Pebble's root");
+
+    // The account is kept (mode 0600) and reused: a second order does not create a new one.
+    let account = std::fs::read(&req.account_file).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&req.account_file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let again = acme::issue_http01(&req).await.unwrap();
+    assert_ne!(cert_facts(&again.chain_pem).unwrap().serial, leaf.serial);
+    assert_eq!(std::fs::read(&req.account_file).unwrap(), account, "a new account was created");
+    // The responder is gone once the order is done: its port is free again.
+    assert!(TcpListener::bind(req.http01_listen).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_responder_is_a_clear_validation_error() {
+    let Some(pebble) = pebble() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let mut req = pebble.request(&["localhost"], state.path());
+    // Our responder listens elsewhere than where Pebble validates.
+    req.http01_listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    req.timeout = Duration::from_secs(15);
+    let err = acme::issue_http01(&req).await.expect_err("validation must fail");
+    let msg = format!("{err}");
+    assert!(msg.starts_with("validation of localhost failed"), "{msg}");
+    assert!(msg.contains("connection refused") && msg.contains("acme:error:connection"), "{msg}");
+}
