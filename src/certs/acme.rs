@@ -34,12 +34,28 @@ pub struct AcmeRequest {
     pub server_roots: Option<PathBuf>,
     /// DNS names for the certificate.
     pub names: Vec<String>,
-    /// Where the HTTP-01 responder listens while the order is open.
-    pub http01_listen: SocketAddr,
+    /// How authorizations are proven.
+    pub method: ChallengeMethod,
     /// Where the account credentials are kept (JSON, mode 0600), reused on later runs.
     pub account_file: PathBuf,
     /// How long to wait for validation and issuance.
     pub timeout: Duration,
+}
+
+/// How authorizations are proven.
+#[derive(Debug, Clone)]
+pub enum ChallengeMethod {
+    /// HTTP-01: a standalone responder on `listen` for the duration of the order.
+    Http01 {
+        /// Where the responder listens (port 80 in production).
+        listen: SocketAddr,
+    },
+    /// DNS-01 through a user's executable, run as `HOOK add NAME VALUE` and
+    /// `HOOK remove NAME VALUE` (NAME is the full `_acme-challenge.` record name).
+    Dns01Hook {
+        /// The executable.
+        hook: PathBuf,
+    },
 }
 
 /// Errors of ACME issuance.
@@ -65,6 +81,21 @@ pub enum AcmeError {
         name: String,
         /// The server's explanation.
         detail: String,
+    },
+    /// The DNS hook failed; the order was abandoned.
+    #[error("the DNS hook `{hook} {action} {name} …` failed ({status}): {stderr}")]
+    #[diagnostic(help("the hook is run as `HOOK add NAME VALUE` and `HOOK remove NAME VALUE`"))]
+    Hook {
+        /// The executable.
+        hook: String,
+        /// `add` or `remove`.
+        action: String,
+        /// The record name.
+        name: String,
+        /// Exit status.
+        status: String,
+        /// Its standard error.
+        stderr: String,
     },
     /// The order ended in an unexpected state.
     #[error("the order ended as {0:?}")]
@@ -166,30 +197,110 @@ async fn http01_responder(
     Ok(Http01Responder { task: Some(task) })
 }
 
-/// Obtains a certificate for `req.names` with HTTP-01 challenges.
-pub async fn issue_http01(req: &AcmeRequest) -> Result<CertLayout, AcmeError> {
+/// How many times a whole order is tried when the server keeps rejecting nonces.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// A certificate and what it took.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate files.
+    pub cert: CertLayout,
+    /// Orders placed (1 unless the server rejected nonces more often than instant-acme retries).
+    pub attempts: u32,
+}
+
+fn is_bad_nonce(e: &AcmeError) -> bool {
+    matches!(e, AcmeError::Server(instant_acme::Error::Api(p))
+        if p.r#type.as_deref().is_some_and(|t| t.ends_with(":badNonce")))
+}
+
+/// Obtains a certificate for `req.names`, proving control with `req.method`. instant-acme
+/// retries a rejected nonce only three times; a server rejecting many nonces gets the whole
+/// order retried, at most [`MAX_ATTEMPTS`] times with exponential backoff.
+pub async fn issue(req: &AcmeRequest) -> Result<Issued, AcmeError> {
+    let mut attempt = 1;
+    loop {
+        match issue_once(req).await {
+            Err(e) if is_bad_nonce(&e) && attempt < MAX_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+            Ok(cert) => return Ok(Issued { cert, attempts: attempt }),
+        }
+    }
+}
+
+async fn issue_once(req: &AcmeRequest) -> Result<CertLayout, AcmeError> {
     let account = account(req).await?;
     let identifiers: Vec<Identifier> = req.names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
-    let tokens = Arc::new(Mutex::new(HashMap::new()));
-    // The responder lives only while the order is open: the port is free again afterwards.
-    let responder = http01_responder(req.http01_listen, tokens.clone()).await?;
-    let result = validate_and_finalize(req, &mut order, &tokens).await;
-    responder.stop().await;
-    result
+    match &req.method {
+        ChallengeMethod::Http01 { listen } => {
+            let tokens = Arc::new(Mutex::new(HashMap::new()));
+            // The responder lives only while the order is open: the port is free again afterwards.
+            let responder = http01_responder(*listen, tokens.clone()).await?;
+            let result = validate_and_finalize(req, &mut order, &Proof::Http01(tokens)).await;
+            responder.stop().await;
+            result
+        }
+        ChallengeMethod::Dns01Hook { hook } => {
+            let added = Arc::new(Mutex::new(Vec::new()));
+            let result = validate_and_finalize(req, &mut order, &Proof::Dns01 { hook, added: added.clone() }).await;
+            // Remove every record that was added, whatever the outcome.
+            let records = std::mem::take(&mut *added.lock().expect("not poisoned"));
+            for (name, value) in records {
+                let removed = run_hook(hook, "remove", &name, &value).await;
+                if result.is_ok() {
+                    removed?;
+                }
+            }
+            result
+        }
+    }
+}
+
+/// What a challenge is answered with.
+enum Proof<'a> {
+    Http01(Arc<Mutex<HashMap<String, String>>>),
+    Dns01 { hook: &'a Path, added: Arc<Mutex<Vec<(String, String)>>> },
+}
+
+async fn run_hook(hook: &Path, action: &str, name: &str, value: &str) -> Result<(), AcmeError> {
+    let out =
+        tokio::process::Command::new(hook).args([action, name, value]).output().await.map_err(|e| AcmeError::Hook {
+            hook: hook.display().to_string(),
+            action: action.into(),
+            name: name.into(),
+            status: "not started".into(),
+            stderr: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(AcmeError::Hook {
+            hook: hook.display().to_string(),
+            action: action.into(),
+            name: name.into(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
 }
 
 /// A validation failure reported by the server, with its explanation.
 fn validation_error(req: &AcmeRequest, e: instant_acme::Error) -> AcmeError {
     match e {
-        instant_acme::Error::Api(problem) => AcmeError::Validation {
-            name: req.names.join(", "),
-            detail: format!(
-                "{} ({})",
-                problem.detail.clone().unwrap_or_default(),
-                problem.r#type.clone().unwrap_or_default()
-            ),
-        },
+        instant_acme::Error::Api(problem) if !problem.r#type.as_deref().is_some_and(|t| t.ends_with(":badNonce")) => {
+            AcmeError::Validation {
+                name: req.names.join(", "),
+                detail: format!(
+                    "{} ({})",
+                    problem.detail.clone().unwrap_or_default(),
+                    problem.r#type.clone().unwrap_or_default()
+                ),
+            }
+        }
         other => AcmeError::Server(other),
     }
 }
@@ -197,7 +308,7 @@ fn validation_error(req: &AcmeRequest, e: instant_acme::Error) -> AcmeError {
 async fn validate_and_finalize(
     req: &AcmeRequest,
     order: &mut instant_acme::Order,
-    tokens: &Arc<Mutex<HashMap<String, String>>>,
+    proof: &Proof<'_>,
 ) -> Result<CertLayout, AcmeError> {
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
@@ -205,13 +316,27 @@ async fn validate_and_finalize(
         if authz.status == AuthorizationStatus::Valid {
             continue; // reused authorization
         }
-        let name = format!("{:?}", authz.identifier());
-        let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| AcmeError::Validation {
+        let name = authz.identifier().to_string();
+        let kind = match proof {
+            Proof::Http01(_) => ChallengeType::Http01,
+            Proof::Dns01 { .. } => ChallengeType::Dns01,
+        };
+        let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| AcmeError::Validation {
             name: name.clone(),
-            detail: "the server offers no HTTP-01 challenge".into(),
+            detail: format!("the server offers no {kind:?} challenge"),
         })?;
-        let key_auth = challenge.key_authorization().as_str().to_string();
-        tokens.lock().expect("not poisoned").insert(challenge.token.clone(), key_auth);
+        match proof {
+            Proof::Http01(tokens) => {
+                let key_auth = challenge.key_authorization().as_str().to_string();
+                tokens.lock().expect("not poisoned").insert(challenge.token.clone(), key_auth);
+            }
+            Proof::Dns01 { hook, added } => {
+                let record = format!("_acme-challenge.{}", name.trim_start_matches("*."));
+                let value = challenge.key_authorization().dns_value();
+                run_hook(hook, "add", &record, &value).await?;
+                added.lock().expect("not poisoned").push((record, value));
+            }
+        }
         challenge.set_ready().await.map_err(|e| validation_error(req, e))?;
     }
     let retry = RetryPolicy::new().initial_delay(Duration::from_millis(250)).backoff(1.5).timeout(req.timeout);
