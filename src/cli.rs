@@ -91,7 +91,8 @@ pub enum Command {
         /// Host to connect to [default: the spec's tls.domain].
         #[arg(long)]
         host: Option<String>,
-        /// CA certificate(s) the WSS certificate must chain to [default: OUT/keys/ca.crt].
+        /// CA certificate(s) the WSS certificate must chain to [default: OUT/keys/ca.crt, or the
+        /// system trust store when there is none, as for a publicly trusted certificate].
         #[arg(long)]
         ca: Option<PathBuf>,
         /// The Asterisk container (name or id) [default: found by the compose project name].

@@ -137,7 +137,14 @@ pub fn run(command: Command) -> Result<(), RunError> {
         }
         Command::Verify { spec, out, host, ca, container, json } => {
             let plan = load_plan(&spec)?;
-            let ca_path = ca.unwrap_or_else(|| out.join("keys").join(crate::certs::files::CA));
+            let ca_path = ca.unwrap_or_else(|| {
+                let local = out.join("keys").join(crate::certs::files::CA);
+                if local.exists() {
+                    local
+                } else {
+                    system_trust_store()
+                }
+            });
             let ca_pem = std::fs::read_to_string(&ca_path)
                 .map_err(|source| RunError::ReadFile { path: ca_path.clone(), source })?;
             let target = verify::Target {
@@ -269,4 +276,12 @@ pub fn info_text(plan: &Plan, spec: &Path, secrets: &Path, out: &Path) -> String
     let _ = writeln!(t, "logs:       cd {} && docker compose logs -f", out.display());
     let _ = writeln!(t, "check:      astrtc verify --spec {} --out {}", spec.display(), out.display());
     t
+}
+
+/// The system's CA bundle: `SSL_CERT_FILE` when set, else Debian's bundle.
+fn system_trust_store() -> std::path::PathBuf {
+    std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from("/etc/ssl/certs/ca-certificates.crt"))
 }

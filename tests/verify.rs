@@ -128,3 +128,13 @@ fn nothing_listening_fails_tls_and_sip_with_their_own_messages() {
     assert!(check(&report, "sip udp")["detail"].as_str().unwrap().contains("no answer to OPTIONS"));
     assert_eq!(check(&report, "websocket")["status"], "skip");
 }
+
+#[test]
+fn without_a_local_ca_the_system_trust_store_is_used() {
+    let (dir, _plan) = deployment(21);
+    std::fs::remove_file(dir.path().join("deploy/keys").join(files::CA)).unwrap();
+    let (code, report) = verify(dir.path(), None);
+    assert_eq!(code, 1, "{report:#}");
+    // It got as far as connecting (nothing listens here), instead of failing to read ca.crt.
+    assert!(check(&report, "tls")["remedy"].as_str().unwrap().contains("nothing accepts connections"), "{report:#}");
+}
