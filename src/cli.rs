@@ -29,6 +29,33 @@ pub enum Command {
         /// Overwrite existing files (generates new passwords).
         #[arg(long)]
         force: bool,
+        /// Where the WSS certificate comes from.
+        #[arg(long, value_enum, default_value = "self-signed")]
+        tls: InitTls,
+        /// ACME: contact e-mail (required with --tls acme).
+        #[arg(long)]
+        acme_email: Option<String>,
+        /// ACME: directory URL [default: Let's Encrypt production].
+        #[arg(long)]
+        acme_directory: Option<String>,
+        /// ACME: extra CA certificates (PEM) to trust for a private ACME server.
+        #[arg(long)]
+        acme_ca: Option<PathBuf>,
+        /// ACME: how to prove control of the names.
+        #[arg(long, value_enum, default_value = "http-01")]
+        challenge: InitChallenge,
+        /// ACME HTTP-01: the responder's port.
+        #[arg(long, default_value_t = 80)]
+        http_port: u16,
+        /// ACME DNS-01: executable run as `HOOK add|remove NAME VALUE`.
+        #[arg(long)]
+        dns_hook: Option<PathBuf>,
+    },
+    /// Obtain or renew the WSS certificate (ACME mode).
+    Certs {
+        /// What to do.
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Render Asterisk configs, keys and compose.yaml from the spec.
     #[command(after_help = "Examples:\n  astrtc render --spec pbx/astrtc.toml --out pbx/deploy\n  \
@@ -101,5 +128,42 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `init --tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitTls {
+    /// A local CA made by astrtc.
+    SelfSigned,
+    /// A certificate from an ACME CA.
+    Acme,
+}
+
+/// `init --challenge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitChallenge {
+    /// HTTP-01.
+    #[value(name = "http-01")]
+    Http01,
+    /// DNS-01.
+    #[value(name = "dns-01")]
+    Dns01,
+}
+
+/// `astrtc certs ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Obtain a certificate now, unless a valid one for the same names exists and is not due.
+    Issue {
+        /// The spec file.
+        #[arg(long, default_value = "astrtc.toml")]
+        spec: PathBuf,
+        /// The keys directory (asterisk.crt, asterisk.key, asterisk.pem).
+        #[arg(long, default_value = "deploy/keys")]
+        keys: PathBuf,
+        /// Issue even when the current certificate is not due.
+        #[arg(long)]
+        force: bool,
     },
 }

@@ -38,6 +38,13 @@ pub enum InitError {
         /// Why.
         reason: String,
     },
+    /// The flags make an invalid spec.
+    #[error("the flags make an invalid spec: {reason}")]
+    #[diagnostic(code(astrtc::init::flags))]
+    Flags {
+        /// What is wrong.
+        reason: String,
+    },
     /// Writing failed.
     #[error("failed to write {}", path.display())]
     Write {
@@ -52,7 +59,7 @@ pub enum InitError {
 impl InitError {
     /// True for errors in the user's flags (exit code 2).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, InitError::Exists { .. } | InitError::Domain { .. })
+        matches!(self, InitError::Exists { .. } | InitError::Domain { .. } | InitError::Flags { .. })
     }
 }
 
@@ -67,8 +74,35 @@ pub struct Written {
     pub endpoints: Vec<String>,
 }
 
+/// ACME choices for `init --tls acme`.
+#[derive(Debug, Clone)]
+pub struct InitAcme {
+    /// Contact e-mail.
+    pub email: String,
+    /// Directory URL.
+    pub directory: Option<String>,
+    /// Extra CA bundle for the ACME server.
+    pub ca: Option<PathBuf>,
+    /// `http-01` or `dns-01`.
+    pub challenge: &'static str,
+    /// HTTP-01 port.
+    pub http_port: u16,
+    /// DNS-01 hook.
+    pub dns_hook: Option<PathBuf>,
+}
+
+/// A TOML string literal (quoted and escaped).
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
 /// The starter spec's text for `domain`.
 pub fn spec_text(domain: &str) -> String {
+    spec_text_with(domain, None)
+}
+
+/// The starter spec's text for `domain`, in ACME mode when `acme` is given.
+pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_syntax(
@@ -84,6 +118,7 @@ pub fn spec_text(domain: &str) -> String {
         RTP_START => d::RTP_START, RTP_END => d::RTP_END,
         BRIDGE_SUBNET => d::BRIDGE_SUBNET, BRIDGE_ADDRESS => d::BRIDGE_ADDRESS.to_string(),
         CA_DIR => d::CA_DIR, CONTEXT => d::CONTEXT, ECHO_EXTENSION => d::ECHO_EXTENSION,
+        ACME_DIRECTORY => d::ACME_DIRECTORY,
         MAX_CONTACTS => d::MAX_CONTACTS,
     };
     env.render_str(
@@ -95,6 +130,14 @@ pub fn spec_text(domain: &str) -> String {
             local_nets => quoted(d::LOCAL_NETS),
             webrtc_codecs => quoted(d::WEBRTC_CODECS),
             sip_codecs => quoted(d::SIP_CODECS),
+            acme => acme.map(|a| context! {
+                email => toml_str(&a.email),
+                directory => a.directory.as_deref().map(toml_str),
+                ca => a.ca.as_ref().map(|p| toml_str(&p.display().to_string())),
+                challenge => a.challenge,
+                http_port => a.http_port,
+                dns_hook => a.dns_hook.as_ref().map(|p| toml_str(&p.display().to_string())),
+            }),
         },
     )
     .expect("the embedded starter spec renders")
@@ -103,9 +146,16 @@ pub fn spec_text(domain: &str) -> String {
 /// The endpoint ids of the starter spec.
 pub const STARTER_ENDPOINTS: &[&str] = &["199", "3001", "3002"];
 
-/// Writes `DIR/astrtc.toml` and `DIR/astrtc.secrets.toml`.
-pub fn init(dir: &Path, domain: &str, force: bool) -> Result<Written, InitError> {
+/// Writes `DIR/astrtc.toml` and `DIR/astrtc.secrets.toml`. The spec is checked before anything
+/// is written, so bad flags leave nothing behind.
+pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> Result<Written, InitError> {
     dns_name(domain).map_err(|reason| InitError::Domain { reason })?;
+    let text = spec_text_with(domain, acme);
+    let parsed = crate::spec::parse(SPEC_FILE, &text).map_err(|e| InitError::Flags { reason: e.to_string() })?;
+    let problems = crate::spec::validate::validate(&parsed.spec, None);
+    if let Some(p) = problems.spec.first() {
+        return Err(InitError::Flags { reason: format!("{}: {}", p.path, p.message) });
+    }
     let spec = dir.join(SPEC_FILE);
     let secrets = dir.join(d::SECRETS_FILE);
     if !force {
@@ -125,7 +175,7 @@ pub fn init(dir: &Path, domain: &str, force: bool) -> Result<Written, InitError>
         s.endpoints.insert(id.to_string(), generate_password());
     }
     write_new(&secrets, s.to_toml().as_bytes(), 0o600).map_err(werr(&secrets))?;
-    write_new(&spec, spec_text(domain).as_bytes(), 0o644).map_err(werr(&spec))?;
+    write_new(&spec, text.as_bytes(), 0o644).map_err(werr(&spec))?;
     Ok(Written { spec, secrets, endpoints: STARTER_ENDPOINTS.iter().map(|s| s.to_string()).collect() })
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::spec::secrets::{self, LoadedSecrets, Secrets};
 use crate::spec::source::InvalidSpec;
 use crate::spec::validate::{self, parse_cidr};
-use crate::spec::{EndpointKind, LoadedSpec, NetworkMode, SpecError, TlsMode};
+use crate::spec::{AcmeChallenge, EndpointKind, LoadedSpec, NetworkMode, SpecError, TlsMode};
 
 /// Defaults for everything a spec may leave out.
 pub mod defaults {
@@ -57,6 +57,14 @@ pub mod defaults {
     pub const SIP_CODECS: &[&str] = &["ulaw", "alaw", "opus"];
     /// Registrations per endpoint.
     pub const MAX_CONTACTS: i64 = 1;
+    /// Let's Encrypt's production ACME directory.
+    pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+    /// Let's Encrypt's staging ACME directory.
+    pub const ACME_STAGING_DIRECTORY: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+    /// HTTP-01 responder port.
+    pub const ACME_HTTP_PORT: i64 = 80;
+    /// ACME account state, beside the spec.
+    pub const ACME_STATE_DIR: &str = ".astrtc/acme";
 }
 
 /// Fixed facts about the image astrtc builds.
@@ -206,6 +214,27 @@ pub struct TlsPlan {
     pub names: Vec<String>,
     /// The local CA's directory (self-signed mode), resolved against the spec's directory.
     pub ca_dir: PathBuf,
+    /// ACME settings (acme mode).
+    pub acme: Option<AcmePlan>,
+}
+
+/// ACME settings, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcmePlan {
+    /// Contact e-mail.
+    pub email: String,
+    /// Directory URL.
+    pub directory: String,
+    /// Extra CA certificates to trust for the ACME server.
+    pub ca_bundle: Option<PathBuf>,
+    /// `http-01` or `dns-01`.
+    pub challenge: AcmeChallenge,
+    /// HTTP-01 responder port.
+    pub http_port: u16,
+    /// DNS-01 hook.
+    pub dns_hook: Option<PathBuf>,
+    /// Where the ACME account credentials are kept.
+    pub account_dir: PathBuf,
 }
 
 /// Dialplan.
@@ -345,7 +374,24 @@ fn resolve_valid(loaded: &LoadedSpec, secrets: &Secrets, host: HostFacts) -> Pla
                 password: secrets.turn.as_ref().expect("validated").password.clone(),
             }),
         },
-        tls: TlsPlan { mode: s.tls.mode.unwrap_or(TlsMode::SelfSigned), domain, names, ca_dir },
+        tls: TlsPlan {
+            mode: s.tls.mode.unwrap_or(TlsMode::SelfSigned),
+            domain,
+            names,
+            ca_dir,
+            acme: s.tls.acme.as_ref().filter(|_| s.tls.mode == Some(TlsMode::Acme)).map(|a| AcmePlan {
+                email: a.email.clone().expect("validated"),
+                directory: a.directory.clone().unwrap_or_else(|| {
+                    if a.staging == Some(true) { defaults::ACME_STAGING_DIRECTORY } else { defaults::ACME_DIRECTORY }
+                        .to_string()
+                }),
+                ca_bundle: a.ca_bundle.as_ref().map(|p| resolve(loaded.base_dir(), p)),
+                challenge: a.challenge.unwrap_or(AcmeChallenge::Http01),
+                http_port: port(a.http_port, defaults::ACME_HTTP_PORT),
+                dns_hook: a.dns_hook.as_ref().map(|p| resolve(loaded.base_dir(), p)),
+                account_dir: resolve(loaded.base_dir(), Path::new(defaults::ACME_STATE_DIR)),
+            }),
+        },
         dialplan: DialplanPlan {
             context: s.dialplan.context.clone().unwrap_or_else(|| defaults::CONTEXT.into()),
             echo_extension: s.dialplan.echo_extension.clone().unwrap_or_else(|| defaults::ECHO_EXTENSION.into()),

@@ -38,6 +38,26 @@ pub enum RunError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Image(#[from] ImageError),
+    /// ACME issuance failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Acme(#[from] crate::certs::acme::AcmeError),
+    /// `certs` needs an ACME-mode spec.
+    #[error("{spec} is not in ACME mode (tls.mode = \"acme\")")]
+    #[diagnostic(code(astrtc::certs::not_acme), help("in self-signed mode `astrtc render` makes the certificate"))]
+    NotAcme {
+        /// The spec path.
+        spec: String,
+    },
+    /// Writing the keys failed.
+    #[error("failed to write the certificate into {}", path.display())]
+    WriteKeys {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// `verify` found failures.
     #[error("{failed} check{s} failed", s = if *failed == 1 { "" } else { "s" })]
     #[diagnostic(code(astrtc::verify::failed), help("each failure above says what to do"))]
@@ -73,6 +93,7 @@ impl RunError {
         match self {
             RunError::Spec(_) => 2,
             RunError::Init(e) if e.is_bad_input() => 2,
+            RunError::NotAcme { .. } => 2,
             _ => 1,
         }
     }
@@ -81,8 +102,35 @@ impl RunError {
 /// Runs one command, printing progress to stderr and results to stdout.
 pub fn run(command: Command) -> Result<(), RunError> {
     match command {
-        Command::Init { dir, domain, force } => {
-            let w = init::init(&dir, &domain, force)?;
+        Command::Init {
+            dir,
+            domain,
+            force,
+            tls,
+            acme_email,
+            acme_directory,
+            acme_ca,
+            challenge,
+            http_port,
+            dns_hook,
+        } => {
+            let acme = match tls {
+                crate::cli::InitTls::SelfSigned => None,
+                crate::cli::InitTls::Acme => Some(init::InitAcme {
+                    email: acme_email.ok_or_else(|| InitError::Flags {
+                        reason: "--tls acme needs --acme-email (the CA sends expiry notices there)".into(),
+                    })?,
+                    directory: acme_directory,
+                    ca: acme_ca.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                    challenge: match challenge {
+                        crate::cli::InitChallenge::Http01 => "http-01",
+                        crate::cli::InitChallenge::Dns01 => "dns-01",
+                    },
+                    http_port,
+                    dns_hook: dns_hook.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                }),
+            };
+            let w = init::init(&dir, &domain, force, acme.as_ref())?;
             println!("wrote {} and {} (mode 0600)", w.spec.display(), w.secrets.display());
             println!("endpoints: {} (passwords in {})", w.endpoints.join(", "), w.secrets.display());
             println!("next: astrtc render --spec {} --out {}", w.spec.display(), dir.join("deploy").display());
@@ -167,6 +215,54 @@ pub fn run(command: Command) -> Result<(), RunError> {
                 Err(RunError::VerifyFailed { failed })
             }
         }
+        Command::Certs { command: crate::cli::CertsCommand::Issue { spec, keys, force } } => {
+            let plan = load_plan(&spec)?;
+            let acme_plan =
+                plan.tls.acme.clone().ok_or_else(|| RunError::NotAcme { spec: spec.display().to_string() })?;
+            match crate::certs::store::due(&keys, &plan.tls.names) {
+                crate::certs::store::Due::NotDue { days_left } if !force => {
+                    println!(
+                        "{}: the certificate for {} is valid for {days_left} more days; not due (renews when a third \
+                         of its lifetime is left; --force to issue anyway)",
+                        keys.display(),
+                        plan.tls.names.join(", ")
+                    );
+                    return Ok(());
+                }
+                state => eprintln!("issuing a certificate for {} ({state:?})", plan.tls.names.join(", ")),
+            }
+            let method = match acme_plan.challenge {
+                crate::spec::AcmeChallenge::Http01 => crate::certs::acme::ChallengeMethod::Http01 {
+                    listen: std::net::SocketAddr::from(([0, 0, 0, 0], acme_plan.http_port)),
+                },
+                crate::spec::AcmeChallenge::Dns01 => crate::certs::acme::ChallengeMethod::Dns01Hook {
+                    hook: acme_plan.dns_hook.clone().expect("validated"),
+                },
+            };
+            let request = crate::certs::acme::AcmeRequest {
+                account_file: crate::certs::acme::account_file(&acme_plan.account_dir, &acme_plan.directory),
+                directory: acme_plan.directory,
+                email: Some(acme_plan.email),
+                server_roots: acme_plan.ca_bundle,
+                names: plan.tls.names.clone(),
+                method,
+                timeout: std::time::Duration::from_secs(120),
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+            let issued = runtime.block_on(crate::certs::acme::issue(&request))?;
+            crate::certs::store::write(&keys, &issued.cert, plan.secret_access)
+                .map_err(|source| RunError::WriteKeys { path: keys.clone(), source })?;
+            let facts = crate::certs::cert_facts(&issued.cert.chain_pem).expect("the CA returned a certificate");
+            println!(
+                "wrote {} (asterisk.crt, asterisk.key, asterisk.pem): {}, serial {}, {} days",
+                keys.display(),
+                plan.tls.names.join(", "),
+                facts.serial,
+                facts.seconds_left / 86400
+            );
+            println!("a running Asterisk picks it up with: asterisk -rx \"module reload http\"");
+            Ok(())
+        }
         Command::Secrets { spec } => {
             let loaded = spec::load(&spec)?;
             let path = plan::secrets_path(&loaded);
@@ -213,10 +309,12 @@ pub fn write_output(plan: &Plan, out: &Path) -> Result<Written, RunError> {
     let certs = match plan.tls.mode {
         TlsMode::SelfSigned => {
             let ca = LocalCa::load_or_create(&plan.tls.ca_dir, &plan.tls.domain)?;
-            ca.leaf(&plan.tls.names, render::existing_certs(out).as_ref())?
+            Some(ca.leaf(&plan.tls.names, render::existing_certs(out).as_ref())?)
         }
+        // `astrtc certs issue` writes them; a render carries them over.
+        TlsMode::Acme => render::existing_certs(out),
     };
-    let bundle = render::render(plan, &certs)?;
+    let bundle = render::render(plan, certs.as_ref())?;
     if out.exists() && bundle.check(out)?.is_up_to_date() {
         return Ok(Written::Unchanged);
     }
@@ -239,10 +337,11 @@ pub fn check_output(plan: &Plan, out: &Path) -> Result<CheckReport, RunError> {
         TlsMode::SelfSigned => {
             let ca =
                 LocalCa::load(&plan.tls.ca_dir)?.ok_or_else(|| CertError::NoCa { dir: plan.tls.ca_dir.clone() })?;
-            ca.leaf(&plan.tls.names, render::existing_certs(out).as_ref())?
+            Some(ca.leaf(&plan.tls.names, render::existing_certs(out).as_ref())?)
         }
+        TlsMode::Acme => render::existing_certs(out),
     };
-    Ok(render::render(plan, &certs)?.check(out)?)
+    Ok(render::render(plan, certs.as_ref())?.check(out)?)
 }
 
 /// The summary `astrtc info` (and `make up`) prints. Never includes a password.

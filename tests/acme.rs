@@ -116,6 +116,8 @@ fn start_pebble(with_dns: bool, faults: bool) -> Option<Pebble> {
         .arg(dir.path().join("pebble.json"))
         .env("PEBBLE_VA_NOSLEEP", if faults { "0" } else { "1" })
         .env("PEBBLE_WFE_NONCEREJECT", if faults { "30" } else { "0" })
+        // Never reuse a valid authorization: every order must prove control again.
+        .env("PEBBLE_AUTHZREUSE", "0")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .stdin(Stdio::null())
@@ -294,4 +296,73 @@ async fn issuance_survives_nonce_rejection_and_slow_validation() {
     );
     assert!(issued.attempts <= acme::MAX_ATTEMPTS);
     assert_eq!(cert_facts(&issued.cert.chain_pem).unwrap().dns_names.len(), 1);
+}
+
+fn astrtc() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("astrtc").unwrap()
+}
+
+#[test]
+fn certs_issue_writes_the_keys_layout_and_renews_only_when_due() {
+    let Some(pebble) = pebble() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ok = astrtc()
+        .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--domain", "localhost"])
+        .args(["--acme-directory", &pebble.directory])
+        .arg("--acme-ca")
+        .arg(pebble.dir.path().join("ca/ca.crt"))
+        .args(["--http-port", &pebble.http01.port().to_string(), "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let spec = dir.path().join("astrtc.toml");
+    let keys = dir.path().join("deploy/keys");
+    let issue = |extra: &[&str]| {
+        astrtc().args(["certs", "issue", "--spec"]).arg(&spec).arg("--keys").arg(&keys).args(extra).output().unwrap()
+    };
+    let started = Instant::now();
+    let out = issue(&[]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), pebble.log());
+    eprintln!("`astrtc certs issue` (HTTP-01) took {:.2?}", started.elapsed());
+    let mode = |f: &str| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(keys.join(f)).unwrap().permissions()) & 0o777
+    };
+    assert_eq!((mode("asterisk.key"), mode("asterisk.pem"), mode("asterisk.crt")), (0o640, 0o640, 0o644));
+    let crt = std::fs::read_to_string(keys.join("asterisk.crt")).unwrap();
+    let key = std::fs::read_to_string(keys.join("asterisk.key")).unwrap();
+    assert_eq!(std::fs::read_to_string(keys.join("asterisk.pem")).unwrap(), format!("{crt}{key}"));
+    assert_eq!(cert_facts(&crt).unwrap().dns_names.into_iter().collect::<Vec<_>>(), ["localhost"]);
+
+    // Not due: nothing changes.
+    let out = issue(&[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not due"));
+    assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), crt);
+
+    // A render carries the certificate over and stays current.
+    let deploy = dir.path().join("deploy");
+    assert!(astrtc()
+        .args(["render", "--spec"])
+        .arg(&spec)
+        .arg("--out")
+        .arg(&deploy)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), crt);
+    let check = astrtc().args(["render", "--check", "--spec"]).arg(&spec).arg("--out").arg(&deploy).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+
+    // A failed renewal (responder on the wrong port) exits 1 and leaves the files untouched.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let wrong = text.replace(&format!("http_port = {}", pebble.http01.port()), &format!("http_port = {}", free_port()));
+    assert_ne!(wrong, text);
+    std::fs::write(&spec, wrong).unwrap();
+    let out = issue(&["--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("validation of localhost failed"));
+    assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), crt);
+    assert_eq!(std::fs::read_to_string(keys.join("asterisk.key")).unwrap(), key);
 }

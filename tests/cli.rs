@@ -222,3 +222,37 @@ fn a_secrets_file_others_can_read_is_warned_about() {
     let text = all_output(&out);
     assert!(text.contains("is readable by others (mode 644)") && text.contains("chmod 600"), "{text}");
 }
+
+#[test]
+fn init_in_acme_mode_writes_a_spec_that_renders_and_checks_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    // Missing e-mail: bad input, nothing written.
+    let out = astrtc().args(["init", "--tls", "acme", "--dir"]).arg(dir.path()).assert().code(2);
+    assert!(all_output(&out).contains("--acme-email"), "{}", all_output(&out));
+    assert!(!dir.path().join("astrtc.toml").exists());
+    // dns-01 without a hook: bad input, nothing written.
+    let out = astrtc()
+        .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--challenge", "dns-01", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .code(2);
+    assert!(all_output(&out).contains("dns_hook"), "{}", all_output(&out));
+    assert!(!dir.path().join("astrtc.toml").exists());
+
+    astrtc()
+        .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--domain", "pbx.example.test", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let spec = dir.path().join("astrtc.toml");
+    let text = fs::read_to_string(&spec).unwrap();
+    assert!(text.contains("mode = \"acme\"") && text.contains("email = \"ops@example.test\""), "{text}");
+    let deploy = dir.path().join("deploy");
+    render(&spec, &deploy, false).success();
+    assert!(deploy.join("keys").is_dir());
+    assert!(!deploy.join("keys/asterisk.crt").exists(), "ACME certificates come from `astrtc certs issue`");
+    // `certs` refuses a self-signed spec as bad input.
+    let other = tempfile::tempdir().unwrap();
+    init_in(other.path());
+    astrtc().args(["certs", "issue", "--spec"]).arg(other.path().join("astrtc.toml")).assert().code(2);
+}

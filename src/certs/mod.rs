@@ -8,6 +8,7 @@
 
 pub mod acme;
 pub mod local_ca;
+pub mod store;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -102,6 +103,8 @@ pub struct CertFacts {
     pub dns_names: BTreeSet<String>,
     /// Seconds until it expires (negative when expired).
     pub seconds_left: i64,
+    /// Its whole validity period, in seconds.
+    pub lifetime_seconds: i64,
     /// Subject public key info, DER.
     pub spki_der: Vec<u8>,
     /// Issuer distinguished name, DER.
@@ -128,10 +131,12 @@ pub fn cert_facts_der(der: &[u8]) -> Result<CertFacts, String> {
         }
     }
     let not_after = cert.validity().not_after.timestamp();
+    let not_before = cert.validity().not_before.timestamp();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     Ok(CertFacts {
         dns_names,
         seconds_left: not_after - now,
+        lifetime_seconds: not_after - not_before,
         spki_der: cert.public_key().raw.to_vec(),
         issuer_der: cert.issuer().as_raw().to_vec(),
         serial: cert.raw_serial_as_string(),

@@ -50,6 +50,7 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
         _ => (plan.image.clone(), "latest".to_string()),
     };
     let rtp_ports = plan.rtp.len();
+    let bundled_keys = plan.tls.mode == crate::spec::TlsMode::SelfSigned;
     let host_port_ok = i64::from(rtp_ports) <= MAX_BRIDGE_RTP_PORTS;
     let allowed_modes: Vec<&str> = if host_port_ok { vec!["hostNetwork", "hostPort"] } else { vec!["hostNetwork"] };
     let ctx = context! {
@@ -63,6 +64,15 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
         rtp_ports => rtp_ports,
         allowed_modes => Value::from(Serde(allowed_modes)),
         asterisk_uid => image::ASTERISK_UID,
+        // The rendered certificate can be bundled only when there is one (not in ACME mode).
+        certificate_modes => Value::from(Serde(if bundled_keys {
+            vec!["bundled", "existingSecret", "certManager"]
+        } else {
+            vec!["existingSecret", "certManager"]
+        })),
+        certificate_mode => if bundled_keys { "bundled" } else { "existingSecret" },
+        // ACME mode: the Secret holding the certificate `astrtc certs issue` (or cert-manager) made.
+        existing_secret => if bundled_keys { String::new() } else { format!("{}-tls", plan.name) },
     };
     for name in [HELM_CHART_YAML, HELM_VALUES_YAML, HELM_VALUES_SCHEMA, HTTP_INGRESS_CONF] {
         bundle.add(name, super::render_template(env, name, &ctx)?, FileKind::Public);

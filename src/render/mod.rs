@@ -111,17 +111,21 @@ pub(crate) fn render_template(
     Ok(text.into_bytes())
 }
 
-/// Renders every output of a plan; `certs` are the WSS certificate files for `keys/`.
-pub fn render(plan: &Plan, certs: &CertLayout) -> Result<Bundle, RenderError> {
+/// Renders every output of a plan; `certs` are the WSS certificate files for `keys/` (in ACME
+/// mode, those `astrtc certs issue` wrote, carried over; `None` before the first issuance).
+pub fn render(plan: &Plan, certs: Option<&CertLayout>) -> Result<Bundle, RenderError> {
     let env = templates::environment();
     let mut bundle = Bundle::default();
     asterisk::render(&env, plan, &mut bundle)?;
     compose::render(&env, plan, &mut bundle)?;
-    bundle.add(format!("keys/{}", files::CERT), certs.chain_pem.clone().into_bytes(), FileKind::Public);
-    bundle.add(format!("keys/{}", files::KEY), certs.key_pem.clone().into_bytes(), FileKind::Secret);
-    bundle.add(format!("keys/{}", files::PEM), certs.combined_pem().into_bytes(), FileKind::Secret);
-    if let Some(ca) = &certs.ca_pem {
-        bundle.add(format!("keys/{}", files::CA), ca.clone().into_bytes(), FileKind::Public);
+    bundle.add_dir("keys");
+    if let Some(certs) = certs {
+        bundle.add(format!("keys/{}", files::CERT), certs.chain_pem.clone().into_bytes(), FileKind::Public);
+        bundle.add(format!("keys/{}", files::KEY), certs.key_pem.clone().into_bytes(), FileKind::Secret);
+        bundle.add(format!("keys/{}", files::PEM), certs.combined_pem().into_bytes(), FileKind::Secret);
+        if let Some(ca) = &certs.ca_pem {
+            bundle.add(format!("keys/{}", files::CA), ca.clone().into_bytes(), FileKind::Public);
+        }
     }
     helm::render(&env, plan, &mut bundle)?;
     Ok(bundle)

@@ -102,6 +102,39 @@ pub struct TlsSpec {
     pub extra_names: Option<Vec<String>>,
     /// Where the local CA's certificate and key are kept, relative to the spec file.
     pub ca_dir: Option<PathBuf>,
+    /// ACME settings, with `mode = "acme"`.
+    pub acme: Option<AcmeSpec>,
+}
+
+/// `[tls.acme]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSpec {
+    /// Contact e-mail for the ACME account (expiry notices).
+    pub email: Option<String>,
+    /// ACME directory URL (default: Let's Encrypt production).
+    pub directory: Option<String>,
+    /// Use Let's Encrypt's staging directory.
+    pub staging: Option<bool>,
+    /// Extra CA certificates (PEM) to trust for a private ACME server, relative to the spec.
+    pub ca_bundle: Option<PathBuf>,
+    /// `http-01` (default) or `dns-01`.
+    pub challenge: Option<AcmeChallenge>,
+    /// HTTP-01: the port the standalone responder listens on (default 80).
+    pub http_port: Option<i64>,
+    /// DNS-01: an executable run as `HOOK add|remove NAME VALUE`, relative to the spec.
+    pub dns_hook: Option<PathBuf>,
+}
+
+/// How ACME authorizations are proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum AcmeChallenge {
+    /// A standalone HTTP responder on port 80.
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A TXT record, published by a hook.
+    #[serde(rename = "dns-01")]
+    Dns01,
 }
 
 /// Where the WSS certificate comes from.
@@ -110,6 +143,8 @@ pub struct TlsSpec {
 pub enum TlsMode {
     /// A local CA made by astrtc, for development and private networks.
     SelfSigned,
+    /// A certificate from an ACME CA (Let's Encrypt or any RFC 8555 server): `astrtc certs issue`.
+    Acme,
 }
 
 /// `[dialplan]`.

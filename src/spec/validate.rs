@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::secrets::Secrets;
 use super::source::{KeyPath, Problem};
-use super::{EndpointKind, NetworkMode, Spec};
+use super::{AcmeChallenge, EndpointKind, NetworkMode, Spec, TlsMode};
 use crate::plan::defaults;
 
 /// Codecs astrtc's image builds, by their Asterisk names.
@@ -207,12 +207,23 @@ pub fn validate(spec: &Spec, secrets: Option<&Secrets>) -> Problems {
             );
         }
     }
+    let acme_dns01 = spec.tls.mode == Some(TlsMode::Acme)
+        && spec.tls.acme.as_ref().and_then(|a| a.challenge) == Some(AcmeChallenge::Dns01);
     if let Some(names) = &spec.tls.extra_names {
         let domain = spec.tls.domain.as_deref().unwrap_or(defaults::DOMAIN);
         let mut seen = BTreeSet::from([domain.to_ascii_lowercase()]);
         for (i, n) in names.iter().enumerate() {
             let path = KeyPath::parse("tls.extra_names").index(i);
-            if let Err(e) = dns_name(n) {
+            let wildcard = n.strip_prefix("*.");
+            if let (Some(rest), true) = (wildcard, acme_dns01) {
+                if let Err(e) = dns_name(rest) {
+                    v.push(Problem::at(path, e));
+                } else if !seen.insert(n.to_ascii_lowercase()) {
+                    v.push(Problem::at(path, format!("{n} is listed twice")));
+                }
+            } else if wildcard.is_some() {
+                v.push(Problem::at(path, format!("{n}: wildcard names need ACME with the dns-01 challenge")));
+            } else if let Err(e) = dns_name(n) {
                 v.push(Problem::at(path, e));
             } else if !seen.insert(n.to_ascii_lowercase()) {
                 v.push(Problem::at(path, format!("{n} is listed twice (tls.domain counts too)")));
@@ -223,6 +234,18 @@ pub fn validate(spec: &Spec, secrets: Option<&Secrets>) -> Problems {
         if dir.as_os_str().is_empty() {
             v.push(p("tls.ca_dir", "must not be empty"));
         }
+    }
+
+    match (spec.tls.mode.unwrap_or(TlsMode::SelfSigned), &spec.tls.acme) {
+        (TlsMode::Acme, None) => v.push(
+            p("tls", "mode = \"acme\" needs a [tls.acme] table with at least email")
+                .help("[tls.acme]\nemail = \"ops@example.com\""),
+        ),
+        (TlsMode::SelfSigned, Some(_)) => {
+            v.push(p("tls.acme", "only used with tls.mode = \"acme\""));
+        }
+        (TlsMode::Acme, Some(a)) => validate_acme(a, v),
+        (TlsMode::SelfSigned, None) => {}
     }
 
     // Dialplan.
@@ -330,6 +353,45 @@ pub fn validate(spec: &Spec, secrets: Option<&Secrets>) -> Problems {
         }
     }
     out
+}
+
+fn validate_acme(a: &super::AcmeSpec, v: &mut Vec<Problem>) {
+    match &a.email {
+        None => v.push(p("tls.acme", "email is required: the ACME CA sends expiry notices there")),
+        Some(e) => {
+            let ok = e.len() <= 254
+                && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && dns_name(d).is_ok())
+                && !e.chars().any(|c| c.is_whitespace() || c.is_control() || "\"<>;[]=#\\$&,".contains(c));
+            if !ok {
+                v.push(p("tls.acme.email", format!("{e:?} is not an e-mail address")));
+            }
+        }
+    }
+    if let Some(d) = &a.directory {
+        let ok = d.starts_with("https://") && d.len() > 8 && !d.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !ok {
+            v.push(p("tls.acme.directory", format!("{d:?} is not an https:// URL")));
+        }
+        if a.staging == Some(true) {
+            v.push(p(
+                "tls.acme.staging",
+                "staging = true picks Let's Encrypt's staging directory; drop one of the two",
+            ));
+        }
+    }
+    if let Some(port) = a.http_port {
+        if !(1..=65535).contains(&port) {
+            v.push(p("tls.acme.http_port", format!("{port} is outside 1-65535")));
+        }
+    }
+    match (a.challenge.unwrap_or(AcmeChallenge::Http01), &a.dns_hook) {
+        (AcmeChallenge::Dns01, None) => v.push(
+            p("tls.acme", "dns-01 needs dns_hook: an executable run as `HOOK add|remove NAME VALUE`")
+                .help("the hook publishes the TXT record with your DNS provider's API"),
+        ),
+        (AcmeChallenge::Http01, Some(_)) => v.push(p("tls.acme.dns_hook", "only used with challenge = \"dns-01\"")),
+        _ => {}
+    }
 }
 
 /// A DNS name a certificate and a browser can use: 1-253 characters, labels of 1-63 letters,

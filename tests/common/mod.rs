@@ -48,9 +48,12 @@ pub fn plan_for(spec_path: &Path, host: HostFacts) -> Result<Plan, spec::SpecErr
 
 /// Renders a plan with a local CA in `ca_dir`'s place (created on first use).
 pub fn bundle_for(plan: &Plan) -> Bundle {
+    if plan.tls.mode == astrtc::spec::TlsMode::Acme {
+        return render::render(plan, None).unwrap(); // no certificate issued yet
+    }
     let ca = astrtc::certs::local_ca::LocalCa::load_or_create(&plan.tls.ca_dir, &plan.tls.domain).unwrap();
     let certs = ca.leaf(&plan.tls.names, None).unwrap();
-    render::render(plan, &certs).unwrap()
+    render::render(plan, Some(&certs)).unwrap()
 }
 
 /// Every file of a bundle in one text, PEM bodies replaced (they change on every run).
