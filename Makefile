@@ -49,7 +49,7 @@ lint: ## formatting and clippy, warnings as errors
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-bench: $(ASTRTC) ## benchmarks: render time (default and 1000-endpoint specs)
+bench: $(ASTRTC) ## benchmarks: render time (default and 1000-endpoint specs), compose up -> healthy
 	bash scripts/bench.sh
 
 review-snapshots: ## accept changed insta snapshots after reviewing the diff

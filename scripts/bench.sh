@@ -21,16 +21,25 @@ done
 "$bin" render --spec "$work/default/astrtc.toml" --out "$work/default/deploy" >/dev/null
 "$bin" render --spec "$work/big/astrtc.toml" --out "$work/big/deploy" >/dev/null
 echo "endpoints in the big spec: $(grep -c '^\[\[endpoints\]\]' "$work/big/astrtc.toml")"
-hyperfine -N --warmup 3 --runs 30 --export-markdown "$work/bench.md" \
-  -n "render default (3 endpoints)" "$bin render --spec $work/default/astrtc.toml --out $work/default/deploy" \
-  -n "render 1000 endpoints" "$bin render --spec $work/big/astrtc.toml --out $work/big/deploy" \
-  -n "render --check 1000 endpoints" "$bin render --check --spec $work/big/astrtc.toml --out $work/big/deploy"
+# "fresh": every file written (and a leaf key generated) into an empty output directory;
+# "current": the output is up to date, so render compares and writes nothing.
+hyperfine --warmup 3 --runs 30 --export-markdown "$work/bench.md" \
+  -n "render default (3 endpoints), fresh" --prepare "rm -rf $work/default/fresh" \
+  "$bin render --spec $work/default/astrtc.toml --out $work/default/fresh" \
+  -n "render 1000 endpoints, fresh" --prepare "rm -rf $work/big/fresh" \
+  "$bin render --spec $work/big/astrtc.toml --out $work/big/fresh" \
+  -n "render default (3 endpoints), current" --prepare "true" \
+  "$bin render --spec $work/default/astrtc.toml --out $work/default/deploy" \
+  -n "render 1000 endpoints, current" --prepare "true" \
+  "$bin render --spec $work/big/astrtc.toml --out $work/big/deploy" \
+  -n "render --check 1000 endpoints" --prepare "true" \
+  "$bin render --check --spec $work/big/astrtc.toml --out $work/big/deploy"
 cat "$work/bench.md"
 
 # Start -> healthy with docker compose (needs the image: `astrtc build`). Host mode with the full
 # RTP range 10000-20000, and bridge mode with a narrow range; ports moved off the defaults so a
 # stack from `make up` can keep running.
-if docker info >/dev/null 2>&1; then
+if [ -z "${BENCH_RENDER_ONLY:-}" ] && docker info >/dev/null 2>&1; then
   up_bench() {
     local name="$1" mode="$2" rtp_start="$3" rtp_end="$4" dir="$work/$1"
     "$bin" init --dir "$dir" >/dev/null
