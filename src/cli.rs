@@ -166,4 +166,14 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Renew the certificate if it is due (less than a third of its lifetime left) or missing;
+    /// otherwise do nothing. Safe to run from cron.
+    Renew {
+        /// The spec file.
+        #[arg(long, default_value = "astrtc.toml")]
+        spec: PathBuf,
+        /// The keys directory (asterisk.crt, asterisk.key, asterisk.pem).
+        #[arg(long, default_value = "deploy/keys")]
+        keys: PathBuf,
+    },
 }

@@ -215,7 +215,11 @@ pub fn run(command: Command) -> Result<(), RunError> {
                 Err(RunError::VerifyFailed { failed })
             }
         }
-        Command::Certs { command: crate::cli::CertsCommand::Issue { spec, keys, force } } => {
+        Command::Certs { command } => {
+            let (spec, keys, force) = match command {
+                crate::cli::CertsCommand::Issue { spec, keys, force } => (spec, keys, force),
+                crate::cli::CertsCommand::Renew { spec, keys } => (spec, keys, false),
+            };
             let plan = load_plan(&spec)?;
             let acme_plan =
                 plan.tls.acme.clone().ok_or_else(|| RunError::NotAcme { spec: spec.display().to_string() })?;

@@ -334,10 +334,12 @@ fn certs_issue_writes_the_keys_layout_and_renews_only_when_due() {
     assert_eq!(std::fs::read_to_string(keys.join("asterisk.pem")).unwrap(), format!("{crt}{key}"));
     assert_eq!(cert_facts(&crt).unwrap().dns_names.into_iter().collect::<Vec<_>>(), ["localhost"]);
 
-    // Not due: nothing changes.
+    // Not due: nothing changes, for `issue` and for `renew`.
     let out = issue(&[]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("not due"));
+    let out = astrtc().args(["certs", "renew", "--spec"]).arg(&spec).arg("--keys").arg(&keys).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("not due"));
     assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), crt);
 
     // A render carries the certificate over and stays current.
