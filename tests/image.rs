@@ -136,19 +136,23 @@ async fn a_certificate_for_another_name_is_caught() {
     }
     let (dir, plan) = deployment(7);
     ensure_image(&plan.image);
-    // Replace the served leaf with one for another name, from the same trusted CA.
-    let ca = LocalCa::load(&plan.tls.ca_dir).unwrap().unwrap();
-    let wrong = ca.leaf(&["pbx.old.test".to_string()], None).unwrap();
-    let keys = dir.path().join("deploy/keys");
-    for (file, text) in [(files::CERT, &wrong.chain_pem), (files::KEY, &wrong.key_pem)] {
-        overwrite_keep_mode(&keys.join(file), text);
-    }
+    install_leaf_for(dir.path(), &plan, "pbx.old.test");
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
     let err = asterisk.check_tls().expect_err("a leaf for pbx.old.test must not verify for localhost");
     let msg = err.to_string();
     assert!(msg.contains("localhost") && msg.to_lowercase().contains("not valid for name"), "{msg}");
     // The WebSocket check fails the same way: a browser could not connect.
     assert!(asterisk.check_websocket().is_err());
+}
+
+/// Replaces the rendered leaf in `DIR/deploy/keys` with one for `name`, from the same trusted CA
+/// (a deployment whose certificate does not match its domain).
+pub fn install_leaf_for(dir: &Path, plan: &Plan, name: &str) {
+    let ca = LocalCa::load(&plan.tls.ca_dir).unwrap().unwrap();
+    let leaf = ca.leaf(&[name.to_string()], None).unwrap();
+    let keys = dir.join("deploy/keys");
+    overwrite_keep_mode(&keys.join(files::KEY), &leaf.key_pem);
+    overwrite_keep_mode(&keys.join(files::CERT), &leaf.chain_pem);
 }
 
 fn overwrite_keep_mode(path: &Path, text: &str) {

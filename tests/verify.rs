@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use assert_cmd::Command;
-use astrtc::certs::{files, local_ca::LocalCa};
+use astrtc::certs::files;
 use astrtc::testing;
 use serde_json::Value;
 
-use crate::image::{deployment, ensure_image};
+use crate::image::{deployment, ensure_image, install_leaf_for};
 
 fn skip() -> bool {
     std::env::var_os("ASTRTC_SKIP_DOCKER").is_some()
@@ -82,11 +82,7 @@ async fn a_certificate_for_another_name_fails_tls_with_both_names() {
     }
     let (dir, plan) = deployment(13);
     ensure_image(&plan.image);
-    let ca = LocalCa::load(&plan.tls.ca_dir).unwrap().unwrap();
-    let wrong = ca.leaf(&["pbx.old.test".to_string()], None).unwrap();
-    let keys = dir.path().join("deploy/keys");
-    std::fs::write(keys.join(files::CERT), &wrong.chain_pem).unwrap();
-    std::fs::write(keys.join(files::KEY), &wrong.key_pem).unwrap();
+    install_leaf_for(dir.path(), &plan, "pbx.old.test");
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.unwrap();
     let (code, report) = verify(dir.path(), Some(asterisk.id()));
     assert_eq!(code, 1);
