@@ -151,29 +151,62 @@ pub enum InitChallenge {
     Dns01,
 }
 
+/// Where `astrtc certs` reads its settings and keeps the certificate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertsInput {
+    /// The spec file.
+    #[arg(long, default_value = "astrtc.toml")]
+    pub spec: PathBuf,
+    /// Read the ACME settings from a rendered sidecar config (DIR/certs/acme.toml, written by
+    /// `astrtc render` in ACME mode) instead of the spec. It holds no passwords.
+    #[arg(long, conflicts_with = "spec", env = "ASTRTC_ACME_CONFIG")]
+    pub acme_config: Option<PathBuf>,
+    /// The keys directory (asterisk.crt, asterisk.key, asterisk.pem).
+    #[arg(long, default_value = "deploy/keys", env = "ASTRTC_KEYS")]
+    pub keys: PathBuf,
+}
+
 /// `astrtc certs ...`.
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Obtain a certificate now, unless a valid one for the same names exists and is not due.
     Issue {
-        /// The spec file.
-        #[arg(long, default_value = "astrtc.toml")]
-        spec: PathBuf,
-        /// The keys directory (asterisk.crt, asterisk.key, asterisk.pem).
-        #[arg(long, default_value = "deploy/keys")]
-        keys: PathBuf,
+        /// Settings and keys directory.
+        #[command(flatten)]
+        input: CertsInput,
         /// Issue even when the current certificate is not due.
         #[arg(long)]
         force: bool,
     },
-    /// Renew the certificate if it is due (less than a third of its lifetime left) or missing;
-    /// otherwise do nothing. Safe to run from cron.
+    /// Renew the certificate if it is due (by default when a third of its lifetime is left) or
+    /// missing; otherwise do nothing. Safe to run from cron.
     Renew {
-        /// The spec file.
-        #[arg(long, default_value = "astrtc.toml")]
-        spec: PathBuf,
-        /// The keys directory (asterisk.crt, asterisk.key, asterisk.pem).
-        #[arg(long, default_value = "deploy/keys")]
-        keys: PathBuf,
+        /// Settings and keys directory.
+        #[command(flatten)]
+        input: CertsInput,
+    },
+    /// Keep the certificate valid forever (the sidecar): issue if missing, sleep until due,
+    /// renew. After a failure it retries with exponential backoff, leaving the current
+    /// certificate in place. Asterisk's reloader notices new files by itself.
+    #[command(
+        after_help = "Example:\n  astrtc certs watch --acme-config deploy/certs/acme.toml --keys /var/lib/astrtc/keys"
+    )]
+    Watch {
+        /// Settings and keys directory.
+        #[command(flatten)]
+        input: CertsInput,
+        /// Seconds to wait after the first failure; doubled after each further one.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        retry_initial: u64,
+        /// Longest wait between retries, in seconds.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+        retry_max: u64,
+    },
+    /// Exit 0 when the keys directory holds a usable certificate for the names (present, key
+    /// matching, not expired), else 1. The sidecar's health check.
+    Check {
+        /// Settings and keys directory.
+        #[command(flatten)]
+        input: CertsInput,
     },
 }

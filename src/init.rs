@@ -118,7 +118,7 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         RTP_START => d::RTP_START, RTP_END => d::RTP_END,
         BRIDGE_SUBNET => d::BRIDGE_SUBNET, BRIDGE_ADDRESS => d::BRIDGE_ADDRESS.to_string(),
         CA_DIR => d::CA_DIR, CONTEXT => d::CONTEXT, ECHO_EXTENSION => d::ECHO_EXTENSION,
-        ACME_DIRECTORY => d::ACME_DIRECTORY,
+        ACME_DIRECTORY => d::ACME_DIRECTORY, DNS_TIMEOUT => d::DNS_TIMEOUT,
         MAX_CONTACTS => d::MAX_CONTACTS,
     };
     env.render_str(

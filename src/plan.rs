@@ -65,6 +65,8 @@ pub mod defaults {
     pub const ACME_HTTP_PORT: i64 = 80;
     /// ACME account state, beside the spec.
     pub const ACME_STATE_DIR: &str = ".astrtc/acme";
+    /// Seconds to wait for DNS-01 records to become visible.
+    pub const DNS_TIMEOUT: i64 = 600;
 }
 
 /// Fixed facts about the image astrtc builds.
@@ -107,6 +109,18 @@ pub struct SecretAccess {
     pub chown: bool,
     /// Extra group the container process needs to read them (`group_add`), if any.
     pub group_add: Option<u32>,
+}
+
+impl SecretAccess {
+    /// Root gives the files to the image's asterisk group; anyone else keeps their own group
+    /// and lets the container join it.
+    pub fn for_host(host: HostFacts) -> Self {
+        if host.uid == 0 {
+            SecretAccess { gid: image::ASTERISK_UID, chown: true, group_add: None }
+        } else {
+            SecretAccess { gid: host.gid, chown: false, group_add: Some(host.gid) }
+        }
+    }
 }
 
 /// The complete, resolved deployment.
@@ -218,9 +232,13 @@ pub struct TlsPlan {
     pub acme: Option<AcmePlan>,
 }
 
-/// ACME settings, resolved.
-#[derive(Debug, Clone, Serialize)]
+/// ACME settings, resolved: everything `astrtc certs` needs, and nothing secret. Also the
+/// format of the sidecar's `certs/acme.toml`, which render writes with container paths.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct AcmePlan {
+    /// DNS names for the certificate, the main name first.
+    pub names: Vec<String>,
     /// Contact e-mail.
     pub email: String,
     /// Directory URL.
@@ -231,8 +249,15 @@ pub struct AcmePlan {
     pub challenge: AcmeChallenge,
     /// HTTP-01 responder port.
     pub http_port: u16,
-    /// DNS-01 hook.
+    /// DNS-01 hook; none means the manual flow.
     pub dns_hook: Option<PathBuf>,
+    /// DNS-01: servers asked whether the records are visible (empty: authoritative servers).
+    #[serde(default)]
+    pub dns_resolvers: Vec<std::net::SocketAddr>,
+    /// DNS-01: seconds to wait for the records to become visible.
+    pub dns_timeout: u64,
+    /// Renew when fewer days are left; none: when a third of the lifetime is left.
+    pub renew_before_days: Option<i64>,
     /// Where the ACME account credentials are kept.
     pub account_dir: PathBuf,
 }
@@ -342,11 +367,7 @@ fn resolve_valid(loaded: &LoadedSpec, secrets: &Secrets, host: HostFacts) -> Pla
             password: secrets.endpoints[&e.id].clone(),
         })
         .collect();
-    let secret_access = if host.uid == 0 {
-        SecretAccess { gid: image::ASTERISK_UID, chown: true, group_add: None }
-    } else {
-        SecretAccess { gid: host.gid, chown: false, group_add: Some(host.gid) }
-    };
+    let secret_access = SecretAccess::for_host(host);
     Plan {
         name: s.name.clone().unwrap_or_else(|| defaults::NAME.into()),
         image: s.image.clone().unwrap_or_else(|| defaults::IMAGE.into()),
@@ -377,7 +398,7 @@ fn resolve_valid(loaded: &LoadedSpec, secrets: &Secrets, host: HostFacts) -> Pla
         tls: TlsPlan {
             mode: s.tls.mode.unwrap_or(TlsMode::SelfSigned),
             domain,
-            names,
+            names: names.clone(),
             ca_dir,
             acme: s.tls.acme.as_ref().filter(|_| s.tls.mode == Some(TlsMode::Acme)).map(|a| AcmePlan {
                 email: a.email.clone().expect("validated"),
@@ -389,6 +410,15 @@ fn resolve_valid(loaded: &LoadedSpec, secrets: &Secrets, host: HostFacts) -> Pla
                 challenge: a.challenge.unwrap_or(AcmeChallenge::Http01),
                 http_port: port(a.http_port, defaults::ACME_HTTP_PORT),
                 dns_hook: a.dns_hook.as_ref().map(|p| resolve(loaded.base_dir(), p)),
+                dns_resolvers: a
+                    .dns_resolvers
+                    .iter()
+                    .flatten()
+                    .map(|r| crate::spec::parse_resolver(r).expect("validated"))
+                    .collect(),
+                dns_timeout: u64::try_from(a.dns_timeout.unwrap_or(defaults::DNS_TIMEOUT)).expect("validated"),
+                renew_before_days: a.renew_before_days,
+                names: names.clone(),
                 account_dir: resolve(loaded.base_dir(), Path::new(defaults::ACME_STATE_DIR)),
             }),
         },

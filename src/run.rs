@@ -38,25 +38,39 @@ pub enum RunError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Image(#[from] ImageError),
-    /// ACME issuance failed.
+    /// ACME issuance or storing its result failed.
     #[error(transparent)]
     #[diagnostic(transparent)]
-    Acme(#[from] crate::certs::acme::AcmeError),
+    Certs(#[from] crate::certs::lifecycle::LifecycleError),
+    /// The sidecar's ACME settings file is unreadable or malformed.
+    #[error("{}: {message}", path.display())]
+    #[diagnostic(
+        code(astrtc::certs::acme_config),
+        help("it is written by `astrtc render` in ACME mode; render again")
+    )]
+    AcmeConfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// `certs check`: no usable certificate.
+    #[error("{}: no usable certificate for {names}: {state}", keys.display())]
+    #[diagnostic(code(astrtc::certs::unusable))]
+    CertUnusable {
+        /// The keys directory.
+        keys: std::path::PathBuf,
+        /// The names.
+        names: String,
+        /// What is wrong.
+        state: String,
+    },
     /// `certs` needs an ACME-mode spec.
     #[error("{spec} is not in ACME mode (tls.mode = \"acme\")")]
     #[diagnostic(code(astrtc::certs::not_acme), help("in self-signed mode `astrtc render` makes the certificate"))]
     NotAcme {
         /// The spec path.
         spec: String,
-    },
-    /// Writing the keys failed.
-    #[error("failed to write the certificate into {}", path.display())]
-    WriteKeys {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
     },
     /// `verify` found failures.
     #[error("{failed} check{s} failed", s = if *failed == 1 { "" } else { "s" })]
@@ -93,7 +107,7 @@ impl RunError {
         match self {
             RunError::Spec(_) => 2,
             RunError::Init(e) if e.is_bad_input() => 2,
-            RunError::NotAcme { .. } => 2,
+            RunError::NotAcme { .. } | RunError::AcmeConfig { .. } => 2,
             _ => 1,
         }
     }
@@ -215,58 +229,7 @@ pub fn run(command: Command) -> Result<(), RunError> {
                 Err(RunError::VerifyFailed { failed })
             }
         }
-        Command::Certs { command } => {
-            let (spec, keys, force) = match command {
-                crate::cli::CertsCommand::Issue { spec, keys, force } => (spec, keys, force),
-                crate::cli::CertsCommand::Renew { spec, keys } => (spec, keys, false),
-            };
-            let plan = load_plan(&spec)?;
-            let acme_plan =
-                plan.tls.acme.clone().ok_or_else(|| RunError::NotAcme { spec: spec.display().to_string() })?;
-            match crate::certs::store::due(&keys, &plan.tls.names) {
-                crate::certs::store::Due::NotDue { days_left } if !force => {
-                    println!(
-                        "{}: the certificate for {} is valid for {days_left} more days; not due (renews when a third \
-                         of its lifetime is left; --force to issue anyway)",
-                        keys.display(),
-                        plan.tls.names.join(", ")
-                    );
-                    return Ok(());
-                }
-                state => eprintln!("issuing a certificate for {} ({state:?})", plan.tls.names.join(", ")),
-            }
-            let method = match acme_plan.challenge {
-                crate::spec::AcmeChallenge::Http01 => crate::certs::acme::ChallengeMethod::Http01 {
-                    listen: std::net::SocketAddr::from(([0, 0, 0, 0], acme_plan.http_port)),
-                },
-                crate::spec::AcmeChallenge::Dns01 => crate::certs::acme::ChallengeMethod::Dns01Hook {
-                    hook: acme_plan.dns_hook.clone().expect("validated"),
-                },
-            };
-            let request = crate::certs::acme::AcmeRequest {
-                account_file: crate::certs::acme::account_file(&acme_plan.account_dir, &acme_plan.directory),
-                directory: acme_plan.directory,
-                email: Some(acme_plan.email),
-                server_roots: acme_plan.ca_bundle,
-                names: plan.tls.names.clone(),
-                method,
-                timeout: std::time::Duration::from_secs(120),
-            };
-            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
-            let issued = runtime.block_on(crate::certs::acme::issue(&request))?;
-            crate::certs::store::write(&keys, &issued.cert, plan.secret_access)
-                .map_err(|source| RunError::WriteKeys { path: keys.clone(), source })?;
-            let facts = crate::certs::cert_facts(&issued.cert.chain_pem).expect("the CA returned a certificate");
-            println!(
-                "wrote {} (asterisk.crt, asterisk.key, asterisk.pem): {}, serial {}, {} days",
-                keys.display(),
-                plan.tls.names.join(", "),
-                facts.serial,
-                facts.seconds_left / 86400
-            );
-            println!("a running Asterisk picks it up with: asterisk -rx \"module reload http\"");
-            Ok(())
-        }
+        Command::Certs { command } => certs(command),
         Command::Secrets { spec } => {
             let loaded = spec::load(&spec)?;
             let path = plan::secrets_path(&loaded);
@@ -387,4 +350,190 @@ fn system_trust_store() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .filter(|p| p.exists())
         .unwrap_or_else(|| std::path::PathBuf::from("/etc/ssl/certs/ca-certificates.crt"))
+}
+
+/// The ACME job `certs` works on: from the spec, or from a rendered sidecar config.
+fn certs_job(input: &crate::cli::CertsInput) -> Result<crate::certs::lifecycle::Job, RunError> {
+    let acme = match &input.acme_config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| RunError::ReadFile { path: path.clone(), source })?;
+            toml::from_str::<crate::plan::AcmePlan>(&text)
+                .map_err(|e| RunError::AcmeConfig { path: path.clone(), message: e.message().to_string() })?
+        }
+        None => load_plan(&input.spec)?
+            .tls
+            .acme
+            .ok_or_else(|| RunError::NotAcme { spec: input.spec.display().to_string() })?,
+    };
+    Ok(crate::certs::lifecycle::Job {
+        acme,
+        keys: input.keys.clone(),
+        access: crate::plan::SecretAccess::for_host(HostFacts::detect()),
+        progress: progress_printer(),
+    })
+}
+
+/// Shows issuance steps on stderr: a spinner while waiting when stderr is a terminal, plain
+/// lines otherwise (sidecar logs).
+fn progress_printer() -> crate::certs::acme::Progress {
+    use crate::certs::acme::Event;
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let spinner: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+    crate::certs::acme::Progress::new(move |event| {
+        let mut spinner = spinner.lock().expect("not poisoned");
+        let wait = |msg: String| {
+            if tty {
+                let pb = indicatif::ProgressBar::new_spinner().with_message(msg);
+                pb.enable_steady_tick(std::time::Duration::from_millis(120));
+                Some(pb)
+            } else {
+                eprintln!("{msg}");
+                None
+            }
+        };
+        let done = |spinner: &mut Option<indicatif::ProgressBar>, msg: String| {
+            if let Some(pb) = spinner.take() {
+                pb.finish_and_clear();
+            }
+            eprintln!("{msg}");
+        };
+        match event {
+            Event::OrderPlaced { attempt: 1 } => eprintln!("placing an ACME order"),
+            Event::OrderPlaced { attempt } => eprintln!("placing an ACME order (attempt {attempt}: the server rejected nonces)"),
+            Event::CreateRecord { name, value } => done(
+                &mut spinner,
+                format!("create this DNS record now (astrtc waits until it is visible):\n\n    {name}. 60 IN TXT \"{value}\"\n"),
+            ),
+            Event::WaitingForDns { records } => {
+                *spinner = wait(format!("waiting until {records} TXT record(s) are visible (checked every 2 s)…"))
+            }
+            Event::DnsVisible { after } => done(&mut spinner, format!("TXT record(s) visible after {:.1} s", after.as_secs_f64())),
+            Event::Validating { names } => *spinner = wait(format!("waiting for the CA to validate {names} name(s)…")),
+            Event::Validated { after } => done(&mut spinner, format!("validated in {:.1} s", after.as_secs_f64())),
+            Event::RemoveRecords { names } => {
+                done(&mut spinner, format!("done: the TXT record(s) at {} may be removed now", names.join(", ")))
+            }
+        }
+    })
+}
+
+fn certs(command: crate::cli::CertsCommand) -> Result<(), RunError> {
+    use crate::certs::lifecycle::{Outcome, WatchEvent, WatchOptions};
+    use crate::certs::store::Due;
+    use crate::cli::CertsCommand;
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let report = |job: &crate::certs::lifecycle::Job, outcome: &Outcome| match outcome {
+        Outcome::NotDue { days_left, .. } => println!(
+            "{}: the certificate for {} is valid for {days_left} more days; not due",
+            job.keys.display(),
+            job.acme.names.join(", ")
+        ),
+        Outcome::Issued { serial, days, attempts, elapsed, .. } => println!(
+            "wrote {} (asterisk.crt, asterisk.key, asterisk.pem): {}, serial {serial}, valid {days} days; \
+             {attempts} order(s), {:.1} s",
+            job.keys.display(),
+            job.acme.names.join(", "),
+            elapsed.as_secs_f64()
+        ),
+    };
+    match command {
+        CertsCommand::Issue { input, force } => {
+            let job = certs_job(&input)?;
+            let outcome = runtime.block_on(job.ensure(force))?;
+            report(&job, &outcome);
+            if let Outcome::NotDue { .. } = outcome {
+                println!("(renews when due; --force to issue anyway)");
+            }
+            Ok(())
+        }
+        CertsCommand::Renew { input } => {
+            let job = certs_job(&input)?;
+            let outcome = runtime.block_on(job.ensure(false))?;
+            report(&job, &outcome);
+            Ok(())
+        }
+        CertsCommand::Check { input } => {
+            let job = certs_job(&input)?;
+            match job.due() {
+                Due::NotDue { days_left, .. } | Due::Renew { days_left } if days_left >= 0 => {
+                    println!("{}: usable, {days_left} days left", job.keys.display());
+                    Ok(())
+                }
+                state => Err(RunError::CertUnusable {
+                    keys: job.keys.clone(),
+                    names: job.acme.names.join(", "),
+                    state: match state {
+                        Due::Missing => "missing".into(),
+                        Due::NamesChanged => "it is for other names".into(),
+                        Due::KeyMismatch => "the key does not match the certificate".into(),
+                        _ => "expired".into(),
+                    },
+                }),
+            }
+        }
+        CertsCommand::Watch { input, retry_initial, retry_max } => {
+            let job = certs_job(&input)?;
+            let opts = WatchOptions {
+                retry_initial: std::time::Duration::from_secs(retry_initial),
+                retry_max: std::time::Duration::from_secs(retry_max.max(retry_initial)),
+                ..WatchOptions::default()
+            };
+            eprintln!(
+                "astrtc certs watch: keeping {} valid for {} ({})",
+                job.keys.display(),
+                job.acme.names.join(", "),
+                job.acme.directory
+            );
+            let on_event = |event: WatchEvent<'_>| match event {
+                WatchEvent::Pass { outcome, next_in } => {
+                    report(&job, outcome);
+                    println!("next check in {}", human_duration(next_in));
+                }
+                WatchEvent::Failed { error, failures, retry_in, current } => {
+                    let mut text = error.to_string();
+                    let mut source = std::error::Error::source(error);
+                    while let Some(e) = source {
+                        text.push_str(&format!(": {e}"));
+                        source = e.source();
+                    }
+                    eprintln!("error: {text}");
+                    let keeping = match current {
+                        Due::NotDue { days_left, .. } | Due::Renew { days_left } if days_left >= 0 => {
+                            format!("the current certificate stays in place ({days_left} days left)")
+                        }
+                        _ => "there is no usable certificate yet".into(),
+                    };
+                    eprintln!("failure {failures} in a row; {keeping}; retrying in {}", human_duration(retry_in));
+                }
+            };
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = crate::certs::lifecycle::watch(&job, &opts, on_event) => {}
+                    _ = shutdown_signal() => eprintln!("astrtc certs watch: stopping"),
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM (docker stop, Kubernetes) or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
 }

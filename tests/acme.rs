@@ -5,7 +5,7 @@
 //! message; in CI they fail.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,11 @@ struct Pebble {
     challtestsrv: Option<Child>,
     /// Management API of pebble-challtestsrv (DNS-01 tests).
     dns_management: Option<u16>,
+    /// pebble-challtestsrv's DNS server.
+    dns: Option<SocketAddr>,
+    /// How Pebble was started, to start it again after an outage.
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
     dir: tempfile::TempDir,
     directory: String,
     management: SocketAddr,
@@ -43,6 +48,10 @@ fn pebble() -> Option<Pebble> {
     start_pebble(false, false)
 }
 
+fn start_pebble(with_dns: bool, faults: bool) -> Option<Pebble> {
+    start_pebble_with(with_dns, faults, None)
+}
+
 /// Waits until a TCP port on loopback accepts connections.
 fn wait_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -56,7 +65,7 @@ fn wait_port(port: u16, what: &str) {
 /// 127.0.0.1 and serves the TXT records the DNS-01 hook sets).
 /// With `faults`, Pebble rejects 30 % of nonces and delays validations randomly (0-15 s), as
 /// its authors recommend for testing clients.
-fn start_pebble(with_dns: bool, faults: bool) -> Option<Pebble> {
+fn start_pebble_with(with_dns: bool, faults: bool, va_sleep: Option<u32>) -> Option<Pebble> {
     if !Path::new("/usr/bin/pebble").exists() {
         assert!(std::env::var_os("CI").is_none(), "pebble is not installed (make deps-acme)");
         eprintln!("skipping: pebble is not installed (make deps-acme)");
@@ -81,7 +90,7 @@ fn start_pebble(with_dns: bool, faults: bool) -> Option<Pebble> {
     }});
     std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
     let log = std::fs::File::create(dir.path().join("pebble.log")).unwrap();
-    let (mut challtestsrv, mut dns_management, mut dns_args) = (None, None, Vec::new());
+    let (mut challtestsrv, mut dns_management, mut dns_args, mut dns_addr) = (None, None, Vec::new(), None);
     if with_dns {
         let (dns, mgmt) = (free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("challtestsrv.log")).unwrap();
@@ -108,25 +117,28 @@ fn start_pebble(with_dns: bool, faults: bool) -> Option<Pebble> {
         );
         wait_port(mgmt, "pebble-challtestsrv");
         dns_management = Some(mgmt);
+        dns_addr = Some(SocketAddr::from(([127, 0, 0, 1], dns)));
         dns_args = vec!["-dnsserver".to_string(), format!("127.0.0.1:{dns}")];
     }
-    let child = Command::new("/usr/bin/pebble")
-        .args(&dns_args)
-        .arg("-config")
-        .arg(dir.path().join("pebble.json"))
-        .env("PEBBLE_VA_NOSLEEP", if faults { "0" } else { "1" })
-        .env("PEBBLE_WFE_NONCEREJECT", if faults { "30" } else { "0" })
+    let mut args = dns_args;
+    args.extend(["-config".to_string(), dir.path().join("pebble.json").display().to_string()]);
+    let mut envs: Vec<(String, String)> = vec![
+        ("PEBBLE_VA_NOSLEEP".into(), if faults || va_sleep.is_some() { "0" } else { "1" }.into()),
+        ("PEBBLE_WFE_NONCEREJECT".into(), if faults { "30" } else { "0" }.into()),
         // Never reuse a valid authorization: every order must prove control again.
-        .env("PEBBLE_AUTHZREUSE", "0")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+        ("PEBBLE_AUTHZREUSE".into(), "0".into()),
+    ];
+    if let Some(secs) = va_sleep {
+        envs.push(("PEBBLE_VA_SLEEPTIME".into(), secs.to_string()));
+    }
+    let child = spawn_pebble(dir.path(), &args, &envs, log);
     let p = Pebble {
         child,
         challtestsrv,
         dns_management,
+        dns: dns_addr,
+        args,
+        envs,
         directory: format!("https://localhost:{api}/dir"),
         management: SocketAddr::from(([127, 0, 0, 1], mgmt)),
         http01: SocketAddr::from(([127, 0, 0, 1], http01)),
@@ -141,7 +153,32 @@ fn start_pebble(with_dns: bool, faults: bool) -> Option<Pebble> {
     Some(p)
 }
 
+fn spawn_pebble(dir: &Path, args: &[String], envs: &[(String, String)], log: std::fs::File) -> Child {
+    Command::new("/usr/bin/pebble")
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 impl Pebble {
+    /// An outage: the ACME server stops answering.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The server is back, on the same ports and with the same (in-memory) state lost, as after
+    /// a restart.
+    fn start_again(&mut self) {
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("pebble.log")).unwrap();
+        self.child = spawn_pebble(self.dir.path(), &self.args, &self.envs, log);
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
     }
@@ -155,6 +192,7 @@ impl Pebble {
             method: acme::ChallengeMethod::Http01 { listen: self.http01 },
             account_file: acme::account_file(account_dir, &self.directory),
             timeout: Duration::from_secs(30),
+            progress: acme::Progress::default(),
         }
     }
 
@@ -245,13 +283,17 @@ urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:{management}" + 
     hook
 }
 
+fn hook_method(hook: std::path::PathBuf) -> acme::ChallengeMethod {
+    acme::ChallengeMethod::Dns01 { hook: Some(hook), resolvers: vec![], wait: Duration::from_secs(10) }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dns01_through_a_hook_issues_the_wildcard_certificate() {
     let Some(pebble) = start_pebble(true, false) else { return };
     let state = tempfile::tempdir().unwrap();
     let hook = write_hook(state.path(), pebble.dns_management.unwrap(), "ok");
     let mut req = pebble.request(&["example.test", "*.example.test"], state.path());
-    req.method = acme::ChallengeMethod::Dns01Hook { hook };
+    req.method = acme::ChallengeMethod::Dns01 { hook: Some(hook), resolvers: vec![], wait: Duration::from_secs(10) };
     let started = Instant::now();
     let cert = acme::issue(&req).await.unwrap_or_else(|e| panic!("{e:?}\n{}", pebble.log())).cert;
     eprintln!("DNS-01 issuance (2 names) took {:.2?}", started.elapsed());
@@ -264,15 +306,13 @@ async fn a_wrong_txt_value_or_a_failing_hook_is_a_clear_error() {
     let Some(pebble) = start_pebble(true, false) else { return };
     let state = tempfile::tempdir().unwrap();
     let mut req = pebble.request(&["example.test"], state.path());
-    req.method =
-        acme::ChallengeMethod::Dns01Hook { hook: write_hook(state.path(), pebble.dns_management.unwrap(), "wrong") };
+    req.method = hook_method(write_hook(state.path(), pebble.dns_management.unwrap(), "wrong"));
     req.timeout = Duration::from_secs(15);
     let wrong = acme::issue(&req).await.expect_err("a wrong TXT value must fail");
     let msg = wrong.to_string();
     assert!(msg.starts_with("validation of example.test failed") && msg.contains("unauthorized"), "{msg}");
 
-    req.method =
-        acme::ChallengeMethod::Dns01Hook { hook: write_hook(state.path(), pebble.dns_management.unwrap(), "fail") };
+    req.method = hook_method(write_hook(state.path(), pebble.dns_management.unwrap(), "fail"));
     let failed = acme::issue(&req).await.expect_err("a failing hook must abort the order");
     let msg = failed.to_string();
     assert!(
@@ -367,4 +407,265 @@ fn certs_issue_writes_the_keys_layout_and_renews_only_when_due() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("validation of localhost failed"));
     assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), crt);
     assert_eq!(std::fs::read_to_string(keys.join("asterisk.key")).unwrap(), key);
+}
+
+/// An ACME-mode spec pointed at `pebble`, made by `astrtc init`, with `edit` applied to its text.
+fn acme_spec(pebble: &Pebble, dir: &Path, challenge: &str, domain: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let out = astrtc()
+        .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--domain", domain])
+        .args(["--acme-directory", &pebble.directory, "--challenge", challenge])
+        .arg("--acme-ca")
+        .arg(pebble.dir.path().join("ca/ca.crt"))
+        .args(["--http-port", &pebble.http01.port().to_string(), "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spec = dir.join("astrtc.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let edited = edit(text.clone());
+    std::fs::write(&spec, edited).unwrap();
+    spec
+}
+
+/// Adds lines right after `challenge = "…"` in `[tls.acme]`.
+fn with_acme_lines(text: String, lines: &str) -> String {
+    let at = text.find("\nchallenge = ").expect("acme table") + 1;
+    let eol = at + text[at..].find('\n').unwrap() + 1;
+    format!("{}{lines}\n{}", &text[..eol], &text[eol..])
+}
+
+/// Lines of a child's stream, as they come.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stream)).map_while(Result::ok) {
+            eprintln!("  | {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns it and everything seen before.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, within: Duration) -> (String, Vec<String>) {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return (line, seen),
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line containing {needle:?} within {within:?}; seen:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+fn set_txt(management: u16, name: &str, value: &str) {
+    let body = serde_json::json!({"host": format!("{name}."), "value": value}).to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", management)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "POST /set-txt HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[test]
+fn manual_dns01_prints_the_record_and_waits_until_it_is_visible() {
+    let Some(pebble) = start_pebble(true, false) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let resolver = pebble.dns.unwrap();
+    let spec = acme_spec(&pebble, dir.path(), "dns-01", "example.test", |t| {
+        with_acme_lines(t, &format!("dns_resolvers = [\"{resolver}\"]\ndns_timeout = 60"))
+    });
+    let keys = dir.path().join("keys");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("astrtc"))
+        .args(["certs", "issue", "--spec"])
+        .arg(&spec)
+        .arg("--keys")
+        .arg(&keys)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = lines_of(child.stderr.take().unwrap());
+    let (record, _) = wait_line(&err, " IN TXT ", Duration::from_secs(30));
+    // `    _acme-challenge.example.test. 60 IN TXT "VALUE"`
+    let fields: Vec<&str> = record.split_whitespace().collect();
+    assert_eq!(fields[0], "_acme-challenge.example.test.");
+    let value = fields[4].trim_matches('"');
+    assert_eq!(value.len(), 43, "base64url SHA-256: {value}");
+    // astrtc waits (asks the resolver) and does not tell the CA before the record exists.
+    let started = Instant::now();
+    wait_line(&err, "waiting until 1 TXT record(s) are visible", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3)); // a person taking their time at the DNS console
+    assert!(child.try_wait().unwrap().is_none(), "astrtc did not wait for the record");
+    set_txt(pebble.dns_management.unwrap(), "_acme-challenge.example.test", value);
+    let (visible, _) = wait_line(&err, "visible after", Duration::from_secs(20));
+    eprintln!("manual DNS-01: {visible} ({:.1?} after the record was made)", started.elapsed());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", pebble.log());
+    wait_line(&err, "may be removed now", Duration::from_secs(5));
+    let crt = std::fs::read_to_string(keys.join("asterisk.crt")).unwrap();
+    assert_eq!(cert_facts(&crt).unwrap().dns_names.into_iter().collect::<Vec<_>>(), ["example.test"]);
+
+    // A record that never appears: a clear error naming it, exit 1, the files untouched.
+    let text = std::fs::read_to_string(&spec).unwrap().replace("dns_timeout = 60", "dns_timeout = 3");
+    std::fs::write(&spec, text).unwrap();
+    let out =
+        astrtc().args(["certs", "issue", "--force", "--spec"]).arg(&spec).arg("--keys").arg(&keys).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("_acme-challenge.example.test") && stderr.contains("was not visible"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), crt);
+}
+
+/// A certificate for `names` from a throwaway CA, valid for `days`, in the keys layout.
+fn short_lived_cert(keys: &Path, names: &[&str], days: i64) -> String {
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let layout = astrtc::certs::CertLayout { chain_pem: cert.pem(), key_pem: key.serialize_pem(), ca_pem: None };
+    let access = astrtc::plan::SecretAccess { gid: 0, chown: false, group_add: None };
+    astrtc::certs::store::write(keys, &layout, access).unwrap();
+    layout.chain_pem
+}
+
+fn spawn_watch(
+    spec: &Path,
+    keys: &Path,
+) -> (Child, std::sync::mpsc::Receiver<String>, std::sync::mpsc::Receiver<String>) {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("astrtc"))
+        .args(["certs", "watch", "--retry-initial", "1", "--retry-max", "4", "--spec"])
+        .arg(spec)
+        .arg("--keys")
+        .arg(keys)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    (child, out, err)
+}
+
+#[test]
+fn watch_rides_out_an_outage_with_backoff_and_keeps_the_current_certificate() {
+    let Some(mut pebble) = pebble() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spec = acme_spec(&pebble, dir.path(), "http-01", "localhost", |t| with_acme_lines(t, "renew_before_days = 30"));
+    let keys = dir.path().join("keys");
+    // A certificate that is due (10 days left, renewal 30 days before expiry), then an outage.
+    let old = short_lived_cert(&keys, &["localhost"], 10);
+    pebble.stop();
+    let (mut watch, out, err) = spawn_watch(&spec, &keys);
+    let mut failures = Vec::new();
+    for n in 1..=3 {
+        let (line, _) = wait_line(&err, &format!("failure {n} in a row"), Duration::from_secs(30));
+        failures.push(Instant::now());
+        assert!(
+            line.contains("the current certificate stays in place (10 days left)") || line.contains("(9 days left)"),
+            "{line}"
+        );
+        // The old certificate is still there, and still usable for the health check.
+        assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), old);
+        let check = astrtc().args(["certs", "check", "--spec"]).arg(&spec).arg("--keys").arg(&keys).output().unwrap();
+        assert!(check.status.success());
+    }
+    // Exponential: 1 s after the first failure, 2 s after the second (then 4 s, the cap).
+    let gaps: Vec<Duration> = failures.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("retry gaps during the outage: {gaps:?}");
+    assert!(gaps[0] >= Duration::from_millis(950) && gaps[1] >= Duration::from_millis(1950), "{gaps:?}");
+    pebble.start_again();
+    let started = Instant::now();
+    let (wrote, _) = wait_line(&out, "wrote ", Duration::from_secs(30));
+    eprintln!("renewed {:.1?} after the ACME server came back: {wrote}", started.elapsed());
+    let new = std::fs::read_to_string(keys.join("asterisk.crt")).unwrap();
+    assert_ne!(new, old);
+    // Pebble's 5-year certificate is not due for years: the watch sleeps (at most 12 h per check).
+    wait_line(&out, "next check in 12 h", Duration::from_secs(5));
+    assert!(watch.try_wait().unwrap().is_none());
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+/// Reads asterisk.crt, asterisk.key and asterisk.crt again; a pair read while nothing changed
+/// must match. Returns (consistent pairs checked, mismatches).
+fn pair_checker(
+    keys: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let (mut checked, mut mismatched) = (0u64, 0u64);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let crt = std::fs::read_to_string(keys.join("asterisk.crt"));
+            let key = std::fs::read_to_string(keys.join("asterisk.key"));
+            let again = std::fs::read_to_string(keys.join("asterisk.crt"));
+            let (Ok(crt), Ok(key), Ok(again)) = (crt, key, again) else { continue };
+            if crt != again {
+                continue; // changed while reading: not one instant
+            }
+            let facts = cert_facts(&crt).expect("asterisk.crt always parses");
+            checked += 1;
+            if !astrtc::certs::store::key_matches(&key, &facts.spki_der) {
+                mismatched += 1;
+            }
+        }
+        (checked, mismatched)
+    })
+}
+
+#[test]
+fn watch_killed_mid_issuance_restarts_and_the_pair_never_mismatches() {
+    // Validation takes 0-3 s (random), so there is time to kill the loop while the order is open.
+    let Some(pebble) = start_pebble_with(false, false, Some(3)) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spec = acme_spec(&pebble, dir.path(), "http-01", "localhost", |t| with_acme_lines(t, "renew_before_days = 30"));
+    let keys = dir.path().join("keys");
+    let old = short_lived_cert(&keys, &["localhost"], 10);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = pair_checker(keys.clone(), stop.clone());
+
+    let (mut watch, _out, err) = spawn_watch(&spec, &keys);
+    wait_line(&err, "waiting for the CA to validate", Duration::from_secs(30));
+    watch.kill().unwrap(); // SIGKILL: no chance to clean up
+    watch.wait().unwrap();
+    assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), old, "killed after it finished");
+
+    let started = Instant::now();
+    let (mut watch, out, _err) = spawn_watch(&spec, &keys);
+    wait_line(&out, "wrote ", Duration::from_secs(60));
+    eprintln!("restarted watch renewed in {:.1?}", started.elapsed());
+    // Two more renewals through the same store while the checker reads.
+    for _ in 0..2 {
+        let out = astrtc()
+            .args(["certs", "issue", "--force", "--spec"])
+            .arg(&spec)
+            .arg("--keys")
+            .arg(&keys)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (checked, mismatched) = checker.join().unwrap();
+    eprintln!("crash safety: {checked} consistent crt/key reads, {mismatched} mismatches");
+    assert!(checked > 100, "the checker barely ran: {checked}");
+    assert_eq!(mismatched, 0);
+    assert_ne!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), old);
+    let _ = watch.kill();
+    let _ = watch.wait();
 }

@@ -230,14 +230,23 @@ fn init_in_acme_mode_writes_a_spec_that_renders_and_checks_its_flags() {
     let out = astrtc().args(["init", "--tls", "acme", "--dir"]).arg(dir.path()).assert().code(2);
     assert!(all_output(&out).contains("--acme-email"), "{}", all_output(&out));
     assert!(!dir.path().join("astrtc.toml").exists());
-    // dns-01 without a hook: bad input, nothing written.
+    // A DNS hook with http-01: bad input, nothing written.
     let out = astrtc()
-        .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--challenge", "dns-01", "--dir"])
+        .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--dns-hook", "/bin/true", "--dir"])
         .arg(dir.path())
         .assert()
         .code(2);
-    assert!(all_output(&out).contains("dns_hook"), "{}", all_output(&out));
+    assert!(all_output(&out).contains("tls.acme.dns_hook"), "{}", all_output(&out));
     assert!(!dir.path().join("astrtc.toml").exists());
+    // dns-01 without a hook is the manual flow, and the spec says so.
+    let manual = tempfile::tempdir().unwrap();
+    astrtc()
+        .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--challenge", "dns-01", "--dir"])
+        .arg(manual.path())
+        .assert()
+        .success();
+    let text = fs::read_to_string(manual.path().join("astrtc.toml")).unwrap();
+    assert!(text.contains("challenge = \"dns-01\"") && text.contains("manual DNS-01"), "{text}");
 
     astrtc()
         .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--domain", "pbx.example.test", "--dir"])

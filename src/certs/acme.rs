@@ -40,6 +40,73 @@ pub struct AcmeRequest {
     pub account_file: PathBuf,
     /// How long to wait for validation and issuance.
     pub timeout: Duration,
+    /// Told about each step, for progress display.
+    pub progress: Progress,
+}
+
+/// A step of an issuance, for progress display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An order was placed (attempt number, from 1).
+    OrderPlaced {
+        /// Which attempt.
+        attempt: u32,
+    },
+    /// Manual DNS-01: this record must be created by hand now.
+    CreateRecord {
+        /// Full record name (`_acme-challenge.…`).
+        name: String,
+        /// TXT value.
+        value: String,
+    },
+    /// Waiting until the TXT records are visible.
+    WaitingForDns {
+        /// How many records.
+        records: usize,
+    },
+    /// The TXT records are visible.
+    DnsVisible {
+        /// After how long.
+        after: Duration,
+    },
+    /// The CA was told to validate; waiting for it.
+    Validating {
+        /// How many authorizations.
+        names: usize,
+    },
+    /// The CA validated every name.
+    Validated {
+        /// After how long.
+        after: Duration,
+    },
+    /// Manual DNS-01: the records may be removed now.
+    RemoveRecords {
+        /// Their names.
+        names: Vec<String>,
+    },
+}
+
+/// Receives [`Event`]s.
+#[derive(Clone, Default)]
+pub struct Progress(Option<Arc<dyn Fn(Event) + Send + Sync>>);
+
+impl Progress {
+    /// Calls `f` for every event.
+    pub fn new(f: impl Fn(Event) + Send + Sync + 'static) -> Self {
+        Progress(Some(Arc::new(f)))
+    }
+
+    fn emit(&self, e: Event) {
+        if let Some(f) = &self.0 {
+            f(e);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Progress(..)" } else { "Progress(none)" })
+    }
 }
 
 /// How authorizations are proven.
@@ -50,11 +117,17 @@ pub enum ChallengeMethod {
         /// Where the responder listens (port 80 in production).
         listen: SocketAddr,
     },
-    /// DNS-01 through a user's executable, run as `HOOK add NAME VALUE` and
-    /// `HOOK remove NAME VALUE` (NAME is the full `_acme-challenge.` record name).
-    Dns01Hook {
-        /// The executable.
-        hook: PathBuf,
+    /// DNS-01. With a hook, it is run as `HOOK add NAME VALUE` and `HOOK remove NAME VALUE`
+    /// (NAME is the full `_acme-challenge.` record name); without one, the records are shown as
+    /// [`Event::CreateRecord`] for a person to create.
+    Dns01 {
+        /// The executable, or `None` for the manual flow.
+        hook: Option<PathBuf>,
+        /// Name servers asked whether the records are visible (empty: the zone's authoritative
+        /// servers). With a hook and none given, the CA is told right after the hook returns.
+        resolvers: Vec<SocketAddr>,
+        /// How long to wait for the records to become visible.
+        wait: Duration,
     },
 }
 
@@ -97,6 +170,10 @@ pub enum AcmeError {
         /// Its standard error.
         stderr: String,
     },
+    /// A DNS-01 record did not become visible.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Dns(#[from] super::dns::DnsError),
     /// The order ended in an unexpected state.
     #[error("the order ended as {0:?}")]
     Order(OrderStatus),
@@ -220,6 +297,7 @@ fn is_bad_nonce(e: &AcmeError) -> bool {
 pub async fn issue(req: &AcmeRequest) -> Result<Issued, AcmeError> {
     let mut attempt = 1;
     loop {
+        req.progress.emit(Event::OrderPlaced { attempt });
         match issue_once(req).await {
             Err(e) if is_bad_nonce(&e) && attempt < MAX_ATTEMPTS => {
                 tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
@@ -232,9 +310,19 @@ pub async fn issue(req: &AcmeRequest) -> Result<Issued, AcmeError> {
 }
 
 async fn issue_once(req: &AcmeRequest) -> Result<CertLayout, AcmeError> {
-    let account = account(req).await?;
+    let acct = account(req).await?;
     let identifiers: Vec<Identifier> = req.names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-    let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+    let mut order = match acct.new_order(&NewOrder::new(&identifiers)).await {
+        // The server forgot the stored account (a test CA restarted, a staging reset): make a
+        // new one rather than failing forever.
+        Err(instant_acme::Error::Api(p))
+            if p.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
+        {
+            let _ = std::fs::remove_file(&req.account_file);
+            account(req).await?.new_order(&NewOrder::new(&identifiers)).await?
+        }
+        other => other?,
+    };
     match &req.method {
         ChallengeMethod::Http01 { listen } => {
             let tokens = Arc::new(Mutex::new(HashMap::new()));
@@ -244,16 +332,28 @@ async fn issue_once(req: &AcmeRequest) -> Result<CertLayout, AcmeError> {
             responder.stop().await;
             result
         }
-        ChallengeMethod::Dns01Hook { hook } => {
+        ChallengeMethod::Dns01 { hook, .. } => {
             let added = Arc::new(Mutex::new(Vec::new()));
-            let result = validate_and_finalize(req, &mut order, &Proof::Dns01 { hook, added: added.clone() }).await;
+            let result =
+                validate_and_finalize(req, &mut order, &Proof::Dns01 { hook: hook.as_deref(), added: added.clone() })
+                    .await;
             // Remove every record that was added, whatever the outcome.
             let records = std::mem::take(&mut *added.lock().expect("not poisoned"));
-            for (name, value) in records {
-                let removed = run_hook(hook, "remove", &name, &value).await;
-                if result.is_ok() {
-                    removed?;
+            match hook {
+                Some(hook) => {
+                    for (name, value) in records {
+                        let removed = run_hook(hook, "remove", &name, &value).await;
+                        if result.is_ok() {
+                            removed?;
+                        }
+                    }
                 }
+                None if !records.is_empty() => {
+                    let mut names: Vec<String> = records.into_iter().map(|(n, _)| n).collect();
+                    names.dedup();
+                    req.progress.emit(Event::RemoveRecords { names });
+                }
+                None => {}
             }
             result
         }
@@ -263,7 +363,7 @@ async fn issue_once(req: &AcmeRequest) -> Result<CertLayout, AcmeError> {
 /// What a challenge is answered with.
 enum Proof<'a> {
     Http01(Arc<Mutex<HashMap<String, String>>>),
-    Dns01 { hook: &'a Path, added: Arc<Mutex<Vec<(String, String)>>> },
+    Dns01 { hook: Option<&'a Path>, added: Arc<Mutex<Vec<(String, String)>>> },
 }
 
 async fn run_hook(hook: &Path, action: &str, name: &str, value: &str) -> Result<(), AcmeError> {
@@ -310,6 +410,43 @@ async fn validate_and_finalize(
     order: &mut instant_acme::Order,
     proof: &Proof<'_>,
 ) -> Result<CertLayout, AcmeError> {
+    let kind = match proof {
+        Proof::Http01(_) => ChallengeType::Http01,
+        Proof::Dns01 { .. } => ChallengeType::Dns01,
+    };
+    // DNS-01 publishes every record first and tells the CA only once they are visible (a
+    // wildcard and its base name share one record name with two values).
+    if let Proof::Dns01 { hook, added } = proof {
+        let mut records = Vec::new();
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            if authz.status == AuthorizationStatus::Valid {
+                continue;
+            }
+            let name = authz.identifier().to_string();
+            let challenge = authz.challenge(kind.clone()).ok_or_else(|| AcmeError::Validation {
+                name: name.clone(),
+                detail: format!("the server offers no {kind:?} challenge"),
+            })?;
+            let record = format!("_acme-challenge.{}", name.trim_start_matches("*."));
+            let value = challenge.key_authorization().dns_value();
+            match hook {
+                Some(hook) => run_hook(hook, "add", &record, &value).await?,
+                None => req.progress.emit(Event::CreateRecord { name: record.clone(), value: value.clone() }),
+            }
+            added.lock().expect("not poisoned").push((record.clone(), value.clone()));
+            records.push((record, value));
+        }
+        if let ChallengeMethod::Dns01 { hook, resolvers, wait } = &req.method {
+            if !records.is_empty() && (hook.is_none() || !resolvers.is_empty()) {
+                req.progress.emit(Event::WaitingForDns { records: records.len() });
+                let after = super::dns::wait_visible(&records, resolvers, *wait).await?;
+                req.progress.emit(Event::DnsVisible { after });
+            }
+        }
+    }
+    let mut pending = 0;
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz?;
@@ -317,28 +454,19 @@ async fn validate_and_finalize(
             continue; // reused authorization
         }
         let name = authz.identifier().to_string();
-        let kind = match proof {
-            Proof::Http01(_) => ChallengeType::Http01,
-            Proof::Dns01 { .. } => ChallengeType::Dns01,
-        };
         let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| AcmeError::Validation {
             name: name.clone(),
             detail: format!("the server offers no {kind:?} challenge"),
         })?;
-        match proof {
-            Proof::Http01(tokens) => {
-                let key_auth = challenge.key_authorization().as_str().to_string();
-                tokens.lock().expect("not poisoned").insert(challenge.token.clone(), key_auth);
-            }
-            Proof::Dns01 { hook, added } => {
-                let record = format!("_acme-challenge.{}", name.trim_start_matches("*."));
-                let value = challenge.key_authorization().dns_value();
-                run_hook(hook, "add", &record, &value).await?;
-                added.lock().expect("not poisoned").push((record, value));
-            }
+        if let Proof::Http01(tokens) = proof {
+            let key_auth = challenge.key_authorization().as_str().to_string();
+            tokens.lock().expect("not poisoned").insert(challenge.token.clone(), key_auth);
         }
         challenge.set_ready().await.map_err(|e| validation_error(req, e))?;
+        pending += 1;
     }
+    let validating = std::time::Instant::now();
+    req.progress.emit(Event::Validating { names: pending });
     let retry = RetryPolicy::new().initial_delay(Duration::from_millis(250)).backoff(1.5).timeout(req.timeout);
     let status = order.poll_ready(&retry).await.map_err(|e| validation_error(req, e))?;
     if status != OrderStatus::Ready {
@@ -361,6 +489,7 @@ async fn validate_and_finalize(
             AcmeError::Validation { name: req.names.join(", "), detail: detail.trim().to_string() }
         });
     }
+    req.progress.emit(Event::Validated { after: validating.elapsed() });
     let key_pem = order.finalize().await?;
     let chain_pem = order.poll_certificate(&retry).await?;
     Ok(CertLayout { chain_pem, key_pem, ca_pem: None })

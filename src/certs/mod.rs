@@ -7,6 +7,8 @@
 //! Writing files is the bundle's job (render) — nothing here writes into `deploy/`.
 
 pub mod acme;
+pub mod dns;
+pub mod lifecycle;
 pub mod local_ca;
 pub mod store;
 

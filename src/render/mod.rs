@@ -261,6 +261,9 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) -> Result<(), Rend
     for entry in fs::read_dir(dir).map_err(rerr(dir))? {
         let entry = entry.map_err(rerr(dir))?;
         let path = entry.path();
+        if crate::certs::store::is_internal(&entry.file_name()) {
+            continue; // `astrtc certs` generations in keys/: reached through the symlinks
+        }
         let meta = fs::symlink_metadata(&path).map_err(rerr(&path))?;
         if meta.is_dir() {
             walk(root, &path, out)?;

@@ -122,8 +122,17 @@ pub struct AcmeSpec {
     pub challenge: Option<AcmeChallenge>,
     /// HTTP-01: the port the standalone responder listens on (default 80).
     pub http_port: Option<i64>,
-    /// DNS-01: an executable run as `HOOK add|remove NAME VALUE`, relative to the spec.
+    /// DNS-01: an executable run as `HOOK add|remove NAME VALUE`, relative to the spec. Without
+    /// one, DNS-01 is manual: astrtc prints the TXT record and waits until it is visible.
     pub dns_hook: Option<PathBuf>,
+    /// DNS-01: name servers (`IP` or `IP:PORT`) asked whether the TXT record is visible before
+    /// the CA is told to look [default: the zone's authoritative servers].
+    pub dns_resolvers: Option<Vec<String>>,
+    /// DNS-01: seconds to wait for the TXT record to become visible (default 600).
+    pub dns_timeout: Option<i64>,
+    /// Renew when fewer than this many days are left [default: when a third of the
+    /// certificate's lifetime is left, day 60 of Let's Encrypt's 90].
+    pub renew_before_days: Option<i64>,
 }
 
 /// How ACME authorizations are proven.
@@ -132,7 +141,7 @@ pub enum AcmeChallenge {
     /// A standalone HTTP responder on port 80.
     #[serde(rename = "http-01")]
     Http01,
-    /// A TXT record, published by a hook.
+    /// A TXT record, published by a hook or by hand.
     #[serde(rename = "dns-01")]
     Dns01,
 }
@@ -215,4 +224,12 @@ pub fn parse(name: &str, text: &str) -> Result<LoadedSpec, SpecError> {
     let source = SourceFile::new(PathBuf::from(name), text.to_string());
     let spec = source.parse::<Spec>()?;
     Ok(LoadedSpec { spec, source })
+}
+
+/// Parses a `dns_resolvers` entry: `IP` (port 53) or `IP:PORT` (`[IPv6]:PORT`).
+pub fn parse_resolver(s: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Some(std::net::SocketAddr::new(ip, 53));
+    }
+    s.parse::<std::net::SocketAddr>().ok().filter(|a| a.port() != 0)
 }

@@ -384,13 +384,38 @@ fn validate_acme(a: &super::AcmeSpec, v: &mut Vec<Problem>) {
             v.push(p("tls.acme.http_port", format!("{port} is outside 1-65535")));
         }
     }
-    match (a.challenge.unwrap_or(AcmeChallenge::Http01), &a.dns_hook) {
-        (AcmeChallenge::Dns01, None) => v.push(
-            p("tls.acme", "dns-01 needs dns_hook: an executable run as `HOOK add|remove NAME VALUE`")
-                .help("the hook publishes the TXT record with your DNS provider's API"),
-        ),
-        (AcmeChallenge::Http01, Some(_)) => v.push(p("tls.acme.dns_hook", "only used with challenge = \"dns-01\"")),
-        _ => {}
+    let dns01 = a.challenge == Some(AcmeChallenge::Dns01);
+    if a.dns_hook.is_some() && !dns01 {
+        v.push(p("tls.acme.dns_hook", "only used with challenge = \"dns-01\""));
+    }
+    if let Some(resolvers) = &a.dns_resolvers {
+        if !dns01 {
+            v.push(p("tls.acme.dns_resolvers", "only used with challenge = \"dns-01\""));
+        }
+        if resolvers.is_empty() {
+            v.push(p("tls.acme.dns_resolvers", "list at least one name server, or leave the key out"));
+        }
+        for (i, r) in resolvers.iter().enumerate() {
+            if crate::spec::parse_resolver(r).is_none() {
+                v.push(Problem::at(
+                    KeyPath::parse("tls.acme.dns_resolvers").index(i),
+                    format!("{r:?} is not an IP address or IP:PORT"),
+                ));
+            }
+        }
+    }
+    if let Some(t) = a.dns_timeout {
+        if !dns01 {
+            v.push(p("tls.acme.dns_timeout", "only used with challenge = \"dns-01\""));
+        }
+        if !(1..=86_400).contains(&t) {
+            v.push(p("tls.acme.dns_timeout", format!("{t} is outside 1-86400 seconds")));
+        }
+    }
+    if let Some(d) = a.renew_before_days {
+        if !(1..=365).contains(&d) {
+            v.push(p("tls.acme.renew_before_days", format!("{d} is outside 1-365 days")));
+        }
     }
 }
 
