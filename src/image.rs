@@ -1,7 +1,9 @@
-//! `astrtc build`: builds the Asterisk image through the Docker engine API (bollard).
+//! `astrtc build`: builds the Asterisk image, and in ACME mode the sidecar image, through the
+//! Docker engine API (bollard).
 //!
-//! Owns: the build context (the `images/asterisk` directory, embedded in the binary so an
-//! installed `astrtc` needs no checkout, or read from disk with `--context`), connecting to the
+//! Owns: the build contexts (the `images/asterisk` directory, embedded in the binary so an
+//! installed `astrtc` needs no checkout, or read from disk with `--context`; `images/astrtc`
+//! plus this very binary for the sidecar), connecting to the
 //! engine with a clear error when none answers, progress display, and turning error items of the
 //! build stream into failures (a failed build still answers HTTP 200).
 
@@ -28,6 +30,9 @@ pub const EMBEDDED_CONTEXT: &[(&str, u32, &[u8])] = &[
     ("phone/index.html", 0o644, include_bytes!("../images/asterisk/phone/index.html")),
     ("phone/phone.js", 0o644, include_bytes!("../images/asterisk/phone/phone.js")),
 ];
+
+/// The sidecar's Dockerfile; the context is it plus the astrtc binary.
+pub const SIDECAR_DOCKERFILE: &[u8] = include_bytes!("../images/astrtc/Dockerfile");
 
 /// How many lines of build output are kept to show when a step fails.
 const LOG_TAIL: usize = 60;
@@ -162,8 +167,40 @@ pub async fn build(
     tag: &str,
     verbose: bool,
 ) -> Result<Built, ImageError> {
-    let started = Instant::now();
     let body = context_tar(ctx, extra_ca)?;
+    build_tar(docker, body, tag, verbose).await
+}
+
+/// The sidecar's build context: its Dockerfile and the astrtc executable at `exe`.
+pub fn sidecar_context_tar(exe: &Path) -> Result<Vec<u8>, ImageError> {
+    let cerr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Context { path, source }
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(SIDECAR_DOCKERFILE.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "Dockerfile", SIDECAR_DOCKERFILE).map_err(cerr(Path::new("Dockerfile")))?;
+    let mut file = std::fs::File::open(exe).map_err(cerr(exe))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(file.metadata().map_err(cerr(exe))?.len());
+    header.set_mode(0o755);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "astrtc", &mut file).map_err(cerr(exe))?;
+    tar.into_inner().map_err(cerr(Path::new("build context")))
+}
+
+/// Builds the sidecar image from the astrtc executable at `exe` and tags it `tag`.
+pub async fn build_sidecar(docker: &Docker, exe: &Path, tag: &str, verbose: bool) -> Result<Built, ImageError> {
+    build_tar(docker, sidecar_context_tar(exe)?, tag, verbose).await
+}
+
+async fn build_tar(docker: &Docker, body: Vec<u8>, tag: &str, verbose: bool) -> Result<Built, ImageError> {
+    let started = Instant::now();
     let options = BuildImageOptionsBuilder::default().dockerfile("Dockerfile").t(tag).rm(true).forcerm(true).build();
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));

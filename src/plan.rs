@@ -75,6 +75,16 @@ pub mod image {
     pub const ASTERISK_VERSION: &str = "22.10.1";
     /// Uid and gid of the `asterisk` user in the image.
     pub const ASTERISK_UID: u32 = 10060;
+    /// The sidecar image (`images/astrtc`), the same version as this astrtc.
+    pub const SIDECAR_IMAGE: &str = concat!("astrtc/astrtc:", env!("CARGO_PKG_VERSION"));
+    /// Uid of the sidecar's user (its group is the asterisk group).
+    pub const SIDECAR_UID: u32 = 10061;
+    /// Where the sidecar reads its settings (`certs/acme.toml`, mounted).
+    pub const SIDECAR_CONFIG_DIR: &str = "/etc/astrtc";
+    /// The sidecar's keys volume.
+    pub const SIDECAR_KEYS_DIR: &str = "/var/lib/astrtc/keys";
+    /// The sidecar's ACME account volume.
+    pub const SIDECAR_ACME_DIR: &str = "/var/lib/astrtc/acme";
     /// Where configs are mounted.
     pub const CONFIG_DIR: &str = "/etc/asterisk";
     /// Where keys are mounted.

@@ -184,11 +184,23 @@ pub fn run(command: Command) -> Result<(), RunError> {
             let plan = load_plan(&spec)?;
             let ctx = context.map(BuildContext::Dir).unwrap_or(BuildContext::Embedded);
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
-            let built = runtime.block_on(async {
+            let (built, sidecar) = runtime.block_on(async {
                 let docker = image::connect().await?;
-                image::build(&docker, &ctx, extra_ca.as_deref(), &plan.image, verbose).await
+                let built = image::build(&docker, &ctx, extra_ca.as_deref(), &plan.image, verbose).await?;
+                let sidecar = match plan.tls.mode {
+                    TlsMode::Acme => {
+                        let exe = std::env::current_exe()
+                            .map_err(|source| ImageError::Context { path: "astrtc".into(), source })?;
+                        Some(image::build_sidecar(&docker, &exe, plan::image::SIDECAR_IMAGE, verbose).await?)
+                    }
+                    TlsMode::SelfSigned => None,
+                };
+                Ok::<_, ImageError>((built, sidecar))
             })?;
             println!("built {} in {:.0?}", built.tag, built.elapsed);
+            if let Some(s) = sidecar {
+                println!("built {} (the ACME sidecar) in {:.0?}", s.tag, s.elapsed);
+            }
             Ok(())
         }
         Command::Info { spec, out } => {

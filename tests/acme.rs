@@ -4,6 +4,7 @@
 //! Needs `pebble` (`make deps-acme`). Outside CI, a missing pebble skips these tests with a
 //! message; in CI they fail.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -668,4 +669,150 @@ fn watch_killed_mid_issuance_restarts_and_the_pair_never_mismatches() {
     assert_ne!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), old);
     let _ = watch.kill();
     let _ = watch.wait();
+}
+
+/// The sidecar image, built once per run from the astrtc binary under test.
+fn ensure_sidecar() {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let docker = astrtc::image::connect().await.map_err(|e| format!("{e:?}"))?;
+                let exe = assert_cmd::cargo::cargo_bin("astrtc");
+                astrtc::image::build_sidecar(&docker, &exe, astrtc::plan::image::SIDECAR_IMAGE, false)
+                    .await
+                    .map(|b| eprintln!("sidecar image {} ready in {:.1?}", b.tag, b.elapsed))
+                    .map_err(|e| format!("{:?}", miette::Report::new(e)))
+            })
+        })
+        .join()
+        .unwrap()
+    });
+    if let Err(e) = result {
+        panic!("building the sidecar image failed: {e}");
+    }
+}
+
+/// `docker compose` in a rendered directory; `down -v` when dropped.
+struct ComposeProject {
+    dir: PathBuf,
+}
+
+impl ComposeProject {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker").arg("compose").args(args).current_dir(&self.dir).output().unwrap()
+    }
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "-v", "--timeout", "5"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_dropping_sessions() {
+    if crate::image::skip() {
+        return;
+    }
+    let Some(pebble) = pebble() else { return };
+    let (dir, _) = crate::image::deployment(27);
+    // The same deployment in ACME mode, pointed at Pebble (HTTP-01 on Pebble's validation port).
+    let spec = dir.path().join("astrtc.toml");
+    let text = std::fs::read_to_string(&spec).unwrap().replace("name = \"astrtc-test\"", "name = \"astrtc-acme-test\"");
+    let text = text.replace("[tls]\n", "[tls]\nmode = \"acme\"\n")
+        + &format!(
+            "\n[tls.acme]\nemail = \"ops@example.test\"\ndirectory = \"{}\"\nca_bundle = \"{}\"\nhttp_port = {}\n",
+            pebble.directory,
+            pebble.dir.path().join("ca/ca.crt").display(),
+            pebble.http01.port()
+        );
+    std::fs::write(&spec, text).unwrap();
+    let deploy = dir.path().join("deploy");
+    let out = astrtc().args(["render", "--spec"]).arg(&spec).arg("--out").arg(&deploy).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan = crate::common::plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
+    crate::image::ensure_image(&plan.image);
+    ensure_sidecar();
+
+    // Contract: `docker compose up --wait` returns once Asterisk is healthy, which it can only
+    // become after the sidecar has a certificate.
+    let project = ComposeProject { dir: deploy.clone() };
+    let started = Instant::now();
+    let up = project.run(&["up", "-d", "--wait"]);
+    let logs = || String::from_utf8_lossy(&project.run(&["logs", "--no-color"]).stdout).into_owned();
+    assert!(up.status.success(), "{}\n{}\n{}", String::from_utf8_lossy(&up.stderr), logs(), pebble.log());
+    eprintln!("docker compose up --wait (ACME via Pebble, first issuance included): {:.1?}", started.elapsed());
+
+    // 8089 serves the Pebble-issued certificate: it chains to Pebble's root for the domain.
+    let root = pebble.root_pem();
+    let wss = SocketAddr::from(([127, 0, 0, 1], plan.network.wss_port));
+    let served =
+        astrtc::verify::tls::check_tls(wss, "localhost", &root).unwrap_or_else(|e| panic!("{e:?}\n{}", logs()));
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "-T", "certs"];
+        all.extend_from_slice(args);
+        let o = project.run(&all);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let in_volume = exec(&["cat", "/var/lib/astrtc/keys/asterisk.crt"]);
+    assert_eq!(served.leaf.serial, cert_facts(&in_volume).unwrap().serial);
+    assert_eq!(
+        exec(&["stat", "-L", "-c", "%a %u:%g", "/var/lib/astrtc/keys/asterisk.key"]).trim(),
+        "640 10061:10060",
+        "the key is for the sidecar and the asterisk group only"
+    );
+
+    // Rotation under load: a registered WSS session keeps re-registering while the certificate
+    // is renewed; Asterisk is not restarted.
+    let asterisk_id = String::from_utf8_lossy(&project.run(&["ps", "-q", "asterisk"]).stdout).trim().to_string();
+    let state = |id: &str| {
+        let o = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}} {{.RestartCount}} {{.State.StartedAt}}", id])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let before = state(&asterisk_id);
+    let password = plan.endpoints.iter().find(|e| e.id == "199").unwrap().password.clone();
+    let mut session = astrtc::verify::sip::WssSession::open(wss, "localhost", &root).unwrap();
+    assert_eq!(session.register("199", &password, 60).unwrap().code, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, password) = (stop.clone(), password.clone());
+        std::thread::spawn(move || {
+            let mut codes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                codes.push(session.register("199", &password, 60).map(|r| r.code).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            codes.push(session.register("199", &password, 0).map(|r| r.code).unwrap_or(0));
+            codes
+        })
+    };
+    let issued = exec(&["astrtc", "certs", "issue", "--force"]);
+    let renewed = Instant::now();
+    let new_serial = cert_facts(&exec(&["cat", "/var/lib/astrtc/keys/asterisk.crt"])).unwrap().serial;
+    assert_ne!(new_serial, served.leaf.serial, "{issued}");
+    loop {
+        if astrtc::verify::tls::check_tls(wss, "localhost", &root).is_ok_and(|r| r.leaf.serial == new_serial) {
+            break;
+        }
+        assert!(renewed.elapsed() < Duration::from_secs(30), "the renewed certificate was never served\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reload_time = renewed.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let codes = load.join().unwrap();
+    eprintln!(
+        "renewal served {reload_time:.1?} after `certs issue` returned (reloader polls every 5 s); {} REGISTERs on \
+         the session opened before the renewal, answers: {:?}",
+        codes.len(),
+        codes.iter().collect::<BTreeSet<_>>()
+    );
+    assert!(codes.len() >= 3 && codes.iter().all(|&c| c == 200), "the WSS session broke: {codes:?}");
+    assert_eq!(state(&asterisk_id), before, "Asterisk was restarted");
+    assert!(logs().contains("reloaded the HTTPS listener"), "no reload in the logs");
 }

@@ -17,7 +17,7 @@ use astrtc::testing;
 
 use crate::common::*;
 
-fn skip() -> bool {
+pub fn skip() -> bool {
     if std::env::var_os("ASTRTC_SKIP_DOCKER").is_some() {
         eprintln!("ASTRTC_SKIP_DOCKER is set: skipping a Docker test");
         return true;

@@ -10,7 +10,7 @@ use minijinja::{context, Environment};
 use super::templates::COMPOSE_YAML;
 use super::{Bundle, FileKind, RenderError};
 use crate::plan::{image, Plan};
-use crate::spec::NetworkMode;
+use crate::spec::{AcmeChallenge, NetworkMode};
 
 /// Name of the user-defined network in bridge mode.
 pub const NETWORK_NAME: &str = "astrtc";
@@ -28,7 +28,28 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
     } else {
         Vec::new()
     };
+    let sidecar = plan.tls.acme.as_ref().map(|a| {
+        let http01 = a.challenge == AcmeChallenge::Http01;
+        // Until the first certificate exists the sidecar is "starting"; Asterisk waits for it.
+        let start_period = match a.challenge {
+            AcmeChallenge::Http01 => 300,
+            AcmeChallenge::Dns01 => a.dns_timeout + 300,
+        };
+        context! {
+            image => image::SIDECAR_IMAGE,
+            config_dir => image::SIDECAR_CONFIG_DIR,
+            keys_dir => image::SIDECAR_KEYS_DIR,
+            acme_dir => image::SIDECAR_ACME_DIR,
+            challenge => Value::from(Serde(a.challenge)),
+            http_port => a.http_port,
+            publish => (http01 && n.mode == NetworkMode::Bridge).then(|| format!("{0}:{0}/tcp", a.http_port)),
+            bind_cap => http01 && a.http_port < 1024,
+            start_period => format!("{start_period}s"),
+            healthcheck => Value::from(Serde(["CMD", "/usr/local/bin/astrtc", "certs", "check"])),
+        }
+    });
     let ctx = context! {
+        sidecar => sidecar,
         plan => Value::from(Serde(plan)),
         rtp_range => rtp_range,
         published_ports => published_ports,

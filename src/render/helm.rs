@@ -87,8 +87,10 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
             let to = if let Some(rest) = p.strip_prefix("asterisk/") {
                 match f.kind {
                     FileKind::Public => format!("{CHART_DIR}/files/asterisk/{rest}"),
-                    FileKind::Secret => format!("{CHART_DIR}/files/secrets/{rest}"),
+                    FileKind::Secret | FileKind::SecretExecutable => format!("{CHART_DIR}/files/secrets/{rest}"),
                 }
+            } else if let Some(rest) = p.strip_prefix("certs/") {
+                format!("{CHART_DIR}/files/certs/{rest}")
             } else if p.starts_with("keys/") && matches!(name, "asterisk.crt" | "asterisk.key" | "ca.crt") {
                 format!("{CHART_DIR}/files/keys/{name}")
             } else {
