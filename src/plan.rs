@@ -272,6 +272,17 @@ pub struct AcmePlan {
     pub account_dir: PathBuf,
 }
 
+impl AcmePlan {
+    /// Seconds a deployment should wait for the first certificate before calling the sidecar
+    /// unhealthy: the order, plus the DNS propagation wait for DNS-01.
+    pub fn first_certificate_wait(&self) -> u64 {
+        match self.challenge {
+            AcmeChallenge::Http01 => 300,
+            AcmeChallenge::Dns01 => self.dns_timeout + 300,
+        }
+    }
+}
+
 /// Dialplan.
 #[derive(Debug, Clone, Serialize)]
 pub struct DialplanPlan {

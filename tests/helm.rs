@@ -246,6 +246,7 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
         ("webrtc-self-signed", vec![]),
         ("bridge-narrow-rtp", vec!["network.mode=hostPort"]),
         ("webrtc-self-signed", vec!["certificates.mode=certManager", "certificates.certManager.issuerName=le"]),
+        ("acme-http01", vec![]),
     ] {
         let (dir, chart) = rendered(case);
         let (ok, manifests) = template(&t, &chart, &sets);
@@ -260,4 +261,61 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
             .env("BC_SKIP_MAPPING", "TRUE"));
         assert!(ok, "{case} {sets:?}: checkov failed:\n{out}");
     }
+}
+
+#[test]
+fn acme_mode_runs_the_sidecar_as_a_native_sidecar_that_gates_asterisk() {
+    let Some(t) = tools() else { return };
+    let (_dir, chart) = rendered("acme-http01");
+    let (ok, manifests) = template(&t, &chart, &[]);
+    assert!(ok, "{manifests}");
+    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&manifests)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let pod = &docs.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+    let init = pod["initContainers"].as_sequence().unwrap();
+    assert_eq!(init.len(), 1);
+    let certs = &init[0];
+    assert_eq!(certs["name"], "certs");
+    assert_eq!(certs["restartPolicy"], "Always", "a native sidecar");
+    assert_eq!(certs["image"], format!("astrtc/astrtc:{}", env!("CARGO_PKG_VERSION")).as_str());
+    assert_eq!(certs["startupProbe"]["exec"]["command"][1], "certs");
+    assert_eq!(certs["startupProbe"]["exec"]["command"][2], "check");
+    let sc = &certs["securityContext"];
+    assert_eq!(sc["runAsUser"], 10061);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["add"][0], "NET_BIND_SERVICE");
+    // HTTP-01 on port 80 (the fixture): the file capability must be honoured.
+    assert_eq!(sc["allowPrivilegeEscalation"], true);
+    let names: Vec<&str> =
+        pod["containers"].as_sequence().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["asterisk", "cert-reloader"]);
+    for c in pod["containers"].as_sequence().unwrap() {
+        let keys = c["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == "/etc/asterisk/keys");
+        let keys = keys.unwrap_or_else(|| panic!("{} does not see the certificate", c["name"].as_str().unwrap()));
+        assert_eq!((keys["name"].as_str(), keys["subPath"].as_str()), (Some("acme-state"), Some("keys")));
+    }
+    let config = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["data"].get("acme.toml").is_some()).unwrap();
+    let acme: astrtc::plan::AcmePlan = toml::from_str(config["data"]["acme.toml"].as_str().unwrap()).unwrap();
+    assert_eq!(acme.names, ["pbx.example.com"]);
+    assert!(!config["data"]["acme.toml"].as_str().unwrap().contains("password"));
+
+    // A DNS-01 spec on an unprivileged path: escalation stays off.
+    let (_d, chart) = rendered("acme-http01");
+    let values = chart.join("values.yaml");
+    let text = std::fs::read_to_string(&values).unwrap().replace("httpPort: 80", "httpPort: 8080");
+    std::fs::write(&values, text).unwrap();
+    let schema = chart.join("values.schema.json");
+    let text = std::fs::read_to_string(&schema)
+        .unwrap()
+        .replace("\"httpPort\": {\"const\": 80}", "\"httpPort\": {\"const\": 8080}");
+    std::fs::write(&schema, text).unwrap();
+    let (ok, manifests) = template(&t, &chart, &[]);
+    assert!(ok, "{manifests}");
+    assert!(manifests.contains("allowPrivilegeEscalation: false\n            capabilities:\n              drop: [\"ALL\"]\n              add: [\"NET_BIND_SERVICE\"]"), "{manifests}");
+
+    // A self-signed chart has no ACME settings: the schema refuses the mode.
+    let (_d, chart) = rendered("webrtc-self-signed");
+    let (ok, out) = template(&t, &chart, &["certificates.mode=acme"]);
+    assert!(!ok && out.contains("certificates/mode"), "{out}");
 }

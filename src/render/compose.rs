@@ -31,10 +31,7 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
     let sidecar = plan.tls.acme.as_ref().map(|a| {
         let http01 = a.challenge == AcmeChallenge::Http01;
         // Until the first certificate exists the sidecar is "starting"; Asterisk waits for it.
-        let start_period = match a.challenge {
-            AcmeChallenge::Http01 => 300,
-            AcmeChallenge::Dns01 => a.dns_timeout + 300,
-        };
+        let start_period = a.first_certificate_wait();
         context! {
             image => image::SIDECAR_IMAGE,
             config_dir => image::SIDECAR_CONFIG_DIR,

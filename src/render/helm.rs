@@ -10,9 +10,9 @@ use minijinja::{context, Environment};
 
 use super::templates::*;
 use super::{Bundle, FileKind, RenderError};
-use crate::plan::{image, Plan};
+use crate::plan::{image, AcmePlan, Plan};
 use crate::spec::validate::MAX_BRIDGE_RTP_PORTS;
-use crate::spec::NetworkMode;
+use crate::spec::{AcmeChallenge, NetworkMode};
 
 /// Where the chart goes in the output.
 pub const CHART_DIR: &str = "helm/astrtc";
@@ -32,6 +32,7 @@ pub const STATIC_FILES: &[(&str, &str)] = &[
         include_str!("../../helm/astrtc/templates/asterisk-configmap.yaml"),
     ),
     ("helm/astrtc/templates/asterisk-secret.yaml", include_str!("../../helm/astrtc/templates/asterisk-secret.yaml")),
+    ("helm/astrtc/templates/asterisk-acme.yaml", include_str!("../../helm/astrtc/templates/asterisk-acme.yaml")),
     ("helm/astrtc/templates/asterisk-service.yaml", include_str!("../../helm/astrtc/templates/asterisk-service.yaml")),
     ("helm/astrtc/templates/asterisk-ingress.yaml", include_str!("../../helm/astrtc/templates/asterisk-ingress.yaml")),
     (
@@ -68,9 +69,15 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
         certificate_modes => Value::from(Serde(if bundled_keys {
             vec!["bundled", "existingSecret", "certManager"]
         } else {
-            vec!["existingSecret", "certManager"]
+            vec!["acme", "existingSecret", "certManager"]
         })),
-        certificate_mode => if bundled_keys { "bundled" } else { "existingSecret" },
+        certificate_mode => if bundled_keys { "bundled" } else { "acme" },
+        sidecar_repository => image::SIDECAR_IMAGE.rsplit_once(':').map(|(r, _)| r).unwrap_or(image::SIDECAR_IMAGE),
+        sidecar_tag => env!("CARGO_PKG_VERSION"),
+        sidecar_uid => image::SIDECAR_UID,
+        acme_challenge => Value::from(Serde(plan.tls.acme.as_ref().map_or(AcmeChallenge::Http01, |a| a.challenge))),
+        acme_http_port => plan.tls.acme.as_ref().map_or(80, |a| a.http_port),
+        acme_startup_seconds => plan.tls.acme.as_ref().map_or(300, AcmePlan::first_certificate_wait),
         // ACME mode: the Secret holding the certificate `astrtc certs issue` (or cert-manager) made.
         existing_secret => if bundled_keys { String::new() } else { format!("{}-tls", plan.name) },
     };

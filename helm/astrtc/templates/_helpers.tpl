@@ -46,6 +46,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Whether the ACME sidecar runs (mode acme, TLS in the pod). */}}
+{{- define "astrtc.acmeSidecar" -}}
+{{- if and (eq .Values.certificates.mode "acme") (not .Values.ingress.enabled) }}true{{ else }}false{{ end }}
+{{- end }}
+
 {{/* Whether the pod terminates TLS itself (false when an Ingress does). */}}
 {{- define "astrtc.podTLS" -}}
 {{- if .Values.ingress.enabled }}false{{ else }}true{{ end }}
