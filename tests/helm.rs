@@ -319,3 +319,126 @@ fn acme_mode_runs_the_sidecar_as_a_native_sidecar_that_gates_asterisk() {
     let (ok, out) = template(&t, &chart, &["certificates.mode=acme"]);
     assert!(!ok && out.contains("certificates/mode"), "{out}");
 }
+
+/// The outer container of the podman pod run; removed when dropped.
+struct PodRunner(String);
+
+impl PodRunner {
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker").args(["exec", &self.0]).args(args).output().unwrap()
+    }
+}
+
+impl Drop for PodRunner {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+/// The chart's manifests run for real: `podman kube play` (trixie's podman inside a Docker
+/// container) with the image this repository builds, then the image tests' checks: TLS on the
+/// WSS port verified against the rendered CA, and the WebRTC modules Running.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_runs_as_a_pod_under_podman() {
+    let Some(t) = tools() else { return };
+    if crate::image::skip() {
+        return;
+    }
+    let (dir, chart) = rendered("host-alt-ports");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    crate::image::ensure_image(&plan.image);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, out) = run(Command::new("docker")
+        .args(["build", "-q", "-t", "astrtc-test/podman:trixie"])
+        .arg(root.join("tests/podman")));
+    assert!(ok, "building the podman runner failed:\n{out}");
+    // podman ignores fsGroup: the password and key files must be readable without it.
+    let (ok, manifests) = template(&t, &chart, &["securityContext.secretFileMode=292"]);
+    assert!(ok, "{manifests}");
+    let file = dir.path().join("pod.yaml");
+    std::fs::write(&file, &manifests).unwrap();
+
+    let name = format!("astrtc-podman-{}", std::process::id());
+    let (ok, out) = run(Command::new("docker").args(["run", "-d", "--name", &name]).args([
+        "--cap-add",
+        "ALL",
+        "--cap-drop",
+        "SYS_RESOURCE",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--security-opt",
+        "apparmor=unconfined",
+        "--device",
+        "/dev/fuse",
+        "--device",
+        "/dev/net/tun",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup",
+        "astrtc-test/podman:trixie",
+    ]));
+    assert!(ok, "{out}");
+    let runner = PodRunner(name.clone());
+    let load = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker save {} | docker exec -i {name} podman load -q", plan.image))
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    let (ok, out) = run(Command::new("docker").arg("cp").arg(&file).arg(format!("{name}:/pod.yaml")));
+    assert!(ok, "{out}");
+    let ip = String::from_utf8_lossy(
+        &Command::new("docker")
+            .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let wss: std::net::SocketAddr = format!("{ip}:{}", plan.network.wss_port).parse().unwrap();
+    let ca = std::fs::read_to_string(dir.path().join("deploy/keys/ca.crt")).unwrap();
+
+    let started = std::time::Instant::now();
+    let play = runner.exec(&["podman", "kube", "play", "/pod.yaml"]);
+    assert!(play.status.success(), "{}", String::from_utf8_lossy(&play.stderr));
+    // Ready: the TLS listener completes a verified handshake (the chart's probes check the same).
+    let tls = loop {
+        if let Ok(r) = astrtc::verify::tls::check_tls(wss, &plan.tls.domain, &ca) {
+            break r;
+        }
+        let logs = || {
+            String::from_utf8_lossy(&runner.exec(&["podman", "logs", "pbx-astrtc-pod-asterisk"]).stdout).into_owned()
+        };
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the pod never served TLS:\n{}", logs());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    eprintln!("podman kube play → TLS ready: {:.2?}", started.elapsed());
+    let rendered =
+        astrtc::certs::cert_facts(&std::fs::read_to_string(dir.path().join("deploy/keys/asterisk.crt")).unwrap())
+            .unwrap();
+    assert_eq!(tls.leaf.serial, rendered.serial, "the pod serves the chart's certificate");
+    for (pattern, modules) in [
+        ("crypto", &["res_crypto.so"][..]),
+        ("websocket", &["res_http_websocket.so", "res_pjsip_transport_websocket.so"][..]),
+        ("opus", &["codec_opus_open_source.so", "res_format_attr_opus.so"][..]),
+        ("srtp", &["res_srtp.so"][..]),
+    ] {
+        let out = runner.exec(&[
+            "podman",
+            "exec",
+            "pbx-astrtc-pod-asterisk",
+            "asterisk",
+            "-rx",
+            &format!("module show like {pattern}"),
+        ]);
+        let rows = astrtc::verify::parse_module_show(&String::from_utf8_lossy(&out.stdout));
+        for m in modules {
+            assert!(rows.iter().any(|r| r.name == *m && r.status == "Running"), "{m} not Running: {rows:?}");
+        }
+    }
+    // The pod runs as the chart says: the asterisk user, read-only root filesystem.
+    let id = runner.exec(&["podman", "exec", "pbx-astrtc-pod-asterisk", "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "10060");
+    let touch = runner.exec(&["podman", "exec", "pbx-astrtc-pod-asterisk", "touch", "/etc/astrtc-write-test"]);
+    assert!(!touch.status.success(), "the root filesystem is writable");
+}

@@ -46,6 +46,36 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* The rendered configs and password files, one subPath mount each into /etc/asterisk. */}}
+{{- define "astrtc.configMounts" -}}
+{{- range $path, $_ := .Files.Glob "files/asterisk/*.conf" }}
+- name: config
+  mountPath: /etc/asterisk/{{ base $path }}
+  subPath: {{ base $path }}
+  readOnly: true
+{{- end }}
+{{- range $path, $_ := .Files.Glob "files/secrets/*.conf" }}
+- name: auth
+  mountPath: /etc/asterisk/{{ base $path }}
+  subPath: {{ base $path }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The WSS certificate at /etc/asterisk/keys, when the pod terminates TLS. */}}
+{{- define "astrtc.keysMount" -}}
+{{- if eq (include "astrtc.acmeSidecar" .) "true" }}
+- name: acme-state
+  mountPath: /etc/asterisk/keys
+  subPath: keys
+  readOnly: true
+{{- else if eq (include "astrtc.podTLS" .) "true" }}
+- name: keys
+  mountPath: /etc/asterisk/keys
+  readOnly: true
+{{- end }}
+{{- end }}
+
 {{/* Whether the ACME sidecar runs (mode acme, TLS in the pod). */}}
 {{- define "astrtc.acmeSidecar" -}}
 {{- if and (eq .Values.certificates.mode "acme") (not .Values.ingress.enabled) }}true{{ else }}false{{ end }}
