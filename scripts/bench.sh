@@ -64,3 +64,9 @@ if [ -z "${BENCH_RENDER_ONLY:-}" ] && docker info >/dev/null 2>&1; then
   up_bench host-full-range host 10000 20000
   up_bench bridge-100-ports bridge 30000 30099
 fi
+
+# ACME issuance against Pebble on loopback (needs pebble: make deps-acme).
+if [ -z "${BENCH_RENDER_ONLY:-}" ] && [ -x /usr/bin/pebble ]; then
+  cargo test --release --locked --test tests acme::bench_acme_issuance -- --ignored --nocapture 2>/dev/null \
+    | grep -E '^(HTTP-01|DNS-01|  orders)'
+fi

@@ -78,7 +78,8 @@ pub enum Command {
         spec: PathBuf,
     },
     /// Build the Asterisk image (Asterisk 22 from source, bundled pjproject, opus) and tag it as
-    /// the spec's `image`.
+    /// the spec's `image`; in ACME mode also the sidecar image (astrtc/astrtc:VERSION) from this
+    /// astrtc binary.
     Build {
         /// The spec file.
         #[arg(long, default_value = "astrtc.toml")]

@@ -816,3 +816,65 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     assert_eq!(state(&asterisk_id), before, "Asterisk was restarted");
     assert!(logs().contains("reloaded the HTTPS listener"), "no reload in the logs");
 }
+
+/// Benchmark, not a test: run by `make bench` (`--ignored`). Issuance times against Pebble on
+/// loopback, and orders needed under nonce rejection. Reports figures; asserts only success.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: make bench"]
+async fn bench_acme_issuance() {
+    fn summary(name: &str, mut times: Vec<Duration>) {
+        times.sort();
+        let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{name}: n={} min {:.0} ms, median {:.0} ms, max {:.0} ms",
+            times.len(),
+            ms(&times[0]),
+            ms(&times[times.len() / 2]),
+            ms(times.last().unwrap())
+        );
+    }
+    let Some(pebble) = pebble() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let req = pebble.request(&["localhost"], state.path());
+    acme::issue(&req).await.unwrap(); // account creation, not timed
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        acme::issue(&req).await.unwrap();
+        times.push(t.elapsed());
+    }
+    summary("HTTP-01, 1 name", times);
+    drop(pebble);
+
+    let Some(pebble) = start_pebble(true, false) else { return };
+    let state = tempfile::tempdir().unwrap();
+    let mut req = pebble.request(&["example.test", "*.example.test"], state.path());
+    req.method = acme::ChallengeMethod::Dns01 {
+        hook: Some(write_hook(state.path(), pebble.dns_management.unwrap(), "ok")),
+        resolvers: vec![pebble.dns.unwrap()],
+        wait: Duration::from_secs(30),
+    };
+    acme::issue(&req).await.unwrap();
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        acme::issue(&req).await.unwrap();
+        times.push(t.elapsed());
+    }
+    summary("DNS-01 via hook + propagation check, example.test + *.example.test", times);
+    drop(pebble);
+
+    let Some(pebble) = start_pebble(false, true) else { return };
+    let state = tempfile::tempdir().unwrap();
+    let mut req = pebble.request(&["localhost"], state.path());
+    req.timeout = Duration::from_secs(60);
+    let (mut times, mut orders) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let issued = acme::issue(&req).await.unwrap();
+        times.push(t.elapsed());
+        orders.push(issued.attempts);
+    }
+    summary("HTTP-01 with 30 % nonce rejection and 0-15 s validation delays", times);
+    println!("  orders per issuance (1 = no whole-order retry): {orders:?}");
+}
