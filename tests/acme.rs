@@ -50,7 +50,7 @@ fn pebble() -> Option<Pebble> {
 }
 
 fn start_pebble(with_dns: bool, faults: bool) -> Option<Pebble> {
-    start_pebble_with(with_dns, faults, None)
+    start_pebble_with(with_dns, faults, None, None)
 }
 
 /// Waits until a TCP port on loopback accepts connections.
@@ -66,7 +66,7 @@ fn wait_port(port: u16, what: &str) {
 /// 127.0.0.1 and serves the TXT records the DNS-01 hook sets).
 /// With `faults`, Pebble rejects 30 % of nonces and delays validations randomly (0-15 s), as
 /// its authors recommend for testing clients.
-fn start_pebble_with(with_dns: bool, faults: bool, va_sleep: Option<u32>) -> Option<Pebble> {
+fn start_pebble_with(with_dns: bool, faults: bool, va_sleep: Option<u32>, http01: Option<u16>) -> Option<Pebble> {
     if !Path::new("/usr/bin/pebble").exists() {
         assert!(std::env::var_os("CI").is_none(), "pebble is not installed (make deps-acme)");
         eprintln!("skipping: pebble is not installed (make deps-acme)");
@@ -78,7 +78,8 @@ fn start_pebble_with(with_dns: bool, faults: bool, va_sleep: Option<u32>) -> Opt
     let tls = ca.leaf(&["localhost".to_string()], None).unwrap();
     std::fs::write(dir.path().join("tls.crt"), &tls.chain_pem).unwrap();
     std::fs::write(dir.path().join("tls.key"), &tls.key_pem).unwrap();
-    let (api, mgmt, http01, tls_alpn) = (free_port(), free_port(), free_port(), free_port());
+    let (api, mgmt, tls_alpn) = (free_port(), free_port(), free_port());
+    let http01 = http01.unwrap_or_else(free_port);
     let config = serde_json::json!({"pebble": {
         "listenAddress": format!("127.0.0.1:{api}"),
         "managementListenAddress": format!("127.0.0.1:{mgmt}"),
@@ -632,7 +633,7 @@ fn pair_checker(
 #[test]
 fn watch_killed_mid_issuance_restarts_and_the_pair_never_mismatches() {
     // Validation takes 0-3 s (random), so there is time to kill the loop while the order is open.
-    let Some(pebble) = start_pebble_with(false, false, Some(3)) else { return };
+    let Some(pebble) = start_pebble_with(false, false, Some(3), None) else { return };
     let dir = tempfile::tempdir().unwrap();
     let spec = acme_spec(&pebble, dir.path(), "http-01", "localhost", |t| with_acme_lines(t, "renew_before_days = 30"));
     let keys = dir.path().join("keys");
@@ -877,4 +878,57 @@ async fn bench_acme_issuance() {
     }
     summary("HTTP-01 with 30 % nonce rejection and 0-15 s validation delays", times);
     println!("  orders per issuance (1 = no whole-order retry): {orders:?}");
+}
+
+/// The sidecar image binds the HTTP-01 port 80 as its non-root user with only
+/// CAP_NET_BIND_SERVICE (a file capability on the binary), as compose runs it; with
+/// no-new-privileges the capability is not granted and binding fails.
+#[test]
+fn the_sidecar_image_answers_http01_on_port_80_without_root() {
+    if crate::image::skip() {
+        return;
+    }
+    if TcpListener::bind("0.0.0.0:80").is_err() {
+        eprintln!("skipping: port 80 is in use on this host");
+        return;
+    }
+    let Some(pebble) = start_pebble_with(false, false, None, Some(80)) else { return };
+    ensure_sidecar();
+    let dir = tempfile::tempdir().unwrap();
+    let config = astrtc::plan::AcmePlan {
+        names: vec!["localhost".into()],
+        email: "ops@example.test".into(),
+        directory: pebble.directory.clone(),
+        ca_bundle: Some("/etc/astrtc/acme-ca.pem".into()),
+        challenge: astrtc::spec::AcmeChallenge::Http01,
+        http_port: 80,
+        dns_hook: None,
+        dns_resolvers: vec![],
+        dns_timeout: 600,
+        renew_before_days: None,
+        account_dir: "/var/lib/astrtc/acme".into(),
+    };
+    std::fs::write(dir.path().join("acme.toml"), toml::to_string(&config).unwrap()).unwrap();
+    std::fs::copy(pebble.dir.path().join("ca/ca.crt"), dir.path().join("acme-ca.pem")).unwrap();
+    for f in ["", "acme.toml", "acme-ca.pem"] {
+        let mode = if f.is_empty() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(dir.path().join(f), std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let issue = |extra: &[&str]| {
+        Command::new("docker")
+            .args(["run", "--rm", "--network", "host", "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE"])
+            .args(extra)
+            .arg("-v")
+            .arg(format!("{}:/etc/astrtc:ro", dir.path().display()))
+            .args([astrtc::plan::image::SIDECAR_IMAGE, "certs", "issue"])
+            .output()
+            .unwrap()
+    };
+    let out = issue(&[]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("wrote /var/lib/astrtc/keys"), "{text}\n{}", pebble.log());
+    let out = issue(&["--security-opt", "no-new-privileges:true"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("failed to listen for HTTP-01 on 0.0.0.0:80"), "{text}");
 }
