@@ -351,6 +351,19 @@ pub fn info_text(plan: &Plan, spec: &Path, secrets: &Path, out: &Path) -> String
             out.join("keys").join(crate::certs::files::CA).display()
         );
     }
+    if let Some(a) = &plan.tls.acme {
+        let challenge = match a.challenge {
+            crate::spec::AcmeChallenge::Http01 => format!("HTTP-01 on port {}", a.http_port),
+            crate::spec::AcmeChallenge::Dns01 if a.dns_hook.is_some() => "DNS-01 through the hook".to_string(),
+            crate::spec::AcmeChallenge::Dns01 => "DNS-01 by hand (the record is printed in the certs log)".to_string(),
+        };
+        let _ = writeln!(t, "certificate: ACME from {} ({challenge}), kept valid by the `certs` service", a.directory);
+        let _ = writeln!(
+            t,
+            "             images: astrtc build --spec {}; progress: docker compose logs certs",
+            spec.display()
+        );
+    }
     let _ = writeln!(t, "logs:       cd {} && docker compose logs -f", out.display());
     let _ = writeln!(t, "check:      astrtc verify --spec {} --out {}", spec.display(), out.display());
     t
