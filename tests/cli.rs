@@ -260,6 +260,16 @@ fn init_in_acme_mode_writes_a_spec_that_renders_and_checks_its_flags() {
     render(&spec, &deploy, false).success();
     assert!(deploy.join("keys").is_dir());
     assert!(!deploy.join("keys/asterisk.crt").exists(), "ACME certificates come from `astrtc certs issue`");
+    let sidecar: astrtc::plan::AcmePlan =
+        toml::from_str(&fs::read_to_string(deploy.join("certs/acme.toml")).unwrap()).unwrap();
+    assert_eq!(
+        (sidecar.names, sidecar.account_dir),
+        (vec!["pbx.example.test".to_string()], "/var/lib/astrtc/acme".into())
+    );
+    let info = astrtc().args(["info", "--spec"]).arg(&spec).arg("--out").arg(&deploy).assert().success();
+    let info = String::from_utf8_lossy(&info.get_output().stdout).into_owned();
+    assert!(info.contains("HTTP-01 on port 80), kept valid by the `certs` service"), "{info}");
+    assert!(!info.contains("browser CA"), "no local CA in ACME mode: {info}");
     // `certs` refuses a self-signed spec as bad input.
     let other = tempfile::tempdir().unwrap();
     init_in(other.path());
