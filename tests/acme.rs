@@ -675,24 +675,10 @@ fn watch_killed_mid_issuance_restarts_and_the_pair_never_mismatches() {
 /// The sidecar image, built once per run from the astrtc binary under test.
 fn ensure_sidecar() {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let result = BUILT.get_or_init(|| {
-        std::thread::spawn(|| {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let docker = astrtc::image::connect().await.map_err(|e| format!("{e:?}"))?;
-                let exe = assert_cmd::cargo::cargo_bin("astrtc");
-                astrtc::image::build_sidecar(&docker, &exe, astrtc::plan::image::SIDECAR_IMAGE, false)
-                    .await
-                    .map(|b| eprintln!("sidecar image {} ready in {:.1?}", b.tag, b.elapsed))
-                    .map_err(|e| format!("{:?}", miette::Report::new(e)))
-            })
-        })
-        .join()
-        .unwrap()
+    crate::common::build_image_once(&BUILT, "sidecar", |docker| async move {
+        let exe = assert_cmd::cargo::cargo_bin("astrtc");
+        astrtc::image::build_sidecar(&docker, &exe, astrtc::plan::image::SIDECAR_IMAGE, false).await
     });
-    if let Err(e) = result {
-        panic!("building the sidecar image failed: {e}");
-    }
 }
 
 /// `docker compose` in a rendered directory; `down -v` when dropped.
@@ -818,6 +804,18 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     assert!(logs().contains("reloaded the HTTPS listener"), "no reload in the logs");
 }
 
+/// `n` issuances: how long each took and how many orders each needed.
+async fn timed_issuances(req: &AcmeRequest, n: usize) -> (Vec<Duration>, Vec<u32>) {
+    let (mut times, mut orders) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = Instant::now();
+        let issued = acme::issue(req).await.unwrap();
+        times.push(t.elapsed());
+        orders.push(issued.attempts);
+    }
+    (times, orders)
+}
+
 /// Benchmark, not a test: run by `make bench` (`--ignored`). Issuance times against Pebble on
 /// loopback, and orders needed under nonce rejection. Reports figures; asserts only success.
 #[tokio::test(flavor = "multi_thread")]
@@ -838,13 +836,7 @@ async fn bench_acme_issuance() {
     let state = tempfile::tempdir().unwrap();
     let req = pebble.request(&["localhost"], state.path());
     acme::issue(&req).await.unwrap(); // account creation, not timed
-    let mut times = Vec::new();
-    for _ in 0..10 {
-        let t = Instant::now();
-        acme::issue(&req).await.unwrap();
-        times.push(t.elapsed());
-    }
-    summary("HTTP-01, 1 name", times);
+    summary("HTTP-01, 1 name", timed_issuances(&req, 10).await.0);
     drop(pebble);
 
     let Some(pebble) = start_pebble(true, false) else { return };
@@ -856,12 +848,7 @@ async fn bench_acme_issuance() {
         wait: Duration::from_secs(30),
     };
     acme::issue(&req).await.unwrap();
-    let mut times = Vec::new();
-    for _ in 0..10 {
-        let t = Instant::now();
-        acme::issue(&req).await.unwrap();
-        times.push(t.elapsed());
-    }
+    let times = timed_issuances(&req, 10).await.0;
     summary("DNS-01 via hook + propagation check, example.test + *.example.test", times);
     drop(pebble);
 
@@ -869,13 +856,7 @@ async fn bench_acme_issuance() {
     let state = tempfile::tempdir().unwrap();
     let mut req = pebble.request(&["localhost"], state.path());
     req.timeout = Duration::from_secs(60);
-    let (mut times, mut orders) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let t = Instant::now();
-        let issued = acme::issue(&req).await.unwrap();
-        times.push(t.elapsed());
-        orders.push(issued.attempts);
-    }
+    let (times, orders) = timed_issuances(&req, 5).await;
     summary("HTTP-01 with 30 % nonce rejection and 0-15 s validation delays", times);
     println!("  orders per issuance (1 = no whole-order retry): {orders:?}");
 }

@@ -30,25 +30,11 @@ pub fn skip() -> bool {
 pub fn ensure_image(tag: &str) {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let tag = tag.to_string();
-    let result = BUILT.get_or_init(move || {
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let docker = astrtc::image::connect().await.map_err(|e| format!("{e:?}"))?;
-                let ca = Path::new(astrtc::image::HOST_CA_BUNDLE);
-                let ca = ca.exists().then_some(ca);
-                astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, ca, &tag, false)
-                    .await
-                    .map(|b| eprintln!("image {} ready in {:.1?}", b.tag, b.elapsed))
-                    .map_err(|e| format!("{:?}", miette::Report::new(e)))
-            })
-        })
-        .join()
-        .unwrap()
+    build_image_once(&BUILT, "Asterisk", move |docker| async move {
+        let ca = Path::new(astrtc::image::HOST_CA_BUNDLE);
+        let ca = ca.exists().then_some(ca);
+        astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, ca, &tag, false).await
     });
-    if let Err(e) = result {
-        panic!("building the image failed: {e}");
-    }
 }
 
 /// A rendered copy of the `host-alt-ports` fixture, with the ports shifted by `offset` so tests

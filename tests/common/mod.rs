@@ -90,3 +90,28 @@ pub fn snapshot_text(bundle: &Bundle) -> String {
     }
     out
 }
+
+/// Runs an image build once per test run, through astrtc's bollard code path, on its own
+/// runtime (tests run on several); every caller panics with the build's diagnostic if it failed.
+pub fn build_image_once<F, Fut>(cell: &'static std::sync::OnceLock<Result<(), String>>, what: &str, build: F)
+where
+    F: FnOnce(bollard::Docker) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<astrtc::image::Built, astrtc::image::ImageError>>,
+{
+    let result = cell.get_or_init(|| {
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let docker = astrtc::image::connect().await.map_err(|e| format!("{e:?}"))?;
+                build(docker)
+                    .await
+                    .map(|b| eprintln!("image {} ready in {:.1?}", b.tag, b.elapsed))
+                    .map_err(|e| format!("{:?}", miette::Report::new(e)))
+            })
+        })
+        .join()
+        .unwrap()
+    });
+    if let Err(e) = result {
+        panic!("building the {what} image failed: {e}");
+    }
+}
