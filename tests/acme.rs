@@ -404,6 +404,9 @@ fn certs_issue_writes_the_keys_layout_and_renews_only_when_due() {
     let wrong = text.replace(&format!("http_port = {}", pebble.http01.port()), &format!("http_port = {}", free_port()));
     assert_ne!(wrong, text);
     std::fs::write(&spec, wrong).unwrap();
+    // A new account: authorizations belong to an account, so the CA cannot hand back the valid
+    // one from the first order (Pebble did once in CI for another test, despite AUTHZREUSE=0).
+    std::fs::remove_dir_all(dir.path().join(".astrtc/acme")).unwrap();
     let out = issue(&["--force"]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("validation of localhost failed"));
@@ -521,14 +524,26 @@ fn manual_dns01_prints_the_record_and_waits_until_it_is_visible() {
     let crt = std::fs::read_to_string(keys.join("asterisk.crt")).unwrap();
     assert_eq!(cert_facts(&crt).unwrap().dns_names.into_iter().collect::<Vec<_>>(), ["example.test"]);
 
-    // A record that never appears: a clear error naming it, exit 1, the files untouched.
-    let text = std::fs::read_to_string(&spec).unwrap().replace("dns_timeout = 60", "dns_timeout = 3");
+    // A record that never appears: a clear error naming it, exit 1, the files untouched. A name
+    // never validated before, so the CA cannot hand back a still-valid authorization (seen once
+    // in CI for the same name, even with PEBBLE_AUTHZREUSE=0).
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("dns_timeout = 60", "dns_timeout = 3")
+        .replace("domain = \"example.test\"", "domain = \"never.example.test\"");
     std::fs::write(&spec, text).unwrap();
     let out =
         astrtc().args(["certs", "issue", "--force", "--spec"]).arg(&spec).arg("--keys").arg(&keys).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        pebble.log()
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("_acme-challenge.example.test") && stderr.contains("was not visible"), "{stderr}");
+    assert!(stderr.contains("_acme-challenge.never.example.test") && stderr.contains("was not visible"), "{stderr}");
     assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), crt);
 }
 
