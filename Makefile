@@ -17,7 +17,7 @@ help: ## list the targets
 deps: ## install and start what the tools need: Docker engine, compose v2, base image
 	bash scripts/host-setup.sh
 
-$(ASTRTC): Cargo.toml Cargo.lock $(shell find src images compose -type f)
+$(ASTRTC): Cargo.toml Cargo.lock build.rs $(shell find src images templates -type f)
 	cargo build --release --locked
 
 up: deps $(ASTRTC) ## build and start the default WebRTC stack (self-signed) on this host
@@ -40,10 +40,10 @@ deps-acme: ## install Pebble, the ACME test server
 	bash scripts/host-setup.sh acme
 
 test: deps deps-clients deps-helm deps-acme ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
-	cargo test --locked --all-targets
+	bash scripts/test.sh
 
-test-unit: ## the tests that need no Docker engine
-	ASTRTC_SKIP_DOCKER=1 cargo test --locked --all-targets
+test-unit: ## the tests that need no Docker engine (the others are counted as skipped)
+	ASTRTC_SKIP_DOCKER=1 bash scripts/test.sh
 
 lint: ## formatting and clippy, warnings as errors
 	cargo fmt --check

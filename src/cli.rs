@@ -1,5 +1,5 @@
-//! Command-line types (clap derive) and nothing else: parsing lives here, running in
-//! [`crate::run`].
+//! Command-line types (clap derive) and nothing else: parsing lives here, running in the
+//! binary's `cmd` module (one file per subcommand).
 
 use std::path::PathBuf;
 
@@ -58,15 +58,15 @@ pub enum Command {
         command: CertsCommand,
     },
     /// Render Asterisk configs, keys and compose.yaml from the spec.
-    #[command(after_help = "Examples:\n  astrtc render --spec pbx/astrtc.toml --out pbx/deploy\n  \
-                            astrtc render --spec pbx/astrtc.toml --out pbx/deploy --check")]
+    #[command(after_help = "Examples:\n  astrtc render --spec pbx/astrtc.toml            # writes pbx/deploy\n  \
+                            astrtc render --spec pbx/astrtc.toml --check")]
     Render {
         /// The spec file.
         #[arg(long, default_value = "astrtc.toml")]
         spec: PathBuf,
-        /// Output directory (replaced as a whole, atomically).
-        #[arg(long, default_value = "deploy")]
-        out: PathBuf,
+        /// Output directory (replaced as a whole, atomically) [default: `deploy` beside the spec].
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Write nothing; exit 0 when the output is up to date, else print a diff and exit 1.
         #[arg(long)]
         check: bool,
@@ -101,26 +101,27 @@ pub enum Command {
         /// The spec file.
         #[arg(long, default_value = "astrtc.toml")]
         spec: PathBuf,
-        /// The rendered output directory.
-        #[arg(long, default_value = "deploy")]
-        out: PathBuf,
+        /// The rendered output directory [default: `deploy` beside the spec].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Check a running deployment of the spec: TLS, WebSocket upgrade, SIP REGISTER over WSS for
     /// each WebRTC endpoint, SIP OPTIONS over UDP, and (when local) modules and endpoints.
-    #[command(after_help = "Examples:\n  astrtc verify --spec pbx/astrtc.toml --out pbx/deploy\n  \
+    #[command(after_help = "Examples:\n  astrtc verify --spec pbx/astrtc.toml\n  \
                             astrtc verify --spec pbx/astrtc.toml --host 203.0.113.10 --json")]
     Verify {
         /// The spec file.
         #[arg(long, default_value = "astrtc.toml")]
         spec: PathBuf,
-        /// The rendered output directory (its keys/ca.crt is the CA to verify against).
-        #[arg(long, default_value = "deploy")]
-        out: PathBuf,
+        /// The rendered output directory (its keys/ca.crt is the CA to verify against) [default:
+        /// `deploy` beside the spec].
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Host to connect to [default: the spec's tls.domain].
         #[arg(long)]
         host: Option<String>,
-        /// CA certificate(s) the WSS certificate must chain to [default: OUT/keys/ca.crt, or the
-        /// system trust store when there is none, as for a publicly trusted certificate].
+        /// CA certificate(s) the WSS certificate must chain to [default: self-signed specs: the
+        /// local CA (OUT/keys/ca.crt, else tls.ca_dir/ca.crt); ACME specs: the system trust store].
         #[arg(long)]
         ca: Option<PathBuf>,
         /// The Asterisk container (name or id) [default: found by the compose project name].
@@ -130,6 +131,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = "Example:\n  astrtc completions bash > /etc/bash_completion.d/astrtc")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout.
+    #[command(after_help = "Example:\n  astrtc man > /usr/local/share/man/man1/astrtc.1")]
+    Man,
 }
 
 /// `init --tls`.
@@ -162,9 +173,10 @@ pub struct CertsInput {
     /// `astrtc render` in ACME mode) instead of the spec. It holds no passwords.
     #[arg(long, conflicts_with = "spec", env = "ASTRTC_ACME_CONFIG")]
     pub acme_config: Option<PathBuf>,
-    /// The keys directory (asterisk.crt, asterisk.key, asterisk.pem).
-    #[arg(long, default_value = "deploy/keys", env = "ASTRTC_KEYS")]
-    pub keys: PathBuf,
+    /// The keys directory (asterisk.crt, asterisk.key, asterisk.pem) [default: `deploy/keys`
+    /// beside the spec, or `keys` beside the rendered `certs/` directory of --acme-config].
+    #[arg(long, env = "ASTRTC_KEYS")]
+    pub keys: Option<PathBuf>,
 }
 
 /// `astrtc certs ...`.

@@ -1,22 +1,24 @@
-//! `astrtc init`: writes a commented starter spec and a secrets file with generated passwords.
+//! A new deployment's files: a commented starter spec and a secrets file with generated
+//! passwords (`astrtc init`), and passwords for endpoints added later (`astrtc secrets`).
 //!
-//! Owns: the starter spec's text (every option shown with its default, taken from
-//! [`crate::plan::defaults`] so the two can never disagree) and refusing to overwrite. The
-//! secrets file is created with mode 0600 and its passwords are never printed.
+//! Owns: the starter spec's text (`templates/init/astrtc.toml.j2`, every option shown with its
+//! default, taken from [`crate::spec::defaults`] so the two can never disagree), validating it
+//! before anything is written, and refusing to overwrite. The secrets file is written with mode
+//! 0600 from its first byte ([`crate::fsx::write_atomic`]) and its passwords are never printed.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use minijinja::{context, Environment, UndefinedBehavior};
 use thiserror::Error;
 
-use crate::plan::defaults as d;
+use crate::fsx;
+use crate::spec::defaults as d;
 use crate::spec::secrets::{generate_password, Secrets};
 use crate::spec::validate::{dns_name, MAX_BRIDGE_RTP_PORTS};
 
-const SPEC_TEMPLATE: &str = include_str!("init/astrtc.toml.j2");
+/// The starter spec's template in the embedded `templates/` tree.
+const SPEC_TEMPLATE: &str = "init/astrtc.toml.j2";
 
 /// Spec file name `init` writes.
 pub const SPEC_FILE: &str = "astrtc.toml";
@@ -28,29 +30,29 @@ pub enum InitError {
     #[error("{} already exists", path.display())]
     #[diagnostic(code(astrtc::init::exists), help("pass --force to overwrite it (new passwords are generated)"))]
     Exists {
-        /// The file.
+        /// The file that exists.
         path: PathBuf,
     },
     /// The domain is not a DNS name.
     #[error("--domain: {reason}")]
     #[diagnostic(code(astrtc::init::domain))]
     Domain {
-        /// Why.
+        /// What is wrong with it.
         reason: String,
     },
     /// The flags make an invalid spec.
     #[error("the flags make an invalid spec: {reason}")]
     #[diagnostic(code(astrtc::init::flags))]
     Flags {
-        /// What is wrong.
+        /// The flag combination that makes the spec invalid, and the problem.
         reason: String,
     },
     /// Writing failed.
     #[error("failed to write {}", path.display())]
     Write {
-        /// The file.
+        /// The file that could not be written.
         path: PathBuf,
-        /// Why.
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
@@ -96,11 +98,6 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-/// The starter spec's text for `domain`.
-pub fn spec_text(domain: &str) -> String {
-    spec_text_with(domain, None)
-}
-
 /// The starter spec's text for `domain`, in ACME mode when `acme` is given.
 pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
     let mut env = Environment::new();
@@ -121,8 +118,9 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         ACME_DIRECTORY => d::ACME_DIRECTORY, DNS_TIMEOUT => d::DNS_TIMEOUT,
         MAX_CONTACTS => d::MAX_CONTACTS,
     };
+    let template = crate::assets::text(&crate::assets::TEMPLATES, SPEC_TEMPLATE).unwrap_or_default();
     env.render_str(
-        SPEC_TEMPLATE,
+        template,
         context! {
             d => defaults,
             domain => domain,
@@ -152,9 +150,14 @@ pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> R
     dns_name(domain).map_err(|reason| InitError::Domain { reason })?;
     let text = spec_text_with(domain, acme);
     let parsed = crate::spec::parse(SPEC_FILE, &text).map_err(|e| InitError::Flags { reason: e.to_string() })?;
-    let problems = crate::spec::validate::validate(&parsed.spec, None);
-    if let Some(p) = problems.spec.first() {
-        return Err(InitError::Flags { reason: format!("{}: {}", p.path, p.message) });
+    let mut s = Secrets::default();
+    for id in STARTER_ENDPOINTS {
+        s.endpoints.insert(id.to_string(), generate_password());
+    }
+    if let Err(problems) = crate::spec::validate::validate(&parsed.spec, dir, &s) {
+        if let Some(p) = problems.spec.iter().chain(&problems.secrets).next() {
+            return Err(InitError::Flags { reason: format!("{}: {}", p.path, p.message) });
+        }
     }
     let spec = dir.join(SPEC_FILE);
     let secrets = dir.join(d::SECRETS_FILE);
@@ -170,12 +173,8 @@ pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> R
         move |source| InitError::Write { path, source }
     };
     fs::create_dir_all(dir).map_err(werr(dir))?;
-    let mut s = Secrets::default();
-    for id in STARTER_ENDPOINTS {
-        s.endpoints.insert(id.to_string(), generate_password());
-    }
-    write_new(&secrets, s.to_toml().as_bytes(), 0o600).map_err(werr(&secrets))?;
-    write_new(&spec, text.as_bytes(), 0o644).map_err(werr(&spec))?;
+    fsx::write_atomic(&secrets, s.to_toml().as_bytes(), 0o600).map_err(werr(&secrets))?;
+    fsx::write_atomic(&spec, text.as_bytes(), 0o644).map_err(werr(&spec))?;
     Ok(Written { spec, secrets, endpoints: STARTER_ENDPOINTS.iter().map(|s| s.to_string()).collect() })
 }
 
@@ -190,17 +189,8 @@ pub fn fill_secrets(path: &Path, existing: Option<Secrets>, ids: &[String]) -> R
         }
     }
     if !added.is_empty() {
-        crate::certs::local_ca::write_atomic(path, s.to_toml().as_bytes(), 0o600)
+        fsx::write_atomic(path, s.to_toml().as_bytes(), 0o600)
             .map_err(|source| InitError::Write { path: path.to_path_buf(), source })?;
     }
     Ok(added)
-}
-
-/// Creates (or truncates) a file with `mode` from the start, so a secret is never readable by
-/// others even for an instant.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }

@@ -1,11 +1,14 @@
-//! The `astrtc` binary: parse the command line, run, print errors as miette reports, exit
-//! 0 (success), 1 (failure at run time) or 2 (bad input).
+//! The `astrtc` binary: parse the command line, run the command, print errors as miette
+//! reports, exit 0 (success), 1 (failure at run time) or 2 (bad input).
+
+mod cmd;
+mod ui;
 
 use clap::Parser;
 
 fn main() {
     let cli = astrtc::cli::Cli::parse();
-    if let Err(err) = astrtc::run::run(cli.command) {
+    if let Err(err) = cmd::run(cli.command) {
         let code = err.exit_code();
         eprintln!("{:?}", miette::Report::new(err));
         std::process::exit(code);

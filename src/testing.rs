@@ -15,7 +15,8 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use thiserror::Error;
 
-use crate::plan::{image, Plan};
+use crate::image;
+use crate::plan::Plan;
 use crate::verify::{self, ModuleRow, TlsReport, VerifyError};
 
 /// Errors of the test harness.
@@ -40,9 +41,9 @@ pub enum TestingError {
     /// Reading the keys failed.
     #[error("failed to read {}", path.display())]
     Read {
-        /// The file.
+        /// The file that could not be read.
         path: PathBuf,
-        /// Why.
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
@@ -58,9 +59,9 @@ pub struct AsteriskContainer {
 /// Starts the plan's image with `deploy/asterisk` and `deploy/keys` mounted read-only, and
 /// waits until the image's healthcheck passes (Asterisk fully booted, TLS listener accepting).
 pub async fn start(plan: &Plan, deploy: &Path) -> Result<AsteriskContainer, TestingError> {
-    let (name, tag) = plan.image.rsplit_once(':').unwrap_or((plan.image.as_str(), "latest"));
+    let image::ImageRef { repository, tag } = plan.image_ref();
     let abs = std::path::absolute(deploy).map_err(|source| TestingError::Read { path: deploy.into(), source })?;
-    let container = GenericImage::new(name, tag)
+    let container = GenericImage::new(repository, tag)
         .with_wait_for(WaitFor::healthcheck())
         .with_network("host")
         .with_mount(

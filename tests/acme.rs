@@ -12,201 +12,11 @@ use std::time::{Duration, Instant};
 
 use astrtc::certs::acme::{self, AcmeRequest};
 use astrtc::certs::cert_facts;
-use astrtc::certs::local_ca::LocalCa;
 
-struct Pebble {
-    child: Child,
-    challtestsrv: Option<Child>,
-    /// Management API of pebble-challtestsrv (DNS-01 tests).
-    dns_management: Option<u16>,
-    /// pebble-challtestsrv's DNS server.
-    dns: Option<SocketAddr>,
-    /// How Pebble was started, to start it again after an outage.
-    args: Vec<String>,
-    envs: Vec<(String, String)>,
-    dir: tempfile::TempDir,
-    directory: String,
-    management: SocketAddr,
-    http01: SocketAddr,
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(c) = &mut self.challtestsrv {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn pebble() -> Option<Pebble> {
-    start_pebble(false, false)
-}
-
-fn start_pebble(with_dns: bool, faults: bool) -> Option<Pebble> {
-    start_pebble_with(with_dns, faults, None, None)
-}
-
-/// Waits until a TCP port on loopback accepts connections.
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Pebble, and with `with_dns` pebble-challtestsrv as its DNS server (answers A queries with
-/// 127.0.0.1 and serves the TXT records the DNS-01 hook sets).
-/// With `faults`, Pebble rejects 30 % of nonces and delays validations randomly (0-15 s), as
-/// its authors recommend for testing clients.
-fn start_pebble_with(with_dns: bool, faults: bool, va_sleep: Option<u32>, http01: Option<u16>) -> Option<Pebble> {
-    if !Path::new("/usr/bin/pebble").exists() {
-        assert!(std::env::var_os("CI").is_none(), "pebble is not installed (make deps-acme)");
-        eprintln!("skipping: pebble is not installed (make deps-acme)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    // Pebble ships no TLS certificate: make one for localhost, from a CA the client trusts.
-    let ca = LocalCa::load_or_create(&dir.path().join("ca"), "pebble").unwrap();
-    let tls = ca.leaf(&["localhost".to_string()], None).unwrap();
-    std::fs::write(dir.path().join("tls.crt"), &tls.chain_pem).unwrap();
-    std::fs::write(dir.path().join("tls.key"), &tls.key_pem).unwrap();
-    let (api, mgmt, tls_alpn) = (free_port(), free_port(), free_port());
-    let http01 = http01.unwrap_or_else(free_port);
-    let config = serde_json::json!({"pebble": {
-        "listenAddress": format!("127.0.0.1:{api}"),
-        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-        "certificate": dir.path().join("tls.crt"),
-        "privateKey": dir.path().join("tls.key"),
-        "httpPort": http01,
-        "tlsPort": tls_alpn,
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": false
-    }});
-    std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
-    let log = std::fs::File::create(dir.path().join("pebble.log")).unwrap();
-    let (mut challtestsrv, mut dns_management, mut dns_args, mut dns_addr) = (None, None, Vec::new(), None);
-    if with_dns {
-        let (dns, mgmt) = (free_port(), free_port());
-        let log = std::fs::File::create(dir.path().join("challtestsrv.log")).unwrap();
-        challtestsrv = Some(
-            Command::new("/usr/bin/pebble-challtestsrv")
-                .args([
-                    "-defaultIPv6",
-                    "",
-                    "-defaultIPv4",
-                    "127.0.0.1",
-                    "-http01",
-                    "",
-                    "-https01",
-                    "",
-                    "-tlsalpn01",
-                    "",
-                ])
-                .args(["-dns01", &format!("127.0.0.1:{dns}"), "-management", &format!("127.0.0.1:{mgmt}")])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        wait_port(mgmt, "pebble-challtestsrv");
-        dns_management = Some(mgmt);
-        dns_addr = Some(SocketAddr::from(([127, 0, 0, 1], dns)));
-        dns_args = vec!["-dnsserver".to_string(), format!("127.0.0.1:{dns}")];
-    }
-    let mut args = dns_args;
-    args.extend(["-config".to_string(), dir.path().join("pebble.json").display().to_string()]);
-    let mut envs: Vec<(String, String)> = vec![
-        ("PEBBLE_VA_NOSLEEP".into(), if faults || va_sleep.is_some() { "0" } else { "1" }.into()),
-        ("PEBBLE_WFE_NONCEREJECT".into(), if faults { "30" } else { "0" }.into()),
-        // Never reuse a valid authorization: every order must prove control again.
-        ("PEBBLE_AUTHZREUSE".into(), "0".into()),
-    ];
-    if let Some(secs) = va_sleep {
-        envs.push(("PEBBLE_VA_SLEEPTIME".into(), secs.to_string()));
-    }
-    let child = spawn_pebble(dir.path(), &args, &envs, log);
-    let p = Pebble {
-        child,
-        challtestsrv,
-        dns_management,
-        dns: dns_addr,
-        args,
-        envs,
-        directory: format!("https://localhost:{api}/dir"),
-        management: SocketAddr::from(([127, 0, 0, 1], mgmt)),
-        http01: SocketAddr::from(([127, 0, 0, 1], http01)),
-        dir,
-    };
-    // Readiness: the API port accepts connections.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
-        assert!(Instant::now() < deadline, "pebble did not start: {}", p.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(p)
-}
-
-fn spawn_pebble(dir: &Path, args: &[String], envs: &[(String, String)], log: std::fs::File) -> Child {
-    Command::new("/usr/bin/pebble")
-        .args(args)
-        .envs(envs.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-impl Pebble {
-    /// An outage: the ACME server stops answering.
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The server is back, on the same ports and with the same (in-memory) state lost, as after
-    /// a restart.
-    fn start_again(&mut self) {
-        let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("pebble.log")).unwrap();
-        self.child = spawn_pebble(self.dir.path(), &self.args, &self.envs, log);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
-    }
-
-    fn request(&self, names: &[&str], account_dir: &Path) -> AcmeRequest {
-        AcmeRequest {
-            directory: self.directory.clone(),
-            email: Some("ops@example.test".into()),
-            server_roots: Some(self.dir.path().join("ca/ca.crt")),
-            names: names.iter().map(|n| n.to_string()).collect(),
-            method: acme::ChallengeMethod::Http01 { listen: self.http01 },
-            account_file: acme::account_file(account_dir, &self.directory),
-            timeout: Duration::from_secs(30),
-            progress: acme::Progress::default(),
-        }
-    }
-
-    /// Pebble's issuing root (it changes every run), from the management interface.
-    fn root_pem(&self) -> String {
-        let ca = std::fs::read_to_string(self.dir.path().join("ca/ca.crt")).unwrap();
-        let addr = self.management;
-        let mut tls = astrtc::verify::tls::https_get(addr, "localhost", &ca, "/roots/0").unwrap();
-        tls.retain(|c| c != '\r');
-        tls.split_once("\n\n").map(|(_, body)| body.to_string()).unwrap_or(tls)
-    }
-}
+use crate::common::docker::{deployment, ensure_image, ensure_sidecar, ComposeProject};
+use crate::common::pebble::{pebble, start_pebble, start_pebble_with, Pebble};
+use crate::common::ports::free_port;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http01_issues_a_certificate_that_chains_to_pebbles_root() {
@@ -338,10 +148,6 @@ async fn issuance_survives_nonce_rejection_and_slow_validation() {
     );
     assert!(issued.attempts <= acme::MAX_ATTEMPTS);
     assert_eq!(cert_facts(&issued.cert.chain_pem).unwrap().dns_names.len(), 1);
-}
-
-fn astrtc() -> assert_cmd::Command {
-    assert_cmd::Command::cargo_bin("astrtc").unwrap()
 }
 
 #[test]
@@ -687,39 +493,13 @@ fn watch_killed_mid_issuance_restarts_and_the_pair_never_mismatches() {
     let _ = watch.wait();
 }
 
-/// The sidecar image, built once per run from the astrtc binary under test.
-fn ensure_sidecar() {
-    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    crate::common::build_image_once(&BUILT, "sidecar", |docker| async move {
-        let exe = assert_cmd::cargo::cargo_bin("astrtc");
-        astrtc::image::build_sidecar(&docker, &exe, astrtc::plan::image::SIDECAR_IMAGE, false).await
-    });
-}
-
-/// `docker compose` in a rendered directory; `down -v` when dropped.
-struct ComposeProject {
-    dir: PathBuf,
-}
-
-impl ComposeProject {
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker").arg("compose").args(args).current_dir(&self.dir).output().unwrap()
-    }
-}
-
-impl Drop for ComposeProject {
-    fn drop(&mut self) {
-        let _ = self.run(&["down", "-v", "--timeout", "5"]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_dropping_sessions() {
-    if crate::image::skip() {
+    if docker_off() {
         return;
     }
     let Some(pebble) = pebble() else { return };
-    let (dir, _) = crate::image::deployment(27);
+    let (dir, _) = deployment();
     // The same deployment in ACME mode, pointed at Pebble (HTTP-01 on Pebble's validation port).
     let spec = dir.path().join("astrtc.toml");
     let text = std::fs::read_to_string(&spec).unwrap().replace("name = \"astrtc-test\"", "name = \"astrtc-acme-test\"");
@@ -735,7 +515,7 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     let out = astrtc().args(["render", "--spec"]).arg(&spec).arg("--out").arg(&deploy).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plan = crate::common::plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
-    crate::image::ensure_image(&plan.image);
+    ensure_image(&plan.image);
     ensure_sidecar();
 
     // Contract: `docker compose up --wait` returns once Asterisk is healthy, which it can only
@@ -881,17 +661,17 @@ async fn bench_acme_issuance() {
 /// no-new-privileges the capability is not granted and binding fails.
 #[test]
 fn the_sidecar_image_answers_http01_on_port_80_without_root() {
-    if crate::image::skip() {
+    if docker_off() {
         return;
     }
     if TcpListener::bind("0.0.0.0:80").is_err() {
-        eprintln!("skipping: port 80 is in use on this host");
+        skip("port 80 is in use on this host, or this user may not bind it (CI runs as root)");
         return;
     }
     let Some(pebble) = start_pebble_with(false, false, None, Some(80)) else { return };
     ensure_sidecar();
     let dir = tempfile::tempdir().unwrap();
-    let config = astrtc::plan::AcmePlan {
+    let config = astrtc::plan::Acme {
         names: vec!["localhost".into()],
         email: "ops@example.test".into(),
         directory: pebble.directory.clone(),
@@ -916,7 +696,7 @@ fn the_sidecar_image_answers_http01_on_port_80_without_root() {
             .args(extra)
             .arg("-v")
             .arg(format!("{}:/etc/astrtc:ro", dir.path().display()))
-            .args([astrtc::plan::image::SIDECAR_IMAGE, "certs", "issue"])
+            .args([astrtc::image::SIDECAR_IMAGE, "certs", "issue"])
             .output()
             .unwrap()
     };

@@ -5,11 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use assert_cmd::Command;
-
-fn astrtc() -> Command {
-    Command::cargo_bin("astrtc").unwrap()
-}
+use crate::common::*;
 
 fn init_in(dir: &Path) {
     astrtc().args(["init", "--dir"]).arg(dir).assert().success();
@@ -260,7 +256,7 @@ fn init_in_acme_mode_writes_a_spec_that_renders_and_checks_its_flags() {
     render(&spec, &deploy, false).success();
     assert!(deploy.join("keys").is_dir());
     assert!(!deploy.join("keys/asterisk.crt").exists(), "ACME certificates come from `astrtc certs issue`");
-    let sidecar: astrtc::plan::AcmePlan =
+    let sidecar: astrtc::plan::Acme =
         toml::from_str(&fs::read_to_string(deploy.join("certs/acme.toml")).unwrap()).unwrap();
     assert_eq!(
         (sidecar.names, sidecar.account_dir),
@@ -274,4 +270,58 @@ fn init_in_acme_mode_writes_a_spec_that_renders_and_checks_its_flags() {
     let other = tempfile::tempdir().unwrap();
     init_in(other.path());
     astrtc().args(["certs", "issue", "--spec"]).arg(other.path().join("astrtc.toml")).assert().code(2);
+}
+
+/// Every command finds the output beside the spec (the layout `init` and `make up` make), wherever
+/// it runs: `render`, `render --check`, `info` and `certs` need no `--out`/`--keys`.
+#[test]
+fn output_paths_default_to_deploy_beside_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let pbx = dir.path().join("pbx");
+    init_in(&pbx);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let spec = pbx.join("astrtc.toml");
+    astrtc().current_dir(elsewhere.path()).arg("render").arg("--spec").arg(&spec).assert().success();
+    assert!(pbx.join("deploy/compose.yaml").is_file(), "render did not write pbx/deploy");
+    assert!(!elsewhere.path().join("deploy").exists(), "render wrote ./deploy");
+    astrtc().current_dir(elsewhere.path()).args(["render", "--check", "--spec"]).arg(&spec).assert().success();
+    let info = astrtc().current_dir(elsewhere.path()).args(["info", "--spec"]).arg(&spec).assert().success();
+    let info = String::from_utf8_lossy(&info.get_output().stdout).into_owned();
+    assert!(info.contains(&pbx.join("deploy/keys/ca.crt").display().to_string()), "{info}");
+    assert!(info.contains(&format!("check:      astrtc verify --spec {}\n", spec.display())), "{info}");
+}
+
+#[test]
+fn shell_completions_and_the_manual_page_describe_every_command() {
+    let out = astrtc().args(["completions", "bash"]).assert().success();
+    let bash = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(bash.contains("complete -F _astrtc") || bash.contains("_astrtc()"), "{bash}");
+    let out = astrtc().arg("man").assert().success();
+    let man = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(man.starts_with(".ie") || man.contains(".TH astrtc"), "{man}");
+    for cmd in ["init", "render", "build", "verify", "certs", "completions"] {
+        assert!(bash.contains(cmd), "completions lack {cmd}");
+        assert!(man.contains(cmd), "the manual page lacks {cmd}");
+    }
+    astrtc().args(["completions", "no-such-shell"]).assert().code(2);
+}
+
+/// `astrtc::testing` (testcontainers) is a cargo feature: an install without it compiles no
+/// testcontainers.
+#[test]
+fn testcontainers_is_only_in_the_testing_feature() {
+    let tree = |features: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(["tree", "--locked", "--offline", "-e", "normal", "--prefix", "none", "-p", "astrtc"])
+            .args(features)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plain = tree(&["--no-default-features"]);
+    assert!(plain.lines().any(|l| l.starts_with("bollard ")), "cargo tree printed no dependencies:\n{plain}");
+    assert!(!plain.lines().any(|l| l.starts_with("testcontainers ")), "{plain}");
+    assert!(tree(&["--features", "testing"]).lines().any(|l| l.starts_with("testcontainers ")));
 }

@@ -16,7 +16,7 @@ fn every_fixture_compose_file_is_valid() {
         let dir = fixture_copy(&case);
         let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
         let out = dir.path().join("deploy");
-        astrtc::run::write_output(&plan, &out).unwrap();
+        astrtc::deploy::write(&plan, &out).unwrap();
         let text = std::fs::read_to_string(out.join("compose.yaml")).unwrap();
         let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{case}: {e}"));
         assert!(doc.get("version").is_none(), "{case}: compose-spec files have no version key");
@@ -40,7 +40,7 @@ fn every_fixture_compose_file_is_valid() {
                 );
             }
         }
-        if compose_available() {
+        if compose_available() || ci() {
             let o = Command::new("docker")
                 .args(["compose", "-f"])
                 .arg(out.join("compose.yaml"))
@@ -51,7 +51,7 @@ fn every_fixture_compose_file_is_valid() {
             checked_by_compose += 1;
         }
     }
-    if std::env::var_os("CI").is_some() {
-        assert!(checked_by_compose > 0, "CI must check compose files with docker compose");
+    if checked_by_compose == 0 {
+        skip("docker compose is not installed (make deps): compose files were parsed as YAML only");
     }
 }

@@ -4,58 +4,16 @@
 //! deployment whose certificate does not match its domain, which must be caught.
 //!
 //! Needs a Docker engine (`make test` starts one). `ASTRTC_SKIP_DOCKER=1` skips these tests
-//! (`make test-unit`); CI never sets it.
+//! (`make test-unit`), each counted as a skip; CI never sets it.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::sync::OnceLock;
 
 use astrtc::certs::local_ca::LocalCa;
 use astrtc::certs::{cert_facts, files};
-use astrtc::plan::Plan;
 use astrtc::testing;
 
+use crate::common::docker::{deployment, ensure_image, install_leaf_for, overwrite_keep_mode};
 use crate::common::*;
-
-pub fn skip() -> bool {
-    if std::env::var_os("ASTRTC_SKIP_DOCKER").is_some() {
-        eprintln!("ASTRTC_SKIP_DOCKER is set: skipping a Docker test");
-        return true;
-    }
-    false
-}
-
-/// Builds the image once per test run, through `astrtc build`'s code path (bollard). With a warm
-/// cache this takes about a second; on a fresh host, the whole Asterisk build.
-pub fn ensure_image(tag: &str) {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let tag = tag.to_string();
-    build_image_once(&BUILT, "Asterisk", move |docker| async move {
-        let ca = Path::new(astrtc::image::HOST_CA_BUNDLE);
-        let ca = ca.exists().then_some(ca);
-        astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, ca, &tag, false).await
-    });
-}
-
-/// A rendered copy of the `host-alt-ports` fixture, with the ports shifted by `offset` so tests
-/// running at once do not collide.
-pub fn deployment(offset: u16) -> (tempfile::TempDir, Plan) {
-    let dir = fixture_copy("host-alt-ports");
-    let spec = dir.path().join("astrtc.toml");
-    if offset != 0 {
-        let text = std::fs::read_to_string(&spec).unwrap();
-        let text = text
-            .replace("sip_port = 15060", &format!("sip_port = {}", 15060 + offset))
-            .replace("wss_port = 18089", &format!("wss_port = {}", 18089 + offset))
-            .replace("http_port = 18088", &format!("http_port = {}", 18088 + offset))
-            .replace("start = 40000", &format!("start = {}", 40000 + offset * 10))
-            .replace("end = 40999", &format!("end = {}", 40999 + offset * 10));
-        std::fs::write(&spec, text).unwrap();
-    }
-    let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
-    astrtc::run::write_output(&plan, &dir.path().join("deploy")).unwrap();
-    (dir, plan)
-}
 
 fn running(rows: &[astrtc::verify::ModuleRow], name: &str) -> bool {
     rows.iter().any(|r| r.name == name && r.status == "Running")
@@ -63,10 +21,10 @@ fn running(rows: &[astrtc::verify::ModuleRow], name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_image_serves_wss_and_runs_the_webrtc_modules() {
-    if skip() {
+    if docker_off() {
         return;
     }
-    let (dir, plan) = deployment(0);
+    let (dir, plan) = deployment();
     ensure_image(&plan.image);
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
 
@@ -113,14 +71,18 @@ async fn the_image_serves_wss_and_runs_the_webrtc_modules() {
     let labels = config.labels.unwrap_or_default();
     assert_eq!(labels.get("io.astrtc.asterisk.version").map(String::as_str), Some("22.10.1"));
     assert_eq!(labels.get("io.astrtc.pjproject.version").map(String::as_str), Some("2.17"));
+    // The container log is plain text for log collectors: no ANSI escape sequences.
+    let logs = asterisk.logs().await.unwrap();
+    assert!(logs.contains("Asterisk Ready"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "the log carries escape sequences:\n{logs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_for_another_name_is_caught() {
-    if skip() {
+    if docker_off() {
         return;
     }
-    let (dir, plan) = deployment(7);
+    let (dir, plan) = deployment();
     ensure_image(&plan.image);
     install_leaf_for(dir.path(), &plan, "pbx.old.test");
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
@@ -131,40 +93,19 @@ async fn a_certificate_for_another_name_is_caught() {
     assert!(asterisk.check_websocket().is_err());
 }
 
-/// Replaces the rendered leaf in `DIR/deploy/keys` with one for `name`, from the same trusted CA
-/// (a deployment whose certificate does not match its domain).
-pub fn install_leaf_for(dir: &Path, plan: &Plan, name: &str) {
-    let ca = LocalCa::load(&plan.tls.ca_dir).unwrap().unwrap();
-    let leaf = ca.leaf(&[name.to_string()], None).unwrap();
-    let keys = dir.join("deploy/keys");
-    overwrite_keep_mode(&keys.join(files::KEY), &leaf.key_pem);
-    overwrite_keep_mode(&keys.join(files::CERT), &leaf.chain_pem);
-}
-
-fn overwrite_keep_mode(path: &Path, text: &str) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(path).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_build_step_is_an_error_with_its_output() {
-    if skip() {
+    if docker_off() {
         return;
     }
     // A context with every expected file, whose Dockerfile fails in a RUN step: the engine still
     // answers HTTP 200 and reports the failure inside the stream.
     let dir = tempfile::tempdir().unwrap();
-    for (path, _, _) in astrtc::image::EMBEDDED_CONTEXT {
-        let p = dir.path().join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, "#!/bin/sh\n").unwrap();
-    }
     std::fs::write(dir.path().join("Dockerfile"), "FROM debian:trixie-slim\nRUN echo astrtc-step-output && exit 3\n")
         .unwrap();
     let docker = astrtc::image::connect().await.unwrap();
     let ctx = astrtc::image::BuildContext::Dir(dir.path().to_path_buf());
-    let err = astrtc::image::build(&docker, &ctx, None, "astrtc-test/failing:1", false).await.unwrap_err();
+    let err = astrtc::image::build(&docker, &ctx, None, "astrtc-test/failing:1", &|_| {}).await.unwrap_err();
     match &err {
         astrtc::image::ImageError::BuildFailed { step, message, log_tail } => {
             assert!(step.contains("2/2"), "{step}");
@@ -177,8 +118,7 @@ async fn a_failing_build_step_is_an_error_with_its_output() {
 
 #[test]
 fn no_engine_is_a_clear_error() {
-    let out = assert_cmd::Command::cargo_bin("astrtc")
-        .unwrap()
+    let out = astrtc()
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .args(["build", "--spec"])
         .arg(fixtures().join("host-alt-ports/astrtc.toml"))
@@ -191,10 +131,10 @@ fn no_engine_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_sessions_survive() {
-    if skip() {
+    if docker_off() {
         return;
     }
-    let (dir, plan) = deployment(23);
+    let (dir, plan) = deployment();
     ensure_image(&plan.image);
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
     asterisk.spawn("ASTRTC_RELOAD_INTERVAL=1 /usr/local/bin/astrtc-cert-reloader").await.unwrap();

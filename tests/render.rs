@@ -108,20 +108,20 @@ fn write_replaces_the_output_atomically_and_keeps_the_leaf() {
     let dir = fixture_copy("webrtc-self-signed");
     let out = dir.path().join("deploy");
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
-    assert_eq!(astrtc::run::write_output(&plan, &out).unwrap(), astrtc::run::Written::Changed);
+    assert_eq!(astrtc::deploy::write(&plan, &out).unwrap(), astrtc::deploy::Written::Changed);
     // Nothing changed: nothing is written, so a running container keeps its mounts.
     let inode = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     let before = inode(&out);
-    assert_eq!(astrtc::run::write_output(&plan, &out).unwrap(), astrtc::run::Written::Unchanged);
+    assert_eq!(astrtc::deploy::write(&plan, &out).unwrap(), astrtc::deploy::Written::Unchanged);
     assert_eq!(inode(&out), before);
     std::fs::write(out.join("stray.txt"), "left by hand").unwrap();
     let crt = std::fs::read(out.join("keys/asterisk.crt")).unwrap();
     let ca = std::fs::read(out.join("keys/ca.crt")).unwrap();
-    astrtc::run::write_output(&plan, &out).unwrap();
+    astrtc::deploy::write(&plan, &out).unwrap();
     assert!(!out.join("stray.txt").exists(), "the output directory is replaced as a whole");
     assert_eq!(std::fs::read(out.join("keys/asterisk.crt")).unwrap(), crt, "leaf re-issued without need");
     assert_eq!(std::fs::read(out.join("keys/ca.crt")).unwrap(), ca, "CA must survive re-renders");
-    let report = astrtc::run::check_output(&plan, &out).unwrap();
+    let report = astrtc::deploy::check(&plan, &out).unwrap();
     assert!(report.is_up_to_date(), "{report}");
     // No staging directories are left beside the output.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -141,9 +141,9 @@ fn secret_files_belong_to_the_asterisk_group_when_rendered_as_root() {
     let dir = fixture_copy("webrtc-self-signed");
     let out = dir.path().join("deploy");
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
-    astrtc::run::write_output(&plan, &out).unwrap();
+    astrtc::deploy::write(&plan, &out).unwrap();
     let gid = astrtc::render::file_gid(&out.join("keys/asterisk.key")).unwrap();
-    assert_eq!(gid, astrtc::plan::image::ASTERISK_UID);
+    assert_eq!(gid, astrtc::image::ASTERISK_UID);
 }
 
 #[test]

@@ -4,20 +4,16 @@
 
 use std::path::Path;
 
-use assert_cmd::Command;
 use astrtc::certs::files;
 use astrtc::testing;
 use serde_json::Value;
 
-use crate::image::{deployment, ensure_image, install_leaf_for};
-
-fn skip() -> bool {
-    std::env::var_os("ASTRTC_SKIP_DOCKER").is_some()
-}
+use crate::common::docker::{deployment, ensure_image, install_leaf_for};
+use crate::common::*;
 
 /// Runs `astrtc verify --json`; returns (exit code, report).
 fn verify(dir: &Path, container: Option<&str>) -> (i32, Value) {
-    let mut cmd = Command::cargo_bin("astrtc").unwrap();
+    let mut cmd = astrtc();
     cmd.arg("verify").arg("--spec").arg(dir.join("astrtc.toml")).arg("--out").arg(dir.join("deploy")).args([
         "--host",
         "127.0.0.1",
@@ -48,10 +44,10 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_good_deployment_passes_and_a_wrong_password_is_named() {
-    if skip() {
+    if docker_off() {
         return;
     }
-    let (dir, plan) = deployment(11);
+    let (dir, plan) = deployment();
     ensure_image(&plan.image);
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.unwrap();
     let (code, report) = verify(dir.path(), Some(asterisk.id()));
@@ -77,10 +73,10 @@ async fn a_good_deployment_passes_and_a_wrong_password_is_named() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_for_another_name_fails_tls_with_both_names() {
-    if skip() {
+    if docker_off() {
         return;
     }
-    let (dir, plan) = deployment(13);
+    let (dir, plan) = deployment();
     ensure_image(&plan.image);
     install_leaf_for(dir.path(), &plan, "pbx.old.test");
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.unwrap();
@@ -94,10 +90,10 @@ async fn a_certificate_for_another_name_fails_tls_with_both_names() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_module_is_named() {
-    if skip() {
+    if docker_off() {
         return;
     }
-    let (dir, plan) = deployment(15);
+    let (dir, plan) = deployment();
     ensure_image(&plan.image);
     let modules = dir.path().join("deploy/asterisk/modules.conf");
     let text = std::fs::read_to_string(&modules).unwrap();
@@ -112,25 +108,29 @@ async fn a_missing_module_is_named() {
 
 #[test]
 fn nothing_listening_fails_tls_and_sip_with_their_own_messages() {
-    let (dir, _plan) = deployment(19);
+    let (dir, plan) = deployment();
     let (code, report) = verify(dir.path(), None);
     assert_eq!(code, 1);
     let f = failed(&report);
     assert_eq!(f, ["tls", "sip udp"], "{report:#}");
-    assert!(check(&report, "tls")["remedy"]
-        .as_str()
-        .unwrap()
-        .contains("nothing accepts connections on 127.0.0.1:18108"));
+    let wanted = format!("nothing accepts connections on 127.0.0.1:{}", plan.network.wss_port);
+    assert!(check(&report, "tls")["remedy"].as_str().unwrap().contains(&wanted), "{report:#}");
     assert!(check(&report, "sip udp")["detail"].as_str().unwrap().contains("no answer to OPTIONS"));
     assert_eq!(check(&report, "websocket")["status"], "skip");
 }
 
 #[test]
-fn without_a_local_ca_the_system_trust_store_is_used() {
-    let (dir, _plan) = deployment(21);
+fn without_the_rendered_ca_the_spec_local_ca_is_used() {
+    let (dir, _plan) = deployment();
     std::fs::remove_file(dir.path().join("deploy/keys").join(files::CA)).unwrap();
     let (code, report) = verify(dir.path(), None);
     assert_eq!(code, 1, "{report:#}");
-    // It got as far as connecting (nothing listens here), instead of failing to read ca.crt.
+    // It got as far as connecting (nothing listens here) with the CA of tls.ca_dir, instead of
+    // failing to read deploy/keys/ca.crt.
     assert!(check(&report, "tls")["remedy"].as_str().unwrap().contains("nothing accepts connections"), "{report:#}");
+    // With the CA gone as well there is nothing to verify against: a clear error naming it.
+    std::fs::remove_file(dir.path().join(".astrtc/ca/ca.crt")).unwrap();
+    let out = astrtc().arg("verify").arg("--spec").arg(dir.path().join("astrtc.toml")).assert().code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("failed to read") && err.contains(".astrtc/ca/ca.crt"), "{err}");
 }

@@ -4,8 +4,6 @@
 //!
 //! Owns: talking to the ACME server and the challenge responder. It does not decide when to
 //! renew and does not write into `deploy/` (the caller stores the [`CertLayout`] atomically).
-//! Status: the core of the ACME issue, tested against Pebble; the spec, CLI (`certs issue`,
-//! `watch`), DNS-01 and the sidecar build on it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -141,9 +139,9 @@ pub enum AcmeError {
     #[error("failed to listen for HTTP-01 on {addr}")]
     #[diagnostic(help("port 80 needs root or CAP_NET_BIND_SERVICE; or point the challenge at another port"))]
     Listen {
-        /// The address.
+        /// The address it tried to listen on.
         addr: SocketAddr,
-        /// Why.
+        /// The system's error (in use, or not permitted).
         #[source]
         source: std::io::Error,
     },
@@ -180,9 +178,9 @@ pub enum AcmeError {
     /// The account file could not be read or written.
     #[error("failed to use the ACME account file {}", path.display())]
     Account {
-        /// The file.
+        /// The account file that could not be read or written.
         path: PathBuf,
-        /// Why.
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
@@ -213,7 +211,7 @@ async fn account(req: &AcmeRequest) -> Result<Account, AcmeError> {
         std::fs::create_dir_all(dir).map_err(aerr)?;
     }
     let json = serde_json::to_string(&creds).map_err(|e| aerr(std::io::Error::other(e.to_string())))?;
-    super::local_ca::write_atomic(&req.account_file, json.as_bytes(), 0o600).map_err(aerr)?;
+    crate::fsx::write_atomic(&req.account_file, json.as_bytes(), 0o600).map_err(aerr)?;
     Ok(account)
 }
 

@@ -44,7 +44,7 @@ pub enum DnsError {
     NoServers {
         /// Record name.
         name: String,
-        /// Why.
+        /// What the resolver said.
         reason: String,
     },
 }

@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::acme::{self, AcmeError, AcmeRequest, ChallengeMethod, Progress};
 use super::store::{self, Due, RenewPolicy};
-use crate::plan::{AcmePlan, SecretAccess};
+use crate::plan::{Acme, SecretAccess};
 use crate::spec::AcmeChallenge;
 
 /// How long the CA gets to validate and issue.
@@ -23,7 +23,7 @@ pub const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 #[derive(Debug, Clone)]
 pub struct Job {
     /// What to ask for and how.
-    pub acme: AcmePlan,
+    pub acme: Acme,
     /// The keys directory.
     pub keys: PathBuf,
     /// Who may read the key files.
@@ -44,7 +44,7 @@ pub enum Outcome {
     },
     /// A new certificate was written.
     Issued {
-        /// Why.
+        /// What made it necessary: missing, other names, key mismatch, due, or forced.
         reason: Due,
         /// Its serial (hex).
         serial: String,
@@ -66,12 +66,21 @@ pub enum LifecycleError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Acme(#[from] AcmeError),
+    /// The CA's answer is not a usable certificate; nothing was written.
+    #[error("the ACME server at {directory} sent something that is not a certificate: {reason}")]
+    #[diagnostic(help("the current certificate stays in place; this is a fault of the ACME server"))]
+    BadCertificate {
+        /// The ACME directory.
+        directory: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The files could not be written.
     #[error("failed to write the certificate into {}", path.display())]
     Write {
         /// The keys directory.
         path: PathBuf,
-        /// Why.
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
@@ -124,9 +133,10 @@ impl Job {
         };
         let start = Instant::now();
         let issued = acme::issue(&self.request()).await?;
+        let facts = super::cert_facts(&issued.cert.chain_pem)
+            .map_err(|reason| LifecycleError::BadCertificate { directory: self.acme.directory.clone(), reason })?;
         store::write(&self.keys, &issued.cert, self.access)
             .map_err(|source| LifecycleError::Write { path: self.keys.clone(), source })?;
-        let facts = super::cert_facts(&issued.cert.chain_pem).expect("the CA returned a certificate");
         let mut due_in_seconds = facts.seconds_left - self.policy().renew_before_seconds(facts.lifetime_seconds);
         if due_in_seconds <= 0 {
             // renew_before_days is longer than this CA's certificates live: renewing at once
@@ -179,7 +189,7 @@ pub enum WatchEvent<'a> {
     },
     /// A pass failed; the current certificate (if any) stays.
     Failed {
-        /// Why.
+        /// The failure, with its sources.
         error: &'a LifecycleError,
         /// Failures in a row.
         failures: u32,

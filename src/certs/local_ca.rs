@@ -3,11 +3,10 @@
 //! that trusts `ca.crt` keeps trusting re-rendered deployments.
 //!
 //! Owns: creating and loading the CA (`ca.crt` 0644, `ca.key` 0600 in a 0700 directory, written
-//! atomically) and issuing or reusing the WSS leaf certificate.
+//! with [`fsx::write_atomic`]) and issuing or reusing the WSS leaf certificate.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -17,6 +16,7 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 
 use super::{cert_facts, CertError, CertLayout};
+use crate::fsx;
 
 /// CA certificate file in the CA directory.
 pub const CA_CERT_FILE: &str = "ca.crt";
@@ -100,9 +100,9 @@ impl LocalCa {
             move |source| CertError::WriteCa { path, source }
         };
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).map_err(err(&self.dir))?;
-        write_atomic(&self.dir.join(CA_KEY_FILE), self.key.serialize_pem().as_bytes(), 0o600)
+        fsx::write_atomic(&self.dir.join(CA_KEY_FILE), self.key.serialize_pem().as_bytes(), 0o600)
             .map_err(err(&self.dir.join(CA_KEY_FILE)))?;
-        write_atomic(&self.dir.join(CA_CERT_FILE), self.cert_pem.as_bytes(), 0o644)
+        fsx::write_atomic(&self.dir.join(CA_CERT_FILE), self.cert_pem.as_bytes(), 0o644)
             .map_err(err(&self.dir.join(CA_CERT_FILE)))?;
         Ok(())
     }
@@ -130,9 +130,6 @@ impl LocalCa {
         let Ok(key) = KeyPair::from_pem(&existing.key_pem) else {
             return false;
         };
-        let Ok(ca) = cert_facts(&self.cert_pem) else {
-            return false;
-        };
         let Ok(ca_der) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes()) else {
             return false;
         };
@@ -144,7 +141,6 @@ impl LocalCa {
             .and_then(|(_, p)| p.parse_x509().ok().map(|c| c.verify_signature(Some(ca_cert.public_key())).is_ok()))
             .unwrap_or(false);
         let wanted: std::collections::BTreeSet<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-        let _ = ca;
         signed_by_us
             && leaf.dns_names == wanted
             && leaf.spki_der == key.subject_public_key_info()
@@ -178,29 +174,10 @@ impl LocalCa {
     }
 }
 
-/// Writes a file via a temporary file in the same directory, fsync and rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| s.to_string()).collect()

@@ -61,9 +61,9 @@ pub enum CertError {
     /// A file of the CA or the keys directory could not be read.
     #[error("failed to read {}", path.display())]
     Read {
-        /// The file.
+        /// The file that could not be read.
         path: PathBuf,
-        /// Why.
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
@@ -71,9 +71,9 @@ pub enum CertError {
     #[error("failed to write the local CA to {}", path.display())]
     #[diagnostic(help("check that the directory is writable, or set tls.ca_dir in the spec"))]
     WriteCa {
-        /// The file.
+        /// The file that could not be written.
         path: PathBuf,
-        /// Why.
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
@@ -83,7 +83,7 @@ pub enum CertError {
     BadCa {
         /// The CA directory.
         dir: PathBuf,
-        /// What is wrong.
+        /// What makes it unusable.
         reason: String,
     },
     /// Certificate generation failed.

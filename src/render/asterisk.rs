@@ -1,15 +1,15 @@
-//! Renders the Asterisk configuration directory (`deploy/asterisk/`, mounted at `/etc/asterisk`).
+//! The Asterisk configuration directory (`deploy/asterisk/`, mounted at `/etc/asterisk`): the
+//! context each of its templates sees, and the modules it does not load.
 //!
-//! Owns: which files Asterisk gets and the context each template sees. Secrets go only into the
-//! separate `pjsip_auth.conf` and `rtp_turn.conf` (mode 0640), which the public files `#include`,
-//! so configs can be shared or put in a ConfigMap without passwords.
+//! Owns: keeping secrets apart. Passwords reach only `pjsip_auth.conf` and `rtp_turn.conf`
+//! (mode 0640), through contexts of their own; the public files `#include` them, so configs can
+//! be shared or put in a ConfigMap without passwords.
 
+use minijinja::context;
 use minijinja::value::{Serde, Value};
-use minijinja::{context, Environment};
 
-use super::templates::*;
-use super::{Bundle, FileKind, RenderError};
-use crate::plan::{image, Plan};
+use crate::image;
+use crate::plan::Plan;
 
 /// Modules a WebRTC PBX does not run: old channel drivers, telephony hardware, databases and
 /// interfaces that would widen the attack surface (ARI, AMI are enabled by their own configs
@@ -80,52 +80,30 @@ pub const NOLOAD: &[&str] = &[
     "app_queue.so",
 ];
 
-/// Config files without secrets, in the order they are rendered.
-pub const PUBLIC_CONFIGS: &[&str] = &[
-    ASTERISK_CONF,
-    LOGGER_CONF,
-    MODULES_CONF,
-    HTTP_CONF,
-    RTP_CONF,
-    PJSIP_CONF,
-    EXTENSIONS_CONF,
-    // Small files that keep Asterisk's startup free of "unable to load config" errors and turn
-    // off what a WebRTC PBX does not use (CDR, CEL, AMI).
-    CDR_CONF,
-    CEL_CONF,
-    FEATURES_CONF,
-    MANAGER_CONF,
-    ACL_CONF,
-    UDPTL_CONF,
-    PJPROJECT_CONF,
-    STASIS_CONF,
-    CCSS_CONF,
-    INDICATIONS_CONF,
-];
-
-/// Adds every Asterisk config file of the plan to the bundle.
-pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result<(), RenderError> {
-    let ctx = context! {
+/// The context of every Asterisk config but the secret ones: the plan (no passwords in it) and
+/// the container paths.
+pub fn context(plan: &Plan) -> Value {
+    context! {
         plan => Value::from(Serde(plan)),
         keys_dir => image::KEYS_DIR,
         noload => Value::from(Serde(NOLOAD)),
-        auth_file => "pjsip_auth.conf",
-        rtp_secrets_file => "rtp_turn.conf",
-    };
-    for name in PUBLIC_CONFIGS {
-        bundle.add(name, super::render_template(env, name, &ctx)?, FileKind::Public);
+        auth_file => AUTH_FILE,
+        rtp_secrets_file => RTP_SECRETS_FILE,
     }
-    // Passwords reach exactly one template each, through their own context.
-    let auth: Vec<_> = plan.endpoints.iter().map(|e| context! { id => &e.id, password => &e.password }).collect();
-    bundle.add(
-        PJSIP_AUTH_CONF,
-        super::render_template(env, PJSIP_AUTH_CONF, &context! { endpoints => auth })?,
-        FileKind::Secret,
-    );
-    if plan.rtp.turn.is_some() {
-        bundle.add(RTP_TURN_CONF, super::render_template(env, RTP_TURN_CONF, &ctx)?, FileKind::Secret);
-    }
-    // Mount point for the keys inside the read-only config mount.
-    bundle.add_dir("asterisk/keys");
-    Ok(())
 }
+
+/// The context of `pjsip_auth.conf`: the endpoints' ids and passwords, nothing else.
+pub fn auth_context(plan: &Plan) -> Value {
+    let auth: Vec<_> = plan.endpoints.iter().map(|e| context! { id => &e.id, password => &e.password }).collect();
+    context! { endpoints => auth }
+}
+
+/// The context of `rtp_turn.conf`: the TURN password, nothing else.
+pub fn turn_context(plan: &Plan) -> Value {
+    context! { turn_password => plan.rtp.turn.as_ref().map(|t| t.password.clone()) }
+}
+
+/// `pjsip_auth.conf`, as pjsip.conf includes it.
+pub const AUTH_FILE: &str = "pjsip_auth.conf";
+/// `rtp_turn.conf`, as rtp.conf includes it.
+pub const RTP_SECRETS_FILE: &str = "rtp_turn.conf";

@@ -1,22 +1,21 @@
-//! Renders `deploy/compose.yaml`, the main deployment path (`docker compose up`).
+//! The context of `deploy/compose.yaml`, the main deployment path (`docker compose up`).
 //!
 //! Owns: the compose-specific derived strings (published ports, tmpfs options). Every value is
 //! JSON-escaped by the environment (a JSON literal is a valid YAML scalar), so no spec value can
 //! add a key.
 
+use minijinja::context;
 use minijinja::value::{Serde, Value};
-use minijinja::{context, Environment};
 
-use super::templates::COMPOSE_YAML;
-use super::{Bundle, FileKind, RenderError};
-use crate::plan::{image, Plan};
+use crate::image;
+use crate::plan::Plan;
 use crate::spec::{AcmeChallenge, NetworkMode};
 
 /// Name of the user-defined network in bridge mode.
 pub const NETWORK_NAME: &str = "astrtc";
 
-/// Adds `compose.yaml` to the bundle.
-pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result<(), RenderError> {
+/// The context of `compose.yaml`.
+pub fn context(plan: &Plan) -> Value {
     let n = &plan.network;
     let rtp_range = format!("{}-{}", plan.rtp.start, plan.rtp.end);
     let published_ports: Vec<String> = if n.mode == NetworkMode::Bridge {
@@ -45,7 +44,7 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
             healthcheck => Value::from(Serde(["CMD", "/usr/local/bin/astrtc", "certs", "check"])),
         }
     });
-    let ctx = context! {
+    context! {
         sidecar => sidecar,
         plan => Value::from(Serde(plan)),
         rtp_range => rtp_range,
@@ -55,7 +54,5 @@ pub fn render(env: &Environment<'_>, plan: &Plan, bundle: &mut Bundle) -> Result
         keys_dir => image::KEYS_DIR,
         asterisk_uid => image::ASTERISK_UID,
         healthcheck => Value::from(Serde(["CMD", image::HEALTHCHECK])),
-    };
-    bundle.add(COMPOSE_YAML, super::render_template(env, COMPOSE_YAML, &ctx)?, FileKind::Public);
-    Ok(())
+    }
 }

@@ -1,11 +1,15 @@
-//! The spec: what the user wrote in `astrtc.toml` (and, apart, in `astrtc.secrets.toml`).
+//! The spec: what the user wrote in `astrtc.toml` (and, apart, in `astrtc.secrets.toml`), in
+//! three layers: [`Spec`] as parsed (every field the user may leave out is an `Option`, so it
+//! says exactly what was written; serde refuses unknown keys), [`validate`] (defaults from
+//! [`defaults`] applied once, every rule checked, all problems at once), and [`valid::Valid`], the
+//! typed values the [`crate::plan`] is built from.
 //!
-//! This module owns reading and parsing only. Every field the user may leave out is an `Option`
-//! here, so that `Spec` says exactly what was written; defaults are applied once, in
-//! [`crate::plan`], and semantic checks live in [`validate`]. Nothing here renders or writes.
+//! Nothing here renders or writes, and nothing here knows about the plan.
 
+pub mod defaults;
 pub mod secrets;
 pub mod source;
+pub mod valid;
 pub mod validate;
 
 use std::net::IpAddr;
@@ -226,10 +230,29 @@ pub fn parse(name: &str, text: &str) -> Result<LoadedSpec, SpecError> {
     Ok(LoadedSpec { spec, source })
 }
 
-/// Parses a `dns_resolvers` entry: `IP` (port 53) or `IP:PORT` (`[IPv6]:PORT`).
-pub fn parse_resolver(s: &str) -> Option<std::net::SocketAddr> {
-    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Some(std::net::SocketAddr::new(ip, 53));
+impl LoadedSpec {
+    /// Where the spec's secrets file is (`secrets`, relative to the spec; default beside it).
+    pub fn secrets_path(&self) -> PathBuf {
+        let rel = self.spec.secrets.clone().unwrap_or_else(|| PathBuf::from(defaults::SECRETS_FILE));
+        if rel.is_absolute() {
+            rel
+        } else {
+            self.base_dir().join(rel)
+        }
     }
-    s.parse::<std::net::SocketAddr>().ok().filter(|a| a.port() != 0)
+
+    /// Reads the spec's secrets file.
+    pub fn load_secrets(&self) -> Result<secrets::LoadedSecrets, SpecError> {
+        secrets::load(&self.secrets_path())
+    }
+
+    /// Validates the spec with its secrets: the typed values, or every problem located in the
+    /// file it is in.
+    pub fn validate(&self, secrets: &secrets::LoadedSecrets) -> Result<valid::Valid, SpecError> {
+        validate::validate(&self.spec, self.base_dir(), &secrets.secrets).map_err(|problems| {
+            let mut located: Vec<_> = problems.spec.into_iter().map(|p| self.source.locate(p)).collect();
+            located.extend(problems.secrets.into_iter().map(|p| secrets.source.locate(p)));
+            SpecError::Invalid(source::InvalidSpec { file: self.source.path.clone(), problems: located })
+        })
+    }
 }

@@ -223,12 +223,6 @@ impl Problem {
         self.help = Some(help.into());
         self
     }
-
-    /// Sets the label shown at the span.
-    pub fn label(mut self, label: impl Into<String>) -> Self {
-        self.label = label.into();
-        self
-    }
 }
 
 /// Everything wrong with one input file, all at once.
@@ -236,7 +230,7 @@ impl Problem {
 #[error("{} has {} problem{}", file.display(), problems.len(), if problems.len() == 1 { "" } else { "s" })]
 #[diagnostic(code(astrtc::spec::invalid))]
 pub struct InvalidSpec {
-    /// The file.
+    /// The file the problems are in.
     pub file: PathBuf,
     /// The problems, each located.
     #[related]
@@ -258,9 +252,9 @@ pub enum SpecError {
     #[error("failed to read {}", path.display())]
     #[diagnostic(code(astrtc::spec::read), help("create one with `astrtc init`, or name it with --spec"))]
     Read {
-        /// The file.
+        /// The file that could not be read.
         path: PathBuf,
-        /// Why.
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },

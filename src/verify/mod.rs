@@ -1,8 +1,11 @@
-//! Checks of a running astrtc Asterisk, shared by the test suite, [`crate::testing`] and (later)
-//! `astrtc verify`: the WSS listener's certificate, the WebSocket upgrade, and parsers for the
-//! Asterisk CLI output the WebRTC guides ask operators to read by eye.
+//! Checks of a running astrtc Asterisk (`astrtc verify`, also used by the test suite and
+//! `astrtc::testing`): the WSS listener's certificate, the WebSocket upgrade, REGISTER over WSS,
+//! OPTIONS over UDP, and parsers for the Asterisk CLI output the WebRTC guides ask operators to
+//! read by eye.
 //!
-//! Owns: the checks and the parsing. It does not start containers or read specs.
+//! Owns: the checks ([`checks`]), the parsing ([`cli_output`]) and the report ([`report`]). It
+//! reads the plan, never the spec, and it starts no containers: it talks to a running deployment
+//! over the network and, when the container is local, through the Docker API.
 
 pub mod checks;
 pub mod cli_output;

@@ -63,11 +63,6 @@ impl Report {
         self.checks.push(c);
         self.ok = self.checks.iter().all(|c| c.status != Status::Fail);
     }
-
-    /// The check with this name.
-    pub fn get(&self, name: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.name == name)
-    }
 }
 
 impl fmt::Display for Report {

@@ -28,7 +28,7 @@ pub enum VerifyError {
     Connect {
         /// Address.
         addr: SocketAddr,
-        /// Why.
+        /// The TLS library's error (names the certificate problem).
         #[source]
         source: std::io::Error,
     },

@@ -1,10 +1,16 @@
-//! Shared helpers: fixture copies in temp dirs, rendering through the library, snapshot text.
+//! Shared helpers: fixture copies in temp dirs, rendering through the library, snapshot text,
+//! the `astrtc` binary, and skips that are counted. Beside them: [`docker`] (images and running
+//! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice).
+
+pub mod docker;
+pub mod pebble;
+pub mod ports;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use astrtc::plan::{self, HostFacts, Plan};
+use astrtc::plan::{HostFacts, Plan};
 use astrtc::render::{self, Bundle};
 use astrtc::spec;
 
@@ -41,19 +47,62 @@ pub fn fixture_copy(case: &str) -> tempfile::TempDir {
 
 /// Loads a spec and its secrets into a plan.
 pub fn plan_for(spec_path: &Path, host: HostFacts) -> Result<Plan, spec::SpecError> {
-    let loaded = spec::load(spec_path)?;
-    let secrets = plan::load_secrets(&loaded)?;
-    plan::build(&loaded, &secrets, host)
+    astrtc::plan::load(spec_path, host)
 }
 
-/// Renders a plan with a local CA in `ca_dir`'s place (created on first use).
+/// Renders a plan as `astrtc render` would into a fresh directory (a local CA in `ca_dir`'s
+/// place, created on first use; in ACME mode no certificate issued yet).
 pub fn bundle_for(plan: &Plan) -> Bundle {
-    if plan.tls.mode == astrtc::spec::TlsMode::Acme {
-        return render::render(plan, None).unwrap(); // no certificate issued yet
+    let fresh = tempfile::tempdir().unwrap();
+    let inputs = astrtc::deploy::gather(plan, &fresh.path().join("deploy"), astrtc::deploy::CaUse::Create).unwrap();
+    render::render(plan, &inputs).unwrap()
+}
+
+/// The `astrtc` binary under test.
+pub fn astrtc() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("astrtc").unwrap()
+}
+
+/// Whether this run is CI (`CI` set to anything but empty, `0` or `false`): there a skip is a
+/// failure.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Skips the running test, loudly: prints `SKIP <test>: <reason>` and appends it to the file
+/// named by `ASTRTC_SKIP_LOG`, which `make test` counts. Under CI a skip is a failure: this
+/// panics with the same line instead. The test name is the test thread's (libtest names it so).
+pub fn skip(reason: &str) {
+    let test = std::thread::current().name().unwrap_or("<unknown test>").to_string();
+    let line = format!("SKIP {test}: {reason}");
+    if ci() {
+        panic!("{line} (under CI=true a skip is a failure)");
     }
-    let ca = astrtc::certs::local_ca::LocalCa::load_or_create(&plan.tls.ca_dir, &plan.tls.domain).unwrap();
-    let certs = ca.leaf(&plan.tls.names, None).unwrap();
-    render::render(plan, Some(&certs)).unwrap()
+    eprintln!("{line}");
+    if let Some(log) = std::env::var_os("ASTRTC_SKIP_LOG") {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
+}
+
+/// True (after [`skip`]) when `ASTRTC_SKIP_DOCKER=1` — exactly `1` — turns Docker tests off, as
+/// `make test-unit` does. Any other value is ignored: the test runs.
+pub fn docker_off() -> bool {
+    if std::env::var("ASTRTC_SKIP_DOCKER").is_ok_and(|v| v == "1") {
+        skip("needs a Docker engine; ASTRTC_SKIP_DOCKER=1 (make test-unit) turns those tests off");
+        return true;
+    }
+    false
+}
+
+/// True (after [`skip`]) when a tool a test drives is not installed.
+pub fn tool_missing(path: &Path, install: &str) -> bool {
+    if path.exists() {
+        return false;
+    }
+    skip(&format!("{} is not installed ({install})", path.display()));
+    true
 }
 
 /// Every file of a bundle in one text, PEM bodies replaced (they change on every run).
@@ -89,29 +138,4 @@ pub fn snapshot_text(bundle: &Bundle) -> String {
         }
     }
     out
-}
-
-/// Runs an image build once per test run, through astrtc's bollard code path, on its own
-/// runtime (tests run on several); every caller panics with the build's diagnostic if it failed.
-pub fn build_image_once<F, Fut>(cell: &'static std::sync::OnceLock<Result<(), String>>, what: &str, build: F)
-where
-    F: FnOnce(bollard::Docker) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<astrtc::image::Built, astrtc::image::ImageError>>,
-{
-    let result = cell.get_or_init(|| {
-        std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().unwrap().block_on(async {
-                let docker = astrtc::image::connect().await.map_err(|e| format!("{e:?}"))?;
-                build(docker)
-                    .await
-                    .map(|b| eprintln!("image {} ready in {:.1?}", b.tag, b.elapsed))
-                    .map_err(|e| format!("{:?}", miette::Report::new(e)))
-            })
-        })
-        .join()
-        .unwrap()
-    });
-    if let Err(e) = result {
-        panic!("building the {what} image failed: {e}");
-    }
 }

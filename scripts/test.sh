@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the test suite (cargo test, every target, no fail-fast) and ends with one line counted
+# over the whole run: `N passed, N failed, N skipped`.
+#
+# A test that cannot run calls `skip()` (tests/common): it prints `SKIP <test>: <reason>` and
+# appends that line to $ASTRTC_SKIP_LOG, which this script counts (such a test reports "ok" to
+# cargo, so it is taken out of the passed count). Under CI=true a skip is a failure. Benchmarks
+# are #[ignore]d here and run by `make bench`; they are named, not counted.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+log=$(mktemp)
+skips=$(mktemp)
+trap 'rm -f "$log" "$skips"' EXIT
+export ASTRTC_SKIP_LOG="$skips"
+
+cargo test --locked --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+
+read -r passed failed ignored < <(awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) {
+      if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i
+    }
+  } END { print p+0, f+0, g+0 }' "$log")
+skipped=$(grep -c '^SKIP ' "$skips" || true)
+passed=$((passed - skipped))
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  failed=1 # the build failed, or a test binary crashed: no test result line counted it
+  echo "cargo test exited $status before reporting a failed test (a build error or a crash above)" >&2
+fi
+if [ "$skipped" -gt 0 ]; then
+  echo
+  echo "skipped:"
+  sed 's/^/  /' "$skips"
+fi
+[ "$ignored" -gt 0 ] && echo "($ignored benchmark(s) not run here: make bench)"
+echo "$passed passed, $failed failed, $skipped skipped"
+if [ "$failed" -gt 0 ]; then exit 1; fi
+if [ "$skipped" -gt 0 ] && [ -n "${CI:-}" ] && [ "${CI}" != "false" ] && [ "${CI}" != "0" ]; then
+  echo "under CI a skip is a failure" >&2
+  exit 1
+fi
+exit 0

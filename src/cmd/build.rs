@@ -1,0 +1,30 @@
+//! `astrtc build`: the Asterisk image and, in ACME mode, the sidecar image from this binary.
+
+use std::path::{Path, PathBuf};
+
+use astrtc::image::{self, BuildContext, ImageError};
+use astrtc::spec::TlsMode;
+
+use super::{load_plan, CmdError};
+use crate::ui;
+
+/// Runs `build`.
+pub async fn run(
+    spec: &Path,
+    context: Option<PathBuf>,
+    extra_ca: Option<PathBuf>,
+    verbose: bool,
+) -> Result<(), CmdError> {
+    let plan = load_plan(spec)?;
+    let ctx = context.map(BuildContext::Dir).unwrap_or(BuildContext::Embedded);
+    let progress = ui::build_progress(verbose);
+    let docker = image::connect().await?;
+    let built = image::build(&docker, &ctx, extra_ca.as_deref(), &plan.image, &progress).await?;
+    println!("built {} in {:.0?}", built.tag, built.elapsed);
+    if plan.tls.mode == TlsMode::Acme {
+        let exe = std::env::current_exe().map_err(|source| ImageError::Context { path: "astrtc".into(), source })?;
+        let sidecar = image::build_sidecar(&docker, &exe, image::SIDECAR_IMAGE, &progress).await?;
+        println!("built {} (the ACME sidecar) in {:.0?}", sidecar.tag, sidecar.elapsed);
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! `astrtc secrets`: passwords for endpoints added to the spec later.
+
+use std::path::Path;
+
+use super::CmdError;
+
+/// Runs `secrets`.
+pub fn run(spec: &Path) -> Result<(), CmdError> {
+    let loaded = astrtc::spec::load(spec)?;
+    let path = loaded.secrets_path();
+    let existing = if path.exists() { Some(astrtc::spec::secrets::load(&path)?.secrets) } else { None };
+    let ids: Vec<String> = loaded.spec.endpoints.iter().map(|e| e.id.clone()).collect();
+    let added = astrtc::init::fill_secrets(&path, existing, &ids)?;
+    if added.is_empty() {
+        println!("every endpoint already has a password in {}", path.display());
+    } else {
+        println!("generated passwords for {} in {}", added.join(", "), path.display());
+    }
+    Ok(())
+}

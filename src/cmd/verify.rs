@@ -1,0 +1,60 @@
+//! `astrtc verify`: check a running deployment of the spec, human or JSON report.
+
+use std::path::{Path, PathBuf};
+
+use astrtc::plan::Plan;
+use astrtc::spec::TlsMode;
+use astrtc::verify;
+
+use super::{load_plan, out_dir, CmdError};
+
+/// Runs `verify`.
+pub async fn run(
+    spec: &Path,
+    out: Option<PathBuf>,
+    host: Option<String>,
+    ca: Option<PathBuf>,
+    container: Option<String>,
+    json: bool,
+) -> Result<(), CmdError> {
+    let plan = load_plan(spec)?;
+    let ca_path = ca.unwrap_or_else(|| default_ca(&plan, &out_dir(spec, out)));
+    let ca_pem =
+        std::fs::read_to_string(&ca_path).map_err(|source| CmdError::ReadFile { path: ca_path.clone(), source })?;
+    let target = verify::Target {
+        host: host.unwrap_or_else(|| plan.tls.domain.clone()),
+        ca_pem,
+        ca_file: ca_path.display().to_string(),
+        container,
+    };
+    let report = verify::verify(&plan, &target).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        print!("{report}");
+    }
+    match report.checks.iter().filter(|c| c.status == verify::Status::Fail).count() {
+        0 => Ok(()),
+        failed => Err(CmdError::VerifyFailed { failed }),
+    }
+}
+
+/// The CA the WSS certificate must chain to when `--ca` is not given: in self-signed mode the
+/// local CA the spec names (the rendered copy in `OUT/keys/ca.crt`, else `tls.ca_dir/ca.crt`);
+/// in ACME mode the system trust store (`SSL_CERT_FILE`, else Debian's bundle).
+fn default_ca(plan: &Plan, out: &Path) -> PathBuf {
+    match plan.tls.mode {
+        TlsMode::SelfSigned => {
+            let rendered = out.join("keys").join(astrtc::certs::files::CA);
+            if rendered.exists() {
+                rendered
+            } else {
+                plan.tls.ca_dir.join(astrtc::certs::local_ca::CA_CERT_FILE)
+            }
+        }
+        TlsMode::Acme => std::env::var_os("SSL_CERT_FILE")
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt")),
+    }
+}

@@ -1,0 +1,104 @@
+//! The images astrtc builds and runs: the facts every other part relies on (versions, uids,
+//! paths inside the containers) and, in [`build`], building them through the Docker engine API.
+//!
+//! Owns: the one source of truth for versions and uids. The Dockerfiles receive them as build
+//! arguments from here ([`build_args`]); nothing else writes them down.
+
+pub mod build;
+
+pub use build::{
+    build, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext, Built, ImageError, EXTRA_CA_FILE,
+    HOST_CA_BUNDLE,
+};
+
+/// Expands to the Asterisk version as a literal (for `concat!`).
+macro_rules! asterisk_version {
+    () => {
+        "22.10.1"
+    };
+}
+
+/// The Asterisk version the image builds.
+pub const ASTERISK_VERSION: &str = asterisk_version!();
+/// The exact Debian source package it is built from (sid carries Asterisk 22). Pinned so the image
+/// is reproducible; when sid moves on, the fetch fails naming this version.
+pub const ASTERISK_DEB_VERSION: &str = concat!("1:", asterisk_version!(), "+dfsg+~cs6.17.60671434-1");
+/// The pjproject version bundled with that source.
+pub const PJPROJECT_VERSION: &str = "2.17";
+/// The default image reference `astrtc build` tags.
+pub const DEFAULT_IMAGE: &str = concat!("astrtc/asterisk:", asterisk_version!());
+/// Uid and gid of the `asterisk` user in the image.
+pub const ASTERISK_UID: u32 = 10060;
+/// The sidecar image (`images/astrtc`), the same version as this astrtc.
+pub const SIDECAR_IMAGE: &str = concat!("astrtc/astrtc:", env!("CARGO_PKG_VERSION"));
+/// Uid of the sidecar's user (its group is the asterisk group).
+pub const SIDECAR_UID: u32 = 10061;
+/// Where the sidecar reads its settings (`certs/acme.toml`, mounted).
+pub const SIDECAR_CONFIG_DIR: &str = "/etc/astrtc";
+/// The sidecar's keys volume.
+pub const SIDECAR_KEYS_DIR: &str = "/var/lib/astrtc/keys";
+/// The sidecar's ACME account volume.
+pub const SIDECAR_ACME_DIR: &str = "/var/lib/astrtc/acme";
+/// Where configs are mounted.
+pub const CONFIG_DIR: &str = "/etc/asterisk";
+/// Where keys are mounted.
+pub const KEYS_DIR: &str = "/etc/asterisk/keys";
+/// The image's healthcheck command.
+pub const HEALTHCHECK: &str = "/usr/local/bin/astrtc-healthcheck";
+
+/// Build arguments of the Asterisk image's Dockerfile.
+pub fn asterisk_build_args() -> Vec<(&'static str, String)> {
+    vec![
+        ("ASTERISK_VERSION", ASTERISK_VERSION.to_string()),
+        ("ASTERISK_DEB_VERSION", ASTERISK_DEB_VERSION.to_string()),
+        ("PJPROJECT_VERSION", PJPROJECT_VERSION.to_string()),
+        ("ASTERISK_UID", ASTERISK_UID.to_string()),
+    ]
+}
+
+/// Build arguments of the sidecar image's Dockerfile.
+pub fn sidecar_build_args() -> Vec<(&'static str, String)> {
+    vec![("ASTERISK_GID", ASTERISK_UID.to_string()), ("SIDECAR_UID", SIDECAR_UID.to_string())]
+}
+
+/// An image reference split into repository and tag (`latest` when none is given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// `[registry[:port]/]path`.
+    pub repository: String,
+    /// The tag (`latest` when the reference has none).
+    pub tag: String,
+}
+
+impl ImageRef {
+    /// Splits `[registry[:port]/]path[:tag]`: the tag is what follows the last `:` only when no
+    /// `/` follows it (`localhost:5000/pbx/asterisk` has no tag).
+    pub fn parse(reference: &str) -> ImageRef {
+        match reference.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => ImageRef { repository: r.to_string(), tag: t.to_string() },
+            _ => ImageRef { repository: reference.to_string(), tag: "latest".to_string() },
+        }
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.repository, self.tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_at_the_tag_not_the_registry_port() {
+        let r = ImageRef::parse("localhost:5000/pbx/asterisk");
+        assert_eq!((r.repository.as_str(), r.tag.as_str()), ("localhost:5000/pbx/asterisk", "latest"));
+        let r = ImageRef::parse("localhost:5000/pbx/asterisk:1.2");
+        assert_eq!((r.repository.as_str(), r.tag.as_str()), ("localhost:5000/pbx/asterisk", "1.2"));
+        let r = ImageRef::parse(DEFAULT_IMAGE);
+        assert_eq!(r.tag, ASTERISK_VERSION);
+        assert_eq!(ImageRef::parse("asterisk").to_string(), "asterisk:latest");
+    }
+}

@@ -1,0 +1,52 @@
+//! Defaults for everything a spec may leave out: the one place they are written down. The
+//! validators apply them, once, where they read each value; `astrtc init` shows them in the
+//! starter spec's comments.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Deployment (compose project) name.
+pub const NAME: &str = "astrtc";
+/// The image `astrtc build` makes: the Asterisk version it builds.
+pub const IMAGE: &str = crate::image::DEFAULT_IMAGE;
+/// Secrets file, beside the spec.
+pub const SECRETS_FILE: &str = "astrtc.secrets.toml";
+/// SIP over UDP.
+pub const SIP_PORT: i64 = 5060;
+/// WSS on Asterisk's HTTPS server.
+pub const WSS_PORT: i64 = 8089;
+/// Plain HTTP, on loopback only.
+pub const HTTP_PORT: i64 = 8088;
+/// First RTP port.
+pub const RTP_START: i64 = 10000;
+/// Last RTP port.
+pub const RTP_END: i64 = 20000;
+/// Bridge mode subnet.
+pub const BRIDGE_SUBNET: &str = "172.28.0.0/24";
+/// Bridge mode container address.
+pub const BRIDGE_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(172, 28, 0, 10));
+/// Networks reached without NAT when a public address is set.
+pub const LOCAL_NETS: &[&str] = &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+/// TLS name.
+pub const DOMAIN: &str = "localhost";
+/// Local CA directory, beside the spec.
+pub const CA_DIR: &str = ".astrtc/ca";
+/// Dialplan context.
+pub const CONTEXT: &str = "from-internal";
+/// Echo test extension.
+pub const ECHO_EXTENSION: &str = "600";
+/// Codecs of WebRTC endpoints.
+pub const WEBRTC_CODECS: &[&str] = &["opus", "ulaw"];
+/// Codecs of plain SIP endpoints.
+pub const SIP_CODECS: &[&str] = &["ulaw", "alaw", "opus"];
+/// Registrations per endpoint.
+pub const MAX_CONTACTS: i64 = 1;
+/// Let's Encrypt's production ACME directory.
+pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging ACME directory.
+pub const ACME_STAGING_DIRECTORY: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// HTTP-01 responder port.
+pub const ACME_HTTP_PORT: i64 = 80;
+/// ACME account state, beside the spec.
+pub const ACME_STATE_DIR: &str = ".astrtc/acme";
+/// Seconds to wait for DNS-01 records to become visible.
+pub const DNS_TIMEOUT: i64 = 600;

@@ -1,0 +1,189 @@
+//! What validation returns: the spec with every default applied once and every value in the type
+//! it has from then on (ports as `u16`, networks normalised, paths resolved against the spec's
+//! directory, passwords attached to their endpoints). Everything downstream reads these; nothing
+//! needs to check or default a value again.
+//!
+//! Owns: the typed values only. They are built by [`super::validate`], which is the only code
+//! that constructs them from user input, so holding one means the input was valid.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{AcmeChallenge, EndpointKind, NetworkMode, TlsMode};
+
+/// A valid spec and its secrets.
+#[derive(Debug, Clone)]
+pub struct Valid {
+    /// Deployment name.
+    pub name: String,
+    /// Asterisk image reference.
+    pub image: String,
+    /// Network attachment and ports.
+    pub network: Network,
+    /// Media ports and ICE helpers.
+    pub rtp: Rtp,
+    /// The WSS certificate.
+    pub tls: Tls,
+    /// Dialplan.
+    pub dialplan: Dialplan,
+    /// Endpoints, in spec order, with their passwords.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Network attachment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    /// Host or bridge.
+    pub mode: NetworkMode,
+    /// SIP over UDP port.
+    pub sip_port: u16,
+    /// WSS port.
+    pub wss_port: u16,
+    /// Loopback-only HTTP port.
+    pub http_port: u16,
+    /// NAT settings, when a public address is given.
+    pub nat: Option<Nat>,
+    /// Bridge settings, in bridge mode.
+    pub bridge: Option<Bridge>,
+}
+
+/// NAT settings for the transports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Nat {
+    /// The address clients see.
+    pub public_address: IpAddr,
+    /// Networks reached directly, as `address/prefix` with the network's own address.
+    pub local_nets: Vec<String>,
+}
+
+/// A user-defined bridge network.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bridge {
+    /// Its subnet.
+    pub subnet: String,
+    /// The container's fixed address.
+    pub address: IpAddr,
+}
+
+/// RTP ports and ICE helpers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rtp {
+    /// First port.
+    pub start: u16,
+    /// Last port (above `start`).
+    pub end: u16,
+    /// STUN server as `host:port`.
+    pub stun: Option<String>,
+    /// TURN server and credentials.
+    pub turn: Option<Turn>,
+}
+
+impl Rtp {
+    /// Number of ports in the range.
+    pub fn len(&self) -> u32 {
+        u32::from(self.end) - u32::from(self.start) + 1
+    }
+
+    /// Never true for a valid range; here for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.end < self.start
+    }
+}
+
+/// A TURN server Asterisk uses for its own ICE candidates.
+#[derive(Debug, Clone, Serialize)]
+pub struct Turn {
+    /// `host:port`.
+    pub address: String,
+    /// User name.
+    pub username: String,
+    /// Password (from the secrets file); never serialized (only `rtp_turn.conf` gets it, through
+    /// its own context).
+    #[serde(skip_serializing)]
+    pub password: String,
+}
+
+/// The WSS certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tls {
+    /// Where it comes from.
+    pub mode: TlsMode,
+    /// The main name, lowercase.
+    pub domain: String,
+    /// All DNS names for the certificate, the main name first, lowercase.
+    pub names: Vec<String>,
+    /// The local CA's directory (self-signed mode), resolved against the spec's directory.
+    pub ca_dir: PathBuf,
+    /// ACME settings (ACME mode).
+    pub acme: Option<Acme>,
+}
+
+/// ACME settings, resolved: everything `astrtc certs` needs, and nothing secret. Also the format
+/// of the sidecar's `certs/acme.toml`, which render writes with container paths.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    /// DNS names for the certificate, the main name first.
+    pub names: Vec<String>,
+    /// Contact e-mail.
+    pub email: String,
+    /// Directory URL.
+    pub directory: String,
+    /// Extra CA certificates to trust for the ACME server.
+    pub ca_bundle: Option<PathBuf>,
+    /// `http-01` or `dns-01`.
+    pub challenge: AcmeChallenge,
+    /// HTTP-01 responder port.
+    pub http_port: u16,
+    /// DNS-01 hook; none means the manual flow.
+    pub dns_hook: Option<PathBuf>,
+    /// DNS-01: servers asked whether the records are visible (empty: authoritative servers).
+    #[serde(default)]
+    pub dns_resolvers: Vec<SocketAddr>,
+    /// DNS-01: seconds to wait for the records to become visible.
+    pub dns_timeout: u64,
+    /// Renew when fewer days are left; none: when a third of the lifetime is left.
+    pub renew_before_days: Option<i64>,
+    /// Where the ACME account credentials are kept.
+    pub account_dir: PathBuf,
+}
+
+impl Acme {
+    /// Seconds a deployment should wait for the first certificate before calling the sidecar
+    /// unhealthy: the order, plus the DNS propagation wait for DNS-01.
+    pub fn first_certificate_wait(&self) -> u64 {
+        match self.challenge {
+            AcmeChallenge::Http01 => 300,
+            AcmeChallenge::Dns01 => self.dns_timeout + 300,
+        }
+    }
+}
+
+/// Dialplan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dialplan {
+    /// The context all endpoints use.
+    pub context: String,
+    /// The echo test extension.
+    pub echo_extension: String,
+}
+
+/// One endpoint, fully resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    /// Id: SIP user name and extension.
+    pub id: String,
+    /// WebRTC or plain SIP.
+    pub kind: EndpointKind,
+    /// Codecs in preference order.
+    pub codecs: Vec<String>,
+    /// Caller id name.
+    pub display_name: String,
+    /// Registrations at once.
+    pub max_contacts: u32,
+    /// Digest password; never serialized (templates get passwords through their own context).
+    #[serde(skip_serializing)]
+    pub password: String,
+}

@@ -1,0 +1,200 @@
+//! Presentation for the commands: what a person reads on a terminal or in a container log.
+//!
+//! Owns: wording and layout (the `info` summary, certificate outcomes, durations, error chains)
+//! and progress display (spinners on a terminal, plain lines otherwise). It decides nothing and
+//! changes nothing; the commands hand it what happened.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use astrtc::certs::acme::{Event, Progress};
+use astrtc::certs::lifecycle::{Job, Outcome};
+use astrtc::image::build::BuildEvent;
+use astrtc::plan::Plan;
+use astrtc::spec::{AcmeChallenge, EndpointKind, TlsMode};
+
+/// The summary `astrtc info` (and `make up`) prints. Never includes a password.
+pub fn info_text(plan: &Plan, spec: &Path, secrets: &Path, out: &Path) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(t, "WSS URL:    wss://{}:{}/ws", plan.tls.domain, plan.network.wss_port);
+    let _ = writeln!(t, "SIP (UDP):  {}:{}", plan.tls.domain, plan.network.sip_port);
+    let _ = writeln!(
+        t,
+        "phone:      https://{}:{}/static/phone/index.html (demo softphone, served by Asterisk)",
+        plan.tls.domain, plan.network.wss_port
+    );
+    let _ = writeln!(t, "endpoints:");
+    for e in &plan.endpoints {
+        let how = match e.kind {
+            EndpointKind::Webrtc => "browser, WSS",
+            EndpointKind::Sip => "SIP phone, UDP",
+        };
+        let _ = writeln!(t, "  {:<12} {how}", e.id);
+    }
+    let _ = writeln!(t, "  {:<12} echo test (call it to hear yourself)", plan.dialplan.echo_extension);
+    let _ = writeln!(t, "passwords:  {}", secrets.display());
+    if plan.tls.mode == TlsMode::SelfSigned {
+        let _ = writeln!(
+            t,
+            "browser CA: {} (import it as a trusted authority; see README, \"Trusting the local CA\")",
+            out.join("keys").join(astrtc::certs::files::CA).display()
+        );
+    }
+    if let Some(a) = &plan.tls.acme {
+        let challenge = match a.challenge {
+            AcmeChallenge::Http01 => format!("HTTP-01 on port {}", a.http_port),
+            AcmeChallenge::Dns01 if a.dns_hook.is_some() => "DNS-01 through the hook".to_string(),
+            AcmeChallenge::Dns01 => "DNS-01 by hand (the record is printed in the certs log)".to_string(),
+        };
+        let _ = writeln!(t, "certificate: ACME from {} ({challenge}), kept valid by the `certs` service", a.directory);
+        let _ = writeln!(
+            t,
+            "             images: astrtc build --spec {}; progress: docker compose logs certs",
+            spec.display()
+        );
+    }
+    let _ = writeln!(t, "logs:       cd {} && docker compose logs -f", out.display());
+    let _ = writeln!(t, "check:      astrtc verify --spec {}", spec.display());
+    t
+}
+
+/// Shows an image build: a spinner with the current step on a terminal (every output line with
+/// `verbose`), plain step lines otherwise.
+pub fn build_progress(verbose: bool) -> impl Fn(BuildEvent<'_>) {
+    let tty = std::io::stderr().is_terminal();
+    let bar: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+    move |event| {
+        let mut bar = bar.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match event {
+            BuildEvent::Started { tag } if tty => {
+                let pb = indicatif::ProgressBar::new_spinner();
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}") {
+                    pb.set_style(style);
+                }
+                pb.enable_steady_tick(Duration::from_millis(200));
+                pb.set_message(format!("building {tag}"));
+                *bar = Some(pb);
+            }
+            BuildEvent::Started { tag } => eprintln!("building {tag}"),
+            BuildEvent::Step { step } => match bar.as_ref() {
+                Some(pb) => pb.set_message(step.to_string()),
+                None if !verbose => eprintln!("{step}"),
+                None => {}
+            },
+            BuildEvent::Output { line } if verbose => match bar.as_ref() {
+                Some(pb) => pb.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            },
+            BuildEvent::Output { .. } => {}
+            BuildEvent::Finished => {
+                if let Some(pb) = bar.take() {
+                    pb.finish_and_clear();
+                }
+            }
+        }
+    }
+}
+
+/// Shows issuance steps on stderr: a spinner while waiting when stderr is a terminal, plain
+/// lines otherwise (sidecar logs).
+pub fn acme_progress() -> Progress {
+    let tty = std::io::stderr().is_terminal();
+    let spinner: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+    Progress::new(move |event| {
+        let mut spinner = spinner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let wait = |msg: String| {
+            if tty {
+                let pb = indicatif::ProgressBar::new_spinner().with_message(msg);
+                pb.enable_steady_tick(Duration::from_millis(120));
+                Some(pb)
+            } else {
+                eprintln!("{msg}");
+                None
+            }
+        };
+        let done = |spinner: &mut Option<indicatif::ProgressBar>, msg: String| {
+            if let Some(pb) = spinner.take() {
+                pb.finish_and_clear();
+            }
+            eprintln!("{msg}");
+        };
+        match event {
+            Event::OrderPlaced { attempt: 1 } => eprintln!("placing an ACME order"),
+            Event::OrderPlaced { attempt } => {
+                eprintln!("placing an ACME order (attempt {attempt}: the server rejected nonces)")
+            }
+            Event::CreateRecord { name, value } => done(
+                &mut spinner,
+                format!(
+                    "create this DNS record now (astrtc waits until it is visible):\n\n    {name}. 60 IN TXT \"{value}\"\n"
+                ),
+            ),
+            Event::WaitingForDns { records } => {
+                *spinner = wait(format!("waiting until {records} TXT record(s) are visible (checked every 2 s)…"))
+            }
+            Event::DnsVisible { after } => {
+                done(&mut spinner, format!("TXT record(s) visible after {:.1} s", after.as_secs_f64()))
+            }
+            Event::Validating { names } => *spinner = wait(format!("waiting for the CA to validate {names} name(s)…")),
+            Event::Validated { after } => done(&mut spinner, format!("validated in {:.1} s", after.as_secs_f64())),
+            Event::RemoveRecords { names } => {
+                done(&mut spinner, format!("done: the TXT record(s) at {} may be removed now", names.join(", ")))
+            }
+        }
+    })
+}
+
+/// One line saying what `certs issue|renew|watch` did.
+pub fn certs_outcome(job: &Job, outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::NotDue { days_left, .. } => format!(
+            "{}: the certificate for {} is valid for {days_left} more days; not due",
+            job.keys.display(),
+            job.acme.names.join(", ")
+        ),
+        Outcome::Issued { serial, days, attempts, elapsed, .. } => format!(
+            "wrote {} (asterisk.crt, asterisk.key, asterisk.pem): {}, serial {serial}, valid {days} days; \
+             {attempts} order(s), {:.1} s",
+            job.keys.display(),
+            job.acme.names.join(", "),
+            elapsed.as_secs_f64()
+        ),
+    }
+}
+
+/// An error and its sources on one line (`a: b: c`), for log lines.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
+/// A duration as a person says it: seconds, minutes, hours or days.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_secs(5)), "5 s");
+        assert_eq!(human_duration(Duration::from_secs(600)), "10 min");
+        assert_eq!(human_duration(Duration::from_secs(3 * 3600)), "3 h");
+        assert_eq!(human_duration(Duration::from_secs(60 * 86400)), "60 days");
+    }
+}
