@@ -39,7 +39,10 @@ deps-helm: ## install the chart tools into target/tools: helm 3 and 4, kubernete
 deps-acme: ## install Pebble, the ACME test server
 	bash scripts/host-setup.sh acme
 
-test: deps deps-clients deps-helm deps-acme ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
+deps-examples: ## install the example suites' runners: Playwright (npm), pytest and websockets (PyPI)
+	bash scripts/host-setup.sh examples
+
+test: deps deps-clients deps-helm deps-acme deps-examples ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
 	bash scripts/test.sh
 
 test-unit: ## the tests that need no Docker engine (the others are counted as skipped)
@@ -56,4 +59,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-clients deps-helm deps-acme up down test test-unit lint bench review-snapshots
+.PHONY: help deps deps-clients deps-helm deps-acme deps-examples up down test test-unit lint bench review-snapshots

@@ -65,6 +65,27 @@ if [ -z "${BENCH_RENDER_ONLY:-}" ] && docker info >/dev/null 2>&1; then
   up_bench bridge-100-ports bridge 30000 30099
 fi
 
+# Test environments: `astrtc testenv up` -> ready (TLS handshake verified, endpoints loaded), as
+# `ready_ms` reports it; one at a time (median of 7) and 4 started at once. State in a scratch dir.
+if [ -z "${BENCH_RENDER_ONLY:-}" ] && docker info >/dev/null 2>&1; then
+  export ASTRTC_TESTENV_DIR="$work/testenv"
+  ready_ms() { "$bin" testenv up --json --name "$1" | sed -n 's/.*"ready_ms": \([0-9]*\).*/\1/p'; }
+  single=()
+  for i in 1 2 3 4 5 6 7; do
+    single+=("$(ready_ms "bench-$i")")
+    "$bin" testenv down "bench-$i" >/dev/null
+  done
+  median=$(printf '%s\n' "${single[@]}" | sort -n | sed -n 4p)
+  echo "testenv up -> ready, one at a time (ms): ${single[*]}; median $median"
+  t0=$(date +%s%N)
+  for i in 1 2 3 4; do ready_ms "bench-par-$i" > "$work/par-$i" & done
+  wait
+  t1=$(date +%s%N)
+  echo "testenv up -> ready, 4 at once (ms): $(cat "$work"/par-* | tr '\n' ' '); all 4 in $(( (t1 - t0) / 1000000 )) ms"
+  "$bin" testenv down --all >/dev/null
+  unset ASTRTC_TESTENV_DIR
+fi
+
 # ACME issuance against Pebble on loopback (needs pebble: make deps-acme).
 if [ -z "${BENCH_RENDER_ONLY:-}" ] && [ -x /usr/bin/pebble ]; then
   cargo test --release --locked --test tests acme::bench_acme_issuance -- --ignored --nocapture 2>/dev/null \

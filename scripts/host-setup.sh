@@ -147,6 +147,25 @@ ensure_acme_tools() {
   apt_install pebble
 }
 
+# The example test suites for `astrtc testenv` (README, "Test environments"): Playwright from npm
+# (using Debian's chromium, no browser download) and pytest with websockets from PyPI.
+ensure_examples() {
+  apt_install chromium libnss3-tools
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  if [ ! -d examples/playwright/node_modules/@playwright/test ]; then
+    log "installing @playwright/test (npm) into examples/playwright"
+    (cd examples/playwright && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --no-package-lock \
+      --loglevel=error >/dev/null)
+  fi
+  if ! cmp -s examples/pytest/requirements.txt target/tools/examples/requirements.txt 2>/dev/null; then
+    log "installing pytest and websockets (PyPI) into target/tools/examples"
+    mkdir -p target/tools
+    python3 -m venv target/tools/examples
+    target/tools/examples/bin/pip install -q -r examples/pytest/requirements.txt
+    cp examples/pytest/requirements.txt target/tools/examples/requirements.txt
+  fi
+}
+
 what="${1:-all}"
 case "$what" in
   docker) ensure_docker ;;
@@ -154,5 +173,6 @@ case "$what" in
   clients) ensure_clients ;;
   helm) ensure_helm_tools ;;
   acme) ensure_acme_tools ;;
-  *) echo "usage: $0 [docker|all|clients|helm|acme]" >&2; exit 2 ;;
+  examples) ensure_examples ;;
+  *) echo "usage: $0 [docker|all|clients|helm|acme|examples]" >&2; exit 2 ;;
 esac

@@ -131,6 +131,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ephemeral test environments: complete deployments on free ports, side by side, ready in
+    /// seconds, for test suites in any language.
+    Testenv {
+        /// What to do.
+        #[command(subcommand)]
+        command: TestenvCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     #[command(after_help = "Example:\n  astrtc completions bash > /etc/bash_completion.d/astrtc")]
     Completions {
@@ -221,5 +228,63 @@ pub enum CertsCommand {
         /// Settings and keys directory.
         #[command(flatten)]
         input: CertsInput,
+    },
+}
+
+/// `astrtc testenv ...`.
+#[derive(Debug, Subcommand)]
+pub enum TestenvCommand {
+    /// Start an isolated deployment on free ports; returns once it is ready (TLS handshake
+    /// verified, every endpoint loaded) and prints what a test needs.
+    #[command(after_help = "Examples:\n  astrtc testenv up --json\n  \
+                            astrtc testenv up --name ci-1 --endpoints 2 --ttl 30m\n  \
+                            astrtc testenv up --spec pbx/astrtc.toml --json")]
+    Up {
+        /// A spec whose endpoints, codecs and dialplan to use (ports, TLS and name are the
+        /// instance's own) [default: a built-in spec with --endpoints WebRTC and SIP endpoints].
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Instance name (lowercase letters, digits, '-') [default: random].
+        #[arg(long)]
+        name: Option<String>,
+        /// WebRTC and SIP endpoints of the built-in spec, each (1-50).
+        #[arg(long, default_value_t = 1)]
+        endpoints: u8,
+        /// RTP ports to publish (2-200; two per call).
+        #[arg(long, default_value_t = 20)]
+        rtp_ports: u16,
+        /// Remove the instance by itself after this long (e.g. 90s, 30m, 2h).
+        #[arg(long, value_parser = crate::testenv::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Image to run [default: the spec's image].
+        #[arg(long)]
+        image: Option<String>,
+        /// Print the instance as JSON (URLs, addresses, the CA, every endpoint and its password).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an instance (container, network, state), or all of them.
+    Down {
+        /// The instance.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every instance on this host.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List the instances on this host.
+    List {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an instance when its TTL ends (started by `up --ttl`, detached).
+    #[command(hide = true)]
+    Reap {
+        /// The instance.
+        name: String,
+        /// Its expiry, unix seconds.
+        #[arg(long)]
+        at: u64,
     },
 }

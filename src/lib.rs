@@ -25,6 +25,7 @@ pub mod init;
 pub mod plan;
 pub mod render;
 pub mod spec;
+pub mod testenv;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod verify;

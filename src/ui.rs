@@ -186,6 +186,46 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// What `testenv up` prints without `--json`. Passwords stay in the instance's secrets file.
+pub fn testenv_text(i: &astrtc::testenv::Instance) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(t, "test environment {} ready in {} ms", i.name, i.ready_ms);
+    let _ = writeln!(t, "WSS URL:    {}", i.wss_url);
+    let _ = writeln!(t, "SIP (UDP):  {}", i.sip);
+    let _ = writeln!(t, "RTP:        {}-{}", i.rtp.start, i.rtp.end);
+    let _ = writeln!(t, "phone:      {}", i.phone_url);
+    let ids: Vec<String> = i.endpoints.iter().map(|e| format!("{} ({:?})", e.id, e.kind).to_lowercase()).collect();
+    let _ = writeln!(t, "endpoints:  {}; echo test {}", ids.join(", "), i.echo_extension);
+    let secrets = i.spec.parent().map(|d| d.join("astrtc.secrets.toml")).unwrap_or_default();
+    let _ = writeln!(t, "passwords:  {} (or use --json)", secrets.display());
+    let _ = writeln!(t, "CA:         {} (shared by every test environment)", i.ca_file.display());
+    if let Some(at) = i.expires_at {
+        let _ = writeln!(t, "expires:    at {at} (unix time)");
+    }
+    let _ = writeln!(t, "remove:     {}", i.down);
+    t
+}
+
+/// What `testenv list` prints.
+pub fn testenv_list(list: &[astrtc::testenv::Listed]) -> String {
+    use std::fmt::Write;
+    if list.is_empty() {
+        return "no test environments\n".into();
+    }
+    let mut t = String::new();
+    for l in list {
+        let _ = writeln!(
+            t,
+            "{:<16} {:<32} {}",
+            l.name,
+            l.wss_url.as_deref().unwrap_or("-"),
+            l.sip.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
+        );
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::common::docker::{deployment, ensure_image};
 use crate::common::*;
 
-fn tools_missing() -> Option<String> {
+pub(crate) fn tools_missing() -> Option<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (what, ok) in [
         ("chromium", Path::new("/usr/bin/chromium").exists()),
@@ -42,7 +42,7 @@ fn which(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn artifacts(test: &str) -> PathBuf {
+pub(crate) fn artifacts(test: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/astrtc-artifacts").join(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -56,7 +56,7 @@ async fn save_logs(asterisk: &AsteriskContainer, dir: &Path) {
 }
 
 /// A HOME whose NSS database trusts `ca` (or nothing, when `ca` is None).
-fn browser_home(ca: Option<&Path>) -> tempfile::TempDir {
+pub(crate) fn browser_home(ca: Option<&Path>) -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
     let db = home.path().join(".pki/nssdb");
     std::fs::create_dir_all(&db).unwrap();
@@ -74,17 +74,17 @@ fn browser_home(ca: Option<&Path>) -> tempfile::TempDir {
     home
 }
 
-struct BrowserCall<'a> {
-    plan: &'a Plan,
-    home: &'a Path,
-    user: &'a str,
-    target: &'a str,
-    seconds: u32,
-    artifacts: &'a Path,
+pub(crate) struct BrowserCall<'a> {
+    pub plan: &'a Plan,
+    pub home: &'a Path,
+    pub user: &'a str,
+    pub target: &'a str,
+    pub seconds: u32,
+    pub artifacts: &'a Path,
 }
 
 /// Runs tests/clients/browser-call.mjs; returns its JSON result and exit status.
-fn browser_call(c: &BrowserCall<'_>) -> (Value, bool, Duration) {
+pub(crate) fn browser_call(c: &BrowserCall<'_>) -> (Value, bool, Duration) {
     let port = c.plan.network.wss_port;
     let domain = &c.plan.tls.domain;
     let password = &c.plan.endpoints.iter().find(|e| e.id == c.user).unwrap().password;
@@ -114,7 +114,7 @@ fn browser_call(c: &BrowserCall<'_>) -> (Value, bool, Duration) {
 }
 
 /// Asserts a browser call carried media both ways for `seconds` and ended with a clean BYE.
-fn assert_media_flowed(r: &Value, seconds: u32) {
+pub(crate) fn assert_media_flowed(r: &Value, seconds: u32) {
     assert_eq!(r["ok"], true, "{r:#}");
     let samples = r["samples"].as_array().unwrap();
     assert!(!samples.is_empty());
@@ -127,7 +127,8 @@ fn assert_media_flowed(r: &Value, seconds: u32) {
     let window = u64::from(seconds) * 1000;
     assert!(last["t"].as_u64().unwrap() >= window - 300, "sampled for too short a time");
     let (p1, p2, p3) = (at(500), at(window / 2), last["packetsReceived"].as_u64().unwrap());
-    assert!(p1 < p2 && p2 < p3, "inbound RTP stalled: {p1} {p2} {p3}");
+    let sent: Vec<u64> = samples.iter().map(|s| s["packetsSent"].as_u64().unwrap_or(0)).collect();
+    assert!(p1 < p2 && p2 < p3, "inbound RTP stalled: {p1} {p2} {p3} (sent over time: {sent:?})");
     let rate = p3 as f64 / (last["t"].as_f64().unwrap() / 1000.0);
     assert!(rate > 30.0, "only {rate:.0} packets/s");
     assert_eq!(r["endCause"], "Terminated", "not a clean BYE: {r:#}");

@@ -13,6 +13,7 @@ mod info;
 mod init;
 mod render;
 mod secrets;
+mod testenv;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -101,6 +102,10 @@ pub enum CmdError {
         /// Number of differences.
         count: usize,
     },
+    /// A test environment failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Testenv(#[from] astrtc::testenv::TestenvError),
     /// Writing to standard output failed.
     #[error("failed to write to standard output")]
     Output {
@@ -119,6 +124,7 @@ impl CmdError {
         match self {
             CmdError::Spec(_) => 2,
             CmdError::Init(e) if e.is_bad_input() => 2,
+            CmdError::Testenv(e) if e.is_bad_input() => 2,
             CmdError::NotAcme { .. } | CmdError::AcmeConfig { .. } => 2,
             _ => 1,
         }
@@ -139,6 +145,7 @@ pub fn run(command: Command) -> Result<(), CmdError> {
             }
             Command::Certs { command } => certs::run(command).await,
             Command::Secrets { spec } => secrets::run(&spec),
+            Command::Testenv { command } => testenv::run(command).await,
             Command::Completions { shell } => docs::completions(shell),
             Command::Man => docs::man(),
         }

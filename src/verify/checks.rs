@@ -180,7 +180,7 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
         Ok((docker, id)) => {
             let mut rows = Vec::new();
             for pattern in ["crypto", "websocket", "opus", "srtp"] {
-                if let Ok(out) = rx(&docker, &id, &format!("module show like {pattern}")).await {
+                if let Ok(out) = asterisk_rx(&docker, &id, &format!("module show like {pattern}")).await {
                     rows.extend(parse_module_show(&out));
                 }
             }
@@ -196,7 +196,7 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
                     ),
                 });
             }
-            match rx(&docker, &id, "pjsip show endpoints").await {
+            match asterisk_rx(&docker, &id, "pjsip show endpoints").await {
                 Ok(out) => {
                     let mut have = parse_endpoints(&out);
                     have.sort();
@@ -254,21 +254,27 @@ async fn local_container(plan: &Plan, explicit: Option<&str>) -> Result<(bollard
     if let Some(id) = explicit {
         return Ok((docker, id.to_string()));
     }
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!("com.docker.compose.project={}", plan.name), "com.docker.compose.service=asterisk".to_string()],
-    )]);
-    let list = docker
-        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let id = list.first().and_then(|c| c.id.clone()).ok_or_else(|| {
-        format!("no running container of compose project {:?} here (pass --container for others)", plan.name)
-    })?;
-    Ok((docker, id))
+    // A compose deployment (labels of its project and service), else a container astrtc itself
+    // started for this deployment (`astrtc testenv`).
+    let by_compose =
+        vec![format!("com.docker.compose.project={}", plan.name), "com.docker.compose.service=asterisk".into()];
+    let by_astrtc = vec![format!("{}={}", crate::testenv::DEPLOYMENT_LABEL, plan.name)];
+    for labels in [by_compose, by_astrtc] {
+        let filters = std::collections::HashMap::from([("label".to_string(), labels)]);
+        let list = docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(id) = list.first().and_then(|c| c.id.clone()) {
+            return Ok((docker, id));
+        }
+    }
+    Err(format!("no running container of deployment {:?} here (pass --container for others)", plan.name))
 }
 
-async fn rx(docker: &bollard::Docker, id: &str, command: &str) -> Result<String, String> {
+/// Runs an Asterisk CLI command (`asterisk -rx COMMAND`) in a container through the Docker API
+/// and returns what it printed.
+pub async fn asterisk_rx(docker: &bollard::Docker, id: &str, command: &str) -> Result<String, String> {
     let exec = docker
         .create_exec(
             id,

@@ -13,7 +13,7 @@ pub mod report;
 pub mod sip;
 pub mod tls;
 
-pub use checks::{verify, Target};
+pub use checks::{asterisk_rx, verify, Target};
 pub use cli_output::{parse_endpoints, parse_https_binding, parse_module_show, ModuleRow};
 pub use report::{Check, Report, Status};
 pub use tls::{check_tls, websocket_upgrade, TlsReport, VerifyError};

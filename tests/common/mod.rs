@@ -58,6 +58,15 @@ pub fn bundle_for(plan: &Plan) -> Bundle {
     render::render(plan, &inputs).unwrap()
 }
 
+/// Held by every test that starts `astrtc testenv` instances: `testenv down --all` and the
+/// leftover checks look at every instance on the host, so such tests take turns.
+pub static TESTENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the [`TESTENV`] turn (a test that panicked holding it does not block the others).
+pub fn testenv_turn() -> std::sync::MutexGuard<'static, ()> {
+    TESTENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The `astrtc` binary under test.
 pub fn astrtc() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("astrtc").unwrap()

@@ -1,0 +1,45 @@
+// Helpers for tests against an astrtc test environment: start one (`astrtc testenv up --json`),
+// remove it, and a Chromium that trusts the environment's CA through an NSS database in a
+// throwaway HOME (no certificate errors ignored).
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from '@playwright/test';
+
+const ASTRTC = process.env.ASTRTC || 'astrtc';
+
+/** Starts a test environment; returns what `testenv up --json` printed. */
+export function up(args = []) {
+  return JSON.parse(execFileSync(ASTRTC, ['testenv', 'up', '--json', ...args], { encoding: 'utf8' }));
+}
+
+/** Removes it. */
+export function down(env) {
+  execFileSync(ASTRTC, ['testenv', 'down', env.name], { stdio: 'inherit' });
+}
+
+/** A headless Chromium whose certificate store trusts `caFile`; call `close()` when done. */
+export async function browserTrusting(caFile) {
+  const home = mkdtempSync(join(tmpdir(), 'astrtc-browser-'));
+  const nss = `sql:${home}/.pki/nssdb`;
+  execFileSync('mkdir', ['-p', `${home}/.pki/nssdb`]);
+  execFileSync('certutil', ['-d', nss, '-N', '--empty-password']);
+  execFileSync('certutil', ['-d', nss, '-A', '-t', 'C,,', '-n', 'astrtc-testenv', '-i', caFile]);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    env: { ...process.env, HOME: home },
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+    ],
+  });
+  return {
+    browser,
+    close: async () => {
+      await browser.close();
+      rmSync(home, { recursive: true, force: true });
+    },
+  };
+}
