@@ -6,6 +6,7 @@ mod acme;
 mod cli;
 mod clients;
 mod compose;
+mod crash;
 mod helm;
 mod hostile;
 mod image;
