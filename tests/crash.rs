@@ -127,8 +127,26 @@ fn served_serial(keys: &Path, pebble: &Pebble) -> String {
     report.leaf.serial
 }
 
+/// A child process that is SIGKILLed and reaped when dropped, also when a test fails half-way
+/// (a watch parked at a failpoint, or sleeping 12 h, would otherwise outlive the test).
+struct Killed(Child);
+
+impl Killed {
+    /// SIGKILL now, and wait for the process to be gone.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// `astrtc certs watch` for the spec, stopping for good at `failpoint` when set.
-fn spawn_watch(spec: &Path, keys: &Path, failpoint: Option<&str>) -> (Child, Receiver<String>, Receiver<String>) {
+fn spawn_watch(spec: &Path, keys: &Path, failpoint: Option<&str>) -> (Killed, Receiver<String>, Receiver<String>) {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("astrtc"));
     cmd.args(["certs", "watch", "--spec"]).arg(spec).arg("--keys").arg(keys);
     if let Some(point) = failpoint {
@@ -137,7 +155,7 @@ fn spawn_watch(spec: &Path, keys: &Path, failpoint: Option<&str>) -> (Child, Rec
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let out = lines_of(child.stdout.take().unwrap());
     let err = lines_of(child.stderr.take().unwrap());
-    (child, out, err)
+    (Killed(child), out, err)
 }
 
 /// SIGKILLs `certs watch` at `point` in the middle of a renewal, checks what it left, restarts
@@ -156,8 +174,7 @@ fn killed_at(point: &str) {
 
     let (mut watch, _out, err) = spawn_watch(&spec, &keys, Some(point));
     wait_line(&err, &format!("failpoint {point} reached"), Duration::from_secs(60));
-    watch.kill().unwrap(); // SIGKILL: no chance to clean up
-    watch.wait().unwrap();
+    watch.kill(); // SIGKILL: no chance to clean up
 
     let killed = inspect(&keys);
     let switched = point == failpoints::LIVE_SWITCHED;
@@ -202,8 +219,7 @@ fn killed_at(point: &str) {
     }
     assert_check_passes(&spec, &keys);
     assert_eq!(served_serial(&keys, &pebble), restarted.serial);
-    let _ = watch.kill();
-    let _ = watch.wait();
+    watch.kill();
 }
 
 #[test]
