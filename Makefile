@@ -33,7 +33,7 @@ down: ## stop the stack started by `make up` (keeps the spec, secrets and CA)
 deps-clients: ## install the real clients the tests drive: chromium, baresip, playwright-core
 	bash scripts/host-setup.sh clients
 
-deps-helm: ## install the chart tools into target/tools: helm 3 and 4, kubernetes-validate, checkov
+deps-helm: ## install the chart tools into target/tools: helm 3 and 4, kubernetes-validate, cert-manager CRD schemas, checkov (pinned)
 	bash scripts/host-setup.sh helm
 
 deps-acme: ## install Pebble, the ACME test server

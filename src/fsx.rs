@@ -17,8 +17,12 @@
 //!   through it (`asterisk.crt -> .live/asterisk.crt`): Kubernetes' `..data` scheme for Secret
 //!   volumes. A reader can never pair one generation's certificate with another's key. The
 //!   previous generation is kept (a reader that resolved `.live` just before the switch can
-//!   still open its files); older ones, and temporary files a killed writer left, are removed
-//!   by the next switch.
+//!   still open its files); older ones are removed after the switch. What a writer killed at
+//!   any point leaves behind (a partial or never-switched generation, a temporary symlink, an
+//!   old generation not yet removed) is removed by [`Generations::tidy`] and before every
+//!   switch, so at most the current and one older generation remain. Writers take an exclusive
+//!   `flock` on `.lock` for the whole switch (released by the kernel when a writer dies), so two
+//!   writers (the sidecar's loop and a manual `certs issue`) never remove each other's work.
 //!
 //! Nothing here knows about specs, plans or certificates.
 
@@ -126,16 +130,25 @@ pub struct Generations {
 
 /// The symlink that names the current generation.
 pub const LIVE: &str = ".live";
+/// The file writers `flock` while they change the directory.
+pub const LOCK: &str = ".lock";
 const GEN_PREFIX: &str = ".gen-";
 
-/// Names of the test-only failpoints in a generation switch. With `ASTRTC_FAILPOINT` set to one
-/// of them the writer prints `failpoint NAME reached` to stderr and stops there for good, so a
-/// test can kill it at exactly that moment (the crash-safety tests do).
+/// Names of the test-only failpoints in a generation switch, in the order a switch reaches them.
+/// With `ASTRTC_FAILPOINT` set to one of them the writer prints `failpoint NAME reached` to
+/// stderr and stops there for good, so a test can kill it at exactly that moment (the
+/// crash-safety tests in `tests/crash.rs` do).
 pub mod failpoints {
+    /// The first file of the new generation is written, the others are not.
+    pub const GENERATION_PARTIAL: &str = "generation-partial";
     /// The new generation directory is complete; `.live` still names the previous one.
     pub const GENERATION_WRITTEN: &str = "generation-written";
+    /// A temporary symlink to the new generation is made beside `.live`, not yet renamed over it.
+    pub const LIVE_STAGED: &str = "live-staged";
     /// `.live` names the new generation; the old generations are not cleaned up yet.
     pub const LIVE_SWITCHED: &str = "live-switched";
+    /// All of them, in order.
+    pub const ALL: [&str; 4] = [GENERATION_PARTIAL, GENERATION_WRITTEN, LIVE_STAGED, LIVE_SWITCHED];
 }
 
 fn failpoint(name: &str) {
@@ -147,6 +160,11 @@ fn failpoint(name: &str) {
     }
 }
 
+/// The time stamp in a generation directory's name.
+fn stamp_of(name: &str) -> Option<u128> {
+    name.strip_prefix(GEN_PREFIX).and_then(|s| s.parse().ok())
+}
+
 impl Generations {
     /// The generation-switched directory `dir`; files get `group` when it is set.
     pub fn new(dir: &Path, group: Option<u32>) -> Self {
@@ -156,7 +174,7 @@ impl Generations {
     /// Whether a directory entry is part of the generation machinery (not a file readers open).
     pub fn is_internal(name: &OsStr) -> bool {
         let name = name.to_string_lossy();
-        name == LIVE || name.starts_with(GEN_PREFIX)
+        name == LIVE || name == LOCK || name.starts_with(GEN_PREFIX)
     }
 
     /// Whether `name` in the directory is a plain file (a layout from before generations).
@@ -166,34 +184,76 @@ impl Generations {
 
     /// Writes `files` as a new generation and switches `.live` to it; then points each file's
     /// stable name at `.live/NAME` (replacing plain files of an older layout) and removes
-    /// generations older than the previous one.
+    /// generations older than the previous one. Holds the lock throughout, and first removes
+    /// what a killed writer left (see [`Generations::tidy`]).
     pub fn switch(&self, files: &[GenerationFile<'_>]) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
+        let _lock = self.lock()?;
+        self.remove_garbage();
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let gen_name = format!("{GEN_PREFIX}{stamp}");
         let gen = self.dir.join(&gen_name);
         fs::create_dir(&gen)?;
         fs::set_permissions(&gen, fs::Permissions::from_mode(0o750))?;
         self.chgrp(&gen)?;
-        for f in files {
+        for (i, f) in files.iter().enumerate() {
             let path = gen.join(f.name);
             write_atomic(&path, f.bytes, f.mode)?;
             self.chgrp(&path)?;
+            if i == 0 {
+                failpoint(failpoints::GENERATION_PARTIAL);
+            }
         }
         sync_dir(&gen);
         failpoint(failpoints::GENERATION_WRITTEN);
         let previous = fs::read_link(self.dir.join(LIVE)).ok();
-        replace_symlink(&self.dir, LIVE, Path::new(&gen_name))?;
+        replace_symlink(&self.dir, LIVE, Path::new(&gen_name), Some(failpoints::LIVE_STAGED))?;
         for f in files {
             let target = Path::new(LIVE).join(f.name);
             if fs::read_link(self.dir.join(f.name)).ok().as_deref() != Some(&target) {
-                replace_symlink(&self.dir, f.name, &target)?;
+                replace_symlink(&self.dir, f.name, &target, None)?;
             }
         }
         sync_dir(&self.dir);
         failpoint(failpoints::LIVE_SWITCHED);
-        self.remove_old(&gen_name, previous.as_deref());
+        self.remove_except(Some(Path::new(&gen_name)), previous.as_deref());
         Ok(())
+    }
+
+    /// Removes what a writer killed mid-switch left behind: generations other than the one
+    /// `.live` names and the newest one older than it (a partial or never-switched generation
+    /// is always newer than `.live`: every switch starts by removing those), and temporary
+    /// symlinks. Takes the writers' lock; a directory that does not exist is left alone.
+    pub fn tidy(&self) -> std::io::Result<()> {
+        if !self.dir.is_dir() {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        self.remove_garbage();
+        Ok(())
+    }
+
+    /// The writers' lock: an exclusive `flock` on `.lock`, held until the file is dropped (or the
+    /// process dies).
+    fn lock(&self) -> std::io::Result<fs::File> {
+        use std::os::fd::AsRawFd;
+        let path = self.dir.join(LOCK);
+        let file = match fs::OpenOptions::new().append(true).create(true).mode(0o644).open(&path) {
+            Ok(f) => f,
+            // Made by another user (root running `certs issue` by hand): flock needs only a read.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => fs::File::open(&path)?,
+            Err(e) => return Err(e),
+        };
+        loop {
+            // SAFETY: `file` is an open descriptor for the whole call; flock touches no memory.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(file);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     fn chgrp(&self, path: &Path) -> std::io::Result<()> {
@@ -203,13 +263,32 @@ impl Generations {
         Ok(())
     }
 
-    /// Removes generation directories other than the current and the previous one, and
-    /// temporary files a killed writer left behind.
-    fn remove_old(&self, current: &str, previous: Option<&Path>) {
+    /// [`Generations::tidy`] with the lock held.
+    fn remove_garbage(&self) {
+        let current = fs::read_link(self.dir.join(LIVE)).ok();
+        let current_stamp = current.as_deref().and_then(Path::to_str).and_then(stamp_of);
+        let previous = current_stamp.and_then(|now| {
+            fs::read_dir(&self.dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    stamp_of(&name).filter(|s| *s < now).map(|s| (s, name))
+                })
+                .max()
+                .map(|(_, name)| PathBuf::from(name))
+        });
+        self.remove_except(current.as_deref(), previous.as_deref());
+    }
+
+    /// Removes generation directories other than `current` and `previous`, and temporary
+    /// files a killed writer left behind.
+    fn remove_except(&self, current: Option<&Path>, previous: Option<&Path>) {
         let Ok(entries) = fs::read_dir(&self.dir) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let keep = name == current || previous.is_some_and(|p| p == Path::new(&name));
+            let keep = [current, previous].contains(&Some(Path::new(&name)));
             if name.starts_with(GEN_PREFIX) && !keep {
                 let _ = fs::remove_dir_all(entry.path());
             } else if name.starts_with('.') && name.contains(".tmp") {
@@ -219,11 +298,15 @@ impl Generations {
     }
 }
 
-/// Points `dir/name` at `target` with one rename, whatever `dir/name` was before.
-fn replace_symlink(dir: &Path, name: &str, target: &Path) -> std::io::Result<()> {
+/// Points `dir/name` at `target` with one rename, whatever `dir/name` was before; stops at
+/// `staged` (a failpoint) between making the temporary symlink and the rename.
+fn replace_symlink(dir: &Path, name: &str, target: &Path, staged: Option<&str>) -> std::io::Result<()> {
     let tmp: PathBuf = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)?;
+    if let Some(point) = staged {
+        failpoint(point);
+    }
     fs::rename(&tmp, dir.join(name))
 }
 
@@ -288,5 +371,63 @@ mod tests {
         assert!(!g.is_plain_file("x.crt"));
         assert!(fs::symlink_metadata(dir.path().join("x.crt")).unwrap().file_type().is_symlink());
         assert_eq!(mode(&dir.path().join("x.key")), 0o640);
+    }
+
+    /// Switches to a generation of the test pair: `x.crt` and `x.key` carry the same number.
+    fn switch_pair(g: &Generations, n: u32) -> std::io::Result<()> {
+        let (key, crt) = (format!("key{n}"), format!("crt{n}"));
+        g.switch(&[
+            GenerationFile { name: "x.key", bytes: key.as_bytes(), mode: 0o640 },
+            GenerationFile { name: "x.crt", bytes: crt.as_bytes(), mode: 0o644 },
+        ])
+    }
+
+    fn entries(dir: &Path) -> std::collections::BTreeSet<String> {
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn tidy_removes_what_killed_writers_left_and_keeps_the_current_and_previous_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Generations::new(dir.path(), None);
+        g.tidy().unwrap(); // nothing there yet: nothing to do
+        switch_pair(&g, 1).unwrap();
+        let previous = fs::read_link(dir.path().join(LIVE)).unwrap().to_string_lossy().into_owned();
+        switch_pair(&g, 2).unwrap();
+        let current = fs::read_link(dir.path().join(LIVE)).unwrap().to_string_lossy().into_owned();
+        let expected = entries(dir.path());
+        assert_eq!(expected.len(), 6, "{expected:?}"); // .live .lock x.crt x.key and two generations
+                                                       // What killed writers leave: a generation never switched to, a partial one (with a
+                                                       // temporary file), a staged `.live`, and an old generation a kill kept from removal.
+        let now = stamp_of(&current).unwrap();
+        fs::create_dir(dir.path().join(format!("{GEN_PREFIX}{}", now + 1))).unwrap();
+        let partial = dir.path().join(format!("{GEN_PREFIX}{}", now + 2));
+        fs::create_dir(&partial).unwrap();
+        fs::write(partial.join(".x.key.tmp1"), "k").unwrap();
+        std::os::unix::fs::symlink(format!("{GEN_PREFIX}{}", now + 2), dir.path().join("..live.tmp1")).unwrap();
+        fs::create_dir(dir.path().join(format!("{GEN_PREFIX}{}", stamp_of(&previous).unwrap() - 1))).unwrap();
+        g.tidy().unwrap();
+        assert_eq!(entries(dir.path()), expected);
+        assert!(expected.contains(&previous) && expected.contains(&current));
+        assert_eq!(fs::read_to_string(dir.path().join("x.key")).unwrap(), "key2");
+    }
+
+    #[test]
+    fn a_second_writer_waits_for_the_first_to_finish_or_die() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Generations::new(dir.path(), None);
+        switch_pair(&g, 1).unwrap();
+        // The first writer holds the lock (as one parked at a failpoint, or mid-issuance would).
+        let held = g.lock().unwrap();
+        let (second, tidier) = (g.clone(), g.clone());
+        let switching = std::thread::spawn(move || switch_pair(&second, 2));
+        let tidying = std::thread::spawn(move || tidier.tidy());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!switching.is_finished() && !tidying.is_finished(), "a writer went ahead without the lock");
+        assert_eq!(fs::read_to_string(dir.path().join("x.crt")).unwrap(), "crt1");
+        drop(held); // the first writer finishes (or is killed: the kernel releases its flock)
+        switching.join().unwrap().unwrap();
+        tidying.join().unwrap().unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("x.crt")).unwrap(), "crt2");
     }
 }

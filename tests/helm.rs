@@ -3,8 +3,11 @@
 //! would break the deployment, and one source of truth — the spec's RTP range and ports appear
 //! identically in rtp.conf, http.conf and the pod's ports.
 //!
-//! Tools come from `make deps-helm` (target/tools). Outside CI, missing tools skip these tests
-//! with a message; in CI they fail.
+//! Tools come from `make deps-helm` (target/tools); a test checks that they are what their names
+//! and pins say. Objects are validated by `tests/helm/kube-validate.py`, which fails on any object
+//! without a schema (kubernetes-validate alone only warns) and checks cert-manager objects against
+//! cert-manager's CRD schemas. Outside CI, missing tools skip these tests with a message; in CI
+//! they fail.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,20 +17,51 @@ use crate::common::*;
 struct Tools {
     helm3: PathBuf,
     helm4: PathBuf,
-    validate: PathBuf,
+    /// The venv with kubernetes-validate and cert-manager's CRD models.
+    venv: PathBuf,
+}
+
+fn tools_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools")
 }
 
 fn tools() -> Option<Tools> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools");
-    let t = Tools {
-        helm3: dir.join("helm3"),
-        helm4: dir.join("helm4"),
-        validate: dir.join("venv/bin/kubernetes-validate"),
-    };
-    if [&t.helm3, &t.helm4, &t.validate].iter().any(|p| tool_missing(p, "make deps-helm")) {
+    let dir = tools_dir();
+    let t = Tools { helm3: dir.join("helm3"), helm4: dir.join("helm4"), venv: dir.join("venv") };
+    let needed = [
+        t.helm3.clone(),
+        t.helm4.clone(),
+        t.venv.join("bin/kubernetes-validate"),
+        site_package(&t.venv, "cloudcoil/models/cert_manager"),
+    ];
+    if needed.iter().any(|p| tool_missing(p, "make deps-helm")) {
         return None;
     }
     Some(t)
+}
+
+/// Where a package lives in a venv (`lib/python3.X/site-packages/PATH`), found or not.
+fn site_package(venv: &Path, path: &str) -> PathBuf {
+    let lib = venv.join("lib");
+    let found = std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("site-packages").join(path))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| lib.join("python3/site-packages").join(path))
+}
+
+/// Validates manifests for these Kubernetes versions: every object against its schema, strictly;
+/// an object without a schema is a failure (`tests/helm/kube-validate.py`).
+fn kube_validate(t: &Tools, file: &Path, versions: &[&str]) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/kube-validate.py");
+    let mut cmd = Command::new(t.venv.join("bin/python"));
+    cmd.arg(script);
+    for k in versions {
+        cmd.args(["-k", k]);
+    }
+    run(cmd.arg(file))
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {
@@ -98,9 +132,10 @@ fn every_fixture_lints_and_validates_in_every_mode() {
             assert!(ok, "{case}/{mode}: helm template:\n{manifests}");
             let file = dir.path().join(format!("{mode}.yaml"));
             std::fs::write(&file, &manifests).unwrap();
-            for k8s in ["1.29.0", "1.37.0"] {
-                let (ok, out) = run(Command::new(&t.validate).args(["--strict", "--quiet", "-k", k8s]).arg(&file));
-                assert!(ok, "{case}/{mode}: kubernetes-validate {k8s}:\n{out}");
+            let (ok, out) = kube_validate(&t, &file, &["1.29.0", "1.37.0"]);
+            assert!(ok, "{case}/{mode}: kube-validate:\n{out}");
+            if mode == "cert-manager" {
+                assert!(out.contains("ok   Certificate/"), "{case}/{mode}: no Certificate validated:\n{out}");
             }
             checked += 1;
         }
@@ -235,6 +270,7 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
         return;
     }
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/checkov.yaml");
+    let mut in_manifests = Vec::new();
     for (case, sets) in [
         ("webrtc-self-signed", vec![]),
         ("bridge-narrow-rtp", vec!["network.mode=hostPort"]),
@@ -244,6 +280,10 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
         let (dir, chart) = rendered(case);
         let (ok, manifests) = template(&t, &chart, &sets);
         assert!(ok, "{manifests}");
+        // Skips the chart writes into its manifests need a reason as much as the config's.
+        let (skipped, problems) = annotation_skips(&manifests);
+        assert!(problems.is_empty(), "{case} {sets:?}:\n{}", problems.join("\n"));
+        in_manifests.extend(skipped);
         let file = dir.path().join("manifests.yaml");
         std::fs::write(&file, manifests).unwrap();
         let (ok, out) = run(Command::new(&checkov)
@@ -254,6 +294,157 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
             .env("BC_SKIP_MAPPING", "TRUE"));
         assert!(ok, "{case} {sets:?}: checkov failed:\n{out}");
     }
+    eprintln!("checkov skips written into the manifests, each with its reason: {in_manifests:?}");
+    assert!(!in_manifests.is_empty(), "the ACME sidecar mode's annotation skips were not found");
+}
+
+/// The checkov skips written into manifests (`checkov.io/skipN: CHECK=reason` annotations, at
+/// any depth): the ids of those with a written reason (six words at least), and the others.
+fn annotation_skips(manifests: &str) -> (Vec<String>, Vec<String>) {
+    fn walk(value: &serde_yaml_ng::Value, ids: &mut Vec<String>, problems: &mut Vec<String>) {
+        match value {
+            serde_yaml_ng::Value::Mapping(map) => {
+                for (key, val) in map {
+                    let key = key.as_str().unwrap_or_default();
+                    if key.starts_with("checkov.io/skip") {
+                        let text = val.as_str().unwrap_or_default();
+                        match text.split_once('=') {
+                            Some((id, reason)) if reason.split_whitespace().count() >= 6 => ids.push(id.to_string()),
+                            _ => problems.push(format!("{key}: {text:?} carries no written reason (CHECK=why)")),
+                        }
+                    }
+                    walk(val, ids, problems);
+                }
+            }
+            serde_yaml_ng::Value::Sequence(items) => items.iter().for_each(|v| walk(v, ids, problems)),
+            _ => {}
+        }
+    }
+    let (mut ids, mut problems) = (Vec::new(), Vec::new());
+    for doc in serde_yaml_ng::Deserializer::from_str(manifests) {
+        let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc).unwrap();
+        walk(&value, &mut ids, &mut problems);
+    }
+    (ids, problems)
+}
+
+/// The PyPI pins in scripts/host-setup.sh, from its `ensure_venv "$tools/DIR" NAME==VERSION ...`
+/// lines: (venv directory under target/tools, package, version).
+fn pinned_in_host_setup() -> Vec<(String, String, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/host-setup.sh");
+    let mut pins = Vec::new();
+    for line in std::fs::read_to_string(script).unwrap().lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("ensure_venv \"$tools/") else { continue };
+        let (venv, packages) = rest.split_once('"').unwrap();
+        for p in packages.split_whitespace() {
+            let (name, version) =
+                p.split_once("==").unwrap_or_else(|| panic!("{p} in host-setup.sh is not pinned (NAME==VERSION)"));
+            pins.push((venv.to_string(), name.to_string(), version.to_string()));
+        }
+    }
+    pins
+}
+
+#[test]
+fn the_chart_tools_are_what_their_names_and_pins_say() {
+    let Some(t) = tools() else { return };
+    for (helm, major) in [(&t.helm3, "v3."), (&t.helm4, "v4.")] {
+        let (ok, version) = run(Command::new(helm).args(["version", "--short"]));
+        assert!(ok && version.starts_with(major), "{} is {:?}, not Helm {major}x", helm.display(), version.trim());
+        eprintln!("{}: {}", helm.display(), version.trim());
+    }
+    let pins = pinned_in_host_setup();
+    for tool in ["checkov", "kubernetes-validate", "cloudcoil-models-cert-manager"] {
+        assert!(pins.iter().any(|(_, name, _)| name == tool), "host-setup.sh pins no {tool}: {pins:?}");
+    }
+    // The installed distribution (names compared as PEP 503 says), and for a tool with a command
+    // of the same name, what that command says about itself.
+    let installed = "import importlib.metadata as m, re, sys\n\
+        n = lambda s: re.sub(r'[-_.]+', '-', s).lower()\n\
+        print(next((d.version for d in m.distributions() if n(d.metadata['Name']) == n(sys.argv[1])), 'none'))";
+    for (venv, name, pinned) in &pins {
+        let venv = tools_dir().join(venv);
+        if tool_missing(&venv.join("bin/python"), "make deps-helm") {
+            return;
+        }
+        let (ok, version) = run(Command::new(venv.join("bin/python")).args(["-c", installed, name]));
+        assert!(ok && version.trim() == pinned, "{name}: {} installed, host-setup.sh pins {pinned}", version.trim());
+        let command = venv.join("bin").join(name);
+        if command.exists() {
+            let (_, says) = run(Command::new(&command).arg("--version"));
+            assert_eq!(says.trim(), pinned, "{} --version", command.display());
+        }
+        eprintln!("{name} {pinned} (pinned and installed)");
+    }
+}
+
+/// What is wrong with a checkov config: every `skip-check` entry must stand on a line of its own
+/// with a comment right above it that names the check and says why it is skipped (six words at
+/// least, besides the check's id and title); keys that would hide findings wholesale (soft-fail,
+/// skip-path, skip-framework, ...) are refused.
+fn checkov_config_problems(text: &str) -> Vec<String> {
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
+    let mut problems = Vec::new();
+    let allowed = ["skip-check", "skip-download", "compact", "quiet"];
+    for key in config.as_mapping().expect("a mapping").keys() {
+        let key = key.as_str().unwrap_or_default();
+        if !allowed.contains(&key) {
+            problems.push(format!("key {key:?} can hide findings; skip single checks with a reason instead"));
+        }
+    }
+    let skipped: Vec<String> = match &config["skip-check"] {
+        serde_yaml_ng::Value::Sequence(ids) => ids.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
+        serde_yaml_ng::Value::String(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    for id in &skipped {
+        let Some(at) = lines.iter().position(|l| *l == format!("- {id}")) else {
+            problems.push(format!("{id}: not on a line of its own (`- {id}`), so it carries no reason"));
+            continue;
+        };
+        let mut comment: Vec<&str> = lines[..at]
+            .iter()
+            .rev()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches('#').trim())
+            .collect();
+        comment.reverse();
+        let comment = comment.join(" ");
+        if comment.is_empty() {
+            problems.push(format!("{id}: a bare entry, no comment right above it saying why"));
+            continue;
+        }
+        let Some(after_id) = comment.strip_prefix(id.as_str()) else {
+            problems.push(format!("{id}: the comment right above it does not name it: {comment:?}"));
+            continue;
+        };
+        // `ID "title": reason`: count the words of the reason.
+        let reason = after_id.trim_start().strip_prefix('"').and_then(|t| t.split_once('"')).map_or(after_id, |x| x.1);
+        if reason.split_whitespace().count() < 6 {
+            problems.push(format!("{id}: no reason written above it: {comment:?}"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn every_skipped_checkov_check_has_a_written_reason() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/checkov.yaml");
+    let problems = checkov_config_problems(&std::fs::read_to_string(config).unwrap());
+    assert!(problems.is_empty(), "tests/checkov.yaml:\n{}", problems.join("\n"));
+    // The check itself refuses what it must.
+    let why = "# CKV_A \"a title\": the reason is written here in words\n";
+    for (bad, config) in [
+        ("bare entry", format!("skip-check:\n  {why}  - CKV_A\n  - CKV_B\n")),
+        ("title only", "skip-check:\n  # CKV_A \"a title\"\n  - CKV_A\n".to_string()),
+        ("another check's reason", format!("skip-check:\n  {why}  # \n  - CKV_B\n")),
+        ("flow list", "skip-check: [CKV_A]\n".to_string()),
+        ("soft-fail", format!("skip-check:\n  {why}  - CKV_A\nsoft-fail: true\n")),
+    ] {
+        assert!(!checkov_config_problems(&config).is_empty(), "{bad} passed:\n{config}");
+    }
+    assert!(checkov_config_problems(&format!("skip-check:\n  {why}  - CKV_A\n")).is_empty());
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod acme;
 mod cli;
 mod clients;
 mod compose;
+mod crash;
 mod examples;
 mod helm;
 mod hostile;

@@ -125,6 +125,10 @@ impl Job {
     /// or it is due (always with `force`); otherwise does nothing. On failure the files in place
     /// are untouched.
     pub async fn ensure(&self, force: bool) -> Result<Outcome, LifecycleError> {
+        // A writer killed mid-switch (this loop before a restart) may have left garbage; the
+        // next switch removes it too, but that can be months away. Best effort: a directory
+        // this process cannot write is reported by the switch, when there is one.
+        let _ = store::tidy(&self.keys, self.access);
         let reason = match self.due() {
             Due::NotDue { days_left, due_in_seconds } if !force => {
                 return Ok(Outcome::NotDue { days_left, due_in_seconds })

@@ -107,6 +107,11 @@ pub fn write(keys: &Path, cert: &CertLayout, access: SecretAccess) -> std::io::R
     switch(&gens, cert)
 }
 
+/// Removes what a writer killed mid-switch left in `keys` (see [`Generations::tidy`]).
+pub fn tidy(keys: &Path, access: SecretAccess) -> std::io::Result<()> {
+    Generations::new(keys, access.chown.then_some(access.gid)).tidy()
+}
+
 fn switch(gens: &Generations, cert: &CertLayout) -> std::io::Result<()> {
     let pem = cert.combined_pem();
     gens.switch(&[
