@@ -6,6 +6,7 @@ mod acme;
 mod cli;
 mod clients;
 mod compose;
+mod fuzz;
 mod helm;
 mod hostile;
 mod image;
