@@ -55,8 +55,11 @@ lint: ## formatting and clippy, warnings as errors
 bench: $(ASTRTC) ## benchmarks: render time (default and 1000-endpoint specs), compose up -> healthy
 	bash scripts/bench.sh
 
+fuzz: ## fuzz spec -> outputs with an oracle for 10 minutes (ASTRTC_FUZZ_SECONDS=N for another duration)
+	ASTRTC_FUZZ_SECONDS=$${ASTRTC_FUZZ_SECONDS:-600} cargo test --locked --test tests fuzz::fuzz_for_a_while -- --ignored --nocapture
+
 review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-clients deps-helm deps-acme deps-examples up down test test-unit lint bench review-snapshots
+.PHONY: help deps deps-clients deps-helm deps-acme deps-examples up down test test-unit lint bench fuzz review-snapshots

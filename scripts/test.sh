@@ -5,7 +5,8 @@
 # A test that cannot run calls `skip()` (tests/common): it prints `SKIP <test>: <reason>` and
 # appends that line to $ASTRTC_SKIP_LOG, which this script counts (such a test reports "ok" to
 # cargo, so it is taken out of the passed count). Under CI=true a skip is a failure. Benchmarks
-# are #[ignore]d here and run by `make bench`; they are named, not counted.
+# and the long fuzz run are #[ignore]d here and run by `make bench` and `make fuzz`; they are
+# named, not counted.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,7 @@ if [ "$skipped" -gt 0 ]; then
   echo "skipped:"
   sed 's/^/  /' "$skips"
 fi
-[ "$ignored" -gt 0 ] && echo "($ignored benchmark(s) not run here: make bench)"
+[ "$ignored" -gt 0 ] && echo "($ignored long run(s) not run here: make bench, make fuzz)"
 echo "$passed passed, $failed failed, $skipped skipped"
 if [ "$failed" -gt 0 ]; then exit 1; fi
 if [ "$skipped" -gt 0 ] && [ -n "${CI:-}" ] && [ "${CI}" != "false" ] && [ "${CI}" != "0" ]; then

@@ -8,6 +8,7 @@ mod clients;
 mod compose;
 mod crash;
 mod examples;
+mod fuzz;
 mod helm;
 mod hostile;
 mod image;

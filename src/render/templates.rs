@@ -3,10 +3,11 @@
 //! the code refers to.
 //!
 //! Owns: environment settings (strict undefined, kept trailing newline, JSON auto-escaping for
-//! YAML and JSON). Templates only format values the plan already resolved.
+//! YAML and JSON, with what YAML 1.1 reads as a line break or refuses escaped too). Templates only
+//! format values the plan already resolved.
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior, Value};
 
 use crate::assets;
 
@@ -63,6 +64,7 @@ pub fn environment() -> Environment<'static> {
             AutoEscape::None
         }
     });
+    env.set_formatter(yaml_safe_json_formatter);
     for asset in assets::files_under(&assets::TEMPLATES, DEPLOY_DIR) {
         let Some(name) = asset.path.strip_suffix(assets::TEMPLATE_SUFFIX) else { continue };
         let source = std::str::from_utf8(asset.contents).unwrap_or_else(|e| panic!("template {name}: {e}"));
@@ -72,9 +74,57 @@ pub fn environment() -> Environment<'static> {
     env
 }
 
+/// Characters JSON may leave as they are but a YAML reader may not: NEL, U+2028 and U+2029 end a
+/// line for YAML 1.1 readers (libyaml, PyYAML, the Go library Kubernetes uses), and DEL, the C1
+/// controls, U+FFFE and U+FFFF are refused as unprintable.
+fn yaml_needs_escape(c: char) -> bool {
+    matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}')
+}
+
+/// The JSON auto-escape, plus `\uXXXX` for [`yaml_needs_escape`] characters, so that a value in a
+/// YAML output reads back exactly as it was, in YAML 1.1 as in 1.2. Other modes are unchanged.
+fn yaml_safe_json_formatter(out: &mut Output, state: &mut State, value: &Value) -> Result<(), minijinja::Error> {
+    if *state.auto_escape() == AutoEscape::Json && !value.is_safe() {
+        if let Ok(json) = serde_json::to_string(value) {
+            if json.contains(yaml_needs_escape) {
+                let mut escaped = String::with_capacity(json.len() + 16);
+                for c in json.chars() {
+                    if yaml_needs_escape(c) {
+                        escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+                    } else {
+                        escaped.push(c);
+                    }
+                }
+                return out.write_str(&escaped).map_err(minijinja::Error::from);
+            }
+        }
+    }
+    minijinja::escape_formatter(out, state, value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value in a YAML output reads back as it was, whatever it holds: YAML 1.1 line breaks and
+    /// unprintable characters are escaped too.
+    #[test]
+    fn yaml_values_escape_what_yaml_readers_break_or_refuse() {
+        let mut env = environment();
+        env.add_template("t.yaml", "a: {{ v }}\nb: {{ [v] }}\n").unwrap();
+        env.add_template("t.conf", "a = {{ v }}\n").unwrap();
+        let v = "x\u{2028}y\u{2029}z\u{85}w\u{7f}\u{9b}\"\n";
+        let yaml = env.get_template("t.yaml").unwrap().render(minijinja::context! { v => v }).unwrap();
+        assert_eq!(yaml, "a: \"x\\u2028y\\u2029z\\u0085w\\u007f\\u009b\\\"\\n\"\nb: [\"x\\u2028y\\u2029z\\u0085w\\u007f\\u009b\\\"\\n\"]\n");
+        let back: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        assert_eq!(back["a"].as_str(), Some(v));
+        assert_eq!(back["b"][0].as_str(), Some(v));
+        // Only YAML and JSON outputs are escaped.
+        assert_eq!(
+            env.get_template("t.conf").unwrap().render(minijinja::context! { v => "a\u{2028}" }).unwrap(),
+            "a = a\u{2028}\n"
+        );
+    }
 
     /// Every `.j2` file of the tree loads, and the outputs the code names have a template.
     #[test]

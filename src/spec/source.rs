@@ -99,14 +99,18 @@ impl SourceFile {
     }
 
     /// Deserializes the text; a syntax error, unknown key or wrong type becomes a diagnostic
-    /// pointing at the offending place.
+    /// pointing at the offending place, with the key path it is about (empty for syntax errors).
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, SpecError> {
         toml::from_str(&self.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             // Name the key in the message too, not only in the label.
             let path = self.path_at(span.start);
             let message = if path.0.is_empty() { e.message().to_string() } else { format!("{path}: {}", e.message()) };
-            SpecError::Invalid(InvalidSpec::new(self, vec![Problem::at_span(span, message)]))
+            // Keep the parser's span (locating by path would widen it to the whole value).
+            let mut problem = Problem::at_span(span, message);
+            problem.path = path;
+            problem.src = Some(self.named());
+            SpecError::Invalid(InvalidSpec { file: self.path.clone(), problems: vec![problem] })
         })
     }
 
@@ -262,4 +266,32 @@ pub enum SpecError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Invalid(#[from] InvalidSpec),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_problem(text: &str) -> Problem {
+        let file = SourceFile::new(PathBuf::from("astrtc.toml"), text.into());
+        match file.parse::<crate::spec::Spec>() {
+            Err(SpecError::Invalid(mut inv)) => inv.problems.remove(0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Wrong types and unknown keys carry the key path, like the problems validation finds;
+    /// syntax errors have none.
+    #[test]
+    fn parse_errors_name_their_key() {
+        let p = parse_problem("[network]\npublic_address = \"203.0.113.1\\n\"\n");
+        assert_eq!(p.path, KeyPath::parse("network.public_address"));
+        assert!(p.message.starts_with("network.public_address: "), "{}", p.message);
+        assert_eq!(
+            parse_problem("[[endpoints]]\nid = \"1\"\nkind = \"iax\"\n").path,
+            KeyPath::parse("endpoints[0].kind")
+        );
+        assert_eq!(parse_problem("[rtp]\nports = 5\n").path, KeyPath::parse("rtp.ports"));
+        assert_eq!(parse_problem("[rtp\n").path, KeyPath::default());
+    }
 }

@@ -1,10 +1,12 @@
 //! Shared helpers: fixture copies in temp dirs, rendering through the library, snapshot text,
 //! the `astrtc` binary, and skips that are counted. Beside them: [`docker`] (images and running
-//! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice).
+//! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice),
+//! [`shape`] (outputs as their readers see them).
 
 pub mod docker;
 pub mod pebble;
 pub mod ports;
+pub mod shape;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -54,8 +54,8 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     if let Err(e) = image_reference(&image) {
         v.push(p("image", e).help("e.g. \"astrtc/asterisk:22.10.1\" or \"registry.example:5000/pbx/asterisk:1\""));
     }
-    if spec.secrets.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
-        v.push(p("secrets", "must not be empty"));
+    if let Some(Err(e)) = spec.secrets.as_deref().map(file_path) {
+        v.push(p("secrets", e));
     }
 
     let network = network::network(spec, v);
@@ -160,6 +160,18 @@ mod tests {
         assert!(host_port("stun.example.org:3478").is_ok());
         assert!(host_port("stun.example.org").is_err());
         assert!(host_port("a;b:1").is_err());
+    }
+
+    #[test]
+    fn file_paths() {
+        for ok in ["dns-hook", "hooks/dns hook.sh", "/etc/a[1];#=$'\"", "Zoë/李"] {
+            assert!(file_path(Path::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in
+            ["", "a\nb", "a\rb", "a\0b", "a\tb", "a\u{1b}b", "a\u{85}b", "a\u{2028}b", "a\u{2029}b", "a\u{200b}b"]
+        {
+            assert!(file_path(Path::new(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -122,6 +122,21 @@ pub fn display_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A file path from the spec (`secrets`, `tls.ca_dir`, `tls.acme.ca_bundle`, `tls.acme.dns_hook`):
+/// not empty, and without [`is_break_or_control`] characters. Paths are never written into a
+/// config, but they are shown in messages and passed to the system, where a NUL ends the path
+/// and a line break forges a line of output.
+pub fn file_path(p: &std::path::Path) -> Result<(), String> {
+    let s = p.to_string_lossy();
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(bad) = s.chars().find(|c| is_break_or_control(*c)) {
+        return Err(format!("the path contains {bad:?}, which is not allowed"));
+    }
+    Ok(())
+}
+
 /// An e-mail address for the ACME account: `local@domain`, printable ASCII without quotes,
 /// brackets, separators or shell characters, at most 254 characters.
 pub fn email(s: &str) -> Result<(), String> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::super::source::{KeyPath, Problem};
 use super::super::valid::{Acme, Tls};
 use super::super::{defaults, AcmeChallenge, AcmeSpec, Spec, TlsMode};
-use super::{dns_name, email, https_url, p, parse_resolver};
+use super::{dns_name, email, file_path, https_url, p, parse_resolver};
 
 /// A path from the spec, relative to the spec's directory unless absolute.
 pub(super) fn resolve(base: &Path, path: &Path) -> PathBuf {
@@ -48,8 +48,8 @@ pub(super) fn tls(spec: &Spec, base_dir: &Path, v: &mut Vec<Problem>) -> Option<
         }
     }
     let ca_dir = spec.tls.ca_dir.as_deref().unwrap_or(Path::new(defaults::CA_DIR));
-    if ca_dir.as_os_str().is_empty() {
-        v.push(p("tls.ca_dir", "must not be empty"));
+    if let Err(e) = file_path(ca_dir) {
+        v.push(p("tls.ca_dir", e));
     }
     let acme = match (mode, &spec.tls.acme) {
         (TlsMode::Acme, None) => {
@@ -109,6 +109,11 @@ fn acme(a: &AcmeSpec, names: &[String], base_dir: &Path, v: &mut Vec<Problem>) -
     let dns01 = challenge == AcmeChallenge::Dns01;
     if a.dns_hook.is_some() && !dns01 {
         v.push(p("tls.acme.dns_hook", "only used with challenge = \"dns-01\""));
+    }
+    for (key, path) in [("tls.acme.dns_hook", &a.dns_hook), ("tls.acme.ca_bundle", &a.ca_bundle)] {
+        if let Some(Err(e)) = path.as_deref().map(file_path) {
+            v.push(p(key, e));
+        }
     }
     let mut dns_resolvers = Vec::new();
     if let Some(resolvers) = &a.dns_resolvers {

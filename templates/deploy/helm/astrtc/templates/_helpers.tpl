@@ -85,3 +85,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "astrtc.podTLS" -}}
 {{- if .Values.ingress.enabled }}false{{ else }}true{{ end }}
 {{- end }}
+
+{{/* A file's text as one YAML double-quoted scalar that reads back byte for byte in any YAML
+reader: toJson escapes quotes, backslashes, C0 controls and U+2028/U+2029; the characters it
+leaves as they are but YAML treats as breaks (NEL) or refuses (DEL, the other C1 controls,
+U+FFFE, U+FFFF) are escaped here. */}}
+{{- define "astrtc.yamlString" -}}
+{{- $s := toJson . }}
+{{- range $cp := concat (untilStep 127 160 1) (list 65534 65535) }}
+{{- $s = replace (printf "%c" $cp) (printf "\\u%04x" $cp) $s }}
+{{- end }}
+{{- $s }}
+{{- end }}

@@ -1,0 +1,763 @@
+//! Fuzzing with an oracle. proptest builds specs from the spec types — every string field from
+//! valid examples with dangerous characters inserted, or from arbitrary characters; random
+//! ports, ranges, modes, endpoint lists and secrets — validates them, and for every accepted
+//! one renders the deployment and checks:
+//!
+//! - nothing panics (validation, the plan, rendering, the chart's copies);
+//! - every output has the structure of the same deployment with every free value replaced by a
+//!   plain one (the *canonical* plan): each `.conf` the same sections and keys (endpoint and
+//!   context sections named by the spec's ids), each YAML/JSON/TOML file the same key paths,
+//!   every other file the same bytes;
+//! - every spec value is exactly the value of the keys that carry it (`callerid`, `allow`,
+//!   `password`, compose's `image`, values.yaml's `tls.names`, acme.toml, ...), so none escapes.
+//!
+//! `make test` runs a seeded pass (`PROPTEST_RNG_SEED`, default [`SEED`]; `PROPTEST_CASES`,
+//! default 256); `make fuzz` runs [`fuzz_for_a_while`] for `ASTRTC_FUZZ_SECONDS` (600).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
+
+use astrtc::certs::CertLayout;
+use astrtc::plan::Plan;
+use astrtc::render::{Bundle, Inputs};
+use astrtc::spec::secrets::{Secrets, TurnSecrets};
+use astrtc::spec::validate::KNOWN_CODECS;
+use astrtc::spec::{
+    AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, NetworkMode, NetworkSpec, RtpSpec, Spec,
+    TlsMode, TlsSpec,
+};
+
+use crate::common::shape::{self, Section, Shape};
+use crate::common::*;
+
+/// The seed of the pass `make test` runs, unless `PROPTEST_RNG_SEED` names another.
+const SEED: u64 = 0xa57_27c;
+
+// ---------------------------------------------------------------------------------------------
+// Generators
+
+/// Characters that break, end, quote or comment something in some output, controls, Unicode
+/// breaks and format characters, and non-ASCII letters (which are fine in display names).
+const HOSTILE_CHARS: &[char] = &[
+    '\n', '\r', '\t', '\0', '\x1b', '\x7f', '\u{85}', '\u{9b}', '\u{a0}', '\u{ad}', '\u{200b}', '\u{202e}', '\u{2028}',
+    '\u{2029}', '\u{feff}', '\u{3000}', '[', ']', ';', '=', '#', '"', '\'', '\\', ',', '$', '{', '}', ':', '<', '>',
+    '&', '`', '|', '@', '/', '*', '%', '!', '?', '(', ')', '~', '+', '^', ' ', '-', '_', '.', 'é', 'Å', '李', '😀',
+];
+
+/// How hostile one generated spec is. Every text field of a spec draws from its level, so that
+/// many specs are valid (and reach the oracle) and many others have one or a few bad values.
+#[derive(Debug, Clone, Copy)]
+enum Level {
+    /// Only valid examples (the structure varies: modes, lists, ports, optional fields).
+    Clean,
+    /// Now and then a character inserted into a value.
+    Low,
+    /// Inserted characters and arbitrary strings everywhere.
+    High,
+    /// One field (by its name in [`FIELDS`]) hostile, every other clean: the way to reach a
+    /// hole in one field's rule.
+    One(&'static str),
+}
+
+/// The text fields, as [`text`] names them.
+const FIELDS: &[&str] = &[
+    "name",
+    "image",
+    "bridge_subnet",
+    "local_nets",
+    "stun",
+    "turn",
+    "turn_username",
+    "acme.email",
+    "acme.directory",
+    "acme.ca_bundle",
+    "acme.dns_hook",
+    "acme.dns_resolvers",
+    "domain",
+    "extra_names",
+    "ca_dir",
+    "id",
+    "codecs",
+    "display_name",
+    "password",
+    "context",
+    "echo_extension",
+    "turn_password",
+    "file",
+];
+
+/// What ends a line, a value, a section or a string somewhere: the first characters to try.
+const BREAKERS: &[char] = &['\n', '\r', '\0', '\u{85}', '\u{2028}', '\u{2029}', '[', ']', ';', '=', '#', '"', '\\'];
+
+/// A character to insert: mostly plain, or (`breaking`: mostly) one that breaks something.
+fn a_char(breaking: bool) -> BoxedStrategy<char> {
+    let (plain, breakers) = if breaking { (1, 6) } else { (4, 3) };
+    prop_oneof![
+        plain => prop::sample::select(b"abcdefghijklmnopqrstuvwxyz0123456789-.".as_slice()).prop_map(char::from),
+        breakers => prop::sample::select(BREAKERS),
+        2 => prop::sample::select(HOSTILE_CHARS),
+        1 => any::<char>(),
+    ]
+    .boxed()
+}
+
+/// A string for the text field `field` from valid examples: as they are, with up to three
+/// characters inserted anywhere, or arbitrary, in proportions set by the level.
+fn text(level: Level, field: &'static str, examples: &'static [&'static str]) -> BoxedStrategy<String> {
+    assert!(FIELDS.contains(&field), "{field} is missing from FIELDS");
+    let example = prop::sample::select(examples).prop_map(String::from);
+    let breaking = matches!(level, Level::One(_));
+    let inserted = (prop::sample::select(examples), prop::collection::vec((any::<Index>(), a_char(breaking)), 1..4))
+        .prop_map(|(s, inserts)| {
+            let mut chars: Vec<char> = s.chars().collect();
+            for (at, c) in inserts {
+                chars.insert(at.index(chars.len() + 1), c);
+            }
+            chars.into_iter().collect()
+        });
+    let arbitrary = prop::collection::vec(a_char(breaking), 0..24).prop_map(|v| v.into_iter().collect());
+    let (e, i, a) = match level {
+        Level::Clean => (1, 0, 0),
+        Level::One(f) if f != field => (1, 0, 0),
+        Level::Low => (60, 2, 1),
+        Level::High => (5, 4, 1),
+        Level::One(_) => (1, 8, 1),
+    };
+    prop_oneof![e => example, i => inserted, a => arbitrary].boxed()
+}
+
+/// `None` (the default) or a value, one time in `1 + some`.
+fn maybe<T: std::fmt::Debug + Clone + 'static>(some: u32, s: BoxedStrategy<T>) -> BoxedStrategy<Option<T>> {
+    prop_oneof![1 => Just(None), some => s.prop_map(Some)].boxed()
+}
+
+fn port() -> BoxedStrategy<i64> {
+    prop_oneof![
+        4 => prop::sample::select(&[5070i64, 8443, 8080, 5080][..]),
+        2 => 1024i64..=65535,
+        1 => -5i64..70_000,
+    ]
+    .boxed()
+}
+
+fn ip() -> BoxedStrategy<IpAddr> {
+    prop_oneof![
+        3 => prop::sample::select(&["203.0.113.10", "198.51.100.7", "172.28.0.10", "10.9.3.4", "192.168.7.2"][..])
+            .prop_map(|s| s.parse().unwrap()),
+        2 => any::<Ipv4Addr>().prop_map(IpAddr::V4),
+        1 => any::<Ipv6Addr>().prop_map(IpAddr::V6),
+    ]
+    .boxed()
+}
+
+/// `rtp.start` and `rtp.end` as written (or not).
+type RtpRange = (Option<i64>, Option<i64>);
+
+/// A port, now and then (the defaults otherwise; each listener needs its own).
+fn some_port() -> BoxedStrategy<Option<i64>> {
+    prop_oneof![6 => Just(None), 1 => port().prop_map(Some)].boxed()
+}
+
+/// Ports, RTP range and mode together: host mode with any range, bridge mode (with its subnet
+/// and address) mostly with a narrow range, as it allows at most 200 ports; NAT with or without
+/// its local networks; sometimes anything.
+fn network_and_range(level: Level) -> BoxedStrategy<(NetworkSpec, RtpRange)> {
+    let narrow = || (1024i64..60_000, 1i64..=200).prop_map(|(s, w)| (Some(s), Some(s + w))).boxed();
+    let anything = || (maybe(3, (-10i64..70_000).boxed()), maybe(3, (-10i64..70_000).boxed())).boxed();
+    let any_range = || {
+        prop_oneof![
+            2 => Just((None, None)),
+            2 => narrow(),
+            1 => (1024i64..40_000, 200i64..20_000).prop_map(|(s, w)| (Some(s), Some(s + w))),
+            1 => anything(),
+        ]
+        .boxed()
+    };
+    let subnet = || maybe(1, text(level, "bridge_subnet", &["172.28.0.0/24", "10.9.0.0/16", "192.168.7.0/29"]));
+    let bridge = || {
+        prop_oneof![
+            2 => Just((None, None)),
+            1 => Just((Some("10.9.0.0/16".to_string()), Some("10.9.3.4".parse().unwrap()))),
+            1 => (subnet(), maybe(1, ip())),
+        ]
+        .boxed()
+    };
+    let mode = prop_oneof![
+        6 => (maybe(1, Just(NetworkMode::Host).boxed()), any_range(), Just((None, None))),
+        3 => (Just(Some(NetworkMode::Bridge)), narrow(), bridge()),
+        1 => (Just(Some(NetworkMode::Bridge)), any_range(), (subnet(), maybe(1, ip()))),
+        1 => (Just(Some(NetworkMode::Host)), any_range(), (subnet(), maybe(1, ip()))),
+    ];
+    let nets = || {
+        prop::collection::vec(text(level, "local_nets", &["10.0.0.0/8", "192.168.1.0/24", "2001:db8::/32"]), 0..3)
+            .boxed()
+    };
+    let nat = prop_oneof![
+        3 => Just((None, None)),
+        3 => (ip().prop_map(Some), maybe(1, nets())),
+        1 => (maybe(1, ip()), maybe(1, nets())),
+    ];
+    (mode, nat, (some_port(), some_port(), some_port()))
+        .prop_map(
+            |(
+                (mode, range, (bridge_subnet, bridge_address)),
+                (public_address, local_nets),
+                (sip_port, wss_port, http_port),
+            )| {
+                let network = NetworkSpec {
+                    mode,
+                    public_address,
+                    local_nets,
+                    sip_port,
+                    wss_port,
+                    http_port,
+                    bridge_subnet,
+                    bridge_address,
+                };
+                (network, range)
+            },
+        )
+        .boxed()
+}
+
+fn rtp(level: Level, (start, end): RtpRange) -> BoxedStrategy<RtpSpec> {
+    let stun = maybe(1, text(level, "stun", &["stun.example.org:3478", "192.0.2.1:3478", "stun.l.example.com:19302"]));
+    let turn = text(level, "turn", &["turn.example.org:3478", "192.0.2.2:3478"]);
+    let user = text(level, "turn_username", &["astrtc", "pbx.user@example.org", "u_1-2"]);
+    let turn = prop_oneof![
+        3 => Just((None, None)),
+        2 => (turn.clone(), user.clone()).prop_map(|(t, u)| (Some(t), Some(u))),
+        1 => (maybe(1, turn), maybe(1, user)),
+    ];
+    (stun, turn)
+        .prop_map(move |(stun, (turn, turn_username))| RtpSpec { start, end, stun, turn, turn_username })
+        .boxed()
+}
+
+fn path(level: Level, field: &'static str) -> BoxedStrategy<PathBuf> {
+    text(level, field, &["dns-hook", "hooks/dns.sh", "/etc/astrtc/hook", "ca.pem", ".astrtc/ca"])
+        .prop_map(PathBuf::from)
+        .boxed()
+}
+
+/// ACME settings: HTTP-01 or DNS-01 with the keys each allows, or any mix.
+fn acme(level: Level) -> BoxedStrategy<AcmeSpec> {
+    let common = (
+        prop_oneof![1 => Just(None), 12 => text(level, "acme.email", &["ops@example.com", "a.b+c@example.org"]).prop_map(Some)],
+        maybe(
+            1,
+            text(level, "acme.directory", &["https://acme.example.test/directory", "https://127.0.0.1:14000/dir"]),
+        ),
+        prop_oneof![6 => Just(None), 1 => any::<bool>().prop_map(Some)],
+        maybe(2, path(level, "acme.ca_bundle")),
+    );
+    let dns = (
+        maybe(1, path(level, "acme.dns_hook")),
+        maybe(
+            1,
+            prop::collection::vec(
+                text(level, "acme.dns_resolvers", &["192.0.2.53", "192.0.2.53:5353", "[2001:db8::1]:53"]),
+                1..3,
+            )
+            .boxed(),
+        ),
+        maybe(1, prop_oneof![5 => 1i64..=86_400, 1 => -5i64..90_000].boxed()),
+    );
+    let challenge = prop_oneof![
+        2 => (maybe(1, Just(AcmeChallenge::Http01).boxed()), maybe(1, port()), Just((None, None, None))),
+        2 => (Just(Some(AcmeChallenge::Dns01)), Just(None), dns.clone()),
+        1 => (
+            maybe(1, prop_oneof![Just(AcmeChallenge::Http01), Just(AcmeChallenge::Dns01)].boxed()),
+            maybe(1, port()),
+            dns,
+        ),
+    ];
+    (common, challenge, maybe(1, prop_oneof![5 => 1i64..=365, 1 => -5i64..400].boxed()))
+        .prop_map(
+            |(
+                (email, directory, staging, ca_bundle),
+                (challenge, http_port, (dns_hook, dns_resolvers, dns_timeout)),
+                renew_before_days,
+            )| AcmeSpec {
+                email,
+                directory,
+                staging,
+                ca_bundle,
+                challenge,
+                http_port,
+                dns_hook,
+                dns_resolvers,
+                dns_timeout,
+                renew_before_days,
+            },
+        )
+        .boxed()
+}
+
+/// Self-signed (no ACME table) or ACME (with one), or any mix.
+fn tls(level: Level) -> BoxedStrategy<TlsSpec> {
+    let mode_acme = prop_oneof![
+        3 => (maybe(1, Just(TlsMode::SelfSigned).boxed()), Just(None)),
+        3 => (Just(Some(TlsMode::Acme)), acme(level).prop_map(Some)),
+        1 => (maybe(1, prop_oneof![Just(TlsMode::SelfSigned), Just(TlsMode::Acme)].boxed()), maybe(1, acme(level))),
+    ];
+    (
+        mode_acme,
+        maybe(3, text(level, "domain", &["pbx.example.test", "localhost", "a-b.example.com"])),
+        maybe(
+            1,
+            prop::collection::vec(
+                text(level, "extra_names", &["sip.example.test", "x.example.org", "*.example.test"]),
+                0..3,
+            )
+            .boxed(),
+        ),
+        prop_oneof![3 => Just(None), 1 => path(level, "ca_dir").prop_map(Some)],
+    )
+        .prop_map(|((mode, acme), domain, extra_names, ca_dir)| TlsSpec { mode, domain, extra_names, ca_dir, acme })
+        .boxed()
+}
+
+/// An endpoint and the password the secrets file has for it (none: missing).
+fn endpoint(level: Level) -> BoxedStrategy<(EndpointSpec, Option<String>)> {
+    let kind = prop_oneof![Just(EndpointKind::Webrtc), Just(EndpointKind::Sip)];
+    let codecs = prop_oneof![
+        6 => prop::sample::subsequence(&["opus", "ulaw", "alaw", "g722"][..], 1..4),
+        1 => prop::sample::subsequence(KNOWN_CODECS, 0..4),
+    ]
+    .prop_map(|v| v.into_iter().map(String::from).collect());
+    let codecs = prop_oneof![8 => codecs.boxed(), 1 => prop::collection::vec(text(level, "codecs", &["opus", "ulaw", "g722"]), 1..3).boxed()];
+    let display_names = &["Alice (browser)", "Front desk", "Zoë Ångström", "李小龍", "O'Brien, J.", "a+b@c: 1"];
+    (
+        text(level, "id", &["alice", "bob", "199", "3001", "front-desk", "a_b"]),
+        kind,
+        maybe(1, codecs.boxed()),
+        maybe(2, text(level, "display_name", display_names)),
+        maybe(1, prop_oneof![6 => 1i64..=5, 1 => -3i64..200].boxed()),
+        prop_oneof![
+            1 => Just(None),
+            30 => text(level, "password", &["fixture-password-0001", "abcdefghijklmnop", "A-b_c.d~e+f/g!h@i%j^k*l(m),n:o?p"])
+                .prop_map(Some),
+        ],
+    )
+        .prop_map(|(id, kind, codecs, display_name, max_contacts, password)| {
+            (EndpointSpec { id, kind, codecs, display_name, max_contacts }, password)
+        })
+        .boxed()
+}
+
+/// Files the spec names (the ACME CA bundle, the DNS hook), copied into the outputs as they are:
+/// anything at all, hostile levels or not.
+fn file_contents() -> BoxedStrategy<Vec<u8>> {
+    text(
+        Level::High,
+        "file",
+        &["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "#!/bin/sh\nexit 0\n"],
+    )
+    .prop_map(String::into_bytes)
+    .boxed()
+}
+
+/// One generated input: the spec, its secrets, and the contents of the files it names.
+#[derive(Debug, Clone)]
+struct Generated {
+    spec: Spec,
+    secrets: Secrets,
+    ca_bundle: Vec<u8>,
+    dns_hook: Vec<u8>,
+}
+
+fn generated() -> BoxedStrategy<Generated> {
+    prop_oneof![
+        2 => Just(Level::Clean),
+        2 => Just(Level::Low),
+        1 => Just(Level::High),
+        5 => prop::sample::select(FIELDS).prop_map(Level::One),
+    ]
+    .prop_flat_map(generated_at)
+    .boxed()
+}
+
+fn generated_at(level: Level) -> BoxedStrategy<Generated> {
+    (
+        maybe(1, text(level, "name", &["astrtc", "pbx-nat", "pbx_1"])),
+        maybe(1, text(level, "image", &["astrtc/asterisk:22.10.1", "registry.example.test:5000/pbx/asterisk:1", "localhost/x"])),
+        network_and_range(level).prop_flat_map(move |(network, range)| (Just(network), rtp(level, range))),
+        tls(level),
+        (maybe(1, text(level, "context", &["from-internal", "office"])), maybe(1, text(level, "echo_extension", &["600", "9196"]))),
+        prop_oneof![1 => Just(vec![]), 20 => prop::collection::vec(endpoint(level), 1..5)],
+        prop_oneof![1 => Just(None), 6 => text(level, "turn_password", &["fixture-turn-password!", "0123456789abcdef"]).prop_map(Some)],
+        file_contents(),
+        file_contents(),
+    )
+        .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, ca_bundle, dns_hook)| {
+            let mut secrets = Secrets::default();
+            let mut endpoints = Vec::new();
+            for (i, (mut ep, pw)) in eps.into_iter().enumerate() {
+                // Unique ids, so that lists of several endpoints can be valid.
+                ep.id.push_str(&i.to_string());
+                if let Some(pw) = pw {
+                    secrets.endpoints.insert(ep.id.clone(), pw);
+                }
+                endpoints.push(ep);
+            }
+            secrets.turn = turn_pw.map(|password| TurnSecrets { password });
+            let dialplan = DialplanSpec { context, echo_extension };
+            let spec = Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints };
+            Generated { spec, secrets, ca_bundle, dns_hook }
+        })
+        .boxed()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The oracle
+
+/// What one run saw.
+#[derive(Default)]
+struct Counts {
+    cases: AtomicUsize,
+    accepted: AtomicUsize,
+}
+
+/// A certificate for self-signed plans (rendering copies it; the names do not matter here).
+fn certificate() -> CertLayout {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = astrtc::certs::local_ca::LocalCa::load_or_create(&dir.path().join("ca"), "fuzz").unwrap();
+    ca.leaf(&["fuzz.example.test".to_string()], None).unwrap()
+}
+
+/// The same deployment with every free value replaced by a plain one; numbers, addresses,
+/// modes, kinds, codecs and list lengths stay.
+fn canonical(plan: &Plan) -> Plan {
+    let mut c = plan.clone();
+    c.name = "canonical".into();
+    c.image = "canonical/image:1".into();
+    if let Some(nat) = &mut c.network.nat {
+        for (i, n) in nat.local_nets.iter_mut().enumerate() {
+            *n = format!("10.{i}.0.0/16");
+        }
+    }
+    if let Some(b) = &mut c.network.bridge {
+        b.subnet = "172.28.0.0/24".into();
+        b.address = "172.28.0.10".parse().unwrap();
+    }
+    if let Some(s) = &mut c.rtp.stun {
+        *s = "stun.canonical.test:3478".into();
+    }
+    if let Some(t) = &mut c.rtp.turn {
+        t.address = "turn.canonical.test:3478".into();
+        t.username = "canonical".into();
+        t.password = "canonical-turn-password".into();
+    }
+    c.tls.domain = "canonical.test".into();
+    for (i, n) in c.tls.names.iter_mut().enumerate() {
+        *n = if i == 0 { c.tls.domain.clone() } else { format!("n{i}.canonical.test") };
+    }
+    if let Some(a) = &mut c.tls.acme {
+        a.names = c.tls.names.clone();
+        a.email = "ops@canonical.test".into();
+        a.directory = "https://canonical.test/directory".into();
+        for (i, r) in a.dns_resolvers.iter_mut().enumerate() {
+            *r = format!("192.0.2.{i}:53").parse().unwrap();
+        }
+    }
+    c.dialplan.context = "canonical-context".into();
+    c.dialplan.echo_extension = "canonical-echo".into();
+    for (i, e) in c.endpoints.iter_mut().enumerate() {
+        e.id = format!("canonical-{i}");
+        e.display_name = format!("Canonical {i}");
+        e.password = format!("canonical-password-{i:04}");
+    }
+    c
+}
+
+/// A failed check, with what was expected.
+fn fail(msg: impl Into<String>) -> TestCaseError {
+    TestCaseError::fail(msg.into())
+}
+
+fn conf(bundle: &Bundle, path: &str) -> Result<Vec<Section>, TestCaseError> {
+    bundle.text(path).map(shape::asterisk_conf).ok_or_else(|| fail(format!("{path} is missing or not UTF-8")))
+}
+
+/// Every value of `key` in the sections named `section`, in order.
+fn values<'a>(conf: &'a [Section], section: &str, key: &str) -> Vec<&'a str> {
+    conf.iter()
+        .filter(|s| s.name == section)
+        .flat_map(|s| s.lines.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()))
+        .collect()
+}
+
+/// Checks that `file`'s `[section] key` values are exactly `want`.
+fn expect_values(file: &str, conf: &[Section], section: &str, key: &str, want: &[String]) -> Result<(), TestCaseError> {
+    let got = values(conf, section, key);
+    if got != want {
+        return Err(fail(format!("{file} [{section}] {key}: want {want:?}, got {got:?}")));
+    }
+    Ok(())
+}
+
+fn tree(bundle: &Bundle, path: &str) -> Result<serde_json::Value, TestCaseError> {
+    let text = bundle.text(path).ok_or_else(|| fail(format!("{path} is missing")))?;
+    shape::parse_tree(Path::new(path), text).expect("a tree file").map_err(|e| fail(format!("{path}: {e}")))
+}
+
+fn expect_json(
+    file: &str,
+    doc: &serde_json::Value,
+    pointer: &str,
+    want: serde_json::Value,
+) -> Result<(), TestCaseError> {
+    match doc.pointer(pointer) {
+        Some(got) if *got == want => Ok(()),
+        got => Err(fail(format!("{file} {pointer}: want {want}, got {got:?}"))),
+    }
+}
+
+/// Same files; conf sections and keys, tree key paths and other bytes as in the canonical
+/// deployment (whose section names are mapped to the spec's ids and context).
+fn same_structure(plan: &Plan, canon: &Plan, got: &Bundle, want: &Bundle) -> Result<(), TestCaseError> {
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    for (c, e) in canon.endpoints.iter().zip(&plan.endpoints) {
+        names.insert(c.id.clone(), e.id.clone());
+        names.insert(format!("{}-auth", c.id), format!("{}-auth", e.id));
+    }
+    names.insert(canon.dialplan.context.clone(), plan.dialplan.context.clone());
+    let got_paths: Vec<_> = got.files().keys().collect();
+    let want_paths: Vec<_> = want.files().keys().collect();
+    if got_paths != want_paths {
+        return Err(fail(format!("the files differ: {got_paths:?} vs {want_paths:?}")));
+    }
+    for (path, file) in want.files() {
+        let mine = &got.files()[path];
+        let (w, g) = (shape::file_shape(path, &file.bytes), shape::file_shape(path, &mine.bytes));
+        let w = match w {
+            Shape::Conf(sections) => {
+                Shape::Conf(sections.into_iter().map(|(n, keys)| (names.get(&n).cloned().unwrap_or(n), keys)).collect())
+            }
+            Shape::Opaque if file.bytes != mine.bytes => {
+                return Err(fail(format!("{} differs from the canonical deployment's", path.display())));
+            }
+            other => other,
+        };
+        if w != g {
+            return Err(fail(format!("{} changed structure:\n  want {w:?}\n  got  {g:?}", path.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Each spec value is exactly the value of the keys that carry it.
+fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
+    let s = |v: &dyn ToString| vec![v.to_string()];
+    let pjsip = conf(b, "asterisk/pjsip.conf")?;
+    let p = "pjsip.conf";
+    expect_values(p, &pjsip, "transport-udp", "bind", &s(&format!("0.0.0.0:{}", plan.network.sip_port)))?;
+    for transport in ["transport-udp", "transport-wss"] {
+        let (addr, nets) = match &plan.network.nat {
+            Some(n) => (s(&n.public_address), n.local_nets.clone()),
+            None => (vec![], vec![]),
+        };
+        expect_values(p, &pjsip, transport, "external_media_address", &addr)?;
+        expect_values(p, &pjsip, transport, "external_signaling_address", &addr)?;
+        expect_values(p, &pjsip, transport, "local_net", &nets)?;
+    }
+    let auth = conf(b, "asterisk/pjsip_auth.conf")?;
+    let ext = conf(b, "asterisk/extensions.conf")?;
+    let mut extens = s(&format!("{},1,Answer()", plan.dialplan.echo_extension));
+    for e in &plan.endpoints {
+        let id = &e.id;
+        let transport = if e.kind == EndpointKind::Webrtc { "transport-wss" } else { "transport-udp" };
+        expect_values(p, &pjsip, id, "context", &s(&plan.dialplan.context))?;
+        expect_values(p, &pjsip, id, "allow", &s(&e.codecs.join(",")))?;
+        expect_values(p, &pjsip, id, "auth", &s(&format!("{id}-auth")))?;
+        expect_values(p, &pjsip, id, "aors", &s(id))?;
+        expect_values(p, &pjsip, id, "callerid", &s(&format!("\"{}\" <{id}>", e.display_name)))?;
+        expect_values(p, &pjsip, id, "transport", &s(&transport))?;
+        expect_values(p, &pjsip, id, "max_contacts", &s(&e.max_contacts))?;
+        expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "username", &s(id))?;
+        expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "password", &s(&e.password))?;
+        extens.push(format!("{id},1,Dial(PJSIP/{id},30)"));
+    }
+    expect_values("extensions.conf", &ext, &plan.dialplan.context, "exten", &extens)?;
+    let rtp = conf(b, "asterisk/rtp.conf")?;
+    let r = "rtp.conf";
+    expect_values(r, &rtp, "general", "rtpstart", &s(&plan.rtp.start))?;
+    expect_values(r, &rtp, "general", "rtpend", &s(&plan.rtp.end))?;
+    expect_values(r, &rtp, "general", "stunaddr", &plan.rtp.stun.iter().cloned().collect::<Vec<_>>())?;
+    let turn = plan.rtp.turn.as_ref();
+    expect_values(r, &rtp, "general", "turnaddr", &turn.map(|t| t.address.clone()).into_iter().collect::<Vec<_>>())?;
+    expect_values(
+        r,
+        &rtp,
+        "general",
+        "turnusername",
+        &turn.map(|t| t.username.clone()).into_iter().collect::<Vec<_>>(),
+    )?;
+    if let Some(t) = turn {
+        let rtp_turn = conf(b, "asterisk/rtp_turn.conf")?;
+        expect_values("rtp_turn.conf", &rtp_turn, "", "turnpassword", &s(&t.password))?;
+    }
+    let http = conf(b, "asterisk/http.conf")?;
+    expect_values("http.conf", &http, "general", "bindport", &s(&plan.network.http_port))?;
+    expect_values("http.conf", &http, "general", "tlsbindaddr", &s(&format!("0.0.0.0:{}", plan.network.wss_port)))?;
+
+    use serde_json::json;
+    let compose = tree(b, "compose.yaml")?;
+    expect_json("compose.yaml", &compose, "/name", json!(plan.name))?;
+    expect_json("compose.yaml", &compose, "/services/asterisk/image", json!(plan.image))?;
+    if let Some(bridge) = &plan.network.bridge {
+        expect_json(
+            "compose.yaml",
+            &compose,
+            "/services/asterisk/networks/astrtc/ipv4_address",
+            json!(bridge.address),
+        )?;
+        expect_json("compose.yaml", &compose, "/networks/astrtc/ipam/config/0/subnet", json!(bridge.subnet))?;
+    }
+    let values = tree(b, "helm/astrtc/values.yaml")?;
+    let image = plan.image_ref();
+    expect_json("values.yaml", &values, "/image/repository", json!(image.repository))?;
+    expect_json("values.yaml", &values, "/image/tag", json!(image.tag))?;
+    expect_json("values.yaml", &values, "/tls/domain", json!(plan.tls.domain))?;
+    expect_json("values.yaml", &values, "/tls/names", json!(plan.tls.names))?;
+    let schema = tree(b, "helm/astrtc/values.schema.json")?;
+    expect_json("values.schema.json", &schema, "/properties/tls/properties/domain/const", json!(plan.tls.domain))?;
+    if let Some(acme) = &plan.tls.acme {
+        // The sidecar's settings read back as the plan's, with the paths inside its container.
+        let text = b.text("certs/acme.toml").ok_or_else(|| fail("certs/acme.toml is missing"))?;
+        let got: astrtc::plan::Acme = toml::from_str(text).map_err(|e| fail(format!("acme.toml: {e}")))?;
+        let config = Path::new(astrtc::image::SIDECAR_CONFIG_DIR);
+        let mut want = acme.clone();
+        want.account_dir = PathBuf::from(astrtc::image::SIDECAR_ACME_DIR);
+        want.ca_bundle = acme.ca_bundle.as_ref().map(|_| config.join(astrtc::render::SIDECAR_CA_FILE));
+        want.dns_hook = acme.dns_hook.as_ref().map(|_| config.join(astrtc::render::SIDECAR_HOOK_FILE));
+        if got != want {
+            return Err(fail(format!("acme.toml: want {want:?}, got {got:?}")));
+        }
+        expect_json("values.yaml", &values, "/certificates/acme/httpPort", json!(acme.http_port))?;
+        expect_json("values.yaml", &values, "/certificates/acme/challenge", json!(acme.challenge))?;
+        expect_json("values.yaml", &values, "/certificates/existingSecret", json!(format!("{}-tls", plan.name)))?;
+    }
+    let n = &plan.network;
+    for (key, port) in [("sip", n.sip_port), ("wss", n.wss_port), ("http", n.http_port)] {
+        expect_json("values.yaml", &values, &format!("/ports/{key}"), json!(port))?;
+        expect_json("values.schema.json", &schema, &format!("/properties/ports/properties/{key}/const"), json!(port))?;
+    }
+    expect_json("values.yaml", &values, "/rtp/start", json!(plan.rtp.start))?;
+    expect_json("values.yaml", &values, "/rtp/end", json!(plan.rtp.end))?;
+    if n.bridge.is_some() {
+        let (rtp, wss, sip) = (format!("{0}-{1}:{0}-{1}/udp", plan.rtp.start, plan.rtp.end), n.wss_port, n.sip_port);
+        let ports = json!([format!("{wss}:{wss}/tcp"), format!("{sip}:{sip}/udp"), rtp]);
+        expect_json("compose.yaml", &compose, "/services/asterisk/ports", ports)?;
+    }
+    // The chart carries the very configs compose mounts.
+    for (path, file) in b.files() {
+        if let Ok(rest) = path.strip_prefix("helm/astrtc/files/asterisk") {
+            let original = b.files().get(&Path::new("asterisk").join(rest));
+            if original.map(|o| &o.bytes) != Some(&file.bytes) {
+                return Err(fail(format!("{} is not a copy of asterisk/{}", path.display(), rest.display())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates, and for an accepted spec renders it and its canonical twin and checks both.
+fn check(g: &Generated, cert: &CertLayout, counts: &Counts) -> Result<(), TestCaseError> {
+    counts.cases.fetch_add(1, Ordering::Relaxed);
+    let base = Path::new("/nonexistent/fuzz");
+    let Ok(valid) = astrtc::spec::validate::validate(&g.spec, base, &g.secrets) else { return Ok(()) };
+    counts.accepted.fetch_add(1, Ordering::Relaxed);
+    let plan = Plan::new(valid, "astrtc.toml", ROOT);
+    let acme = plan.tls.acme.as_ref();
+    let inputs = Inputs {
+        certs: acme.is_none().then(|| cert.clone()),
+        acme_ca_bundle: acme.and_then(|a| a.ca_bundle.as_ref()).map(|_| g.ca_bundle.clone()),
+        dns_hook: acme.and_then(|a| a.dns_hook.as_ref()).map(|_| g.dns_hook.clone()),
+    };
+    let bundle = astrtc::render::render(&plan, &inputs).map_err(|e| fail(format!("accepted but not rendered: {e}")))?;
+    let canon = canonical(&plan);
+    let canonical_bundle =
+        astrtc::render::render(&canon, &inputs).map_err(|e| fail(format!("the canonical plan: {e}")))?;
+    same_structure(&plan, &canon, &bundle, &canonical_bundle)?;
+    values_in_place(&plan, &bundle)
+}
+
+/// Runs `cases` generated cases from `seed`; on failure, the smallest failing input proptest
+/// found and how to replay it.
+fn run(seed: u64, cases: u32, cert: &CertLayout, counts: &Counts) -> Result<(), String> {
+    let config = Config {
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        max_shrink_time: 120_000,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    runner.run(&generated(), |g| check(&g, cert, counts)).map_err(|e| match e {
+        TestError::Fail(why, input) => format!(
+            "{why}\nminimal input: {input:#?}\nreplay: PROPTEST_RNG_SEED={seed} PROPTEST_CASES={cases} \
+             cargo test --test tests fuzz::a_seeded_pass_finds_nothing"
+        ),
+        TestError::Abort(why) => format!("aborted: {why}"),
+    })
+}
+
+fn seed_from_env() -> u64 {
+    std::env::var("PROPTEST_RNG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED)
+}
+
+#[test]
+fn a_seeded_pass_finds_nothing() {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    let counts = Counts::default();
+    let started = Instant::now();
+    let result = run(seed_from_env(), cases, &certificate(), &counts);
+    let (n, accepted) = (counts.cases.load(Ordering::Relaxed), counts.accepted.load(Ordering::Relaxed));
+    eprintln!(
+        "fuzz: {n} cases ({accepted} accepted and checked) in {:.2?}, {:.0}/s, seed {}",
+        started.elapsed(),
+        n as f64 / started.elapsed().as_secs_f64(),
+        seed_from_env()
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // Enough accepted specs that the oracle ran, not only validation.
+    assert!(accepted * 10 >= n, "only {accepted} of {n} generated specs were valid: the generators drifted");
+}
+
+/// `make fuzz`: new seeds until `ASTRTC_FUZZ_SECONDS` (default 600) are up.
+#[test]
+#[ignore = "runs for minutes: make fuzz"]
+fn fuzz_for_a_while() {
+    let seconds: u64 = std::env::var("ASTRTC_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let deadline = Duration::from_secs(seconds);
+    let cert = certificate();
+    let counts = Counts::default();
+    let started = Instant::now();
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut runs = 0;
+    while started.elapsed() < deadline {
+        if let Err(e) = run(seed, 500, &cert, &counts) {
+            panic!("after {:.0?}: {e}", started.elapsed());
+        }
+        seed += 1;
+        runs += 1;
+    }
+    let (n, accepted) = (counts.cases.load(Ordering::Relaxed), counts.accepted.load(Ordering::Relaxed));
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "fuzz: {n} cases ({accepted} accepted and checked) in {secs:.0} s = {:.0} cases/s, {runs} seeds from {}; nothing found",
+        n as f64 / secs,
+        seed - runs
+    );
+}
