@@ -68,18 +68,24 @@ async fn an_unreachable_responder_is_a_clear_validation_error() {
     assert!(msg.contains("urn:ietf:params:acme:error:"), "{msg}");
 }
 
-/// A DNS hook for pebble-challtestsrv, as a user would write one for their DNS provider.
-/// `behaviour`: "ok"; "wrong" publishes a wrong value; "fail" fails like a provider API error.
+/// A DNS hook for pebble-challtestsrv, as a user would write one for their DNS provider. Each
+/// call is logged (`ACTION NAME VALUE`) to the hook's path + `.log`. `behaviour`: "ok"; "wrong"
+/// publishes a wrong value; "fail" fails like a provider API error; "fail-second" fails so on its
+/// second `add` only.
 fn write_hook(dir: &Path, management: u16, behaviour: &str) -> std::path::PathBuf {
     let hook = dir.join(format!("dns-hook-{behaviour}"));
     std::fs::write(
         &hook,
         format!(
             r#"#!/usr/bin/env python3
-import json, sys, urllib.request
+import json, os, sys, urllib.request
 action, name, value = sys.argv[1:4]
+log = sys.argv[0] + ".log"
+adds = sum(1 for line in open(log) if line.startswith("add ")) if os.path.exists(log) else 0
+with open(log, "a") as f:
+    f.write(f"{{action}} {{name}} {{value}}\n")
 behaviour = "{behaviour}"
-if behaviour == "fail":
+if behaviour == "fail" or (behaviour == "fail-second" and action == "add" and adds == 1):
     sys.stderr.write("provider API: zone example.test not found\n")
     sys.exit(3)
 if behaviour == "wrong" and action == "add":
@@ -218,6 +224,92 @@ fn certs_issue_writes_the_keys_layout_and_renews_only_when_due() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("validation of localhost failed"));
     assert_eq!(std::fs::read_to_string(keys.join("asterisk.crt")).unwrap(), crt);
     assert_eq!(std::fs::read_to_string(keys.join("asterisk.key")).unwrap(), key);
+}
+
+/// `astrtc certs renew` (cron-safe): a 90-day certificate with 40 days left is not due under the
+/// default policy (a third of the lifetime) and nothing is written; with `renew_before_days = 45`
+/// it is due and Pebble's certificate replaces it; after that, not due again, nothing written.
+#[test]
+fn certs_renew_renews_only_a_due_certificate() {
+    let Some(pebble) = pebble() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spec = acme_spec(&pebble, dir.path(), "http-01", "localhost", |t| t);
+    let keys = dir.path().join("keys");
+    let old = certs::make(&["localhost"], certs::days(-50)..certs::days(40), None);
+    certs::store(&keys, &old.cert_pem, &old.key_pem);
+    let renew = || astrtc().args(["certs", "renew", "--spec"]).arg(&spec).arg("--keys").arg(&keys).output().unwrap();
+    let not_due = |what: &str| {
+        let before = certs::listing(&keys);
+        let out = renew();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success() && stdout.contains("; not due"), "{what}: {stdout}");
+        assert_eq!(certs::listing(&keys), before, "{what}: renew wrote something");
+    };
+    not_due("40 of 90 days left, default policy");
+
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, with_acme_lines(text, "renew_before_days = 45")).unwrap();
+    let out = renew();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}\n{}", String::from_utf8_lossy(&out.stderr), pebble.log());
+    assert!(stdout.starts_with(&format!("wrote {}", keys.display())), "{stdout}");
+    let new = std::fs::read_to_string(keys.join("asterisk.crt")).unwrap();
+    let (was, now) = (cert_facts(&old.cert_pem).unwrap(), cert_facts(&new).unwrap());
+    assert_ne!(now.serial, was.serial);
+    assert_ne!(now.issuer_der, was.issuer_der, "not issued by Pebble");
+    assert_eq!(now.dns_names.into_iter().collect::<Vec<_>>(), ["localhost"]);
+    let key = std::fs::read_to_string(keys.join("asterisk.key")).unwrap();
+    assert!(astrtc::certs::store::key_matches(&key, &now.spki_der));
+    not_due("Pebble's fresh certificate, renew_before_days = 45");
+}
+
+/// DNS-01 records a hook added are removed when the order fails: after the CA refused a wrong
+/// value, and after the hook itself failed on the second of two names. The hook is called with
+/// `remove NAME VALUE` for exactly what it added, and the DNS server no longer answers with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_hook_records_are_removed_after_a_failed_order() {
+    let Some(pebble) = start_pebble(true, false) else { return };
+    let (management, dns) = (pebble.dns_management.unwrap(), pebble.dns.unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let txt = |name: &str| {
+        let name = name.to_string();
+        async move { astrtc::certs::dns::txt_at(&name, &[dns]).await.unwrap() }
+    };
+    let calls = |log: &Path| -> Vec<Vec<String>> {
+        std::fs::read_to_string(log).unwrap().lines().map(|l| l.split(' ').map(str::to_string).collect()).collect()
+    };
+
+    // The CA refuses the order (wrong value published).
+    let hook = write_hook(state.path(), management, "wrong");
+    let log = hook.with_extension("log");
+    let mut req = pebble.request(&["wrong.example.test"], state.path());
+    req.method = hook_method(hook);
+    req.timeout = Duration::from_secs(15);
+    let err = acme::issue(&req).await.expect_err("a wrong TXT value must fail").to_string();
+    assert!(err.starts_with("validation of wrong.example.test failed"), "{err}");
+    let record = "_acme-challenge.wrong.example.test";
+    let c = calls(&log);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!((c[0][0].as_str(), c[0][1].as_str()), ("add", record), "{c:?}");
+    assert_eq!(c[1], ["remove".to_string(), record.to_string(), c[0][2].clone()], "{c:?}");
+    assert_eq!(txt(record).await, Vec::<String>::new(), "the record is still published");
+
+    // The hook fails on the second name: the first name's record is removed.
+    let hook = write_hook(state.path(), management, "fail-second");
+    let log = hook.with_extension("log");
+    let mut req = pebble.request(&["a.example.test", "b.example.test"], state.path());
+    req.method = hook_method(hook);
+    let err = acme::issue(&req).await.expect_err("a failing hook must abort the order").to_string();
+    assert!(err.contains("zone example.test not found"), "{err}");
+    let c = calls(&log);
+    assert_eq!(c.len(), 3, "{c:?}");
+    assert_eq!((c[0][0].as_str(), c[1][0].as_str()), ("add", "add"), "{c:?}");
+    assert_eq!(c[2], ["remove".to_string(), c[0][1].clone(), c[0][2].clone()], "only the added record goes: {c:?}");
+    assert_eq!(txt(&c[0][1]).await, Vec::<String>::new(), "the first record is still published");
+
+    // The lookup does see a record that is there (so "gone" above means gone).
+    set_txt(management, "_acme-challenge.control.example.test", "present");
+    assert_eq!(txt("_acme-challenge.control.example.test").await, ["present"]);
 }
 
 /// An ACME-mode spec pointed at `pebble`, made by `astrtc init`, with `edit` applied to its text.

@@ -11,6 +11,12 @@ fn init_in(dir: &Path) {
     astrtc().args(["init", "--dir"]).arg(dir).assert().success();
 }
 
+/// `init --tls acme` for pbx.example.test (Let's Encrypt, HTTP-01 on port 80).
+fn init_acme_in(dir: &Path) {
+    let acme = ["--tls", "acme", "--acme-email", "ops@example.test", "--domain", "pbx.example.test"];
+    astrtc().arg("init").args(acme).arg("--dir").arg(dir).assert().success();
+}
+
 fn render(spec: &Path, out: &Path, check: bool) -> assert_cmd::assert::Assert {
     let mut cmd = astrtc();
     cmd.arg("render");
@@ -244,11 +250,7 @@ fn init_in_acme_mode_writes_a_spec_that_renders_and_checks_its_flags() {
     let text = fs::read_to_string(manual.path().join("astrtc.toml")).unwrap();
     assert!(text.contains("challenge = \"dns-01\"") && text.contains("manual DNS-01"), "{text}");
 
-    astrtc()
-        .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--domain", "pbx.example.test", "--dir"])
-        .arg(dir.path())
-        .assert()
-        .success();
+    init_acme_in(dir.path());
     let spec = dir.path().join("astrtc.toml");
     let text = fs::read_to_string(&spec).unwrap();
     assert!(text.contains("mode = \"acme\"") && text.contains("email = \"ops@example.test\""), "{text}");
@@ -324,4 +326,158 @@ fn testcontainers_is_only_in_the_testing_feature() {
     assert!(plain.lines().any(|l| l.starts_with("bollard ")), "cargo tree printed no dependencies:\n{plain}");
     assert!(!plain.lines().any(|l| l.starts_with("testcontainers ")), "{plain}");
     assert!(tree(&["--features", "testing"]).lines().any(|l| l.starts_with("testcontainers ")));
+}
+
+/// `info` in self-signed mode prints exactly what a person needs, from the spec's values (not
+/// the defaults): URLs, every endpoint and the echo extension, where the passwords are, the CA to
+/// import, how to follow the logs and check the deployment — and no password.
+#[test]
+fn info_in_self_signed_mode_prints_urls_endpoints_and_the_ca_and_no_password() {
+    let dir = fixture_copy("host-alt-ports");
+    let spec = dir.path().join("astrtc.toml");
+    let text = fs::read_to_string(&spec).unwrap();
+    let edited = text.replace("domain = \"localhost\"", "domain = \"pbx.example.test\"")
+        + "\n[dialplan]\necho_extension = \"7000\"\n";
+    fs::write(&spec, edited).unwrap();
+    astrtc().args(["render", "--spec"]).arg(&spec).assert().success();
+    let out = astrtc().args(["info", "--spec"]).arg(&spec).assert().success();
+    let deploy = dir.path().join("deploy");
+    let ca = deploy.join("keys/ca.crt");
+    assert!(ca.is_file(), "info names a CA file that render did not write");
+    let expected = [
+        "WSS URL:    wss://pbx.example.test:18089/ws".to_string(),
+        "SIP (UDP):  pbx.example.test:15060".to_string(),
+        "phone:      https://pbx.example.test:18089/static/phone/index.html (demo softphone, served by Asterisk)"
+            .to_string(),
+        "endpoints:".to_string(),
+        "  199          browser, WSS".to_string(),
+        "  3001         SIP phone, UDP".to_string(),
+        "  3002         SIP phone, UDP".to_string(),
+        "  7000         echo test (call it to hear yourself)".to_string(),
+        format!("passwords:  {}", dir.path().join("astrtc.secrets.toml").display()),
+        format!(
+            "browser CA: {} (import it as a trusted authority; see README, \"Trusting the local CA\")",
+            ca.display()
+        ),
+        format!("logs:       cd {} && docker compose logs -f", deploy.display()),
+        format!("check:      astrtc verify --spec {}", spec.display()),
+    ];
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert_eq!(stdout, expected.join("\n") + "\n");
+    let all = all_output(&out);
+    for p in passwords(&dir.path().join("astrtc.secrets.toml")) {
+        assert!(!all.contains(&p), "info printed a password");
+    }
+}
+
+/// `tls.acme.staging = true` resolves to Let's Encrypt's staging directory in what the sidecar
+/// reads (certs/acme.toml) and what `info` shows; together with `directory` it is bad input.
+#[test]
+fn acme_staging_renders_lets_encrypt_staging_and_conflicts_with_a_directory() {
+    const PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+    const STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+    let dir = tempfile::tempdir().unwrap();
+    init_acme_in(dir.path());
+    let spec = dir.path().join("astrtc.toml");
+    let deploy = dir.path().join("deploy");
+    let directory = || {
+        let acme: astrtc::plan::Acme =
+            toml::from_str(&fs::read_to_string(deploy.join("certs/acme.toml")).unwrap()).unwrap();
+        acme.directory
+    };
+    render(&spec, &deploy, false).success();
+    assert_eq!(directory(), PRODUCTION);
+
+    let text = fs::read_to_string(&spec).unwrap();
+    let staging = text.replace("# staging = false", "staging = true");
+    assert_ne!(staging, text, "the starter spec has no staging line");
+    fs::write(&spec, &staging).unwrap();
+    render(&spec, &deploy, false).success();
+    assert_eq!(directory(), STAGING);
+    let info = astrtc().args(["info", "--spec"]).arg(&spec).assert().success();
+    assert!(all_output(&info).contains(&format!("certificate: ACME from {STAGING} (HTTP-01 on port 80)")));
+
+    let both = staging.replace("# directory = ", "directory = ");
+    assert_ne!(both, staging, "the starter spec has no directory line");
+    fs::write(&spec, both).unwrap();
+    let out = render(&spec, &deploy, false).code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("tls.acme.staging") && err.contains("drop one of the two"), "{err}");
+    assert_eq!(directory(), STAGING, "a refused spec changed deploy/");
+}
+
+/// The self-signed leaf is re-issued by `render` when fewer than 30 days are left (by the same
+/// CA), and kept when more are left. The planted leaves differ only in their expiry.
+#[test]
+fn render_reissues_a_self_signed_leaf_with_fewer_than_30_days_left() {
+    use astrtc::certs::cert_facts;
+    let dir = tempfile::tempdir().unwrap();
+    init_in(dir.path());
+    let spec = dir.path().join("astrtc.toml");
+    let deploy = dir.path().join("deploy");
+    render(&spec, &deploy, false).success();
+    let ca_pem = fs::read_to_string(dir.path().join(".astrtc/ca/ca.crt")).unwrap();
+    let ca_key = fs::read_to_string(dir.path().join(".astrtc/ca/ca.key")).unwrap();
+    let (crt, key) = (deploy.join("keys/asterisk.crt"), deploy.join("keys/asterisk.key"));
+    for (days_left, kept) in [(60, true), (20, false)] {
+        let leaf = certs::make(&["localhost"], certs::days(-300)..certs::days(days_left), Some((&ca_pem, &ca_key)));
+        let chain = format!("{}{ca_pem}", leaf.cert_pem);
+        fs::write(&crt, &chain).unwrap();
+        fs::write(&key, &leaf.key_pem).unwrap();
+        render(&spec, &deploy, false).success();
+        let now = fs::read_to_string(&crt).unwrap();
+        let facts = cert_facts(&now).unwrap();
+        if kept {
+            assert_eq!(now, chain, "a leaf with {days_left} days left was replaced");
+            assert_eq!(fs::read_to_string(&key).unwrap(), leaf.key_pem);
+        } else {
+            assert_ne!(facts.serial, cert_facts(&chain).unwrap().serial, "a leaf with {days_left} days left was kept");
+            assert!(facts.seconds_left > 360 * 86400, "the new leaf is not a fresh one: {facts:?}");
+            assert!(now.ends_with(&ca_pem), "the new leaf is not from the same CA");
+            assert_ne!(fs::read_to_string(&key).unwrap(), leaf.key_pem);
+        }
+        assert_eq!(fs::read_to_string(deploy.join("keys/ca.crt")).unwrap(), ca_pem, "the CA changed");
+    }
+}
+
+/// `certs check` (the sidecar's health check) exits 1, naming the reason, for a missing
+/// certificate, one whose key belongs to another certificate, one for other names and expired
+/// ones (also by less than a day); 0 for a good one.
+#[test]
+fn certs_check_exits_1_for_a_missing_mismatched_or_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    init_acme_in(dir.path());
+    let spec = dir.path().join("astrtc.toml");
+    let check = |keys: &Path| astrtc().args(["certs", "check", "--spec"]).arg(&spec).arg("--keys").arg(keys).assert();
+    let keys = |name: &str| dir.path().join(name);
+    let fails_with = |keys: &Path, reason: &str| {
+        let out = check(keys).code(1);
+        // The report as one line (miette wraps it to the terminal's width).
+        let err = String::from_utf8_lossy(&out.get_output().stderr);
+        let err = err.split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>().join(" ");
+        let wanted = format!("no usable certificate for pbx.example.test: {reason}");
+        assert!(err.contains(&wanted), "{}: wanted {wanted:?} in\n{err}", keys.display());
+    };
+
+    fails_with(&keys("missing"), "missing");
+    // 60 days and a half: "60 days left" however long the test takes.
+    let good = certs::make(&["pbx.example.test"], certs::days(-1)..certs::days(60) + time::Duration::hours(12), None);
+    let other = certs::make(&["pbx.example.test"], certs::days(-1)..certs::days(60), None);
+    certs::store(&keys("mismatched"), &good.cert_pem, &other.key_pem);
+    fails_with(&keys("mismatched"), "the key does not match the certificate");
+    let renamed = certs::make(&["other.example.test"], certs::days(-1)..certs::days(60), None);
+    certs::store(&keys("renamed"), &renamed.cert_pem, &renamed.key_pem);
+    fails_with(&keys("renamed"), "it is for other names");
+    let expired = certs::make(&["pbx.example.test"], certs::days(-90)..certs::days(-2), None);
+    certs::store(&keys("expired"), &expired.cert_pem, &expired.key_pem);
+    fails_with(&keys("expired"), "expired");
+    // Expired an hour ago: "0 days left" by whole days, but expired all the same.
+    let just = certs::make(&["pbx.example.test"], certs::days(-90)..time::Duration::hours(-1), None);
+    certs::store(&keys("just-expired"), &just.cert_pem, &just.key_pem);
+    fails_with(&keys("just-expired"), "expired");
+
+    certs::store(&keys("good"), &good.cert_pem, &good.key_pem);
+    let out = check(&keys("good")).success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert_eq!(stdout, format!("{}: usable, 60 days left\n", keys("good").display()));
 }

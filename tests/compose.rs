@@ -55,3 +55,44 @@ fn every_fixture_compose_file_is_valid() {
         skip("docker compose is not installed (make deps): compose files were parsed as YAML only");
     }
 }
+
+/// The ACME sidecar keeps `CAP_NET_BIND_SERVICE` only where it must bind a port below 1024
+/// (HTTP-01 on port 80); with DNS-01 (manual or through a hook) or HTTP-01 on a high port,
+/// compose sets `no-new-privileges`, so the binary's file capability is never granted.
+#[test]
+fn the_sidecar_runs_with_no_new_privileges_unless_http01_binds_a_low_port() {
+    let hook_dir = tempfile::tempdir().unwrap();
+    let hook = hook_dir.path().join("dns-hook");
+    std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+    let hook = hook.display().to_string();
+    for (flags, no_new_privileges) in [
+        (vec!["--challenge", "http-01", "--http-port", "80"], false),
+        (vec!["--challenge", "http-01", "--http-port", "8080"], true),
+        (vec!["--challenge", "dns-01"], true),
+        (vec!["--challenge", "dns-01", "--dns-hook", hook.as_str()], true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        astrtc()
+            .args(["init", "--tls", "acme", "--acme-email", "ops@example.test", "--domain", "pbx.example.test"])
+            .args(&flags)
+            .arg("--dir")
+            .arg(dir.path())
+            .assert()
+            .success();
+        astrtc().args(["render", "--spec"]).arg(dir.path().join("astrtc.toml")).assert().success();
+        let compose = dir.path().join("deploy/compose.yaml");
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&compose).unwrap()).unwrap();
+        let certs = &doc["services"]["certs"];
+        let list = |key: &str| -> Vec<String> {
+            certs
+                .get(key)
+                .and_then(|v| v.as_sequence())
+                .map(|s| s.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(list("cap_drop"), ["ALL"], "{flags:?}");
+        assert_eq!(list("cap_add"), ["NET_BIND_SERVICE"], "{flags:?}");
+        let wanted: &[&str] = if no_new_privileges { &["no-new-privileges:true"] } else { &[] };
+        assert_eq!(list("security_opt"), wanted, "{flags:?}");
+    }
+}

@@ -169,3 +169,79 @@ async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_ses
     let logs = asterisk.logs().await.unwrap();
     assert!(logs.contains("Reloading module 'http'") || logs.contains("reloaded"), "no reload in the log");
 }
+
+/// `astrtc build` as users run it (`make up` passes the host's CA bundle with `--extra-ca`): the
+/// spec's image is built and tagged. Then `--extra-ca` shown to reach the phone stage's npm: the
+/// host's bundle followed by a block Node cannot load. Node names that very file — it reads it
+/// only through NODE_EXTRA_CA_CERTS — keeps the certificates before the bad block, and npm
+/// succeeds (on a host behind a TLS-inspecting proxy, as the build hosts are, only with them).
+/// The file differs on every run, so that stage runs instead of coming from the cache.
+#[test]
+fn astrtc_build_tags_the_spec_image_and_hands_extra_ca_to_the_phone_stage() {
+    if docker_off() {
+        return;
+    }
+    const TAG: &str = "astrtc-test/asterisk:cli-build";
+    let dir = fixture_copy("host-alt-ports");
+    let spec = dir.path().join("astrtc.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let with_image = text.replace("name = \"astrtc-test\"\n", &format!("name = \"astrtc-test\"\nimage = \"{TAG}\"\n"));
+    std::fs::write(&spec, with_image).unwrap();
+    ensure_image(astrtc::image::DEFAULT_IMAGE); // the same steps: the CLI build below comes from the cache
+    let _untag = Untag(TAG);
+    let host_ca = astrtc::image::HOST_CA_BUNDLE;
+    let out = astrtc().args(["build", "--spec"]).arg(&spec).args(["--extra-ca", host_ca]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with(&format!("built {TAG} in ")), "{stdout}");
+    let label = std::process::Command::new("docker")
+        .args(["image", "inspect", "-f", "{{index .Config.Labels \"io.astrtc.asterisk.version\"}}", TAG])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), astrtc::image::ASTERISK_VERSION);
+
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let extra = dir.path().join("extra-ca.pem");
+    let bundle = std::fs::read_to_string(host_ca).unwrap();
+    let bad_block = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+    std::fs::write(&extra, format!("astrtc test run {nanos}\n{bundle}{bad_block}")).unwrap();
+    let out =
+        astrtc().args(["build", "--verbose", "--spec"]).arg(&spec).arg("--extra-ca").arg(&extra).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    if let Some(id) = phone_stage_made(&log) {
+        // This run's phone-stage layers are unique to it: removed (their shared parents stay).
+        let _ = std::process::Command::new("docker").args(["rmi", id]).output();
+    }
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("Ignoring extra certs from `/src/extra-ca.pem`"), "Node did not read the extra CA:\n{log}");
+}
+
+/// The last image the phone stage made in a build (not from the cache), from a verbose build
+/// log: removing it removes this build's phone-stage layers and no shared one.
+fn phone_stage_made(log: &str) -> Option<&str> {
+    let (mut last, mut cached) = (None, false);
+    for line in log.lines().skip_while(|l| !(l.starts_with("Step ") && l.contains("extra-ca.pem ./"))) {
+        if line.starts_with("Step ") {
+            if line.contains(" : FROM ") {
+                break;
+            }
+            cached = false;
+            continue;
+        }
+        match line.strip_prefix(" ---> ") {
+            Some("Using cache") => cached = true,
+            Some(id) if !id.contains(' ') && !cached => last = Some(id),
+            _ => {}
+        }
+    }
+    last
+}
+
+/// Removes a test's image tag when dropped (the image stays under its other tags).
+struct Untag(&'static str);
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["rmi", self.0]).output();
+    }
+}

@@ -106,9 +106,13 @@ async fn authoritative(name: &str) -> Result<Vec<SocketAddr>, DnsError> {
     }
 }
 
-/// The TXT values at `name` according to `servers`.
+/// The TXT values at `name` according to the resolver's servers; none when it has no TXT record.
 async fn txt_values(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, String> {
-    let lookup = resolver.txt_lookup(format!("{}.", name.trim_end_matches('.'))).await.map_err(|e| e.to_string())?;
+    let lookup = match resolver.txt_lookup(format!("{}.", name.trim_end_matches('.'))).await {
+        Ok(lookup) => lookup,
+        Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
     Ok(lookup
         .answers()
         .iter()
@@ -117,6 +121,12 @@ async fn txt_values(resolver: &TokioResolver, name: &str) -> Result<Vec<String>,
             _ => None,
         })
         .collect())
+}
+
+/// The TXT values at `name`, asked of `servers` directly (no cache); none when there is no TXT
+/// record. Tells whether a record a hook published (or removed) is what the servers answer.
+pub async fn txt_at(name: &str, servers: &[SocketAddr]) -> Result<Vec<String>, String> {
+    txt_values(&resolver(servers, true)?, name).await
 }
 
 /// Waits until every `(name, value)` record is visible at `servers` (the zone's authoritative

@@ -78,7 +78,8 @@ pub fn due(keys: &Path, names: &[String], policy: RenewPolicy) -> Due {
     if !key_matches(&key, &facts.spki_der) {
         return Due::KeyMismatch;
     }
-    let days_left = facts.seconds_left / 86400;
+    // Whole days, rounded down: a certificate that expired an hour ago has -1 days left, not 0.
+    let days_left = facts.seconds_left.div_euclid(86400);
     let due_in_seconds = facts.seconds_left - policy.renew_before_seconds(facts.lifetime_seconds);
     if due_in_seconds <= 0 {
         Due::Renew { days_left }

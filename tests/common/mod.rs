@@ -1,8 +1,10 @@
 //! Shared helpers: fixture copies in temp dirs, rendering through the library, snapshot text,
 //! the `astrtc` binary, and skips that are counted. Beside them: [`docker`] (images and running
 //! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice),
-//! [`shape`] (outputs as their readers see them).
+//! [`shape`] (outputs as their readers see them), [`certs`] (certificates with any names and
+//! validity).
 
+pub mod certs;
 pub mod docker;
 pub mod pebble;
 pub mod ports;
