@@ -9,5 +9,6 @@ mod compose;
 mod helm;
 mod hostile;
 mod image;
+mod media;
 mod render;
 mod verify;

@@ -1,12 +1,26 @@
-//! `astrtc verify`: check a running deployment of the spec, human or JSON report.
+//! `astrtc verify`: check a running deployment of the spec (with `--call`, also place real
+//! calls), human or JSON report.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use astrtc::plan::Plan;
 use astrtc::spec::TlsMode;
 use astrtc::verify;
 
 use super::{load_plan, out_dir, CmdError};
+
+/// What `--call` and its options asked for.
+pub struct CallArgs {
+    /// `--endpoint`, repeatable.
+    pub endpoints: Vec<String>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--hold`, seconds.
+    pub hold: f64,
+    /// `--relay`.
+    pub relay: bool,
+}
 
 /// Runs `verify`.
 pub async fn run(
@@ -16,8 +30,13 @@ pub async fn run(
     ca: Option<PathBuf>,
     container: Option<String>,
     json: bool,
+    call: Option<CallArgs>,
 ) -> Result<(), CmdError> {
     let plan = load_plan(spec)?;
+    let call = match call {
+        Some(args) => Some(call_options(&plan, args)?),
+        None => None,
+    };
     let ca_path = ca.unwrap_or_else(|| default_ca(&plan, &out_dir(spec, out)));
     let ca_pem =
         std::fs::read_to_string(&ca_path).map_err(|source| CmdError::ReadFile { path: ca_path.clone(), source })?;
@@ -26,6 +45,7 @@ pub async fn run(
         ca_pem,
         ca_file: ca_path.display().to_string(),
         container,
+        call,
     };
     let report = verify::verify(&plan, &target).await;
     if json {
@@ -37,6 +57,17 @@ pub async fn run(
         0 => Ok(()),
         failed => Err(CmdError::VerifyFailed { failed }),
     }
+}
+
+/// `--call`'s options, checked against the spec before anything is sent (bad input: exit 2).
+fn call_options(plan: &Plan, args: CallArgs) -> Result<verify::CallOptions, CmdError> {
+    verify::call::select_endpoints(plan, &args.endpoints).map_err(CmdError::BadArgument)?;
+    if args.relay {
+        return Err(CmdError::BadArgument(
+            "--relay is not available yet: astrtc's media has no TURN client (see the README, `verify --call`)".into(),
+        ));
+    }
+    Ok(verify::CallOptions { endpoints: args.endpoints, target: args.target, hold: Duration::from_secs_f64(args.hold) })
 }
 
 /// The CA the WSS certificate must chain to when `--ca` is not given: in self-signed mode the

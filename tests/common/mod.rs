@@ -1,8 +1,10 @@
 //! Shared helpers: fixture copies in temp dirs, rendering through the library, snapshot text,
 //! the `astrtc` binary, and skips that are counted. Beside them: [`docker`] (images and running
-//! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice).
+//! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice),
+//! [`netns`] (clients on other networks: namespaces, NAT, firewalls).
 
 pub mod docker;
+pub mod netns;
 pub mod pebble;
 pub mod ports;
 
