@@ -24,7 +24,7 @@ use super::stats::MediaFigures;
 use super::ws::WsConn;
 use super::RunPlan;
 
-/// A call that lost more than this share of its packets failed.
+/// A call that lost more than this share of its packets (from the first one echoed on) failed.
 pub const MAX_LOSS_PERCENT: f64 = 5.0;
 
 /// How long echoes still in flight are waited for after the last packet is sent.
@@ -313,7 +313,9 @@ impl CallReport {
         }
         self.failure = match &self.media {
             Some(m) if m.sent > 0 && m.matched == 0 => Some(CallFailure::NoMediaBack),
-            Some(m) if m.loss_percent > MAX_LOSS_PERCENT => Some(CallFailure::Loss { percent: m.loss_percent }),
+            Some(m) if m.steady_loss_percent > MAX_LOSS_PERCENT => {
+                Some(CallFailure::Loss { percent: m.steady_loss_percent })
+            }
             Some(_) => None,
             None => Some(CallFailure::NoMediaBack),
         };

@@ -20,6 +20,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 struct Sent {
     at: Instant,
+    index: u64,
 }
 
 /// RFC 3550 section 6.4.1 / A.8 interarrival jitter, in RTP timestamp units.
@@ -116,6 +117,11 @@ pub struct MediaFigures {
     pub matched: u64,
     /// Sent packets never echoed, in percent of those sent.
     pub loss_percent: f64,
+    /// Packets sent before the first one that came back (a NATed phone's first packets, sent
+    /// while Asterisk still learns where to send: symmetric RTP).
+    pub sent_before_first_echo: u64,
+    /// Loss from the first echoed packet on, in percent: the path's own loss.
+    pub steady_loss_percent: f64,
     /// Gaps in the echo's own sequence numbers, in percent.
     pub seq_gap_percent: f64,
     /// Round-trip time of matched packets.
@@ -136,6 +142,7 @@ pub struct EchoMeter {
     matched: u64,
     rtts: Vec<Duration>,
     first_received: Option<Instant>,
+    first_echoed: Option<u64>,
     jitter: Jitter,
     seq: SeqTracker,
 }
@@ -165,6 +172,7 @@ impl EchoMeter {
             matched: 0,
             rtts: Vec::new(),
             first_received: None,
+            first_echoed: None,
             jitter: Jitter::new(clock_rate),
             seq: SeqTracker::default(),
         }
@@ -182,12 +190,13 @@ impl EchoMeter {
 
     /// Records a packet sent at `at`.
     pub fn on_sent(&mut self, payload: &[u8], at: Instant) {
+        let index = self.sent;
         self.sent += 1;
         let queue = self.pending.entry(payload_key(payload)).or_default();
         while queue.front().is_some_and(|s| at.saturating_duration_since(s.at) >= STALE_AFTER) {
             queue.pop_front();
         }
-        queue.push_back(Sent { at });
+        queue.push_back(Sent { at, index });
     }
 
     /// Records a packet received at `at`; returns its round-trip time when it matched one sent.
@@ -207,6 +216,7 @@ impl EchoMeter {
             return None;
         }
         self.matched += 1;
+        self.first_echoed.get_or_insert(sent.index);
         self.rtts.push(rtt);
         Some(rtt)
     }
@@ -222,6 +232,11 @@ impl EchoMeter {
             received: self.received,
             matched: self.matched,
             loss_percent: percent(self.sent.saturating_sub(self.matched), self.sent),
+            sent_before_first_echo: self.first_echoed.unwrap_or(self.sent),
+            steady_loss_percent: {
+                let since = self.sent - self.first_echoed.unwrap_or(0);
+                percent(since.saturating_sub(self.matched), since)
+            },
             seq_gap_percent: percent(expected.saturating_sub(self.seq.received()), expected),
             rtt_ms: (!sorted.is_empty()).then(|| RttMillis {
                 min: ms(sorted[0]),
@@ -256,6 +271,7 @@ mod tests {
         let f = m.figures();
         assert_eq!((f.sent, f.matched), (10, 9));
         assert!((f.loss_percent - 10.0).abs() < 1e-9);
+        assert_eq!((f.sent_before_first_echo, f.steady_loss_percent), (0, f.loss_percent));
         assert_eq!(f.rtt_ms.unwrap().p50, 5.0);
         assert!(f.jitter_ms < 0.01);
     }
@@ -292,5 +308,22 @@ mod tests {
             s.on_packet(seq);
         }
         assert_eq!((s.expected(), s.received()), (6, 5));
+    }
+
+    #[test]
+    fn packets_before_the_first_echo_are_counted_apart_from_the_paths_loss() {
+        let t0 = Instant::now();
+        let mut m = EchoMeter::new(8000);
+        for i in 0..20u8 {
+            m.on_sent(&[i], t0 + Duration::from_millis(20 * u64::from(i)));
+        }
+        // The first four never came back (sent while the far end learnt our address).
+        for i in 4..20u8 {
+            m.on_received(&[i], t0 + Duration::from_millis(20 * u64::from(i) + 2), 0, u16::from(i));
+        }
+        let f = m.figures();
+        assert_eq!(f.sent_before_first_echo, 4);
+        assert!((f.loss_percent - 20.0).abs() < 1e-9);
+        assert_eq!(f.steady_loss_percent, 0.0);
     }
 }

@@ -301,16 +301,11 @@ async fn unreachable_media(ctx: &Context<'_>, report: &CallReport, offered: &[Ip
     let answering: Vec<IpAddr> = probed.iter().filter(|(_, ok)| *ok).map(|(ip, _)| *ip).collect();
     let silent: Vec<IpAddr> = probed.iter().filter(|(_, ok)| !*ok).map(|(ip, _)| *ip).collect();
     let signalling_ip = ctx.server.ip();
-    let evidence = format!(
-        "{what}; from here {} answer{} {port_name}{}",
-        if answering.is_empty() { "none".to_string() } else { list(&answering) },
-        if answering.len() == 1 { "s" } else { "" },
-        if silent.is_empty() {
-            String::new()
-        } else {
-            format!(", {} do{} not", list(&silent), if silent.len() == 1 { "es" } else { "" })
-        },
-    );
+    let evidence = match (answering.len(), silent.len()) {
+        (0, _) => format!("{what}; from here none of them answers {port_name}"),
+        (_, 0) => format!("{what}; from here all of them answer {port_name}"),
+        _ => format!("{what}; from here {} answer {port_name}, {} do not", list(&answering), list(&silent)),
+    };
     if !answering.is_empty() {
         return (
             format!("{evidence}: the server is reachable, its media ports are not"),
@@ -329,6 +324,13 @@ async fn unreachable_media(ctx: &Context<'_>, report: &CallReport, offered: &[Ip
             } else {
                 format!("the address clients reach the server at, here {signalling_ip}")
             };
+            let ice = match report.leg {
+                Leg::Webrtc => format!(
+                    ", network.local_address to the server's own address the NAT forwards it to (one of {})",
+                    list(offered)
+                ),
+                Leg::Sip => String::new(),
+            };
             (
                 format!(
                     "{detail}: Asterisk offered {}addresses this client cannot reach",
@@ -336,7 +338,8 @@ async fn unreachable_media(ctx: &Context<'_>, report: &CallReport, offered: &[Ip
                 ),
                 format!(
                     "the server is behind NAT and the spec has no network.public_address: set network.public_address to \
-                     {hint} (and network.local_nets to the networks reached directly), then render and restart Asterisk"
+                     {hint}{ice} (and network.local_nets to the networks reached directly), then render and restart \
+                     Asterisk"
                 ),
             )
         }
@@ -349,14 +352,26 @@ async fn unreachable_media(ctx: &Context<'_>, report: &CallReport, offered: &[Ip
                 if is_private(signalling_ip) { String::new() } else { format!(" (here {signalling_ip})") }
             ),
         ),
-        Some(nat) => (
-            format!("{detail}: Asterisk did not offer network.public_address {}", nat.public_address),
-            format!(
-                "the running Asterisk does not use the spec's network.public_address {}: check network.local_nets \
-                 (this client must not be inside them), then render and restart Asterisk",
-                nat.public_address
-            ),
-        ),
+        Some(nat) => {
+            let public = nat.public_address;
+            let remedy = match (report.leg, nat.local_address) {
+                (Leg::Webrtc, None) => format!(
+                    "Asterisk offers WebRTC clients only its own addresses: set network.local_address to the one the NAT \
+                     forwards {public} to (one of {}), then render and restart Asterisk",
+                    list(offered)
+                ),
+                (Leg::Webrtc, Some(local)) if !offered.contains(&local) => format!(
+                    "network.local_address = \"{local}\" is not an address of this server (Asterisk offered {}): set it \
+                     to the one the NAT forwards {public} to, then render and restart Asterisk",
+                    list(offered)
+                ),
+                _ => format!(
+                    "the running Asterisk does not use the spec's network.public_address {public} for this client: check \
+                     network.local_nets (this client must not be inside them), then render and restart Asterisk"
+                ),
+            };
+            (format!("{detail}: Asterisk did not offer network.public_address {public}"), remedy)
+        }
     }
 }
 

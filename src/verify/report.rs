@@ -147,7 +147,15 @@ pub fn call_lines(c: &CallReport) -> Vec<(&'static str, String)> {
                 format!("p50 {:.1} ms, p99 {:.1} ms (min {:.1}, max {:.1})", r.p50, r.p99, r.min, r.max),
             ));
         }
-        if m.sent > 0 {
+        if m.sent > 0 && m.matched > 0 && m.sent_before_first_echo > 0 {
+            lines.push((
+                "loss",
+                format!(
+                    "{:.2} % ({:.2} % from the first echo on; {} sent before it)",
+                    m.loss_percent, m.steady_loss_percent, m.sent_before_first_echo
+                ),
+            ));
+        } else if m.sent > 0 {
             lines.push(("loss", format!("{:.2} %", m.loss_percent)));
         }
         if m.received > 1 {
@@ -159,6 +167,12 @@ pub fn call_lines(c: &CallReport) -> Vec<(&'static str, String)> {
     }
     if let Some(h) = &c.hangup {
         lines.push(("hangup", h.clone()));
+    }
+    if c.failure.is_some() {
+        // A failed call shows its signalling, message by message (ms from connecting).
+        for (i, step) in c.ladder.iter().take(12).enumerate() {
+            lines.push((if i == 0 { "sip" } else { "" }, step.clone()));
+        }
     }
     lines
 }

@@ -1,19 +1,20 @@
 //! Networks the tests build for themselves: a client in its own network namespace behind a
-//! router namespace that masquerades it (a home or office NAT, new source port per mapping), the
-//! router connected to this host by a veth pair — so a client "on another network" reaches a
+//! router namespace that translates it to a public address of its own (a home or office NAT, a
+//! new source port per mapping), the router connected to this host by a veth pair — so a client "on another network" reaches a
 //! deployment that runs on the host network, and the test decides what the path between them
 //! lets through: a firewall that drops a UDP range, or a cloud-style 1:1 NAT where the server is
 //! reachable only at a public address the router translates.
 //!
 //! Traffic never leaves this host: the router forwards only to this host's own addresses (or
-//! only translated traffic, in the 1:1 NAT), the client's network is a blackhole route on the
-//! host (Asterisk's ICE checks to the client's private address go nowhere), and nothing is
-//! masqueraded to the host's uplink. Everything a topology makes — two namespaces (with their
+//! only translated traffic, in the 1:1 NAT), the client's networks (its private one and its
+//! public address) are routed from the host to the router, which passes back only replies, and
+//! nothing is translated to the host's uplink. Everything a topology makes — two namespaces (with their
 //! veths and nftables tables inside), the host end of the link, the route — is removed when it is
 //! dropped, also when the test panics. Names and address blocks are unique per topology, so
-//! tests run in parallel. Addresses: 100.64.0.0/10 (carrier-grade NAT space) for the link and the
-//! client's network, 203.0.113.0/24 for the server's public address, which exists only inside the
-//! topology's namespaces.
+//! tests run in parallel. Addresses: 100.64.0.0/10 (carrier-grade NAT space) for the link — the
+//! server's own "private" address is the host end — and the client's network; 198.51.100.0/24 for
+//! the client's public address; 203.0.113.0/24 for the server's public address, which exists only
+//! inside the topology's namespaces.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -58,6 +59,8 @@ pub struct ClientNetwork {
     pub host_link_addr: Ipv4Addr,
     /// The client's own address (private, behind the router).
     pub client_addr: Ipv4Addr,
+    /// The address the client's traffic appears from (the router's public address).
+    pub client_public: Ipv4Addr,
 }
 
 /// A client behind a NAT that reaches every address of this host.
@@ -106,6 +109,7 @@ impl PathSpec {
             },
             host_link_addr,
             client_addr,
+            client_public: Ipv4Addr::new(198, 51, 100, b),
             id,
         };
         net.create(&self, a, b);
@@ -123,7 +127,9 @@ fn take_slot() -> u16 {
     for i in 0..16384u16 {
         let slot = start.wrapping_add(i) % 16384;
         let prefix = format!("100.{}.{}.", 64 + (slot >> 8), slot & 0xff);
-        if !taken.contains(&slot) && !routes.contains(&prefix) {
+        let public = format!("198.51.100.{} ", slot & 0xff);
+        let same_public = taken.iter().any(|t| t & 0xff == slot & 0xff);
+        if !taken.contains(&slot) && !same_public && !routes.contains(&prefix) && !routes.contains(&public) {
             taken.insert(slot);
             return slot;
         }
@@ -174,13 +180,21 @@ impl ClientNetwork {
         run(&["ip", "link", "set", &router_wan, "netns", rt], None);
         run(&["ip", "addr", "add", &format!("{}/30", self.host_link_addr), "dev", &self.host_if], None);
         run(&["ip", "link", "set", &self.host_if, "up"], None);
-        // Asterisk answers ICE checks to the client's private address: they must go nowhere.
-        run(&["ip", "route", "add", "blackhole", &self.lan], None);
+        // Asterisk sends ICE checks (and, before ICE completes, its first DTLS flight) to the
+        // client's private address: they go to the router, which drops them as the client's NAT
+        // would. (A blackhole route would make sendto fail, which Asterisk's DTLS does not
+        // survive — unlike the real case, where the datagram just goes nowhere.) The client's
+        // public address leads to the router too.
+        run(&["ip", "route", "add", &self.lan, "via", &format!("100.{a}.{b}.2")], None);
+        run(&["ip", "route", "add", &self.client_public.to_string(), "via", &format!("100.{a}.{b}.2")], None);
         in_router(&["ip", "addr", "add", &format!("100.{a}.{b}.2/30"), "dev", &router_wan]);
         in_router(&["ip", "link", "set", &router_wan, "up"]);
         in_router(&["ip", "link", "set", "lo", "up"]);
         in_router(&["ip", "route", "add", "default", "via", &self.host_link_addr.to_string()]);
         in_router(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // Only replies (translated back by conntrack before routing) reach the client's public
+        // address; anything else sent to it stops here instead of bouncing back to the host.
+        in_router(&["ip", "route", "add", "blackhole", &self.client_public.to_string()]);
         // Router <-> client.
         run(
             &["ip", "link", "add", &router_lan, "netns", rt, "type", "veth", "peer", "name", &client_if, "netns", cl],
@@ -212,9 +226,10 @@ impl ClientNetwork {
                 format!("iifname \"{router_lan}\" ct status dnat accept"),
             ),
         };
+        let public = self.client_public;
         let rules = format!(
             "table ip astrtc {{\n  chain pre {{\n    type nat hook prerouting priority -100;\n    {dnat}\n  }}\n  \
-             chain post {{\n    type nat hook postrouting priority 100;\n    oifname \"{router_wan}\" masquerade random\n  }}\n  \
+             chain post {{\n    type nat hook postrouting priority 100;\n    oifname \"{router_wan}\" snat to {public} fully-random\n  }}\n  \
              chain forwarding {{\n    type filter hook forward priority 0; policy drop;\n    {drop}\n    \
              ct state established,related accept\n    {allow}\n  }}\n}}\n"
         );
@@ -231,12 +246,14 @@ impl ClientNetwork {
 
 impl Drop for ClientNetwork {
     fn drop(&mut self) {
+        let public = self.client_public.to_string();
         // Deleting a namespace destroys its veths (and so their peers) and its nftables tables.
         for args in [
             vec!["ip", "netns", "del", self.client_ns.as_str()],
             vec!["ip", "netns", "del", self.router_ns.as_str()],
             vec!["ip", "link", "del", self.host_if.as_str()],
-            vec!["ip", "route", "del", "blackhole", self.lan.as_str()],
+            vec!["ip", "route", "del", self.lan.as_str()],
+            vec!["ip", "route", "del", &public],
         ] {
             let _ = Command::new(args[0]).args(&args[1..]).stderr(Stdio::null()).status();
         }
