@@ -42,7 +42,7 @@ deps-helm: ## install the chart tools into target/tools: helm 3 and 4, kubernete
 deps-acme: ## install Pebble, the ACME test server
 	bash scripts/host-setup.sh acme
 
-deps-net: ## install iproute2 and nftables: the media tests build namespaces, NATs and firewalls
+deps-net: ## install iproute2, nftables, coturn: the media tests build namespaces, NATs, firewalls and a TURN relay
 	bash scripts/host-setup.sh net
 
 test: deps deps-clients deps-helm deps-acme deps-net ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls

@@ -150,9 +150,9 @@ ensure_build_tools() {
 }
 
 # Network namespaces, veth pairs and nftables for the media tests (a client behind a NAT, a
-# firewall dropping the RTP range).
+# firewall dropping the RTP range), and coturn as the TURN server `verify --call --relay` uses.
 ensure_net_tools() {
-  apt_install iproute2 nftables
+  apt_install iproute2 nftables coturn
 }
 
 # A real ACME server for the certificate tests: Debian's Pebble (Let's Encrypt's test server).

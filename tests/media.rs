@@ -4,19 +4,24 @@
 //! Each diagnosed failure has a deliberately broken deployment or path that must fail for its
 //! named reason, and a healthy twin that must pass, so the result means something: a wrong
 //! password (401 loop), a codec mismatch (488), the RTP range dropped by a firewall, a server
-//! behind a 1:1 NAT without `network.public_address`, and one with a wrong one.
+//! behind a 1:1 NAT without `network.public_address` (or its `local_address`), and one with a
+//! wrong one; and `--relay` through a coturn TURN server where the RTP range is blocked (and with
+//! a TURN password the server does not know).
 //!
 //! Figures (setup times, RTT, jitter) are printed, never asserted: `bench` is for figures.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
+use astrtc::media::probe::RelayProblem;
 use astrtc::media::{CallFailure, Leg};
 use astrtc::testing;
 use astrtc::verify::{Check, Report, Status};
 
 use crate::common::docker::{deployment, deployment_with, ensure_image};
 use crate::common::netns::{client_behind_nat, client_behind_nat_to_public_server, ClientNetwork, PUBLIC};
+use crate::common::turn::Coturn;
 use crate::common::*;
 
 /// Seconds each call is held: long enough for the media to show, short enough for ICE to be
@@ -265,4 +270,62 @@ fn an_unknown_endpoint_is_bad_input_and_nothing_is_called() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no endpoint 4242") && err.contains("199, 3001, 3002"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_the_spec_s_turn_relay_a_blocked_rtp_range_still_carries_webrtc_audio() {
+    if docker_off() {
+        return;
+    }
+    // The TURN server listens on the server's side of the client's NAT.
+    let Some(net) = client_behind_nat().build() else { return };
+    let Some(turn) = Coturn::start(IpAddr::V4(net.host_link_addr), "astrtc", "fixture-turn-password-1").await else {
+        return;
+    };
+    let spec = format!("[rtp]\nturn = \"{}\"\nturn_username = \"astrtc\"\n", turn.addr);
+    let Some((dir, plan, _asterisk)) = started(|s| s.replacen("[rtp]\n", &spec, 1)).await else { return };
+    net.drop_udp(plan.rtp.start, plan.rtp.end);
+    let host = net.server_addr.to_string();
+
+    // The negative twin: the same path without the relay gets no audio.
+    let (code, report) = verify_call(dir.path(), &host, Some(&net), &["--endpoint", "199"]);
+    assert_eq!(code, 1);
+    let c = check(&report, "call 199");
+    assert!(matches!(failure(c), CallFailure::IceNotConnected { .. }), "{c:#?}");
+    assert!(remedy(c).contains("is probably blocked"), "{c:#?}");
+
+    // Forced through the relay, the call works: our only candidate is the relayed one.
+    let (code, report) = verify_call(dir.path(), &host, Some(&net), &["--endpoint", "199", "--relay"]);
+    assert_eq!(code, 0, "{report}\n{}", turn.log());
+    let c = check(&report, "call 199");
+    assert_healthy(c, Leg::Webrtc);
+    let call = c.call.as_ref().unwrap();
+    let relay = call.relay.as_ref().expect("the relay is reported");
+    assert_eq!(relay.server, turn.addr);
+    let pair = call.pair.as_ref().unwrap();
+    assert_eq!((pair.local.kind.as_str(), pair.local.addr), ("relay", relay.relayed), "{pair:?}");
+
+    // The relay with a password the TURN server does not know: named as such.
+    let secrets = dir.path().join("astrtc.secrets.toml");
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    std::fs::write(&secrets, text.replace("fixture-turn-password-1", "not-the-turn-password")).unwrap();
+    let (code, report) = verify_call(dir.path(), &host, Some(&net), &["--endpoint", "199", "--relay"]);
+    assert_eq!(code, 1);
+    let c = check(&report, "call 199");
+    assert!(matches!(failure(c), CallFailure::Relay { problem: RelayProblem::Unauthorized, .. }), "{c:#?}");
+    assert!(remedy(c).contains("refused user \"astrtc\" (rtp.turn_username)"), "{c:#?}");
+}
+
+#[test]
+fn relay_without_a_turn_server_in_the_spec_is_bad_input() {
+    let (dir, _plan) = deployment();
+    let out = astrtc()
+        .arg("verify")
+        .arg("--spec")
+        .arg(dir.path().join("astrtc.toml"))
+        .args(["--call", "--relay"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the spec has no rtp.turn"));
 }

@@ -1,8 +1,11 @@
 //! `astrtc verify`: check a running deployment of the spec (with `--call`, also place real
 //! calls), human or JSON report.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use astrtc::media::turn::TurnServer;
 
 use astrtc::plan::Plan;
 use astrtc::spec::TlsMode;
@@ -62,12 +65,25 @@ pub async fn run(
 /// `--call`'s options, checked against the spec before anything is sent (bad input: exit 2).
 fn call_options(plan: &Plan, args: CallArgs) -> Result<verify::CallOptions, CmdError> {
     verify::call::select_endpoints(plan, &args.endpoints).map_err(CmdError::BadArgument)?;
-    if args.relay {
-        return Err(CmdError::BadArgument(
-            "--relay is not available yet: astrtc's media has no TURN client (see the README, `verify --call`)".into(),
-        ));
-    }
-    Ok(verify::CallOptions { endpoints: args.endpoints, target: args.target, hold: Duration::from_secs_f64(args.hold) })
+    let relay =
+        if args.relay {
+            let turn = plan.rtp.turn.as_ref().ok_or_else(|| {
+                CmdError::BadArgument("--relay uses the spec's TURN server, and the spec has no rtp.turn".into())
+            })?;
+            let addr =
+                turn.address.to_socket_addrs().ok().and_then(|mut a| a.find(SocketAddr::is_ipv4)).ok_or_else(|| {
+                    CmdError::BadArgument(format!("--relay: cannot resolve rtp.turn {:?}", turn.address))
+                })?;
+            Some(TurnServer { addr, username: turn.username.clone(), password: turn.password.clone() })
+        } else {
+            None
+        };
+    Ok(verify::CallOptions {
+        endpoints: args.endpoints,
+        target: args.target,
+        hold: Duration::from_secs_f64(args.hold),
+        relay,
+    })
 }
 
 /// The CA the WSS certificate must chain to when `--ca` is not given: in self-signed mode the

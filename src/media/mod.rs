@@ -23,6 +23,7 @@ pub mod sdp;
 pub mod session;
 pub mod sip;
 pub mod stats;
+pub mod turn;
 pub mod ws;
 
 use std::time::Duration;

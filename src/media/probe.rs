@@ -18,9 +18,10 @@ use tokio::sync::oneshot;
 use super::netif;
 use super::rtp::PlainRtpSession;
 use super::sdp::{self, CandidateInfo};
-use super::session::{Datagrams, MediaFailure, SharedMedia, WebrtcSession};
+use super::session::{Datagrams, MediaFailure, RelayInfo, SessionError, SharedMedia, WebrtcSession};
 use super::sip::{CallEnd, Dialog, InviteOutcome, SipError, Transport, UserAgent};
 use super::stats::MediaFigures;
+use super::turn::{TurnError, TurnServer};
 use super::ws::WsConn;
 use super::RunPlan;
 
@@ -45,7 +46,7 @@ pub enum Leg {
 pub enum LegSetup {
     /// SIP over WSS to `wss` (path `/ws`), the certificate verified against `ca_pem` for the
     /// domain; ICE host candidates on `local_ips` (empty: this host's LAN addresses and the one
-    /// that routes to the server).
+    /// that routes to the server), or with `relay` only a candidate relayed by that TURN server.
     Webrtc {
         /// The WSS listener.
         wss: SocketAddr,
@@ -53,6 +54,8 @@ pub enum LegSetup {
         ca_pem: Arc<str>,
         /// Local addresses to offer.
         local_ips: Vec<IpAddr>,
+        /// Force the media through this TURN server.
+        relay: Option<TurnServer>,
     },
     /// SIP over UDP to `server`; RTP from the address that routes to it.
     Sip {
@@ -80,10 +83,39 @@ pub struct CallSetup {
     pub register: bool,
 }
 
+/// How setting up a TURN relay failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayProblem {
+    /// The TURN server did not answer.
+    Unreachable,
+    /// It refused the credentials.
+    Unauthorized,
+    /// It refused the allocation or a permission (e.g. 403: the peer's address is not allowed).
+    Refused,
+}
+
+fn relay_failure(e: &SessionError) -> CallFailure {
+    let problem = match e {
+        SessionError::Turn(TurnError::Unauthorized { .. }) => RelayProblem::Unauthorized,
+        SessionError::Turn(TurnError::Rejected { .. } | TurnError::Incomplete { .. }) => RelayProblem::Refused,
+        _ => RelayProblem::Unreachable,
+    };
+    CallFailure::Relay { problem, message: error_chain(e) }
+}
+
 /// Why a call failed, as a cause a report can act on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum CallFailure {
+    /// The TURN relay could not be set up (`--relay`): allocation or permissions refused, or
+    /// the TURN server did not answer.
+    Relay {
+        /// Which way it failed.
+        problem: RelayProblem,
+        /// What failed.
+        message: String,
+    },
     /// Nothing on this side could start (no socket, no local address).
     Local {
         /// What failed.
@@ -156,6 +188,7 @@ impl std::fmt::Display for CallFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallFailure::Local { message } | CallFailure::Connect { message } => write!(f, "{message}"),
+            CallFailure::Relay { message, .. } => write!(f, "TURN: {message}"),
             CallFailure::AuthRejected { method, code, attempts } => {
                 write!(f, "{method} answered {code} again after digest auth ({attempts} attempts)")
             }
@@ -249,6 +282,8 @@ pub struct CallReport {
     pub remote_candidates: Vec<CandidateInfo>,
     /// The selected ICE pair (WebRTC).
     pub pair: Option<CandidatePair>,
+    /// The TURN relay the media was forced through (WebRTC with `--relay`).
+    pub relay: Option<RelayInfo>,
     /// Our RTP address and the one Asterisk's answer named (plain SIP).
     pub rtp_path: Option<(SocketAddr, SocketAddr)>,
     /// What the echo measured.
@@ -289,6 +324,7 @@ impl CallReport {
             local_candidates: Vec::new(),
             remote_candidates: Vec::new(),
             pair: None,
+            relay: None,
             rtp_path: None,
             media: None,
             asterisk_loss_percent: None,
@@ -329,7 +365,9 @@ fn ms_since(t0: Instant, t: Option<Instant>) -> Option<f64> {
 /// Places one call and reports it.
 pub async fn call(setup: &CallSetup, shared: &SharedMedia) -> CallReport {
     match &setup.leg {
-        LegSetup::Webrtc { wss, ca_pem, local_ips } => webrtc_call(setup, *wss, ca_pem, local_ips, shared).await,
+        LegSetup::Webrtc { wss, ca_pem, local_ips, relay } => {
+            webrtc_call(setup, *wss, ca_pem, local_ips, relay.as_ref(), shared).await
+        }
         LegSetup::Sip { server } => sip_call(setup, *server, shared).await,
     }
 }
@@ -439,18 +477,28 @@ async fn webrtc_call(
     wss: SocketAddr,
     ca_pem: &str,
     local_ips: &[IpAddr],
+    relay: Option<&TurnServer>,
     shared: &SharedMedia,
 ) -> CallReport {
     let mut report = CallReport::new(Leg::Webrtc, setup, format!("wss://{}:{}/ws at {wss}", setup.domain, wss.port()));
     report.offered = vec!["opus/48000/2".into()];
-    let ips = if local_ips.is_empty() { default_candidates(wss) } else { local_ips.to_vec() };
-    let (mut session, offer) = match WebrtcSession::offer(&ips, shared).await {
+    let ips = match (relay, local_ips.is_empty()) {
+        (_, false) => local_ips.to_vec(),
+        (Some(turn), true) => netif::route_to(turn.addr).map(|ip| vec![ip]).unwrap_or_default(),
+        (None, true) => default_candidates(wss),
+    };
+    let (mut session, offer) = match WebrtcSession::offer(&ips, shared, relay).await {
         Ok(s) => s,
+        Err(e @ SessionError::Turn(_)) => {
+            report.failure = Some(relay_failure(&e));
+            return report;
+        }
         Err(e) => {
             report.failure = Some(CallFailure::Local { message: error_chain(&e) });
             return report;
         }
     };
+    report.relay = session.relay();
     report.local_candidates = session.local_candidates().to_vec();
     let conn = match WsConn::connect(wss, &setup.domain, ca_pem, "/ws").await {
         Ok(c) => c,
@@ -464,6 +512,12 @@ async fn webrtc_call(
     let t0 = call.first_invite_sent;
     if let Err(e) = session.accept_answer(&call.dialog.remote_sdp) {
         refuse_answer(ua, &mut call.dialog, setup, e.to_string(), &mut report).await;
+        return report;
+    }
+    if let Err(e) = session.permit_remote().await {
+        report.failure = Some(relay_failure(&e));
+        let _ = ua.bye(&mut call.dialog).await;
+        sign_out(ua, setup, &mut report).await;
         return report;
     }
     let (stop, plan) = run_plan(setup);

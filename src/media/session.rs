@@ -5,7 +5,8 @@
 //! measures the echo.
 //!
 //! Owns: the `Rtc` and the call's sockets ([`SocketSet`]: polled in place — no task, no channel
-//! per call), and the workarounds Asterisk needs (see [`with_default_candidate`],
+//! per call; with a TURN relay, the set also translates between Send/Data indications and what
+//! str0m sees, a relayed candidate), and the workarounds Asterisk needs (see [`with_default_candidate`],
 //! [`lowercase_fingerprint_hash`], and why every datagram goes to `handle_input`). What several
 //! calls share (DTLS certificate, crypto provider, encoded tone) comes in as [`SharedMedia`].
 //! The SIP side — where the SDP travels — is not this module's business.
@@ -29,6 +30,7 @@ use tokio::net::UdpSocket;
 use super::audio::{ToneLoop, LOOP_FRAMES};
 use super::sdp::{self, CandidateInfo};
 use super::stats::{EchoMeter, MediaFigures};
+use super::turn::{Allocation, TurnError, TurnServer};
 use super::RunPlan;
 
 /// Why the WebRTC media could not start or stopped.
@@ -55,7 +57,13 @@ pub enum SessionError {
     /// No opus encoder (libopus refused its settings).
     #[error("the opus encoder failed: {0}")]
     Opus(#[from] opus::Error),
+    /// The TURN relay could not be set up.
+    #[error(transparent)]
+    Turn(#[from] TurnError),
 }
+
+/// How often a relayed call refreshes its TURN allocation and permissions.
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
 
 /// What every call of one run shares, made once: the crypto provider, one DTLS certificate
 /// (generating a key per call costs more than the rest of the setup) and the encoded tones.
@@ -94,6 +102,8 @@ struct Datagram {
     source: SocketAddr,
     destination: SocketAddr,
     len: usize,
+    /// What a TURN Data indication carried (then `len` is unused).
+    relayed: Option<Vec<u8>>,
 }
 
 /// The UDP sockets of one call, read in place: one poll over all of them, one buffer.
@@ -101,6 +111,19 @@ pub struct SocketSet {
     sockets: Vec<(SocketAddr, UdpSocket)>,
     buf: Box<[u8]>,
     next: usize,
+    /// The TURN allocation and the local address of the socket it was made from.
+    relay: Option<(Allocation, SocketAddr)>,
+}
+
+/// A relay a call's media went through.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayInfo {
+    /// The TURN server.
+    pub server: SocketAddr,
+    /// The relayed address (our ICE candidate of type relay).
+    pub relayed: SocketAddr,
+    /// Our address as the TURN server saw it.
+    pub mapped: Option<SocketAddr>,
 }
 
 impl SocketSet {
@@ -112,7 +135,34 @@ impl SocketSet {
             let sock = UdpSocket::bind(SocketAddr::new(*ip, 0)).await.map_err(err)?;
             sockets.push((sock.local_addr().map_err(err)?, sock));
         }
-        Ok(SocketSet { sockets, buf: vec![0u8; 2048].into_boxed_slice(), next: 0 })
+        Ok(SocketSet { sockets, buf: vec![0u8; 2048].into_boxed_slice(), next: 0, relay: None })
+    }
+
+    /// Allocates a relay on `server` from the first socket; returns the relayed address.
+    async fn allocate(&mut self, server: &TurnServer) -> Result<SocketAddr, SessionError> {
+        let (base, sock) = self.sockets.first().ok_or(SessionError::NoCandidates)?;
+        let alloc = Allocation::new(sock, server).await?;
+        let relayed = alloc.relayed;
+        self.relay = Some((alloc, *base));
+        Ok(relayed)
+    }
+
+    /// Lets `peers` reach the relayed address.
+    async fn permit(&mut self, peers: &[IpAddr]) -> Result<(), SessionError> {
+        let SocketSet { sockets, relay, .. } = self;
+        if let (Some((alloc, _)), Some((_, sock))) = (relay.as_mut(), sockets.first()) {
+            alloc.permit(sock, peers).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends raw bytes to the TURN server (refreshes, release); errors are ignored.
+    async fn to_relay_server(&self, messages: Vec<Vec<u8>>) {
+        if let (Some((alloc, _)), Some((_, sock))) = (&self.relay, self.sockets.first()) {
+            for m in messages {
+                let _ = sock.send_to(&m, alloc.server()).await;
+            }
+        }
     }
 
     /// Local addresses, in bind order.
@@ -123,7 +173,11 @@ impl SocketSet {
     /// Sends from the socket bound to `source`; errors (a firewall's EPERM, an ICMP error from
     /// an earlier datagram) are loss, not failure.
     pub async fn send(&self, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
-        if let Some((_, sock)) = self.sockets.iter().find(|(a, _)| *a == source) {
+        if let Some((alloc, base)) = self.relay.as_ref().filter(|(a, _)| a.relayed == source) {
+            if let Some((_, sock)) = self.sockets.iter().find(|(a, _)| a == base) {
+                let _ = sock.send_to(&alloc.wrap(destination, bytes), alloc.server()).await;
+            }
+        } else if let Some((_, sock)) = self.sockets.iter().find(|(a, _)| *a == source) {
             let _ = sock.send_to(bytes, destination).await;
         }
     }
@@ -131,7 +185,18 @@ impl SocketSet {
     /// The next datagram on any socket, stamped as it is read. Cancel-safe (a datagram is taken
     /// from a socket only when it is returned).
     async fn recv(&mut self) -> Datagram {
-        let SocketSet { sockets, buf, next } = self;
+        loop {
+            let d = self.recv_raw().await;
+            let Some((alloc, _)) = self.relay.as_ref().filter(|(a, _)| a.server() == d.source) else { return d };
+            // From the TURN server: media in a Data indication, or an answer to a refresh.
+            if let Some((peer, data)) = Allocation::unwrap(&self.buf[..d.len]) {
+                return Datagram { source: peer, destination: alloc.relayed, relayed: Some(data), ..d };
+            }
+        }
+    }
+
+    async fn recv_raw(&mut self) -> Datagram {
+        let SocketSet { sockets, buf, next, .. } = self;
         poll_fn(|cx| {
             let n = sockets.len();
             for k in 0..n {
@@ -144,7 +209,8 @@ impl SocketSet {
                         Poll::Ready(Ok(source)) => {
                             *next = i + 1;
                             let len = rb.filled().len();
-                            return Poll::Ready(Datagram { at: Instant::now(), source, destination: *local, len });
+                            let at = Instant::now();
+                            return Poll::Ready(Datagram { at, source, destination: *local, len, relayed: None });
                         }
                         // An ICMP error for an earlier send surfaces here on Linux: read on.
                         Poll::Ready(Err(_)) => continue,
@@ -234,6 +300,8 @@ pub struct WebrtcReport {
     pub local_candidates: Vec<CandidateInfo>,
     /// Asterisk's candidates from the answer.
     pub remote_candidates: Vec<CandidateInfo>,
+    /// The TURN relay, with `--relay`.
+    pub relay: Option<RelayInfo>,
     /// Datagrams received.
     pub datagrams_in: Datagrams,
     /// Datagrams sent.
@@ -244,8 +312,14 @@ pub struct WebrtcReport {
 
 impl WebrtcSession {
     /// Binds one UDP socket per address in `ips`, adds each as a host candidate and makes the
-    /// offer (opus only). Returns the session and the offer's SDP text.
-    pub async fn offer(ips: &[IpAddr], shared: &SharedMedia) -> Result<(WebrtcSession, String), SessionError> {
+    /// offer (opus only). With `relay`, binds one socket on `ips[0]` instead, allocates a relay
+    /// on the TURN server from it, and offers only the relayed candidate (as a browser does with
+    /// `iceTransportPolicy: "relay"`). Returns the session and the offer's SDP text.
+    pub async fn offer(
+        ips: &[IpAddr],
+        shared: &SharedMedia,
+        relay: Option<&TurnServer>,
+    ) -> Result<(WebrtcSession, String), SessionError> {
         if ips.is_empty() {
             return Err(SessionError::NoCandidates);
         }
@@ -256,14 +330,30 @@ impl WebrtcSession {
             .enable_opus(true, false)
             .set_stats_interval(Some(Duration::from_millis(500)))
             .build(Instant::now());
-        let sockets = SocketSet::bind(ips).await?;
         let mut local = Vec::new();
-        for addr in sockets.addrs() {
-            let cand = Candidate::host(addr, "udp").map_err(|e| SessionError::BadAnswer(e.to_string()))?;
-            if rtc.add_local_candidate(cand).is_some() {
-                local.push(CandidateInfo { kind: "host".into(), addr });
+        let sockets = match relay {
+            Some(server) => {
+                let mut sockets = SocketSet::bind(&ips[..1]).await?;
+                let relayed = sockets.allocate(server).await?;
+                let base = sockets.sockets[0].0;
+                let cand =
+                    Candidate::relayed(relayed, base, "udp").map_err(|e| SessionError::BadAnswer(e.to_string()))?;
+                if rtc.add_local_candidate(cand).is_some() {
+                    local.push(CandidateInfo { kind: "relay".into(), addr: relayed });
+                }
+                sockets
             }
-        }
+            None => {
+                let sockets = SocketSet::bind(ips).await?;
+                for addr in sockets.addrs() {
+                    let cand = Candidate::host(addr, "udp").map_err(|e| SessionError::BadAnswer(e.to_string()))?;
+                    if rtc.add_local_candidate(cand).is_some() {
+                        local.push(CandidateInfo { kind: "host".into(), addr });
+                    }
+                }
+                sockets
+            }
+        };
         let first = local.first().ok_or(SessionError::NoCandidates)?.addr;
         let mut change = rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
@@ -285,6 +375,22 @@ impl WebrtcSession {
     /// Our host candidates.
     pub fn local_candidates(&self) -> &[CandidateInfo] {
         &self.local
+    }
+
+    /// The relay, when the offer was made through one.
+    pub fn relay(&self) -> Option<RelayInfo> {
+        self.sockets.relay.as_ref().map(|(a, _)| RelayInfo { server: a.server(), relayed: a.relayed, mapped: a.mapped })
+    }
+
+    /// With a relay: lets the addresses of Asterisk's candidates reach it (TURN permissions).
+    pub async fn permit_remote(&mut self) -> Result<(), SessionError> {
+        let mut peers: Vec<IpAddr> = Vec::new();
+        for c in &self.remote {
+            if !peers.contains(&c.addr.ip()) {
+                peers.push(c.addr.ip());
+            }
+        }
+        self.sockets.permit(&peers).await
     }
 
     /// Applies the SDP answer (from the 200 OK).
@@ -321,6 +427,7 @@ impl WebrtcSession {
                 remote_report: None,
                 local_candidates: self.local.clone(),
                 remote_candidates: self.remote.clone(),
+                relay: self.relay(),
                 datagrams_in: Datagrams::default(),
                 datagrams_out: Datagrams::default(),
                 failure: None,
@@ -331,6 +438,10 @@ impl WebrtcSession {
             frame_no: 0,
         };
         let result = driver.run(plan).await;
+        let release = driver.session.sockets.relay.as_ref().map(|(a, _)| vec![a.release()]);
+        if let Some(release) = release {
+            driver.session.sockets.to_relay_server(release).await;
+        }
         let mut report = driver.report;
         report.failure = match result {
             Err(e) => Some(MediaFailure::Rtc(e.to_string())),
@@ -362,6 +473,9 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let connect_deadline = tokio::time::Instant::now() + plan.connect_timeout;
         let mut end: Option<tokio::time::Instant> = None;
+        // A relayed call keeps its allocation and permissions alive (they expire after 5 minutes).
+        let relayed = self.session.sockets.relay.is_some();
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
         loop {
             let timeout = self.drain().await?;
             if self.report.dtls_connected.is_some() && self.pt.is_none() {
@@ -380,6 +494,10 @@ impl Driver {
                     self.session.rtc.handle_input(Input::Timeout(Instant::now()))?;
                 }
                 _ = tick.tick(), if sending => self.send_frame()?,
+                _ = refresh.tick(), if relayed => {
+                    let messages = self.session.sockets.relay.as_ref().map(|(a, _)| a.refreshes()).unwrap_or_default();
+                    self.session.sockets.to_relay_server(messages).await;
+                }
                 _ = &mut plan.stop, if end.is_none() => end = Some(tokio::time::Instant::now() + plan.tail),
                 _ = tokio::time::sleep_until(end.unwrap_or(connect_deadline)), if end.is_some() => return Ok(()),
                 // ICE never declares failure: give up waiting for the media path.
@@ -404,7 +522,10 @@ impl Driver {
     }
 
     fn on_datagram(&mut self, d: Datagram) -> Result<(), RtcError> {
-        let data = &self.session.sockets.buf[..d.len];
+        let data = match &d.relayed {
+            Some(bytes) => bytes.as_slice(),
+            None => &self.session.sockets.buf[..d.len],
+        };
         self.report.datagrams_in.count(data);
         let Ok(contents) = data.try_into() else { return Ok(()) };
         // Every datagram goes in. `accepts()` is for demultiplexing several `Rtc`s on one
@@ -544,7 +665,7 @@ mod tests {
     #[tokio::test]
     async fn an_offer_is_what_a_browser_sends_with_a_real_default_candidate() {
         let shared = SharedMedia::new().unwrap();
-        let (session, sdp) = WebrtcSession::offer(&["127.0.0.1".parse().unwrap()], &shared).await.unwrap();
+        let (session, sdp) = WebrtcSession::offer(&["127.0.0.1".parse().unwrap()], &shared, None).await.unwrap();
         let port = session.local_candidates()[0].addr.port();
         for needle in [
             "a=group:BUNDLE".to_string(),

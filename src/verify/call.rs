@@ -18,7 +18,9 @@ use futures_util::future::join_all;
 
 use super::report::Check;
 use crate::media::netif::is_private;
+use crate::media::probe::RelayProblem;
 use crate::media::sip::{Transport, UserAgent};
+use crate::media::turn::TurnServer;
 use crate::media::{self, CallFailure, CallReport, CallSetup, Leg, LegSetup, SharedMedia};
 use crate::plan::{Endpoint, Plan};
 use crate::spec::EndpointKind;
@@ -35,6 +37,8 @@ pub struct CallOptions {
     pub target: Option<String>,
     /// How long each call is held.
     pub hold: Duration,
+    /// Force WebRTC media through this TURN server (`--relay`: the spec's `rtp.turn`).
+    pub relay: Option<TurnServer>,
 }
 
 /// The endpoints `ids` names, or by default the first of each kind; an unknown id is an error
@@ -95,7 +99,9 @@ pub async fn call_checks(
                 return Check::skip(name, why);
             }
             let (leg, server) = match ep.kind {
-                EndpointKind::Webrtc => (LegSetup::Webrtc { wss, ca_pem, local_ips: Vec::new() }, wss),
+                EndpointKind::Webrtc => {
+                    (LegSetup::Webrtc { wss, ca_pem, local_ips: Vec::new(), relay: options.relay.clone() }, wss)
+                }
                 EndpointKind::Sip => (LegSetup::Sip { server: sip }, sip),
             };
             let setup = CallSetup {
@@ -218,6 +224,27 @@ async fn diagnose(ctx: &Context<'_>, report: &CallReport, failure: &CallFailure)
                 Leg::Sip => "this host could not open a UDP socket to the server".into(),
             },
         ),
+        CallFailure::Relay { problem, message } => {
+            let (turn, user) = match &plan.rtp.turn {
+                Some(t) => (t.address.as_str(), t.username.as_str()),
+                None => ("(none)", ""),
+            };
+            let remedy = match problem {
+                RelayProblem::Unreachable => format!(
+                    "nothing answers TURN at {turn} (rtp.turn) from here: is the TURN server running, and UDP to it \
+                     open from the clients' networks?"
+                ),
+                RelayProblem::Unauthorized => format!(
+                    "the TURN server refused user {user:?} (rtp.turn_username) with the [turn] password of the secrets \
+                     file: they must be a user the TURN server knows (coturn: lt-cred-mech with that user)"
+                ),
+                RelayProblem::Refused => format!(
+                    "the TURN server at {turn} refused the request: a 403 to CreatePermission means it may not relay to \
+                     Asterisk's addresses (coturn: denied-peer-ip, no-loopback-peers), a 486 that its quota is used up"
+                ),
+            };
+            (format!("no relay: {message}"), remedy)
+        }
         CallFailure::Local { message } => {
             (message.clone(), "this host has no usable address for media (no network interface up?)".into())
         }
@@ -396,6 +423,19 @@ async fn media_path_down(ctx: &Context<'_>, report: &CallReport) -> (String, Str
         (Some(i), Some(o)) => format!(" ({} ICE checks sent, {} STUN datagrams back)", o.stun, i.stun),
         _ => String::new(),
     };
+    if let Some(relay) = &report.relay {
+        let (start, end) = (ctx.plan.rtp.start, ctx.plan.rtp.end);
+        return (
+            format!(
+                "ICE through the TURN relay {} (server {}) never connected{stun}; Asterisk offered {cands}",
+                relay.relayed, relay.server
+            ),
+            format!(
+                "the TURN server reaches none of Asterisk's addresses: UDP {start}-{end} (rtp.start-rtp.end) must be open \
+                 from the TURN server to Asterisk, and the TURN server must be allowed to relay to them"
+            ),
+        );
+    }
     let what = format!("ICE never connected{stun}; Asterisk offered {cands}");
     unreachable_media(ctx, report, &offered, &what).await
 }

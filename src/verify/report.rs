@@ -129,6 +129,10 @@ pub fn call_lines(c: &CallReport) -> Vec<(&'static str, String)> {
     if c.leg == Leg::Webrtc && c.answered_ms.is_some() {
         let theirs = c.remote_candidates.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         lines.push(("asterisk", if theirs.is_empty() { "no ICE candidates".into() } else { theirs }));
+        if let Some(r) = &c.relay {
+            let mapped = r.mapped.map(|m| format!(", which sees us as {m}")).unwrap_or_default();
+            lines.push(("relay", format!("{} allocated on TURN server {}{mapped}", r.relayed, r.server)));
+        }
         lines.push(("ice", format!("connected {}", ms(c.ice_connected_ms))));
         lines.push(("dtls", format!("connected {}", ms(c.dtls_connected_ms))));
         if let Some(p) = &c.pair {

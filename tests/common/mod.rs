@@ -1,12 +1,13 @@
 //! Shared helpers: fixture copies in temp dirs, rendering through the library, snapshot text,
 //! the `astrtc` binary, and skips that are counted. Beside them: [`docker`] (images and running
 //! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice),
-//! [`netns`] (clients on other networks: namespaces, NAT, firewalls).
+//! [`netns`] (clients on other networks: namespaces, NAT, firewalls), [`turn`] (a coturn TURN server).
 
 pub mod docker;
 pub mod netns;
 pub mod pebble;
 pub mod ports;
+pub mod turn;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -236,6 +236,17 @@ impl ClientNetwork {
         run(&["ip", "netns", "exec", rt, "nft", "-f", "-"], Some(&rules));
     }
 
+    /// From now on, the path drops UDP to and from ports `start`-`end` (when the range is known
+    /// only after the network was needed, e.g. for a TURN server's address in the spec).
+    pub fn drop_udp(&self, start: u16, end: u16) {
+        for dir in ["dport", "sport"] {
+            let rule = format!("udp {dir} {start}-{end} drop");
+            let mut args = vec!["ip", "netns", "exec", &self.router_ns, "nft", "insert", "rule", "ip", "astrtc"];
+            args.extend(["forwarding", &rule]);
+            run(&args, None);
+        }
+    }
+
     /// `program args...` to run inside the client's namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
