@@ -14,8 +14,11 @@ EXTRA_CA := $(if $(wildcard /etc/ssl/certs/ca-certificates.crt),--extra-ca /etc/
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-deps: ## install and start what the tools need: Docker engine, compose v2, base image
+deps: ## install and start what the tools need: build tools (cc, cmake), Docker engine, compose v2, base image
 	bash scripts/host-setup.sh
+
+deps-build: ## install what `cargo build` needs besides Rust: a C toolchain and cmake (bundled libopus)
+	bash scripts/host-setup.sh build
 
 $(ASTRTC): Cargo.toml Cargo.lock build.rs $(shell find src images templates -type f)
 	cargo build --release --locked
@@ -42,13 +45,16 @@ deps-acme: ## install Pebble, the ACME test server
 deps-examples: ## install the example suites' runners: Playwright (npm), pytest and websockets (PyPI)
 	bash scripts/host-setup.sh examples
 
-test: deps deps-clients deps-helm deps-acme deps-examples ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
+deps-net: ## install iproute2, nftables, coturn: the media tests build namespaces, NATs, firewalls and a TURN relay
+	bash scripts/host-setup.sh net
+
+test: deps deps-clients deps-helm deps-acme deps-examples deps-net ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
 	bash scripts/test.sh
 
-test-unit: ## the tests that need no Docker engine (the others are counted as skipped)
+test-unit: deps-build ## the tests that need no Docker engine (the others are counted as skipped)
 	ASTRTC_SKIP_DOCKER=1 bash scripts/test.sh
 
-lint: ## formatting and clippy, warnings as errors
+lint: deps-build ## formatting and clippy, warnings as errors
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
@@ -62,4 +68,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-clients deps-helm deps-acme deps-examples up down test test-unit lint bench fuzz review-snapshots
+.PHONY: help deps deps-build deps-clients deps-helm deps-acme deps-examples deps-net up down test test-unit lint bench fuzz review-snapshots

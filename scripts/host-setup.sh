@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepares a fresh Debian host for astrtc: a Docker engine, compose v2, and the base image the
-# Asterisk Dockerfile names. Idempotent: each step is skipped when its result is already there.
+# Prepares a fresh Debian host for astrtc: the build tools (a C compiler and cmake, for the
+# bundled libopus and AWS-LC), a Docker engine, compose v2, and the base image the Asterisk
+# Dockerfile names. Idempotent: each step is skipped when its result is already there.
 # Used by `make up`, `make test` and .ci/run. Needs root (apt-get, dockerd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -158,6 +159,18 @@ ensure_helm_tools() {
   ensure_venv "$tools/checkov" checkov==3.3.30
 }
 
+# What `cargo build` needs beyond Rust: a C toolchain (AWS-LC for str0m's DTLS, built with cc)
+# and cmake (libopus, built from source by opusic-sys and linked statically).
+ensure_build_tools() {
+  apt_install build-essential cmake
+}
+
+# Network namespaces, veth pairs and nftables for the media tests (a client behind a NAT, a
+# firewall dropping the RTP range), and coturn as the TURN server `verify --call --relay` uses.
+ensure_net_tools() {
+  apt_install iproute2 nftables coturn
+}
+
 # A real ACME server for the certificate tests: Debian's Pebble (Let's Encrypt's test server).
 ensure_acme_tools() {
   apt_install pebble
@@ -185,10 +198,12 @@ ensure_examples() {
 what="${1:-all}"
 case "$what" in
   docker) ensure_docker ;;
-  all) ensure_docker; ensure_compose; ensure_base_image ;;
+  build) ensure_build_tools ;;
+  all) ensure_build_tools; ensure_docker; ensure_compose; ensure_base_image ;;
+  net) ensure_net_tools ;;
   clients) ensure_clients ;;
   helm) ensure_helm_tools ;;
   acme) ensure_acme_tools ;;
   examples) ensure_examples ;;
-  *) echo "usage: $0 [docker|all|clients|helm|acme|examples]" >&2; exit 2 ;;
+  *) echo "usage: $0 [docker|build|all|net|clients|helm|acme|examples]" >&2; exit 2 ;;
 esac

@@ -106,9 +106,13 @@ pub enum Command {
         out: Option<PathBuf>,
     },
     /// Check a running deployment of the spec: TLS, WebSocket upgrade, SIP REGISTER over WSS for
-    /// each WebRTC endpoint, SIP OPTIONS over UDP, and (when local) modules and endpoints.
+    /// each WebRTC endpoint, SIP OPTIONS over UDP, and (when local) modules and endpoints. With
+    /// --call, then a real call to the echo extension for each kind of endpoint (WebRTC: WSS,
+    /// ICE, DTLS-SRTP, opus; SIP: UDP, RTP, G.711), its figures, and the cause of a failure.
     #[command(after_help = "Examples:\n  astrtc verify --spec pbx/astrtc.toml\n  \
-                            astrtc verify --spec pbx/astrtc.toml --host 203.0.113.10 --json")]
+                            astrtc verify --spec pbx/astrtc.toml --host 203.0.113.10 --json\n  \
+                            astrtc verify --spec pbx/astrtc.toml --call\n  \
+                            astrtc verify --spec pbx/astrtc.toml --call --endpoint 199 --hold 10")]
     Verify {
         /// The spec file.
         #[arg(long, default_value = "astrtc.toml")]
@@ -130,6 +134,23 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// After the checks, place a real call to the echo extension as each endpoint of --endpoint
+        /// (default: the spec's first WebRTC and first SIP endpoint) and measure the echoed audio.
+        #[arg(long)]
+        call: bool,
+        /// Call as this endpoint (repeatable) [default: the first of each kind].
+        #[arg(long = "endpoint", value_name = "ID", requires = "call")]
+        endpoints: Vec<String>,
+        /// Extension to call; it must echo [default: the spec's dialplan.echo_extension].
+        #[arg(long, value_name = "EXT", requires = "call")]
+        target: Option<String>,
+        /// Seconds to hold each call (ICE and DTLS must come up within them).
+        #[arg(long, value_name = "S", default_value_t = 5.0, requires = "call",
+              value_parser = parse_hold)]
+        hold: f64,
+        /// Force the WebRTC call's media through the TURN server of the spec (rtp.turn).
+        #[arg(long, requires = "call")]
+        relay: bool,
     },
     /// Ephemeral test environments: complete deployments on free ports, side by side, ready in
     /// seconds, for test suites in any language.
@@ -287,4 +308,14 @@ pub enum TestenvCommand {
         #[arg(long)]
         at: u64,
     },
+}
+
+/// `--hold`: 1 to 3600 seconds.
+fn parse_hold(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if (1.0..=3600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("the hold time must be between 1 and 3600 seconds".into())
+    }
 }

@@ -22,6 +22,7 @@ pub mod deploy;
 pub mod fsx;
 pub mod image;
 pub mod init;
+pub mod media;
 pub mod plan;
 pub mod render;
 pub mod spec;

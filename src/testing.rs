@@ -16,6 +16,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use thiserror::Error;
 
 use crate::image;
+use crate::media::ws::{WsConn, WsError};
 use crate::plan::Plan;
 use crate::verify::{self, ModuleRow, TlsReport, VerifyError};
 
@@ -38,6 +39,9 @@ pub enum TestingError {
     /// A check failed.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// The WebSocket could not be opened.
+    #[error(transparent)]
+    WebSocket(#[from] WsError),
     /// Reading the keys failed.
     #[error("failed to read {}", path.display())]
     Read {
@@ -147,8 +151,10 @@ impl AsteriskContainer {
         Ok(verify::check_tls(self.wss_addr(), &self.plan.tls.domain, &self.ca_pem()?)?)
     }
 
-    /// The WebSocket upgrade on `/ws` with the `sip` subprotocol.
-    pub fn check_websocket(&self) -> Result<String, TestingError> {
-        Ok(verify::websocket_upgrade(self.wss_addr(), &self.plan.tls.domain, &self.ca_pem()?, "/ws")?)
+    /// The WebSocket upgrade on `/ws` with the `sip` subprotocol; returns the subprotocol.
+    pub async fn check_websocket(&self) -> Result<String, TestingError> {
+        let conn = WsConn::connect(self.wss_addr(), &self.plan.tls.domain, &self.ca_pem()?, "/ws").await?;
+        conn.close().await;
+        Ok("sip".into())
     }
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use astrtc::certs::acme::{self, AcmeRequest};
 use astrtc::certs::cert_facts;
+use astrtc::media::sip::{SipError, SipMessage, Transport, UserAgent};
+use astrtc::media::ws::WsConn;
 
 use crate::common::docker::{deployment, ensure_image, ensure_sidecar, ComposeProject};
 use crate::common::pebble::{pebble, start_pebble, start_pebble_with, Pebble};
@@ -593,18 +595,21 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     };
     let before = state(&asterisk_id);
     let password = plan.endpoints.iter().find(|e| e.id == "199").unwrap().password.clone();
-    let mut session = astrtc::verify::sip::WssSession::open(wss, "localhost", &root).unwrap();
-    assert_eq!(session.register("199", &password, 60).unwrap().code, 200);
+    let conn = WsConn::connect(wss, "localhost", &root, "/ws").await.unwrap();
+    let mut session = UserAgent::new(Transport::wss(conn), "199", &password, "localhost");
+    session.register(60).await.expect("registered before the renewal");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
-        let (stop, password) = (stop.clone(), password.clone());
-        std::thread::spawn(move || {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let code = |r: Result<SipMessage, SipError>| r.ok().and_then(|m| m.code()).unwrap_or(0);
             let mut codes = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                codes.push(session.register("199", &password, 60).map(|r| r.code).unwrap_or(0));
-                std::thread::sleep(Duration::from_millis(250));
+                codes.push(code(session.register(60).await));
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            codes.push(session.register("199", &password, 0).map(|r| r.code).unwrap_or(0));
+            codes.push(code(session.register(0).await));
+            session.close().await;
             codes
         })
     };
@@ -621,7 +626,7 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     }
     let reload_time = renewed.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let codes = load.join().unwrap();
+    let codes = load.await.unwrap();
     eprintln!(
         "renewal served {reload_time:.1?} after `certs issue` returned (reloader polls every 5 s); {} REGISTERs on \
          the session opened before the renewal, answers: {:?}",

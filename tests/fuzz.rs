@@ -200,21 +200,22 @@ fn network_and_range(level: Level) -> BoxedStrategy<(NetworkSpec, RtpRange)> {
             .boxed()
     };
     let nat = prop_oneof![
-        3 => Just((None, None)),
-        3 => (ip().prop_map(Some), maybe(1, nets())),
-        1 => (maybe(1, ip()), maybe(1, nets())),
+        3 => Just((None, None, None)),
+        3 => (ip().prop_map(Some), maybe(1, nets()), maybe(1, ip())),
+        1 => (maybe(1, ip()), maybe(1, nets()), maybe(1, ip())),
     ];
     (mode, nat, (some_port(), some_port(), some_port()))
         .prop_map(
             |(
                 (mode, range, (bridge_subnet, bridge_address)),
-                (public_address, local_nets),
+                (public_address, local_nets, local_address),
                 (sip_port, wss_port, http_port),
             )| {
                 let network = NetworkSpec {
                     mode,
                     public_address,
                     local_nets,
+                    local_address,
                     sip_port,
                     wss_port,
                     http_port,

@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 
 use astrtc::certs::local_ca::LocalCa;
 use astrtc::certs::{cert_facts, files};
+use astrtc::media::sip::{Transport, UserAgent};
+use astrtc::media::ws::WsConn;
 use astrtc::testing;
 
 use crate::common::docker::{deployment, ensure_image, install_leaf_for, overwrite_keep_mode};
@@ -37,7 +39,7 @@ async fn the_image_serves_wss_and_runs_the_webrtc_modules() {
     assert!(tls.chain_len >= 1);
 
     // 2. WebSocket upgrade with the sip subprotocol.
-    assert_eq!(asterisk.check_websocket().expect("101 Switching Protocols"), "sip");
+    assert_eq!(asterisk.check_websocket().await.expect("101 Switching Protocols"), "sip");
 
     // 3. Modules, parsed.
     let crypto = asterisk.modules_like("crypto").await.unwrap();
@@ -90,7 +92,7 @@ async fn a_certificate_for_another_name_is_caught() {
     let msg = err.to_string();
     assert!(msg.contains("localhost") && msg.to_lowercase().contains("not valid for name"), "{msg}");
     // The WebSocket check fails the same way: a browser could not connect.
-    assert!(asterisk.check_websocket().is_err());
+    assert!(asterisk.check_websocket().await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,8 +144,9 @@ async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_ses
     // An established WSS session, with a SIP transaction before and after the renewal.
     let ca_pem = std::fs::read_to_string(dir.path().join("deploy/keys").join(files::CA)).unwrap();
     let password = plan.endpoints.iter().find(|e| e.id == "199").unwrap().password.clone();
-    let mut session = astrtc::verify::sip::WssSession::open(asterisk.wss_addr(), &plan.tls.domain, &ca_pem).unwrap();
-    assert_eq!(session.register("199", &password, 60).unwrap().code, 200);
+    let conn = WsConn::connect(asterisk.wss_addr(), &plan.tls.domain, &ca_pem, "/ws").await.unwrap();
+    let mut session = UserAgent::new(Transport::wss(conn), "199", &password, &plan.tls.domain);
+    session.register(60).await.expect("registered before the renewal");
 
     // Renew in place, as cert-manager or the ACME sidecar would (same CA, new key and serial).
     let ca = LocalCa::load(&plan.tls.ca_dir).unwrap().unwrap();
@@ -165,7 +168,8 @@ async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_ses
     }
     eprintln!("renewed certificate served {:.1?} after the files changed", started.elapsed());
     // The session opened before the reload still carries SIP.
-    assert_eq!(session.register("199", &password, 0).unwrap().code, 200, "the WSS session did not survive");
+    session.register(0).await.expect("the WSS session did not survive");
+    session.close().await;
     let logs = asterisk.logs().await.unwrap();
     assert!(logs.contains("Reloading module 'http'") || logs.contains("reloaded"), "no reload in the log");
 }

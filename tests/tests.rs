@@ -12,6 +12,7 @@ mod fuzz;
 mod helm;
 mod hostile;
 mod image;
+mod media;
 mod render;
 mod testenv;
 mod verify;

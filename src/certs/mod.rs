@@ -5,12 +5,14 @@
 //! Owns: the layout ([`CertLayout`]) and the checks shared by every way of getting a
 //! certificate (names, expiry, key match). [`local_ca`] makes and reuses the self-signed CA.
 //! Writing files is the bundle's job (render) — nothing here writes into `deploy/`.
+//! [`trust`] builds the TLS client configuration that trusts a CA file (verify and media share it).
 
 pub mod acme;
 pub mod dns;
 pub mod lifecycle;
 pub mod local_ca;
 pub mod store;
+pub mod trust;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

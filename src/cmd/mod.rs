@@ -82,6 +82,10 @@ pub enum CmdError {
         /// Number of failed checks.
         failed: usize,
     },
+    /// A command-line value does not fit the spec (e.g. `--endpoint` names no endpoint).
+    #[error("{0}")]
+    #[diagnostic(code(astrtc::bad_argument))]
+    BadArgument(String),
     /// A file could not be read.
     #[error("failed to read {}", path.display())]
     ReadFile {
@@ -125,7 +129,7 @@ impl CmdError {
             CmdError::Spec(_) => 2,
             CmdError::Init(e) if e.is_bad_input() => 2,
             CmdError::Testenv(e) if e.is_bad_input() => 2,
-            CmdError::NotAcme { .. } | CmdError::AcmeConfig { .. } => 2,
+            CmdError::NotAcme { .. } | CmdError::AcmeConfig { .. } | CmdError::BadArgument(_) => 2,
             _ => 1,
         }
     }
@@ -140,8 +144,9 @@ pub fn run(command: Command) -> Result<(), CmdError> {
             Command::Render { spec, out, check } => render::run(&spec, out, check),
             Command::Build { spec, context, extra_ca, verbose } => build::run(&spec, context, extra_ca, verbose).await,
             Command::Info { spec, out } => info::run(&spec, out),
-            Command::Verify { spec, out, host, ca, container, json } => {
-                verify::run(&spec, out, host, ca, container, json).await
+            Command::Verify { spec, out, host, ca, container, json, call, endpoints, target, hold, relay } => {
+                let call = call.then_some(verify::CallArgs { endpoints, target, hold, relay });
+                verify::run(&spec, out, host, ca, container, json, call).await
             }
             Command::Certs { command } => certs::run(command).await,
             Command::Secrets { spec } => secrets::run(&spec),

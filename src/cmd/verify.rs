@@ -1,12 +1,29 @@
-//! `astrtc verify`: check a running deployment of the spec, human or JSON report.
+//! `astrtc verify`: check a running deployment of the spec (with `--call`, also place real
+//! calls), human or JSON report.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use astrtc::media::turn::TurnServer;
 
 use astrtc::plan::Plan;
 use astrtc::spec::TlsMode;
 use astrtc::verify;
 
 use super::{load_plan, out_dir, CmdError};
+
+/// What `--call` and its options asked for.
+pub struct CallArgs {
+    /// `--endpoint`, repeatable.
+    pub endpoints: Vec<String>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--hold`, seconds.
+    pub hold: f64,
+    /// `--relay`.
+    pub relay: bool,
+}
 
 /// Runs `verify`.
 pub async fn run(
@@ -16,8 +33,13 @@ pub async fn run(
     ca: Option<PathBuf>,
     container: Option<String>,
     json: bool,
+    call: Option<CallArgs>,
 ) -> Result<(), CmdError> {
     let plan = load_plan(spec)?;
+    let call = match call {
+        Some(args) => Some(call_options(&plan, args)?),
+        None => None,
+    };
     let ca_path = ca.unwrap_or_else(|| default_ca(&plan, &out_dir(spec, out)));
     let ca_pem =
         std::fs::read_to_string(&ca_path).map_err(|source| CmdError::ReadFile { path: ca_path.clone(), source })?;
@@ -26,6 +48,7 @@ pub async fn run(
         ca_pem,
         ca_file: ca_path.display().to_string(),
         container,
+        call,
     };
     let report = verify::verify(&plan, &target).await;
     if json {
@@ -37,6 +60,30 @@ pub async fn run(
         0 => Ok(()),
         failed => Err(CmdError::VerifyFailed { failed }),
     }
+}
+
+/// `--call`'s options, checked against the spec before anything is sent (bad input: exit 2).
+fn call_options(plan: &Plan, args: CallArgs) -> Result<verify::CallOptions, CmdError> {
+    verify::call::select_endpoints(plan, &args.endpoints).map_err(CmdError::BadArgument)?;
+    let relay =
+        if args.relay {
+            let turn = plan.rtp.turn.as_ref().ok_or_else(|| {
+                CmdError::BadArgument("--relay uses the spec's TURN server, and the spec has no rtp.turn".into())
+            })?;
+            let addr =
+                turn.address.to_socket_addrs().ok().and_then(|mut a| a.find(SocketAddr::is_ipv4)).ok_or_else(|| {
+                    CmdError::BadArgument(format!("--relay: cannot resolve rtp.turn {:?}", turn.address))
+                })?;
+            Some(TurnServer { addr, username: turn.username.clone(), password: turn.password.clone() })
+        } else {
+            None
+        };
+    Ok(verify::CallOptions {
+        endpoints: args.endpoints,
+        target: args.target,
+        hold: Duration::from_secs_f64(args.hold),
+        relay,
+    })
 }
 
 /// The CA the WSS certificate must chain to when `--ca` is not given: in self-signed mode the

@@ -56,6 +56,9 @@ pub struct NetworkSpec {
     pub public_address: Option<IpAddr>,
     /// Networks reached without NAT (CIDR), used with `public_address`.
     pub local_nets: Option<Vec<String>>,
+    /// The server's own address that a 1:1 NAT forwards `public_address` to: WebRTC clients get
+    /// `public_address` as an ICE candidate in its place.
+    pub local_address: Option<IpAddr>,
     /// SIP over UDP port.
     pub sip_port: Option<i64>,
     /// WSS (SIP over secure WebSocket) port of Asterisk's HTTPS server.

@@ -56,6 +56,11 @@ pub struct Nat {
     pub public_address: IpAddr,
     /// Networks reached directly, as `address/prefix` with the network's own address.
     pub local_nets: Vec<String>,
+    /// The server's own address the NAT forwards `public_address` to (host mode: from the spec;
+    /// bridge mode: the container's fixed address), which Asterisk's ICE host candidate for it is
+    /// replaced with — the local one kept for clients inside. None: ICE offers local addresses
+    /// only, which WebRTC clients outside cannot reach.
+    pub local_address: Option<IpAddr>,
 }
 
 /// A user-defined bridge network.

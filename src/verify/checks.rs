@@ -2,7 +2,9 @@
 //! running deployment of a spec — local or remote.
 //!
 //! Owns: the order of checks, which depend on which, and the remedies. Talks to the deployment
-//! over the network (TLS, WSS, SIP) and, when its container is local, through the Docker API.
+//! over the network (TLS, and WSS and SIP through [`crate::media`]'s user agent) and, when its
+//! container is local, through the Docker API. With `--call`, the calls of [`super::call`] come
+//! last, each skipped when a check of its transport failed.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -11,8 +13,12 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use futures_util::StreamExt;
 
-use super::report::{Check, Report};
-use super::{parse_endpoints, parse_module_show, sip, tls, VerifyError};
+use super::call::{self, CallOptions};
+use super::report::{Check, Report, Status};
+use super::{parse_endpoints, parse_module_show, tls, VerifyError};
+use crate::media::probe::error_chain;
+use crate::media::sip::{SipError, Transport, UserAgent};
+use crate::media::ws::WsConn;
 use crate::plan::Plan;
 use crate::spec::EndpointKind;
 
@@ -40,6 +46,8 @@ pub struct Target {
     pub ca_file: String,
     /// The Asterisk container, when local: a name or id; `None` finds it by compose labels.
     pub container: Option<String>,
+    /// Calls to place after the checks (`--call`).
+    pub call: Option<CallOptions>,
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
@@ -89,18 +97,16 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
     };
 
     if tls_ok {
-        let (ca, dom) = (target.ca_pem.clone(), domain.clone());
-        let ws =
-            tokio::task::spawn_blocking(move || tls::websocket_upgrade(wss, &dom, &ca, "/ws")).await.expect("join");
-        let ws_ok = match ws {
-            Ok(p) => {
-                report.push(Check::pass("websocket", format!("/ws upgraded (101) with subprotocol {p}")));
+        let ws_ok = match WsConn::connect(wss, &domain, &target.ca_pem, "/ws").await {
+            Ok(conn) => {
+                conn.close().await;
+                report.push(Check::pass("websocket", "/ws upgraded (101) with subprotocol sip"));
                 true
             }
             Err(e) => {
                 report.push(Check::fail(
                     "websocket",
-                    e.to_string(),
+                    error_chain(&e),
                     "Asterisk must load res_http_websocket.so and res_pjsip_transport_websocket.so; check modules.conf",
                 ));
                 false
@@ -112,33 +118,7 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
                 report.push(Check::skip(name, "the WebSocket upgrade failed"));
                 continue;
             }
-            let (ca, dom, id, pw) = (target.ca_pem.clone(), domain.clone(), ep.id.clone(), ep.password.clone());
-            let outcome = tokio::task::spawn_blocking(move || sip::register_over_wss(wss, &dom, &ca, &id, &pw))
-                .await
-                .expect("join");
-            report.push(match outcome {
-                Ok(o) if o.registered.code == 200 => {
-                    let removed = o.removed.map(|r| format!("{} {}", r.code, r.reason)).unwrap_or_default();
-                    Check::pass(name, format!("200 OK over WSS with digest auth; removed: {removed}"))
-                }
-                Ok(o) if matches!(o.registered.code, 401 | 403 | 407) => Check::fail(
-                    name,
-                    format!("{} {} after digest auth", o.registered.code, o.registered.reason),
-                    format!(
-                        "wrong password for endpoint {}: the deployment does not use the password in the secrets \
-                         file; re-run `astrtc render` and restart Asterisk",
-                        ep.id
-                    ),
-                ),
-                Ok(o) => Check::fail(
-                    name,
-                    format!("{} {}", o.registered.code, o.registered.reason),
-                    format!("Asterisk does not know endpoint {}: re-run `astrtc render` and restart", ep.id),
-                ),
-                Err(e) => {
-                    Check::fail(name, e.to_string(), "the WSS connection broke during REGISTER; see the Asterisk log")
-                }
-            });
+            report.push(register_check(name, wss, &domain, &target.ca_pem, &ep.id, &ep.password).await);
         }
     } else {
         report.push(Check::skip("websocket", "TLS failed"));
@@ -148,27 +128,10 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
     }
 
     // SIP over UDP.
-    match resolve(&target.host, plan.network.sip_port) {
-        Ok(addr) => {
-            let r = tokio::task::spawn_blocking(move || sip::options_over_udp(addr, Duration::from_secs(3)))
-                .await
-                .expect("join");
-            report.push(match r {
-                Ok(Some(resp)) => {
-                    Check::pass("sip udp", format!("OPTIONS to {addr} answered {} {}", resp.code, resp.reason))
-                }
-                Ok(None) => Check::fail(
-                    "sip udp",
-                    format!("no answer to OPTIONS on udp {addr} within 3 s"),
-                    format!(
-                        "is Asterisk running and UDP port {} open (firewall, published port)?",
-                        plan.network.sip_port
-                    ),
-                ),
-                Err(e) => Check::fail("sip udp", e.to_string(), "check the host's network"),
-            });
-        }
-        Err(e) => report.push(Check::fail("sip udp", e, "pass the deployment's address with --host")),
+    let sip = resolve(&target.host, plan.network.sip_port);
+    match &sip {
+        Ok(addr) => report.push(options_check(*addr, &domain, plan.network.sip_port).await),
+        Err(e) => report.push(Check::fail("sip udp", e.clone(), "pass the deployment's address with --host")),
     }
 
     // Inside the container, when it is local.
@@ -216,7 +179,91 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
             }
         }
     }
+
+    if let (Some(options), Ok(sip)) = (&target.call, sip) {
+        let endpoints = match call::select_endpoints(plan, &options.endpoints) {
+            Ok(e) => e,
+            Err(e) => {
+                report.push(Check::fail("call", e, "pass an endpoint id of the spec with --endpoint"));
+                return report;
+            }
+        };
+        let failed = |name: &str| report.checks.iter().any(|c| c.name == name && c.status != Status::Pass);
+        let (wss_down, sip_down) = (failed("tls") || failed("websocket"), failed("sip udp"));
+        let skip = |kind| match kind {
+            EndpointKind::Webrtc if wss_down => Some("the tls or websocket check failed".to_string()),
+            EndpointKind::Sip if sip_down => Some("the sip udp check failed".to_string()),
+            _ => None,
+        };
+        for c in call::call_checks(plan, &endpoints, options, wss, sip, &target.ca_pem, skip).await {
+            report.push(c);
+        }
+    }
     report
+}
+
+/// REGISTER over WSS with digest auth, then the binding removed.
+async fn register_check(name: String, wss: SocketAddr, domain: &str, ca_pem: &str, id: &str, password: &str) -> Check {
+    let conn = match WsConn::connect(wss, domain, ca_pem, "/ws").await {
+        Ok(c) => c,
+        Err(e) => {
+            return Check::fail(
+                name,
+                error_chain(&e),
+                "the WSS connection failed before REGISTER; see the Asterisk log",
+            )
+        }
+    };
+    let mut ua = UserAgent::new(Transport::wss(conn), id, password, domain);
+    let check = match ua.register(60).await {
+        Ok(_) => {
+            let removed = match ua.register(0).await {
+                Ok(r) => format!("{} {}", r.code().unwrap_or_default(), r.reason()),
+                Err(e) => e.to_string(),
+            };
+            Check::pass(name, format!("200 OK over WSS with digest auth; removed: {removed}"))
+        }
+        Err(SipError::AuthRejected { code, reason, .. } | SipError::Rejected { code: code @ 403, reason, .. }) => {
+            Check::fail(
+                name,
+                format!("{code} {reason} after digest auth"),
+                format!(
+                    "wrong password for endpoint {id}: the deployment does not use the password in the secrets file; \
+                     re-run `astrtc render` and restart Asterisk"
+                ),
+            )
+        }
+        Err(SipError::Rejected { code, reason, .. }) => Check::fail(
+            name,
+            format!("{code} {reason}"),
+            format!("Asterisk does not know endpoint {id}: re-run `astrtc render` and restart"),
+        ),
+        Err(e) => Check::fail(name, error_chain(&e), "the WSS connection broke during REGISTER; see the Asterisk log"),
+    };
+    ua.close().await;
+    check
+}
+
+/// SIP OPTIONS over UDP: any final answer proves Asterisk listens.
+async fn options_check(addr: SocketAddr, domain: &str, port: u16) -> Check {
+    let transport = match Transport::udp(addr).await {
+        Ok(t) => t,
+        Err(e) => return Check::fail("sip udp", error_chain(&e), "check the host's network"),
+    };
+    let mut ua = UserAgent::new(transport, "astrtc-verify", "", domain);
+    ua.timeout = Duration::from_secs(3);
+    match ua.options(&format!("sip:{addr}")).await {
+        Ok(resp) => Check::pass(
+            "sip udp",
+            format!("OPTIONS to {addr} answered {} {}", resp.code().unwrap_or_default(), resp.reason()),
+        ),
+        Err(SipError::Timeout { .. }) => Check::fail(
+            "sip udp",
+            format!("no answer to OPTIONS on udp {addr} within 3 s"),
+            format!("is Asterisk running and UDP port {port} open (firewall, published port)?"),
+        ),
+        Err(e) => Check::fail("sip udp", error_chain(&e), "check the host's network"),
+    }
 }
 
 fn tls_failure(e: &VerifyError, addr: SocketAddr, domain: &str, ca_file: &str) -> Check {

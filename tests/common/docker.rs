@@ -99,12 +99,18 @@ impl HostPorts {
 /// A rendered copy of the `host-alt-ports` fixture on free ports, so tests running at once (and
 /// a `make up` stack on the default ports) never collide.
 pub fn deployment() -> (tempfile::TempDir, Plan) {
+    deployment_with(|spec| spec.to_string())
+}
+
+/// [`deployment`] of the fixture's spec text changed by `edit` first (a deliberately broken
+/// deployment: other codecs, a public address).
+pub fn deployment_with(edit: impl FnOnce(&str) -> String) -> (tempfile::TempDir, Plan) {
     let dir = fixture_copy("host-alt-ports");
     let spec = dir.path().join("astrtc.toml");
     let text = std::fs::read_to_string(&spec).unwrap();
     let moved = HostPorts::free().apply(&text);
     assert_ne!(moved, text, "the fixture's ports were not found");
-    std::fs::write(&spec, moved).unwrap();
+    std::fs::write(&spec, edit(&moved)).unwrap();
     let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
     astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
     (dir, plan)

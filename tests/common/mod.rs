@@ -2,13 +2,16 @@
 //! the `astrtc` binary, and skips that are counted. Beside them: [`docker`] (images and running
 //! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice),
 //! [`shape`] (outputs as their readers see them), [`certs`] (certificates with any names and
-//! validity).
+//! validity),
+//! [`netns`] (clients on other networks: namespaces, NAT, firewalls), [`turn`] (a coturn TURN server).
 
 pub mod certs;
 pub mod docker;
+pub mod netns;
 pub mod pebble;
 pub mod ports;
 pub mod shape;
+pub mod turn;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -108,7 +108,17 @@ pub(super) fn network(spec: &Spec, v: &mut Vec<Problem>) -> Option<(Network, Rtp
             .collect(),
         None => defaults::LOCAL_NETS.iter().map(|n| n.to_string()).collect(),
     };
-    let nat = net.public_address.map(|public_address| Nat { public_address, local_nets });
+    if net.local_address.is_some() && net.public_address.is_none() {
+        v.push(p("network.local_address", "only used together with network.public_address"));
+    }
+    if let (Some(local), Some(public)) = (net.local_address, net.public_address) {
+        if local.is_ipv4() != public.is_ipv4() {
+            v.push(p("network.local_address", "must be of the same IP version as network.public_address"));
+        }
+    }
+    // In bridge mode the container's own address is known: the NAT forwards to it.
+    let local_address = net.local_address.or_else(|| bridge.as_ref().map(|b| b.address));
+    let nat = net.public_address.map(|public_address| Nat { public_address, local_nets, local_address });
 
     match ports {
         (Some(sip_port), Some(wss_port), Some(http_port), Some(start), Some(end)) if range_ok => {

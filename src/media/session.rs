@@ -1,0 +1,682 @@
+//! The WebRTC media of one call, driven by str0m (sans-IO): one UDP socket per local address as
+//! an ICE host candidate, an SDP offer with one audio m-line as a browser makes it (BUNDLE,
+//! rtcp-mux, DTLS-SRTP, AVPF, opus), then a run loop that feeds datagrams and timeouts into the
+//! `Rtc`, sends what it transmits, writes a 20 ms opus frame on every tick once DTLS is up, and
+//! measures the echo.
+//!
+//! Owns: the `Rtc` and the call's sockets ([`SocketSet`]: polled in place — no task, no channel
+//! per call; with a TURN relay, the set also translates between Send/Data indications and what
+//! str0m sees, a relayed candidate), and the workarounds Asterisk needs (see [`with_default_candidate`],
+//! [`lowercase_fingerprint_hash`], and why every datagram goes to `handle_input`). What several
+//! calls share (DTLS certificate, crypto provider, encoded tone) comes in as [`SharedMedia`].
+//! The SIP side — where the SDP travels — is not this module's business.
+
+use std::future::poll_fn;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::crypto::dtls::DtlsCert;
+use str0m::crypto::CryptoProvider;
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+
+use super::audio::{ToneLoop, LOOP_FRAMES};
+use super::sdp::{self, CandidateInfo};
+use super::stats::{EchoMeter, MediaFigures};
+use super::turn::{Allocation, TurnError, TurnServer};
+use super::RunPlan;
+
+/// Why the WebRTC media could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A socket could not be bound.
+    #[error("failed to bind a UDP socket on {addr}")]
+    Socket {
+        /// The address.
+        addr: IpAddr,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No local address to offer.
+    #[error("no local address to use as an ICE host candidate")]
+    NoCandidates,
+    /// str0m refused something.
+    #[error("str0m: {0}")]
+    Rtc(#[from] RtcError),
+    /// The answer could not be used.
+    #[error("the SDP answer is not usable: {0}")]
+    BadAnswer(String),
+    /// No opus encoder (libopus refused its settings).
+    #[error("the opus encoder failed: {0}")]
+    Opus(#[from] opus::Error),
+    /// The TURN relay could not be set up.
+    #[error(transparent)]
+    Turn(#[from] TurnError),
+}
+
+/// How often a relayed call refreshes its TURN allocation and permissions.
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
+
+/// What every call of one run shares, made once: the crypto provider, one DTLS certificate
+/// (generating a key per call costs more than the rest of the setup) and the encoded tones.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct SharedMedia {
+    crypto: Arc<CryptoProvider>,
+    dtls_cert: DtlsCert,
+    /// The opus tone loop.
+    pub opus: Arc<ToneLoop>,
+    /// The G.711 µ-law tone loop.
+    pub ulaw: Arc<ToneLoop>,
+}
+
+impl SharedMedia {
+    /// Makes the certificate and encodes the tones (about 50 ms).
+    pub fn new() -> Result<SharedMedia, SessionError> {
+        let crypto = str0m::crypto::from_feature_flags();
+        let dtls_cert = crypto
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| SessionError::BadAnswer("the crypto provider cannot make a DTLS certificate".into()))?;
+        Ok(SharedMedia {
+            crypto: Arc::new(crypto),
+            dtls_cert,
+            opus: Arc::new(ToneLoop::opus(LOOP_FRAMES)?),
+            ulaw: Arc::new(ToneLoop::ulaw(LOOP_FRAMES)),
+        })
+    }
+}
+
+/// A datagram as read: arrival time, source, the local address it arrived on, its length in
+/// the set's buffer.
+struct Datagram {
+    at: Instant,
+    source: SocketAddr,
+    destination: SocketAddr,
+    len: usize,
+    /// What a TURN Data indication carried (then `len` is unused).
+    relayed: Option<Vec<u8>>,
+}
+
+/// The UDP sockets of one call, read in place: one poll over all of them, one buffer.
+pub struct SocketSet {
+    sockets: Vec<(SocketAddr, UdpSocket)>,
+    buf: Box<[u8]>,
+    next: usize,
+    /// The TURN allocation and the local address of the socket it was made from.
+    relay: Option<(Allocation, SocketAddr)>,
+}
+
+/// A relay a call's media went through.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayInfo {
+    /// The TURN server.
+    pub server: SocketAddr,
+    /// The relayed address (our ICE candidate of type relay).
+    pub relayed: SocketAddr,
+    /// Our address as the TURN server saw it.
+    pub mapped: Option<SocketAddr>,
+}
+
+impl SocketSet {
+    /// Binds one socket on an ephemeral port of each address.
+    pub async fn bind(ips: &[IpAddr]) -> Result<SocketSet, SessionError> {
+        let mut sockets = Vec::with_capacity(ips.len());
+        for ip in ips {
+            let err = |source| SessionError::Socket { addr: *ip, source };
+            let sock = UdpSocket::bind(SocketAddr::new(*ip, 0)).await.map_err(err)?;
+            sockets.push((sock.local_addr().map_err(err)?, sock));
+        }
+        Ok(SocketSet { sockets, buf: vec![0u8; 2048].into_boxed_slice(), next: 0, relay: None })
+    }
+
+    /// Allocates a relay on `server` from the first socket; returns the relayed address.
+    async fn allocate(&mut self, server: &TurnServer) -> Result<SocketAddr, SessionError> {
+        let (base, sock) = self.sockets.first().ok_or(SessionError::NoCandidates)?;
+        let alloc = Allocation::new(sock, server).await?;
+        let relayed = alloc.relayed;
+        self.relay = Some((alloc, *base));
+        Ok(relayed)
+    }
+
+    /// Lets `peers` reach the relayed address.
+    async fn permit(&mut self, peers: &[IpAddr]) -> Result<(), SessionError> {
+        let SocketSet { sockets, relay, .. } = self;
+        if let (Some((alloc, _)), Some((_, sock))) = (relay.as_mut(), sockets.first()) {
+            alloc.permit(sock, peers).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends raw bytes to the TURN server (refreshes, release); errors are ignored.
+    async fn to_relay_server(&self, messages: Vec<Vec<u8>>) {
+        if let (Some((alloc, _)), Some((_, sock))) = (&self.relay, self.sockets.first()) {
+            for m in messages {
+                let _ = sock.send_to(&m, alloc.server()).await;
+            }
+        }
+    }
+
+    /// Local addresses, in bind order.
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.sockets.iter().map(|(a, _)| *a)
+    }
+
+    /// Sends from the socket bound to `source`; errors (a firewall's EPERM, an ICMP error from
+    /// an earlier datagram) are loss, not failure.
+    pub async fn send(&self, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
+        if let Some((alloc, base)) = self.relay.as_ref().filter(|(a, _)| a.relayed == source) {
+            if let Some((_, sock)) = self.sockets.iter().find(|(a, _)| a == base) {
+                let _ = sock.send_to(&alloc.wrap(destination, bytes), alloc.server()).await;
+            }
+        } else if let Some((_, sock)) = self.sockets.iter().find(|(a, _)| *a == source) {
+            let _ = sock.send_to(bytes, destination).await;
+        }
+    }
+
+    /// The next datagram on any socket, stamped as it is read. Cancel-safe (a datagram is taken
+    /// from a socket only when it is returned).
+    async fn recv(&mut self) -> Datagram {
+        loop {
+            let d = self.recv_raw().await;
+            let Some((alloc, _)) = self.relay.as_ref().filter(|(a, _)| a.server() == d.source) else { return d };
+            // From the TURN server: media in a Data indication, or an answer to a refresh.
+            if let Some((peer, data)) = Allocation::unwrap(&self.buf[..d.len]) {
+                return Datagram { source: peer, destination: alloc.relayed, relayed: Some(data), ..d };
+            }
+        }
+    }
+
+    async fn recv_raw(&mut self) -> Datagram {
+        let SocketSet { sockets, buf, next, .. } = self;
+        poll_fn(|cx| {
+            let n = sockets.len();
+            for k in 0..n {
+                // Start at a different socket each time so none is starved.
+                let i = (*next + k) % n;
+                let (local, sock) = &sockets[i];
+                loop {
+                    let mut rb = ReadBuf::new(buf);
+                    match sock.poll_recv_from(cx, &mut rb) {
+                        Poll::Ready(Ok(source)) => {
+                            *next = i + 1;
+                            let len = rb.filled().len();
+                            let at = Instant::now();
+                            return Poll::Ready(Datagram { at, source, destination: *local, len, relayed: None });
+                        }
+                        // An ICMP error for an earlier send surfaces here on Linux: read on.
+                        Poll::Ready(Err(_)) => continue,
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// An offer made, waiting for its answer.
+pub struct WebrtcSession {
+    rtc: Rtc,
+    sockets: SocketSet,
+    mid: Mid,
+    pending: Option<SdpPendingOffer>,
+    local: Vec<CandidateInfo>,
+    remote: Vec<CandidateInfo>,
+    tone: Arc<ToneLoop>,
+}
+
+/// Datagram counts by kind, demultiplexed as RFC 7983 does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Datagrams {
+    /// STUN (ICE checks and answers), first byte 0-3.
+    pub stun: u64,
+    /// DTLS, first byte 20-63.
+    pub dtls: u64,
+    /// SRTP and SRTCP, first byte 128-191.
+    pub srtp: u64,
+}
+
+impl Datagrams {
+    fn count(&mut self, bytes: &[u8]) {
+        match bytes.first() {
+            Some(0..=3) => self.stun += 1,
+            Some(20..=63) => self.dtls += 1,
+            Some(128..=191) => self.srtp += 1,
+            _ => {}
+        }
+    }
+}
+
+impl std::fmt::Display for Datagrams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} STUN, {} DTLS, {} SRTP", self.stun, self.dtls, self.srtp)
+    }
+}
+
+/// How the media of a call ended badly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaFailure {
+    /// ICE found no working pair before the call ended (str0m never declares failure).
+    IceNotConnected {
+        /// The last ICE state (`New`, `Checking`, `Disconnected`).
+        state: String,
+    },
+    /// ICE connected, the DTLS handshake did not complete.
+    DtlsNotConnected,
+    /// str0m stopped with an error.
+    Rtc(String),
+}
+
+/// What the WebRTC media measured.
+#[derive(Debug, Clone)]
+pub struct WebrtcReport {
+    /// ICE state `checking`.
+    pub ice_checking: Option<Instant>,
+    /// ICE state `connected`.
+    pub ice_connected: Option<Instant>,
+    /// DTLS handshake done (str0m's `Event::Connected`; SRTP keys ready).
+    pub dtls_connected: Option<Instant>,
+    /// The last ICE state.
+    pub ice_state: String,
+    /// Negotiated send codec, e.g. `opus/48000/2`.
+    pub codec: Option<String>,
+    /// Selected pair: local then remote.
+    pub pair: Option<(CandidateInfo, CandidateInfo)>,
+    /// Echo figures.
+    pub media: MediaFigures,
+    /// Asterisk's view from its RTCP receiver reports: fraction lost, jitter in RTP units.
+    pub remote_report: Option<(f32, u32)>,
+    /// Our candidates.
+    pub local_candidates: Vec<CandidateInfo>,
+    /// Asterisk's candidates from the answer.
+    pub remote_candidates: Vec<CandidateInfo>,
+    /// The TURN relay, with `--relay`.
+    pub relay: Option<RelayInfo>,
+    /// Datagrams received.
+    pub datagrams_in: Datagrams,
+    /// Datagrams sent.
+    pub datagrams_out: Datagrams,
+    /// Why the media failed, if it did.
+    pub failure: Option<MediaFailure>,
+}
+
+impl WebrtcSession {
+    /// Binds one UDP socket per address in `ips`, adds each as a host candidate and makes the
+    /// offer (opus only). With `relay`, binds one socket on `ips[0]` instead, allocates a relay
+    /// on the TURN server from it, and offers only the relayed candidate (as a browser does with
+    /// `iceTransportPolicy: "relay"`). Returns the session and the offer's SDP text.
+    pub async fn offer(
+        ips: &[IpAddr],
+        shared: &SharedMedia,
+        relay: Option<&TurnServer>,
+    ) -> Result<(WebrtcSession, String), SessionError> {
+        if ips.is_empty() {
+            return Err(SessionError::NoCandidates);
+        }
+        let mut rtc = Rtc::builder()
+            .set_crypto_provider(shared.crypto.clone())
+            .set_dtls_cert(shared.dtls_cert.clone())
+            .clear_codecs()
+            .enable_opus(true, false)
+            .set_stats_interval(Some(Duration::from_millis(500)))
+            .build(Instant::now());
+        let mut local = Vec::new();
+        let sockets = match relay {
+            Some(server) => {
+                let mut sockets = SocketSet::bind(&ips[..1]).await?;
+                let relayed = sockets.allocate(server).await?;
+                let base = sockets.sockets[0].0;
+                let cand =
+                    Candidate::relayed(relayed, base, "udp").map_err(|e| SessionError::BadAnswer(e.to_string()))?;
+                if rtc.add_local_candidate(cand).is_some() {
+                    local.push(CandidateInfo { kind: "relay".into(), addr: relayed });
+                }
+                sockets
+            }
+            None => {
+                let sockets = SocketSet::bind(ips).await?;
+                for addr in sockets.addrs() {
+                    let cand = Candidate::host(addr, "udp").map_err(|e| SessionError::BadAnswer(e.to_string()))?;
+                    if rtc.add_local_candidate(cand).is_some() {
+                        local.push(CandidateInfo { kind: "host".into(), addr });
+                    }
+                }
+                sockets
+            }
+        };
+        let first = local.first().ok_or(SessionError::NoCandidates)?.addr;
+        let mut change = rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) =
+            change.apply().ok_or_else(|| SessionError::BadAnswer("str0m made no offer for the audio m-line".into()))?;
+        let sdp = with_default_candidate(&offer.to_sdp_string(), first);
+        let session = WebrtcSession {
+            rtc,
+            sockets,
+            mid,
+            pending: Some(pending),
+            local,
+            remote: Vec::new(),
+            tone: shared.opus.clone(),
+        };
+        Ok((session, sdp))
+    }
+
+    /// Our host candidates.
+    pub fn local_candidates(&self) -> &[CandidateInfo] {
+        &self.local
+    }
+
+    /// The relay, when the offer was made through one.
+    pub fn relay(&self) -> Option<RelayInfo> {
+        self.sockets.relay.as_ref().map(|(a, _)| RelayInfo { server: a.server(), relayed: a.relayed, mapped: a.mapped })
+    }
+
+    /// With a relay: lets the addresses of Asterisk's candidates reach it (TURN permissions).
+    pub async fn permit_remote(&mut self) -> Result<(), SessionError> {
+        let mut peers: Vec<IpAddr> = Vec::new();
+        for c in &self.remote {
+            if !peers.contains(&c.addr.ip()) {
+                peers.push(c.addr.ip());
+            }
+        }
+        self.sockets.permit(&peers).await
+    }
+
+    /// Applies the SDP answer (from the 200 OK).
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), SessionError> {
+        self.remote = sdp::audio(sdp)
+            .map(|a| a.candidates.iter().filter_map(|c| sdp::parse_candidate(c)).collect())
+            .unwrap_or_default();
+        let sdp = lowercase_fingerprint_hash(sdp);
+        let answer = SdpAnswer::from_sdp_string(&sdp).map_err(|e| SessionError::BadAnswer(e.to_string()))?;
+        let pending = self.pending.take().ok_or_else(|| SessionError::BadAnswer("a second answer".into()))?;
+        self.rtc.sdp_api().accept_answer(pending, answer)?;
+        Ok(())
+    }
+
+    fn send_codec(&mut self) -> Option<(Pt, String, u32)> {
+        let writer = self.rtc.writer(self.mid)?;
+        let p = writer.payload_params().next()?;
+        let spec = p.spec();
+        let name = format!("{}/{}/{}", codec_name(spec.codec), spec.clock_rate.get(), spec.channels.unwrap_or(1));
+        Some((p.pt(), name, spec.clock_rate.get()))
+    }
+
+    /// Runs the media until `plan.stop` fires (then `plan.tail` more), measuring the echo.
+    pub async fn run(self, plan: RunPlan) -> WebrtcReport {
+        let mut driver = Driver {
+            report: WebrtcReport {
+                ice_checking: None,
+                ice_connected: None,
+                dtls_connected: None,
+                ice_state: "New".into(),
+                codec: None,
+                pair: None,
+                media: MediaFigures::default(),
+                remote_report: None,
+                local_candidates: self.local.clone(),
+                remote_candidates: self.remote.clone(),
+                relay: self.relay(),
+                datagrams_in: Datagrams::default(),
+                datagrams_out: Datagrams::default(),
+                failure: None,
+            },
+            session: self,
+            meter: EchoMeter::new(48_000),
+            pt: None,
+            frame_no: 0,
+        };
+        let result = driver.run(plan).await;
+        let release = driver.session.sockets.relay.as_ref().map(|(a, _)| vec![a.release()]);
+        if let Some(release) = release {
+            driver.session.sockets.to_relay_server(release).await;
+        }
+        let mut report = driver.report;
+        report.failure = match result {
+            Err(e) => Some(MediaFailure::Rtc(e.to_string())),
+            Ok(()) if report.ice_connected.is_none() => {
+                Some(MediaFailure::IceNotConnected { state: report.ice_state.clone() })
+            }
+            Ok(()) if report.dtls_connected.is_none() => Some(MediaFailure::DtlsNotConnected),
+            Ok(()) => None,
+        };
+        report.media = driver.meter.figures();
+        report
+    }
+}
+
+/// The run loop's state: the session and what it has measured so far.
+struct Driver {
+    session: WebrtcSession,
+    report: WebrtcReport,
+    meter: EchoMeter,
+    pt: Option<Pt>,
+    frame_no: u64,
+}
+
+impl Driver {
+    /// The canonical str0m loop: drain `poll_output` to a timeout, then wait for ONE of a
+    /// datagram, the timeout, the 20 ms audio tick or the end; feed it in; repeat.
+    async fn run(&mut self, mut plan: RunPlan) -> Result<(), RtcError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let connect_deadline = tokio::time::Instant::now() + plan.connect_timeout;
+        let mut end: Option<tokio::time::Instant> = None;
+        // A relayed call keeps its allocation and permissions alive (they expire after 5 minutes).
+        let relayed = self.session.sockets.relay.is_some();
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
+        loop {
+            let timeout = self.drain().await?;
+            if self.report.dtls_connected.is_some() && self.pt.is_none() {
+                if let Some((pt, name, _rate)) = self.session.send_codec() {
+                    self.pt = Some(pt);
+                    self.report.codec = Some(name);
+                    // The interval idled until now: with Burst it would fire every missed tick.
+                    tick.reset_immediately();
+                }
+            }
+            let sending = self.pt.is_some() && end.is_none();
+            let connecting = self.report.dtls_connected.is_none() && end.is_none();
+            tokio::select! {
+                d = self.session.sockets.recv() => self.on_datagram(d)?,
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(timeout)) => {
+                    self.session.rtc.handle_input(Input::Timeout(Instant::now()))?;
+                }
+                _ = tick.tick(), if sending => self.send_frame()?,
+                _ = refresh.tick(), if relayed => {
+                    let messages = self.session.sockets.relay.as_ref().map(|(a, _)| a.refreshes()).unwrap_or_default();
+                    self.session.sockets.to_relay_server(messages).await;
+                }
+                _ = &mut plan.stop, if end.is_none() => end = Some(tokio::time::Instant::now() + plan.tail),
+                _ = tokio::time::sleep_until(end.unwrap_or(connect_deadline)), if end.is_some() => return Ok(()),
+                // ICE never declares failure: give up waiting for the media path.
+                _ = tokio::time::sleep_until(connect_deadline), if connecting => return Ok(()),
+            }
+        }
+    }
+
+    /// Polls the `Rtc` until it returns its next timeout: sends what it transmits, records its
+    /// events.
+    async fn drain(&mut self) -> Result<Instant, RtcError> {
+        loop {
+            match self.session.rtc.poll_output()? {
+                Output::Timeout(t) => return Ok(t),
+                Output::Transmit(t) => {
+                    self.report.datagrams_out.count(&t.contents);
+                    self.session.sockets.send(t.source, t.destination, &t.contents).await;
+                }
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, d: Datagram) -> Result<(), RtcError> {
+        let data = match &d.relayed {
+            Some(bytes) => bytes.as_slice(),
+            None => &self.session.sockets.buf[..d.len],
+        };
+        self.report.datagrams_in.count(data);
+        let Ok(contents) = data.try_into() else { return Ok(()) };
+        // Every datagram goes in. `accepts()` is for demultiplexing several `Rtc`s on one
+        // socket, and it rejects DTLS from a pair whose own check has not succeeded yet:
+        // Asterisk (DTLS client, `a=setup:active`) sends its ClientHello as soon as our first
+        // check reaches it, often before that check's response is back to us, and dropping it
+        // costs Asterisk's 1 s DTLS retransmit (seen in about one call in four).
+        let input = Input::Receive(
+            d.at,
+            Receive { proto: Protocol::Udp, source: d.source, destination: d.destination, contents },
+        );
+        self.session.rtc.handle_input(input)
+    }
+
+    fn send_frame(&mut self) -> Result<(), RtcError> {
+        let Some(pt) = self.pt else { return Ok(()) };
+        let data = self.session.tone.frame(self.frame_no).to_vec();
+        let now = Instant::now();
+        let rtp_time = self.frame_no * u64::from(self.session.tone.samples_per_frame);
+        self.meter.on_sent(&data, now);
+        self.frame_no += 1;
+        let Some(writer) = self.session.rtc.writer(self.session.mid) else { return Ok(()) };
+        writer.write(pt, now, MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ), data)
+    }
+
+    fn on_event(&mut self, e: Event) {
+        let now = Instant::now();
+        let report = &mut self.report;
+        match e {
+            Event::IceConnectionStateChange(s) => {
+                report.ice_state = format!("{s:?}");
+                match s {
+                    IceConnectionState::Checking => {
+                        report.ice_checking.get_or_insert(now);
+                    }
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        report.ice_connected.get_or_insert(now);
+                    }
+                    _ => {}
+                }
+            }
+            Event::Connected => {
+                report.dtls_connected.get_or_insert(now);
+            }
+            Event::MediaData(d) => {
+                let seq = *d.seq_range.start();
+                self.meter.on_received(&d.data, d.network_time, d.time.numer() as u32, *seq as u16);
+            }
+            Event::PeerStats(s) => {
+                if let Some(p) = s.selected_candidate_pair {
+                    let name = |known: &[CandidateInfo], addr: SocketAddr| {
+                        known
+                            .iter()
+                            .find(|c| c.addr == addr)
+                            .cloned()
+                            .unwrap_or(CandidateInfo { kind: "prflx".into(), addr })
+                    };
+                    report.pair = Some((
+                        name(&report.local_candidates, p.local.addr),
+                        name(&report.remote_candidates, p.remote.addr),
+                    ));
+                }
+            }
+            Event::MediaEgressStats(s) => {
+                if let (Some(loss), Some(remote)) = (s.loss, s.remote) {
+                    report.remote_report = Some((loss, remote.jitter));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn codec_name(c: Codec) -> &'static str {
+    match c {
+        Codec::Opus => "opus",
+        Codec::PCMU => "PCMU",
+        Codec::PCMA => "PCMA",
+        Codec::G722 => "G722",
+        _ => "other",
+    }
+}
+
+/// Asterisk writes `a=fingerprint:SHA-256`; str0m up to 0.24 compared the hash name
+/// case-sensitively with its own "sha-256" and refused DTLS ("remote fingerprint no match").
+/// RFC 8122 names are case-insensitive: lower-case them.
+pub fn lowercase_fingerprint_hash(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .map(|l| match l.strip_prefix("a=fingerprint:").and_then(|r| r.split_once(' ')) {
+            Some((hash, rest)) => format!("a=fingerprint:{} {rest}", hash.to_ascii_lowercase()),
+            None => l.to_string(),
+        })
+        .collect()
+}
+
+/// Puts `addr` into the offer's `c=` line and audio `m=` port, as a non-trickle browser does
+/// (RFC 8839 default candidate). str0m writes `c=IN IP4 0.0.0.0` and port 9 (trickle style);
+/// Asterisk reads `0.0.0.0` the old SIP way, as hold, and answers `a=recvonly`: ICE and DTLS
+/// still connect but no audio ever comes back.
+pub fn with_default_candidate(sdp: &str, addr: SocketAddr) -> String {
+    let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
+    sdp.split("\r\n")
+        .map(|l| {
+            if l.starts_with("c=IN ") {
+                format!("c=IN {family} {}", addr.ip())
+            } else if let Some(rest) = l.strip_prefix("m=audio ") {
+                let (_, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                format!("m=audio {} {tail}", addr.port())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_hash_is_lowercased() {
+        let sdp = "m=audio 1 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:SHA-256 0F:71\r\na=setup:active\r\n";
+        assert_eq!(
+            lowercase_fingerprint_hash(sdp),
+            "m=audio 1 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 0F:71\r\na=setup:active\r\n"
+        );
+    }
+
+    #[test]
+    fn default_candidate_replaces_connection_and_port() {
+        let sdp = "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n";
+        let out = with_default_candidate(sdp, "192.0.2.2:40000".parse().unwrap());
+        assert_eq!(out, "v=0\r\nc=IN IP4 192.0.2.2\r\nm=audio 40000 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n");
+    }
+
+    #[tokio::test]
+    async fn an_offer_is_what_a_browser_sends_with_a_real_default_candidate() {
+        let shared = SharedMedia::new().unwrap();
+        let (session, sdp) = WebrtcSession::offer(&["127.0.0.1".parse().unwrap()], &shared, None).await.unwrap();
+        let port = session.local_candidates()[0].addr.port();
+        for needle in [
+            "a=group:BUNDLE".to_string(),
+            "a=rtcp-mux".into(),
+            "UDP/TLS/RTP/SAVPF".into(),
+            "opus/48000/2".into(),
+            "a=fingerprint:sha-256".into(),
+            "c=IN IP4 127.0.0.1".into(),
+            format!("m=audio {port} "),
+        ] {
+            assert!(sdp.contains(&needle), "{needle} missing from\n{sdp}");
+        }
+    }
+}
