@@ -72,7 +72,7 @@ pub struct HostPorts {
 }
 
 /// RTP ports a test deployment gets.
-pub const RTP_PORTS: u16 = 200;
+pub const RTP_PORTS: u16 = 100;
 
 impl HostPorts {
     /// Free ports for one deployment.
