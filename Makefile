@@ -42,7 +42,10 @@ deps-acme: ## install Pebble, the ACME test server
 deps-examples: ## install the example suites' runners: Playwright (npm), pytest and websockets (PyPI)
 	bash scripts/host-setup.sh examples
 
-test: deps deps-clients deps-helm deps-acme deps-examples ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
+deps-load: ## install the load generators: SIPp
+	bash scripts/host-setup.sh load
+
+test: deps deps-clients deps-helm deps-acme deps-examples deps-load ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
 	bash scripts/test.sh
 
 test-unit: ## the tests that need no Docker engine (the others are counted as skipped)
@@ -52,7 +55,7 @@ lint: ## formatting and clippy, warnings as errors
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-bench: $(ASTRTC) ## benchmarks: render time (default and 1000-endpoint specs), compose up -> healthy
+bench: $(ASTRTC) deps-load ## benchmarks: render time (default and 1000-endpoint specs), compose up -> healthy
 	bash scripts/bench.sh
 
 fuzz: ## fuzz spec -> outputs with an oracle for 10 minutes (ASTRTC_FUZZ_SECONDS=N for another duration)
@@ -62,4 +65,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-clients deps-helm deps-acme deps-examples up down test test-unit lint bench fuzz review-snapshots
+.PHONY: help deps deps-clients deps-helm deps-acme deps-examples deps-load up down test test-unit lint bench fuzz review-snapshots

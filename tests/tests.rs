@@ -12,6 +12,7 @@ mod fuzz;
 mod helm;
 mod hostile;
 mod image;
+mod memory;
 mod render;
 mod testenv;
 mod verify;
