@@ -48,7 +48,10 @@ deps-examples: ## install the example suites' runners: Playwright (npm), pytest 
 deps-net: ## install iproute2, nftables, coturn: the media tests build namespaces, NATs, firewalls and a TURN relay
 	bash scripts/host-setup.sh net
 
-test: deps deps-clients deps-helm deps-acme deps-examples deps-net ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
+deps-load: ## install the load generators: SIPp
+	bash scripts/host-setup.sh load
+
+test: deps deps-clients deps-helm deps-acme deps-examples deps-net deps-load ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
 	bash scripts/test.sh
 
 test-unit: deps-build ## the tests that need no Docker engine (the others are counted as skipped)
@@ -58,7 +61,7 @@ lint: deps-build ## formatting and clippy, warnings as errors
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-bench: $(ASTRTC) ## benchmarks: render time (default and 1000-endpoint specs), compose up -> healthy
+bench: $(ASTRTC) deps-load ## benchmarks: render time (default and 1000-endpoint specs), compose up -> healthy
 	bash scripts/bench.sh
 
 fuzz: ## fuzz spec -> outputs with an oracle for 10 minutes (ASTRTC_FUZZ_SECONDS=N for another duration)
@@ -68,4 +71,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-build deps-clients deps-helm deps-acme deps-examples deps-net up down test test-unit lint bench fuzz review-snapshots
+.PHONY: help deps deps-build deps-clients deps-helm deps-acme deps-examples deps-net deps-load up down test test-unit lint bench fuzz review-snapshots

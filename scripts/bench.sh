@@ -86,6 +86,14 @@ if [ -z "${BENCH_RENDER_ONLY:-}" ] && docker info >/dev/null 2>&1; then
   unset ASTRTC_TESTENV_DIR
 fi
 
+# REGISTER storms (SIPp over UDP): Asterisk's RSS through 5 storms of 60,000 at 3,000/s with the
+# image's jemalloc and with glibc, and REGISTER throughput with verbose 0 and 3 (needs sipp:
+# make deps-load).
+if [ -z "${BENCH_RENDER_ONLY:-}" ] && command -v sipp >/dev/null && docker info >/dev/null 2>&1; then
+  cargo test --release --locked --test tests memory::bench_register_storms -- --ignored --nocapture 2>/dev/null \
+    | grep -E '^(jemalloc|glibc|  storm|logging)'
+fi
+
 # ACME issuance against Pebble on loopback (needs pebble: make deps-acme).
 if [ -z "${BENCH_RENDER_ONLY:-}" ] && [ -x /usr/bin/pebble ]; then
   cargo test --release --locked --test tests acme::bench_acme_issuance -- --ignored --nocapture 2>/dev/null \

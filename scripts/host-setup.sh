@@ -195,6 +195,11 @@ ensure_examples() {
   fi
 }
 
+# Load generators for the soak test and benchmarks: SIPp (Debian's sip-tester).
+ensure_load_tools() {
+  apt_install sip-tester
+}
+
 what="${1:-all}"
 case "$what" in
   docker) ensure_docker ;;
@@ -205,5 +210,6 @@ case "$what" in
   helm) ensure_helm_tools ;;
   acme) ensure_acme_tools ;;
   examples) ensure_examples ;;
-  *) echo "usage: $0 [docker|build|all|net|clients|helm|acme|examples]" >&2; exit 2 ;;
+  load) ensure_load_tools ;;
+  *) echo "usage: $0 [docker|build|all|net|clients|helm|acme|examples|load]" >&2; exit 2 ;;
 esac

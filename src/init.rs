@@ -117,6 +117,9 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         CA_DIR => d::CA_DIR, CONTEXT => d::CONTEXT, ECHO_EXTENSION => d::ECHO_EXTENSION,
         ACME_DIRECTORY => d::ACME_DIRECTORY, DNS_TIMEOUT => d::DNS_TIMEOUT,
         MAX_CONTACTS => d::MAX_CONTACTS,
+        RTP_TIMEOUT_WEBRTC => d::RTP_TIMEOUT_WEBRTC, RTP_TIMEOUT_SIP => d::RTP_TIMEOUT_SIP,
+        RTP_TIMEOUT_HOLD => d::RTP_TIMEOUT_HOLD, VERBOSE => d::VERBOSE,
+        MEMORY_LIMIT_MB => d::MEMORY_LIMIT_MB, MEMORY_REQUEST_MB => d::MEMORY_REQUEST_MB,
     };
     let template = crate::assets::text(&crate::assets::TEMPLATES, SPEC_TEMPLATE).unwrap_or_default();
     env.render_str(

@@ -63,6 +63,15 @@ pub struct AsteriskContainer {
 /// Starts the plan's image with `deploy/asterisk` and `deploy/keys` mounted read-only, and
 /// waits until the image's healthcheck passes (Asterisk fully booted, TLS listener accepting).
 pub async fn start(plan: &Plan, deploy: &Path) -> Result<AsteriskContainer, TestingError> {
+    start_with_env(plan, deploy, &[]).await
+}
+
+/// [`start`], with extra environment variables for the container (e.g. `ASTRTC_MALLOC=glibc`).
+pub async fn start_with_env(
+    plan: &Plan,
+    deploy: &Path,
+    env: &[(&str, &str)],
+) -> Result<AsteriskContainer, TestingError> {
     let image::ImageRef { repository, tag } = plan.image_ref();
     let abs = std::path::absolute(deploy).map_err(|source| TestingError::Read { path: deploy.into(), source })?;
     let container = GenericImage::new(repository, tag)
@@ -76,9 +85,8 @@ pub async fn start(plan: &Plan, deploy: &Path) -> Result<AsteriskContainer, Test
             Mount::bind_mount(abs.join("keys").display().to_string(), image::KEYS_DIR)
                 .with_access_mode(AccessMode::ReadOnly),
         )
-        .with_startup_timeout(Duration::from_secs(120))
-        .start()
-        .await?;
+        .with_startup_timeout(Duration::from_secs(120));
+    let container = env.iter().fold(container, |c, (k, v)| c.with_env_var(*k, *v)).start().await?;
     Ok(AsteriskContainer { container, plan: plan.clone(), deploy: abs })
 }
 
@@ -101,6 +109,32 @@ impl AsteriskContainer {
             return Err(TestingError::Rx { command: command.into(), code, stderr });
         }
         Ok(stdout)
+    }
+
+    /// Stops and removes the container now (dropping it removes it too, but in the background).
+    pub async fn remove(self) -> Result<(), TestingError> {
+        Ok(self.container.rm().await?)
+    }
+
+    /// Runs a command in the container and returns its standard output (any exit code).
+    pub async fn exec(&self, command: &[&str]) -> Result<String, TestingError> {
+        let mut exec = self
+            .container
+            .exec(ExecCommand::new(command.iter().copied()).with_cmd_ready_condition(CmdWaitFor::exit()))
+            .await?;
+        Ok(String::from_utf8_lossy(&exec.stdout_to_vec().await?).into_owned())
+    }
+
+    /// Asterisk's resident memory in bytes (`VmRSS` of the container's PID 1, which is Asterisk:
+    /// the entrypoint `exec`s it).
+    pub async fn asterisk_rss(&self) -> Result<u64, TestingError> {
+        let status = self.exec(&["cat", "/proc/1/status"]).await?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| TestingError::Rx { command: "cat /proc/1/status".into(), code: None, stderr: status })
     }
 
     /// Starts a shell command in the background inside the container (for daemons such as the

@@ -30,8 +30,8 @@ use astrtc::render::{Bundle, Inputs};
 use astrtc::spec::secrets::{Secrets, TurnSecrets};
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
-    AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, NetworkMode, NetworkSpec, RtpSpec, Spec,
-    TlsMode, TlsSpec,
+    AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, LoggingSpec, NetworkMode, NetworkSpec,
+    ResourcesSpec, RtpSpec, Spec, TlsMode, TlsSpec,
 };
 
 use crate::common::shape::{self, Section, Shape};
@@ -342,14 +342,19 @@ fn endpoint(level: Level) -> BoxedStrategy<(EndpointSpec, Option<String>)> {
         maybe(1, codecs.boxed()),
         maybe(2, text(level, "display_name", display_names)),
         maybe(1, prop_oneof![6 => 1i64..=5, 1 => -3i64..200].boxed()),
+        (
+            maybe(1, prop_oneof![6 => 0i64..=120, 1 => -5i64..100_000].boxed()),
+            maybe(1, prop_oneof![6 => 0i64..=3600, 1 => -5i64..100_000].boxed()),
+        ),
         prop_oneof![
             1 => Just(None),
             30 => text(level, "password", &["fixture-password-0001", "abcdefghijklmnop", "A-b_c.d~e+f/g!h@i%j^k*l(m),n:o?p"])
                 .prop_map(Some),
         ],
     )
-        .prop_map(|(id, kind, codecs, display_name, max_contacts, password)| {
-            (EndpointSpec { id, kind, codecs, display_name, max_contacts }, password)
+        .prop_map(|(id, kind, codecs, display_name, max_contacts, (rtp_timeout, rtp_timeout_hold), password)| {
+            let ep = EndpointSpec { id, kind, codecs, display_name, max_contacts, rtp_timeout, rtp_timeout_hold };
+            (ep, password)
         })
         .boxed()
 }
@@ -397,8 +402,14 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
         prop_oneof![1 => Just(None), 6 => text(level, "turn_password", &["fixture-turn-password!", "0123456789abcdef"]).prop_map(Some)],
         file_contents(),
         file_contents(),
+        (
+            maybe(1, prop_oneof![6 => 0i64..=10, 1 => -3i64..50].boxed()),
+            maybe(1, prop_oneof![6 => 64i64..=4096, 1 => -5i64..100_000].boxed()),
+            maybe(1, prop_oneof![6 => 64i64..=1024, 1 => -5i64..100_000].boxed()),
+        ),
     )
-        .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, ca_bundle, dns_hook)| {
+        .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, ca_bundle, dns_hook, ops)| {
+            let (verbose, memory_limit_mb, memory_request_mb) = ops;
             let mut secrets = Secrets::default();
             let mut endpoints = Vec::new();
             for (i, (mut ep, pw)) in eps.into_iter().enumerate() {
@@ -411,7 +422,9 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
             }
             secrets.turn = turn_pw.map(|password| TurnSecrets { password });
             let dialplan = DialplanSpec { context, echo_extension };
-            let spec = Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints };
+            let logging = LoggingSpec { verbose };
+            let resources = ResourcesSpec { memory_limit_mb, memory_request_mb };
+            let spec = Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints, logging, resources };
             Generated { spec, secrets, ca_bundle, dns_hook }
         })
         .boxed()

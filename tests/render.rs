@@ -43,6 +43,12 @@ fn the_guide_deployment_is_the_default() {
     for id in ["199", "3001", "3002"] {
         assert!(ext.contains(&format!("exten => {id},1,Dial(PJSIP/{id},30)")), "{id}");
     }
+    // Production logging and calls that end when their far end vanished.
+    assert!(b.text("asterisk/asterisk.conf").unwrap().contains("\nverbose = 0\n"));
+    assert!(b.text("asterisk/logger.conf").unwrap().contains("\nconsole => notice,warning,error\n"));
+    assert_eq!(pjsip.matches("\nrtp_timeout = 30\n").count(), 1, "the webrtc endpoint");
+    assert_eq!(pjsip.matches("\nrtp_timeout = 60\n").count(), 2, "the sip endpoints");
+    assert_eq!(pjsip.matches("\nrtp_timeout_hold = 600\n").count(), 3);
     let modules = b.text("asterisk/modules.conf").unwrap();
     assert!(modules.contains("autoload = yes"));
     assert!(modules.contains("noload = chan_iax2.so"));

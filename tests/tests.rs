@@ -13,6 +13,7 @@ mod helm;
 mod hostile;
 mod image;
 mod media;
+mod memory;
 mod render;
 mod testenv;
 mod verify;

@@ -54,5 +54,7 @@ pub fn context(plan: &Plan) -> Value {
         keys_dir => image::KEYS_DIR,
         asterisk_uid => image::ASTERISK_UID,
         healthcheck => Value::from(Serde(["CMD", image::HEALTHCHECK])),
+        memory_limit => format!("{}m", plan.resources.memory_limit_mb),
+        memory_request => format!("{}m", plan.resources.memory_request_mb),
     }
 }

@@ -54,6 +54,8 @@ pub fn context(plan: &Plan) -> Value {
         acme_http_port => plan.tls.acme.as_ref().map_or(80, |a| a.http_port),
         acme_startup_seconds => plan.tls.acme.as_ref().map_or(300, Acme::first_certificate_wait),
         // ACME mode: the Secret holding the certificate `astrtc certs issue` (or cert-manager) made.
+        memory_request => format!("{}Mi", plan.resources.memory_request_mb),
+        memory_limit => format!("{}Mi", plan.resources.memory_limit_mb),
         existing_secret => if bundled_keys { String::new() } else { format!("{}-tls", plan.name) },
     }
 }

@@ -50,3 +50,18 @@ pub const ACME_HTTP_PORT: i64 = 80;
 pub const ACME_STATE_DIR: &str = ".astrtc/acme";
 /// Seconds to wait for DNS-01 records to become visible.
 pub const DNS_TIMEOUT: i64 = 600;
+/// Seconds without RTP before a WebRTC endpoint's call is hung up (browsers send continuously).
+pub const RTP_TIMEOUT_WEBRTC: i64 = 30;
+/// Seconds without RTP before a plain SIP endpoint's call is hung up (some phones stop sending
+/// during silence).
+pub const RTP_TIMEOUT_SIP: i64 = 60;
+/// Seconds without RTP before a call on hold is hung up.
+pub const RTP_TIMEOUT_HOLD: i64 = 600;
+/// Asterisk's verbosity: production logging (notices, warnings, errors; no line per call step or
+/// registration, which cost about a third of REGISTER CPU).
+pub const VERBOSE: i64 = 0;
+/// Memory limit of the Asterisk container, MiB: about 400 REGISTER/s sustained over UDP, or
+/// 12,000 phones re-registering within 32 s (README, "Memory").
+pub const MEMORY_LIMIT_MB: i64 = 512;
+/// Memory reserved for it, MiB.
+pub const MEMORY_REQUEST_MB: i64 = 128;

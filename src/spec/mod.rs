@@ -44,6 +44,31 @@ pub struct Spec {
     /// The endpoints, in the order they are rendered.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
+    /// What Asterisk logs.
+    #[serde(default)]
+    pub logging: LoggingSpec,
+    /// Memory the deployment may use.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSpec {
+    /// Asterisk's verbosity (0-10): 0 logs notices, warnings and errors only; 3 adds a line per
+    /// call step and per registration, for debugging.
+    pub verbose: Option<i64>,
+}
+
+/// `[resources]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    /// Memory limit of the Asterisk container, MiB (compose `mem_limit`, Kubernetes limit).
+    pub memory_limit_mb: Option<i64>,
+    /// Memory reserved for it, MiB (compose `mem_reservation`, Kubernetes request).
+    pub memory_request_mb: Option<i64>,
 }
 
 /// `[network]`.
@@ -187,6 +212,11 @@ pub struct EndpointSpec {
     pub display_name: Option<String>,
     /// How many registrations at once (default 1; a new one replaces the oldest).
     pub max_contacts: Option<i64>,
+    /// Seconds without RTP after which Asterisk hangs up a call (0: never) [default: 30 for
+    /// webrtc, 60 for sip: some phones send nothing during silence].
+    pub rtp_timeout: Option<i64>,
+    /// The same while the call is on hold (0: never) [default: 600].
+    pub rtp_timeout_hold: Option<i64>,
 }
 
 /// What kind of client an endpoint serves.

@@ -30,6 +30,26 @@ pub struct Valid {
     pub dialplan: Dialplan,
     /// Endpoints, in spec order, with their passwords.
     pub endpoints: Vec<Endpoint>,
+    /// What Asterisk logs.
+    pub logging: Logging,
+    /// Memory the deployment may use.
+    pub resources: Resources,
+}
+
+/// What Asterisk logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Logging {
+    /// Verbosity, 0-10.
+    pub verbose: u8,
+}
+
+/// Memory the Asterisk container may use.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resources {
+    /// Limit, MiB.
+    pub memory_limit_mb: u32,
+    /// Request (reservation), MiB; at most the limit.
+    pub memory_request_mb: u32,
 }
 
 /// Network attachment.
@@ -188,6 +208,10 @@ pub struct Endpoint {
     pub display_name: String,
     /// Registrations at once.
     pub max_contacts: u32,
+    /// Seconds without RTP before Asterisk hangs up (0: never).
+    pub rtp_timeout: u32,
+    /// The same on hold.
+    pub rtp_timeout_hold: u32,
     /// Digest password; never serialized (templates get passwords through their own context).
     #[serde(skip_serializing)]
     pub password: String,

@@ -84,6 +84,20 @@ pub(super) fn endpoints(
                 0
             }
         };
+        let seconds = |key: &str, value: i64, v: &mut Vec<Problem>| match u32::try_from(value) {
+            Ok(n) if n <= 86_400 => n,
+            _ => {
+                v.push(Problem::at(base.key(key), format!("{value} is outside 0-86400 seconds (0: never)")));
+                0
+            }
+        };
+        let default_timeout = match ep.kind {
+            EndpointKind::Webrtc => defaults::RTP_TIMEOUT_WEBRTC,
+            EndpointKind::Sip => defaults::RTP_TIMEOUT_SIP,
+        };
+        let rtp_timeout = seconds("rtp_timeout", ep.rtp_timeout.unwrap_or(default_timeout), v);
+        let rtp_timeout_hold =
+            seconds("rtp_timeout_hold", ep.rtp_timeout_hold.unwrap_or(defaults::RTP_TIMEOUT_HOLD), v);
         // The password, unless the id itself is unusable (then it is not looked up).
         let password = if id_ok.is_ok() { endpoint_password(&ep.id, secrets, s) } else { None };
         match password {
@@ -93,6 +107,8 @@ pub(super) fn endpoints(
                 codecs,
                 display_name: ep.display_name.clone().unwrap_or_else(|| ep.id.clone()),
                 max_contacts,
+                rtp_timeout,
+                rtp_timeout_hold,
                 password,
             }),
             _ => ok = false,

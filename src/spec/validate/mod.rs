@@ -7,6 +7,7 @@
 
 mod endpoints;
 mod network;
+mod operations;
 pub mod rules;
 mod tls;
 
@@ -63,10 +64,14 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let tls = tls::tls(spec, base_dir, v);
     let dialplan = endpoints::dialplan(spec, v);
     let endpoints = endpoints::endpoints(spec, secrets, v, &mut out.secrets);
+    let logging = operations::logging(spec, v);
+    let resources = operations::resources(spec, v);
 
-    match (network, rtp, tls, dialplan, endpoints) {
-        (Some((network, _)), Some(rtp), Some(tls), Some(dialplan), Some(endpoints)) if out.is_empty() => {
-            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints })
+    match (network, rtp, tls, dialplan, endpoints, logging, resources) {
+        (Some((network, _)), Some(rtp), Some(tls), Some(dialplan), Some(endpoints), Some(logging), Some(resources))
+            if out.is_empty() =>
+        {
+            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources })
         }
         _ => Err(out),
     }
