@@ -278,7 +278,7 @@ pub enum TestenvCommand {
         #[arg(long, value_parser = crate::testenv::parse_duration)]
         ttl: Option<std::time::Duration>,
         /// Image to run [default: the spec's image].
-        #[arg(long)]
+        #[arg(long, env = "ASTRTC_TESTENV_IMAGE")]
         image: Option<String>,
         /// Print the instance as JSON (URLs, addresses, the CA, every endpoint and its password).
         #[arg(long)]

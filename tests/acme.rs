@@ -551,7 +551,7 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     let out = astrtc().args(["render", "--spec"]).arg(&spec).arg("--out").arg(&deploy).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plan = crate::common::plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
-    ensure_image(&plan.image);
+    ensure_image();
     ensure_sidecar();
 
     // Contract: `docker compose up --wait` returns once Asterisk is healthy, which it can only

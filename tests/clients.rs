@@ -220,7 +220,7 @@ async fn browser_and_sip_phone_calls() {
     }
     let suite = Instant::now();
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
     let ca = dir.path().join("deploy/keys/ca.crt");
     let home = browser_home(Some(&ca));

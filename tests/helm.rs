@@ -530,14 +530,17 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     }
     let (dir, chart) = rendered("host-alt-ports");
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
-    crate::common::docker::ensure_image(&plan.image);
+    crate::common::docker::ensure_image();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (ok, out) = run(Command::new("docker")
         .args(["build", "-q", "-t", "astrtc-test/podman:trixie"])
         .arg(root.join("tests/podman")));
     assert!(ok, "building the podman runner failed:\n{out}");
-    // podman ignores fsGroup: the password and key files must be readable without it.
-    let (ok, manifests) = template(&t, &chart, &["securityContext.secretFileMode=292"]);
+    // podman ignores fsGroup: the password and key files must be readable without it. The image is
+    // the one this test run built (tests/common/docker.rs, `test_image`).
+    let image = astrtc::image::ImageRef::parse(crate::common::docker::test_image());
+    let (repository, tag) = (format!("image.repository={}", image.repository), format!("image.tag={}", image.tag));
+    let (ok, manifests) = template(&t, &chart, &["securityContext.secretFileMode=292", &repository, &tag]);
     assert!(ok, "{manifests}");
     let file = dir.path().join("pod.yaml");
     std::fs::write(&file, &manifests).unwrap();
@@ -564,7 +567,7 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     let runner = PodRunner(name.clone());
     let load = Command::new("sh")
         .arg("-c")
-        .arg(format!("docker save {} | docker exec -i {name} podman load -q", plan.image))
+        .arg(format!("docker save {} | docker exec -i {name} podman load -q", crate::common::docker::test_image()))
         .output()
         .unwrap();
     assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));

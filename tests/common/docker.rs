@@ -37,15 +37,37 @@ where
     }
 }
 
-/// Builds the Asterisk image once per test run, through `astrtc build`'s code path (bollard).
-/// With a warm cache this takes about a second; on a fresh host, the whole Asterisk build.
-pub fn ensure_image(tag: &str) {
+/// The host's CA bundle, handed to image builds (TLS-inspecting proxies).
+fn host_ca() -> Option<&'static Path> {
+    let ca = Path::new(astrtc::image::HOST_CA_BUNDLE);
+    ca.exists().then_some(ca)
+}
+
+/// The tag the tests run the Asterisk image under: named after the build context this test binary
+/// embeds (files and build arguments), so that another checkout building the same default tag
+/// at the same time on this engine can never swap the image under these tests.
+pub fn test_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        use md5::{Digest, Md5};
+        let tar = astrtc::image::context_tar(&astrtc::image::BuildContext::Embedded, host_ca()).unwrap();
+        let mut h = Md5::new();
+        h.update(&tar);
+        for (k, v) in astrtc::image::asterisk_build_args() {
+            h.update(format!("{k}={v}\n").as_bytes());
+        }
+        let hex: String = h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("astrtc-test/asterisk:{}-{hex}", astrtc::image::ASTERISK_VERSION)
+    })
+}
+
+/// Builds the Asterisk image once per test run as [`test_image`], through `astrtc build`'s code
+/// path (bollard). With a warm cache this takes about a second; on a fresh host, the whole
+/// Asterisk build.
+pub fn ensure_image() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let tag = tag.to_string();
     build_image_once(&BUILT, "Asterisk", move |docker| async move {
-        let ca = Path::new(astrtc::image::HOST_CA_BUNDLE);
-        let ca = ca.exists().then_some(ca);
-        astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, ca, &tag, &|_| {}).await
+        astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, host_ca(), test_image(), &|_| {}).await
     });
 }
 
@@ -110,6 +132,7 @@ pub fn deployment_with(edit: impl FnOnce(&str) -> String) -> (tempfile::TempDir,
     let text = std::fs::read_to_string(&spec).unwrap();
     let moved = HostPorts::free().apply(&text);
     assert_ne!(moved, text, "the fixture's ports were not found");
+    let moved = format!("image = \"{}\"\n{moved}", test_image());
     std::fs::write(&spec, edit(&moved)).unwrap();
     let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
     astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
