@@ -80,6 +80,19 @@ pub const NOLOAD: &[&str] = &[
     "app_queue.so",
 ];
 
+/// The TLS 1.2 cipher suites the WSS and SIP-TLS listeners offer (OpenSSL names): forward-secret
+/// key exchange (ECDHE) with an AEAD cipher only, for ECDSA (astrtc's local CA) and RSA
+/// certificates. TLS 1.3's suites are all forward-secret AEAD and are left at OpenSSL's default;
+/// TLS 1.0 and 1.1 are off.
+pub const TLS_CIPHERS: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+];
+
 /// The context of every Asterisk config but the secret ones: the plan (no passwords in it) and
 /// the container paths.
 pub fn context(plan: &Plan) -> Value {
@@ -89,6 +102,8 @@ pub fn context(plan: &Plan) -> Value {
         noload => Value::from(Serde(NOLOAD)),
         auth_file => AUTH_FILE,
         rtp_secrets_file => RTP_SECRETS_FILE,
+        tls_ciphers => Value::from(Serde(TLS_CIPHERS)),
+        security_log => image::SECURITY_LOG,
     }
 }
 

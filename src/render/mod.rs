@@ -20,6 +20,7 @@ pub use bundle::{file_gid, Bundle, BundleFile, Change, CheckReport, FileKind};
 
 use std::path::{Path, PathBuf};
 
+use minijinja::value::{Serde, Value};
 use minijinja::{context, Environment};
 use thiserror::Error;
 
@@ -108,6 +109,8 @@ fn wanted(plan: &Plan, inputs: &Inputs, path: &str) -> bool {
         inputs.certs.is_some()
     } else if path.starts_with("certs/") {
         plan.tls.acme.is_some()
+    } else if path.starts_with("guard/") {
+        plan.guard.is_some()
     } else {
         true
     }
@@ -157,6 +160,7 @@ struct Contexts {
     helm: minijinja::Value,
     keys: minijinja::Value,
     acme: minijinja::Value,
+    guard: minijinja::Value,
 }
 
 impl Contexts {
@@ -174,6 +178,7 @@ impl Contexts {
                 None => context! {},
             },
             acme: sidecar_context(plan)?,
+            guard: context! { plan => Value::from(Serde(plan)), guard => Value::from(Serde(&plan.guard)) },
         })
     }
 
@@ -184,6 +189,7 @@ impl Contexts {
             _ if path.starts_with("asterisk/") => self.asterisk.clone(),
             _ if path.starts_with("keys/") => self.keys.clone(),
             _ if path.starts_with("certs/") => self.acme.clone(),
+            _ if path.starts_with("guard/") => self.guard.clone(),
             _ if path.starts_with("helm/") => self.helm.clone(),
             _ => self.compose.clone(),
         }

@@ -8,11 +8,13 @@
 mod endpoints;
 mod network;
 pub mod rules;
+mod security;
 mod tls;
 
 use std::path::Path;
 
 pub use rules::*;
+pub use security::{MAX_BAN_AFTER, MAX_SECONDS};
 
 use super::secrets::Secrets;
 use super::source::{KeyPath, Problem};
@@ -63,10 +65,13 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let tls = tls::tls(spec, base_dir, v);
     let dialplan = endpoints::dialplan(spec, v);
     let endpoints = endpoints::endpoints(spec, secrets, v, &mut out.secrets);
+    let security = security::security(spec, v);
 
-    match (network, rtp, tls, dialplan, endpoints) {
-        (Some((network, _)), Some(rtp), Some(tls), Some(dialplan), Some(endpoints)) if out.is_empty() => {
-            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints })
+    match (network, rtp, tls, dialplan, endpoints, security) {
+        (Some((network, _)), Some(rtp), Some(tls), Some(dialplan), Some(endpoints), Some(security))
+            if out.is_empty() =>
+        {
+            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, security })
         }
         _ => Err(out),
     }
