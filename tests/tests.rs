@@ -13,5 +13,6 @@ mod helm;
 mod hostile;
 mod image;
 mod render;
+mod security;
 mod testenv;
 mod verify;

@@ -7,8 +7,8 @@
 pub mod build;
 
 pub use build::{
-    build, build_guard, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext, Built, ImageError, EXTRA_CA_FILE,
-    HOST_CA_BUNDLE,
+    build, build_guard, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext, Built, ImageError,
+    EXTRA_CA_FILE, HOST_CA_BUNDLE,
 };
 
 /// Expands to the Asterisk version as a literal (for `concat!`).

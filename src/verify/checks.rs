@@ -147,17 +147,19 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
         }
     }
 
-    // SIP over UDP.
+    // SIP over UDP: answered where a phone uses it; otherwise bound to loopback only, so it must
+    // answer there and nowhere else.
     match resolve(&target.host, plan.network.sip_port) {
         Ok(addr) => {
             let r = tokio::task::spawn_blocking(move || sip::options_over_udp(addr, Duration::from_secs(3)))
                 .await
                 .expect("join");
-            report.push(match r {
-                Ok(Some(resp)) => {
+            let public = plan.listeners.sip_udp_public || addr.ip().is_loopback();
+            report.push(match (r, public) {
+                (Ok(Some(resp)), true) => {
                     Check::pass("sip udp", format!("OPTIONS to {addr} answered {} {}", resp.code, resp.reason))
                 }
-                Ok(None) => Check::fail(
+                (Ok(None), true) => Check::fail(
                     "sip udp",
                     format!("no answer to OPTIONS on udp {addr} within 3 s"),
                     format!(
@@ -165,10 +167,42 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
                         plan.network.sip_port
                     ),
                 ),
-                Err(e) => Check::fail("sip udp", e.to_string(), "check the host's network"),
+                (Ok(None), false) => {
+                    Check::pass("sip udp", format!("no UDP SIP listener on {addr} (no phone uses UDP; loopback only)"))
+                }
+                (Ok(Some(resp)), false) => Check::fail(
+                    "sip udp",
+                    format!("OPTIONS to {addr} answered {} {}, but no phone uses UDP", resp.code, resp.reason),
+                    "the deployment runs configs older than the spec: render and restart it",
+                ),
+                (Err(e), _) => Check::fail("sip udp", e.to_string(), "check the host's network"),
             });
         }
         Err(e) => report.push(Check::fail("sip udp", e, "pass the deployment's address with --host")),
+    }
+
+    // SIP over TLS, when a phone uses it: the same certificate checks as the WSS listener.
+    if plan.listeners.sip_tls {
+        match resolve(&target.host, plan.network.sip_tls_port) {
+            Ok(addr) => {
+                let (domain, ca) = (domain.clone(), target.ca_pem.clone());
+                let r = tokio::task::spawn_blocking(move || tls::check_tls(addr, &domain, &ca)).await.expect("join");
+                report.push(match r {
+                    Ok(t) => {
+                        Check::pass("sip tls", format!("{} on {addr}, certificate for {}", t.protocol, plan.tls.domain))
+                    }
+                    Err(e) => Check::fail(
+                        "sip tls",
+                        e.to_string(),
+                        format!(
+                            "is TCP port {} open, and does the certificate chain to {}?",
+                            plan.network.sip_tls_port, target.ca_file
+                        ),
+                    ),
+                });
+            }
+            Err(e) => report.push(Check::fail("sip tls", e, "pass the deployment's address with --host")),
+        }
     }
 
     // Inside the container, when it is local.

@@ -2,8 +2,9 @@
 //! the `astrtc` binary, and skips that are counted. Beside them: [`docker`] (images and running
 //! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice),
 //! [`shape`] (outputs as their readers see them), [`certs`] (certificates with any names and
-//! validity).
+//! validity), [`attacker`] (network namespaces as distinct sources on the Internet).
 
+pub mod attacker;
 pub mod certs;
 pub mod docker;
 pub mod pebble;

@@ -32,6 +32,13 @@ pub(super) fn security(spec: &Spec, v: &mut Vec<Problem>) -> Option<Security> {
         .flatten()
         .enumerate()
         .filter_map(|(i, n)| match parse_cidr(n) {
+            Ok((_, 0)) => {
+                v.push(
+                    Problem::at(KeyPath::parse("security.allow").index(i), format!("{n:?} allows every address"))
+                        .help("to run without bans, set security.guard = false"),
+                );
+                None
+            }
             // Normalised to "address/prefix", as fail2ban's ignoreip takes it.
             Ok((addr, prefix)) => Some(format!("{addr}/{prefix}")),
             Err(e) => {
