@@ -39,10 +39,13 @@ deps-helm: ## install the chart tools into target/tools: helm 3 and 4, kubernete
 deps-acme: ## install Pebble, the ACME test server
 	bash scripts/host-setup.sh acme
 
+deps-audit: ## install the security audit's tools (Debian): sipvicious, testssl.sh, nmap, tcpdump
+	bash scripts/host-setup.sh audit
+
 deps-examples: ## install the example suites' runners: Playwright (npm), pytest and websockets (PyPI)
 	bash scripts/host-setup.sh examples
 
-test: deps deps-clients deps-helm deps-acme deps-examples ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
+test: deps deps-clients deps-helm deps-acme deps-audit deps-examples ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls, the security audit
 	bash scripts/test.sh
 
 test-unit: ## the tests that need no Docker engine (the others are counted as skipped)
@@ -62,4 +65,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-clients deps-helm deps-acme deps-examples up down test test-unit lint bench fuzz review-snapshots
+.PHONY: help deps deps-clients deps-helm deps-acme deps-audit deps-examples up down test test-unit lint bench fuzz review-snapshots

@@ -116,7 +116,8 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         BRIDGE_SUBNET => d::BRIDGE_SUBNET, BRIDGE_ADDRESS => d::BRIDGE_ADDRESS.to_string(),
         CA_DIR => d::CA_DIR, CONTEXT => d::CONTEXT, ECHO_EXTENSION => d::ECHO_EXTENSION,
         ACME_DIRECTORY => d::ACME_DIRECTORY, DNS_TIMEOUT => d::DNS_TIMEOUT,
-        MAX_CONTACTS => d::MAX_CONTACTS,
+        MAX_CONTACTS => d::MAX_CONTACTS, SIP_TLS_PORT => d::SIP_TLS_PORT,
+        BAN_AFTER => d::BAN_AFTER, FIND_SECONDS => d::FIND_SECONDS, BAN_SECONDS => d::BAN_SECONDS,
     };
     let template = crate::assets::text(&crate::assets::TEMPLATES, SPEC_TEMPLATE).unwrap_or_default();
     env.render_str(

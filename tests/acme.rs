@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use astrtc::certs::acme::{self, AcmeRequest};
 use astrtc::certs::cert_facts;
 
-use crate::common::docker::{deployment, ensure_image, ensure_sidecar, ComposeProject};
+use crate::common::docker::{deployment, ensure_guard, ensure_image, ensure_sidecar, ComposeProject};
 use crate::common::pebble::{pebble, start_pebble, start_pebble_with, Pebble};
 use crate::common::ports::free_port;
 use crate::common::*;
@@ -551,6 +551,7 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     let plan = crate::common::plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
     ensure_image(&plan.image);
     ensure_sidecar();
+    ensure_guard();
 
     // Contract: `docker compose up --wait` returns once Asterisk is healthy, which it can only
     // become after the sidecar has a certificate.
