@@ -352,7 +352,16 @@ impl Ua {
         None
     }
 
-    fn request(&self, method: &str, uri: &str, from: &str, to: &str, call: &Call, extra: &str, body: &str) -> String {
+    /// A request from `from` to `to` (user names) within `call`.
+    fn request(
+        &self,
+        method: &str,
+        uri: &str,
+        (from, to): (&str, &str),
+        call: &Call,
+        extra: &str,
+        body: &str,
+    ) -> String {
         let local = self.local();
         let ctype = if body.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".into() };
         format!(
@@ -375,7 +384,7 @@ impl Ua {
     fn register_probe(&self, user: &str) -> Option<Answer> {
         let call = Call::new();
         let uri = format!("sip:{}", self.domain);
-        let msg = self.request("REGISTER", &uri, user, user, &call, "Expires: 60\r\n", "");
+        let msg = self.request("REGISTER", &uri, (user, user), &call, "Expires: 60\r\n", "");
         self.transact(&msg, &call.id, Duration::from_secs(3))
     }
 
@@ -396,15 +405,8 @@ impl Ua {
                 for (id, call) in &calls {
                     if pending.contains_key(&call.id) {
                         let uri = format!("sip:{}", self.domain);
-                        let msg = self.request(
-                            "REGISTER",
-                            &uri,
-                            &id.to_string(),
-                            &id.to_string(),
-                            call,
-                            "Expires: 60\r\n",
-                            "",
-                        );
+                        let user = id.to_string();
+                        let msg = self.request("REGISTER", &uri, (&user, &user), call, "Expires: 60\r\n", "");
                         let _ = self.sock.send_to(msg.as_bytes(), self.server);
                     }
                 }
@@ -448,7 +450,7 @@ impl Ua {
             "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
         );
         let mut answer = self.transact(
-            &self.request("INVITE", &uri, user, target, &call, "", &sdp),
+            &self.request("INVITE", &uri, (user, target), &call, "", &sdp),
             &call.id,
             Duration::from_secs(5),
         )?;
@@ -460,7 +462,7 @@ impl Ua {
             let name = if answer.code == 401 { "Authorization" } else { "Proxy-Authorization" };
             call.cseq += 1;
             call.branch = token();
-            let msg = self.request("INVITE", &uri, user, target, &call, &format!("{name}: {auth}\r\n"), &sdp);
+            let msg = self.request("INVITE", &uri, (user, target), &call, &format!("{name}: {auth}\r\n"), &sdp);
             answer = self.transact(&msg, &call.id, Duration::from_secs(8))?;
         }
         self.ack(&uri, user, target, &call, &answer);
@@ -468,7 +470,7 @@ impl Ua {
             call.to_tag = to_tag(&answer);
             call.cseq += 1;
             call.branch = token();
-            let bye = self.request("BYE", &uri, user, target, &call, "", "");
+            let bye = self.request("BYE", &uri, (user, target), &call, "", "");
             let _ = self.transact(&bye, &call.id, Duration::from_secs(3));
         }
         Some(answer)
@@ -480,7 +482,7 @@ impl Ua {
         if answer.code == 200 {
             ack_call.branch = token();
         }
-        let ack = self.request("ACK", uri, user, target, &ack_call, "", "");
+        let ack = self.request("ACK", uri, (user, target), &ack_call, "", "");
         let _ = self.sock.send_to(ack.as_bytes(), self.server);
     }
 }
@@ -1284,6 +1286,12 @@ fn a_tls_phone_calls_over_srtp_and_nothing_is_in_the_clear() {
         seen.contains(&"INVITE sip:") && seen.contains(&"SIP/2.0"),
         "the capture missed the UDP phone's SIP: {seen:?}"
     );
+    // astrtc verify checks the SIP-TLS listener's certificate like the WSS one.
+    let out = astrtc().args(["verify", "--spec"]).arg(stack.dir.path().join("astrtc.toml")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "astrtc verify failed:\n{text}");
+    let tls_line = format!("on 127.0.0.1:{}, certificate for localhost", plan.network.sip_tls_port);
+    assert!(text.lines().any(|l| l.starts_with("ok   sip tls") && l.contains(&tls_line)), "{text}");
     eprintln!(
         "AUDIT tls phone: registered and called {} over TLS with SRTP (AES_CM_128_HMAC_SHA1_80), echo RMS {rms:.3}; \
          {packets} packets captured on the SIP-TLS port, no cleartext SIP; the UDP twin's capture shows {seen:?}",
@@ -1306,9 +1314,83 @@ fn a_webrtc_only_spec_opens_no_udp_sip_listener() {
     let local = astrtc::verify::sip::options_over_udp(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(3))
         .unwrap();
     assert!(local.is_some(), "OPTIONS over loopback got no answer");
+    // astrtc verify at another address of this host says so, and passes.
+    let out = astrtc()
+        .args(["verify", "--spec"])
+        .arg(only.dir.path().join("astrtc.toml"))
+        .args(["--host", &scanner.server.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "astrtc verify failed:\n{text}");
+    assert!(text.lines().any(|l| l.starts_with("ok   sip udp") && l.contains("no UDP SIP listener on")), "{text}");
     drop(only);
     let phones = Stack::up("udp-twin", |t| t, &["asterisk"]);
     let verdict = nmap_udp(&scanner, phones.plan.network.sip_port);
     assert_ne!(verdict, "closed", "the twin: the UDP phones' listener was not found");
     eprintln!("AUDIT webrtc-only: nmap -sU finds the SIP port closed (with UDP phones: {verdict})");
+}
+
+/// A renewed certificate reaches the SIP-TLS listener without dropping what is connected: after
+/// the files change, `module reload res_pjsip.so` (what astrtc-cert-reloader runs) makes new
+/// handshakes get the new certificate, while a TLS connection opened before it still carries SIP.
+/// The twin: without the reload the old certificate is still served.
+#[test]
+fn a_renewed_certificate_reaches_the_sip_tls_listener_without_dropping_connections() {
+    if cannot_run() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let stack = Stack::up("renew", |t| t, &["asterisk"]);
+    let plan = stack.plan.clone();
+    let port = plan.network.sip_tls_port;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let serial = || astrtc::verify::check_tls(addr, &plan.tls.domain, &stack.ca_pem()).unwrap().leaf.serial;
+    let before = serial();
+
+    // A TLS connection opened before the renewal (openssl s_client, as a phone holds one).
+    let mut held = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    crate::common::docker::install_leaf_for(stack.dir.path(), &plan, &plan.tls.domain);
+    assert_eq!(serial(), before, "the twin: the new certificate was served before any reload");
+    let out = stack.exec("asterisk", &["asterisk", "-rx", "module reload res_pjsip.so"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let s = serial();
+        if s != before || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_ne!(after, before, "the SIP-TLS listener still serves the old certificate after the reload: {out}");
+
+    // The connection from before still carries SIP.
+    let options = format!(
+        "OPTIONS sip:{d} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKheld{t}\r\nMax-Forwards: 70\r\n\
+         To: <sip:{d}>\r\nFrom: <sip:held@{d}>;tag={t}\r\nCall-ID: held-{t}\r\nCSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        d = plan.tls.domain,
+        t = token()
+    );
+    held.stdin.as_mut().unwrap().write_all(options.as_bytes()).unwrap();
+    held.stdin.as_mut().unwrap().flush().unwrap();
+    let stdout = held.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let _ = held.kill();
+    let _ = held.wait();
+    assert!(first.starts_with("SIP/2.0 "), "the connection opened before the reload is gone: {first:?}");
+    eprintln!("AUDIT renewal: SIP-TLS served serial {after} after `module reload res_pjsip.so` (was {before}); the held connection answered {}", first.trim());
 }

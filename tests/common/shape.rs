@@ -319,7 +319,14 @@ pub fn configmap_sources(docs: &[serde_json::Value]) -> Vec<(String, String, Str
     for d in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
         let name = d["metadata"]["name"].as_str().unwrap_or("?");
         for (key, value) in d["data"].as_object().into_iter().flatten() {
-            let source = if name.ends_with("-acme") { format!("certs/{key}") } else { format!("asterisk/{key}") };
+            let source = if name.ends_with("-acme") {
+                format!("certs/{key}")
+            } else if name.ends_with("-guard") {
+                // Keys are the paths below guard/ with "/" written "_" (ConfigMap keys have no "/").
+                format!("guard/{}", key.replacen('_', "/", 1))
+            } else {
+                format!("asterisk/{key}")
+            };
             out.push((source, key.clone(), value.as_str().unwrap_or("<not a string>").to_string()));
         }
     }
