@@ -6,13 +6,14 @@
 //! `templates/deploy/` is the output directory file for file ([`crate::assets`]): `.j2` files are
 //! rendered, every other file is copied, and a few are conditional (TURN, ACME, certificates).
 //! One module per output family provides its template context ([`asterisk`], [`compose`],
-//! [`helm`]); secrets reach only the templates of the secret files, through contexts of their
+//! [`guard`], [`helm`]); secrets reach only the templates of the secret files, through contexts of their
 //! own. The [`Bundle`] compares itself with disk (`render --check`) and writes itself with
 //! [`crate::fsx::replace_dir`].
 
 pub mod asterisk;
 mod bundle;
 pub mod compose;
+pub mod guard;
 pub mod helm;
 pub mod templates;
 
@@ -20,7 +21,6 @@ pub use bundle::{file_gid, Bundle, BundleFile, Change, CheckReport, FileKind};
 
 use std::path::{Path, PathBuf};
 
-use minijinja::value::{Serde, Value};
 use minijinja::{context, Environment};
 use thiserror::Error;
 
@@ -178,7 +178,7 @@ impl Contexts {
                 None => context! {},
             },
             acme: sidecar_context(plan)?,
-            guard: context! { plan => Value::from(Serde(plan)), guard => Value::from(Serde(&plan.guard)) },
+            guard: guard::context(plan),
         })
     }
 
