@@ -176,6 +176,13 @@ ensure_acme_tools() {
   apt_install pebble
 }
 
+# The security audit's tools (tests/security.rs), all Debian packages: sipvicious (svwar,
+# svcrack, svmap), testssl.sh, nmap, tcpdump, curl; nftables and iproute2 for the attacker
+# namespaces; baresip is installed with the clients.
+ensure_audit_tools() {
+  apt_install sipvicious testssl.sh nmap tcpdump curl nftables iproute2 openssl
+}
+
 # The example test suites for `astrtc testenv` (README, "Test environments"): Playwright from npm
 # (using Debian's chromium, no browser download) and pytest with websockets from PyPI.
 ensure_examples() {
@@ -209,7 +216,8 @@ case "$what" in
   clients) ensure_clients ;;
   helm) ensure_helm_tools ;;
   acme) ensure_acme_tools ;;
+  audit) ensure_audit_tools ;;
   examples) ensure_examples ;;
   load) ensure_load_tools ;;
-  *) echo "usage: $0 [docker|build|all|net|clients|helm|acme|examples|load]" >&2; exit 2 ;;
+  *) echo "usage: $0 [docker|build|all|net|clients|helm|acme|audit|examples|load]" >&2; exit 2 ;;
 esac

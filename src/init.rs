@@ -116,10 +116,11 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         BRIDGE_SUBNET => d::BRIDGE_SUBNET, BRIDGE_ADDRESS => d::BRIDGE_ADDRESS.to_string(),
         CA_DIR => d::CA_DIR, CONTEXT => d::CONTEXT, ECHO_EXTENSION => d::ECHO_EXTENSION,
         ACME_DIRECTORY => d::ACME_DIRECTORY, DNS_TIMEOUT => d::DNS_TIMEOUT,
-        MAX_CONTACTS => d::MAX_CONTACTS,
+        MAX_CONTACTS => d::MAX_CONTACTS, SIP_TLS_PORT => d::SIP_TLS_PORT,
         RTP_TIMEOUT_WEBRTC => d::RTP_TIMEOUT_WEBRTC, RTP_TIMEOUT_SIP => d::RTP_TIMEOUT_SIP,
         RTP_TIMEOUT_HOLD => d::RTP_TIMEOUT_HOLD, VERBOSE => d::VERBOSE,
         MEMORY_LIMIT_MB => d::MEMORY_LIMIT_MB, MEMORY_REQUEST_MB => d::MEMORY_REQUEST_MB,
+        BAN_AFTER => d::BAN_AFTER, FIND_SECONDS => d::FIND_SECONDS, BAN_SECONDS => d::BAN_SECONDS,
     };
     let template = crate::assets::text(&crate::assets::TEMPLATES, SPEC_TEMPLATE).unwrap_or_default();
     env.render_str(

@@ -176,7 +176,7 @@ fn start_baresip(
 }
 
 /// RMS (0..1) of the decoded audio baresip dumped (16-bit PCM WAV), skipping the first second.
-fn received_rms(dir: &Path) -> f64 {
+pub(crate) fn received_rms(dir: &Path) -> f64 {
     let snd = dir.join("baresip-audio");
     let wav = std::fs::read_dir(&snd)
         .unwrap()

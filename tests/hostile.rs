@@ -175,6 +175,7 @@ fn fields() -> Vec<Field> {
         f("rtp.turn_username", Nat, Spec, "rtp.turn_username", "pb{V}x", "x"),
         f("network.public_address", Nat, Spec, "network.public_address", "203.0.113.1{V}", "0"),
         f("network.local_nets", Nat, Spec, "network.local_nets[1]", "192.168.1.0/2{V}", "4"),
+        f("security.allow", Nat, Spec, "security.allow[1]", "198.51.100.0/2{V}", "4"),
         f("network.bridge_subnet", Bridge, Spec, "network.bridge_subnet", "172.29.5.0/2{V}", "4"),
         f("network.bridge_address", Bridge, Spec, "network.bridge_address", "172.29.5.2{V}", "0"),
         f("tls.acme.email", Acme, Spec, "tls.acme.email", "ops{V}@example.com", "x"),

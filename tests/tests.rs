@@ -15,5 +15,6 @@ mod image;
 mod media;
 mod memory;
 mod render;
+mod security;
 mod testenv;
 mod verify;

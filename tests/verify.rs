@@ -8,7 +8,9 @@ use astrtc::certs::files;
 use astrtc::testing;
 use serde_json::Value;
 
-use crate::common::docker::{deployment, ensure_image, install_leaf_for, overwrite_keep_mode, ComposeProject};
+use crate::common::docker::{
+    deployment, ensure_guard, ensure_image, install_leaf_for, overwrite_keep_mode, ComposeProject,
+};
 use crate::common::*;
 
 /// Runs `astrtc verify --json`; returns (exit code, report).
@@ -174,6 +176,7 @@ fn verify_with_only_the_spec_checks_a_compose_deployment_found_by_its_project() 
     std::fs::write(&spec, &named).unwrap();
     astrtc().args(["render", "--spec"]).arg(&spec).assert().success();
     ensure_image();
+    ensure_guard();
     let project = ComposeProject { dir: dir.path().join("deploy") };
     let up = project.run(&["up", "-d", "--wait"]);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));

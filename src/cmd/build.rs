@@ -1,4 +1,5 @@
-//! `astrtc build`: the Asterisk image and, in ACME mode, the sidecar image from this binary.
+//! `astrtc build`: the Asterisk image, the guard image (unless `security.guard = false`) and, in
+//! ACME mode, the sidecar image from this binary.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,10 @@ pub async fn run(
     let docker = image::connect().await?;
     let built = image::build(&docker, &ctx, extra_ca.as_deref(), &plan.image, &progress).await?;
     println!("built {} in {:.0?}", built.tag, built.elapsed);
+    if let Some(guard) = &plan.guard {
+        let built = image::build_guard(&docker, &guard.image, &progress).await?;
+        println!("built {} (the guard: fail2ban) in {:.0?}", built.tag, built.elapsed);
+    }
     if plan.tls.mode == TlsMode::Acme {
         let exe = std::env::current_exe().map_err(|source| ImageError::Context { path: "astrtc".into(), source })?;
         let sidecar = image::build_sidecar(&docker, &exe, image::SIDECAR_IMAGE, &progress).await?;

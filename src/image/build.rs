@@ -126,6 +126,9 @@ pub const ASTERISK_CONTEXT: &str = "asterisk";
 /// The embedded directory of `images/` that holds the sidecar's Dockerfile.
 pub const SIDECAR_CONTEXT: &str = "astrtc";
 
+/// The embedded directory of `images/` that is the guard image's build context.
+pub const GUARD_CONTEXT: &str = "guard";
+
 /// One file of a build context: path inside it, mode, contents.
 type ContextEntry<'a> = (String, u32, std::borrow::Cow<'a, [u8]>);
 
@@ -230,6 +233,19 @@ pub async fn build_sidecar(
     progress: &dyn Fn(BuildEvent<'_>),
 ) -> Result<Built, ImageError> {
     build_tar(docker, sidecar_context_tar(exe)?, tag, &super::sidecar_build_args(), progress).await
+}
+
+/// The guard's build context (`images/guard`, embedded).
+pub fn guard_context_tar() -> Result<Vec<u8>, ImageError> {
+    let entries = crate::assets::files_under(&crate::assets::IMAGES, GUARD_CONTEXT)
+        .into_iter()
+        .map(|a| (a.path.to_string(), a.mode(), a.contents.into()));
+    tar_of(entries).map_err(|source| ImageError::Context { path: PathBuf::from("build context"), source })
+}
+
+/// Builds the guard image (fail2ban, `images/guard`) and tags it `tag`.
+pub async fn build_guard(docker: &Docker, tag: &str, progress: &dyn Fn(BuildEvent<'_>)) -> Result<Built, ImageError> {
+    build_tar(docker, guard_context_tar()?, tag, &super::guard_build_args(), progress).await
 }
 
 async fn build_tar(

@@ -14,16 +14,27 @@ use crate::spec::{AcmeChallenge, NetworkMode};
 /// Name of the user-defined network in bridge mode.
 pub const NETWORK_NAME: &str = "astrtc";
 
+/// The guard's rendered files (`deploy/guard/`), each mounted over its place in fail2ban's
+/// configuration directory, beside the package's untouched `*.conf` files.
+pub const GUARD_FILES: &[&str] =
+    &["fail2ban.d/astrtc.local", "jail.d/astrtc.local", "filter.d/asterisk.local", "action.d/nftables.local"];
+
 /// The context of `compose.yaml`.
 pub fn context(plan: &Plan) -> Value {
     let n = &plan.network;
     let rtp_range = format!("{}-{}", plan.rtp.start, plan.rtp.end);
     let published_ports: Vec<String> = if n.mode == NetworkMode::Bridge {
-        vec![
-            format!("{0}:{0}/tcp", n.wss_port),
-            format!("{0}:{0}/udp", n.sip_port),
-            format!("{rtp_range}:{rtp_range}/udp"),
-        ]
+        // Only the listeners that exist on the network: UDP SIP when a phone uses it (otherwise
+        // it answers on the container's loopback only), SIP over TLS when a phone uses that.
+        let mut ports = vec![format!("{0}:{0}/tcp", n.wss_port)];
+        if plan.listeners.sip_udp_public {
+            ports.push(format!("{0}:{0}/udp", n.sip_port));
+        }
+        if plan.listeners.sip_tls {
+            ports.push(format!("{0}:{0}/tcp", n.sip_tls_port));
+        }
+        ports.push(format!("{rtp_range}:{rtp_range}/udp"));
+        ports
     } else {
         Vec::new()
     };
@@ -44,7 +55,14 @@ pub fn context(plan: &Plan) -> Value {
             healthcheck => Value::from(Serde(["CMD", "/usr/local/bin/astrtc", "certs", "check"])),
         }
     });
+    let guard_files: Vec<_> = GUARD_FILES
+        .iter()
+        .map(|f| context! { source => format!("./guard/{f}"), target => format!("{}/{f}", image::GUARD_CONFIG_DIR) })
+        .collect();
     context! {
+        guard => Value::from(Serde(&plan.guard)),
+        guard_files => guard_files,
+        guard_healthcheck => Value::from(Serde(["CMD", image::GUARD_HEALTHCHECK])),
         sidecar => sidecar,
         plan => Value::from(Serde(plan)),
         rtp_range => rtp_range,

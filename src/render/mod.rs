@@ -6,13 +6,14 @@
 //! `templates/deploy/` is the output directory file for file ([`crate::assets`]): `.j2` files are
 //! rendered, every other file is copied, and a few are conditional (TURN, ACME, certificates).
 //! One module per output family provides its template context ([`asterisk`], [`compose`],
-//! [`helm`]); secrets reach only the templates of the secret files, through contexts of their
+//! [`guard`], [`helm`]); secrets reach only the templates of the secret files, through contexts of their
 //! own. The [`Bundle`] compares itself with disk (`render --check`) and writes itself with
 //! [`crate::fsx::replace_dir`].
 
 pub mod asterisk;
 mod bundle;
 pub mod compose;
+pub mod guard;
 pub mod helm;
 pub mod templates;
 
@@ -108,6 +109,8 @@ fn wanted(plan: &Plan, inputs: &Inputs, path: &str) -> bool {
         inputs.certs.is_some()
     } else if path.starts_with("certs/") {
         plan.tls.acme.is_some()
+    } else if path.starts_with("guard/") {
+        plan.guard.is_some()
     } else {
         true
     }
@@ -157,6 +160,7 @@ struct Contexts {
     helm: minijinja::Value,
     keys: minijinja::Value,
     acme: minijinja::Value,
+    guard: minijinja::Value,
 }
 
 impl Contexts {
@@ -174,6 +178,7 @@ impl Contexts {
                 None => context! {},
             },
             acme: sidecar_context(plan)?,
+            guard: guard::context(plan),
         })
     }
 
@@ -184,6 +189,7 @@ impl Contexts {
             _ if path.starts_with("asterisk/") => self.asterisk.clone(),
             _ if path.starts_with("keys/") => self.keys.clone(),
             _ if path.starts_with("certs/") => self.acme.clone(),
+            _ if path.starts_with("guard/") => self.guard.clone(),
             _ if path.starts_with("helm/") => self.helm.clone(),
             _ => self.compose.clone(),
         }

@@ -12,6 +12,8 @@ pub const IMAGE: &str = crate::image::DEFAULT_IMAGE;
 pub const SECRETS_FILE: &str = "astrtc.secrets.toml";
 /// SIP over UDP.
 pub const SIP_PORT: i64 = 5060;
+/// SIP over TLS.
+pub const SIP_TLS_PORT: i64 = 5061;
 /// WSS on Asterisk's HTTPS server.
 pub const WSS_PORT: i64 = 8089;
 /// Plain HTTP, on loopback only.
@@ -65,3 +67,11 @@ pub const VERBOSE: i64 = 0;
 pub const MEMORY_LIMIT_MB: i64 = 512;
 /// Memory reserved for it, MiB.
 pub const MEMORY_REQUEST_MB: i64 = 128;
+/// Whether the guard (fail2ban) runs.
+pub const GUARD: bool = true;
+/// Failures from one address that ban it.
+pub const BAN_AFTER: i64 = 5;
+/// The window those failures must fall in, in seconds.
+pub const FIND_SECONDS: i64 = 600;
+/// How long a ban lasts, in seconds.
+pub const BAN_SECONDS: i64 = 3600;

@@ -30,6 +30,8 @@ pub struct Valid {
     pub dialplan: Dialplan,
     /// Endpoints, in spec order, with their passwords.
     pub endpoints: Vec<Endpoint>,
+    /// Bans.
+    pub security: Security,
     /// What Asterisk logs.
     pub logging: Logging,
     /// Memory the deployment may use.
@@ -52,6 +54,21 @@ pub struct Resources {
     pub memory_request_mb: u32,
 }
 
+/// `[security]`: the guard's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Security {
+    /// Whether the guard runs.
+    pub guard: bool,
+    /// Failures from one address within `find_seconds` that ban it.
+    pub ban_after: u32,
+    /// The window, in seconds.
+    pub find_seconds: u32,
+    /// Ban length, in seconds.
+    pub ban_seconds: u32,
+    /// Networks never banned, as `address/prefix`.
+    pub allow: Vec<String>,
+}
+
 /// Network attachment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
@@ -59,6 +76,8 @@ pub struct Network {
     pub mode: NetworkMode,
     /// SIP over UDP port.
     pub sip_port: u16,
+    /// SIP over TLS port.
+    pub sip_tls_port: u16,
     /// WSS port.
     pub wss_port: u16,
     /// Loopback-only HTTP port.
@@ -195,6 +214,18 @@ pub struct Dialplan {
     pub echo_extension: String,
 }
 
+/// The SIP transport of an endpoint: WSS for browsers, UDP or TLS for phones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// SIP over secure WebSocket (WebRTC endpoints).
+    Wss,
+    /// SIP over UDP.
+    Udp,
+    /// SIP over TLS, SRTP media.
+    Tls,
+}
+
 /// One endpoint, fully resolved.
 #[derive(Debug, Clone, Serialize)]
 pub struct Endpoint {
@@ -202,6 +233,8 @@ pub struct Endpoint {
     pub id: String,
     /// WebRTC or plain SIP.
     pub kind: EndpointKind,
+    /// The transport it registers over.
+    pub transport: Transport,
     /// Codecs in preference order.
     pub codecs: Vec<String>,
     /// Caller id name.

@@ -80,6 +80,14 @@ pub fn ensure_sidecar() {
     });
 }
 
+/// The guard image (fail2ban), built once per run through `astrtc build`'s code path.
+pub fn ensure_guard() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    build_image_once(&BUILT, "guard", |docker| async move {
+        astrtc::image::build_guard(&docker, astrtc::image::GUARD_IMAGE, &|_| {}).await
+    });
+}
+
 /// The ports a deployment on the host network listens on, all free when chosen.
 #[derive(Debug, Clone, Copy)]
 pub struct HostPorts {
@@ -171,6 +179,8 @@ impl ComposeProject {
 
 impl Drop for ComposeProject {
     fn drop(&mut self) {
-        let _ = self.run(&["down", "-v", "--timeout", "5"]);
+        // Never a panic here (a panic while a test unwinds aborts the whole run).
+        let _ =
+            Command::new("docker").args(["compose", "down", "-v", "--timeout", "5"]).current_dir(&self.dir).output();
     }
 }

@@ -9,11 +9,13 @@ mod endpoints;
 mod network;
 mod operations;
 pub mod rules;
+mod security;
 mod tls;
 
 use std::path::Path;
 
 pub use rules::*;
+pub use security::{MAX_BAN_AFTER, MAX_SECONDS};
 
 use super::secrets::Secrets;
 use super::source::{KeyPath, Problem};
@@ -66,12 +68,20 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let endpoints = endpoints::endpoints(spec, secrets, v, &mut out.secrets);
     let logging = operations::logging(spec, v);
     let resources = operations::resources(spec, v);
+    let security = security::security(spec, v);
 
-    match (network, rtp, tls, dialplan, endpoints, logging, resources) {
-        (Some((network, _)), Some(rtp), Some(tls), Some(dialplan), Some(endpoints), Some(logging), Some(resources))
-            if out.is_empty() =>
-        {
-            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources })
+    match (network, rtp, tls, dialplan, endpoints, logging, resources, security) {
+        (
+            Some((network, _)),
+            Some(rtp),
+            Some(tls),
+            Some(dialplan),
+            Some(endpoints),
+            Some(logging),
+            Some(resources),
+            Some(security),
+        ) if out.is_empty() => {
+            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources, security })
         }
         _ => Err(out),
     }
