@@ -9,7 +9,9 @@
 use serde::Serialize;
 
 use crate::image::{self, ImageRef};
-pub use crate::spec::valid::{Acme, Bridge, Dialplan, Endpoint, Nat, Network, Rtp, Tls, Turn, Valid};
+pub use crate::spec::valid::{
+    Acme, Bridge, Dialplan, Endpoint, Lifecycle, Metrics, Nat, Network, Rtp, Tls, Turn, Valid,
+};
 use crate::spec::{LoadedSpec, SpecError};
 
 /// Facts about the machine that renders, which decide file ownership.
@@ -76,6 +78,10 @@ pub struct Plan {
     pub dialplan: Dialplan,
     /// Endpoints, in spec order.
     pub endpoints: Vec<Endpoint>,
+    /// Shutdown.
+    pub lifecycle: Lifecycle,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
     /// Ownership of secret files.
     pub secret_access: SecretAccess,
 }
@@ -83,7 +89,7 @@ pub struct Plan {
 impl Plan {
     /// The plan of validated values, rendered on a host with these facts.
     pub fn new(valid: Valid, spec_file: &str, host: HostFacts) -> Plan {
-        let Valid { name, image, network, rtp, tls, dialplan, endpoints } = valid;
+        let Valid { name, image, network, rtp, tls, dialplan, endpoints, lifecycle, metrics } = valid;
         Plan {
             name,
             image,
@@ -93,6 +99,8 @@ impl Plan {
             tls,
             dialplan,
             endpoints,
+            lifecycle,
+            metrics,
             secret_access: SecretAccess::for_host(host),
         }
     }

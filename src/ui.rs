@@ -226,6 +226,30 @@ pub fn testenv_list(list: &[astrtc::testenv::Listed]) -> String {
     t
 }
 
+/// What `astrtc apply` says before a restart: why, and what the drain will do.
+pub fn restart_announcement(
+    container: &str,
+    pending: &[astrtc::apply::Pending],
+    calls: Option<u32>,
+    drain_seconds: u32,
+) -> String {
+    let restart: Vec<&str> = pending.iter().filter(|p| p.action == "restart").map(|p| p.file.as_str()).collect();
+    let why = if restart.is_empty() {
+        "the container's definition changed (compose.yaml: image, ports, network mode, RTP range or drain)".to_string()
+    } else {
+        format!("{} changed, which only a restart applies", restart.join(", "))
+    };
+    let calls = match calls {
+        Some(n) => format!("{n} call(s) in progress"),
+        None => "calls in progress".to_string(),
+    };
+    format!(
+        "this change needs a restart of {container}: {why}.\n\
+         Asterisk drains first: new calls get 503 Service Unavailable, {calls} go on for up to {drain_seconds}s \
+         (lifecycle.drain_seconds), then it stops and the new one starts."
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,11 +27,11 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunne
 use astrtc::certs::CertLayout;
 use astrtc::plan::Plan;
 use astrtc::render::{Bundle, Inputs};
-use astrtc::spec::secrets::{Secrets, TurnSecrets};
+use astrtc::spec::secrets::{MetricsSecrets, Secrets, TurnSecrets};
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
-    AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, NetworkMode, NetworkSpec, RtpSpec, Spec,
-    TlsMode, TlsSpec,
+    AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec, MetricsSpec, NetworkMode,
+    NetworkSpec, RtpSpec, Spec, TlsMode, TlsSpec,
 };
 
 use crate::common::shape::{self, Section, Shape};
@@ -90,6 +90,7 @@ const FIELDS: &[&str] = &[
     "context",
     "echo_extension",
     "turn_password",
+    "metrics_password",
     "file",
 ];
 
@@ -394,10 +395,10 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
         (maybe(1, text(level, "context", &["from-internal", "office"])), maybe(1, text(level, "echo_extension", &["600", "9196"]))),
         prop_oneof![1 => Just(vec![]), 20 => prop::collection::vec(endpoint(level), 1..5)],
         prop_oneof![1 => Just(None), 6 => text(level, "turn_password", &["fixture-turn-password!", "0123456789abcdef"]).prop_map(Some)],
-        file_contents(),
-        file_contents(),
+        (file_contents(), file_contents()),
+        lifecycle_and_metrics(level),
     )
-        .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, ca_bundle, dns_hook)| {
+        .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, (ca_bundle, dns_hook), (lifecycle, metrics, metrics_pw))| {
             let mut secrets = Secrets::default();
             let mut endpoints = Vec::new();
             for (i, (mut ep, pw)) in eps.into_iter().enumerate() {
@@ -409,9 +410,28 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
                 endpoints.push(ep);
             }
             secrets.turn = turn_pw.map(|password| TurnSecrets { password });
+            secrets.metrics = metrics_pw.map(|password| MetricsSecrets { password });
             let dialplan = DialplanSpec { context, echo_extension };
-            let spec = Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints };
+            let spec = Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints, lifecycle, metrics };
             Generated { spec, secrets, ca_bundle, dns_hook }
+        })
+        .boxed()
+}
+
+/// `[lifecycle]`, `[metrics]` and the metrics password: drains in and out of range, metrics on and
+/// off, the Prometheus port anywhere (also on a listener's port).
+fn lifecycle_and_metrics(level: Level) -> BoxedStrategy<(LifecycleSpec, MetricsSpec, Option<String>)> {
+    (
+        maybe(1, prop_oneof![6 => 0i64..=86_400, 1 => Just(-1i64), 1 => Just(86_401i64)].boxed()),
+        maybe(1, any::<bool>().boxed()),
+        maybe(1, port()),
+        prop_oneof![
+            1 => Just(None),
+            8 => text(level, "metrics_password", &["fixture-metrics-password", "0123456789abcdef"]).prop_map(Some)
+        ],
+    )
+        .prop_map(|(drain_seconds, enabled, prometheus_port, pw)| {
+            (LifecycleSpec { drain_seconds }, MetricsSpec { enabled, prometheus_port }, pw)
         })
         .boxed()
 }
@@ -468,6 +488,7 @@ fn canonical(plan: &Plan) -> Plan {
             *r = format!("192.0.2.{i}:53").parse().unwrap();
         }
     }
+    c.metrics.password = "canonical-metrics-password".into();
     c.dialplan.context = "canonical-context".into();
     c.dialplan.echo_extension = "canonical-echo".into();
     for (i, e) in c.endpoints.iter_mut().enumerate() {
@@ -604,6 +625,15 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     if let Some(t) = turn {
         let rtp_turn = conf(b, "asterisk/rtp_turn.conf")?;
         expect_values("rtp_turn.conf", &rtp_turn, "", "turnpassword", &s(&t.password))?;
+    }
+    if plan.metrics.enabled {
+        let auth = conf(b, "asterisk/prometheus_auth.conf")?;
+        expect_values("prometheus_auth.conf", &auth, "", "auth_password", &s(&plan.metrics.password))?;
+        let file =
+            b.text("prometheus/metrics-password").ok_or_else(|| fail("prometheus/metrics-password is missing"))?;
+        if file != format!("{}\n", plan.metrics.password) {
+            return Err(fail(format!("prometheus/metrics-password: want {:?}, got {file:?}", plan.metrics.password)));
+        }
     }
     let http = conf(b, "asterisk/http.conf")?;
     expect_values("http.conf", &http, "general", "bindport", &s(&plan.network.http_port))?;

@@ -137,7 +137,10 @@ async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_ses
     let (dir, plan) = deployment();
     ensure_image(&plan.image);
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
-    asterisk.spawn("ASTRTC_RELOAD_INTERVAL=1 /usr/local/bin/astrtc-cert-reloader").await.unwrap();
+    asterisk
+        .spawn("ASTRTC_RELOAD_INTERVAL=1 ASTRTC_RELOAD_WATCH=keys /usr/local/bin/astrtc-reload watch")
+        .await
+        .unwrap();
     let before = asterisk.check_tls().unwrap().leaf.serial;
     // An established WSS session, with a SIP transaction before and after the renewal.
     let ca_pem = std::fs::read_to_string(dir.path().join("deploy/keys").join(files::CA)).unwrap();

@@ -3,6 +3,7 @@
 mod common;
 
 mod acme;
+mod apply;
 mod cli;
 mod clients;
 mod compose;

@@ -7,8 +7,8 @@
 pub mod build;
 
 pub use build::{
-    build, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext, Built, ImageError, EXTRA_CA_FILE,
-    HOST_CA_BUNDLE,
+    build, build_prometheus, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext, Built, ImageError,
+    EXTRA_CA_FILE, HOST_CA_BUNDLE,
 };
 
 /// Expands to the Asterisk version as a literal (for `concat!`).
@@ -39,10 +39,17 @@ pub const SIDECAR_CONFIG_DIR: &str = "/etc/astrtc";
 pub const SIDECAR_KEYS_DIR: &str = "/var/lib/astrtc/keys";
 /// The sidecar's ACME account volume.
 pub const SIDECAR_ACME_DIR: &str = "/var/lib/astrtc/acme";
+/// The compose `monitoring` profile's Prometheus image (`images/prometheus`, Debian's package).
+pub const PROMETHEUS_IMAGE: &str = concat!("astrtc/prometheus:", env!("CARGO_PKG_VERSION"));
+/// Uid (and gid) of the Prometheus image's user.
+pub const PROMETHEUS_UID: u32 = 10062;
+/// Where the Prometheus container reads its settings (`deploy/prometheus`, mounted).
+pub const PROMETHEUS_CONFIG_DIR: &str = "/etc/prometheus";
 /// Where configs are mounted.
 pub const CONFIG_DIR: &str = "/etc/asterisk";
-/// Where keys are mounted.
-pub const KEYS_DIR: &str = "/etc/asterisk/keys";
+/// Where keys are mounted: beside the config directory, not inside it, so each is one directory
+/// mount that can be switched as a whole (a mount inside a Kubernetes ConfigMap volume cannot be).
+pub const KEYS_DIR: &str = "/etc/asterisk-keys";
 /// The image's healthcheck command.
 pub const HEALTHCHECK: &str = "/usr/local/bin/astrtc-healthcheck";
 
@@ -54,6 +61,11 @@ pub fn asterisk_build_args() -> Vec<(&'static str, String)> {
         ("PJPROJECT_VERSION", PJPROJECT_VERSION.to_string()),
         ("ASTERISK_UID", ASTERISK_UID.to_string()),
     ]
+}
+
+/// Build arguments of the Prometheus image's Dockerfile.
+pub fn prometheus_build_args() -> Vec<(&'static str, String)> {
+    vec![("PROMETHEUS_UID", PROMETHEUS_UID.to_string())]
 }
 
 /// Build arguments of the sidecar image's Dockerfile.

@@ -96,17 +96,38 @@ impl HostPorts {
     }
 }
 
+/// The Asterisk image tag for tests, named by the contents of the build context this astrtc
+/// embeds: a run never starts an image built from another checkout's Dockerfile or runtime
+/// scripts (worktrees and CI on one engine share tags such as `astrtc/asterisk:22.10.1`).
+pub fn test_image() -> String {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        use md5::{Digest, Md5};
+        let tar = astrtc::image::context_tar(&astrtc::image::BuildContext::Embedded, None).unwrap();
+        let hash: String = Md5::digest(&tar).iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("astrtc-test/asterisk:{}-{hash}", astrtc::image::ASTERISK_VERSION)
+    })
+    .clone()
+}
+
 /// A rendered copy of the `host-alt-ports` fixture on free ports, so tests running at once (and
-/// a `make up` stack on the default ports) never collide.
+/// a `make up` stack on the default ports) never collide, running [`test_image`].
 pub fn deployment() -> (tempfile::TempDir, Plan) {
+    let (dir, plan) = deployment_unrendered();
+    astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
+    (dir, plan)
+}
+
+/// [`deployment`]'s spec and plan, not rendered yet (for tests that edit the spec first).
+pub fn deployment_unrendered() -> (tempfile::TempDir, Plan) {
     let dir = fixture_copy("host-alt-ports");
     let spec = dir.path().join("astrtc.toml");
     let text = std::fs::read_to_string(&spec).unwrap();
     let moved = HostPorts::free().apply(&text);
     assert_ne!(moved, text, "the fixture's ports were not found");
+    let moved = moved.replacen("\n[network]", &format!("\nimage = {:?}\n\n[network]", test_image()), 1);
     std::fs::write(&spec, moved).unwrap();
     let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
-    astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
     (dir, plan)
 }
 

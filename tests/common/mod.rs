@@ -4,6 +4,7 @@
 //! [`shape`] (outputs as their readers see them), [`certs`] (certificates with any names and
 //! validity).
 
+pub mod call;
 pub mod certs;
 pub mod docker;
 pub mod pebble;

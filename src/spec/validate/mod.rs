@@ -6,6 +6,7 @@
 //! rules for single values are in [`rules`]. It never stops at the first problem.
 
 mod endpoints;
+mod lifecycle;
 mod network;
 pub mod rules;
 mod tls;
@@ -63,10 +64,14 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let tls = tls::tls(spec, base_dir, v);
     let dialplan = endpoints::dialplan(spec, v);
     let endpoints = endpoints::endpoints(spec, secrets, v, &mut out.secrets);
+    let lifecycle = lifecycle::lifecycle(spec, v);
+    let metrics = lifecycle::metrics(spec, network.as_ref().map(|(n, _)| n), secrets, v, &mut out.secrets);
 
-    match (network, rtp, tls, dialplan, endpoints) {
-        (Some((network, _)), Some(rtp), Some(tls), Some(dialplan), Some(endpoints)) if out.is_empty() => {
-            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints })
+    match (network, rtp, tls, dialplan, endpoints, lifecycle, metrics) {
+        (Some((network, _)), Some(rtp), Some(tls), Some(dialplan), Some(endpoints), Some(lifecycle), Some(metrics))
+            if out.is_empty() =>
+        {
+            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, lifecycle, metrics })
         }
         _ => Err(out),
     }
