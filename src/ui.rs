@@ -233,11 +233,22 @@ pub fn restart_announcement(
     calls: Option<u32>,
     drain_seconds: u32,
 ) -> String {
-    let restart: Vec<&str> = pending.iter().filter(|p| p.action == "restart").map(|p| p.file.as_str()).collect();
+    use astrtc::render::restart::{apply_of, Apply};
+    // Files of which a restart applies all (or a part: transports, the RTP range).
+    let restart: Vec<&str> = pending
+        .iter()
+        .filter(|p| {
+            !matches!(apply_of(p.file.trim_start_matches("secrets/")), Apply::Reload(_)) && !p.file.starts_with("keys/")
+        })
+        .map(|p| p.file.as_str())
+        .collect();
     let why = if restart.is_empty() {
-        "the container's definition changed (compose.yaml: image, ports, network mode, RTP range or drain)".to_string()
+        "the container's definition changed (compose.yaml: image, ports, network mode or drain)".to_string()
     } else {
-        format!("{} changed, which only a restart applies", restart.join(", "))
+        format!(
+            "{} changed where only a restart applies (modules, ports, transports, the RTP range)",
+            restart.join(", ")
+        )
     };
     let calls = match calls {
         Some(n) => format!("{n} call(s) in progress"),
