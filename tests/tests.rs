@@ -13,6 +13,7 @@ mod fuzz;
 mod helm;
 mod hostile;
 mod image;
+mod metrics;
 mod render;
 mod testenv;
 mod verify;

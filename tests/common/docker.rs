@@ -58,6 +58,14 @@ pub fn ensure_sidecar() {
     });
 }
 
+/// The monitoring profile's Prometheus image (Debian's package), built once per run.
+pub fn ensure_prometheus() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    build_image_once(&BUILT, "Prometheus", |docker| async move {
+        astrtc::image::build_prometheus(&docker, astrtc::image::PROMETHEUS_IMAGE, &|_| {}).await
+    });
+}
+
 /// The ports a deployment on the host network listens on, all free when chosen.
 #[derive(Debug, Clone, Copy)]
 pub struct HostPorts {
