@@ -322,3 +322,28 @@ fn the_reloader_and_astrtc_agree_on_each_files_reload() {
     let out = Command::new("sh").arg(&script).args(["action", "keys/asterisk.crt"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "module reload http");
 }
+
+/// A render that re-issues the self-signed leaf (here: a name added) reaches the running
+/// container like any other change: `apply` reloads the HTTPS listener, which then serves the new
+/// certificate; Asterisk keeps running.
+#[test]
+fn a_reissued_certificate_reaches_the_running_container_by_a_reload() {
+    if docker_off() {
+        return;
+    }
+    let stack = Stack::up("cert", |t| t, &[]);
+    let pid_before = stack.pid();
+    let ca = std::fs::read_to_string(stack.dir.path().join("deploy/keys/ca.crt")).unwrap();
+    let wss = format!("127.0.0.1:{}", stack.plan.network.wss_port).parse().unwrap();
+    let before = astrtc::verify::check_tls(wss, &stack.plan.tls.domain, &ca).unwrap().leaf.serial;
+    edit_file(&stack.spec(), |t| {
+        t.replace("domain = \"localhost\"", "domain = \"localhost\"\nextra_names = [\"pbx.localhost\"]")
+    });
+    let out = astrtc().args(["apply", "--spec"]).arg(stack.spec()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("reloaded: module reload http: keys/asterisk.crt keys/asterisk.key"), "{stdout}");
+    let after = astrtc::verify::check_tls(wss, "pbx.localhost", &ca).expect("the new name is served").leaf.serial;
+    assert_ne!(before, after, "the old certificate is still served");
+    assert_eq!(stack.pid(), pid_before, "Asterisk was restarted");
+}
