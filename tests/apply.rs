@@ -14,7 +14,8 @@ use crate::common::docker::{deployment_unrendered, ensure_image, ComposeProject}
 use crate::common::*;
 
 /// A compose deployment of the `host-alt-ports` fixture on free ports, under a project name of
-/// its own, with `edit` applied to its spec; rendered and started (`up --wait`).
+/// its own, with `edit` applied to its spec; rendered and started (`up --wait`). Dropped, it
+/// takes down every service, those of the `monitoring` profile too.
 pub(crate) struct Stack {
     /// First, so it is dropped (`down`) while its directory still exists.
     pub compose: ComposeProject,
@@ -72,6 +73,13 @@ impl Stack {
     fn logs(&self) -> String {
         let out = self.compose.run(&["logs", "--no-color", "asterisk"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // `down` leaves the services of profiles it was not given running.
+        let _ = self.compose.run(&["--profile", "monitoring", "down", "-v", "--timeout", "5"]);
     }
 }
 
