@@ -681,6 +681,22 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
         expect_json("values.yaml", &values, &format!("/ports/{key}"), json!(port))?;
         expect_json("values.schema.json", &schema, &format!("/properties/ports/properties/{key}/const"), json!(port))?;
     }
+    let drain = plan.lifecycle.drain_seconds;
+    expect_json(
+        "compose.yaml",
+        &compose,
+        "/services/asterisk/environment/ASTRTC_DRAIN_SECONDS",
+        json!(drain.to_string()),
+    )?;
+    expect_json("compose.yaml", &compose, "/services/asterisk/stop_grace_period", json!(format!("{}s", drain + 30)))?;
+    expect_json("values.yaml", &values, "/lifecycle/drainSeconds", json!(drain))?;
+    expect_json("values.yaml", &values, "/metrics/enabled", json!(plan.metrics.enabled))?;
+    if plan.metrics.enabled {
+        let listen = format!("--web.listen-address=127.0.0.1:{}", plan.metrics.prometheus_port);
+        expect_json("compose.yaml", &compose, "/services/prometheus/command/3", json!(listen))?;
+    } else if compose.pointer("/services/prometheus").is_some() {
+        return Err(fail("compose.yaml has a prometheus service with metrics off"));
+    }
     expect_json("values.yaml", &values, "/rtp/start", json!(plan.rtp.start))?;
     expect_json("values.yaml", &values, "/rtp/end", json!(plan.rtp.end))?;
     if n.bridge.is_some() {
