@@ -403,6 +403,17 @@ mod tests {
         assert_eq!(mode(&dir.path().join("x.key")), 0o640);
     }
 
+    #[test]
+    fn a_switch_removes_names_the_new_generation_does_not_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Generations::new(dir.path(), None);
+        fs::create_dir(dir.path().join("keys")).unwrap(); // a mount point of an older layout
+        switch_pair(&g, 1).unwrap();
+        g.switch(&[GenerationFile { name: "x.crt", bytes: b"only", mode: 0o644 }]).unwrap();
+        assert_eq!(g.names(), ["x.crt"], "a dangling x.key or the old directory is left");
+        assert_eq!(fs::read_to_string(dir.path().join("x.crt")).unwrap(), "only");
+    }
+
     /// Switches to a generation of the test pair: `x.crt` and `x.key` carry the same number.
     fn switch_pair(g: &Generations, n: u32) -> std::io::Result<()> {
         let (key, crt) = (format!("key{n}"), format!("crt{n}"));
