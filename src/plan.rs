@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::image::{self, ImageRef};
 pub use crate::spec::valid::{
-    Acme, Bridge, Dialplan, Endpoint, Logging, Nat, Network, Resources, Rtp, Security, Tls, Transport, Turn, Valid,
+    Acme, Bridge, Dialplan, Endpoint, Lifecycle, Logging, Metrics, Nat, Network, Resources, Rtp, Security, Tls,
+    Transport, Turn, Valid,
 };
 use crate::spec::{LoadedSpec, SpecError};
 
@@ -82,6 +83,10 @@ pub struct Plan {
     pub logging: Logging,
     /// Memory the Asterisk container may use.
     pub resources: Resources,
+    /// Shutdown.
+    pub lifecycle: Lifecycle,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
     /// Ownership of secret files.
     pub secret_access: SecretAccess,
     /// Ban settings.
@@ -175,7 +180,20 @@ impl Guard {
 impl Plan {
     /// The plan of validated values, rendered on a host with these facts.
     pub fn new(valid: Valid, spec_file: &str, host: HostFacts) -> Plan {
-        let Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources, security } = valid;
+        let Valid {
+            name,
+            image,
+            network,
+            rtp,
+            tls,
+            dialplan,
+            endpoints,
+            logging,
+            resources,
+            security,
+            lifecycle,
+            metrics,
+        } = valid;
         let listeners = Listeners::for_endpoints(&endpoints);
         let guard = security.guard.then(|| Guard::new(&name, &network, &rtp, &security, &listeners));
         Plan {
@@ -189,6 +207,8 @@ impl Plan {
             endpoints,
             logging,
             resources,
+            lifecycle,
+            metrics,
             secret_access: SecretAccess::for_host(host),
             security,
             listeners,

@@ -636,7 +636,7 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     );
     assert!(codes.len() >= 3 && codes.iter().all(|&c| c == 200), "the WSS session broke: {codes:?}");
     assert_eq!(state(&asterisk_id), before, "Asterisk was restarted");
-    assert!(logs().contains("reloaded the TLS listeners"), "no reload in the logs");
+    assert!(logs().contains("astrtc-reload: reloaded: module reload http: keys/asterisk.crt"), "no reload in the logs");
 }
 
 /// `n` issuances: how long each took and how many orders each needed.

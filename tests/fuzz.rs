@@ -27,11 +27,11 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunne
 use astrtc::certs::CertLayout;
 use astrtc::plan::Plan;
 use astrtc::render::{Bundle, Inputs};
-use astrtc::spec::secrets::{Secrets, TurnSecrets};
+use astrtc::spec::secrets::{MetricsSecrets, Secrets, TurnSecrets};
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
-    AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, LoggingSpec, NetworkMode, NetworkSpec,
-    ResourcesSpec, RtpSpec, SecuritySpec, SipTransport, Spec, TlsMode, TlsSpec,
+    AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec, LoggingSpec, MetricsSpec,
+    NetworkMode, NetworkSpec, ResourcesSpec, RtpSpec, SecuritySpec, SipTransport, Spec, TlsMode, TlsSpec,
 };
 
 use crate::common::shape::{self, Section, Shape};
@@ -91,6 +91,7 @@ const FIELDS: &[&str] = &[
     "echo_extension",
     "turn_password",
     "security.allow",
+    "metrics_password",
     "file",
 ];
 
@@ -447,8 +448,9 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
             maybe(1, prop_oneof![30 => 256i64..=4096, 1 => -5i64..100_000].boxed()),
             maybe(1, prop_oneof![30 => 64i64..=256, 1 => -5i64..100_000].boxed()),
         ),
+        lifecycle_and_metrics(level),
     )
-        .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, (ca_bundle, dns_hook), security, ops)| {
+        .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, (ca_bundle, dns_hook), security, ops, (lifecycle, metrics, metrics_pw))| {
             let (verbose, memory_limit_mb, memory_request_mb) = ops;
             let mut secrets = Secrets::default();
             let mut endpoints = Vec::new();
@@ -461,12 +463,44 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
                 endpoints.push(ep);
             }
             secrets.turn = turn_pw.map(|password| TurnSecrets { password });
+            secrets.metrics = metrics_pw.map(|password| MetricsSecrets { password });
             let dialplan = DialplanSpec { context, echo_extension };
             let logging = LoggingSpec { verbose };
             let resources = ResourcesSpec { memory_limit_mb, memory_request_mb };
-            let spec =
-                Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints, logging, resources, security };
+            let spec = Spec {
+                name,
+                image,
+                secrets: None,
+                network,
+                rtp,
+                tls,
+                dialplan,
+                endpoints,
+                logging,
+                resources,
+                security,
+                lifecycle,
+                metrics,
+            };
             Generated { spec, secrets, ca_bundle, dns_hook }
+        })
+        .boxed()
+}
+
+/// `[lifecycle]`, `[metrics]` and the metrics password: drains in and out of range, metrics on and
+/// off, the Prometheus port anywhere (also on a listener's port).
+fn lifecycle_and_metrics(level: Level) -> BoxedStrategy<(LifecycleSpec, MetricsSpec, Option<String>)> {
+    (
+        maybe(1, prop_oneof![6 => 0i64..=86_400, 1 => Just(-1i64), 1 => Just(86_401i64)].boxed()),
+        maybe(1, any::<bool>().boxed()),
+        maybe(1, port()),
+        prop_oneof![
+            1 => Just(None),
+            8 => text(level, "metrics_password", &["fixture-metrics-password", "0123456789abcdef"]).prop_map(Some)
+        ],
+    )
+        .prop_map(|(drain_seconds, enabled, prometheus_port, pw)| {
+            (LifecycleSpec { drain_seconds }, MetricsSpec { enabled, prometheus_port }, pw)
         })
         .boxed()
 }
@@ -532,6 +566,7 @@ fn canonical(plan: &Plan) -> Plan {
         g.ignore.truncate(2);
         g.ignore.extend(c.security.allow.iter().cloned());
     }
+    c.metrics.password = "canonical-metrics-password".into();
     c.dialplan.context = "canonical-context".into();
     c.dialplan.echo_extension = "canonical-echo".into();
     for (i, e) in c.endpoints.iter_mut().enumerate() {
@@ -685,6 +720,15 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
         let rtp_turn = conf(b, "asterisk/rtp_turn.conf")?;
         expect_values("rtp_turn.conf", &rtp_turn, "", "turnpassword", &s(&t.password))?;
     }
+    if plan.metrics.enabled {
+        let auth = conf(b, "asterisk/prometheus_auth.conf")?;
+        expect_values("prometheus_auth.conf", &auth, "", "auth_password", &s(&plan.metrics.password))?;
+        let file =
+            b.text("prometheus/metrics-password").ok_or_else(|| fail("prometheus/metrics-password is missing"))?;
+        if file != format!("{}\n", plan.metrics.password) {
+            return Err(fail(format!("prometheus/metrics-password: want {:?}, got {file:?}", plan.metrics.password)));
+        }
+    }
     let http = conf(b, "asterisk/http.conf")?;
     expect_values("http.conf", &http, "general", "bindport", &s(&plan.network.http_port))?;
     expect_values("http.conf", &http, "general", "tlsbindaddr", &s(&format!("0.0.0.0:{}", plan.network.wss_port)))?;
@@ -746,6 +790,22 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     for (key, port) in [("sip", n.sip_port), ("wss", n.wss_port), ("http", n.http_port)] {
         expect_json("values.yaml", &values, &format!("/ports/{key}"), json!(port))?;
         expect_json("values.schema.json", &schema, &format!("/properties/ports/properties/{key}/const"), json!(port))?;
+    }
+    let drain = plan.lifecycle.drain_seconds;
+    expect_json(
+        "compose.yaml",
+        &compose,
+        "/services/asterisk/environment/ASTRTC_DRAIN_SECONDS",
+        json!(drain.to_string()),
+    )?;
+    expect_json("compose.yaml", &compose, "/services/asterisk/stop_grace_period", json!(format!("{}s", drain + 30)))?;
+    expect_json("values.yaml", &values, "/lifecycle/drainSeconds", json!(drain))?;
+    expect_json("values.yaml", &values, "/metrics/enabled", json!(plan.metrics.enabled))?;
+    if plan.metrics.enabled {
+        let listen = format!("--web.listen-address=127.0.0.1:{}", plan.metrics.prometheus_port);
+        expect_json("compose.yaml", &compose, "/services/prometheus/command/3", json!(listen))?;
+    } else if compose.pointer("/services/prometheus").is_some() {
+        return Err(fail("compose.yaml has a prometheus service with metrics off"));
     }
     expect_json("values.yaml", &values, "/rtp/start", json!(plan.rtp.start))?;
     expect_json("values.yaml", &values, "/rtp/end", json!(plan.rtp.end))?;

@@ -90,7 +90,11 @@ fn semantic_problems_are_reported_all_at_once() {
          [[endpoints]]\nid = \"1\"\nkind = \"sip\"\ncodecs = [\"speex9\"]\n[[endpoints]]\nid = \"1\"\nkind = \"sip\"\n",
     )
     .unwrap();
-    fs::write(dir.path().join("astrtc.secrets.toml"), "[endpoints]\n1 = \"aaaaaaaaaaaaaaaaaaaa\"\n").unwrap();
+    fs::write(
+        dir.path().join("astrtc.secrets.toml"),
+        "[endpoints]\n1 = \"aaaaaaaaaaaaaaaaaaaa\"\n[metrics]\npassword = \"bbbbbbbbbbbbbbbbbbbb\"\n",
+    )
+    .unwrap();
     let err = plan_for(&spec, ROOT).unwrap_err();
     let SpecError::Invalid(inv) = &err else { panic!("{err:?}") };
     let paths: Vec<String> = inv.problems.iter().map(|p| p.path.to_string()).collect();
@@ -187,6 +191,7 @@ fn fields() -> Vec<Field> {
         },
         f("password (endpoint)", Nat, Secrets, "endpoints.alice", "fixture-alice{V}-password-1", "x"),
         f("password (turn)", Nat, Secrets, "turn.password", "fixture-turn{V}-password!", "x"),
+        f("password (metrics)", Nat, Secrets, "metrics.password", "fixture-metrics{V}-password", "x"),
     ]
 }
 

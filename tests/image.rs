@@ -158,8 +158,11 @@ async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_ses
     let (dir, plan) = deployment();
     ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
-    asterisk.spawn("ASTRTC_RELOAD_INTERVAL=1 /usr/local/bin/astrtc-cert-reloader").await.unwrap();
-    let asterisk_start = start_time(&asterisk.exec(&["cat", "/proc/1/stat"]).await.unwrap());
+    asterisk
+        .spawn("ASTRTC_RELOAD_INTERVAL=1 ASTRTC_RELOAD_WATCH=keys /usr/local/bin/astrtc-reload watch")
+        .await
+        .unwrap();
+    let asterisk_start = start_time(&asterisk.asterisk_proc("stat").await.unwrap());
     let before = asterisk.check_tls().unwrap().leaf.serial;
     // An established WSS session, with a SIP transaction before and after the renewal.
     let ca_pem = std::fs::read_to_string(dir.path().join("deploy/keys").join(files::CA)).unwrap();
@@ -191,7 +194,7 @@ async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_ses
     session.register(0).await.expect("the WSS session did not survive");
     session.close().await;
     // Reloaded, not restarted: Asterisk (the container's PID 1) started before the renewal.
-    assert_eq!(start_time(&asterisk.exec(&["cat", "/proc/1/stat"]).await.unwrap()), asterisk_start, "restarted");
+    assert_eq!(start_time(&asterisk.asterisk_proc("stat").await.unwrap()), asterisk_start, "restarted");
 }
 
 /// `astrtc build` as users run it (`make up` passes the host's CA bundle with `--extra-ca`): the

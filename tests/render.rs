@@ -23,8 +23,8 @@ fn the_guide_deployment_is_the_default() {
     assert!(http.contains("\ntlsenable = yes\n"));
     assert!(http.contains("\ntlsbindaddr = 0.0.0.0:8089\n"));
     assert!(http.contains("\nbindaddr = 127.0.0.1\n"), "plain HTTP must stay on loopback");
-    assert!(http.contains("\ntlscertfile = /etc/asterisk/keys/asterisk.crt\n"));
-    assert!(http.contains("\ntlsprivatekey = /etc/asterisk/keys/asterisk.key\n"));
+    assert!(http.contains("\ntlscertfile = /etc/asterisk-keys/asterisk.crt\n"));
+    assert!(http.contains("\ntlsprivatekey = /etc/asterisk-keys/asterisk.key\n"));
     let rtp = b.text("asterisk/rtp.conf").unwrap();
     assert!(rtp.contains("\nrtpstart = 10000\nrtpend = 20000\n"));
     assert!(rtp.contains("\nicesupport = yes\n"));
@@ -92,12 +92,16 @@ fn secret_files_are_group_readable_only() {
         secret,
         [
             "asterisk/pjsip_auth.conf",
+            "asterisk/prometheus_auth.conf",
             "asterisk/rtp_turn.conf",
             "helm/astrtc/files/keys/asterisk.key",
+            "helm/astrtc/files/metrics/password",
             "helm/astrtc/files/secrets/pjsip_auth.conf",
+            "helm/astrtc/files/secrets/prometheus_auth.conf",
             "helm/astrtc/files/secrets/rtp_turn.conf",
             "keys/asterisk.key",
-            "keys/asterisk.pem"
+            "keys/asterisk.pem",
+            "prometheus/metrics-password"
         ]
     );
     for (path, f) in b.files() {

@@ -3,6 +3,7 @@
 mod common;
 
 mod acme;
+mod apply;
 mod cli;
 mod clients;
 mod compose;
@@ -14,6 +15,7 @@ mod hostile;
 mod image;
 mod media;
 mod memory;
+mod metrics;
 mod render;
 mod security;
 mod testenv;

@@ -7,7 +7,8 @@
 pub mod build;
 
 pub use build::{
-    build, build_guard, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext, Built, ImageError,
+    build, build_guard, build_prometheus, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext,
+    Built, ImageError,
     EXTRA_CA_FILE, HOST_CA_BUNDLE,
 };
 
@@ -53,10 +54,17 @@ pub const GUARD_HEALTHCHECK: &str = "/usr/local/bin/astrtc-guard-healthcheck";
 pub const GUARD_DB_DIR: &str = "/var/lib/fail2ban";
 /// fail2ban's ban database, in the guard's volume: bans outlive a restart.
 pub const GUARD_DB_FILE: &str = "/var/lib/fail2ban/fail2ban.sqlite3";
+/// The compose `monitoring` profile's Prometheus image (`images/prometheus`, Debian's package).
+pub const PROMETHEUS_IMAGE: &str = concat!("astrtc/prometheus:", env!("CARGO_PKG_VERSION"));
+/// Uid (and gid) of the Prometheus image's user.
+pub const PROMETHEUS_UID: u32 = 10062;
+/// Where the Prometheus container reads its settings (`deploy/prometheus`, mounted).
+pub const PROMETHEUS_CONFIG_DIR: &str = "/etc/prometheus";
 /// Where configs are mounted.
 pub const CONFIG_DIR: &str = "/etc/asterisk";
-/// Where keys are mounted.
-pub const KEYS_DIR: &str = "/etc/asterisk/keys";
+/// Where keys are mounted: beside the config directory, not inside it, so each is one directory
+/// mount that can be switched as a whole (a mount inside a Kubernetes ConfigMap volume cannot be).
+pub const KEYS_DIR: &str = "/etc/asterisk-keys";
 /// The image's healthcheck command.
 pub const HEALTHCHECK: &str = "/usr/local/bin/astrtc-healthcheck";
 
@@ -68,6 +76,11 @@ pub fn asterisk_build_args() -> Vec<(&'static str, String)> {
         ("PJPROJECT_VERSION", PJPROJECT_VERSION.to_string()),
         ("ASTERISK_UID", ASTERISK_UID.to_string()),
     ]
+}
+
+/// Build arguments of the Prometheus image's Dockerfile.
+pub fn prometheus_build_args() -> Vec<(&'static str, String)> {
+    vec![("PROMETHEUS_UID", PROMETHEUS_UID.to_string())]
 }
 
 /// Build arguments of the sidecar image's Dockerfile.

@@ -67,7 +67,6 @@ pub const NOLOAD: &[&str] = &[
     "res_pjsip_notify.so",
     "res_manager_devicestate.so",
     "res_manager_presencestate.so",
-    "res_prometheus.so",
     "res_mwi_external.so",
     "res_mwi_external_ami.so",
     "res_stun_monitor.so",
@@ -115,7 +114,14 @@ pub fn context(plan: &Plan) -> Value {
         rtp_secrets_file => RTP_SECRETS_FILE,
         tls_ciphers => Value::from(Serde(TLS_CIPHERS)),
         security_log => image::SECURITY_LOG,
+        metrics_secrets_file => METRICS_SECRETS_FILE,
     }
+}
+
+/// The context of `prometheus_auth.conf` and the monitoring profile's password file: the
+/// metrics password, nothing else.
+pub fn metrics_context(plan: &Plan) -> Value {
+    context! { metrics_password => &plan.metrics.password }
 }
 
 /// The context of `pjsip_auth.conf`: the endpoints' ids and passwords, nothing else.
@@ -131,5 +137,7 @@ pub fn turn_context(plan: &Plan) -> Value {
 
 /// `pjsip_auth.conf`, as pjsip.conf includes it.
 pub const AUTH_FILE: &str = "pjsip_auth.conf";
+/// `prometheus_auth.conf`, as prometheus.conf includes it.
+pub const METRICS_SECRETS_FILE: &str = "prometheus_auth.conf";
 /// `rtp_turn.conf`, as rtp.conf includes it.
 pub const RTP_SECRETS_FILE: &str = "rtp_turn.conf";

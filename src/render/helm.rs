@@ -20,6 +20,9 @@ use crate::spec::{AcmeChallenge, NetworkMode};
 
 /// Where the chart goes in the output.
 pub const CHART_DIR: &str = "helm/astrtc";
+/// The restart digest in the chart (`files/restart-digest`): the pod annotation
+/// `checksum/restart`, so a `helm upgrade` restarts the pod exactly when a change needs it.
+pub const RESTART_DIGEST_FILE: &str = "files/restart-digest";
 
 /// The context of the chart's generated files.
 pub fn context(plan: &Plan) -> Value {
@@ -84,6 +87,8 @@ pub fn chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
                 format!("{CHART_DIR}/files/guard/{rest}")
             } else if let Some(rest) = p.strip_prefix("certs/") {
                 format!("{CHART_DIR}/files/certs/{rest}")
+            } else if p == crate::render::templates::PROMETHEUS_PASSWORD {
+                format!("{CHART_DIR}/files/metrics/password")
             } else if p.starts_with("keys/") && matches!(name, "asterisk.crt" | "asterisk.key" | "ca.crt") {
                 format!("{CHART_DIR}/files/keys/{name}")
             } else {

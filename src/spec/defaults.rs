@@ -75,3 +75,14 @@ pub const BAN_AFTER: i64 = 5;
 pub const FIND_SECONDS: i64 = 600;
 /// How long a ban lasts, in seconds.
 pub const BAN_SECONDS: i64 = 3600;
+/// Seconds calls in progress may go on after a stop is asked for (an hour: most calls end well
+/// before; a Kubernetes node drain waits this long at most).
+pub const DRAIN_SECONDS: i64 = 3600;
+/// The longest drain a spec may ask for (a day).
+pub const MAX_DRAIN_SECONDS: i64 = 86_400;
+/// Metrics are on: `/metrics` with basic auth.
+pub const METRICS_ENABLED: bool = true;
+/// The basic-auth user of `/metrics` (its password is in the secrets file).
+pub const METRICS_USERNAME: &str = "prometheus";
+/// The compose `monitoring` profile's Prometheus listens on 127.0.0.1 at this port.
+pub const PROMETHEUS_PORT: i64 = 9090;

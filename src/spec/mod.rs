@@ -53,6 +53,12 @@ pub struct Spec {
     /// Memory the deployment may use.
     #[serde(default)]
     pub resources: ResourcesSpec,
+    /// Shutdown: how long calls in progress may go on once Asterisk is asked to stop.
+    #[serde(default)]
+    pub lifecycle: LifecycleSpec,
+    /// Asterisk's Prometheus metrics (`res_prometheus`).
+    #[serde(default)]
+    pub metrics: MetricsSpec,
 }
 
 /// `[logging]`.
@@ -88,6 +94,25 @@ pub struct SecuritySpec {
     pub ban_seconds: Option<i64>,
     /// Networks (CIDR) never banned, e.g. the office. Loopback is never banned either.
     pub allow: Option<Vec<String>>,
+}
+
+/// `[lifecycle]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSpec {
+    /// Seconds established calls may go on after a stop is asked for (compose stop, pod deletion,
+    /// a restart by `astrtc apply`); new calls get 503 meanwhile. Then Asterisk stops anyway.
+    pub drain_seconds: Option<i64>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// Serve `/metrics` (res_prometheus, basic auth with the password from the secrets file).
+    pub enabled: Option<bool>,
+    /// The port of the compose `monitoring` profile's Prometheus (on 127.0.0.1).
+    pub prometheus_port: Option<i64>,
 }
 
 /// `[network]`.

@@ -36,6 +36,10 @@ pub struct Valid {
     pub logging: Logging,
     /// Memory the deployment may use.
     pub resources: Resources,
+    /// Shutdown.
+    pub lifecycle: Lifecycle,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 /// What Asterisk logs.
@@ -67,6 +71,35 @@ pub struct Security {
     pub ban_seconds: u32,
     /// Networks never banned, as `address/prefix`.
     pub allow: Vec<String>,
+}
+
+/// How Asterisk stops.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Lifecycle {
+    /// Seconds calls in progress may go on after a stop is asked for; new calls get 503.
+    pub drain_seconds: u32,
+}
+
+impl Lifecycle {
+    /// What the orchestrator waits before killing the container: the drain, plus time for
+    /// Asterisk to hang up what is left and stop (`core stop now` waits up to 15 s).
+    pub fn stop_grace_seconds(&self) -> u32 {
+        self.drain_seconds + 30
+    }
+}
+
+/// Asterisk's `/metrics` (res_prometheus).
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    /// Whether `/metrics` is served.
+    pub enabled: bool,
+    /// Basic-auth user.
+    pub username: String,
+    /// Basic-auth password (from the secrets file); never serialized.
+    #[serde(skip_serializing)]
+    pub password: String,
+    /// The compose `monitoring` profile's Prometheus port (127.0.0.1).
+    pub prometheus_port: u16,
 }
 
 /// Network attachment.

@@ -88,6 +88,14 @@ pub fn ensure_guard() {
     });
 }
 
+/// The monitoring profile's Prometheus image (Debian's package), built once per run.
+pub fn ensure_prometheus() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    build_image_once(&BUILT, "Prometheus", |docker| async move {
+        astrtc::image::build_prometheus(&docker, astrtc::image::PROMETHEUS_IMAGE, &|_| {}).await
+    });
+}
+
 /// The ports a deployment on the host network listens on, all free when chosen.
 #[derive(Debug, Clone, Copy)]
 pub struct HostPorts {
@@ -127,7 +135,7 @@ impl HostPorts {
 }
 
 /// A rendered copy of the `host-alt-ports` fixture on free ports, so tests running at once (and
-/// a `make up` stack on the default ports) never collide.
+/// a `make up` stack on the default ports) never collide, running [`test_image`].
 pub fn deployment() -> (tempfile::TempDir, Plan) {
     deployment_with(|spec| spec.to_string())
 }
@@ -135,15 +143,25 @@ pub fn deployment() -> (tempfile::TempDir, Plan) {
 /// [`deployment`] of the fixture's spec text changed by `edit` first (a deliberately broken
 /// deployment: other codecs, a public address).
 pub fn deployment_with(edit: impl FnOnce(&str) -> String) -> (tempfile::TempDir, Plan) {
+    let (dir, plan) = deployment_unrendered_with(edit);
+    astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
+    (dir, plan)
+}
+
+/// [`deployment`]'s spec and plan, not rendered yet (for tests that edit the spec first).
+pub fn deployment_unrendered() -> (tempfile::TempDir, Plan) {
+    deployment_unrendered_with(|spec| spec.to_string())
+}
+
+fn deployment_unrendered_with(edit: impl FnOnce(&str) -> String) -> (tempfile::TempDir, Plan) {
     let dir = fixture_copy("host-alt-ports");
     let spec = dir.path().join("astrtc.toml");
     let text = std::fs::read_to_string(&spec).unwrap();
     let moved = HostPorts::free().apply(&text);
     assert_ne!(moved, text, "the fixture's ports were not found");
-    let moved = format!("image = \"{}\"\n{moved}", test_image());
+    let moved = moved.replacen("\n[network]", &format!("\nimage = {:?}\n\n[network]", test_image()), 1);
     std::fs::write(&spec, edit(&moved)).unwrap();
     let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
-    astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
     (dir, plan)
 }
 

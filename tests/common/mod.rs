@@ -7,6 +7,7 @@
 //! (blocking SIP helpers for threads of their own).
 
 pub mod attacker;
+pub mod call;
 pub mod certs;
 pub mod docker;
 pub mod netns;

@@ -202,6 +202,17 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
             fail2ban_ini(text).into_iter().map(|s| (s.name, s.lines.into_iter().map(|(k, _)| k).collect())).collect(),
         );
     }
+    // One value on one line (the monitoring profile's password file, the chart's restart
+    // digest): its line is its shape.
+    if path.ends_with("prometheus/metrics-password")
+        || path.ends_with("files/metrics/password")
+        || path.ends_with("files/restart-digest")
+    {
+        return match text.strip_suffix('\n').unwrap_or(text).lines().count() {
+            1 => Shape::Tree(vec!["<one line>".into()]),
+            n => Shape::Unreadable(format!("{n} lines, not one")),
+        };
+    }
     // The chart's Go templates are YAML only after `helm template` (see [`k8s_docs`]).
     if path.starts_with("helm/astrtc/templates") {
         return Shape::Opaque;
@@ -319,6 +330,12 @@ pub fn configmap_sources(docs: &[serde_json::Value]) -> Vec<(String, String, Str
     for d in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
         let name = d["metadata"]["name"].as_str().unwrap_or("?");
         for (key, value) in d["data"].as_object().into_iter().flatten() {
+            // The one-line stubs that include a password file from the auth Secret carry nothing
+            // of the spec's: they are the chart's own, the same for every deployment.
+            let stub = format!("; In the auth Secret, mounted apart.\n#include /etc/asterisk-secrets/{key}\n");
+            if value.as_str() == Some(stub.as_str()) {
+                continue;
+            }
             let source = if name.ends_with("-acme") {
                 format!("certs/{key}")
             } else if name.ends_with("-guard") {

@@ -6,6 +6,7 @@
 //! rules for single values are in [`rules`]. It never stops at the first problem.
 
 mod endpoints;
+mod lifecycle;
 mod network;
 mod operations;
 pub mod rules;
@@ -69,20 +70,31 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let logging = operations::logging(spec, v);
     let resources = operations::resources(spec, v);
     let security = security::security(spec, v);
+    let lifecycle = lifecycle::lifecycle(spec, v);
+    let metrics = lifecycle::metrics(spec, network.as_ref().map(|(n, _)| n), secrets, v, &mut out.secrets);
 
-    match (network, rtp, tls, dialplan, endpoints, logging, resources, security) {
+    match (network, rtp, tls, dialplan, endpoints, (logging, resources, security, lifecycle, metrics)) {
         (
             Some((network, _)),
             Some(rtp),
             Some(tls),
             Some(dialplan),
             Some(endpoints),
-            Some(logging),
-            Some(resources),
-            Some(security),
-        ) if out.is_empty() => {
-            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources, security })
-        }
+            (Some(logging), Some(resources), Some(security), Some(lifecycle), Some(metrics)),
+        ) if out.is_empty() => Ok(Valid {
+            name,
+            image,
+            network,
+            rtp,
+            tls,
+            dialplan,
+            endpoints,
+            logging,
+            resources,
+            security,
+            lifecycle,
+            metrics,
+        }),
         _ => Err(out),
     }
 }
