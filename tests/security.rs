@@ -739,11 +739,14 @@ fn guard_bans_guessers_and_spares_legitimate_and_allowed_clients() {
         assert!(Instant::now() < deadline, "no unban:\n{}", stack.guard_log());
         std::thread::sleep(Duration::from_millis(500));
     };
-    // fail2ban counts the ban from its ticket, the time of the failures that caused it (within a
-    // second after the one that crossed ban_after), not from the moment it logged "Ban".
+    // fail2ban counts the ban from its ticket, the time of the failures that caused it, not from
+    // the moment it logged "Ban". That time is near failure ban_after but not always it (one CI run
+    // measured the unban 44.5 s after it, for 45), the ban is restored across the guard's restart,
+    // and unbans are checked about once a second. The window allows for that and still refuses
+    // fail2ban's default bantime (600 s), a ban that never lifts, or one that lifts early.
     let held = unban - crossing;
     assert!(
-        (f64::from(BAN_SECONDS) - 0.5..=f64::from(BAN_SECONDS) + 5.0).contains(&held),
+        (f64::from(BAN_SECONDS) - 3.0..=f64::from(BAN_SECONDS) + 10.0).contains(&held),
         "the ban lasted {held:.1} s from failure {ban_after}, not {BAN_SECONDS}"
     );
     let options = attacker.run({
