@@ -8,8 +8,7 @@ pub mod build;
 
 pub use build::{
     build, build_guard, build_prometheus, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext,
-    Built, ImageError,
-    EXTRA_CA_FILE, HOST_CA_BUNDLE,
+    Built, ImageError, EXTRA_CA_FILE, HOST_CA_BUNDLE,
 };
 
 /// Expands to the Asterisk version as a literal (for `concat!`).
