@@ -420,11 +420,11 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
                 }
                 endpoints.push(ep);
             }
-            secrets.turn = turn_pw.map(|password| TurnSecrets { password });
+            secrets.turn = turn_pw.map(|password| TurnSecrets { password: Some(password), secret: None });
             let dialplan = DialplanSpec { context, echo_extension };
             let logging = LoggingSpec { verbose };
             let resources = ResourcesSpec { memory_limit_mb, memory_request_mb };
-            let spec = Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints, logging, resources };
+            let spec = Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints, logging, resources, turn: None };
             Generated { spec, secrets, ca_bundle, dns_hook }
         })
         .boxed()

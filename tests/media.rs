@@ -327,5 +327,5 @@ fn relay_without_a_turn_server_in_the_spec_is_bad_input() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the spec has no rtp.turn"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the spec has no [turn] nor rtp.turn"));
 }

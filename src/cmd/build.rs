@@ -1,4 +1,5 @@
-//! `astrtc build`: the Asterisk image and, in ACME mode, the sidecar image from this binary.
+//! `astrtc build`: the Asterisk image and, in ACME mode, the sidecar image from this binary; with
+//! a bundled `[turn]`, the TURN image.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,10 @@ pub async fn run(
         let exe = std::env::current_exe().map_err(|source| ImageError::Context { path: "astrtc".into(), source })?;
         let sidecar = image::build_sidecar(&docker, &exe, image::SIDECAR_IMAGE, &progress).await?;
         println!("built {} (the ACME sidecar) in {:.0?}", sidecar.tag, sidecar.elapsed);
+    }
+    if plan.turn.as_ref().is_some_and(|t| t.bundled.is_some()) {
+        let turn = image::build_turn(&docker, image::TURN_IMAGE, &progress).await?;
+        println!("built {} (the TURN relay) in {:.0?}", turn.tag, turn.elapsed);
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `astrtc secrets`: passwords for endpoints added to the spec later.
+//! `astrtc secrets`: passwords for endpoints added to the spec later, and the TURN shared secret
+//! once the spec has a `[turn]` section.
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ pub fn run(spec: &Path) -> Result<(), CmdError> {
     let path = loaded.secrets_path();
     let existing = if path.exists() { Some(astrtc::spec::secrets::load(&path)?.secrets) } else { None };
     let ids: Vec<String> = loaded.spec.endpoints.iter().map(|e| e.id.clone()).collect();
-    let added = astrtc::init::fill_secrets(&path, existing, &ids)?;
+    let added = astrtc::init::fill_secrets(&path, existing, &ids, loaded.spec.turn.is_some())?;
     if added.is_empty() {
         println!("every endpoint already has a password in {}", path.display());
     } else {

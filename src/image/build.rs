@@ -125,6 +125,8 @@ pub async fn connect() -> Result<Docker, ImageError> {
 pub const ASTERISK_CONTEXT: &str = "asterisk";
 /// The embedded directory of `images/` that holds the sidecar's Dockerfile.
 pub const SIDECAR_CONTEXT: &str = "astrtc";
+/// The embedded directory of `images/` that is the TURN image's build context.
+pub const TURN_CONTEXT: &str = "turn";
 
 /// One file of a build context: path inside it, mode, contents.
 type ContextEntry<'a> = (String, u32, std::borrow::Cow<'a, [u8]>);
@@ -230,6 +232,15 @@ pub async fn build_sidecar(
     progress: &dyn Fn(BuildEvent<'_>),
 ) -> Result<Built, ImageError> {
     build_tar(docker, sidecar_context_tar(exe)?, tag, &super::sidecar_build_args(), progress).await
+}
+
+/// Builds the TURN image (Debian's coturn on the base image, `images/turn`) and tags it `tag`.
+pub async fn build_turn(docker: &Docker, tag: &str, progress: &dyn Fn(BuildEvent<'_>)) -> Result<Built, ImageError> {
+    let entries = crate::assets::files_under(&crate::assets::IMAGES, TURN_CONTEXT)
+        .into_iter()
+        .map(|a| (a.path.to_string(), a.mode(), a.contents.into()));
+    let body = tar_of(entries).map_err(|source| ImageError::Context { path: "build context".into(), source })?;
+    build_tar(docker, body, tag, &super::turn_build_args(), progress).await
 }
 
 async fn build_tar(

@@ -7,8 +7,8 @@
 pub mod build;
 
 pub use build::{
-    build, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext, Built, ImageError, EXTRA_CA_FILE,
-    HOST_CA_BUNDLE,
+    build, build_sidecar, build_turn, connect, context_tar, sidecar_context_tar, BuildContext, Built, ImageError,
+    EXTRA_CA_FILE, HOST_CA_BUNDLE,
 };
 
 /// Expands to the Asterisk version as a literal (for `concat!`).
@@ -39,6 +39,18 @@ pub const SIDECAR_CONFIG_DIR: &str = "/etc/astrtc";
 pub const SIDECAR_KEYS_DIR: &str = "/var/lib/astrtc/keys";
 /// The sidecar's ACME account volume.
 pub const SIDECAR_ACME_DIR: &str = "/var/lib/astrtc/acme";
+/// The TURN image (`images/turn`: Debian's coturn), the same version as this astrtc.
+pub const TURN_IMAGE: &str = concat!("astrtc/turn:", env!("CARGO_PKG_VERSION"));
+/// Uid of the TURN image's user (its group is the asterisk group, which may read the keys).
+pub const TURN_UID: u32 = 10062;
+/// Where the TURN service reads `turnserver.conf` and `auth-secret` (mounted).
+pub const TURN_CONFIG_DIR: &str = "/etc/coturn";
+/// Where the TURN service reads the certificate (mounted).
+pub const TURN_KEYS_DIR: &str = "/etc/coturn/keys";
+/// The TURN service's writable runtime directory (tmpfs): the config with the secret, the pid.
+pub const TURN_RUN_DIR: &str = "/run/coturn";
+/// The TURN image's healthcheck command: a STUN Binding request answered by coturn.
+pub const TURN_HEALTHCHECK: &str = "/usr/local/bin/astrtc-turn-healthcheck";
 /// Where configs are mounted.
 pub const CONFIG_DIR: &str = "/etc/asterisk";
 /// Where keys are mounted.
@@ -59,6 +71,11 @@ pub fn asterisk_build_args() -> Vec<(&'static str, String)> {
 /// Build arguments of the sidecar image's Dockerfile.
 pub fn sidecar_build_args() -> Vec<(&'static str, String)> {
     vec![("ASTERISK_GID", ASTERISK_UID.to_string()), ("SIDECAR_UID", SIDECAR_UID.to_string())]
+}
+
+/// Build arguments of the TURN image's Dockerfile.
+pub fn turn_build_args() -> Vec<(&'static str, String)> {
+    vec![("ASTERISK_GID", ASTERISK_UID.to_string()), ("TURN_UID", TURN_UID.to_string())]
 }
 
 /// An image reference split into repository and tag (`latest` when none is given).

@@ -6,7 +6,7 @@
 //! `templates/deploy/` is the output directory file for file ([`crate::assets`]): `.j2` files are
 //! rendered, every other file is copied, and a few are conditional (TURN, ACME, certificates).
 //! One module per output family provides its template context ([`asterisk`], [`compose`],
-//! [`helm`]); secrets reach only the templates of the secret files, through contexts of their
+//! [`helm`], [`turn`]); secrets reach only the templates of the secret files, through contexts of their
 //! own. The [`Bundle`] compares itself with disk (`render --check`) and writes itself with
 //! [`crate::fsx::replace_dir`].
 
@@ -15,6 +15,7 @@ mod bundle;
 pub mod compose;
 pub mod helm;
 pub mod templates;
+pub mod turn;
 
 pub use bundle::{file_gid, Bundle, BundleFile, Change, CheckReport, FileKind};
 
@@ -78,8 +79,13 @@ pub struct Inputs {
 }
 
 /// Files that hold secrets (mode 0640, never shown in a diff).
-pub const SECRET_FILES: &[&str] =
-    &[templates::PJSIP_AUTH_CONF, templates::RTP_TURN_CONF, "keys/asterisk.key", "keys/asterisk.pem"];
+pub const SECRET_FILES: &[&str] = &[
+    templates::PJSIP_AUTH_CONF,
+    templates::RTP_TURN_CONF,
+    turn::SECRET_FILE,
+    "keys/asterisk.key",
+    "keys/asterisk.pem",
+];
 
 /// The sidecar's settings file in `certs/`.
 pub const SIDECAR_CONFIG_FILE: &str = "acme.toml";
@@ -108,6 +114,8 @@ fn wanted(plan: &Plan, inputs: &Inputs, path: &str) -> bool {
         inputs.certs.is_some()
     } else if path.starts_with("certs/") {
         plan.tls.acme.is_some()
+    } else if path.starts_with("turn/") {
+        turn::bundled(plan)
     } else {
         true
     }
@@ -134,6 +142,10 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
     // Mount points: the keys directory, and its place inside the read-only config mount.
     bundle.add_dir("keys");
     bundle.add_dir("asterisk/keys");
+    if turn::bundled(plan) {
+        // The keys' place inside the TURN service's read-only config mount.
+        bundle.add_dir("turn/keys");
+    }
     // Files the spec names, copied as they are.
     if let Some(ca) = &inputs.acme_ca_bundle {
         bundle.add(format!("certs/{SIDECAR_CA_FILE}"), ca.clone(), FileKind::Public);
@@ -153,6 +165,8 @@ struct Contexts {
     asterisk: minijinja::Value,
     pjsip_auth: minijinja::Value,
     rtp_turn: minijinja::Value,
+    turn: minijinja::Value,
+    turn_secret: minijinja::Value,
     compose: minijinja::Value,
     helm: minijinja::Value,
     keys: minijinja::Value,
@@ -165,6 +179,8 @@ impl Contexts {
             asterisk: asterisk::context(plan),
             pjsip_auth: asterisk::auth_context(plan),
             rtp_turn: asterisk::turn_context(plan),
+            turn: turn::context(plan),
+            turn_secret: turn::secret_context(plan),
             compose: compose::context(plan),
             helm: helm::context(plan),
             keys: match &inputs.certs {
@@ -181,6 +197,8 @@ impl Contexts {
         match path {
             templates::PJSIP_AUTH_CONF => self.pjsip_auth.clone(),
             templates::RTP_TURN_CONF => self.rtp_turn.clone(),
+            turn::SECRET_FILE => self.turn_secret.clone(),
+            _ if path.starts_with("turn/") => self.turn.clone(),
             _ if path.starts_with("asterisk/") => self.asterisk.clone(),
             _ if path.starts_with("keys/") => self.keys.clone(),
             _ if path.starts_with("certs/") => self.acme.clone(),

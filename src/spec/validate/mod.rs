@@ -10,6 +10,7 @@ mod network;
 mod operations;
 pub mod rules;
 mod tls;
+mod turn;
 
 use std::path::Path;
 
@@ -66,12 +67,21 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let endpoints = endpoints::endpoints(spec, secrets, v, &mut out.secrets);
     let logging = operations::logging(spec, v);
     let resources = operations::resources(spec, v);
+    let turn =
+        turn::turn(spec, network.as_ref().map(|(n, _)| n), rtp.as_ref(), tls.as_ref(), secrets, v, &mut out.secrets);
 
-    match (network, rtp, tls, dialplan, endpoints, logging, resources) {
-        (Some((network, _)), Some(rtp), Some(tls), Some(dialplan), Some(endpoints), Some(logging), Some(resources))
-            if out.is_empty() =>
-        {
-            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources })
+    match (network, rtp, tls, dialplan, endpoints, logging, resources, turn) {
+        (
+            Some((network, _)),
+            Some(rtp),
+            Some(tls),
+            Some(dialplan),
+            Some(endpoints),
+            Some(logging),
+            Some(resources),
+            Some(turn),
+        ) if out.is_empty() => {
+            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources, turn })
         }
         _ => Err(out),
     }
