@@ -16,4 +16,5 @@ mod media;
 mod memory;
 mod render;
 mod testenv;
+mod turn;
 mod verify;

@@ -466,8 +466,18 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
 impl Allocation {
     /// Allocates a UDP relay on `server` through `link` (which then carries the relayed media).
     pub async fn new(link: &mut Link<'_>, server: &TurnServer) -> Result<Allocation, TurnError> {
+        Allocation::with_protocol(link, server, 17).await
+    }
+
+    /// Allocates a relay of IP protocol `protocol` (17 UDP; 6 TCP, RFC 6062, which a server
+    /// that relays only UDP refuses with 442).
+    pub async fn with_protocol(
+        link: &mut Link<'_>,
+        server: &TurnServer,
+        protocol: u8,
+    ) -> Result<Allocation, TurnError> {
         let addr = server.addr;
-        let request = Message::new(ALLOCATE).attr(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+        let request = Message::new(ALLOCATE).attr(ATTR_REQUESTED_TRANSPORT, vec![protocol, 0, 0, 0]);
         let first = exchange(link, addr, "Allocate", &request, None).await?;
         let (realm, nonce) = match first.error() {
             Some((401, _)) => {
@@ -494,7 +504,7 @@ impl Allocation {
         let ok = alloc
             .authenticated(link, "Allocate", || {
                 Message::new(ALLOCATE)
-                    .attr(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
+                    .attr(ATTR_REQUESTED_TRANSPORT, vec![protocol, 0, 0, 0])
                     .attr(ATTR_SOFTWARE, b"astrtc".to_vec())
             })
             .await?;

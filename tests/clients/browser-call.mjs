@@ -9,7 +9,8 @@
 // With --ice-servers-env, the phone's "ICE servers" field gets that variable's JSON (e.g. the
 // output of `astrtc turn-credentials --json`). After the call is answered it waits for ICE to
 // connect or fail (--ice-timeout, default 40 s) and reports each ICE state, the time from the
-// call to ICE connected, and the selected candidate pair; ICE failing is an error.
+// call to ICE connected, and the selected candidate pair; ICE failing (Chrome: "disconnected"
+// before ever connecting, "failed" much later) is an error.
 import { chromium } from 'playwright-core';
 import { writeFileSync, mkdirSync } from 'node:fs';
 
@@ -84,17 +85,18 @@ try {
   const iceDeadline = Date.now() + Number(args['ice-timeout'] || 40) * 1000;
   for (;;) {
     s = await page.evaluate(() => window.astrtcPhone.state);
-    const failed = s.iceStates.some((x) => x.state === 'failed');
+    // Failed, or (as Chrome reports it first) disconnected without ever having connected.
+    const failed = s.iceConnectedAt === null && s.iceStates.some((x) => x.state === 'failed' || x.state === 'disconnected');
     if (s.iceConnectedAt !== null || failed || Date.now() > iceDeadline) break;
     await page.waitForTimeout(100);
   }
   result.iceStates = s.iceStates.map((x) => ({ state: x.state, ms: Math.round(x.at - s.callStartedAt) }));
   result.relayCandidates = s.relayCandidates;
   if (s.iceConnectedAt === null) {
-    result.iceFailed = s.iceStates.some((x) => x.state === 'failed');
+    result.iceFailed = s.iceStates.some((x) => x.state === 'failed' || x.state === 'disconnected');
     const last = await page.evaluate(() => window.astrtcPhone.stats());
     result.samples.push({ t: 0, ...last });
-    await page.click('#hangup');
+    if (await page.isEnabled('#hangup')) await page.click('#hangup');
     throw new Error(result.iceFailed ? 'ICE failed' : `ICE did not connect within ${args['ice-timeout'] || 40} s`);
   }
   result.iceConnectedMs = s.iceConnectedAt - s.callStartedAt;

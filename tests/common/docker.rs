@@ -58,6 +58,14 @@ pub fn ensure_sidecar() {
     });
 }
 
+/// The TURN image (Debian's coturn), built once per run.
+pub fn ensure_turn() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    build_image_once(&BUILT, "TURN", |docker| async move {
+        astrtc::image::build_turn(&docker, astrtc::image::TURN_IMAGE, &|_| {}).await
+    });
+}
+
 /// The ports a deployment on the host network listens on, all free when chosen.
 #[derive(Debug, Clone, Copy)]
 pub struct HostPorts {
@@ -102,14 +110,29 @@ pub fn deployment() -> (tempfile::TempDir, Plan) {
     deployment_with(|spec| spec.to_string())
 }
 
+/// The Asterisk image tag for tests, named by the contents of the build context this astrtc
+/// embeds: a run never starts an image built from another checkout's Dockerfile, runtime scripts
+/// or demo phone (worktrees and CI on one engine share tags such as `astrtc/asterisk:22.10.1`).
+pub fn test_image() -> String {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        use md5::{Digest, Md5};
+        let tar = astrtc::image::context_tar(&astrtc::image::BuildContext::Embedded, None).unwrap();
+        let hash: String = Md5::digest(&tar).iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("astrtc-test/asterisk:{}-{hash}", astrtc::image::ASTERISK_VERSION)
+    })
+    .clone()
+}
+
 /// [`deployment`] of the fixture's spec text changed by `edit` first (a deliberately broken
-/// deployment: other codecs, a public address).
+/// deployment: other codecs, a public address), running [`test_image`].
 pub fn deployment_with(edit: impl FnOnce(&str) -> String) -> (tempfile::TempDir, Plan) {
     let dir = fixture_copy("host-alt-ports");
     let spec = dir.path().join("astrtc.toml");
     let text = std::fs::read_to_string(&spec).unwrap();
     let moved = HostPorts::free().apply(&text);
     assert_ne!(moved, text, "the fixture's ports were not found");
+    let moved = moved.replacen("\n[network]", &format!("\nimage = {:?}\n\n[network]", test_image()), 1);
     std::fs::write(&spec, edit(&moved)).unwrap();
     let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
     astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
