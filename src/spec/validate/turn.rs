@@ -261,3 +261,92 @@ fn bundled_turn(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::validate;
+    use crate::spec::secrets::{Secrets, TurnSecrets};
+    use crate::spec::valid::Valid;
+    use crate::spec::TurnMode;
+
+    const SECRET: &str = "unit-test-turn-shared-secret-0123456789";
+
+    fn check(spec: &str) -> Result<Valid, Vec<String>> {
+        let text = format!("{spec}\n[[endpoints]]\nid = \"3001\"\nkind = \"sip\"\n");
+        let parsed = crate::spec::parse("astrtc.toml", &text).unwrap();
+        let mut secrets = Secrets::default();
+        secrets.endpoints.insert("3001".into(), "unit-test-password-3001".into());
+        secrets.turn = Some(TurnSecrets { password: None, secret: Some(SECRET.into()) });
+        validate(&parsed.spec, std::path::Path::new("."), &secrets)
+            .map_err(|p| p.spec.iter().chain(&p.secrets).map(|p| format!("{}: {}", p.path, p.message)).collect())
+    }
+
+    #[test]
+    fn bundled_defaults_come_from_the_deployment() {
+        let v = check("[tls]\ndomain = \"pbx.example.test\"\n[network]\npublic_address = \"203.0.113.10\"\nlocal_address = \"10.0.0.5\"\n[turn]\n").unwrap();
+        let t = v.turn.unwrap();
+        assert_eq!(
+            (t.mode, t.host.as_str(), t.port, t.tls_port),
+            (TurnMode::Bundled, "pbx.example.test", 3478, Some(5349))
+        );
+        let b = t.bundled.unwrap();
+        assert_eq!(
+            (b.relay_start, b.relay_end, b.realm.as_str(), b.user_quota),
+            (49152, 65535, "pbx.example.test", 12)
+        );
+        assert_eq!(b.allowed_peers, ["10.0.0.5".parse::<std::net::IpAddr>().unwrap(), "203.0.113.10".parse().unwrap()]);
+        assert_eq!(b.external_ip.as_deref(), Some("203.0.113.10/10.0.0.5"));
+        assert_eq!(t.secret, SECRET);
+        // Bridge mode: the container's address is a peer; coturn (on the host) maps only the public one.
+        let v = check(
+            "[network]\nmode = \"bridge\"\npublic_address = \"203.0.113.10\"\n[rtp]\nstart = 10000\nend = 10099\n[turn]\n",
+        )
+        .unwrap();
+        let b = v.turn.unwrap().bundled.unwrap();
+        assert!(b.allowed_peers.contains(&"172.28.0.10".parse().unwrap()));
+        assert_eq!(b.external_ip.as_deref(), Some("203.0.113.10"));
+    }
+
+    #[test]
+    fn external_servers_need_a_host_and_take_no_coturn_settings() {
+        let v = check("[turn]\nmode = \"external\"\nhost = \"turn.example.org\"\nport = 443\n").unwrap();
+        let t = v.turn.unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.tls_port), ("turn.example.org", 443, None));
+        assert!(t.bundled.is_none());
+        let e = check("[turn]\nmode = \"external\"\n").unwrap_err();
+        assert!(e[0].starts_with("turn: mode = \"external\" needs host"), "{e:?}");
+        let e = check("[turn]\nmode = \"external\"\nhost = \"t.example.org\"\nrealm = \"x\"\nuser_quota = 3\n")
+            .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e.iter().all(|p| p.contains("only used with mode = \"bundled\"")), "{e:?}");
+    }
+
+    #[test]
+    fn bundled_ports_share_the_host_with_asterisk() {
+        for (spec, key) in [
+            ("[turn]\nport = 5060\n", "turn.port: port 5060 is also network.sip_port"),
+            ("[turn]\ntls_port = 8089\n", "turn.tls_port: port 8089 is also network.wss_port"),
+            ("[turn]\nport = 12000\n", "turn.port: port 12000 lies inside the RTP range 10000-20000"),
+            (
+                "[turn]\nrelay_start = 19000\nrelay_end = 21000\n",
+                "turn.relay_start: the relay range 19000-21000 overlaps",
+            ),
+            (
+                "[turn]\nrelay_start = 5000\nrelay_end = 6000\n",
+                "turn.relay_start: the relay range 5000-6000 contains network.sip_port",
+            ),
+            ("[turn]\ntls_port = 1023\n", "turn.tls_port: 1023 is below 1024"),
+            ("[turn]\nport = 3478\ntls_port = 3478\n", "turn.tls_port: port 3478 is also turn.port"),
+            ("[turn]\nallowed_peers = [\"0.0.0.0\"]\n", "turn.allowed_peers[0]: 0.0.0.0: the relay never sends here"),
+            (
+                "[rtp]\nturn = \"localhost:3478\"\nturn_username = \"a\"\n[turn]\n",
+                "rtp.turn: names the bundled TURN server",
+            ),
+        ] {
+            let e = check(spec).unwrap_err();
+            assert!(e.iter().any(|p| p.starts_with(key)), "{spec}: {e:?}");
+        }
+        // 443 is the one low port bundled coturn takes (TURN over TLS through firewalls).
+        assert_eq!(check("[turn]\ntls_port = 443\n").unwrap().turn.unwrap().tls_port, Some(443));
+    }
+}
