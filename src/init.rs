@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::fsx;
 use crate::spec::defaults as d;
-use crate::spec::secrets::{generate_password, Secrets};
+use crate::spec::secrets::{generate_password, MetricsSecrets, Secrets};
 use crate::spec::validate::{dns_name, MAX_BRIDGE_RTP_PORTS};
 
 /// The starter spec's template in the embedded `templates/` tree.
@@ -116,13 +116,16 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         BRIDGE_SUBNET => d::BRIDGE_SUBNET, BRIDGE_ADDRESS => d::BRIDGE_ADDRESS.to_string(),
         CA_DIR => d::CA_DIR, CONTEXT => d::CONTEXT, ECHO_EXTENSION => d::ECHO_EXTENSION,
         ACME_DIRECTORY => d::ACME_DIRECTORY, DNS_TIMEOUT => d::DNS_TIMEOUT,
-        MAX_CONTACTS => d::MAX_CONTACTS,
+        MAX_CONTACTS => d::MAX_CONTACTS, SIP_TLS_PORT => d::SIP_TLS_PORT,
         RTP_TIMEOUT_WEBRTC => d::RTP_TIMEOUT_WEBRTC, RTP_TIMEOUT_SIP => d::RTP_TIMEOUT_SIP,
         RTP_TIMEOUT_HOLD => d::RTP_TIMEOUT_HOLD, VERBOSE => d::VERBOSE,
         MEMORY_LIMIT_MB => d::MEMORY_LIMIT_MB, MEMORY_REQUEST_MB => d::MEMORY_REQUEST_MB,
         TURN_PORT => d::TURN_PORT, TURN_TLS_PORT => d::TURN_TLS_PORT,
         TURN_RELAY_START => d::TURN_RELAY_START, TURN_RELAY_END => d::TURN_RELAY_END,
         TURN_USER_QUOTA => d::TURN_USER_QUOTA,
+        BAN_AFTER => d::BAN_AFTER, FIND_SECONDS => d::FIND_SECONDS, BAN_SECONDS => d::BAN_SECONDS,
+        DRAIN_SECONDS => d::DRAIN_SECONDS,
+        METRICS_USERNAME => d::METRICS_USERNAME, PROMETHEUS_PORT => d::PROMETHEUS_PORT,
     };
     let template = crate::assets::text(&crate::assets::TEMPLATES, SPEC_TEMPLATE).unwrap_or_default();
     env.render_str(
@@ -160,6 +163,7 @@ pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> R
     for id in STARTER_ENDPOINTS {
         s.endpoints.insert(id.to_string(), generate_password());
     }
+    s.metrics = Some(MetricsSecrets { password: generate_password() });
     if let Err(problems) = crate::spec::validate::validate(&parsed.spec, dir, &s) {
         if let Some(p) = problems.spec.iter().chain(&problems.secrets).next() {
             return Err(InitError::Flags { reason: format!("{}: {}", p.path, p.message) });
@@ -187,12 +191,14 @@ pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> R
 /// What a secret `fill_secrets` generated is for.
 pub const TURN_SECRET_NAME: &str = "[turn] secret";
 
-/// Adds generated passwords for endpoints that have none, and the TURN shared secret when
-/// `turn_secret` is asked for and missing; returns their ids (and [`TURN_SECRET_NAME`]).
+/// Adds generated passwords for endpoints that have none, the metrics password when it is
+/// missing and `metrics` is on, and the TURN shared secret when `turn_secret` is asked for and
+/// missing; returns what was added (endpoint ids, `metrics`, [`TURN_SECRET_NAME`]).
 pub fn fill_secrets(
     path: &Path,
     existing: Option<Secrets>,
     ids: &[String],
+    metrics: bool,
     turn_secret: bool,
 ) -> Result<Vec<String>, InitError> {
     let mut s = existing.unwrap_or_default();
@@ -202,6 +208,10 @@ pub fn fill_secrets(
             s.endpoints.insert(id.clone(), generate_password());
             added.push(id.clone());
         }
+    }
+    if metrics && s.metrics.is_none() {
+        s.metrics = Some(MetricsSecrets { password: generate_password() });
+        added.push("metrics".to_string());
     }
     if turn_secret && s.turn.as_ref().is_none_or(|t| t.secret.is_none()) {
         // Two generated passwords: 64 characters, 380 bits.

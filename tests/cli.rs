@@ -553,5 +553,5 @@ fn turn_credentials_print_an_ice_servers_entry_made_with_the_shared_secret() {
     assert!(!all_output(&out).contains(&secret), "secrets printed the secret");
     astrtc().args(["render", "--spec"]).arg(&plain_spec).assert().success();
     let again = astrtc().args(["secrets", "--spec"]).arg(&plain_spec).assert().success();
-    assert!(all_output(&again).contains("every endpoint already has a password"), "{}", all_output(&again));
+    assert!(all_output(&again).contains("already has a password"), "{}", all_output(&again));
 }

@@ -24,7 +24,7 @@ fn every_fixture_compose_file_is_valid() {
         assert_eq!(svc["image"].as_str(), Some(plan.image.as_str()));
         assert_eq!(svc["volumes"][0]["target"].as_str(), Some("/etc/asterisk"));
         assert_eq!(svc["volumes"][0]["read_only"].as_bool(), Some(true));
-        assert_eq!(svc["volumes"][1]["target"].as_str(), Some("/etc/asterisk/keys"));
+        assert_eq!(svc["volumes"][1]["target"].as_str(), Some("/etc/asterisk-keys"));
         assert!(svc["healthcheck"]["test"].is_sequence());
         match plan.network.mode {
             astrtc::spec::NetworkMode::Host => {
@@ -128,7 +128,7 @@ fn the_turn_service_is_host_networked_read_only_and_unprivileged() {
         .iter()
         .map(|v| (v["source"].as_str().unwrap(), v["target"].as_str().unwrap(), v["read_only"].as_bool().unwrap()))
         .collect();
-    assert_eq!(mounts, [("./turn", "/etc/coturn", true), ("./keys", "/etc/coturn/keys", true)]);
+    assert_eq!(mounts, [("./turn", "/etc/coturn", true), ("./keys", "/etc/coturn-keys", true)]);
     // TLS on 5349: nothing below 1024, so no-new-privileges keeps the capability from being granted.
     let turn = render(&|s| s.replace("tls_port = 443", "tls_port = 5349"));
     assert_eq!(turn["security_opt"][0].as_str(), Some("no-new-privileges:true"));

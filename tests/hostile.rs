@@ -90,7 +90,11 @@ fn semantic_problems_are_reported_all_at_once() {
          [[endpoints]]\nid = \"1\"\nkind = \"sip\"\ncodecs = [\"speex9\"]\n[[endpoints]]\nid = \"1\"\nkind = \"sip\"\n",
     )
     .unwrap();
-    fs::write(dir.path().join("astrtc.secrets.toml"), "[endpoints]\n1 = \"aaaaaaaaaaaaaaaaaaaa\"\n").unwrap();
+    fs::write(
+        dir.path().join("astrtc.secrets.toml"),
+        "[endpoints]\n1 = \"aaaaaaaaaaaaaaaaaaaa\"\n[metrics]\npassword = \"bbbbbbbbbbbbbbbbbbbb\"\n",
+    )
+    .unwrap();
     let err = plan_for(&spec, ROOT).unwrap_err();
     let SpecError::Invalid(inv) = &err else { panic!("{err:?}") };
     let paths: Vec<String> = inv.problems.iter().map(|p| p.path.to_string()).collect();
@@ -177,6 +181,7 @@ fn fields() -> Vec<Field> {
         f("rtp.turn_username", Nat, Spec, "rtp.turn_username", "pb{V}x", "x"),
         f("network.public_address", Nat, Spec, "network.public_address", "203.0.113.1{V}", "0"),
         f("network.local_nets", Nat, Spec, "network.local_nets[1]", "192.168.1.0/2{V}", "4"),
+        f("security.allow", Nat, Spec, "security.allow[1]", "198.51.100.0/2{V}", "4"),
         f("network.bridge_subnet", Bridge, Spec, "network.bridge_subnet", "172.29.5.0/2{V}", "4"),
         f("network.bridge_address", Bridge, Spec, "network.bridge_address", "172.29.5.2{V}", "0"),
         f("tls.acme.email", Acme, Spec, "tls.acme.email", "ops{V}@example.com", "x"),
@@ -192,6 +197,7 @@ fn fields() -> Vec<Field> {
         f("turn.realm", Turn, Spec, "turn.realm", "pbx{V}.example.test", "x"),
         f("turn.allowed_peers", Turn, Spec, "turn.allowed_peers[0]", "10.20.0.{V}6", "1"),
         f("secret (turn)", Turn, Secrets, "turn.secret", "fixture-turn-shared{V}-secret-0123456789abcdef", "x"),
+        f("password (metrics)", Nat, Secrets, "metrics.password", "fixture-metrics{V}-password", "x"),
     ]
 }
 

@@ -3,6 +3,7 @@
 mod common;
 
 mod acme;
+mod apply;
 mod cli;
 mod clients;
 mod compose;
@@ -14,7 +15,9 @@ mod hostile;
 mod image;
 mod media;
 mod memory;
+mod metrics;
 mod render;
+mod security;
 mod testenv;
 mod turn;
 mod verify;

@@ -93,7 +93,7 @@ fn stack(net: &ClientNetwork, domain: &str, turn_extra: &str, edit: impl FnOnce(
     let spec = dir.path().join("astrtc.toml");
     let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
     assert!(plan.turn.as_ref().is_some_and(|t| t.bundled.is_some()), "the stack has no bundled TURN");
-    ensure_image(&plan.image);
+    ensure_image();
     ensure_turn();
     if plan.tls.acme.is_some() {
         ensure_sidecar();

@@ -61,7 +61,7 @@ pub fn context(plan: &Plan) -> Value {
         denied_peers => Value::from(Serde(DENIED_PEERS)),
         keys_dir => image::TURN_KEYS_DIR,
         run_dir => image::TURN_RUN_DIR,
-        tls_ciphers => super::asterisk::TLS_CIPHERS,
+        tls_ciphers => super::asterisk::TLS_CIPHERS.join(":"),
     }
 }
 

@@ -87,7 +87,7 @@ pub(super) fn turn(
     only_bundled("turn.allowed_peers", t.allowed_peers.is_some(), v);
 
     let bundled_settings =
-        if bundled { bundled_turn(t, network, rtp, tls, port, tls_port.flatten(), v) } else { Some(None) };
+        if bundled { bundled_turn(spec, network, rtp, tls, port, tls_port.flatten(), v) } else { Some(None) };
 
     let secret = match secrets.turn.as_ref().and_then(|t| t.secret.as_ref()) {
         None => {
@@ -135,7 +135,7 @@ pub(super) fn turn(
 /// Bundled coturn's relay range, realm, quotas and allowed peers; its ports checked against
 /// everything else on the host network.
 fn bundled_turn(
-    t: &super::super::TurnSpec,
+    spec: &Spec,
     network: Option<&Network>,
     rtp: Option<&Rtp>,
     tls: Option<&Tls>,
@@ -143,6 +143,7 @@ fn bundled_turn(
     tls_port: Option<u16>,
     v: &mut Vec<Problem>,
 ) -> Option<Option<BundledTurn>> {
+    let Some(t) = &spec.turn else { return Some(None) };
     let before = v.len();
     let start = t.relay_start.unwrap_or(defaults::TURN_RELAY_START);
     let end = t.relay_end.unwrap_or(defaults::TURN_RELAY_END);
@@ -165,7 +166,14 @@ fn bundled_turn(
     let mut taken: Vec<(&str, u16)> = Vec::new();
     if let Some(n) = network {
         taken.extend([("network.sip_port", n.sip_port), ("network.http_port", n.http_port)]);
-        taken.push(("network.wss_port", n.wss_port));
+        taken.extend([("network.wss_port", n.wss_port), ("network.sip_tls_port", n.sip_tls_port)]);
+    }
+    // The monitoring profile's Prometheus listens on the host's loopback, where coturn listens too.
+    if spec.metrics.enabled.unwrap_or(defaults::METRICS_ENABLED) {
+        let prometheus = spec.metrics.prometheus_port.unwrap_or(defaults::PROMETHEUS_PORT);
+        if let Ok(pp) = u16::try_from(prometheus) {
+            taken.push(("metrics.prometheus_port", pp));
+        }
     }
     if let Some(acme) = tls.and_then(|t| t.acme.as_ref()) {
         if acme.challenge == super::super::AcmeChallenge::Http01 {
@@ -265,7 +273,7 @@ fn bundled_turn(
 #[cfg(test)]
 mod tests {
     use super::super::validate;
-    use crate::spec::secrets::{Secrets, TurnSecrets};
+    use crate::spec::secrets::{MetricsSecrets, Secrets, TurnSecrets};
     use crate::spec::valid::Valid;
     use crate::spec::TurnMode;
 
@@ -277,6 +285,7 @@ mod tests {
         let mut secrets = Secrets::default();
         secrets.endpoints.insert("3001".into(), "unit-test-password-3001".into());
         secrets.turn = Some(TurnSecrets { password: None, secret: Some(SECRET.into()) });
+        secrets.metrics = Some(MetricsSecrets { password: "unit-test-metrics-password".into() });
         validate(&parsed.spec, std::path::Path::new("."), &secrets)
             .map_err(|p| p.spec.iter().chain(&p.secrets).map(|p| format!("{}: {}", p.path, p.message)).collect())
     }
@@ -326,6 +335,8 @@ mod tests {
         for (spec, key) in [
             ("[turn]\nport = 5060\n", "turn.port: port 5060 is also network.sip_port"),
             ("[turn]\ntls_port = 8089\n", "turn.tls_port: port 8089 is also network.wss_port"),
+            ("[turn]\ntls_port = 5061\n", "turn.tls_port: port 5061 is also network.sip_tls_port"),
+            ("[turn]\nport = 9090\n", "turn.port: port 9090 is also metrics.prometheus_port"),
             ("[turn]\nport = 12000\n", "turn.port: port 12000 lies inside the RTP range 10000-20000"),
             (
                 "[turn]\nrelay_start = 19000\nrelay_end = 21000\n",
