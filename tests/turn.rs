@@ -33,7 +33,7 @@ use astrtc::plan::Plan;
 use serde_json::Value;
 
 use crate::clients::{artifacts, assert_media_flowed, browser_call, browser_home, tools_missing, BrowserCall};
-use crate::common::docker::{deployment_with, ensure_image, ensure_sidecar, ensure_turn, ComposeProject};
+use crate::common::docker::{deployment_with, ensure_guard, ensure_image, ensure_sidecar, ensure_turn, ComposeProject};
 use crate::common::netns::{client_behind_nat, client_behind_nat_to_public_server, ClientNetwork, PUBLIC};
 use crate::common::*;
 use crate::media::{assert_healthy, check, failed, failure, remedy, verify_call, verify_call_held};
@@ -95,6 +95,9 @@ fn stack(net: &ClientNetwork, domain: &str, turn_extra: &str, edit: impl FnOnce(
     assert!(plan.turn.as_ref().is_some_and(|t| t.bundled.is_some()), "the stack has no bundled TURN");
     ensure_image();
     ensure_turn();
+    if plan.guard.is_some() {
+        ensure_guard();
+    }
     if plan.tls.acme.is_some() {
         ensure_sidecar();
     }
