@@ -524,6 +524,12 @@ fn turn_credentials_print_an_ice_servers_entry_made_with_the_shared_secret() {
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(text.starts_with("TURN credentials for bob, valid 60 min (until "), "{text}");
     assert!(text.contains("turns:pbx.example.test:443?transport=tcp") && text.contains("iceServers entry"), "{text}");
+    // `astrtc info` names the same URLs, and how to mint credentials.
+    let info = astrtc().args(["info", "--spec"]).arg(&spec).assert().success();
+    let info = String::from_utf8_lossy(&info.get_output().stdout).into_owned();
+    let urls = "turn:pbx.example.test:3478?transport=udp, turn:pbx.example.test:3478?transport=tcp, \
+                turns:pbx.example.test:443?transport=tcp (bundled coturn, the `turn` service)";
+    assert!(info.contains(urls) && info.contains("astrtc turn-credentials --spec"), "{info}");
 
     for (args, says) in [(vec!["--user", "a:b"], "--user"), (vec!["--user", "alice", "--ttl", "8d"], "at most 7d")] {
         let out = astrtc().args(["turn-credentials", "--spec"]).arg(&spec).args(&args).assert().code(2);

@@ -851,7 +851,11 @@ fn a_ban_also_cuts_the_banned_address_off_from_the_bundled_turn_relay() {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     while !stack.banned().contains(&attacker.ip.to_string()) {
-        assert!(Instant::now() < deadline, "the WSS guesser was not banned ({answered} answers):\n{}", stack.guard_log());
+        assert!(
+            Instant::now() < deadline,
+            "the WSS guesser was not banned ({answered} answers):\n{}",
+            stack.guard_log()
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     let after = probe(&attacker);

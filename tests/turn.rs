@@ -279,6 +279,14 @@ async fn with_all_udp_blocked_turn_over_tls_carries_the_call() {
         assert_eq!(call.relay.as_ref().unwrap().transport, transport);
         eprintln!("verify --relay over {transport}: ICE connected {:?} ms", call.ice_connected_ms);
     }
+
+    // The TLS port serves the deployment's certificate, verified for the domain against its CA,
+    // with TLS 1.2 or 1.3 (the config turns 1.0 and 1.1 off; rustls offers neither anyway).
+    let ca = std::fs::read_to_string(stack.dir.path().join("deploy/keys/ca.crt")).unwrap();
+    let tls_addr = SocketAddr::new(net.server_addr, stack.turn().tls_port.unwrap());
+    let tls = astrtc::verify::tls::check_tls(tls_addr, DOMAIN, &ca).unwrap();
+    eprintln!("TURN over TLS: {}, certificate for {DOMAIN}", tls.protocol);
+    assert!(["TLSv1_2", "TLSv1_3"].contains(&tls.protocol.as_str()), "{}", tls.protocol);
 }
 
 #[tokio::test(flavor = "multi_thread")]
