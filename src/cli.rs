@@ -169,9 +169,33 @@ pub enum Command {
         #[arg(long, value_name = "S", default_value_t = 5.0, requires = "call",
               value_parser = parse_hold)]
         hold: f64,
-        /// Force the WebRTC call's media through the TURN server of the spec (rtp.turn).
+        /// Force the WebRTC call's media through the spec's TURN server: `[turn]` with credentials
+        /// astrtc mints, or else `rtp.turn` with its user and password.
         #[arg(long, requires = "call")]
         relay: bool,
+        /// How to reach the TURN server with --relay: udp, tcp, or tls (`[turn]`'s tls_port; the
+        /// way through a network that blocks all UDP).
+        #[arg(long, value_enum, default_value = "udp", requires = "relay")]
+        relay_transport: RelayTransport,
+    },
+    /// Print short-lived credentials for the spec's TURN server as a browser's `iceServers`
+    /// entry (TURN REST: user name EXPIRY:USER, password base64(HMAC-SHA1(secret, user name))).
+    #[command(after_help = "Examples:\n  astrtc turn-credentials --spec pbx/astrtc.toml --user alice\n  \
+                            astrtc turn-credentials --spec pbx/astrtc.toml --user alice --ttl 10m --json")]
+    TurnCredentials {
+        /// The spec file.
+        #[arg(long, default_value = "astrtc.toml")]
+        spec: PathBuf,
+        /// Who the credentials are for (1-64 letters, digits or `._-@`); it appears in the TURN
+        /// server's log and counts against its per-user quota.
+        #[arg(long)]
+        user: String,
+        /// How long they are valid (e.g. 90s, 10m, 1h; at most 7d).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+        /// Print only the `iceServers` entry, as one line of JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Ephemeral test environments: complete deployments on free ports, side by side, ready in
     /// seconds, for test suites in any language.
@@ -190,6 +214,17 @@ pub enum Command {
     /// Print the manual page (roff) to stdout.
     #[command(after_help = "Example:\n  astrtc man > /usr/local/share/man/man1/astrtc.1")]
     Man,
+}
+
+/// `verify --relay-transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelayTransport {
+    /// TURN over UDP.
+    Udp,
+    /// TURN over TCP, on the UDP port's number.
+    Tcp,
+    /// TURN over TLS (`turns:`), on `[turn]` tls_port.
+    Tls,
 }
 
 /// `init --tls`.
@@ -329,6 +364,15 @@ pub enum TestenvCommand {
         #[arg(long)]
         at: u64,
     },
+}
+
+/// `--ttl` of `turn-credentials`: a duration up to [`crate::turn::MAX_TTL`].
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let ttl = crate::testenv::parse_duration(s)?;
+    if ttl > crate::turn::MAX_TTL {
+        return Err("TURN credentials cannot be revoked: at most 7d (mint new ones instead)".into());
+    }
+    Ok(ttl)
 }
 
 /// `--hold`: 1 to 3600 seconds.

@@ -120,6 +120,9 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         RTP_TIMEOUT_WEBRTC => d::RTP_TIMEOUT_WEBRTC, RTP_TIMEOUT_SIP => d::RTP_TIMEOUT_SIP,
         RTP_TIMEOUT_HOLD => d::RTP_TIMEOUT_HOLD, VERBOSE => d::VERBOSE,
         MEMORY_LIMIT_MB => d::MEMORY_LIMIT_MB, MEMORY_REQUEST_MB => d::MEMORY_REQUEST_MB,
+        TURN_PORT => d::TURN_PORT, TURN_TLS_PORT => d::TURN_TLS_PORT,
+        TURN_RELAY_START => d::TURN_RELAY_START, TURN_RELAY_END => d::TURN_RELAY_END,
+        TURN_USER_QUOTA => d::TURN_USER_QUOTA,
         BAN_AFTER => d::BAN_AFTER, FIND_SECONDS => d::FIND_SECONDS, BAN_SECONDS => d::BAN_SECONDS,
         DRAIN_SECONDS => d::DRAIN_SECONDS,
         METRICS_USERNAME => d::METRICS_USERNAME, PROMETHEUS_PORT => d::PROMETHEUS_PORT,
@@ -185,13 +188,18 @@ pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> R
     Ok(Written { spec, secrets, endpoints: STARTER_ENDPOINTS.iter().map(|s| s.to_string()).collect() })
 }
 
-/// Adds generated passwords for endpoints that have none, and the metrics password when it is
-/// missing and `metrics` is on; returns what was added (endpoint ids, and `metrics`).
+/// What a secret `fill_secrets` generated is for.
+pub const TURN_SECRET_NAME: &str = "[turn] secret";
+
+/// Adds generated passwords for endpoints that have none, the metrics password when it is
+/// missing and `metrics` is on, and the TURN shared secret when `turn_secret` is asked for and
+/// missing; returns what was added (endpoint ids, `metrics`, [`TURN_SECRET_NAME`]).
 pub fn fill_secrets(
     path: &Path,
     existing: Option<Secrets>,
     ids: &[String],
     metrics: bool,
+    turn_secret: bool,
 ) -> Result<Vec<String>, InitError> {
     let mut s = existing.unwrap_or_default();
     let mut added = Vec::new();
@@ -204,6 +212,11 @@ pub fn fill_secrets(
     if metrics && s.metrics.is_none() {
         s.metrics = Some(MetricsSecrets { password: generate_password() });
         added.push("metrics".to_string());
+    }
+    if turn_secret && s.turn.as_ref().is_none_or(|t| t.secret.is_none()) {
+        // Two generated passwords: 64 characters, 380 bits.
+        s.turn.get_or_insert_with(Default::default).secret = Some(generate_password() + &generate_password());
+        added.push(TURN_SECRET_NAME.to_string());
     }
     if !added.is_empty() {
         fsx::write_atomic(path, s.to_toml().as_bytes(), 0o600)

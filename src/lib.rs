@@ -31,4 +31,5 @@ pub mod spec;
 pub mod testenv;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod turn;
 pub mod verify;

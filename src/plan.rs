@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::image::{self, ImageRef};
 pub use crate::spec::valid::{
-    Acme, Bridge, Dialplan, Endpoint, Lifecycle, Logging, Metrics, Nat, Network, Resources, Rtp, Security, Tls,
-    Transport, Turn, Valid,
+    Acme, Bridge, BundledTurn, Dialplan, Endpoint, Lifecycle, Logging, Metrics, Nat, Network, Resources, Rtp, Security,
+    Tls, Transport, Turn, TurnService, Valid,
 };
 use crate::spec::{LoadedSpec, SpecError};
 
@@ -83,6 +83,8 @@ pub struct Plan {
     pub logging: Logging,
     /// Memory the Asterisk container may use.
     pub resources: Resources,
+    /// The TURN relay browsers use.
+    pub turn: Option<TurnService>,
     /// Shutdown.
     pub lifecycle: Lifecycle,
     /// Prometheus metrics.
@@ -132,8 +134,10 @@ pub struct Guard {
     /// host never remove each other's rules).
     pub nft_table: String,
     /// The ports a ban closes (for TCP and UDP alike, as fail2ban's asterisk jail does), in
-    /// fail2ban's `port` syntax (`a,b,c:d`): SIP (when public), SIP over TLS (when used), WSS and
-    /// the RTP range.
+    /// fail2ban's `port` syntax (`a,b,c:d`): SIP (when public), SIP over TLS (when used), WSS, the
+    /// RTP range and, with the bundled TURN relay, its listening ports (a banned address must not
+    /// go on through the relay: it reaches every UDP port of Asterisk's addresses). Not the relay
+    /// range: only peers an allocation's owner gave a permission reach those ports.
     pub ports: String,
     /// Addresses never banned: loopback, then `security.allow`.
     pub ignore: Vec<String>,
@@ -150,7 +154,14 @@ pub struct Guard {
 }
 
 impl Guard {
-    fn new(name: &str, network: &Network, rtp: &Rtp, security: &Security, listeners: &Listeners) -> Guard {
+    fn new(
+        name: &str,
+        network: &Network,
+        rtp: &Rtp,
+        security: &Security,
+        listeners: &Listeners,
+        turn: Option<&TurnService>,
+    ) -> Guard {
         let mut ports = Vec::new();
         if listeners.sip_udp_public {
             ports.push(network.sip_port.to_string());
@@ -160,6 +171,10 @@ impl Guard {
         }
         ports.push(network.wss_port.to_string());
         ports.push(format!("{}:{}", rtp.start, rtp.end));
+        if let Some(t) = turn.filter(|t| t.bundled.is_some()) {
+            ports.push(t.port.to_string());
+            ports.extend(t.tls_port.map(|p| p.to_string()));
+        }
         let mut ignore = vec!["127.0.0.1/8".to_string(), "::1/128".to_string()];
         ignore.extend(security.allow.iter().cloned());
         Guard {
@@ -193,9 +208,10 @@ impl Plan {
             security,
             lifecycle,
             metrics,
+            turn,
         } = valid;
         let listeners = Listeners::for_endpoints(&endpoints);
-        let guard = security.guard.then(|| Guard::new(&name, &network, &rtp, &security, &listeners));
+        let guard = security.guard.then(|| Guard::new(&name, &network, &rtp, &security, &listeners, turn.as_ref()));
         Plan {
             name,
             image,
@@ -207,6 +223,7 @@ impl Plan {
             endpoints,
             logging,
             resources,
+            turn,
             lifecycle,
             metrics,
             secret_access: SecretAccess::for_host(host),

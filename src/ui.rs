@@ -14,6 +14,31 @@ use astrtc::image::build::BuildEvent;
 use astrtc::plan::Plan;
 use astrtc::spec::{AcmeChallenge, EndpointKind, TlsMode};
 
+/// What `astrtc turn-credentials` prints for a person: the credential, when it expires, and
+/// the `iceServers` entry to paste (the one secret-bearing output astrtc prints, on request).
+pub fn turn_credentials_text(
+    user: &str,
+    ttl: Duration,
+    entry: &astrtc::turn::IceServer,
+    cred: &astrtc::turn::Credential,
+) -> String {
+    use std::fmt::Write;
+    let until = time::OffsetDateTime::from_unix_timestamp(cred.expires as i64)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| cred.expires.to_string());
+    let mut t = String::new();
+    let _ = writeln!(t, "TURN credentials for {user}, valid {} (until {until}):", human_duration(ttl));
+    for (i, url) in entry.urls.iter().enumerate() {
+        let _ = writeln!(t, "  {:<11} {url}", if i == 0 { "urls" } else { "" });
+    }
+    let _ = writeln!(t, "  {:<11} {}", "username", entry.username);
+    let _ = writeln!(t, "  {:<11} {}", "credential", entry.credential);
+    let _ = writeln!(t, "iceServers entry (the demo phone's \"ICE servers\" field takes it; --json prints only this):");
+    let _ = writeln!(t, "{}", serde_json::to_string(entry).unwrap_or_default());
+    t
+}
+
 /// The summary `astrtc info` (and `make up`) prints. Never includes a password.
 pub fn info_text(plan: &Plan, spec: &Path, secrets: &Path, out: &Path) -> String {
     use std::fmt::Write;
@@ -52,6 +77,15 @@ pub fn info_text(plan: &Plan, spec: &Path, secrets: &Path, out: &Path) -> String
         let _ = writeln!(
             t,
             "             images: astrtc build --spec {}; progress: docker compose logs certs",
+            spec.display()
+        );
+    }
+    if let Some(turn) = &plan.turn {
+        let who = if turn.bundled.is_some() { "bundled coturn, the `turn` service" } else { "your TURN server" };
+        let _ = writeln!(t, "TURN:       {} ({who})", astrtc::turn::urls(turn).join(", "));
+        let _ = writeln!(
+            t,
+            "            credentials: astrtc turn-credentials --spec {} --user ID (short-lived)",
             spec.display()
         );
     }

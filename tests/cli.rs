@@ -481,3 +481,83 @@ fn certs_check_exits_1_for_a_missing_mismatched_or_expired_certificate() {
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert_eq!(stdout, format!("{}: usable, 60 days left\n", keys("good").display()));
 }
+
+/// `astrtc turn-credentials`: the iceServers entry for the spec's TURN relay — the TURN REST
+/// scheme (EXPIRY:USER, base64 HMAC-SHA1 of it with the secrets file's secret, the same as
+/// `openssl dgst -sha1 -hmac`), every URL the spec offers, the TTL asked for; the human output
+/// says when it expires. Bad input (no [turn], a user with the separator, a TTL over 7 days)
+/// exits 2. `astrtc secrets` generates the secret once the spec has [turn].
+#[test]
+fn turn_credentials_print_an_ice_servers_entry_made_with_the_shared_secret() {
+    let dir = fixture_copy("turn-bundled");
+    let spec = dir.path().join("astrtc.toml");
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let out = astrtc()
+        .args(["turn-credentials", "--spec"])
+        .arg(&spec)
+        .args(["--user", "alice", "--ttl", "10m", "--json"])
+        .assert()
+        .success();
+    let entry: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(
+        entry["urls"],
+        serde_json::json!([
+            "turn:pbx.example.test:3478?transport=udp",
+            "turn:pbx.example.test:3478?transport=tcp",
+            "turns:pbx.example.test:443?transport=tcp"
+        ])
+    );
+    let username = entry["username"].as_str().unwrap();
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, "alice");
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!((before + 600..=before + 602).contains(&expiry), "{expiry} vs {before}");
+    let hmac = std::process::Command::new("sh")
+        .args(["-c", "printf %s \"$U\" | openssl dgst -binary -sha1 -hmac \"$S\" | base64"])
+        .env("U", username)
+        .env("S", "fixture-turn-shared-secret-0123456789abcdef")
+        .output()
+        .unwrap();
+    assert_eq!(entry["credential"].as_str().unwrap(), String::from_utf8_lossy(&hmac.stdout).trim());
+
+    let out = astrtc().args(["turn-credentials", "--spec"]).arg(&spec).args(["--user", "bob"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.starts_with("TURN credentials for bob, valid 60 min (until "), "{text}");
+    assert!(text.contains("turns:pbx.example.test:443?transport=tcp") && text.contains("iceServers entry"), "{text}");
+    // `astrtc info` names the same URLs, and how to mint credentials.
+    let info = astrtc().args(["info", "--spec"]).arg(&spec).assert().success();
+    let info = String::from_utf8_lossy(&info.get_output().stdout).into_owned();
+    let urls = "turn:pbx.example.test:3478?transport=udp, turn:pbx.example.test:3478?transport=tcp, \
+                turns:pbx.example.test:443?transport=tcp (bundled coturn, the `turn` service)";
+    assert!(info.contains(urls) && info.contains("astrtc turn-credentials --spec"), "{info}");
+
+    for (args, says) in [(vec!["--user", "a:b"], "--user"), (vec!["--user", "alice", "--ttl", "8d"], "at most 7d")] {
+        let out = astrtc().args(["turn-credentials", "--spec"]).arg(&spec).args(&args).assert().code(2);
+        assert!(all_output(&out).contains(says), "{args:?}: {}", all_output(&out));
+    }
+    let plain = fixture_copy("host-alt-ports");
+    let out = astrtc()
+        .args(["turn-credentials", "--spec"])
+        .arg(plain.path().join("astrtc.toml"))
+        .args(["--user", "x"])
+        .assert()
+        .code(2);
+    assert!(all_output(&out).contains("has no [turn] section"), "{}", all_output(&out));
+
+    // A spec that gains [turn]: `astrtc secrets` adds the shared secret (64 characters), once.
+    let secrets = plain.path().join("astrtc.secrets.toml");
+    let text = fs::read_to_string(&secrets).unwrap();
+    fs::write(&secrets, text.replace("secret = \"fixture-turn-shared-secret-0123456789abcdef\"\n", "")).unwrap();
+    let plain_spec = plain.path().join("astrtc.toml");
+    fs::write(&plain_spec, fs::read_to_string(&plain_spec).unwrap() + "\n[turn]\nmode = \"bundled\"\n").unwrap();
+    astrtc().args(["render", "--spec"]).arg(&plain_spec).assert().code(2);
+    let out = astrtc().args(["secrets", "--spec"]).arg(&plain_spec).assert().success();
+    assert!(all_output(&out).contains("[turn] secret"), "{}", all_output(&out));
+    let parsed: astrtc::spec::secrets::Secrets = toml::from_str(&fs::read_to_string(&secrets).unwrap()).unwrap();
+    let secret = parsed.turn.unwrap().secret.unwrap();
+    assert_eq!(secret.len(), 64);
+    assert!(!all_output(&out).contains(&secret), "secrets printed the secret");
+    astrtc().args(["render", "--spec"]).arg(&plain_spec).assert().success();
+    let again = astrtc().args(["secrets", "--spec"]).arg(&plain_spec).assert().success();
+    assert!(all_output(&again).contains("already has a password"), "{}", all_output(&again));
+}

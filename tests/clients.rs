@@ -81,6 +81,10 @@ pub(crate) struct BrowserCall<'a> {
     pub target: &'a str,
     pub seconds: u32,
     pub artifacts: &'a Path,
+    /// Run the browser inside this client network's namespace (it must resolve the domain).
+    pub netns: Option<&'a crate::common::netns::ClientNetwork>,
+    /// What goes into the phone's "ICE servers" field (an iceServers entry, JSON).
+    pub ice_servers: Option<&'a str>,
 }
 
 /// Runs tests/clients/browser-call.mjs; returns its JSON result and exit status.
@@ -90,9 +94,15 @@ pub(crate) fn browser_call(c: &BrowserCall<'_>) -> (Value, bool, Duration) {
     let password = &c.plan.endpoints.iter().find(|e| e.id == c.user).unwrap().password;
     let profile = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let out = Command::new("node")
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients"))
-        .arg("browser-call.mjs")
+    let mut node = match c.netns {
+        Some(net) => net.command("node"),
+        None => Command::new("node"),
+    };
+    node.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")).arg("browser-call.mjs");
+    if let Some(servers) = c.ice_servers {
+        node.args(["--ice-servers-env", "ASTRTC_TEST_ICE_SERVERS"]).env("ASTRTC_TEST_ICE_SERVERS", servers);
+    }
+    let out = node
         .args(["--page", &format!("https://{domain}:{port}/static/phone/index.html")])
         .args(["--wss", &format!("wss://{domain}:{port}/ws")])
         .args(["--user", c.user, "--password-env", "ASTRTC_TEST_PASSWORD", "--target", c.target])
@@ -234,6 +244,8 @@ async fn browser_and_sip_phone_calls() {
         target: &plan.dialplan.echo_extension,
         seconds: 3,
         artifacts: &art,
+        netns: None,
+        ice_servers: None,
     });
     save_logs(&asterisk, &art).await;
     assert!(ok, "{r:#}");
@@ -272,6 +284,8 @@ async fn browser_and_sip_phone_calls() {
         target: "3001",
         seconds: 3,
         artifacts: &art,
+        netns: None,
+        ice_servers: None,
     });
     let _ = phone.kill();
     let _ = phone.wait();
@@ -296,6 +310,8 @@ async fn browser_and_sip_phone_calls() {
         target: &plan.dialplan.echo_extension,
         seconds: 1,
         artifacts: &art,
+        netns: None,
+        ice_servers: None,
     });
     assert!(!ok, "a browser that does not trust the CA must fail: {r:#}");
     let err = r["errors"][0].as_str().unwrap();

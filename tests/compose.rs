@@ -96,3 +96,48 @@ fn the_sidecar_runs_with_no_new_privileges_unless_http01_binds_a_low_port() {
         assert_eq!(list("security_opt"), wanted, "{flags:?}");
     }
 }
+
+/// The bundled TURN relay as a compose service: host networking, read-only root, every
+/// capability dropped but the one a TLS port below 1024 needs (and no-new-privileges otherwise),
+/// its config and the certificate mounted read-only (the sidecar's volume in ACME mode), a
+/// memory tmpfs for the copy that carries the secret, and a healthcheck that asks coturn.
+#[test]
+fn the_turn_service_is_host_networked_read_only_and_unprivileged() {
+    let render = |edit: &dyn Fn(String) -> String| {
+        let dir = fixture_copy("turn-bundled");
+        let spec = dir.path().join("astrtc.toml");
+        std::fs::write(&spec, edit(std::fs::read_to_string(&spec).unwrap())).unwrap();
+        let plan = plan_for(&spec, ROOT).unwrap();
+        let bundle = bundle_for(&plan);
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(bundle.text("compose.yaml").unwrap()).unwrap();
+        doc["services"]["turn"].clone()
+    };
+    // TURN over TLS on 443 (the fixture): the capability stays, escalation is possible.
+    let turn = render(&|s| s);
+    assert_eq!(turn["image"].as_str(), Some(astrtc::image::TURN_IMAGE));
+    assert_eq!(turn["network_mode"].as_str(), Some("host"));
+    assert_eq!(turn["read_only"].as_bool(), Some(true));
+    assert_eq!(turn["cap_drop"][0].as_str(), Some("ALL"));
+    assert_eq!(turn["cap_add"].as_sequence().map(|c| c.len()), Some(1));
+    assert!(turn.get("security_opt").is_none(), "port 443 needs the file capability");
+    assert_eq!(turn["healthcheck"]["test"][1].as_str(), Some(astrtc::image::TURN_HEALTHCHECK));
+    assert!(turn["tmpfs"][0].as_str().unwrap().starts_with("/run/coturn:"));
+    let mounts: Vec<(&str, &str, bool)> = turn["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| (v["source"].as_str().unwrap(), v["target"].as_str().unwrap(), v["read_only"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(mounts, [("./turn", "/etc/coturn", true), ("./keys", "/etc/coturn-keys", true)]);
+    // TLS on 5349: nothing below 1024, so no-new-privileges keeps the capability from being granted.
+    let turn = render(&|s| s.replace("tls_port = 443", "tls_port = 5349"));
+    assert_eq!(turn["security_opt"][0].as_str(), Some("no-new-privileges:true"));
+    // ACME: the certificate comes from the sidecar's volume, once the sidecar is healthy.
+    let turn = render(&|s| {
+        s.replace("[tls]\n", "[tls]\nmode = \"acme\"\n")
+            + "\n[tls.acme]\nemail = \"ops@example.test\"\nchallenge = \"dns-01\"\n"
+    });
+    assert_eq!(turn["depends_on"]["certs"]["condition"].as_str(), Some("service_healthy"));
+    assert_eq!(turn["volumes"][1]["source"].as_str(), Some("keys"));
+    assert_eq!(turn["volumes"][1]["volume"]["nocopy"].as_bool(), Some(true));
+}

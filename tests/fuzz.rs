@@ -31,7 +31,8 @@ use astrtc::spec::secrets::{MetricsSecrets, Secrets, TurnSecrets};
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
     AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec, LoggingSpec, MetricsSpec,
-    NetworkMode, NetworkSpec, ResourcesSpec, RtpSpec, SecuritySpec, SipTransport, Spec, TlsMode, TlsSpec,
+    NetworkMode, NetworkSpec, ResourcesSpec, RtpSpec, SecuritySpec, SipTransport, Spec, TlsMode, TlsSpec, TurnMode,
+    TurnSpec,
 };
 
 use crate::common::shape::{self, Section, Shape};
@@ -90,6 +91,9 @@ const FIELDS: &[&str] = &[
     "context",
     "echo_extension",
     "turn_password",
+    "turn.host",
+    "turn.realm",
+    "turn_secret",
     "security.allow",
     "metrics_password",
     "file",
@@ -400,6 +404,60 @@ fn security(level: Level) -> BoxedStrategy<SecuritySpec> {
         .boxed()
 }
 
+/// `[turn]`: bundled (ports, relay range, realm, quotas, allowed peers) or external (a host), or
+/// any mix; and the shared secret of the secrets file.
+fn turn(level: Level) -> BoxedStrategy<(Option<TurnSpec>, Option<String>)> {
+    let mode = maybe(1, prop_oneof![4 => Just(TurnMode::Bundled), 1 => Just(TurnMode::External)].boxed());
+    let host = maybe(3, text(level, "turn.host", &["turn.example.test", "192.0.2.7", "pbx.example.test"]));
+    let tls_port = maybe(1, prop_oneof![3 => Just(443i64), 6 => 30_000i64..40_000, 1 => -5i64..70_000].boxed());
+    // The default relay range (49152-65535) often overlaps a generated RTP range: rarer.
+    let relay = prop_oneof![
+        1 => Just((None, None)),
+        6 => (62_000i64..64_000, 10i64..1500).prop_map(|(s, w)| (Some(s), Some(s + w))),
+        1 => (maybe(1, port()), maybe(1, port())),
+    ];
+    let quotas = (
+        maybe(1, prop_oneof![10 => 1i64..=100, 1 => -5i64..20_000].boxed()),
+        maybe(1, prop_oneof![10 => 1i64..=10_000, 1 => -5i64..2_000_000].boxed()),
+    );
+    let section = (
+        mode,
+        host,
+        (maybe(1, prop_oneof![6 => 20_000i64..24_000, 1 => port()].boxed()), tls_port),
+        relay,
+        maybe(1, text(level, "turn.realm", &["pbx.example.test", "astrtc", "turn_realm-1"])),
+        quotas,
+        maybe(1, prop::collection::vec(ip(), 0..3).boxed()),
+    )
+        .prop_map(
+            |(mode, host, (port, tls_port), (relay_start, relay_end), realm, (user_quota, total_quota), peers)| {
+                TurnSpec {
+                    mode,
+                    host,
+                    port,
+                    tls_port,
+                    relay_start,
+                    relay_end,
+                    realm,
+                    user_quota,
+                    total_quota,
+                    allowed_peers: peers,
+                }
+            },
+        );
+    let secret = text(
+        level,
+        "turn_secret",
+        &["fixture-turn-shared-secret-0123456789abcdef", "A-b_c.d~e+f/g!h@i%j^k*l(m),n:o?p-0123"],
+    );
+    prop_oneof![
+        8 => Just((None, None)),
+        3 => (section.clone(), secret.clone()).prop_map(|(t, s)| (Some(t), Some(s))),
+        1 => (maybe(1, section.boxed()), maybe(1, secret)),
+    ]
+    .boxed()
+}
+
 /// Files the spec names (the ACME CA bundle, the DNS hook), copied into the outputs as they are:
 /// anything at all, hostile levels or not.
 fn file_contents() -> BoxedStrategy<Vec<u8>> {
@@ -447,11 +505,12 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
             maybe(1, prop_oneof![30 => 0i64..=10, 1 => -3i64..50].boxed()),
             maybe(1, prop_oneof![30 => 256i64..=4096, 1 => -5i64..100_000].boxed()),
             maybe(1, prop_oneof![30 => 64i64..=256, 1 => -5i64..100_000].boxed()),
+            turn(level),
         ),
         lifecycle_and_metrics(level),
     )
         .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, (ca_bundle, dns_hook), security, ops, (lifecycle, metrics, metrics_pw))| {
-            let (verbose, memory_limit_mb, memory_request_mb) = ops;
+            let (verbose, memory_limit_mb, memory_request_mb, (turn, turn_secret)) = ops;
             let mut secrets = Secrets::default();
             let mut endpoints = Vec::new();
             for (i, (mut ep, pw)) in eps.into_iter().enumerate() {
@@ -462,7 +521,9 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
                 }
                 endpoints.push(ep);
             }
-            secrets.turn = turn_pw.map(|password| TurnSecrets { password });
+            if turn_pw.is_some() || turn_secret.is_some() {
+                secrets.turn = Some(TurnSecrets { password: turn_pw, secret: turn_secret });
+            }
             secrets.metrics = metrics_pw.map(|password| MetricsSecrets { password });
             let dialplan = DialplanSpec { context, echo_extension };
             let logging = LoggingSpec { verbose };
@@ -481,6 +542,7 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
                 security,
                 lifecycle,
                 metrics,
+                turn,
             };
             Generated { spec, secrets, ca_bundle, dns_hook }
         })
@@ -513,6 +575,8 @@ fn lifecycle_and_metrics(level: Level) -> BoxedStrategy<(LifecycleSpec, MetricsS
 struct Counts {
     cases: AtomicUsize,
     accepted: AtomicUsize,
+    /// Accepted with a bundled TURN relay (its config checked too).
+    turn: AtomicUsize,
 }
 
 /// A certificate for self-signed plans (rendering copies it; the names do not matter here).
@@ -555,6 +619,13 @@ fn canonical(plan: &Plan) -> Plan {
         a.directory = "https://canonical.test/directory".into();
         for (i, r) in a.dns_resolvers.iter_mut().enumerate() {
             *r = format!("192.0.2.{i}:53").parse().unwrap();
+        }
+    }
+    if let Some(t) = &mut c.turn {
+        t.host = "turn.canonical.test".into();
+        t.secret = "canonical-turn-shared-secret-0123456789abcdef".into();
+        if let Some(b) = &mut t.bundled {
+            b.realm = "canonical.test".into();
         }
     }
     for (i, n) in c.security.allow.iter_mut().enumerate() {
@@ -729,6 +800,7 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
             return Err(fail(format!("prometheus/metrics-password: want {:?}, got {file:?}", plan.metrics.password)));
         }
     }
+    turn_values_in_place(plan, b)?;
     let http = conf(b, "asterisk/http.conf")?;
     expect_values("http.conf", &http, "general", "bindport", &s(&plan.network.http_port))?;
     expect_values("http.conf", &http, "general", "tlsbindaddr", &s(&format!("0.0.0.0:{}", plan.network.wss_port)))?;
@@ -743,6 +815,16 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
         expect_values(j, &jail, "asterisk", "maxretry", &s(&plan.security.ban_after))?;
         expect_values(j, &jail, "asterisk", "findtime", &s(&plan.security.find_seconds))?;
         expect_values(j, &jail, "asterisk", "bantime", &s(&plan.security.ban_seconds))?;
+        // A ban closes the bundled TURN relay's listening ports too (read from the spec's side,
+        // not from the guard's own list).
+        let port = values(&jail, "asterisk", "port");
+        let listed: Vec<&str> = port.iter().flat_map(|p| p.split(',')).collect();
+        for turn_port in plan.turn.iter().filter(|t| t.bundled.is_some()).flat_map(|t| [Some(t.port), t.tls_port]) {
+            let turn_port = turn_port.map(|p| p.to_string()).unwrap_or_default();
+            if !turn_port.is_empty() && !listed.contains(&turn_port.as_str()) {
+                return Err(fail(format!("{j}: the bundled TURN port {turn_port} is not banned: port = {port:?}")));
+            }
+        }
         let action = ini("guard/action.d/nftables.local")?;
         expect_values("action.d/nftables.local", &action, "Init", "table", &s(&format!("f2b-{}", plan.name)))?;
     } else if b.files().keys().any(|p| p.starts_with("guard")) {
@@ -833,12 +915,59 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The TURN relay's settings are exactly coturn's options (read as coturn reads them), the secret
+/// exactly `auth-secret`, and the chart's `turn` values the spec's.
+fn turn_values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
+    use serde_json::json;
+    let values = tree(b, "helm/astrtc/values.yaml")?;
+    let bundled = plan.turn.as_ref().and_then(|t| t.bundled.as_ref().map(|b| (t, b)));
+    expect_json("values.yaml", &values, "/turn/enabled", json!(bundled.is_some()))?;
+    let Some((t, relay)) = bundled else {
+        if b.text("turn/turnserver.conf").is_some() {
+            return Err(fail("turn/turnserver.conf without a bundled [turn]"));
+        }
+        return Ok(());
+    };
+    let text = b.text("turn/turnserver.conf").ok_or_else(|| fail("turn/turnserver.conf is missing"))?;
+    let options = shape::coturn_conf(text);
+    let all = |key: &str| options.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let want = |key: &str, v: Vec<String>| -> Result<(), TestCaseError> {
+        let got = all(key);
+        if got != v {
+            return Err(fail(format!("turnserver.conf {key}: want {v:?}, got {got:?}")));
+        }
+        Ok(())
+    };
+    want("listening-port", vec![t.port.to_string()])?;
+    want("tls-listening-port", t.tls_port.iter().map(ToString::to_string).collect())?;
+    want("min-port", vec![relay.relay_start.to_string()])?;
+    want("max-port", vec![relay.relay_end.to_string()])?;
+    want("realm", vec![relay.realm.clone()])?;
+    want("user-quota", vec![relay.user_quota.to_string()])?;
+    want("total-quota", relay.total_quota.iter().map(ToString::to_string).collect())?;
+    want("allowed-peer-ip", relay.allowed_peers.iter().map(ToString::to_string).collect())?;
+    want("external-ip", relay.external_ip.iter().cloned().collect())?;
+    want("static-auth-secret", vec![])?;
+    want("use-auth-secret", vec![String::new()])?;
+    if b.text("turn/auth-secret") != Some(&format!("{}\n", t.secret)) {
+        return Err(fail("turn/auth-secret is not exactly the secret"));
+    }
+    expect_json("values.yaml", &values, "/turn/host", json!(t.host))?;
+    expect_json("values.yaml", &values, "/turn/ports/turn", json!(t.port))?;
+    let compose = tree(b, "compose.yaml")?;
+    expect_json("compose.yaml", &compose, "/services/turn/image", json!(astrtc::image::TURN_IMAGE))?;
+    Ok(())
+}
+
 /// Validates, and for an accepted spec renders it and its canonical twin and checks both.
 fn check(g: &Generated, cert: &CertLayout, counts: &Counts) -> Result<(), TestCaseError> {
     counts.cases.fetch_add(1, Ordering::Relaxed);
     let base = Path::new("/nonexistent/fuzz");
     let Ok(valid) = astrtc::spec::validate::validate(&g.spec, base, &g.secrets) else { return Ok(()) };
     counts.accepted.fetch_add(1, Ordering::Relaxed);
+    if valid.turn.as_ref().is_some_and(|t| t.bundled.is_some()) {
+        counts.turn.fetch_add(1, Ordering::Relaxed);
+    }
     let plan = Plan::new(valid, "astrtc.toml", ROOT);
     let acme = plan.tls.acme.as_ref();
     let inputs = Inputs {
@@ -885,8 +1014,9 @@ fn a_seeded_pass_finds_nothing() {
     let started = Instant::now();
     let result = run(seed_from_env(), cases, &certificate(), &counts);
     let (n, accepted) = (counts.cases.load(Ordering::Relaxed), counts.accepted.load(Ordering::Relaxed));
+    let turn = counts.turn.load(Ordering::Relaxed);
     eprintln!(
-        "fuzz: {n} cases ({accepted} accepted and checked) in {:.2?}, {:.0}/s, seed {}",
+        "fuzz: {n} cases ({accepted} accepted and checked, {turn} of them with a bundled TURN relay) in {:.2?}, {:.0}/s, seed {}",
         started.elapsed(),
         n as f64 / started.elapsed().as_secs_f64(),
         seed_from_env()
@@ -896,6 +1026,7 @@ fn a_seeded_pass_finds_nothing() {
     }
     // Enough accepted specs that the oracle ran, not only validation.
     assert!(accepted * 10 >= n, "only {accepted} of {n} generated specs were valid: the generators drifted");
+    assert!(turn > 0, "no accepted spec had a bundled TURN relay: the [turn] generator drifted");
 }
 
 /// `make fuzz`: new seeds until `ASTRTC_FUZZ_SECONDS` (default 600) are up.

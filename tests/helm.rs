@@ -237,7 +237,7 @@ fn the_spec_is_the_one_source_of_truth_for_ports() {
 fn docs_of(t: &Tools, chart: &Path, sets: &[&str]) -> Vec<serde_yaml_ng::Value> {
     let (ok, manifests) = template(t, chart, sets);
     assert!(ok, "{manifests}");
-    serde_yaml_ng::Deserializer::from_str(&manifests).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    parsed(&manifests)
 }
 
 #[test]
@@ -434,6 +434,8 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
         ("webrtc-self-signed", vec!["certificates.mode=certManager", "certificates.certManager.issuerName=le"]),
         ("webrtc-self-signed", vec!["metrics.serviceMonitor.enabled=true"]),
         ("acme-http01", vec!["metrics.podMonitor.enabled=true"]),
+        ("turn-bundled", vec![]),
+        ("turn-bundled", vec!["certificates.mode=certManager", "certificates.certManager.issuerName=le"]),
     ] {
         let (dir, chart) = rendered(case);
         let (ok, manifests) = template(&t, &chart, &sets);
@@ -660,6 +662,114 @@ fn acme_mode_runs_the_sidecar_as_a_native_sidecar_that_gates_asterisk() {
     let (_d, chart) = rendered("webrtc-self-signed");
     let (ok, out) = template(&t, &chart, &["certificates.mode=acme"]);
     assert!(!ok && out.contains("certificates/mode"), "{out}");
+}
+
+fn parsed(manifests: &str) -> Vec<serde_yaml_ng::Value> {
+    serde_yaml_ng::Deserializer::from_str(manifests).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+}
+
+/// The bundled TURN relay as a Kubernetes workload: its own Deployment on the host network of
+/// Asterisk's node (a required pod affinity; its labels never match Asterisk's selector), the
+/// config the compose service mounts in a ConfigMap, the shared secret in a Secret (never in the
+/// ConfigMap), the deployment's certificate in every certificate mode (bundled, cert-manager,
+/// an existing Secret, ACME with a shared claim; ACME without one is refused), the TURN ports
+/// fixed by the spec, and no TURN objects at all for a spec without `[turn]`.
+#[test]
+fn the_turn_relay_runs_beside_asterisk_with_its_config_secret_and_certificate() {
+    let Some(t) = tools() else { return };
+    let (dir, chart) = rendered("turn-bundled");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let turn = plan.turn.as_ref().unwrap();
+    for (mode, sets, keys) in [
+        ("bundled", vec![], "pbx-astrtc-keys"),
+        (
+            "cert-manager",
+            vec!["certificates.mode=certManager", "certificates.certManager.issuerName=le"],
+            "pbx-astrtc-keys",
+        ),
+        ("existing secret", vec!["certificates.mode=existingSecret", "certificates.existingSecret=tls"], "tls"),
+        (
+            "ingress",
+            vec!["ingress.enabled=true", "ingress.className=nginx", "ingress.tlsSecretName=x"],
+            "pbx-astrtc-keys",
+        ),
+    ] {
+        let (ok, manifests) = template(&t, &chart, &sets);
+        assert!(ok, "{mode}: {manifests}");
+        let docs = parsed(&manifests);
+        let deploy = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "pbx-astrtc-turn")
+            .unwrap_or_else(|| panic!("{mode}: no TURN Deployment"));
+        let pod = &deploy["spec"]["template"]["spec"];
+        assert_eq!(pod["hostNetwork"], true);
+        let affinity = &pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+        assert_eq!(affinity["labelSelector"]["matchLabels"]["app.kubernetes.io/name"], "astrtc");
+        assert_eq!(deploy["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"], "astrtc-turn");
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], format!("astrtc/turn:{}", env!("CARGO_PKG_VERSION")).as_str());
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        // TLS on 443 (the fixture) needs the file capability: escalation on, nothing else added.
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], true);
+        assert_eq!(c["securityContext"]["capabilities"]["add"].as_sequence().unwrap().len(), 1);
+        let ports: Vec<(u64, &str)> = c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| (p["containerPort"].as_u64().unwrap(), p["protocol"].as_str().unwrap()))
+            .collect();
+        let (p, tls) = (u64::from(turn.port), u64::from(turn.tls_port.unwrap()));
+        assert_eq!(ports, [(p, "UDP"), (p, "TCP"), (tls, "TCP")]);
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            assert_eq!(c[probe]["exec"]["command"][0], "/usr/local/bin/astrtc-turn-healthcheck");
+        }
+        let volumes = pod["volumes"].as_sequence().unwrap();
+        let keys_volume = volumes.iter().find(|v| v["name"] == "keys").unwrap();
+        assert_eq!(keys_volume["secret"]["secretName"], keys, "{mode}");
+        // The Secret or Certificate holding that certificate exists (the pod may not need it).
+        if keys == "pbx-astrtc-keys" {
+            let holder = docs.iter().any(|d| {
+                (d["kind"] == "Secret" || d["kind"] == "Certificate")
+                    && (d["metadata"]["name"] == keys || d["spec"]["secretName"] == keys)
+            });
+            assert!(holder, "{mode}: nothing makes {keys}");
+        }
+        let cm = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "pbx-astrtc-turn").unwrap();
+        let rendered_conf = std::fs::read_to_string(dir.path().join("deploy/turn/turnserver.conf")).unwrap();
+        assert_eq!(cm["data"]["turnserver.conf"].as_str().unwrap(), rendered_conf);
+        assert!(!manifests.contains(&turn.secret), "{mode}: the shared secret appears in clear");
+        let secret = docs.iter().find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "pbx-astrtc-turn").unwrap();
+        assert!(secret["data"]["auth-secret"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    // The spec fixes the TURN ports; ACME without a claim both pods mount is refused.
+    let (ok, out) = template(&t, &chart, &["turn.ports.tls=5349"]);
+    assert!(!ok && out.contains("turn/ports/tls"), "{out}");
+    let (ok, out) = template(&t, &chart, &["turn.enabled=false"]);
+    assert!(!ok && out.contains("turn/enabled"), "{out}");
+    let acme = fixture_copy("acme-http01");
+    let spec = acme.path().join("astrtc.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, format!("{text}\n[turn]\nmode = \"bundled\"\n")).unwrap();
+    let secrets = acme.path().join("astrtc.secrets.toml");
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    std::fs::write(&secrets, format!("{text}\n[turn]\nsecret = \"fixture-turn-shared-secret-0123456789abcdef\"\n"))
+        .unwrap();
+    let plan = plan_for(&spec, ROOT).unwrap();
+    astrtc::deploy::write(&plan, &acme.path().join("deploy")).unwrap();
+    let chart = acme.path().join("deploy/helm/astrtc");
+    let (ok, out) = template(&t, &chart, &[]);
+    assert!(!ok && out.contains("set certificates.acme.existingClaim"), "{out}");
+    let (ok, manifests) = template(&t, &chart, &["certificates.acme.existingClaim=pbx-acme"]);
+    assert!(ok, "{manifests}");
+    let docs = parsed(&manifests);
+    let pod = &docs.iter().find(|d| d["metadata"]["name"] == "pbx-astrtc-turn" && d["kind"] == "Deployment").unwrap()
+        ["spec"]["template"]["spec"];
+    let state = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == "acme-state").unwrap();
+    assert_eq!(state["persistentVolumeClaim"]["claimName"], "pbx-acme");
+    // No [turn]: no TURN objects.
+    let (_d, chart) = rendered("webrtc-self-signed");
+    let (ok, manifests) = template(&t, &chart, &[]);
+    assert!(ok && !manifests.contains("-turn"), "{manifests}");
 }
 
 /// The outer container of the podman pod run; removed when dropped.

@@ -118,6 +118,8 @@ enum Base {
     Bridge,
     /// `acme-http01` switched to DNS-01 with a hook, resolvers and a directory.
     Acme,
+    /// `turn-bundled`: the bundled TURN relay behind a 1:1 NAT.
+    Turn,
 }
 
 /// Which input file a value is written to (and a refusal must point into).
@@ -191,6 +193,10 @@ fn fields() -> Vec<Field> {
         },
         f("password (endpoint)", Nat, Secrets, "endpoints.alice", "fixture-alice{V}-password-1", "x"),
         f("password (turn)", Nat, Secrets, "turn.password", "fixture-turn{V}-password!", "x"),
+        f("turn.host", Turn, Spec, "turn.host", "turn{V}.example.test", "x"),
+        f("turn.realm", Turn, Spec, "turn.realm", "pbx{V}.example.test", "x"),
+        f("turn.allowed_peers", Turn, Spec, "turn.allowed_peers[0]", "10.20.0.{V}6", "1"),
+        f("secret (turn)", Turn, Secrets, "turn.secret", "fixture-turn-shared{V}-secret-0123456789abcdef", "x"),
         f("password (metrics)", Nat, Secrets, "metrics.password", "fixture-metrics{V}-password", "x"),
     ]
 }
@@ -211,6 +217,7 @@ fn base_case(base: Base) -> Case {
         Base::Nat => "nat-multi-endpoint",
         Base::Bridge => "bridge-narrow-rtp",
         Base::Acme => "acme-http01",
+        Base::Turn => "turn-bundled",
     };
     let mut c = Case { spec: read(case, "astrtc.toml"), secrets: read(case, "astrtc.secrets.toml"), hook: None };
     if base == Base::Acme {

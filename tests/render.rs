@@ -181,8 +181,8 @@ fn tls_phones_get_a_tls_transport_with_sdes_srtp_and_strict_ciphers() {
     for line in [
         "protocol = tls",
         "bind = 0.0.0.0:15061",
-        "cert_file = /etc/asterisk/keys/asterisk.crt",
-        "priv_key_file = /etc/asterisk/keys/asterisk.key",
+        "cert_file = /etc/asterisk-keys/asterisk.crt",
+        "priv_key_file = /etc/asterisk-keys/asterisk.key",
         "method = sslv23",
         &format!("cipher = {}", astrtc::render::asterisk::TLS_CIPHERS.join(",")),
     ] {
@@ -274,4 +274,35 @@ fn the_guard_follows_fail2ban_conventions_and_the_spec() {
     let compose: serde_json::Value = serde_yaml_ng::from_str(b.text("compose.yaml").unwrap()).unwrap();
     assert!(compose["services"].get("guard").is_none());
     assert!(compose["services"]["asterisk"]["tmpfs"].to_string().contains("/var/log/asterisk"));
+}
+
+/// With the bundled TURN relay on the host, a ban closes its listening ports too: the relay may
+/// send to every UDP port of Asterisk's addresses, so a banned guesser holding TURN credentials
+/// would otherwise go on through it. An external relay is not this host's to close.
+#[test]
+fn a_ban_closes_the_bundled_turn_ports_too_and_an_external_relay_is_not_deployed() {
+    let dir = fixture_copy("turn-bundled");
+    let spec = dir.path().join("astrtc.toml");
+    let plan = plan_for(&spec, ROOT).unwrap();
+    let b = bundle_for(&plan);
+    let jail = b.text("guard/jail.d/astrtc.local").unwrap().to_string();
+    assert!(jail.lines().any(|l| l == "port = 5060,8089,10000:19999,3478,443"), "{jail}");
+    assert!(b.text("compose.yaml").unwrap().contains("\n  turn:\n"));
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let external = text.replace("mode = \"bundled\"", "mode = \"external\"\nhost = \"turn.example.org\"");
+    let external = external
+        .lines()
+        .filter(|l| !["relay_", "user_quota", "total_quota", "allowed_peers"].iter().any(|k| l.starts_with(k)))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&spec, external).unwrap();
+    let plan = plan_for(&spec, ROOT).unwrap();
+    let b = bundle_for(&plan);
+    let jail = b.text("guard/jail.d/astrtc.local").unwrap().to_string();
+    assert!(jail.lines().any(|l| l == "port = 5060,8089,10000:19999"), "{jail}");
+    // An external relay: astrtc deploys nothing of it (no turn/ files, no service, no workload).
+    assert!(!b.files().keys().any(|p| p.starts_with("turn")), "turn/ rendered for an external relay");
+    assert!(!b.text("compose.yaml").unwrap().contains("\n  turn:\n"));
+    let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(b.text("helm/astrtc/values.yaml").unwrap()).unwrap();
+    assert_eq!(values["turn"]["enabled"], serde_yaml_ng::Value::Bool(false));
 }

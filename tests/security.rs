@@ -64,6 +64,9 @@ impl Stack {
         if plan.guard.is_some() {
             ensure_guard();
         }
+        if plan.turn.as_ref().is_some_and(|t| t.bundled.is_some()) {
+            crate::common::docker::ensure_turn();
+        }
         let project = ComposeProject { dir: dir.path().join("deploy") };
         let mut args = vec!["up", "-d", "--wait"];
         args.extend(services);
@@ -774,6 +777,94 @@ fn guard_bans_guessers_and_spares_legitimate_and_allowed_clients() {
         failures.len(),
         last - ban,
         size / 1e6
+    );
+}
+
+/// Whether a STUN Binding request to `to` gets its answer (three tries, a second each).
+fn stun_answered(to: SocketAddr) -> bool {
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let id: [u8; 12] = rand_u64().to_be_bytes().into_iter().chain(*b"astr").collect::<Vec<_>>().try_into().unwrap();
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(&id);
+    let mut buf = [0u8; 1500];
+    for _ in 0..3 {
+        socket.send_to(&request, to).unwrap();
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            // A Binding success response (0x0101) to this transaction.
+            if n >= 20 && buf[0..2] == [0x01, 0x01] && buf[8..20] == id {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// With the bundled TURN relay on the host, a ban closes its ports as well (the relay reaches
+/// every UDP port of Asterisk's addresses: a banned guesser holding TURN credentials would
+/// otherwise go on through it). The twin is the same probes before the ban: the future attacker
+/// gets coturn's STUN answer over UDP and a TCP connection to the TURN port and to the TLS port;
+/// after guessing over WSS got it banned, none of the three.
+#[test]
+fn a_ban_also_cuts_the_banned_address_off_from_the_bundled_turn_relay() {
+    if cannot_run() {
+        return;
+    }
+    // Created before coturn starts: coturn listens on the addresses the host has at its start.
+    let attacker = Peer::new("trn");
+    let (port, tls_port, relay) = (ports::free_port(), ports::free_port(), ports::free_range(20));
+    let stack = Stack::up(
+        "guardturn",
+        |t| {
+            format!(
+                "{t}\n[turn]\nmode = \"bundled\"\nport = {port}\ntls_port = {tls_port}\nrelay_start = {relay}\n\
+                 relay_end = {}\n",
+                relay + 19
+            )
+        },
+        &[],
+    );
+    let art = crate::clients::artifacts("guard-turn");
+    let _finally = Finally { stack: &stack, dir: art.clone(), stop: Arc::new(AtomicBool::new(false)) };
+    let jail = std::fs::read_to_string(stack.dir.path().join("deploy/guard/jail.d/astrtc.local")).unwrap();
+    let (udp, tcp, tls) = (attacker.to(port), attacker.to(port), attacker.to(tls_port));
+    let probe = |peer: &Peer| {
+        peer.run(move || {
+            let connects = |a: SocketAddr| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok();
+            (stun_answered(udp), connects(tcp), connects(tls))
+        })
+    };
+    let before = probe(&attacker);
+    assert_eq!(before, (true, true, true), "(STUN over UDP, TCP, TLS port) before any ban");
+
+    // Guessing over WSS until cut off, as in the guard test.
+    let wss = attacker.to(stack.plan.network.wss_port);
+    let (domain, ca) = (stack.plan.tls.domain.clone(), stack.ca_pem());
+    let answered = attacker.run(move || {
+        let mut session =
+            crate::common::sip::WssRegistrar::open(wss, &domain, &ca, "199", "wrong-password-xxxxxxxx").unwrap();
+        let (mut answered, deadline) = (0, Instant::now() + Duration::from_secs(30));
+        while Instant::now() < deadline && session.register().is_ok() {
+            answered += 1;
+        }
+        answered
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stack.banned().contains(&attacker.ip.to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the WSS guesser was not banned ({answered} answers):\n{}",
+            stack.guard_log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let after = probe(&attacker);
+    assert_eq!(after, (false, false, false), "(STUN over UDP, TCP, TLS port) from a banned address; jail:\n{jail}");
+    // The relay itself still serves everyone else: coturn answers on loopback (never banned).
+    assert!(stun_answered(SocketAddr::from(([127, 0, 0, 1], port))), "coturn stopped answering");
+    eprintln!(
+        "AUDIT guard and TURN: before the ban the TURN ports answered (STUN, TCP, TLS); {answered} wrong \
+         passwords over WSS answered, then banned; after: {after:?} (STUN, TCP, TLS) from the banned address"
     );
 }
 

@@ -126,6 +126,8 @@ fn four_instances_at_once_are_ready_verified_called_and_removed_without_leftover
                         target: "600",
                         seconds: 3,
                         artifacts: &art,
+                        netns: None,
+                        ice_servers: None,
                     };
                     browser_call(&call)
                 })

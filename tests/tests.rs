@@ -19,4 +19,5 @@ mod metrics;
 mod render;
 mod security;
 mod testenv;
+mod turn;
 mod verify;

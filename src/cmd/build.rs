@@ -1,6 +1,6 @@
 //! `astrtc build`: the Asterisk image, the guard image (unless `security.guard = false`), in ACME
-//! mode the sidecar image from this binary, and with `--monitoring` the Prometheus image of the
-//! compose `monitoring` profile.
+//! mode the sidecar image from this binary, with a bundled `[turn]` the TURN image, and with
+//! `--monitoring` the Prometheus image of the compose `monitoring` profile.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,10 @@ pub async fn run(
         let exe = std::env::current_exe().map_err(|source| ImageError::Context { path: "astrtc".into(), source })?;
         let sidecar = image::build_sidecar(&docker, &exe, image::SIDECAR_IMAGE, &progress).await?;
         println!("built {} (the ACME sidecar) in {:.0?}", sidecar.tag, sidecar.elapsed);
+    }
+    if plan.turn.as_ref().is_some_and(|t| t.bundled.is_some()) {
+        let turn = image::build_turn(&docker, image::TURN_IMAGE, &progress).await?;
+        println!("built {} (the TURN relay) in {:.0?}", turn.tag, turn.elapsed);
     }
     if monitoring {
         let prometheus = image::build_prometheus(&docker, image::PROMETHEUS_IMAGE, &progress).await?;

@@ -15,6 +15,7 @@ mod init;
 mod render;
 mod secrets;
 mod testenv;
+mod turn;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -165,13 +166,27 @@ pub fn run(command: Command) -> Result<(), CmdError> {
                 build::run(&spec, context, extra_ca, verbose, monitoring).await
             }
             Command::Info { spec, out } => info::run(&spec, out),
-            Command::Verify { spec, out, host, ca, container, json, call, endpoints, target, hold, relay } => {
-                let call = call.then_some(verify::CallArgs { endpoints, target, hold, relay });
+            Command::Verify {
+                spec,
+                out,
+                host,
+                ca,
+                container,
+                json,
+                call,
+                endpoints,
+                target,
+                hold,
+                relay,
+                relay_transport,
+            } => {
+                let call = call.then_some(verify::CallArgs { endpoints, target, hold, relay, relay_transport });
                 verify::run(&spec, out, host, ca, container, json, call).await
             }
             Command::Certs { command } => certs::run(command).await,
             Command::Secrets { spec } => secrets::run(&spec),
             Command::Testenv { command } => testenv::run(command).await,
+            Command::TurnCredentials { spec, user, ttl, json } => turn::credentials(&spec, &user, ttl, json),
             Command::Completions { shell } => docs::completions(shell),
             Command::Man => docs::man(),
         }

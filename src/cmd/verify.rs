@@ -3,9 +3,10 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use astrtc::media::turn::TurnServer;
+use astrtc::cli::RelayTransport;
+use astrtc::media::turn::{TurnServer, TurnTransport};
 
 use astrtc::plan::Plan;
 use astrtc::spec::TlsMode;
@@ -23,6 +24,8 @@ pub struct CallArgs {
     pub hold: f64,
     /// `--relay`.
     pub relay: bool,
+    /// `--relay-transport`.
+    pub relay_transport: RelayTransport,
 }
 
 /// Runs `verify`.
@@ -36,13 +39,13 @@ pub async fn run(
     call: Option<CallArgs>,
 ) -> Result<(), CmdError> {
     let plan = load_plan(spec)?;
-    let call = match call {
-        Some(args) => Some(call_options(&plan, args)?),
-        None => None,
-    };
     let ca_path = ca.unwrap_or_else(|| default_ca(&plan, &out_dir(spec, out)));
     let ca_pem =
         std::fs::read_to_string(&ca_path).map_err(|source| CmdError::ReadFile { path: ca_path.clone(), source })?;
+    let call = match call {
+        Some(args) => Some(call_options(&plan, args, host.as_deref(), &ca_pem)?),
+        None => None,
+    };
     let target = verify::Target {
         host: host.unwrap_or_else(|| plan.tls.domain.clone()),
         ca_pem,
@@ -63,27 +66,76 @@ pub async fn run(
 }
 
 /// `--call`'s options, checked against the spec before anything is sent (bad input: exit 2).
-fn call_options(plan: &Plan, args: CallArgs) -> Result<verify::CallOptions, CmdError> {
+fn call_options(
+    plan: &Plan,
+    args: CallArgs,
+    host: Option<&str>,
+    ca_pem: &str,
+) -> Result<verify::CallOptions, CmdError> {
     verify::call::select_endpoints(plan, &args.endpoints).map_err(CmdError::BadArgument)?;
-    let relay =
-        if args.relay {
-            let turn = plan.rtp.turn.as_ref().ok_or_else(|| {
-                CmdError::BadArgument("--relay uses the spec's TURN server, and the spec has no rtp.turn".into())
-            })?;
-            let addr =
-                turn.address.to_socket_addrs().ok().and_then(|mut a| a.find(SocketAddr::is_ipv4)).ok_or_else(|| {
-                    CmdError::BadArgument(format!("--relay: cannot resolve rtp.turn {:?}", turn.address))
-                })?;
-            Some(TurnServer { addr, username: turn.username.clone(), password: turn.password.clone() })
-        } else {
-            None
-        };
+    let relay = if args.relay { Some(relay_server(plan, args.relay_transport, host, ca_pem)?) } else { None };
     Ok(verify::CallOptions {
         endpoints: args.endpoints,
         target: args.target,
         hold: Duration::from_secs_f64(args.hold),
         relay,
     })
+}
+
+/// The user name on credentials `verify --call --relay` mints for itself.
+const VERIFY_TURN_USER: &str = "astrtc-verify";
+
+/// The TURN server `--relay` goes through: the spec's `[turn]`, with credentials minted here for
+/// ten minutes (a bundled server runs on the deployment's host, so `--host` reaches it too), or
+/// else `rtp.turn` with its fixed user and password.
+fn relay_server(
+    plan: &Plan,
+    transport: RelayTransport,
+    host: Option<&str>,
+    ca_pem: &str,
+) -> Result<TurnServer, CmdError> {
+    let resolve = |name: &str, port: u16, key: &str| {
+        (name, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.find(SocketAddr::is_ipv4))
+            .ok_or_else(|| CmdError::BadArgument(format!("--relay: cannot resolve {key} {name:?}")))
+    };
+    if let Some(turn) = &plan.turn {
+        let port = match transport {
+            RelayTransport::Udp | RelayTransport::Tcp => turn.port,
+            RelayTransport::Tls => turn.tls_port.ok_or_else(|| {
+                CmdError::BadArgument("--relay-transport tls needs [turn] tls_port (TURN over TLS)".into())
+            })?,
+        };
+        let name = match (host, turn.bundled.is_some()) {
+            (Some(h), true) => h,
+            _ => turn.host.as_str(),
+        };
+        let addr = resolve(name, port, "[turn] host")?;
+        let cred = astrtc::turn::mint(&turn.secret, VERIFY_TURN_USER, Duration::from_secs(600), SystemTime::now());
+        let transport = match transport {
+            RelayTransport::Udp => TurnTransport::Udp,
+            RelayTransport::Tcp => TurnTransport::Tcp,
+            RelayTransport::Tls => TurnTransport::Tls { name: turn.host.clone(), ca_pem: ca_pem.to_string() },
+        };
+        return Ok(TurnServer { addr, username: cred.username, password: cred.password, transport });
+    }
+    let turn = plan.rtp.turn.as_ref().ok_or_else(|| {
+        CmdError::BadArgument("--relay uses the spec's TURN server, and the spec has no [turn] nor rtp.turn".into())
+    })?;
+    let transport = match transport {
+        RelayTransport::Udp => TurnTransport::Udp,
+        RelayTransport::Tcp => TurnTransport::Tcp,
+        RelayTransport::Tls => {
+            return Err(CmdError::BadArgument(
+                "--relay-transport tls needs [turn] with a tls_port; rtp.turn names no TLS port".into(),
+            ))
+        }
+    };
+    let (name, port) = turn.address.rsplit_once(':').unwrap_or((turn.address.as_str(), "3478"));
+    let addr = resolve(name, port.parse().unwrap_or(3478), "rtp.turn")?;
+    Ok(TurnServer { addr, username: turn.username.clone(), password: turn.password.clone(), transport })
 }
 
 /// The CA the WSS certificate must chain to when `--ca` is not given: in self-signed mode the

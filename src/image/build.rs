@@ -125,6 +125,8 @@ pub async fn connect() -> Result<Docker, ImageError> {
 pub const ASTERISK_CONTEXT: &str = "asterisk";
 /// The embedded directory of `images/` that holds the sidecar's Dockerfile.
 pub const SIDECAR_CONTEXT: &str = "astrtc";
+/// The embedded directory of `images/` that is the TURN image's build context.
+pub const TURN_CONTEXT: &str = "turn";
 /// The embedded directory of `images/` that holds the Prometheus image's Dockerfile.
 pub const PROMETHEUS_CONTEXT: &str = "prometheus";
 
@@ -235,6 +237,15 @@ pub async fn build_sidecar(
     progress: &dyn Fn(BuildEvent<'_>),
 ) -> Result<Built, ImageError> {
     build_tar(docker, sidecar_context_tar(exe)?, tag, &super::sidecar_build_args(), progress).await
+}
+
+/// Builds the TURN image (Debian's coturn on the base image, `images/turn`) and tags it `tag`.
+pub async fn build_turn(docker: &Docker, tag: &str, progress: &dyn Fn(BuildEvent<'_>)) -> Result<Built, ImageError> {
+    let entries = crate::assets::files_under(&crate::assets::IMAGES, TURN_CONTEXT)
+        .into_iter()
+        .map(|a| (a.path.to_string(), a.mode(), a.contents.into()));
+    let body = tar_of(entries).map_err(|source| ImageError::Context { path: "build context".into(), source })?;
+    build_tar(docker, body, tag, &super::turn_build_args(), progress).await
 }
 
 /// The guard's build context (`images/guard`, embedded).

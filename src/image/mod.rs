@@ -7,8 +7,8 @@
 pub mod build;
 
 pub use build::{
-    build, build_guard, build_prometheus, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext,
-    Built, ImageError, EXTRA_CA_FILE, HOST_CA_BUNDLE,
+    build, build_guard, build_prometheus, build_sidecar, build_turn, connect, context_tar, sidecar_context_tar,
+    BuildContext, Built, ImageError, EXTRA_CA_FILE, HOST_CA_BUNDLE,
 };
 
 /// Expands to the Asterisk version as a literal (for `concat!`).
@@ -39,6 +39,18 @@ pub const SIDECAR_CONFIG_DIR: &str = "/etc/astrtc";
 pub const SIDECAR_KEYS_DIR: &str = "/var/lib/astrtc/keys";
 /// The sidecar's ACME account volume.
 pub const SIDECAR_ACME_DIR: &str = "/var/lib/astrtc/acme";
+/// The TURN image (`images/turn`: Debian's coturn), the same version as this astrtc.
+pub const TURN_IMAGE: &str = concat!("astrtc/turn:", env!("CARGO_PKG_VERSION"));
+/// Uid of the TURN image's user (its group is the asterisk group, which may read the keys).
+pub const TURN_UID: u32 = 10063;
+/// Where the TURN service reads `turnserver.conf` and `auth-secret` (mounted).
+pub const TURN_CONFIG_DIR: &str = "/etc/coturn";
+/// Where the TURN service reads the certificate (mounted).
+pub const TURN_KEYS_DIR: &str = "/etc/coturn-keys";
+/// The TURN service's writable runtime directory (tmpfs): the config with the secret, the pid.
+pub const TURN_RUN_DIR: &str = "/run/coturn";
+/// The TURN image's healthcheck command: a STUN Binding request answered by coturn.
+pub const TURN_HEALTHCHECK: &str = "/usr/local/bin/astrtc-turn-healthcheck";
 /// The guard image (`images/guard`: fail2ban), the same version as this astrtc.
 pub const GUARD_IMAGE: &str = concat!("astrtc/guard:", env!("CARGO_PKG_VERSION"));
 /// Asterisk's log directory: a volume shared with the guard, which reads the security log there.
@@ -87,6 +99,11 @@ pub fn sidecar_build_args() -> Vec<(&'static str, String)> {
     vec![("ASTERISK_GID", ASTERISK_UID.to_string()), ("SIDECAR_UID", SIDECAR_UID.to_string())]
 }
 
+/// Build arguments of the TURN image's Dockerfile.
+pub fn turn_build_args() -> Vec<(&'static str, String)> {
+    vec![("ASTERISK_GID", ASTERISK_UID.to_string()), ("TURN_UID", TURN_UID.to_string())]
+}
+
 /// Build arguments of the guard image's Dockerfile.
 pub fn guard_build_args() -> Vec<(&'static str, String)> {
     vec![("ASTERISK_GID", ASTERISK_UID.to_string())]
@@ -131,5 +148,15 @@ mod tests {
         let r = ImageRef::parse(DEFAULT_IMAGE);
         assert_eq!(r.tag, ASTERISK_VERSION);
         assert_eq!(ImageRef::parse("asterisk").to_string(), "asterisk:latest");
+    }
+
+    /// Each image's user is its own: a uid shared by two images would let one container's process
+    /// own (and signal, on a shared pid namespace, or read through a shared volume) the other's
+    /// files. The TURN user and the sidecar share only the asterisk group, by design.
+    #[test]
+    fn every_image_user_has_its_own_uid() {
+        let uids = [ASTERISK_UID, SIDECAR_UID, TURN_UID, PROMETHEUS_UID];
+        let distinct: std::collections::BTreeSet<u32> = uids.into_iter().collect();
+        assert_eq!(distinct.len(), uids.len(), "{uids:?}");
     }
 }

@@ -514,7 +514,10 @@ async fn webrtc_call(
         refuse_answer(ua, &mut call.dialog, setup, e.to_string(), &mut report).await;
         return report;
     }
-    if let Err(e) = session.permit_remote().await {
+    let permitted = session.permit_remote().await;
+    // The relay's refusals of some of Asterisk's addresses are known only now.
+    report.relay = session.relay();
+    if let Err(e) = permitted {
         report.failure = Some(relay_failure(&e));
         let _ = ua.bye(&mut call.dialog).await;
         sign_out(ua, setup, &mut report).await;

@@ -30,7 +30,7 @@ use tokio::net::UdpSocket;
 use super::audio::{ToneLoop, LOOP_FRAMES};
 use super::sdp::{self, CandidateInfo};
 use super::stats::{EchoMeter, MediaFigures};
-use super::turn::{Allocation, TurnError, TurnServer};
+use super::turn::{Allocation, Link, TurnError, TurnServer, TurnStream};
 use super::RunPlan;
 
 /// Why the WebRTC media could not start or stopped.
@@ -106,13 +106,16 @@ struct Datagram {
     relayed: Option<Vec<u8>>,
 }
 
-/// The UDP sockets of one call, read in place: one poll over all of them, one buffer.
+/// The UDP sockets of one call, read in place: one poll over all of them (and the stream to a
+/// TURN server reached over TCP or TLS), one buffer.
 pub struct SocketSet {
     sockets: Vec<(SocketAddr, UdpSocket)>,
     buf: Box<[u8]>,
     next: usize,
-    /// The TURN allocation and the local address of the socket it was made from.
+    /// The TURN allocation and the local address of the socket (or stream) it was made from.
     relay: Option<(Allocation, SocketAddr)>,
+    /// The connection to the TURN server, when it is reached over TCP or TLS.
+    stream: Option<TurnStream>,
 }
 
 /// A relay a call's media went through.
@@ -124,6 +127,13 @@ pub struct RelayInfo {
     pub relayed: SocketAddr,
     /// Our address as the TURN server saw it.
     pub mapped: Option<SocketAddr>,
+    /// How we reached the TURN server: udp, tcp or tls.
+    #[serde(default)]
+    pub transport: String,
+    /// Peers the TURN server refused to relay to (CreatePermission answered 403), as `ADDRESS
+    /// (CODE REASON)`: addresses of Asterisk's it may not reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 impl SocketSet {
@@ -135,32 +145,52 @@ impl SocketSet {
             let sock = UdpSocket::bind(SocketAddr::new(*ip, 0)).await.map_err(err)?;
             sockets.push((sock.local_addr().map_err(err)?, sock));
         }
-        Ok(SocketSet { sockets, buf: vec![0u8; 2048].into_boxed_slice(), next: 0, relay: None })
+        Ok(SocketSet { sockets, buf: vec![0u8; 2048].into_boxed_slice(), next: 0, relay: None, stream: None })
     }
 
-    /// Allocates a relay on `server` from the first socket; returns the relayed address.
-    async fn allocate(&mut self, server: &TurnServer) -> Result<SocketAddr, SessionError> {
+    /// Allocates a relay on `server` from the first socket (or over a new stream, for TCP and
+    /// TLS); returns the relayed address and the local base.
+    async fn allocate(&mut self, server: &TurnServer) -> Result<(SocketAddr, SocketAddr), SessionError> {
         let (base, sock) = self.sockets.first().ok_or(SessionError::NoCandidates)?;
-        let alloc = Allocation::new(sock, server).await?;
+        let (alloc, base) = match TurnStream::connect(server).await? {
+            None => (Allocation::new(&mut Link::Udp(sock), server).await?, *base),
+            Some(mut stream) => {
+                let alloc = Allocation::new(&mut Link::Stream(&mut stream), server).await?;
+                let base = stream.local_addr();
+                self.stream = Some(stream);
+                (alloc, base)
+            }
+        };
         let relayed = alloc.relayed;
-        self.relay = Some((alloc, *base));
-        Ok(relayed)
+        self.relay = Some((alloc, base));
+        Ok((relayed, base))
     }
 
     /// Lets `peers` reach the relayed address.
     async fn permit(&mut self, peers: &[IpAddr]) -> Result<(), SessionError> {
-        let SocketSet { sockets, relay, .. } = self;
-        if let (Some((alloc, _)), Some((_, sock))) = (relay.as_mut(), sockets.first()) {
-            alloc.permit(sock, peers).await?;
+        let SocketSet { sockets, relay, stream, .. } = self;
+        let Some((alloc, _)) = relay.as_mut() else { return Ok(()) };
+        match (stream.as_mut(), sockets.first()) {
+            (Some(stream), _) => alloc.permit(&mut Link::Stream(stream), peers).await?,
+            (None, Some((_, sock))) => alloc.permit(&mut Link::Udp(sock), peers).await?,
+            (None, None) => {}
         }
         Ok(())
     }
 
     /// Sends raw bytes to the TURN server (refreshes, release); errors are ignored.
-    async fn to_relay_server(&self, messages: Vec<Vec<u8>>) {
-        if let (Some((alloc, _)), Some((_, sock))) = (&self.relay, self.sockets.first()) {
-            for m in messages {
-                let _ = sock.send_to(&m, alloc.server()).await;
+    async fn send_to_relay_server(&mut self, messages: Vec<Vec<u8>>) {
+        let SocketSet { sockets, relay, stream, .. } = self;
+        let Some((alloc, _)) = relay.as_ref() else { return };
+        for m in messages {
+            match (stream.as_mut(), sockets.first()) {
+                (Some(stream), _) => {
+                    let _ = stream.send(&m).await;
+                }
+                (None, Some((_, sock))) => {
+                    let _ = sock.send_to(&m, alloc.server()).await;
+                }
+                (None, None) => {}
             }
         }
     }
@@ -172,32 +202,63 @@ impl SocketSet {
 
     /// Sends from the socket bound to `source`; errors (a firewall's EPERM, an ICMP error from
     /// an earlier datagram) are loss, not failure.
-    pub async fn send(&self, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
-        if let Some((alloc, base)) = self.relay.as_ref().filter(|(a, _)| a.relayed == source) {
-            if let Some((_, sock)) = self.sockets.iter().find(|(a, _)| a == base) {
-                let _ = sock.send_to(&alloc.wrap(destination, bytes), alloc.server()).await;
+    pub async fn send(&mut self, source: SocketAddr, destination: SocketAddr, bytes: &[u8]) {
+        let SocketSet { sockets, relay, stream, .. } = self;
+        if let Some((alloc, base)) = relay.as_ref().filter(|(a, _)| a.relayed == source) {
+            let wrapped = alloc.wrap(destination, bytes);
+            if let Some(stream) = stream.as_mut() {
+                let _ = stream.send(&wrapped).await;
+            } else if let Some((_, sock)) = sockets.iter().find(|(a, _)| a == base) {
+                let _ = sock.send_to(&wrapped, alloc.server()).await;
             }
-        } else if let Some((_, sock)) = self.sockets.iter().find(|(a, _)| *a == source) {
+        } else if let Some((_, sock)) = sockets.iter().find(|(a, _)| *a == source) {
             let _ = sock.send_to(bytes, destination).await;
         }
     }
 
-    /// The next datagram on any socket, stamped as it is read. Cancel-safe (a datagram is taken
-    /// from a socket only when it is returned).
+    /// The next datagram on any socket (or relayed over the stream), stamped as it is read.
+    /// Cancel-safe (a datagram is taken from a socket, or a frame from the stream's buffer, only
+    /// when it is returned).
     async fn recv(&mut self) -> Datagram {
         loop {
             let d = self.recv_raw().await;
-            let Some((alloc, _)) = self.relay.as_ref().filter(|(a, _)| a.server() == d.source) else { return d };
+            let Some((alloc, _)) = self.relay.as_ref() else { return d };
             // From the TURN server: media in a Data indication, or an answer to a refresh.
-            if let Some((peer, data)) = Allocation::unwrap(&self.buf[..d.len]) {
+            let from_server = match &d.relayed {
+                Some(frame) => Some(frame.as_slice()),
+                None if d.source == alloc.server() => Some(&self.buf[..d.len]),
+                None => None,
+            };
+            let Some(frame) = from_server else { return d };
+            if let Some((peer, data)) = Allocation::unwrap(frame) {
                 return Datagram { source: peer, destination: alloc.relayed, relayed: Some(data), ..d };
             }
         }
     }
 
+    /// The next datagram from a socket, or the next frame from the TURN stream (whole, in
+    /// `relayed`). A closed stream is never ready again: the call then just hears nothing.
     async fn recv_raw(&mut self) -> Datagram {
-        let SocketSet { sockets, buf, next, .. } = self;
+        let SocketSet { sockets, buf, next, stream, relay } = self;
+        let server = relay.as_ref().map(|(a, _)| a.server());
         poll_fn(|cx| {
+            if let (Some(s), Some(server)) = (stream.as_mut(), server) {
+                match s.poll_frame(cx) {
+                    Poll::Ready(Ok(frame)) => {
+                        let at = Instant::now();
+                        let local = s.local_addr();
+                        return Poll::Ready(Datagram {
+                            at,
+                            source: server,
+                            destination: local,
+                            len: 0,
+                            relayed: Some(frame),
+                        });
+                    }
+                    Poll::Ready(Err(_)) => *stream = None,
+                    Poll::Pending => {}
+                }
+            }
             let n = sockets.len();
             for k in 0..n {
                 // Start at a different socket each time so none is starved.
@@ -233,6 +294,8 @@ pub struct WebrtcSession {
     local: Vec<CandidateInfo>,
     remote: Vec<CandidateInfo>,
     tone: Arc<ToneLoop>,
+    /// How the TURN server is reached (with a relay).
+    transport: String,
 }
 
 /// Datagram counts by kind, demultiplexed as RFC 7983 does.
@@ -334,8 +397,7 @@ impl WebrtcSession {
         let sockets = match relay {
             Some(server) => {
                 let mut sockets = SocketSet::bind(&ips[..1]).await?;
-                let relayed = sockets.allocate(server).await?;
-                let base = sockets.sockets[0].0;
+                let (relayed, base) = sockets.allocate(server).await?;
                 let cand =
                     Candidate::relayed(relayed, base, "udp").map_err(|e| SessionError::BadAnswer(e.to_string()))?;
                 if rtc.add_local_candidate(cand).is_some() {
@@ -368,6 +430,7 @@ impl WebrtcSession {
             local,
             remote: Vec::new(),
             tone: shared.opus.clone(),
+            transport: relay.map(|r| r.transport.to_string()).unwrap_or_default(),
         };
         Ok((session, sdp))
     }
@@ -379,7 +442,14 @@ impl WebrtcSession {
 
     /// The relay, when the offer was made through one.
     pub fn relay(&self) -> Option<RelayInfo> {
-        self.sockets.relay.as_ref().map(|(a, _)| RelayInfo { server: a.server(), relayed: a.relayed, mapped: a.mapped })
+        let transport = self.transport.clone();
+        self.sockets.relay.as_ref().map(|(a, _)| RelayInfo {
+            server: a.server(),
+            relayed: a.relayed,
+            mapped: a.mapped,
+            transport,
+            refused: a.refused.iter().map(|(ip, code, reason)| format!("{ip} ({code} {reason})")).collect(),
+        })
     }
 
     /// With a relay: lets the addresses of Asterisk's candidates reach it (TURN permissions).
@@ -440,7 +510,7 @@ impl WebrtcSession {
         let result = driver.run(plan).await;
         let release = driver.session.sockets.relay.as_ref().map(|(a, _)| vec![a.release()]);
         if let Some(release) = release {
-            driver.session.sockets.to_relay_server(release).await;
+            driver.session.sockets.send_to_relay_server(release).await;
         }
         let mut report = driver.report;
         report.failure = match result {
@@ -496,7 +566,7 @@ impl Driver {
                 _ = tick.tick(), if sending => self.send_frame()?,
                 _ = refresh.tick(), if relayed => {
                     let messages = self.session.sockets.relay.as_ref().map(|(a, _)| a.refreshes()).unwrap_or_default();
-                    self.session.sockets.to_relay_server(messages).await;
+                    self.session.sockets.send_to_relay_server(messages).await;
                 }
                 _ = &mut plan.stop, if end.is_none() => end = Some(tokio::time::Instant::now() + plan.tail),
                 _ = tokio::time::sleep_until(end.unwrap_or(connect_deadline)), if end.is_some() => return Ok(()),

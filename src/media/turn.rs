@@ -1,19 +1,26 @@
-//! A TURN client (RFC 8656, over UDP) just big enough to force a call's WebRTC media through a
-//! relay, as a browser does with `iceTransportPolicy: "relay"`: an Allocate with long-term
-//! credentials (the 401 challenge answered with MESSAGE-INTEGRITY, a stale nonce retried),
-//! CreatePermission for the peer's addresses, and media carried in Send and Data indications.
+//! A TURN client (RFC 8656) just big enough to force a call's WebRTC media through a relay, as a
+//! browser does with `iceTransportPolicy: "relay"`: an Allocate with long-term credentials (the
+//! 401 challenge answered with MESSAGE-INTEGRITY, a stale nonce retried), CreatePermission for
+//! each of the peer's addresses, and media carried in Send and Data indications. It reaches the
+//! TURN server over UDP, TCP or TLS (`turns:`; RFC 8656 section 3.1: the relay is UDP either way,
+//! only the leg to the server changes — the way through a network that blocks all UDP).
 //! str0m has no TURN of its own: it only knows the relayed address as a local ICE candidate.
 //!
-//! Owns: the STUN wire format of these few messages ([`Message`]) and one [`Allocation`]. The
-//! exchanges before the media starts are request/response with retransmission on the call's own
-//! socket; during the media, [`Allocation::wrap`] and [`Allocation::unwrap`] translate datagrams
-//! and refreshes are sent without waiting for answers. Parsing never panics on what arrives.
+//! Owns: the STUN wire format of these few messages ([`Message`]), its framing on a stream
+//! ([`TurnStream`]) and one [`Allocation`]. The exchanges before the media starts are
+//! request/response (retransmitted over UDP) on the call's own socket or stream; during the
+//! media, [`Allocation::wrap`] and [`Allocation::unwrap`] translate datagrams and refreshes are
+//! sent without waiting for answers. Parsing never panics on what arrives.
 
+use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UdpSocket};
 
 /// The STUN magic cookie (RFC 5389).
 const MAGIC: u32 = 0x2112_A442;
@@ -43,28 +50,67 @@ const ATTR_SOFTWARE: u16 = 0x8022;
 /// How long one request waits for its answer, in all (retransmitted at 250 ms, doubling).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A TURN server and the long-term credentials for it.
+/// A TURN server, how to reach it, and the long-term credentials for it.
 #[derive(Debug, Clone)]
 pub struct TurnServer {
-    /// Its UDP address.
+    /// Its address (UDP, or TCP for the stream transports).
     pub addr: SocketAddr,
     /// User name.
     pub username: String,
     /// Password.
     pub password: String,
+    /// UDP, TCP or TLS.
+    pub transport: TurnTransport,
+}
+
+/// How the client reaches the TURN server (the relay itself is UDP in every case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnTransport {
+    /// `turn:…?transport=udp`.
+    Udp,
+    /// `turn:…?transport=tcp`: STUN messages framed by their own length on one connection.
+    Tcp,
+    /// `turns:`: the same over TLS, the certificate verified for `name` against `ca_pem`.
+    Tls {
+        /// The name the certificate must carry.
+        name: String,
+        /// The CA certificates to trust (PEM).
+        ca_pem: String,
+    },
+}
+
+impl std::fmt::Display for TurnTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TurnTransport::Udp => "udp",
+            TurnTransport::Tcp => "tcp",
+            TurnTransport::Tls { .. } => "tls",
+        })
+    }
 }
 
 /// Why the relay could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TurnError {
-    /// The socket failed.
-    #[error("UDP to the TURN server {server} failed")]
+    /// The socket or connection failed.
+    #[error("the connection to the TURN server {server} failed")]
     Io {
         /// The server.
         server: SocketAddr,
         /// The system's error.
         #[source]
         source: std::io::Error,
+    },
+    /// No TCP connection, or the TLS handshake failed (certificate for another name, unknown
+    /// issuer, expired...).
+    #[error("no {transport} connection to the TURN server {server}: {message}")]
+    Connect {
+        /// The server.
+        server: SocketAddr,
+        /// tcp or tls.
+        transport: String,
+        /// Why.
+        message: String,
     },
     /// No answer.
     #[error("no answer from the TURN server {server} to {request} within {REQUEST_TIMEOUT:?}")]
@@ -249,11 +295,22 @@ pub struct Allocation {
     /// Our address as the TURN server saw it (server-reflexive).
     pub mapped: Option<SocketAddr>,
     peers: Vec<IpAddr>,
+    /// Peers the server would not let us reach (a 403 to their CreatePermission), with the
+    /// answer's code and reason.
+    pub refused: Vec<(IpAddr, u16, String)>,
 }
 
-/// Sends `msg` and waits for the response with its transaction id, retransmitting.
+/// Where the control exchanges go: the call's UDP socket, or its stream to the server.
+pub enum Link<'a> {
+    /// A UDP socket (requests retransmitted).
+    Udp(&'a UdpSocket),
+    /// A TCP or TLS stream (reliable: sent once).
+    Stream(&'a mut TurnStream),
+}
+
+/// Sends `msg` and waits for the response with its transaction id (retransmitting over UDP).
 async fn exchange(
-    sock: &UdpSocket,
+    link: &mut Link<'_>,
     server: SocketAddr,
     request: &'static str,
     msg: &Message,
@@ -262,6 +319,21 @@ async fn exchange(
     let bytes = msg.encode(key);
     let io = |source| TurnError::Io { server, source };
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let sock = match link {
+        Link::Stream(stream) => {
+            stream.send(&bytes).await.map_err(io)?;
+            return loop {
+                let frame = match tokio::time::timeout_at(deadline, stream.recv_frame()).await {
+                    Err(_) => return Err(TurnError::Timeout { server, request }),
+                    Ok(r) => r.map_err(io)?,
+                };
+                if let Some(m) = Message::decode(&frame).filter(|m| m.txid == msg.txid) {
+                    break Ok(m);
+                }
+            };
+        }
+        Link::Udp(sock) => *sock,
+    };
     let mut rto = Duration::from_millis(250);
     let mut buf = [0u8; 2048];
     loop {
@@ -289,12 +361,124 @@ async fn exchange(
     }
 }
 
-impl Allocation {
-    /// Allocates a UDP relay on `server` from `sock` (which then carries the relayed media).
-    pub async fn new(sock: &UdpSocket, server: &TurnServer) -> Result<Allocation, TurnError> {
+/// Anything a TURN stream can run over: plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A TCP or TLS connection to a TURN server, carrying STUN messages (and ChannelData, which this
+/// client never asks for) back to back, each framed by its own length (RFC 8656 section 12.5).
+/// Reads are buffered in place, so [`TurnStream::poll_frame`] is cancel-safe.
+pub struct TurnStream {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+    local: SocketAddr,
+}
+
+/// How long the TCP connect and TLS handshake may take together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl TurnStream {
+    /// Connects to the server as its transport says (TCP or TLS); `None` for UDP.
+    pub async fn connect(server: &TurnServer) -> Result<Option<TurnStream>, TurnError> {
         let addr = server.addr;
-        let request = Message::new(ALLOCATE).attr(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
-        let first = exchange(sock, addr, "Allocate", &request, None).await?;
+        let fail =
+            |message: String| TurnError::Connect { server: addr, transport: server.transport.to_string(), message };
+        let tls = match &server.transport {
+            TurnTransport::Udp => return Ok(None),
+            TurnTransport::Tcp => None,
+            TurnTransport::Tls { name, ca_pem } => {
+                let config = crate::certs::trust::client_config(ca_pem).map_err(|e| fail(e.to_string()))?;
+                let name = rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|_| fail(format!("{name:?} is not a valid TLS server name")))?;
+                Some((tokio_rustls::TlsConnector::from(config), name))
+            }
+        };
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| fail(e.to_string()))?;
+            tcp.set_nodelay(true).ok();
+            let local = tcp.local_addr().map_err(|e| fail(e.to_string()))?;
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(tcp),
+                Some((connector, name)) => {
+                    Box::new(connector.connect(name, tcp).await.map_err(|e| fail(e.to_string()))?)
+                }
+            };
+            Ok(TurnStream { io, buf: Vec::new(), local })
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| fail(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+            .map(Some)
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Writes one message.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// The next whole frame.
+    pub async fn recv_frame(&mut self) -> std::io::Result<Vec<u8>> {
+        poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    /// Polls for the next whole frame; an error when the server closed the connection.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<Vec<u8>>> {
+        loop {
+            if let Some(n) = frame_len(&self.buf) {
+                if self.buf.len() >= n {
+                    return Poll::Ready(Ok(self.buf.drain(..n).collect()));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+                }
+                Poll::Ready(Ok(())) => self.buf.extend_from_slice(rb.filled()),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The length of the frame at the start of `buf`, once its header is there: a STUN message is its
+/// 20-byte header plus the length it states; ChannelData (first two bits 01) its 4-byte header
+/// plus the length, padded to four bytes on a stream.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    let first = *buf.first()?;
+    let len = usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]));
+    match first >> 6 {
+        0 => Some(20 + len),
+        1 => Some(4 + len.div_ceil(4) * 4),
+        // Nothing else belongs on a TURN stream: take the rest as one frame for the caller to drop.
+        _ => Some(buf.len()),
+    }
+}
+
+impl Allocation {
+    /// Allocates a UDP relay on `server` through `link` (which then carries the relayed media).
+    pub async fn new(link: &mut Link<'_>, server: &TurnServer) -> Result<Allocation, TurnError> {
+        Allocation::with_protocol(link, server, 17).await
+    }
+
+    /// Allocates a relay of IP protocol `protocol` (17 UDP; 6 TCP, RFC 6062, which a server
+    /// that relays only UDP refuses with 442).
+    pub async fn with_protocol(
+        link: &mut Link<'_>,
+        server: &TurnServer,
+        protocol: u8,
+    ) -> Result<Allocation, TurnError> {
+        let addr = server.addr;
+        let request = Message::new(ALLOCATE).attr(ATTR_REQUESTED_TRANSPORT, vec![protocol, 0, 0, 0]);
+        let first = exchange(link, addr, "Allocate", &request, None).await?;
         let (realm, nonce) = match first.error() {
             Some((401, _)) => {
                 (first.get(ATTR_REALM).unwrap_or_default().to_vec(), first.get(ATTR_NONCE).unwrap_or_default().to_vec())
@@ -315,11 +499,12 @@ impl Allocation {
             relayed: addr,
             mapped: None,
             peers: Vec::new(),
+            refused: Vec::new(),
         };
         let ok = alloc
-            .authenticated(sock, "Allocate", || {
+            .authenticated(link, "Allocate", || {
                 Message::new(ALLOCATE)
-                    .attr(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
+                    .attr(ATTR_REQUESTED_TRANSPORT, vec![protocol, 0, 0, 0])
                     .attr(ATTR_SOFTWARE, b"astrtc".to_vec())
             })
             .await?;
@@ -340,13 +525,13 @@ impl Allocation {
     /// challenge with a new nonce is retried once.
     async fn authenticated(
         &mut self,
-        sock: &UdpSocket,
+        link: &mut Link<'_>,
         request: &'static str,
         build: impl Fn() -> Message,
     ) -> Result<Message, TurnError> {
         for attempt in 0..2 {
             let msg = self.credentials(build());
-            let resp = exchange(sock, self.server, request, &msg, Some(&self.key)).await?;
+            let resp = exchange(link, self.server, request, &msg, Some(&self.key)).await?;
             match resp.error() {
                 None if resp.kind & 0x0110 == SUCCESS => return Ok(resp),
                 None => return Err(TurnError::Incomplete { server: self.server, request, missing: "a result" }),
@@ -382,15 +567,26 @@ impl Allocation {
             .attr(ATTR_NONCE, self.nonce.clone())
     }
 
-    /// Lets `peers` send to the relayed address (and us to them).
-    pub async fn permit(&mut self, sock: &UdpSocket, peers: &[IpAddr]) -> Result<(), TurnError> {
+    /// Lets `peers` send to the relayed address (and us to them): one CreatePermission each, as
+    /// browsers do, so a server that refuses some addresses (403: not allowed to relay there)
+    /// still permits the others. Fails only when it refuses them all.
+    pub async fn permit(&mut self, link: &mut Link<'_>, peers: &[IpAddr]) -> Result<(), TurnError> {
         let peers: Vec<IpAddr> = peers.iter().copied().filter(|p| p.is_ipv4() == self.relayed.is_ipv4()).collect();
-        if peers.is_empty() {
-            return Ok(());
+        let mut last = None;
+        for peer in &peers {
+            match self.authenticated(link, "CreatePermission", || permission(&[*peer])).await {
+                Ok(_) => self.peers.push(*peer),
+                Err(TurnError::Rejected { code: code @ 403, reason, .. }) => {
+                    self.refused.push((*peer, code, reason.clone()));
+                    last = Some(TurnError::Rejected { server: self.server, request: "CreatePermission", code, reason });
+                }
+                Err(e) => return Err(e),
+            }
         }
-        self.authenticated(sock, "CreatePermission", || permission(&peers)).await?;
-        self.peers = peers;
-        Ok(())
+        match last {
+            Some(e) if self.peers.is_empty() => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Keep-alives for a long call: a Refresh and the permissions again, sent without waiting
@@ -428,7 +624,7 @@ impl Allocation {
 /// A STUN Binding request to `server` (any STUN or TURN server answers it): our address as the
 /// server sees it.
 pub async fn binding(sock: &UdpSocket, server: SocketAddr) -> Result<SocketAddr, TurnError> {
-    let resp = exchange(sock, server, "Binding", &Message::new(BINDING), None).await?;
+    let resp = exchange(&mut Link::Udp(sock), server, "Binding", &Message::new(BINDING), None).await?;
     resp.get(ATTR_XOR_MAPPED_ADDRESS).and_then(|v| read_xor_address(v, &resp.txid)).ok_or(TurnError::Incomplete {
         server,
         request: "Binding",
@@ -514,6 +710,7 @@ mod tests {
             relayed: server,
             mapped: None,
             peers: vec![],
+            refused: vec![],
         };
         let mut sent = Message::decode(&a.wrap(peer, b"hello")).unwrap();
         assert_eq!(sent.kind, SEND_INDICATION);
@@ -524,5 +721,14 @@ mod tests {
         {
             assert!(Allocation::unwrap(garbage).is_none());
         }
+    }
+
+    #[test]
+    fn stream_frames_are_cut_at_their_own_lengths() {
+        let stun = Message::new(SEND_INDICATION).attr(ATTR_DATA, vec![1, 2, 3]).encode(None);
+        assert_eq!(frame_len(&stun), Some(stun.len()));
+        assert_eq!(frame_len(&stun[..3]), None);
+        // ChannelData with 5 bytes of data is padded to 8 on a stream.
+        assert_eq!(frame_len(&[0x40, 0x00, 0x00, 0x05]), Some(12));
     }
 }

@@ -228,8 +228,9 @@ impl Bundle {
 
 /// The directories of the output that containers mount, each switched by generations: the
 /// Asterisk configs, the certificate, the ACME sidecar's settings, the monitoring profile's
-/// Prometheus settings. Their files are flat (no subdirectories).
-pub const LIVE_DIRS: &[&str] = &["asterisk", "keys", "certs", "prometheus"];
+/// Prometheus settings, the TURN relay's config and secret. Their files are flat (no
+/// subdirectories).
+pub const LIVE_DIRS: &[&str] = &["asterisk", "keys", "certs", "prometheus", "turn"];
 
 /// The chart, replaced as a whole.
 const CHART_ROOT: &str = "helm";

@@ -55,6 +55,20 @@ pub fn context(plan: &Plan) -> Value {
             healthcheck => Value::from(Serde(["CMD", "/usr/local/bin/astrtc", "certs", "check"])),
         }
     });
+    let turn = plan.turn.as_ref().filter(|t| t.bundled.is_some()).map(|t| {
+        context! {
+            image => image::TURN_IMAGE,
+            config_dir => image::TURN_CONFIG_DIR,
+            keys_dir => image::TURN_KEYS_DIR,
+            run_tmpfs => format!("{}:uid={},gid={},mode=0700", image::TURN_RUN_DIR, image::TURN_UID, image::ASTERISK_UID),
+            bind_cap => t.binds_privileged_port(),
+            ports => match t.tls_port {
+                Some(tls) => format!("{} (UDP, TCP) and {tls} (TLS)", t.port),
+                None => format!("{} (UDP, TCP)", t.port),
+            },
+            healthcheck => Value::from(Serde(["CMD", image::TURN_HEALTHCHECK])),
+        }
+    });
     let guard_files: Vec<_> = GUARD_FILES
         .iter()
         .map(|f| context! { source => format!("./guard/{f}"), target => format!("{}/{f}", image::GUARD_CONFIG_DIR) })
@@ -64,6 +78,7 @@ pub fn context(plan: &Plan) -> Value {
         guard_files => guard_files,
         guard_healthcheck => Value::from(Serde(["CMD", image::GUARD_HEALTHCHECK])),
         sidecar => sidecar,
+        turn => turn,
         plan => Value::from(Serde(plan)),
         rtp_range => rtp_range,
         published_ports => published_ports,

@@ -66,11 +66,29 @@ pub fn context(plan: &Plan) -> Value {
         memory_request => format!("{}Mi", plan.resources.memory_request_mb),
         memory_limit => format!("{}Mi", plan.resources.memory_limit_mb),
         existing_secret => if bundled_keys { String::new() } else { format!("{}-tls", plan.name) },
+        turn => turn_values(plan),
+    }
+}
+
+/// The chart's `turn` values: the bundled TURN relay's image and ports (from the spec), or a
+/// disabled one (the key is always there, so the schema is the same for every spec).
+fn turn_values(plan: &Plan) -> Value {
+    let image = ImageRef::parse(image::TURN_IMAGE);
+    let service = plan.turn.as_ref().filter(|t| t.bundled.is_some());
+    context! {
+        enabled => service.is_some(),
+        host => service.map_or(plan.tls.domain.clone(), |t| t.host.clone()),
+        repository => image.repository,
+        tag => image.tag,
+        port => service.map_or(0, |t| t.port),
+        tls_port => service.and_then(|t| t.tls_port).unwrap_or(0),
+        uid => image::TURN_UID,
     }
 }
 
 /// The copies the chart carries of the very files compose mounts: configs (passwords into the
-/// chart's Secret), the sidecar's settings, the guard's fail2ban files, keys.
+/// chart's Secret), the sidecar's settings, the guard's fail2ban files, the TURN relay's config
+/// and secret, keys.
 pub fn chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
     bundle
         .files()
@@ -87,6 +105,11 @@ pub fn chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
                 format!("{CHART_DIR}/files/guard/{rest}")
             } else if let Some(rest) = p.strip_prefix("certs/") {
                 format!("{CHART_DIR}/files/certs/{rest}")
+            } else if let Some(rest) = p.strip_prefix("turn/") {
+                match f.kind {
+                    FileKind::Public => format!("{CHART_DIR}/files/turn/{rest}"),
+                    FileKind::Secret | FileKind::SecretExecutable => format!("{CHART_DIR}/files/turn-secret/{rest}"),
+                }
             } else if p == crate::render::templates::PROMETHEUS_PASSWORD {
                 format!("{CHART_DIR}/files/metrics/password")
             } else if p.starts_with("keys/") && matches!(name, "asterisk.crt" | "asterisk.key" | "ca.crt") {

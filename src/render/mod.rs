@@ -6,8 +6,8 @@
 //! `templates/deploy/` is the output directory file for file ([`crate::assets`]): `.j2` files are
 //! rendered, every other file is copied, and a few are conditional (TURN, ACME, certificates).
 //! One module per output family provides its template context ([`asterisk`], [`compose`],
-//! [`guard`], [`helm`]); secrets reach only the templates of the secret files, through contexts of their
-//! own. The [`Bundle`] compares itself with disk (`render --check`) and writes itself with
+//! [`guard`], [`helm`], [`turn`]); secrets reach only the templates of the secret files, through
+//! contexts of their own. The [`Bundle`] compares itself with disk (`render --check`) and writes itself with
 //! [`crate::fsx::replace_dir`].
 
 pub mod asterisk;
@@ -17,6 +17,7 @@ pub mod guard;
 pub mod helm;
 pub mod restart;
 pub mod templates;
+pub mod turn;
 
 pub use bundle::{file_gid, Bundle, BundleFile, Change, CheckReport, FileKind, LIVE_DIRS};
 
@@ -85,6 +86,7 @@ pub const SECRET_FILES: &[&str] = &[
     templates::RTP_TURN_CONF,
     templates::PROMETHEUS_AUTH_CONF,
     templates::PROMETHEUS_PASSWORD,
+    turn::SECRET_FILE,
     "keys/asterisk.key",
     "keys/asterisk.pem",
 ];
@@ -118,6 +120,8 @@ fn wanted(plan: &Plan, inputs: &Inputs, path: &str) -> bool {
         inputs.certs.is_some()
     } else if path.starts_with("certs/") {
         plan.tls.acme.is_some()
+    } else if path.starts_with("turn/") {
+        turn::bundled(plan)
     } else if path.starts_with("guard/") {
         plan.guard.is_some()
     } else {
@@ -203,6 +207,8 @@ struct Contexts {
     asterisk: minijinja::Value,
     pjsip_auth: minijinja::Value,
     rtp_turn: minijinja::Value,
+    turn: minijinja::Value,
+    turn_secret: minijinja::Value,
     metrics_secret: minijinja::Value,
     prometheus: minijinja::Value,
     compose: minijinja::Value,
@@ -218,6 +224,8 @@ impl Contexts {
             asterisk: asterisk::context(plan),
             pjsip_auth: asterisk::auth_context(plan),
             rtp_turn: asterisk::turn_context(plan),
+            turn: turn::context(plan),
+            turn_secret: turn::secret_context(plan),
             metrics_secret: asterisk::metrics_context(plan),
             prometheus: compose::prometheus_context(plan),
             compose: compose::context(plan),
@@ -237,6 +245,8 @@ impl Contexts {
         match path {
             templates::PJSIP_AUTH_CONF => self.pjsip_auth.clone(),
             templates::RTP_TURN_CONF => self.rtp_turn.clone(),
+            turn::SECRET_FILE => self.turn_secret.clone(),
+            _ if path.starts_with("turn/") => self.turn.clone(),
             templates::PROMETHEUS_AUTH_CONF | templates::PROMETHEUS_PASSWORD => self.metrics_secret.clone(),
             templates::PROMETHEUS_YML => self.prometheus.clone(),
             _ if path.starts_with("asterisk/") => self.asterisk.clone(),

@@ -67,6 +67,19 @@ pub const VERBOSE: i64 = 0;
 pub const MEMORY_LIMIT_MB: i64 = 512;
 /// Memory reserved for it, MiB.
 pub const MEMORY_REQUEST_MB: i64 = 128;
+/// TURN over UDP and TCP.
+pub const TURN_PORT: i64 = 3478;
+/// TURN over TLS (bundled coturn).
+pub const TURN_TLS_PORT: i64 = 5349;
+/// First relayed port of bundled coturn (coturn's own default range).
+pub const TURN_RELAY_START: i64 = 49152;
+/// Last relayed port of bundled coturn.
+pub const TURN_RELAY_END: i64 = 65535;
+/// Allocations one TURN user may hold at once: a browser allocates once per TURN URL it is
+/// given (UDP, TCP, TLS), so three per call, four calls.
+pub const TURN_USER_QUOTA: i64 = 12;
+/// Lifetime of the TURN credentials `astrtc turn-credentials` prints.
+pub const TURN_CREDENTIAL_TTL_SECONDS: u64 = 3600;
 /// Whether the guard (fail2ban) runs.
 pub const GUARD: bool = true;
 /// Failures from one address that ban it.

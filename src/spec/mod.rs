@@ -59,6 +59,48 @@ pub struct Spec {
     /// Asterisk's Prometheus metrics (`res_prometheus`).
     #[serde(default)]
     pub metrics: MetricsSpec,
+    /// The TURN relay browsers use (absent: none).
+    pub turn: Option<TurnSpec>,
+}
+
+/// `[turn]`: the TURN relay browsers use when UDP to the RTP range does not get through.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TurnSpec {
+    /// `bundled` (default: coturn deployed beside Asterisk) or `external` (a TURN server the user
+    /// runs, sharing the secret of the secrets file).
+    pub mode: Option<TurnMode>,
+    /// The DNS name (or IPv4 address) clients reach the TURN server at [bundled: `tls.domain`,
+    /// whose certificate TURN over TLS serves].
+    pub host: Option<String>,
+    /// TURN over UDP and TCP (default 3478).
+    pub port: Option<i64>,
+    /// TURN over TLS (`turns:`) [bundled: 5349; 443 passes most firewalls; external: none].
+    pub tls_port: Option<i64>,
+    /// Bundled: first port of the relayed addresses (default 49152).
+    pub relay_start: Option<i64>,
+    /// Bundled: last port of the relayed addresses (default 65535).
+    pub relay_end: Option<i64>,
+    /// Bundled: the realm of the long-term credentials [default: `tls.domain`].
+    pub realm: Option<String>,
+    /// Bundled: allocations one user may hold at once (default 12: a browser allocates once per
+    /// TURN URL, three per call).
+    pub user_quota: Option<i64>,
+    /// Bundled: allocations the server holds at once [default: unlimited].
+    pub total_quota: Option<i64>,
+    /// Bundled: private addresses the relay may send to besides `network.local_address`,
+    /// `network.public_address` and the bridge address (Asterisk's, when coturn cannot know it).
+    pub allowed_peers: Option<Vec<IpAddr>>,
+}
+
+/// Who runs the TURN server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TurnMode {
+    /// coturn, deployed by astrtc beside Asterisk (compose service, Kubernetes workload).
+    Bundled,
+    /// A TURN server the user runs with `use-auth-secret` and the same shared secret.
+    External,
 }
 
 /// `[logging]`.

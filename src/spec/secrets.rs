@@ -22,7 +22,7 @@ pub struct Secrets {
     /// Endpoint id → SIP digest password.
     #[serde(default)]
     pub endpoints: BTreeMap<String, String>,
-    /// TURN credentials, when `[rtp] turn` is set.
+    /// TURN credentials: the password of `rtp.turn_username`, the shared secret of `[turn]`.
     pub turn: Option<TurnSecrets>,
     /// The password scrapers give for `/metrics`, when metrics are on.
     pub metrics: Option<MetricsSecrets>,
@@ -37,11 +37,16 @@ pub struct MetricsSecrets {
 }
 
 /// `[turn]` in the secrets file.
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TurnSecrets {
-    /// The TURN password.
-    pub password: String,
+    /// The password of `rtp.turn_username` on `rtp.turn` (the TURN server Asterisk itself uses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The shared secret of the spec's `[turn]` server: TURN REST credentials are HMACs made with
+    /// it (coturn `static-auth-secret`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 impl fmt::Debug for Secrets {
@@ -94,6 +99,7 @@ impl Secrets {
         let mut text = String::from(
             "# astrtc secrets: SIP passwords for the endpoints in astrtc.toml (and the metrics password).\n\
              # Keep this file private (mode 0600) and out of version control.\n\
+             # [turn] secret: the TURN server's shared secret (short-lived credentials are made from it).\n\
              # Passwords: 16-128 characters of A-Z a-z 0-9 - _ . ~ + / ! @ % ^ * ( ) , : ?\n\n",
         );
         text.push_str(&toml::to_string(self).expect("secrets serialize"));

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AcmeChallenge, EndpointKind, NetworkMode, TlsMode};
+use super::{AcmeChallenge, EndpointKind, NetworkMode, TlsMode, TurnMode};
 
 /// A valid spec and its secrets.
 #[derive(Debug, Clone)]
@@ -40,6 +40,54 @@ pub struct Valid {
     pub lifecycle: Lifecycle,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The TURN relay browsers use.
+    pub turn: Option<TurnService>,
+}
+
+/// The TURN relay browsers use (`[turn]`): where clients reach it and, when astrtc deploys it,
+/// how coturn runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnService {
+    /// Bundled (coturn beside Asterisk) or external.
+    pub mode: TurnMode,
+    /// The DNS name or IPv4 address in the `turn:`/`turns:` URLs.
+    pub host: String,
+    /// TURN over UDP and TCP.
+    pub port: u16,
+    /// TURN over TLS, if offered.
+    pub tls_port: Option<u16>,
+    /// coturn's settings (bundled mode).
+    pub bundled: Option<BundledTurn>,
+    /// The shared secret REST credentials are made with (secrets file); never serialized (only
+    /// the TURN service's own secret file gets it, through its own context).
+    #[serde(skip_serializing)]
+    pub secret: String,
+}
+
+/// How the bundled coturn runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct BundledTurn {
+    /// First relayed port.
+    pub relay_start: u16,
+    /// Last relayed port.
+    pub relay_end: u16,
+    /// The realm of the credentials.
+    pub realm: String,
+    /// Allocations per user at once.
+    pub user_quota: u32,
+    /// Allocations at once, in all (None: unlimited).
+    pub total_quota: Option<u32>,
+    /// Private addresses the relay may send to (Asterisk's), each exempt from the denied ranges.
+    pub allowed_peers: Vec<IpAddr>,
+    /// coturn `external-ip` (`public/private`) behind a 1:1 NAT, so relayed addresses are public.
+    pub external_ip: Option<String>,
+}
+
+impl TurnService {
+    /// Whether coturn listens on a port below 1024 (and so needs `CAP_NET_BIND_SERVICE`).
+    pub fn binds_privileged_port(&self) -> bool {
+        self.port < 1024 || self.tls_port.is_some_and(|p| p < 1024)
+    }
 }
 
 /// What Asterisk logs.

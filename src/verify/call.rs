@@ -224,27 +224,7 @@ async fn diagnose(ctx: &Context<'_>, report: &CallReport, failure: &CallFailure)
                 Leg::Sip => "this host could not open a UDP socket to the server".into(),
             },
         ),
-        CallFailure::Relay { problem, message } => {
-            let (turn, user) = match &plan.rtp.turn {
-                Some(t) => (t.address.as_str(), t.username.as_str()),
-                None => ("(none)", ""),
-            };
-            let remedy = match problem {
-                RelayProblem::Unreachable => format!(
-                    "nothing answers TURN at {turn} (rtp.turn) from here: is the TURN server running, and UDP to it \
-                     open from the clients' networks?"
-                ),
-                RelayProblem::Unauthorized => format!(
-                    "the TURN server refused user {user:?} (rtp.turn_username) with the [turn] password of the secrets \
-                     file: they must be a user the TURN server knows (coturn: lt-cred-mech with that user)"
-                ),
-                RelayProblem::Refused => format!(
-                    "the TURN server at {turn} refused the request: a 403 to CreatePermission means it may not relay to \
-                     Asterisk's addresses (coturn: denied-peer-ip, no-loopback-peers), a 486 that its quota is used up"
-                ),
-            };
-            (format!("no relay: {message}"), remedy)
-        }
+        CallFailure::Relay { problem, message } => (format!("no relay: {message}"), relay_remedy(plan, *problem)),
         CallFailure::Local { message } => {
             (message.clone(), "this host has no usable address for media (no network interface up?)".into())
         }
@@ -338,7 +318,7 @@ async fn unreachable_media(ctx: &Context<'_>, report: &CallReport, offered: &[Ip
             format!("{evidence}: the server is reachable, its media ports are not"),
             format!(
                 "UDP {start}-{end} (the spec's rtp.start-rtp.end) is probably blocked between here and the server: open \
-                 that range to the server in its firewall or security group (or give clients a TURN relay, rtp.turn)"
+                 that range to the server in its firewall or security group (or give clients a TURN relay: [turn] in the spec)"
             ),
         );
     }
@@ -399,6 +379,54 @@ async fn unreachable_media(ctx: &Context<'_>, report: &CallReport, offered: &[Ip
             };
             (format!("{detail}: Asterisk did not offer network.public_address {public}"), remedy)
         }
+    }
+}
+
+/// What to do when the relay could not be set up: for `[turn]` (credentials astrtc minted from
+/// its secret) or for `rtp.turn` (a fixed user).
+fn relay_remedy(plan: &Plan, problem: RelayProblem) -> String {
+    if let Some(turn) = &plan.turn {
+        let urls = crate::turn::urls(turn).join(", ");
+        let service =
+            if turn.bundled.is_some() { "the `turn` service (docker compose ps turn)" } else { "your TURN server" };
+        return match problem {
+            RelayProblem::Unreachable => format!(
+                "nothing answers TURN at {urls} from here: is {service} running, and port {} (UDP and TCP){} open from \
+                 the clients' networks?",
+                turn.port,
+                turn.tls_port.map(|p| format!(" and {p} (TCP)")).unwrap_or_default()
+            ),
+            RelayProblem::Unauthorized => format!(
+                "the TURN server refused credentials made with the [turn] secret of the secrets file: its shared secret \
+                 (coturn static-auth-secret, use-auth-secret) must be the same{}; and its clock must not be ahead by \
+                 more than their lifetime (10 minutes)",
+                if turn.bundled.is_some() { " — render and restart the turn service" } else { "" }
+            ),
+            RelayProblem::Refused => format!(
+                "the TURN server refused the request: a 403 to CreatePermission means it may not relay to any of \
+                 Asterisk's addresses — list the one it reaches Asterisk at in turn.allowed_peers (or \
+                 network.local_address), then render and restart {service}; a 486 that the user's quota \
+                 (turn.user_quota) is used up"
+            ),
+        };
+    }
+    let (turn, user) = match &plan.rtp.turn {
+        Some(t) => (t.address.as_str(), t.username.as_str()),
+        None => ("(none)", ""),
+    };
+    match problem {
+        RelayProblem::Unreachable => format!(
+            "nothing answers TURN at {turn} (rtp.turn) from here: is the TURN server running, and UDP to it \
+             open from the clients' networks?"
+        ),
+        RelayProblem::Unauthorized => format!(
+            "the TURN server refused user {user:?} (rtp.turn_username) with the [turn] password of the secrets \
+             file: they must be a user the TURN server knows (coturn: lt-cred-mech with that user)"
+        ),
+        RelayProblem::Refused => format!(
+            "the TURN server at {turn} refused the request: a 403 to CreatePermission means it may not relay to \
+             Asterisk's addresses (coturn: denied-peer-ip, no-loopback-peers), a 486 that its quota is used up"
+        ),
     }
 }
 

@@ -131,7 +131,11 @@ pub fn call_lines(c: &CallReport) -> Vec<(&'static str, String)> {
         lines.push(("asterisk", if theirs.is_empty() { "no ICE candidates".into() } else { theirs }));
         if let Some(r) = &c.relay {
             let mapped = r.mapped.map(|m| format!(", which sees us as {m}")).unwrap_or_default();
-            lines.push(("relay", format!("{} allocated on TURN server {}{mapped}", r.relayed, r.server)));
+            let over = if r.transport.is_empty() { String::new() } else { format!(" over {}", r.transport) };
+            lines.push(("relay", format!("{} allocated on TURN server {}{over}{mapped}", r.relayed, r.server)));
+            if !r.refused.is_empty() {
+                lines.push(("refused", format!("the TURN server may not relay to {}", r.refused.join(", "))));
+            }
         }
         lines.push(("ice", format!("connected {}", ms(c.ice_connected_ms))));
         lines.push(("dtls", format!("connected {}", ms(c.dtls_connected_ms))));

@@ -5,6 +5,12 @@
 //
 // node browser-call.mjs --page URL --wss URL --user ID --password-env VAR --target EXT
 //                       --seconds N --profile DIR --artifacts DIR
+//                       [--ice-servers-env VAR] [--relay-only 1] [--ice-timeout S]
+// With --ice-servers-env, the phone's "ICE servers" field gets that variable's JSON (e.g. the
+// output of `astrtc turn-credentials --json`). After the call is answered it waits for ICE to
+// connect or fail (--ice-timeout, default 40 s) and reports each ICE state, the time from the
+// call to ICE connected, and the selected candidate pair; ICE failing (Chrome: "disconnected"
+// before ever connecting, "failed" much later) is an error.
 import { chromium } from 'playwright-core';
 import { writeFileSync, mkdirSync } from 'node:fs';
 
@@ -13,7 +19,10 @@ const args = Object.fromEntries(
 );
 const seconds = Number(args.seconds || 3);
 const password = process.env[args['password-env'] || 'ASTRTC_PASSWORD'] || '';
-const result = { ok: false, registeredMs: null, confirmedMs: null, firstRtpMs: null, samples: [], errors: [], endCause: null };
+const result = {
+  ok: false, registeredMs: null, confirmedMs: null, firstRtpMs: null, samples: [], errors: [], endCause: null,
+  iceStates: [], iceConnectedMs: null, iceFailed: false, pair: null, relayCandidates: 0,
+};
 const consoleLines = [];
 const t0 = Date.now();
 
@@ -75,10 +84,31 @@ try {
   let s = await waitFor(page, (st) => st.registered, 'registration', 10000);
   result.registeredMs = s.registeredAt;
   await page.fill('#target', args.target);
+  if (args['ice-servers-env']) await page.fill('#ice-servers', process.env[args['ice-servers-env']] || '');
+  if (args['relay-only']) await page.check('#relay-only');
   await page.click('#call');
-  s = await waitFor(page, (st) => st.callState === 'confirmed' || st.callState === 'ended', 'call', 15000);
+  s = await waitFor(page, (st) => st.callState === 'confirmed' || st.callState === 'ended', 'call', 20000);
   if (s.callState !== 'confirmed') throw new Error(`call ended before it was answered: ${s.endCause}`);
   result.confirmedMs = s.confirmedAt;
+  // ICE: connected, or failed (the page records each state), within --ice-timeout.
+  const iceDeadline = Date.now() + Number(args['ice-timeout'] || 40) * 1000;
+  for (;;) {
+    s = await page.evaluate(() => window.astrtcPhone.state);
+    // Failed, or (as Chrome reports it first) disconnected without ever having connected.
+    const failed = s.iceConnectedAt === null && s.iceStates.some((x) => x.state === 'failed' || x.state === 'disconnected');
+    if (s.iceConnectedAt !== null || failed || Date.now() > iceDeadline) break;
+    await page.waitForTimeout(100);
+  }
+  result.iceStates = s.iceStates.map((x) => ({ state: x.state, ms: Math.round(x.at - s.callStartedAt) }));
+  result.relayCandidates = s.relayCandidates;
+  if (s.iceConnectedAt === null) {
+    result.iceFailed = s.iceStates.some((x) => x.state === 'failed' || x.state === 'disconnected');
+    const last = await page.evaluate(() => window.astrtcPhone.stats());
+    result.samples.push({ t: 0, ...last });
+    if (await page.isEnabled('#hangup')) await page.click('#hangup');
+    throw new Error(result.iceFailed ? 'ICE failed' : `ICE did not connect within ${args['ice-timeout'] || 40} s`);
+  }
+  result.iceConnectedMs = s.iceConnectedAt - s.callStartedAt;
   const callStart = Date.now();
   const callStartPage = s.confirmedAt;
   while (Date.now() - callStart < seconds * 1000) {
@@ -89,6 +119,7 @@ try {
     }
     await page.waitForTimeout(250);
   }
+  result.pair = result.samples.length ? result.samples[result.samples.length - 1].pair : null;
   await page.click('#hangup');
   s = await waitFor(page, (st) => st.callState === 'ended', 'hang-up', 5000);
   result.endCause = s.endCause;

@@ -80,6 +80,14 @@ pub fn ensure_sidecar() {
     });
 }
 
+/// The TURN image (Debian's coturn), built once per run.
+pub fn ensure_turn() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    build_image_once(&BUILT, "TURN", |docker| async move {
+        astrtc::image::build_turn(&docker, astrtc::image::TURN_IMAGE, &|_| {}).await
+    });
+}
+
 /// The guard image (fail2ban), built once per run through `astrtc build`'s code path.
 pub fn ensure_guard() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
@@ -141,7 +149,7 @@ pub fn deployment() -> (tempfile::TempDir, Plan) {
 }
 
 /// [`deployment`] of the fixture's spec text changed by `edit` first (a deliberately broken
-/// deployment: other codecs, a public address).
+/// deployment: other codecs, a public address), running [`test_image`].
 pub fn deployment_with(edit: impl FnOnce(&str) -> String) -> (tempfile::TempDir, Plan) {
     let (dir, plan) = deployment_unrendered_with(edit);
     astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();

@@ -61,6 +61,8 @@ pub struct ClientNetwork {
     pub client_addr: Ipv4Addr,
     /// The address the client's traffic appears from (the router's public address).
     pub client_public: Ipv4Addr,
+    /// The DNS server in the client's namespace ([`ClientNetwork::resolve`]).
+    dns: Mutex<Option<std::process::Child>>,
 }
 
 /// A client behind a NAT that reaches every address of this host.
@@ -78,6 +80,11 @@ impl PathSpec {
     pub fn dropping_udp(mut self, start: u16, end: u16) -> PathSpec {
         self.drop_udp = Some((start, end));
         self
+    }
+
+    /// A firewall on the path that drops all UDP (an office network that lets only TCP out).
+    pub fn dropping_all_udp(self) -> PathSpec {
+        self.dropping_udp(1, 65535)
     }
 
     /// Builds it; `None` (after a counted skip) when this host cannot (not root, no `ip` or
@@ -111,6 +118,7 @@ impl PathSpec {
             client_addr,
             client_public: Ipv4Addr::new(198, 51, 100, b),
             id,
+            dns: Mutex::new(None),
         };
         net.create(&self, a, b);
         Some(net)
@@ -247,6 +255,43 @@ impl ClientNetwork {
         }
     }
 
+    /// Makes `name` resolve to `addr` inside the client's namespace, for a browser that must use
+    /// a name its certificate carries (Chromium maps `localhost` to loopback whatever the hosts
+    /// file says): `/etc/netns/NS/hosts` (which `ip netns exec` mounts over `/etc/hosts`), and a
+    /// DNS server in the namespace answering every A query with `addr` (pebble-challtestsrv on
+    /// the namespace's loopback, named in `/etc/netns/NS/resolv.conf`). Measured: Chromium looks
+    /// a TURN server's name up by DNS only, never in the hosts file, for TURN over UDP (no UDP
+    /// relay at all without an answer); TURN over TCP fell back to the hosts file after 13 s.
+    /// Returns false (after a counted skip) when pebble-challtestsrv is not installed.
+    pub fn resolve(&self, name: &str, addr: IpAddr) -> bool {
+        let server = std::path::Path::new("/usr/bin/pebble-challtestsrv");
+        if tool_missing(server, "apt-get install pebble; make deps-acme") {
+            return false;
+        }
+        let dir = std::path::Path::new("/etc/netns").join(&self.client_ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{addr} {name}\n")).unwrap();
+        std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:1 attempts:2\n").unwrap();
+        let child = self
+            .command(server)
+            .args(["-defaultIPv4", &addr.to_string(), "-defaultIPv6", "", "-dns01", "127.0.0.1:53"])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-management", "127.0.0.1:8055"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        *self.dns.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let ss = self.command("ss").args(["-Hlun"]).output().unwrap();
+            if String::from_utf8_lossy(&ss.stdout).contains("127.0.0.1:53 ") {
+                return true;
+            }
+            assert!(std::time::Instant::now() < deadline, "the namespace's DNS server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// `program args...` to run inside the client's namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
@@ -258,6 +303,11 @@ impl ClientNetwork {
 impl Drop for ClientNetwork {
     fn drop(&mut self) {
         let public = self.client_public.to_string();
+        if let Some(mut dns) = self.dns.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = dns.kill();
+            let _ = dns.wait();
+        }
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.client_ns));
         // Deleting a namespace destroys its veths (and so their peers) and its nftables tables.
         for args in [
             vec!["ip", "netns", "del", self.client_ns.as_str()],

@@ -192,6 +192,16 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
         Err(_) if path.extension().is_some_and(|e| e == "conf") => return Shape::Unreadable("not UTF-8".into()),
         Err(_) => return Shape::Opaque,
     };
+    // coturn's config and the TURN secret its entrypoint reads (first line) are not Asterisk's.
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some("turnserver.conf") => {
+            return Shape::Conf(vec![(String::new(), coturn_conf(text).into_iter().map(|(k, _)| k).collect())])
+        }
+        Some("auth-secret") => {
+            return Shape::Conf(vec![(String::new(), text.lines().map(|_| "line".into()).collect())])
+        }
+        _ => {}
+    }
     if path.extension().is_some_and(|e| e == "conf") {
         return Shape::Conf(
             asterisk_conf(text).into_iter().map(|s| (s.name, s.lines.into_iter().map(|(k, _)| k).collect())).collect(),
@@ -222,6 +232,22 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
         Some(Err(e)) => Shape::Unreadable(e),
         None => Shape::Opaque,
     }
+}
+
+/// Parses a coturn config as `turnserver` reads it (`read_config_file`): one option per line
+/// (`fgets`, so a NUL ends it), leading blanks skipped, `#` starts a comment line, trailing blanks
+/// trimmed, `name=value` or a bare flag.
+pub fn coturn_conf(text: &str) -> Vec<(String, String)> {
+    text.split('\n')
+        .filter_map(|raw| {
+            let line = raw.split('\0').next().unwrap_or("").trim_start_matches([' ', '\t']).trim_end();
+            if line.is_empty() || line.starts_with('#') {
+                return None;
+            }
+            let (k, v) = line.split_once('=').unwrap_or((line, ""));
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
 }
 
 /// The shape of every file of a bundle, by path.
@@ -341,6 +367,8 @@ pub fn configmap_sources(docs: &[serde_json::Value]) -> Vec<(String, String, Str
             } else if name.ends_with("-guard") {
                 // Keys are the paths below guard/ with "/" written "_" (ConfigMap keys have no "/").
                 format!("guard/{}", key.replacen('_', "/", 1))
+            } else if name.ends_with("-turn") {
+                format!("turn/{key}")
             } else {
                 format!("asterisk/{key}")
             };

@@ -12,6 +12,7 @@ mod operations;
 pub mod rules;
 mod security;
 mod tls;
+mod turn;
 
 use std::path::Path;
 
@@ -72,8 +73,10 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let security = security::security(spec, v);
     let lifecycle = lifecycle::lifecycle(spec, v);
     let metrics = lifecycle::metrics(spec, network.as_ref().map(|(n, _)| n), secrets, v, &mut out.secrets);
+    let turn =
+        turn::turn(spec, network.as_ref().map(|(n, _)| n), rtp.as_ref(), tls.as_ref(), secrets, v, &mut out.secrets);
 
-    match (network, rtp, tls, dialplan, endpoints, (logging, resources, security, lifecycle, metrics)) {
+    match (network, rtp, tls, dialplan, endpoints, (logging, resources, security, lifecycle, metrics), turn) {
         (
             Some((network, _)),
             Some(rtp),
@@ -81,6 +84,7 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
             Some(dialplan),
             Some(endpoints),
             (Some(logging), Some(resources), Some(security), Some(lifecycle), Some(metrics)),
+            Some(turn),
         ) if out.is_empty() => Ok(Valid {
             name,
             image,
@@ -94,6 +98,7 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
             security,
             lifecycle,
             metrics,
+            turn,
         }),
         _ => Err(out),
     }

@@ -203,17 +203,17 @@ pub(super) fn rtp(
                     Ok(()) => Some(u.clone()),
                 },
             };
-            let password = match &secrets.turn {
+            let password = match secrets.turn.as_ref().and_then(|t| t.password.as_ref()) {
                 None => {
                     s.push(p("turn", "rtp.turn is set in the spec but [turn] password is missing here"));
                     None
                 }
-                Some(t) => match password(&t.password) {
+                Some(pw) => match password(pw) {
                     Err(e) => {
                         s.push(p("turn.password", e));
                         None
                     }
-                    Ok(()) => Some(t.password.clone()),
+                    Ok(()) => Some(pw.clone()),
                 },
             };
             match (host_port(address), username, password) {

@@ -32,6 +32,29 @@ app.kubernetes.io/name: {{ include "astrtc.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The TURN relay's selector labels: a name of its own, so Asterisk's Service and Deployment
+never select its pod. */}}
+{{- define "astrtc.turnSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-turn" (include "astrtc.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The TURN relay's labels. */}}
+{{- define "astrtc.turnLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "astrtc.turnSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: astrtc
+app.kubernetes.io/component: turn
+{{- end }}
+
+{{/* Whether a Secret or Certificate of the chart must hold the TLS certificate: the pod
+terminates TLS, or the TURN relay serves TURN over TLS with it. */}}
+{{- define "astrtc.needsKeys" -}}
+{{- if or (eq (include "astrtc.podTLS" .) "true") .Values.turn.enabled }}true{{ else }}false{{ end }}
+{{- end }}
+
 {{/* Secret holding the endpoint passwords (pjsip_auth.conf). */}}
 {{- define "astrtc.authSecretName" -}}
 {{- default (printf "%s-auth" (include "astrtc.fullname" .)) .Values.auth.existingSecret }}
