@@ -119,7 +119,7 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         MAX_CONTACTS => d::MAX_CONTACTS,
         RTP_TIMEOUT_WEBRTC => d::RTP_TIMEOUT_WEBRTC, RTP_TIMEOUT_SIP => d::RTP_TIMEOUT_SIP,
         RTP_TIMEOUT_HOLD => d::RTP_TIMEOUT_HOLD, VERBOSE => d::VERBOSE,
-        MEMORY_LIMIT_MB => d::MEMORY_LIMIT_MB, MEMORY_REQUEST_MB => d::MEMORY_REQUEST_MB,
+        MEMORY_LIMIT_MB => d::MEMORY_LIMIT_MB, MEMORY_REQUEST_MB => d::MEMORY_REQUEST_MB, WSS_SESSIONS => d::WSS_SESSIONS,
     };
     let template = crate::assets::text(&crate::assets::TEMPLATES, SPEC_TEMPLATE).unwrap_or_default();
     env.render_str(

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod assets;
+pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod deploy;

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::image::{self, ImageRef};
 pub use crate::spec::valid::{
-    Acme, Bridge, Dialplan, Endpoint, Logging, Nat, Network, Resources, Rtp, Tls, Turn, Valid,
+    Acme, Bridge, Dialplan, Endpoint, Logging, Nat, Network, Performance, Resources, Rtp, Tls, Turn, Valid,
 };
 use crate::spec::{LoadedSpec, SpecError};
 
@@ -82,6 +82,8 @@ pub struct Plan {
     pub logging: Logging,
     /// Memory the Asterisk container may use.
     pub resources: Resources,
+    /// What limits how many calls it carries.
+    pub performance: Performance,
     /// Ownership of secret files.
     pub secret_access: SecretAccess,
 }
@@ -89,7 +91,7 @@ pub struct Plan {
 impl Plan {
     /// The plan of validated values, rendered on a host with these facts.
     pub fn new(valid: Valid, spec_file: &str, host: HostFacts) -> Plan {
-        let Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources } = valid;
+        let Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources, performance } = valid;
         Plan {
             name,
             image,
@@ -101,6 +103,7 @@ impl Plan {
             endpoints,
             logging,
             resources,
+            performance,
             secret_access: SecretAccess::for_host(host),
         }
     }

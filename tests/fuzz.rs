@@ -30,8 +30,8 @@ use astrtc::render::{Bundle, Inputs};
 use astrtc::spec::secrets::{Secrets, TurnSecrets};
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
-    AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, LoggingSpec, NetworkMode, NetworkSpec,
-    ResourcesSpec, RtpSpec, Spec, TlsMode, TlsSpec,
+    AcmeChallenge, AcmeSpec, CodecPreference, DialplanSpec, EndpointKind, EndpointSpec, LoggingSpec, NetworkMode,
+    NetworkSpec, PerformanceSpec, ResourcesSpec, RtpSpec, Spec, TlsMode, TlsSpec,
 };
 
 use crate::common::shape::{self, Section, Shape};
@@ -345,6 +345,7 @@ fn endpoint(level: Level) -> BoxedStrategy<(EndpointSpec, Option<String>)> {
         (
             maybe(1, prop_oneof![6 => 0i64..=120, 1 => -5i64..100_000].boxed()),
             maybe(1, prop_oneof![6 => 0i64..=3600, 1 => -5i64..100_000].boxed()),
+            maybe(1, prop_oneof![Just(CodecPreference::Client), Just(CodecPreference::Spec)].boxed()),
         ),
         prop_oneof![
             1 => Just(None),
@@ -352,8 +353,17 @@ fn endpoint(level: Level) -> BoxedStrategy<(EndpointSpec, Option<String>)> {
                 .prop_map(Some),
         ],
     )
-        .prop_map(|(id, kind, codecs, display_name, max_contacts, (rtp_timeout, rtp_timeout_hold), password)| {
-            let ep = EndpointSpec { id, kind, codecs, display_name, max_contacts, rtp_timeout, rtp_timeout_hold };
+        .prop_map(|(id, kind, codecs, display_name, max_contacts, (rtp_timeout, rtp_timeout_hold, pref), password)| {
+            let ep = EndpointSpec {
+                id,
+                kind,
+                codecs,
+                display_name,
+                max_contacts,
+                rtp_timeout,
+                rtp_timeout_hold,
+                codec_preference: pref,
+            };
             (ep, password)
         })
         .boxed()
@@ -406,10 +416,11 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
             maybe(1, prop_oneof![6 => 0i64..=10, 1 => -3i64..50].boxed()),
             maybe(1, prop_oneof![6 => 64i64..=4096, 1 => -5i64..100_000].boxed()),
             maybe(1, prop_oneof![6 => 64i64..=1024, 1 => -5i64..100_000].boxed()),
+            maybe(1, prop_oneof![6 => 1i64..=5000, 1 => -5i64..200_000].boxed()),
         ),
     )
         .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, ca_bundle, dns_hook, ops)| {
-            let (verbose, memory_limit_mb, memory_request_mb) = ops;
+            let (verbose, memory_limit_mb, memory_request_mb, wss_sessions) = ops;
             let mut secrets = Secrets::default();
             let mut endpoints = Vec::new();
             for (i, (mut ep, pw)) in eps.into_iter().enumerate() {
@@ -424,7 +435,9 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
             let dialplan = DialplanSpec { context, echo_extension };
             let logging = LoggingSpec { verbose };
             let resources = ResourcesSpec { memory_limit_mb, memory_request_mb };
-            let spec = Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints, logging, resources };
+            let performance = PerformanceSpec { wss_sessions };
+            let spec =
+                Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints, logging, resources, performance };
             Generated { spec, secrets, ca_bundle, dns_hook }
         })
         .boxed()

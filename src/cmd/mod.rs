@@ -6,6 +6,7 @@
 //! tokio runtime for the whole run). Wording and progress display are [`crate::ui`]'s; nothing
 //! in the library imports from here.
 
+mod bench;
 mod build;
 mod certs;
 mod docs;
@@ -86,6 +87,25 @@ pub enum CmdError {
     #[error("{0}")]
     #[diagnostic(code(astrtc::bad_argument))]
     BadArgument(String),
+    /// `bench calls` set up no call at any level.
+    #[error("no call was set up at any level")]
+    #[diagnostic(
+        code(astrtc::bench::no_calls),
+        help("`astrtc verify --spec ... --call` places one call of each kind and names what fails")
+    )]
+    BenchNoCalls,
+    /// A bench run could not go on.
+    #[error(transparent)]
+    Bench(#[from] astrtc::bench::BenchError),
+    /// A file could not be written.
+    #[error("failed to write {}", path.display())]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file could not be read.
     #[error("failed to read {}", path.display())]
     ReadFile {
@@ -144,13 +164,15 @@ pub fn run(command: Command) -> Result<(), CmdError> {
             Command::Render { spec, out, check } => render::run(&spec, out, check),
             Command::Build { spec, context, extra_ca, verbose } => build::run(&spec, context, extra_ca, verbose).await,
             Command::Info { spec, out } => info::run(&spec, out),
-            Command::Verify { spec, out, host, ca, container, json, call, endpoints, target, hold, relay } => {
+            Command::Verify { deployment, json, call, endpoints, target, hold, relay } => {
                 let call = call.then_some(verify::CallArgs { endpoints, target, hold, relay });
+                let astrtc::cli::RunningDeployment { spec, out, host, ca, container } = deployment;
                 verify::run(&spec, out, host, ca, container, json, call).await
             }
             Command::Certs { command } => certs::run(command).await,
             Command::Secrets { spec } => secrets::run(&spec),
             Command::Testenv { command } => testenv::run(command).await,
+            Command::Bench { command: astrtc::cli::BenchCommand::Calls(args) } => bench::calls(args).await,
             Command::Completions { shell } => docs::completions(shell),
             Command::Man => docs::man(),
         }

@@ -124,6 +124,11 @@ pub struct MediaFigures {
     pub steady_loss_percent: f64,
     /// Gaps in the echo's own sequence numbers, in percent.
     pub seq_gap_percent: f64,
+    /// Loss counted rather than matched, in percent: packets sent from the first one received
+    /// on, less those received. For a path that re-encodes the audio (a transcoded call), where
+    /// no payload comes back as sent; packets in flight when the first arrived make it read a
+    /// little low (about one packet per 20 ms of round trip).
+    pub counted_loss_percent: f64,
     /// Round-trip time of matched packets.
     pub rtt_ms: Option<RttMillis>,
     /// RFC 3550 interarrival jitter of the received stream, ms.
@@ -143,6 +148,7 @@ pub struct EchoMeter {
     rtts: Vec<Duration>,
     first_received: Option<Instant>,
     first_echoed: Option<u64>,
+    sent_at_first_received: Option<u64>,
     jitter: Jitter,
     seq: SeqTracker,
 }
@@ -173,6 +179,7 @@ impl EchoMeter {
             rtts: Vec::new(),
             first_received: None,
             first_echoed: None,
+            sent_at_first_received: None,
             jitter: Jitter::new(clock_rate),
             seq: SeqTracker::default(),
         }
@@ -203,6 +210,7 @@ impl EchoMeter {
     pub fn on_received(&mut self, payload: &[u8], at: Instant, rtp_ts: u32, seq: u16) -> Option<Duration> {
         self.received += 1;
         self.first_received.get_or_insert(at);
+        self.sent_at_first_received.get_or_insert(self.sent);
         self.jitter.on_packet(at, rtp_ts);
         self.seq.on_packet(seq);
         let key = payload_key(payload);
@@ -238,6 +246,14 @@ impl EchoMeter {
                 percent(since.saturating_sub(self.matched), since)
             },
             seq_gap_percent: percent(expected.saturating_sub(self.seq.received()), expected),
+            counted_loss_percent: match self.sent_at_first_received {
+                // The first packet back answers one sent before it: count it in.
+                Some(at) => {
+                    let since = self.sent - at + 1;
+                    percent(since.saturating_sub(self.received), since)
+                }
+                None => percent(self.sent, self.sent),
+            },
             rtt_ms: (!sorted.is_empty()).then(|| RttMillis {
                 min: ms(sorted[0]),
                 p50: ms(percentile(&sorted, 50.0)),
@@ -274,6 +290,24 @@ mod tests {
         assert_eq!((f.sent_before_first_echo, f.steady_loss_percent), (0, f.loss_percent));
         assert_eq!(f.rtt_ms.unwrap().p50, 5.0);
         assert!(f.jitter_ms < 0.01);
+    }
+
+    #[test]
+    fn loss_is_counted_when_nothing_comes_back_as_it_was_sent() {
+        // A transcoded path: 10 sent, the first 2 before anything came back, then 7 of the 8
+        // sent since the first arrived (re-encoded: no payload matches).
+        let t0 = Instant::now();
+        let mut m = EchoMeter::new(8000);
+        for i in 0..10u8 {
+            let at = t0 + Duration::from_millis(20 * u64::from(i));
+            m.on_sent(&[i], at);
+            if (2..9).contains(&i) {
+                assert_eq!(m.on_received(&[100 + i], at + Duration::from_millis(1), 0, u16::from(i)), None);
+            }
+        }
+        let f = m.figures();
+        assert_eq!((f.matched, f.received), (0, 7));
+        assert!((f.counted_loss_percent - 12.5).abs() < 1e-9, "{}", f.counted_loss_percent);
     }
 
     #[test]

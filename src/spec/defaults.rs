@@ -65,3 +65,6 @@ pub const VERBOSE: i64 = 0;
 pub const MEMORY_LIMIT_MB: i64 = 512;
 /// Memory reserved for it, MiB.
 pub const MEMORY_REQUEST_MB: i64 = 128;
+/// WSS sessions Asterisk accepts at once: Asterisk's own default (100) stops the 101st browser;
+/// `astrtc bench calls` carried more than that on 2 cores (README, "Sizing").
+pub const WSS_SESSIONS: i64 = 1000;

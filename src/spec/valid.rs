@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AcmeChallenge, EndpointKind, NetworkMode, TlsMode};
+use super::{AcmeChallenge, CodecPreference, EndpointKind, NetworkMode, TlsMode};
 
 /// A valid spec and its secrets.
 #[derive(Debug, Clone)]
@@ -34,6 +34,15 @@ pub struct Valid {
     pub logging: Logging,
     /// Memory the deployment may use.
     pub resources: Resources,
+    /// What limits how many calls it carries.
+    pub performance: Performance,
+}
+
+/// What limits how many calls the deployment carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Performance {
+    /// WSS sessions Asterisk accepts at once (http.conf `sessionlimit`).
+    pub wss_sessions: u32,
 }
 
 /// What Asterisk logs.
@@ -212,6 +221,8 @@ pub struct Endpoint {
     pub rtp_timeout: u32,
     /// The same on hold.
     pub rtp_timeout_hold: u32,
+    /// Whose codec order wins.
+    pub codec_preference: CodecPreference,
     /// Digest password; never serialized (templates get passwords through their own context).
     #[serde(skip_serializing)]
     pub password: String,

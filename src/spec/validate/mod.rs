@@ -66,12 +66,20 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let endpoints = endpoints::endpoints(spec, secrets, v, &mut out.secrets);
     let logging = operations::logging(spec, v);
     let resources = operations::resources(spec, v);
+    let performance = operations::performance(spec, v);
 
-    match (network, rtp, tls, dialplan, endpoints, logging, resources) {
-        (Some((network, _)), Some(rtp), Some(tls), Some(dialplan), Some(endpoints), Some(logging), Some(resources))
-            if out.is_empty() =>
-        {
-            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources })
+    match (network, rtp, tls, dialplan, endpoints, logging, resources, performance) {
+        (
+            Some((network, _)),
+            Some(rtp),
+            Some(tls),
+            Some(dialplan),
+            Some(endpoints),
+            Some(logging),
+            Some(resources),
+            Some(performance),
+        ) if out.is_empty() => {
+            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources, performance })
         }
         _ => Err(out),
     }
