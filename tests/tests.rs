@@ -3,6 +3,7 @@
 mod common;
 
 mod acme;
+mod bench;
 mod cli;
 mod clients;
 mod compose;
