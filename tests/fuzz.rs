@@ -609,6 +609,12 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
         expect_values(p, &pjsip, id, "callerid", &s(&format!("\"{}\" <{id}>", e.display_name)))?;
         expect_values(p, &pjsip, id, "transport", &s(&transport))?;
         expect_values(p, &pjsip, id, "max_contacts", &s(&e.max_contacts))?;
+        let prefs: Vec<String> = match e.codec_preference {
+            CodecPreference::Client => vec![],
+            CodecPreference::Spec => s(&"prefer: configured, operation: intersect, keep: all, transcode: allow"),
+        };
+        expect_values(p, &pjsip, id, "codec_prefs_incoming_offer", &prefs)?;
+        expect_values(p, &pjsip, id, "codec_prefs_outgoing_offer", &prefs)?;
         expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "username", &s(id))?;
         expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "password", &s(&e.password))?;
         extens.push(format!("{id},1,Dial(PJSIP/{id},30)"));
@@ -635,6 +641,7 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     let http = conf(b, "asterisk/http.conf")?;
     expect_values("http.conf", &http, "general", "bindport", &s(&plan.network.http_port))?;
     expect_values("http.conf", &http, "general", "tlsbindaddr", &s(&format!("0.0.0.0:{}", plan.network.wss_port)))?;
+    expect_values("http.conf", &http, "general", "sessionlimit", &s(&plan.performance.wss_sessions))?;
 
     use serde_json::json;
     let compose = tree(b, "compose.yaml")?;
