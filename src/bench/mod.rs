@@ -218,14 +218,21 @@ pub struct LevelReport {
     pub setup_ms: Option<Percentiles>,
     /// Audio lost, in percent of what the set-up calls sent from their first echo on.
     pub loss_percent: f64,
-    /// Calls' RFC 3550 jitter of the received stream, ms.
+    /// Calls' jitter, ms: of the echo path (RFC 3550's estimator over round-trip times, see
+    /// [`crate::media::stats::MediaFigures::path_jitter_ms`]) where packets are matched, else
+    /// (a transcoded echo) of the received stream. The criterion is judged on this.
     pub jitter_ms: Option<Percentiles>,
+    /// Calls' RFC 3550 interarrival jitter of the received stream, ms (includes this
+    /// generator's own scheduling: frames it sent late arrive late).
+    pub stream_jitter_ms: Option<Percentiles>,
     /// Calls' median round trip, ms (echo kinds; a transcoded echo has none).
     pub rtt_p50_ms: Option<Percentiles>,
     /// Codecs the calls sent, with counts.
     pub codecs: BTreeMap<String, u32>,
     /// Failed calls by cause.
     pub failures: BTreeMap<String, u32>,
+    /// The first failed calls (at most [`FAILED_SAMPLES`]), with what tells where audio went.
+    pub failed_calls: Vec<FailedCall>,
     /// The measurement window, s.
     pub window_s: f64,
     /// Asterisk's CPU in the window (its container's cgroup), when readable.
@@ -236,6 +243,32 @@ pub struct LevelReport {
     pub answered: Option<AnswerFigures>,
     /// Whether the level meets the criteria.
     pub carried: bool,
+}
+
+/// Failed calls kept per level, to tell where their audio went.
+pub const FAILED_SAMPLES: usize = 10;
+
+/// What one failed call saw: where the audio went missing follows from the counts — sent by us
+/// vs put on the wire (SRTP datagrams), lost on the way to Asterisk (its RTCP reports), sent
+/// back vs received and matched.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedCall {
+    /// Why it failed.
+    pub failure: String,
+    /// Frames written.
+    pub sent: u64,
+    /// SRTP datagrams sent (WebRTC; RTCP included).
+    pub srtp_out: Option<u64>,
+    /// Loss Asterisk reported for our stream (its last RTCP receiver report), %.
+    pub asterisk_loss_percent: Option<f64>,
+    /// SRTP datagrams received (WebRTC; RTCP included).
+    pub srtp_in: Option<u64>,
+    /// RTP packets received.
+    pub received: u64,
+    /// Of them, matched to one sent.
+    pub matched: u64,
+    /// First audio back, ms after the INVITE.
+    pub first_rtp_ms: Option<f64>,
 }
 
 /// A whole run.
@@ -466,7 +499,8 @@ pub fn figures(reports: &[CallReport], calls: u32, reencoded: bool) -> LevelRepo
     let mut answer: Vec<f64> = up.iter().filter_map(|r| r.answered_ms).collect();
     let mut setup: Vec<f64> = up.iter().filter_map(|r| r.first_rtp_ms).collect();
     let media: Vec<_> = up.iter().filter_map(|r| r.media.as_ref()).collect();
-    let mut jitter: Vec<f64> = media.iter().map(|m| m.jitter_ms).collect();
+    let mut jitter: Vec<f64> = media.iter().map(|m| m.path_jitter_ms.unwrap_or(m.jitter_ms)).collect();
+    let mut stream_jitter: Vec<f64> = media.iter().map(|m| m.jitter_ms).collect();
     let mut rtt: Vec<f64> = media.iter().filter_map(|m| m.rtt_ms.map(|r| r.p50)).collect();
     // Loss weighted by packets: from the first echo on (matched), or counted when re-encoded.
     let (mut lost, mut sent) = (0.0, 0.0);
@@ -493,6 +527,24 @@ pub fn figures(reports: &[CallReport], calls: u32, reencoded: bool) -> LevelRepo
             *failures.entry(cause).or_insert(0) += 1;
         }
     }
+    let failed_calls = reports
+        .iter()
+        .filter_map(|r| {
+            let failure = r.failure.as_ref()?;
+            let m = r.media.clone().unwrap_or_default();
+            Some(FailedCall {
+                failure: failure.to_string(),
+                sent: m.sent,
+                srtp_out: r.datagrams_out.map(|d| d.srtp),
+                asterisk_loss_percent: r.asterisk_loss_percent,
+                srtp_in: r.datagrams_in.map(|d| d.srtp),
+                received: m.received,
+                matched: m.matched,
+                first_rtp_ms: r.first_rtp_ms,
+            })
+        })
+        .take(FAILED_SAMPLES)
+        .collect();
     let lost_calls = calls.saturating_sub(reports.len() as u32);
     if lost_calls > 0 {
         failures.insert("task_failed".into(), lost_calls);
@@ -505,9 +557,11 @@ pub fn figures(reports: &[CallReport], calls: u32, reencoded: bool) -> LevelRepo
         setup_ms: Percentiles::of(&mut setup),
         loss_percent: if sent > 0.0 { 100.0 * lost / sent } else { 0.0 },
         jitter_ms: Percentiles::of(&mut jitter),
+        stream_jitter_ms: Percentiles::of(&mut stream_jitter),
         rtt_p50_ms: Percentiles::of(&mut rtt),
         codecs,
         failures,
+        failed_calls,
         window_s: 0.0,
         asterisk_cpu: None,
         generator_cpu: None,

@@ -133,6 +133,11 @@ pub struct MediaFigures {
     pub rtt_ms: Option<RttMillis>,
     /// RFC 3550 interarrival jitter of the received stream, ms.
     pub jitter_ms: f64,
+    /// The same estimator over the round trip of matched packets (`D` = the difference of
+    /// consecutive round-trip times), ms: the variation the path and the far end add, without
+    /// the sender's own scheduling (a late frame sent late is not jitter of the path). `None`
+    /// until two packets matched.
+    pub path_jitter_ms: Option<f64>,
     /// When the first packet came back.
     #[serde(skip)]
     pub first_received: Option<Instant>,
@@ -151,6 +156,8 @@ pub struct EchoMeter {
     sent_at_first_received: Option<u64>,
     jitter: Jitter,
     seq: SeqTracker,
+    path_jitter: f64,
+    last_rtt: Option<Duration>,
 }
 
 fn payload_key(payload: &[u8]) -> u64 {
@@ -182,6 +189,8 @@ impl EchoMeter {
             sent_at_first_received: None,
             jitter: Jitter::new(clock_rate),
             seq: SeqTracker::default(),
+            path_jitter: 0.0,
+            last_rtt: None,
         }
     }
 
@@ -225,6 +234,11 @@ impl EchoMeter {
         }
         self.matched += 1;
         self.first_echoed.get_or_insert(sent.index);
+        if let Some(last) = self.last_rtt {
+            let d = rtt.abs_diff(last).as_secs_f64();
+            self.path_jitter += (d - self.path_jitter) / 16.0;
+        }
+        self.last_rtt = Some(rtt);
         self.rtts.push(rtt);
         Some(rtt)
     }
@@ -261,6 +275,7 @@ impl EchoMeter {
                 max: ms(sorted[sorted.len() - 1]),
             }),
             jitter_ms: self.jitter.millis(),
+            path_jitter_ms: (self.matched >= 2).then_some(self.path_jitter * 1000.0),
             first_received: self.first_received,
         }
     }
@@ -320,6 +335,31 @@ mod tests {
         m.on_sent(b"same", again);
         assert_eq!(m.on_received(b"same", again + Duration::from_millis(3), 0, 0), Some(Duration::from_millis(3)));
         assert!((m.figures().loss_percent - 50.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn path_jitter_ignores_a_late_sender_and_sees_a_varying_path() {
+        // Sent in bursts (the sender stalled), each echoed 2 ms later: the received stream
+        // jitters against its RTP clock, the path does not.
+        let t0 = Instant::now();
+        let mut m = EchoMeter::new(8000);
+        for i in 0..100u32 {
+            let sent = t0 + Duration::from_millis(u64::from(60 * (i / 3)));
+            m.on_sent(&i.to_be_bytes(), sent);
+            m.on_received(&i.to_be_bytes(), sent + Duration::from_millis(2), 160 * i, i as u16);
+        }
+        let f = m.figures();
+        assert!(f.jitter_ms > 10.0, "{}", f.jitter_ms);
+        assert!(f.path_jitter_ms.unwrap() < 0.001, "{:?}", f.path_jitter_ms);
+        // A path alternating 1 and 11 ms: |D| = 10 ms, and the estimate converges to it.
+        let mut m = EchoMeter::new(8000);
+        for i in 0..300u32 {
+            let sent = t0 + Duration::from_millis(u64::from(20 * i));
+            m.on_sent(&i.to_be_bytes(), sent);
+            let rtt = if i % 2 == 0 { 1 } else { 11 };
+            m.on_received(&i.to_be_bytes(), sent + Duration::from_millis(rtt), 160 * i, i as u16);
+        }
+        assert!((m.figures().path_jitter_ms.unwrap() - 10.0).abs() < 0.1);
     }
 
     #[test]
