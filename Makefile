@@ -42,6 +42,9 @@ deps-helm: ## install the chart tools into target/tools: helm 3 and 4, kubernete
 deps-acme: ## install Pebble, the ACME test server
 	bash scripts/host-setup.sh acme
 
+deps-audit: ## install the security audit's tools (Debian): sipvicious, testssl.sh, nmap, tcpdump
+	bash scripts/host-setup.sh audit
+
 deps-examples: ## install the example suites' runners: Playwright (npm), pytest and websockets (PyPI)
 	bash scripts/host-setup.sh examples
 
@@ -51,7 +54,7 @@ deps-net: ## install iproute2, nftables, coturn: the media tests build namespace
 deps-load: ## install the load generators: SIPp
 	bash scripts/host-setup.sh load
 
-test: deps deps-clients deps-helm deps-acme deps-examples deps-net deps-load ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls
+test: deps deps-clients deps-helm deps-acme deps-audit deps-examples deps-net deps-load ## every test: unit, snapshots, CLI, hostile corpus, image, real browser and SIP calls, the security audit
 	bash scripts/test.sh
 
 test-unit: deps-build ## the tests that need no Docker engine (the others are counted as skipped)
@@ -74,4 +77,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-build deps-clients deps-helm deps-acme deps-examples deps-net deps-load up down test test-unit lint bench bench-calls fuzz review-snapshots
+.PHONY: help deps deps-build deps-clients deps-helm deps-acme deps-audit deps-examples deps-net deps-load up down test test-unit lint bench bench-calls fuzz review-snapshots

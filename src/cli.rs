@@ -71,6 +71,24 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Render, then bring the running compose deployment to the new configs with the least
+    /// disruptive action: a reload in place (endpoints, passwords, codecs, display names,
+    /// dialplan, certificates: calls go on) or, for what only a restart applies (ports, the RTP
+    /// range, modules, network mode, the image), a graceful restart: new calls get 503, calls in
+    /// progress go on for up to lifecycle.drain_seconds, then Asterisk restarts.
+    #[command(after_help = "Examples:\n  astrtc apply --spec pbx/astrtc.toml\n  \
+                            astrtc apply --spec pbx/astrtc.toml --yes    # restart without asking")]
+    Apply {
+        /// The spec file.
+        #[arg(long, default_value = "astrtc.toml")]
+        spec: PathBuf,
+        /// The rendered output directory [default: `deploy` beside the spec].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Proceed with a restart without asking (needed when there is no terminal to ask on).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Generate passwords for endpoints of the spec that have none in the secrets file.
     Secrets {
         /// The spec file.
@@ -94,6 +112,9 @@ pub enum Command {
         /// Print the full build log.
         #[arg(long, short)]
         verbose: bool,
+        /// Also build the Prometheus image of the compose `monitoring` profile (Debian's package).
+        #[arg(long)]
+        monitoring: bool,
     },
     /// Print what a person needs to use a rendered deployment: WSS URL, endpoints, where the
     /// passwords are, the CA to import in browsers.
@@ -353,7 +374,7 @@ pub enum TestenvCommand {
         #[arg(long, value_parser = crate::testenv::parse_duration)]
         ttl: Option<std::time::Duration>,
         /// Image to run [default: the spec's image].
-        #[arg(long)]
+        #[arg(long, env = "ASTRTC_TESTENV_IMAGE")]
         image: Option<String>,
         /// Print the instance as JSON (URLs, addresses, the CA, every endpoint and its password).
         #[arg(long)]

@@ -11,7 +11,7 @@
 //!   `renameat2(RENAME_EXCHANGE)` (or renamed, the first time). The target is always the old
 //!   tree or the new tree, never a mix; on any error the old tree is untouched.
 //! - [`Generations`]: files that a running process reads while they are replaced (certificates
-//!   and keys). Each set is written into its own generation directory
+//!   and keys, Asterisk's configs: every directory a container mounts). Each set is written into its own generation directory
 //!   (`.gen-<nanoseconds>/`, every file through [`write_atomic`]), then one symlink, `.live`, is
 //!   switched to it with a single `rename(2)`. The names readers open are stable symlinks
 //!   through it (`asterisk.crt -> .live/asterisk.crt`): Kubernetes' `..data` scheme for Secret
@@ -20,7 +20,8 @@
 //!   still open its files); older ones are removed after the switch. What a writer killed at
 //!   any point leaves behind (a partial or never-switched generation, a temporary symlink, an
 //!   old generation not yet removed) is removed by [`Generations::tidy`] and before every
-//!   switch, so at most the current and one older generation remain. Writers take an exclusive
+//!   switch, so at most the current and one older generation remain. Names the new generation
+//!   does not have are removed right after the switch. Writers take an exclusive
 //!   `flock` on `.lock` for the whole switch (released by the kernel when a writer dies), so two
 //!   writers (the sidecar's loop and a manual `certs issue`) never remove each other's work.
 //!
@@ -214,10 +215,39 @@ impl Generations {
                 replace_symlink(&self.dir, f.name, &target, None)?;
             }
         }
+        self.remove_stale_names(files);
         sync_dir(&self.dir);
         failpoint(failpoints::LIVE_SWITCHED);
         self.remove_except(Some(Path::new(&gen_name)), previous.as_deref());
         Ok(())
+    }
+
+    /// The names readers open, as they stand: every entry that is not part of the generation
+    /// machinery.
+    pub fn names(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| !Self::is_internal(n) && !n.to_string_lossy().contains(".tmp"))
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// After a switch: removes the names the new generation does not have (a symlink into `.live`
+    /// that would dangle, a plain file or directory of an older layout), so readers see exactly
+    /// the new set.
+    fn remove_stale_names(&self, files: &[GenerationFile<'_>]) {
+        for name in self.names() {
+            if files.iter().any(|f| f.name == name) {
+                continue;
+            }
+            let path = self.dir.join(&name);
+            let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            let _ = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        }
     }
 
     /// Removes what a writer killed mid-switch left behind: generations other than the one
@@ -371,6 +401,17 @@ mod tests {
         assert!(!g.is_plain_file("x.crt"));
         assert!(fs::symlink_metadata(dir.path().join("x.crt")).unwrap().file_type().is_symlink());
         assert_eq!(mode(&dir.path().join("x.key")), 0o640);
+    }
+
+    #[test]
+    fn a_switch_removes_names_the_new_generation_does_not_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Generations::new(dir.path(), None);
+        fs::create_dir(dir.path().join("keys")).unwrap(); // a mount point of an older layout
+        switch_pair(&g, 1).unwrap();
+        g.switch(&[GenerationFile { name: "x.crt", bytes: b"only", mode: 0o644 }]).unwrap();
+        assert_eq!(g.names(), ["x.crt"], "a dangling x.key or the old directory is left");
+        assert_eq!(fs::read_to_string(dir.path().join("x.crt")).unwrap(), "only");
     }
 
     /// Switches to a generation of the test pair: `x.crt` and `x.key` carry the same number.

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::fsx;
 use crate::spec::defaults as d;
-use crate::spec::secrets::{generate_password, Secrets};
+use crate::spec::secrets::{generate_password, MetricsSecrets, Secrets};
 use crate::spec::validate::{dns_name, MAX_BRIDGE_RTP_PORTS};
 
 /// The starter spec's template in the embedded `templates/` tree.
@@ -116,10 +116,13 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         BRIDGE_SUBNET => d::BRIDGE_SUBNET, BRIDGE_ADDRESS => d::BRIDGE_ADDRESS.to_string(),
         CA_DIR => d::CA_DIR, CONTEXT => d::CONTEXT, ECHO_EXTENSION => d::ECHO_EXTENSION,
         ACME_DIRECTORY => d::ACME_DIRECTORY, DNS_TIMEOUT => d::DNS_TIMEOUT,
-        MAX_CONTACTS => d::MAX_CONTACTS,
+        MAX_CONTACTS => d::MAX_CONTACTS, SIP_TLS_PORT => d::SIP_TLS_PORT,
         RTP_TIMEOUT_WEBRTC => d::RTP_TIMEOUT_WEBRTC, RTP_TIMEOUT_SIP => d::RTP_TIMEOUT_SIP,
         RTP_TIMEOUT_HOLD => d::RTP_TIMEOUT_HOLD, VERBOSE => d::VERBOSE,
         MEMORY_LIMIT_MB => d::MEMORY_LIMIT_MB, MEMORY_REQUEST_MB => d::MEMORY_REQUEST_MB, WSS_SESSIONS => d::WSS_SESSIONS,
+        BAN_AFTER => d::BAN_AFTER, FIND_SECONDS => d::FIND_SECONDS, BAN_SECONDS => d::BAN_SECONDS,
+        DRAIN_SECONDS => d::DRAIN_SECONDS,
+        METRICS_USERNAME => d::METRICS_USERNAME, PROMETHEUS_PORT => d::PROMETHEUS_PORT,
     };
     let template = crate::assets::text(&crate::assets::TEMPLATES, SPEC_TEMPLATE).unwrap_or_default();
     env.render_str(
@@ -157,6 +160,7 @@ pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> R
     for id in STARTER_ENDPOINTS {
         s.endpoints.insert(id.to_string(), generate_password());
     }
+    s.metrics = Some(MetricsSecrets { password: generate_password() });
     if let Err(problems) = crate::spec::validate::validate(&parsed.spec, dir, &s) {
         if let Some(p) = problems.spec.iter().chain(&problems.secrets).next() {
             return Err(InitError::Flags { reason: format!("{}: {}", p.path, p.message) });
@@ -181,8 +185,14 @@ pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> R
     Ok(Written { spec, secrets, endpoints: STARTER_ENDPOINTS.iter().map(|s| s.to_string()).collect() })
 }
 
-/// Adds generated passwords for endpoints that have none; returns their ids.
-pub fn fill_secrets(path: &Path, existing: Option<Secrets>, ids: &[String]) -> Result<Vec<String>, InitError> {
+/// Adds generated passwords for endpoints that have none, and the metrics password when it is
+/// missing and `metrics` is on; returns what was added (endpoint ids, and `metrics`).
+pub fn fill_secrets(
+    path: &Path,
+    existing: Option<Secrets>,
+    ids: &[String],
+    metrics: bool,
+) -> Result<Vec<String>, InitError> {
     let mut s = existing.unwrap_or_default();
     let mut added = Vec::new();
     for id in ids {
@@ -190,6 +200,10 @@ pub fn fill_secrets(path: &Path, existing: Option<Secrets>, ids: &[String]) -> R
             s.endpoints.insert(id.clone(), generate_password());
             added.push(id.clone());
         }
+    }
+    if metrics && s.metrics.is_none() {
+        s.metrics = Some(MetricsSecrets { password: generate_password() });
+        added.push("metrics".to_string());
     }
     if !added.is_empty() {
         fsx::write_atomic(path, s.to_toml().as_bytes(), 0o600)

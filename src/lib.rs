@@ -5,7 +5,8 @@
 //! [`render::Bundle`]) → disk, atomically ([`fsx`]), or a diff against disk. [`deploy`] gathers
 //! what rendering needs from disk and writes the result; [`certs`] makes and keeps the WSS
 //! certificate; [`image`] builds the images; [`verify`] checks a running deployment. Nothing
-//! downstream of the plan reads the spec again. The commands themselves live in the binary.
+//! downstream of the plan reads the spec again. [`apply`] brings a running compose deployment to
+//! a new render (reload in place or graceful restart). The commands themselves live in the binary.
 //!
 //! ```no_run
 //! use astrtc::{deploy, plan};
@@ -15,6 +16,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod apply;
 pub mod assets;
 pub mod bench;
 pub mod certs;

@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::image::{self, ImageRef};
 pub use crate::spec::valid::{
-    Acme, Bridge, Dialplan, Endpoint, Logging, Nat, Network, Performance, Resources, Rtp, Tls, Turn, Valid,
+    Acme, Bridge, Dialplan, Endpoint, Lifecycle, Logging, Metrics, Nat, Network, Performance, Resources, Rtp, Security,
+    Tls, Transport, Turn, Valid,
 };
 use crate::spec::{LoadedSpec, SpecError};
 
@@ -84,14 +85,120 @@ pub struct Plan {
     pub resources: Resources,
     /// What limits how many calls it carries.
     pub performance: Performance,
+    /// Shutdown.
+    pub lifecycle: Lifecycle,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
     /// Ownership of secret files.
     pub secret_access: SecretAccess,
+    /// Ban settings.
+    pub security: Security,
+    /// Which SIP listeners exist and where they bind, derived from the endpoints' transports.
+    pub listeners: Listeners,
+    /// The guard (fail2ban), when `security.guard` is on.
+    pub guard: Option<Guard>,
+}
+
+/// The SIP listeners, derived from what the endpoints use.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listeners {
+    /// Whether a phone uses SIP over UDP: then `transport-udp` binds every address; otherwise it
+    /// binds loopback only (local tools and checks still reach it; scanners on the network do not).
+    pub sip_udp_public: bool,
+    /// The address `transport-udp` binds.
+    pub sip_udp_bind: String,
+    /// Whether a phone uses SIP over TLS (`transport-tls` on `network.sip_tls_port`).
+    pub sip_tls: bool,
+}
+
+impl Listeners {
+    fn for_endpoints(endpoints: &[Endpoint]) -> Listeners {
+        let sip_udp_public = endpoints.iter().any(|e| e.transport == Transport::Udp);
+        Listeners {
+            sip_udp_public,
+            sip_udp_bind: if sip_udp_public { "0.0.0.0" } else { "127.0.0.1" }.to_string(),
+            sip_tls: endpoints.iter().any(|e| e.transport == Transport::Tls),
+        }
+    }
+}
+
+/// The guard's derived settings: what fail2ban watches, which ports a ban closes, where its
+/// nftables rules live.
+#[derive(Debug, Clone, Serialize)]
+pub struct Guard {
+    /// The guard image.
+    pub image: String,
+    /// The jail: fail2ban's own `asterisk` jail (jail.conf), enabled and tuned by jail.d/astrtc.local.
+    pub jail: String,
+    /// The nftables table of this deployment's bans (one per deployment, so two deployments on a
+    /// host never remove each other's rules).
+    pub nft_table: String,
+    /// The ports a ban closes (for TCP and UDP alike, as fail2ban's asterisk jail does), in
+    /// fail2ban's `port` syntax (`a,b,c:d`): SIP (when public), SIP over TLS (when used), WSS and
+    /// the RTP range.
+    pub ports: String,
+    /// Addresses never banned: loopback, then `security.allow`.
+    pub ignore: Vec<String>,
+    /// Asterisk's security log, as both containers see it.
+    pub log_file: String,
+    /// The directory of that log (a volume both containers mount).
+    pub log_dir: String,
+    /// fail2ban's ban database, in its volume.
+    pub db_file: String,
+    /// The volume's mount point.
+    pub db_dir: String,
+    /// Seconds fail2ban keeps bans in its database: at least the ban time.
+    pub db_purge_seconds: u32,
+}
+
+impl Guard {
+    fn new(name: &str, network: &Network, rtp: &Rtp, security: &Security, listeners: &Listeners) -> Guard {
+        let mut ports = Vec::new();
+        if listeners.sip_udp_public {
+            ports.push(network.sip_port.to_string());
+        }
+        if listeners.sip_tls {
+            ports.push(network.sip_tls_port.to_string());
+        }
+        ports.push(network.wss_port.to_string());
+        ports.push(format!("{}:{}", rtp.start, rtp.end));
+        let mut ignore = vec!["127.0.0.1/8".to_string(), "::1/128".to_string()];
+        ignore.extend(security.allow.iter().cloned());
+        Guard {
+            image: image::GUARD_IMAGE.to_string(),
+            jail: "asterisk".to_string(),
+            nft_table: format!("f2b-{name}"),
+            ports: ports.join(","),
+            ignore,
+            log_file: format!("{}/{}", image::LOG_DIR, image::SECURITY_LOG),
+            log_dir: image::LOG_DIR.to_string(),
+            db_file: image::GUARD_DB_FILE.to_string(),
+            db_dir: image::GUARD_DB_DIR.to_string(),
+            db_purge_seconds: security.ban_seconds.max(86400),
+        }
+    }
 }
 
 impl Plan {
     /// The plan of validated values, rendered on a host with these facts.
     pub fn new(valid: Valid, spec_file: &str, host: HostFacts) -> Plan {
-        let Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources, performance } = valid;
+        let Valid {
+            name,
+            image,
+            network,
+            rtp,
+            tls,
+            dialplan,
+            endpoints,
+            logging,
+            resources,
+            performance,
+            security,
+            lifecycle,
+            metrics,
+        } = valid;
+        let listeners = Listeners::for_endpoints(&endpoints);
+        let guard = security.guard.then(|| Guard::new(&name, &network, &rtp, &security, &listeners));
         Plan {
             name,
             image,
@@ -104,7 +211,12 @@ impl Plan {
             logging,
             resources,
             performance,
+            lifecycle,
+            metrics,
             secret_access: SecretAccess::for_host(host),
+            security,
+            listeners,
+            guard,
         }
     }
 

@@ -125,16 +125,22 @@ impl AsteriskContainer {
         Ok(String::from_utf8_lossy(&exec.stdout_to_vec().await?).into_owned())
     }
 
-    /// Asterisk's resident memory in bytes (`VmRSS` of the container's PID 1, which is Asterisk:
-    /// the entrypoint `exec`s it).
+    /// A file of Asterisk's `/proc/PID/` (its PID from `/run/asterisk/asterisk.pid`; the
+    /// entrypoint stays PID 1 to drain it on SIGTERM).
+    pub async fn asterisk_proc(&self, file: &str) -> Result<String, TestingError> {
+        let script = format!("cat /proc/$(cat /run/asterisk/asterisk.pid)/{file}");
+        self.exec(&["/bin/sh", "-c", &script]).await
+    }
+
+    /// Asterisk's resident memory in bytes (`VmRSS` in its `/proc/PID/status`).
     pub async fn asterisk_rss(&self) -> Result<u64, TestingError> {
-        let status = self.exec(&["cat", "/proc/1/status"]).await?;
+        let status = self.asterisk_proc("status").await?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
-            .ok_or_else(|| TestingError::Rx { command: "cat /proc/1/status".into(), code: None, stderr: status })
+            .ok_or_else(|| TestingError::Rx { command: "cat /proc/PID/status".into(), code: None, stderr: status })
     }
 
     /// Starts a shell command in the background inside the container (for daemons such as the

@@ -340,6 +340,41 @@ pub fn bench_summary(r: &astrtc::bench::BenchReport) -> String {
     t
 }
 
+/// What `astrtc apply` says before a restart: why, and what the drain will do.
+pub fn restart_announcement(
+    container: &str,
+    pending: &[astrtc::apply::Pending],
+    calls: Option<u32>,
+    drain_seconds: u32,
+) -> String {
+    use astrtc::render::restart::{apply_of, Apply};
+    // Files of which a restart applies all (or a part: transports, the RTP range).
+    let restart: Vec<&str> = pending
+        .iter()
+        .filter(|p| {
+            !matches!(apply_of(p.file.trim_start_matches("secrets/")), Apply::Reload(_)) && !p.file.starts_with("keys/")
+        })
+        .map(|p| p.file.as_str())
+        .collect();
+    let why = if restart.is_empty() {
+        "the container's definition changed (compose.yaml: image, ports, network mode or drain)".to_string()
+    } else {
+        format!(
+            "{} changed where only a restart applies (modules, ports, transports, the RTP range)",
+            restart.join(", ")
+        )
+    };
+    let calls = match calls {
+        Some(n) => format!("{n} call(s) in progress"),
+        None => "calls in progress".to_string(),
+    };
+    format!(
+        "this change needs a restart of {container}: {why}.\n\
+         Asterisk drains first: new calls get 503 Service Unavailable, {calls} go on for up to {drain_seconds}s \
+         (lifecycle.drain_seconds), then it stops and the new one starts."
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use astrtc::certs::cert_facts;
 use astrtc::media::sip::{SipError, SipMessage, Transport, UserAgent};
 use astrtc::media::ws::WsConn;
 
-use crate::common::docker::{deployment, ensure_image, ensure_sidecar, ComposeProject};
+use crate::common::docker::{deployment, ensure_guard, ensure_image, ensure_sidecar, ComposeProject};
 use crate::common::pebble::{pebble, start_pebble, start_pebble_with, Pebble};
 use crate::common::ports::free_port;
 use crate::common::*;
@@ -551,8 +551,9 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     let out = astrtc().args(["render", "--spec"]).arg(&spec).arg("--out").arg(&deploy).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plan = crate::common::plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
-    ensure_image(&plan.image);
+    ensure_image();
     ensure_sidecar();
+    ensure_guard();
 
     // Contract: `docker compose up --wait` returns once Asterisk is healthy, which it can only
     // become after the sidecar has a certificate.
@@ -635,7 +636,7 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
     );
     assert!(codes.len() >= 3 && codes.iter().all(|&c| c == 200), "the WSS session broke: {codes:?}");
     assert_eq!(state(&asterisk_id), before, "Asterisk was restarted");
-    assert!(logs().contains("reloaded the HTTPS listener"), "no reload in the logs");
+    assert!(logs().contains("astrtc-reload: reloaded: module reload http: keys/asterisk.crt"), "no reload in the logs");
 }
 
 /// `n` issuances: how long each took and how many orders each needed.

@@ -95,7 +95,7 @@ async fn each_kind_of_call_runs_a_short_bench_and_a_wrong_password_sets_up_nothi
         return;
     }
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
     for kind in [Kind::SipEcho, Kind::WebrtcEcho, Kind::WebrtcToSip] {
         let (code, report, text) = bench(dir.path(), asterisk.id(), kind.name(), &[]);

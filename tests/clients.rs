@@ -176,7 +176,7 @@ fn start_baresip(
 }
 
 /// RMS (0..1) of the decoded audio baresip dumped (16-bit PCM WAV), skipping the first second.
-fn received_rms(dir: &Path) -> f64 {
+pub(crate) fn received_rms(dir: &Path) -> f64 {
     let snd = dir.join("baresip-audio");
     let wav = std::fs::read_dir(&snd)
         .unwrap()
@@ -220,7 +220,7 @@ async fn browser_and_sip_phone_calls() {
     }
     let suite = Instant::now();
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
     let ca = dir.path().join("deploy/keys/ca.crt");
     let home = browser_home(Some(&ca));

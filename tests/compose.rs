@@ -24,7 +24,7 @@ fn every_fixture_compose_file_is_valid() {
         assert_eq!(svc["image"].as_str(), Some(plan.image.as_str()));
         assert_eq!(svc["volumes"][0]["target"].as_str(), Some("/etc/asterisk"));
         assert_eq!(svc["volumes"][0]["read_only"].as_bool(), Some(true));
-        assert_eq!(svc["volumes"][1]["target"].as_str(), Some("/etc/asterisk/keys"));
+        assert_eq!(svc["volumes"][1]["target"].as_str(), Some("/etc/asterisk-keys"));
         assert!(svc["healthcheck"]["test"].is_sequence());
         match plan.network.mode {
             astrtc::spec::NetworkMode::Host => {

@@ -19,6 +19,7 @@ fn run_example(cmd: &mut Command, what: &str) {
     let out = cmd
         .env("ASTRTC", assert_cmd::cargo::cargo_bin("astrtc"))
         .env("ASTRTC_TESTENV_DIR", state.path())
+        .env("ASTRTC_TESTENV_IMAGE", crate::common::docker::test_image())
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -40,7 +41,7 @@ fn the_playwright_example_calls_the_echo_extension() {
         return;
     }
     let _turn = testenv_turn();
-    ensure_image(astrtc::image::DEFAULT_IMAGE);
+    ensure_image();
     let mut cmd = Command::new("npx");
     cmd.args(["playwright", "test"]).current_dir(&dir);
     run_example(&mut cmd, "Playwright");
@@ -56,7 +57,7 @@ fn the_pytest_example_registers_over_wss_and_udp() {
         return;
     }
     let _turn = testenv_turn();
-    ensure_image(astrtc::image::DEFAULT_IMAGE);
+    ensure_image();
     let mut cmd = Command::new(pytest);
     cmd.args(["-q", "-p", "no:cacheprovider"]).current_dir(root().join("examples/pytest"));
     run_example(&mut cmd, "pytest");

@@ -27,11 +27,12 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunne
 use astrtc::certs::CertLayout;
 use astrtc::plan::Plan;
 use astrtc::render::{Bundle, Inputs};
-use astrtc::spec::secrets::{Secrets, TurnSecrets};
+use astrtc::spec::secrets::{MetricsSecrets, Secrets, TurnSecrets};
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
-    AcmeChallenge, AcmeSpec, CodecPreference, DialplanSpec, EndpointKind, EndpointSpec, LoggingSpec, NetworkMode,
-    NetworkSpec, PerformanceSpec, ResourcesSpec, RtpSpec, Spec, TlsMode, TlsSpec,
+    AcmeChallenge, AcmeSpec, CodecPreference, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec, LoggingSpec,
+    MetricsSpec, NetworkMode, NetworkSpec, PerformanceSpec, ResourcesSpec, RtpSpec, SecuritySpec, SipTransport, Spec,
+    TlsMode, TlsSpec,
 };
 
 use crate::common::shape::{self, Section, Shape};
@@ -90,6 +91,8 @@ const FIELDS: &[&str] = &[
     "context",
     "echo_extension",
     "turn_password",
+    "security.allow",
+    "metrics_password",
     "file",
 ];
 
@@ -204,12 +207,12 @@ fn network_and_range(level: Level) -> BoxedStrategy<(NetworkSpec, RtpRange)> {
         3 => (ip().prop_map(Some), maybe(1, nets()), maybe(1, ip())),
         1 => (maybe(1, ip()), maybe(1, nets()), maybe(1, ip())),
     ];
-    (mode, nat, (some_port(), some_port(), some_port()))
+    (mode, nat, (some_port(), some_port(), some_port(), some_port()))
         .prop_map(
             |(
                 (mode, range, (bridge_subnet, bridge_address)),
                 (public_address, local_nets, local_address),
-                (sip_port, wss_port, http_port),
+                (sip_port, sip_tls_port, wss_port, http_port),
             )| {
                 let network = NetworkSpec {
                     mode,
@@ -217,6 +220,7 @@ fn network_and_range(level: Level) -> BoxedStrategy<(NetworkSpec, RtpRange)> {
                     local_nets,
                     local_address,
                     sip_port,
+                    sip_tls_port,
                     wss_port,
                     http_port,
                     bridge_subnet,
@@ -343,8 +347,8 @@ fn endpoint(level: Level) -> BoxedStrategy<(EndpointSpec, Option<String>)> {
         maybe(2, text(level, "display_name", display_names)),
         maybe(1, prop_oneof![6 => 1i64..=5, 1 => -3i64..200].boxed()),
         (
-            maybe(1, prop_oneof![6 => 0i64..=120, 1 => -5i64..100_000].boxed()),
-            maybe(1, prop_oneof![6 => 0i64..=3600, 1 => -5i64..100_000].boxed()),
+            maybe(1, prop_oneof![30 => 0i64..=120, 1 => -5i64..100_000].boxed()),
+            maybe(1, prop_oneof![30 => 0i64..=3600, 1 => -5i64..100_000].boxed()),
             maybe(1, prop_oneof![Just(CodecPreference::Client), Just(CodecPreference::Spec)].boxed()),
         ),
         prop_oneof![
@@ -352,19 +356,49 @@ fn endpoint(level: Level) -> BoxedStrategy<(EndpointSpec, Option<String>)> {
             30 => text(level, "password", &["fixture-password-0001", "abcdefghijklmnop", "A-b_c.d~e+f/g!h@i%j^k*l(m),n:o?p"])
                 .prop_map(Some),
         ],
+        // A transport for phones; rarely (refused) one for a browser.
+        prop_oneof![
+            12 => Just(None),
+            1 => prop_oneof![Just(SipTransport::Udp), Just(SipTransport::Tls)].prop_map(Some),
+        ],
+        maybe(1, prop_oneof![Just(SipTransport::Udp), Just(SipTransport::Tls)].boxed()),
     )
-        .prop_map(|(id, kind, codecs, display_name, max_contacts, (rtp_timeout, rtp_timeout_hold, pref), password)| {
-            let ep = EndpointSpec {
-                id,
-                kind,
-                codecs,
-                display_name,
-                max_contacts,
-                rtp_timeout,
-                rtp_timeout_hold,
-                codec_preference: pref,
-            };
-            (ep, password)
+        .prop_map(
+            |(id, kind, codecs, display_name, max_contacts, timeouts, password, webrtc_transport, sip_transport)| {
+                let (rtp_timeout, rtp_timeout_hold, codec_preference) = timeouts;
+                let transport = if kind == EndpointKind::Sip { sip_transport } else { webrtc_transport };
+                let ep = EndpointSpec {
+                    id,
+                    kind,
+                    codecs,
+                    display_name,
+                    max_contacts,
+                    rtp_timeout,
+                    rtp_timeout_hold,
+                    codec_preference,
+                    transport,
+                };
+                (ep, password)
+            },
+        )
+        .boxed()
+}
+
+/// `[security]`: the guard on or off, counts and times in and out of range, allowed networks.
+fn security(level: Level) -> BoxedStrategy<SecuritySpec> {
+    let count = || maybe(1, prop_oneof![20 => 1i64..=20, 1 => -3i64..2000].boxed());
+    let seconds = || maybe(1, prop_oneof![20 => 1i64..=86_400, 1 => -3i64..700_000].boxed());
+    let allow = prop::collection::vec(
+        text(level, "security.allow", &["192.0.2.0/24", "198.51.100.7/32", "2001:db8::/32", "10.0.0.0/8"]),
+        0..3,
+    );
+    (maybe(1, any::<bool>().boxed()), count(), seconds(), seconds(), maybe(1, allow.boxed()))
+        .prop_map(|(guard, ban_after, find_seconds, ban_seconds, allow)| SecuritySpec {
+            guard,
+            ban_after,
+            find_seconds,
+            ban_seconds,
+            allow,
         })
         .boxed()
 }
@@ -410,16 +444,17 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
         (maybe(1, text(level, "context", &["from-internal", "office"])), maybe(1, text(level, "echo_extension", &["600", "9196"]))),
         prop_oneof![1 => Just(vec![]), 20 => prop::collection::vec(endpoint(level), 1..5)],
         prop_oneof![1 => Just(None), 6 => text(level, "turn_password", &["fixture-turn-password!", "0123456789abcdef"]).prop_map(Some)],
-        file_contents(),
-        file_contents(),
+        (file_contents(), file_contents()),
+        security(level),
         (
-            maybe(1, prop_oneof![6 => 0i64..=10, 1 => -3i64..50].boxed()),
-            maybe(1, prop_oneof![6 => 64i64..=4096, 1 => -5i64..100_000].boxed()),
-            maybe(1, prop_oneof![6 => 64i64..=1024, 1 => -5i64..100_000].boxed()),
-            maybe(1, prop_oneof![6 => 1i64..=5000, 1 => -5i64..200_000].boxed()),
+            maybe(1, prop_oneof![30 => 0i64..=10, 1 => -3i64..50].boxed()),
+            maybe(1, prop_oneof![30 => 256i64..=4096, 1 => -5i64..100_000].boxed()),
+            maybe(1, prop_oneof![30 => 64i64..=256, 1 => -5i64..100_000].boxed()),
+            maybe(1, prop_oneof![30 => 1i64..=5000, 1 => -5i64..200_000].boxed()),
         ),
+        lifecycle_and_metrics(level),
     )
-        .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, ca_bundle, dns_hook, ops)| {
+        .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, (ca_bundle, dns_hook), security, ops, (lifecycle, metrics, metrics_pw))| {
             let (verbose, memory_limit_mb, memory_request_mb, wss_sessions) = ops;
             let mut secrets = Secrets::default();
             let mut endpoints = Vec::new();
@@ -432,13 +467,46 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
                 endpoints.push(ep);
             }
             secrets.turn = turn_pw.map(|password| TurnSecrets { password });
+            secrets.metrics = metrics_pw.map(|password| MetricsSecrets { password });
             let dialplan = DialplanSpec { context, echo_extension };
             let logging = LoggingSpec { verbose };
             let resources = ResourcesSpec { memory_limit_mb, memory_request_mb };
             let performance = PerformanceSpec { wss_sessions };
-            let spec =
-                Spec { name, image, secrets: None, network, rtp, tls, dialplan, endpoints, logging, resources, performance };
+            let spec = Spec {
+                name,
+                image,
+                secrets: None,
+                network,
+                rtp,
+                tls,
+                dialplan,
+                endpoints,
+                logging,
+                resources,
+                security,
+                lifecycle,
+                metrics,
+                performance,
+            };
             Generated { spec, secrets, ca_bundle, dns_hook }
+        })
+        .boxed()
+}
+
+/// `[lifecycle]`, `[metrics]` and the metrics password: drains in and out of range, metrics on and
+/// off, the Prometheus port anywhere (also on a listener's port).
+fn lifecycle_and_metrics(level: Level) -> BoxedStrategy<(LifecycleSpec, MetricsSpec, Option<String>)> {
+    (
+        maybe(1, prop_oneof![6 => 0i64..=86_400, 1 => Just(-1i64), 1 => Just(86_401i64)].boxed()),
+        maybe(1, any::<bool>().boxed()),
+        maybe(1, port()),
+        prop_oneof![
+            1 => Just(None),
+            8 => text(level, "metrics_password", &["fixture-metrics-password", "0123456789abcdef"]).prop_map(Some)
+        ],
+    )
+        .prop_map(|(drain_seconds, enabled, prometheus_port, pw)| {
+            (LifecycleSpec { drain_seconds }, MetricsSpec { enabled, prometheus_port }, pw)
         })
         .boxed()
 }
@@ -495,6 +563,16 @@ fn canonical(plan: &Plan) -> Plan {
             *r = format!("192.0.2.{i}:53").parse().unwrap();
         }
     }
+    for (i, n) in c.security.allow.iter_mut().enumerate() {
+        *n = format!("198.51.100.{i}/32");
+    }
+    if let Some(g) = &mut c.guard {
+        // Derived from the name and the allowed networks: replaced the same way.
+        g.nft_table = format!("f2b-{}", c.name);
+        g.ignore.truncate(2);
+        g.ignore.extend(c.security.allow.iter().cloned());
+    }
+    c.metrics.password = "canonical-metrics-password".into();
     c.dialplan.context = "canonical-context".into();
     c.dialplan.echo_extension = "canonical-echo".into();
     for (i, e) in c.endpoints.iter_mut().enumerate() {
@@ -586,8 +664,18 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     let s = |v: &dyn ToString| vec![v.to_string()];
     let pjsip = conf(b, "asterisk/pjsip.conf")?;
     let p = "pjsip.conf";
-    expect_values(p, &pjsip, "transport-udp", "bind", &s(&format!("0.0.0.0:{}", plan.network.sip_port)))?;
-    for transport in ["transport-udp", "transport-wss"] {
+    let udp_bind = if plan.listeners.sip_udp_public { "0.0.0.0" } else { "127.0.0.1" };
+    expect_values(p, &pjsip, "transport-udp", "bind", &s(&format!("{udp_bind}:{}", plan.network.sip_port)))?;
+    let tls_bind = if plan.listeners.sip_tls { s(&format!("0.0.0.0:{}", plan.network.sip_tls_port)) } else { vec![] };
+    expect_values(p, &pjsip, "transport-tls", "bind", &tls_bind)?;
+    let mut nat_transports = vec!["transport-wss"];
+    if plan.listeners.sip_udp_public {
+        nat_transports.push("transport-udp");
+    }
+    if plan.listeners.sip_tls {
+        nat_transports.push("transport-tls");
+    }
+    for transport in nat_transports {
         let (addr, nets) = match &plan.network.nat {
             Some(n) => (s(&n.public_address), n.local_nets.clone()),
             None => (vec![], vec![]),
@@ -601,7 +689,13 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     let mut extens = s(&format!("{},1,Answer()", plan.dialplan.echo_extension));
     for e in &plan.endpoints {
         let id = &e.id;
-        let transport = if e.kind == EndpointKind::Webrtc { "transport-wss" } else { "transport-udp" };
+        let transport = match e.transport {
+            astrtc::plan::Transport::Wss => "transport-wss",
+            astrtc::plan::Transport::Udp => "transport-udp",
+            astrtc::plan::Transport::Tls => "transport-tls",
+        };
+        let sdes = if e.transport == astrtc::plan::Transport::Tls { s(&"sdes") } else { vec![] };
+        expect_values(p, &pjsip, id, "media_encryption", &sdes)?;
         expect_values(p, &pjsip, id, "context", &s(&plan.dialplan.context))?;
         expect_values(p, &pjsip, id, "allow", &s(&e.codecs.join(",")))?;
         expect_values(p, &pjsip, id, "auth", &s(&format!("{id}-auth")))?;
@@ -638,10 +732,35 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
         let rtp_turn = conf(b, "asterisk/rtp_turn.conf")?;
         expect_values("rtp_turn.conf", &rtp_turn, "", "turnpassword", &s(&t.password))?;
     }
+    if plan.metrics.enabled {
+        let auth = conf(b, "asterisk/prometheus_auth.conf")?;
+        expect_values("prometheus_auth.conf", &auth, "", "auth_password", &s(&plan.metrics.password))?;
+        let file =
+            b.text("prometheus/metrics-password").ok_or_else(|| fail("prometheus/metrics-password is missing"))?;
+        if file != format!("{}\n", plan.metrics.password) {
+            return Err(fail(format!("prometheus/metrics-password: want {:?}, got {file:?}", plan.metrics.password)));
+        }
+    }
     let http = conf(b, "asterisk/http.conf")?;
     expect_values("http.conf", &http, "general", "bindport", &s(&plan.network.http_port))?;
     expect_values("http.conf", &http, "general", "tlsbindaddr", &s(&format!("0.0.0.0:{}", plan.network.wss_port)))?;
     expect_values("http.conf", &http, "general", "sessionlimit", &s(&plan.performance.wss_sessions))?;
+
+    if let Some(g) = &plan.guard {
+        let ini = |path: &str| {
+            b.text(path).map(shape::fail2ban_ini).ok_or_else(|| fail(format!("{path} is missing or not UTF-8")))
+        };
+        let jail = ini("guard/jail.d/astrtc.local")?;
+        let j = "jail.d/astrtc.local";
+        expect_values(j, &jail, "asterisk", "ignoreip", &s(&g.ignore.join(" ")))?;
+        expect_values(j, &jail, "asterisk", "maxretry", &s(&plan.security.ban_after))?;
+        expect_values(j, &jail, "asterisk", "findtime", &s(&plan.security.find_seconds))?;
+        expect_values(j, &jail, "asterisk", "bantime", &s(&plan.security.ban_seconds))?;
+        let action = ini("guard/action.d/nftables.local")?;
+        expect_values("action.d/nftables.local", &action, "Init", "table", &s(&format!("f2b-{}", plan.name)))?;
+    } else if b.files().keys().any(|p| p.starts_with("guard")) {
+        return Err(fail("guard files rendered with security.guard = false"));
+    }
 
     use serde_json::json;
     let compose = tree(b, "compose.yaml")?;
@@ -685,12 +804,35 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
         expect_json("values.yaml", &values, &format!("/ports/{key}"), json!(port))?;
         expect_json("values.schema.json", &schema, &format!("/properties/ports/properties/{key}/const"), json!(port))?;
     }
+    let drain = plan.lifecycle.drain_seconds;
+    expect_json(
+        "compose.yaml",
+        &compose,
+        "/services/asterisk/environment/ASTRTC_DRAIN_SECONDS",
+        json!(drain.to_string()),
+    )?;
+    expect_json("compose.yaml", &compose, "/services/asterisk/stop_grace_period", json!(format!("{}s", drain + 30)))?;
+    expect_json("values.yaml", &values, "/lifecycle/drainSeconds", json!(drain))?;
+    expect_json("values.yaml", &values, "/metrics/enabled", json!(plan.metrics.enabled))?;
+    if plan.metrics.enabled {
+        let listen = format!("--web.listen-address=127.0.0.1:{}", plan.metrics.prometheus_port);
+        expect_json("compose.yaml", &compose, "/services/prometheus/command/3", json!(listen))?;
+    } else if compose.pointer("/services/prometheus").is_some() {
+        return Err(fail("compose.yaml has a prometheus service with metrics off"));
+    }
     expect_json("values.yaml", &values, "/rtp/start", json!(plan.rtp.start))?;
     expect_json("values.yaml", &values, "/rtp/end", json!(plan.rtp.end))?;
     if n.bridge.is_some() {
         let (rtp, wss, sip) = (format!("{0}-{1}:{0}-{1}/udp", plan.rtp.start, plan.rtp.end), n.wss_port, n.sip_port);
-        let ports = json!([format!("{wss}:{wss}/tcp"), format!("{sip}:{sip}/udp"), rtp]);
-        expect_json("compose.yaml", &compose, "/services/asterisk/ports", ports)?;
+        let mut ports = vec![format!("{wss}:{wss}/tcp")];
+        if plan.listeners.sip_udp_public {
+            ports.push(format!("{sip}:{sip}/udp"));
+        }
+        if plan.listeners.sip_tls {
+            ports.push(format!("{0}:{0}/tcp", n.sip_tls_port));
+        }
+        ports.push(rtp);
+        expect_json("compose.yaml", &compose, "/services/asterisk/ports", json!(ports))?;
     }
     // The chart carries the very configs compose mounts.
     for (path, file) in b.files() {

@@ -90,7 +90,11 @@ fn semantic_problems_are_reported_all_at_once() {
          [[endpoints]]\nid = \"1\"\nkind = \"sip\"\ncodecs = [\"speex9\"]\n[[endpoints]]\nid = \"1\"\nkind = \"sip\"\n",
     )
     .unwrap();
-    fs::write(dir.path().join("astrtc.secrets.toml"), "[endpoints]\n1 = \"aaaaaaaaaaaaaaaaaaaa\"\n").unwrap();
+    fs::write(
+        dir.path().join("astrtc.secrets.toml"),
+        "[endpoints]\n1 = \"aaaaaaaaaaaaaaaaaaaa\"\n[metrics]\npassword = \"bbbbbbbbbbbbbbbbbbbb\"\n",
+    )
+    .unwrap();
     let err = plan_for(&spec, ROOT).unwrap_err();
     let SpecError::Invalid(inv) = &err else { panic!("{err:?}") };
     let paths: Vec<String> = inv.problems.iter().map(|p| p.path.to_string()).collect();
@@ -167,7 +171,7 @@ fn fields() -> Vec<Field> {
             ..f("endpoints.id", Nat, Spec, "endpoints[3].id", "10{V}02", "x")
         },
         f("endpoints.display_name", Nat, Spec, "endpoints[0].display_name", "Alice{V} (browser)", "x"),
-        f("endpoints.codecs", Nat, Spec, "endpoints[1].codecs[1]", "g72{V}", "2"),
+        f("endpoints.codecs", Nat, Spec, "endpoints[1].codecs[2]", "g72{V}", "2"),
         f("dialplan.context", Nat, Spec, "dialplan.context", "off{V}ice", "x"),
         f("dialplan.echo_extension", Nat, Spec, "dialplan.echo_extension", "91{V}96", "x"),
         f("rtp.stun", Nat, Spec, "rtp.stun", "stun{V}.example.test:3478", "x"),
@@ -175,6 +179,7 @@ fn fields() -> Vec<Field> {
         f("rtp.turn_username", Nat, Spec, "rtp.turn_username", "pb{V}x", "x"),
         f("network.public_address", Nat, Spec, "network.public_address", "203.0.113.1{V}", "0"),
         f("network.local_nets", Nat, Spec, "network.local_nets[1]", "192.168.1.0/2{V}", "4"),
+        f("security.allow", Nat, Spec, "security.allow[1]", "198.51.100.0/2{V}", "4"),
         f("network.bridge_subnet", Bridge, Spec, "network.bridge_subnet", "172.29.5.0/2{V}", "4"),
         f("network.bridge_address", Bridge, Spec, "network.bridge_address", "172.29.5.2{V}", "0"),
         f("tls.acme.email", Acme, Spec, "tls.acme.email", "ops{V}@example.com", "x"),
@@ -186,6 +191,7 @@ fn fields() -> Vec<Field> {
         },
         f("password (endpoint)", Nat, Secrets, "endpoints.alice", "fixture-alice{V}-password-1", "x"),
         f("password (turn)", Nat, Secrets, "turn.password", "fixture-turn{V}-password!", "x"),
+        f("password (metrics)", Nat, Secrets, "metrics.password", "fixture-metrics{V}-password", "x"),
     ]
 }
 

@@ -27,7 +27,7 @@ async fn the_image_serves_wss_and_runs_the_webrtc_modules() {
         return;
     }
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
 
     // 1. TLS on the WSS port, verified against the generated ca.crt for the spec's domain.
@@ -104,7 +104,7 @@ async fn a_certificate_for_another_name_is_caught() {
         return;
     }
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     install_leaf_for(dir.path(), &plan, "pbx.old.test");
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
     let err = asterisk.check_tls().expect_err("a leaf for pbx.old.test must not verify for localhost");
@@ -156,10 +156,13 @@ async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_ses
         return;
     }
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
-    asterisk.spawn("ASTRTC_RELOAD_INTERVAL=1 /usr/local/bin/astrtc-cert-reloader").await.unwrap();
-    let asterisk_start = start_time(&asterisk.exec(&["cat", "/proc/1/stat"]).await.unwrap());
+    asterisk
+        .spawn("ASTRTC_RELOAD_INTERVAL=1 ASTRTC_RELOAD_WATCH=keys /usr/local/bin/astrtc-reload watch")
+        .await
+        .unwrap();
+    let asterisk_start = start_time(&asterisk.asterisk_proc("stat").await.unwrap());
     let before = asterisk.check_tls().unwrap().leaf.serial;
     // An established WSS session, with a SIP transaction before and after the renewal.
     let ca_pem = std::fs::read_to_string(dir.path().join("deploy/keys").join(files::CA)).unwrap();
@@ -191,7 +194,7 @@ async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_ses
     session.register(0).await.expect("the WSS session did not survive");
     session.close().await;
     // Reloaded, not restarted: Asterisk (the container's PID 1) started before the renewal.
-    assert_eq!(start_time(&asterisk.exec(&["cat", "/proc/1/stat"]).await.unwrap()), asterisk_start, "restarted");
+    assert_eq!(start_time(&asterisk.asterisk_proc("stat").await.unwrap()), asterisk_start, "restarted");
 }
 
 /// `astrtc build` as users run it (`make up` passes the host's CA bundle with `--extra-ca`): the
@@ -211,7 +214,7 @@ fn astrtc_build_tags_the_spec_image_and_hands_extra_ca_to_the_phone_stage() {
     let text = std::fs::read_to_string(&spec).unwrap();
     let with_image = text.replace("name = \"astrtc-test\"\n", &format!("name = \"astrtc-test\"\nimage = \"{TAG}\"\n"));
     std::fs::write(&spec, with_image).unwrap();
-    ensure_image(astrtc::image::DEFAULT_IMAGE); // the same steps: the CLI build below comes from the cache
+    ensure_image(); // the same steps: the CLI build below comes from the cache
     let _untag = Untag(TAG);
     let host_ca = astrtc::image::HOST_CA_BUNDLE;
     let out = astrtc().args(["build", "--spec"]).arg(&spec).args(["--extra-ca", host_ca]).output().unwrap();

@@ -95,7 +95,7 @@ async fn started(
         return None;
     }
     let (dir, plan) = deployment_with(edit);
-    ensure_image(&plan.image);
+    ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
     Some((dir, plan, asterisk))
 }

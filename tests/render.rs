@@ -23,8 +23,8 @@ fn the_guide_deployment_is_the_default() {
     assert!(http.contains("\ntlsenable = yes\n"));
     assert!(http.contains("\ntlsbindaddr = 0.0.0.0:8089\n"));
     assert!(http.contains("\nbindaddr = 127.0.0.1\n"), "plain HTTP must stay on loopback");
-    assert!(http.contains("\ntlscertfile = /etc/asterisk/keys/asterisk.crt\n"));
-    assert!(http.contains("\ntlsprivatekey = /etc/asterisk/keys/asterisk.key\n"));
+    assert!(http.contains("\ntlscertfile = /etc/asterisk-keys/asterisk.crt\n"));
+    assert!(http.contains("\ntlsprivatekey = /etc/asterisk-keys/asterisk.key\n"));
     let rtp = b.text("asterisk/rtp.conf").unwrap();
     assert!(rtp.contains("\nrtpstart = 10000\nrtpend = 20000\n"));
     assert!(rtp.contains("\nicesupport = yes\n"));
@@ -65,10 +65,10 @@ fn nat_settings_appear_only_with_a_public_address() {
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
     let b = bundle_for(&plan);
     let pjsip = b.text("asterisk/pjsip.conf").unwrap();
-    // Both transports carry the NAT settings.
-    assert_eq!(pjsip.matches("external_media_address = 203.0.113.10").count(), 2);
-    assert_eq!(pjsip.matches("external_signaling_address = 203.0.113.10").count(), 2);
-    assert_eq!(pjsip.matches("local_net = 10.20.0.0/16").count(), 2);
+    // Every transport (UDP, TLS, WSS) carries the NAT settings.
+    assert_eq!(pjsip.matches("external_media_address = 203.0.113.10").count(), 3);
+    assert_eq!(pjsip.matches("external_signaling_address = 203.0.113.10").count(), 3);
+    assert_eq!(pjsip.matches("local_net = 10.20.0.0/16").count(), 3);
     let rtp = b.text("asterisk/rtp.conf").unwrap();
     assert!(rtp.contains("stunaddr = stun.example.test:3478"));
     assert!(rtp.contains("turnaddr = turn.example.test:3478"));
@@ -124,12 +124,16 @@ fn secret_files_are_group_readable_only() {
         secret,
         [
             "asterisk/pjsip_auth.conf",
+            "asterisk/prometheus_auth.conf",
             "asterisk/rtp_turn.conf",
             "helm/astrtc/files/keys/asterisk.key",
+            "helm/astrtc/files/metrics/password",
             "helm/astrtc/files/secrets/pjsip_auth.conf",
+            "helm/astrtc/files/secrets/prometheus_auth.conf",
             "helm/astrtc/files/secrets/rtp_turn.conf",
             "keys/asterisk.key",
-            "keys/asterisk.pem"
+            "keys/asterisk.pem",
+            "prometheus/metrics-password"
         ]
     );
     for (path, f) in b.files() {
@@ -191,4 +195,115 @@ fn non_root_renders_add_the_users_group_to_the_container() {
     let compose = bundle_for(&plan).text("compose.yaml").unwrap().to_string();
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&compose).unwrap();
     assert_eq!(doc["services"]["asterisk"]["group_add"][0].as_str(), Some("1234"));
+}
+
+#[test]
+fn tls_phones_get_a_tls_transport_with_sdes_srtp_and_strict_ciphers() {
+    let dir = fixture_copy("phones-tls");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let b = bundle_for(&plan);
+    let pjsip = b.text("asterisk/pjsip.conf").unwrap();
+    let section = |name: &str| -> String {
+        let start = pjsip
+            .find(&format!("[{name}]\ntype = {}", if name.starts_with("transport") { "transport" } else { "endpoint" }))
+            .unwrap();
+        pjsip[start..].split("\n\n").next().unwrap().to_string()
+    };
+    let tls = section("transport-tls");
+    for line in [
+        "protocol = tls",
+        "bind = 0.0.0.0:15061",
+        "cert_file = /etc/asterisk/keys/asterisk.crt",
+        "priv_key_file = /etc/asterisk/keys/asterisk.key",
+        "method = sslv23",
+        &format!("cipher = {}", astrtc::render::asterisk::TLS_CIPHERS.join(",")),
+    ] {
+        assert!(tls.lines().any(|l| l == line), "{line:?} missing in\n{tls}");
+    }
+    assert!(section("3001").contains("transport = transport-tls\n"));
+    assert!(section("3001").contains("media_encryption = sdes\n"));
+    assert!(section("3002").contains("transport = transport-udp\n"));
+    assert!(!section("3002").contains("media_encryption"));
+    assert!(section("transport-udp").contains("bind = 0.0.0.0:15060"));
+    for c in astrtc::render::asterisk::TLS_CIPHERS {
+        assert!(c.starts_with("ECDHE-") && (c.contains("-GCM-") || c.contains("CHACHA20")), "{c}");
+    }
+    let http = b.text("asterisk/http.conf").unwrap();
+    for line in ["tlsdisablev1 = yes", "tlsdisablev11 = yes", "tlsservercipherorder = yes"] {
+        assert!(http.lines().any(|l| l == line), "{line}");
+    }
+    assert!(http.contains(&format!("tlscipher = {}\n", astrtc::render::asterisk::TLS_CIPHERS.join(":"))));
+    let logger = b.text("asterisk/logger.conf").unwrap();
+    assert!(logger.lines().any(|l| l == "security.log => security"));
+}
+
+#[test]
+fn a_webrtc_only_spec_binds_sip_over_udp_to_loopback() {
+    let dir = fixture_copy("webrtc-only");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    assert!(!plan.listeners.sip_udp_public && !plan.listeners.sip_tls);
+    let b = bundle_for(&plan);
+    let pjsip = b.text("asterisk/pjsip.conf").unwrap();
+    assert!(pjsip.contains("[transport-udp]\ntype = transport\nprotocol = udp\nbind = 127.0.0.1:15060\n"));
+    assert!(!pjsip.contains("transport-tls"));
+    let jail = b.text("guard/jail.d/astrtc.local").unwrap();
+    assert!(jail.lines().any(|l| l == "port = 18089,40000:40999"), "the guard closes WSS and RTP only:\n{jail}");
+}
+
+#[test]
+fn the_guard_follows_fail2ban_conventions_and_the_spec() {
+    let dir = fixture_copy("phones-tls");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let b = bundle_for(&plan);
+    // Only .local files, beside the package's untouched .conf files.
+    let guard: Vec<String> =
+        b.files().keys().filter(|p| p.starts_with("guard")).map(|p| p.display().to_string()).collect();
+    assert_eq!(
+        guard,
+        [
+            "guard/action.d/nftables.local",
+            "guard/fail2ban.d/astrtc.local",
+            "guard/filter.d/asterisk.local",
+            "guard/jail.d/astrtc.local"
+        ]
+    );
+    let jail = b.text("guard/jail.d/astrtc.local").unwrap();
+    for line in [
+        "[asterisk]",
+        "enabled = true",
+        "logpath = /var/log/asterisk/security.log",
+        "maxretry = 5",
+        "findtime = 600",
+        "bantime = 3600",
+        "ignoreip = 127.0.0.1/8 ::1/128 192.0.2.0/24 2001:db8::/32",
+        "port = 15060,15061,18089,40000:40999",
+        "banaction = nftables",
+    ] {
+        assert!(jail.lines().any(|l| l == line), "{line:?} missing in\n{jail}");
+    }
+    let action = b.text("guard/action.d/nftables.local").unwrap();
+    assert!(action.contains("table = f2b-astrtc-phones\n") && action.contains("blocktype = drop\n"));
+    let f2b = b.text("guard/fail2ban.d/astrtc.local").unwrap();
+    assert!(f2b.contains("dbfile = /var/lib/fail2ban/fail2ban.sqlite3\n"));
+    let compose: serde_json::Value = serde_yaml_ng::from_str(b.text("compose.yaml").unwrap()).unwrap();
+    let g = &compose["services"]["guard"];
+    assert_eq!(g["network_mode"], "host");
+    assert_eq!(g["cap_drop"], serde_json::json!(["ALL"]));
+    assert_eq!(g["cap_add"], serde_json::json!(["NET_ADMIN"]));
+    assert_eq!(g["read_only"], true);
+    assert_eq!(g["security_opt"], serde_json::json!(["no-new-privileges:true"]));
+    assert!(g.get("privileged").is_none());
+    assert_eq!(g["healthcheck"]["test"], serde_json::json!(["CMD", astrtc::image::GUARD_HEALTHCHECK]));
+    let mounts: Vec<&str> = g["volumes"].as_array().unwrap().iter().map(|v| v["target"].as_str().unwrap()).collect();
+    assert!(mounts.contains(&"/var/log/asterisk") && mounts.contains(&"/var/lib/fail2ban"));
+    assert!(compose["volumes"].get("guard-db").is_some());
+
+    // security.guard = false: no guard files, no service, the log stays in a tmpfs.
+    let dir = fixture_copy("acme-http01");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let b = bundle_for(&plan);
+    assert!(!b.files().keys().any(|p| p.starts_with("guard")));
+    let compose: serde_json::Value = serde_yaml_ng::from_str(b.text("compose.yaml").unwrap()).unwrap();
+    assert!(compose["services"].get("guard").is_none());
+    assert!(compose["services"]["asterisk"]["tmpfs"].to_string().contains("/var/log/asterisk"));
 }

@@ -16,7 +16,10 @@ use crate::common::*;
 /// `astrtc testenv ARGS` with its state in `state`.
 fn testenv(state: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("astrtc"));
-    cmd.arg("testenv").args(args).env("ASTRTC_TESTENV_DIR", state);
+    cmd.arg("testenv")
+        .args(args)
+        .env("ASTRTC_TESTENV_DIR", state)
+        .env("ASTRTC_TESTENV_IMAGE", crate::common::docker::test_image());
     cmd
 }
 
@@ -53,7 +56,7 @@ fn turn() -> Option<(std::sync::MutexGuard<'static, ()>, tempfile::TempDir)> {
         return None;
     }
     let turn = testenv_turn();
-    ensure_image(astrtc::image::DEFAULT_IMAGE);
+    ensure_image();
     Some((turn, tempfile::tempdir().unwrap()))
 }
 

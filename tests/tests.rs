@@ -3,6 +3,7 @@
 mod common;
 
 mod acme;
+mod apply;
 mod bench;
 mod cli;
 mod clients;
@@ -15,6 +16,8 @@ mod hostile;
 mod image;
 mod media;
 mod memory;
+mod metrics;
 mod render;
+mod security;
 mod testenv;
 mod verify;

@@ -8,7 +8,9 @@ use astrtc::certs::files;
 use astrtc::testing;
 use serde_json::Value;
 
-use crate::common::docker::{deployment, ensure_image, install_leaf_for, overwrite_keep_mode, ComposeProject};
+use crate::common::docker::{
+    deployment, ensure_guard, ensure_image, install_leaf_for, overwrite_keep_mode, ComposeProject,
+};
 use crate::common::*;
 
 /// Runs `astrtc verify --json`; returns (exit code, report).
@@ -48,7 +50,7 @@ async fn a_good_deployment_passes_and_a_wrong_password_is_named() {
         return;
     }
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.unwrap();
     let (code, report) = verify(dir.path(), Some(asterisk.id()));
     assert_eq!(code, 0, "{report:#}");
@@ -77,7 +79,7 @@ async fn a_certificate_for_another_name_fails_tls_with_both_names() {
         return;
     }
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     install_leaf_for(dir.path(), &plan, "pbx.old.test");
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.unwrap();
     let (code, report) = verify(dir.path(), Some(asterisk.id()));
@@ -94,7 +96,7 @@ async fn a_missing_module_is_named() {
         return;
     }
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     let modules = dir.path().join("deploy/asterisk/modules.conf");
     let text = std::fs::read_to_string(&modules).unwrap();
     std::fs::write(&modules, format!("{text}noload = res_srtp.so\n")).unwrap();
@@ -173,7 +175,8 @@ fn verify_with_only_the_spec_checks_a_compose_deployment_found_by_its_project() 
     assert_ne!(named, text);
     std::fs::write(&spec, &named).unwrap();
     astrtc().args(["render", "--spec"]).arg(&spec).assert().success();
-    ensure_image(&plan.image);
+    ensure_image();
+    ensure_guard();
     let project = ComposeProject { dir: dir.path().join("deploy") };
     let up = project.run(&["up", "-d", "--wait"]);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
@@ -230,7 +233,7 @@ async fn verify_checks_the_certificate_against_the_ca_given_with_ca() {
         return;
     }
     let (dir, plan) = deployment();
-    ensure_image(&plan.image);
+    ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.unwrap();
     let spec = dir.path().join("astrtc.toml");
     let stranger = astrtc::certs::local_ca::LocalCa::load_or_create(&dir.path().join("stranger"), "stranger").unwrap();

@@ -43,3 +43,15 @@ export async function browserTrusting(caFile) {
     },
   };
 }
+
+/** page.goto, retried when Chromium aborts the load because a network interface on the host
+ * came or went (ERR_NETWORK_CHANGED; e.g. other test environments starting). */
+export async function gotoRetrying(page, url) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await page.goto(url);
+    } catch (e) {
+      if (attempt >= 4 || !e.message.includes('ERR_NETWORK_CHANGED')) throw e;
+    }
+  }
+}

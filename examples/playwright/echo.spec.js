@@ -1,7 +1,7 @@
 // A browser registers a WebRTC endpoint of a fresh astrtc test environment through the demo
 // softphone the instance serves, calls the echo extension, and gets audio back.
 import { test, expect } from '@playwright/test';
-import { up, down, browserTrusting } from './astrtc.js';
+import { up, down, browserTrusting, gotoRetrying } from './astrtc.js';
 
 let env;
 let chrome;
@@ -19,7 +19,7 @@ test.afterAll(async () => {
 test('a browser calls the echo extension and hears itself', async () => {
   const user = env.endpoints.find((e) => e.kind === 'webrtc');
   const page = await chrome.browser.newPage();
-  await page.goto(env.phone_url);
+  await gotoRetrying(page, env.phone_url);
   await page.fill('#wss', env.wss_url);
   await page.fill('#user', user.id);
   await page.fill('#password', user.password);

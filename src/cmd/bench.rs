@@ -112,7 +112,9 @@ fn local_ip(server: SocketAddr) -> IpAddr {
     routed
 }
 
-/// The Asterisk container's CPU counter and a description of it, or why there is none.
+/// The Asterisk container's CPU counter and a description of it, or why there is none. It is
+/// found through the container's first process (the entrypoint; Asterisk runs as its child in
+/// the same cgroup), so it counts Asterisk and everything else in the container.
 async fn asterisk_counter(plan: &Plan, container: Option<&str>) -> Result<(CgroupCpu, String), String> {
     let (docker, id) = astrtc::verify::local_container(plan, container).await?;
     let pid = docker

@@ -1,4 +1,6 @@
-//! `astrtc build`: the Asterisk image and, in ACME mode, the sidecar image from this binary.
+//! `astrtc build`: the Asterisk image, the guard image (unless `security.guard = false`), in ACME
+//! mode the sidecar image from this binary, and with `--monitoring` the Prometheus image of the
+//! compose `monitoring` profile.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ pub async fn run(
     context: Option<PathBuf>,
     extra_ca: Option<PathBuf>,
     verbose: bool,
+    monitoring: bool,
 ) -> Result<(), CmdError> {
     let plan = load_plan(spec)?;
     let ctx = context.map(BuildContext::Dir).unwrap_or(BuildContext::Embedded);
@@ -21,10 +24,18 @@ pub async fn run(
     let docker = image::connect().await?;
     let built = image::build(&docker, &ctx, extra_ca.as_deref(), &plan.image, &progress).await?;
     println!("built {} in {:.0?}", built.tag, built.elapsed);
+    if let Some(guard) = &plan.guard {
+        let built = image::build_guard(&docker, &guard.image, &progress).await?;
+        println!("built {} (the guard: fail2ban) in {:.0?}", built.tag, built.elapsed);
+    }
     if plan.tls.mode == TlsMode::Acme {
         let exe = std::env::current_exe().map_err(|source| ImageError::Context { path: "astrtc".into(), source })?;
         let sidecar = image::build_sidecar(&docker, &exe, image::SIDECAR_IMAGE, &progress).await?;
         println!("built {} (the ACME sidecar) in {:.0?}", sidecar.tag, sidecar.elapsed);
+    }
+    if monitoring {
+        let prometheus = image::build_prometheus(&docker, image::PROMETHEUS_IMAGE, &progress).await?;
+        println!("built {} (the monitoring profile's Prometheus) in {:.0?}", prometheus.tag, prometheus.elapsed);
     }
     Ok(())
 }

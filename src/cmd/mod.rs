@@ -6,6 +6,7 @@
 //! tokio runtime for the whole run). Wording and progress display are [`crate::ui`]'s; nothing
 //! in the library imports from here.
 
+mod apply;
 mod bench;
 mod build;
 mod certs;
@@ -126,6 +127,20 @@ pub enum CmdError {
         /// Number of differences.
         count: usize,
     },
+    /// `apply` failed to reach the running deployment or to change it.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Apply(#[from] astrtc::apply::ApplyError),
+    /// `apply` needs a restart, and nobody confirmed it.
+    #[error("not restarted: {reason}")]
+    #[diagnostic(
+        code(astrtc::apply::not_confirmed),
+        help("the new configs are rendered; run `astrtc apply --yes` to restart, or restart later yourself")
+    )]
+    RestartNotConfirmed {
+        /// Why not.
+        reason: String,
+    },
     /// A test environment failed.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -149,7 +164,10 @@ impl CmdError {
             CmdError::Spec(_) => 2,
             CmdError::Init(e) if e.is_bad_input() => 2,
             CmdError::Testenv(e) if e.is_bad_input() => 2,
-            CmdError::NotAcme { .. } | CmdError::AcmeConfig { .. } | CmdError::BadArgument(_) => 2,
+            CmdError::NotAcme { .. }
+            | CmdError::AcmeConfig { .. }
+            | CmdError::BadArgument(_)
+            | CmdError::RestartNotConfirmed { .. } => 2,
             _ => 1,
         }
     }
@@ -162,7 +180,10 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         match command {
             Command::Init { .. } => init::run(command),
             Command::Render { spec, out, check } => render::run(&spec, out, check),
-            Command::Build { spec, context, extra_ca, verbose } => build::run(&spec, context, extra_ca, verbose).await,
+            Command::Apply { spec, out, yes } => apply::run(&spec, out, yes).await,
+            Command::Build { spec, context, extra_ca, verbose, monitoring } => {
+                build::run(&spec, context, extra_ca, verbose, monitoring).await
+            }
             Command::Info { spec, out } => info::run(&spec, out),
             Command::Verify { deployment, json, call, endpoints, target, hold, relay } => {
                 let call = call.then_some(verify::CallArgs { endpoints, target, hold, relay });

@@ -28,9 +28,10 @@ pub fn run(spec: &Path, out: Option<PathBuf>, check: bool) -> Result<(), CmdErro
         Written::Changed => {
             println!("rendered {} from {}", out.display(), spec.display());
             println!(
-                "start it, or apply the change to a running stack (Asterisk reads its configs at start):\n  \
-                 cd {} && docker compose up -d --force-recreate --wait",
-                out.display()
+                "start it: cd {} && docker compose up -d --wait\n\
+                 or bring a running stack to it (reload in place, or a graceful restart): astrtc apply --spec {}",
+                out.display(),
+                spec.display()
             );
         }
     }

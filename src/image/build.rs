@@ -125,6 +125,11 @@ pub async fn connect() -> Result<Docker, ImageError> {
 pub const ASTERISK_CONTEXT: &str = "asterisk";
 /// The embedded directory of `images/` that holds the sidecar's Dockerfile.
 pub const SIDECAR_CONTEXT: &str = "astrtc";
+/// The embedded directory of `images/` that holds the Prometheus image's Dockerfile.
+pub const PROMETHEUS_CONTEXT: &str = "prometheus";
+
+/// The embedded directory of `images/` that is the guard image's build context.
+pub const GUARD_CONTEXT: &str = "guard";
 
 /// One file of a build context: path inside it, mode, contents.
 type ContextEntry<'a> = (String, u32, std::borrow::Cow<'a, [u8]>);
@@ -230,6 +235,33 @@ pub async fn build_sidecar(
     progress: &dyn Fn(BuildEvent<'_>),
 ) -> Result<Built, ImageError> {
     build_tar(docker, sidecar_context_tar(exe)?, tag, &super::sidecar_build_args(), progress).await
+}
+
+/// The guard's build context (`images/guard`, embedded).
+pub fn guard_context_tar() -> Result<Vec<u8>, ImageError> {
+    let entries = crate::assets::files_under(&crate::assets::IMAGES, GUARD_CONTEXT)
+        .into_iter()
+        .map(|a| (a.path.to_string(), a.mode(), a.contents.into()));
+    tar_of(entries).map_err(|source| ImageError::Context { path: PathBuf::from("build context"), source })
+}
+
+/// Builds the guard image (fail2ban, `images/guard`) and tags it `tag`.
+pub async fn build_guard(docker: &Docker, tag: &str, progress: &dyn Fn(BuildEvent<'_>)) -> Result<Built, ImageError> {
+    build_tar(docker, guard_context_tar()?, tag, &super::guard_build_args(), progress).await
+}
+
+/// Builds the monitoring profile's Prometheus image (Debian's package) and tags it `tag`.
+pub async fn build_prometheus(
+    docker: &Docker,
+    tag: &str,
+    progress: &dyn Fn(BuildEvent<'_>),
+) -> Result<Built, ImageError> {
+    let entries: Vec<ContextEntry<'_>> = crate::assets::files_under(&crate::assets::IMAGES, PROMETHEUS_CONTEXT)
+        .into_iter()
+        .map(|a| (a.path.to_string(), a.mode(), a.contents.into()))
+        .collect();
+    let body = tar_of(entries).map_err(|source| ImageError::Context { path: "build context".into(), source })?;
+    build_tar(docker, body, tag, &super::prometheus_build_args(), progress).await
 }
 
 async fn build_tar(

@@ -7,8 +7,8 @@
 pub mod build;
 
 pub use build::{
-    build, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext, Built, ImageError, EXTRA_CA_FILE,
-    HOST_CA_BUNDLE,
+    build, build_guard, build_prometheus, build_sidecar, connect, context_tar, sidecar_context_tar, BuildContext,
+    Built, ImageError, EXTRA_CA_FILE, HOST_CA_BUNDLE,
 };
 
 /// Expands to the Asterisk version as a literal (for `concat!`).
@@ -39,10 +39,31 @@ pub const SIDECAR_CONFIG_DIR: &str = "/etc/astrtc";
 pub const SIDECAR_KEYS_DIR: &str = "/var/lib/astrtc/keys";
 /// The sidecar's ACME account volume.
 pub const SIDECAR_ACME_DIR: &str = "/var/lib/astrtc/acme";
+/// The guard image (`images/guard`: fail2ban), the same version as this astrtc.
+pub const GUARD_IMAGE: &str = concat!("astrtc/guard:", env!("CARGO_PKG_VERSION"));
+/// Asterisk's log directory: a volume shared with the guard, which reads the security log there.
+pub const LOG_DIR: &str = "/var/log/asterisk";
+/// The security log's file name in [`LOG_DIR`] (logger.conf's `security => security` channel).
+pub const SECURITY_LOG: &str = "security.log";
+/// fail2ban's configuration directory in the guard image.
+pub const GUARD_CONFIG_DIR: &str = "/etc/fail2ban";
+/// The guard image's healthcheck: fail2ban answers and runs its jails.
+pub const GUARD_HEALTHCHECK: &str = "/usr/local/bin/astrtc-guard-healthcheck";
+/// The guard's volume: fail2ban's state.
+pub const GUARD_DB_DIR: &str = "/var/lib/fail2ban";
+/// fail2ban's ban database, in the guard's volume: bans outlive a restart.
+pub const GUARD_DB_FILE: &str = "/var/lib/fail2ban/fail2ban.sqlite3";
+/// The compose `monitoring` profile's Prometheus image (`images/prometheus`, Debian's package).
+pub const PROMETHEUS_IMAGE: &str = concat!("astrtc/prometheus:", env!("CARGO_PKG_VERSION"));
+/// Uid (and gid) of the Prometheus image's user.
+pub const PROMETHEUS_UID: u32 = 10062;
+/// Where the Prometheus container reads its settings (`deploy/prometheus`, mounted).
+pub const PROMETHEUS_CONFIG_DIR: &str = "/etc/prometheus";
 /// Where configs are mounted.
 pub const CONFIG_DIR: &str = "/etc/asterisk";
-/// Where keys are mounted.
-pub const KEYS_DIR: &str = "/etc/asterisk/keys";
+/// Where keys are mounted: beside the config directory, not inside it, so each is one directory
+/// mount that can be switched as a whole (a mount inside a Kubernetes ConfigMap volume cannot be).
+pub const KEYS_DIR: &str = "/etc/asterisk-keys";
 /// The image's healthcheck command.
 pub const HEALTHCHECK: &str = "/usr/local/bin/astrtc-healthcheck";
 
@@ -56,9 +77,19 @@ pub fn asterisk_build_args() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Build arguments of the Prometheus image's Dockerfile.
+pub fn prometheus_build_args() -> Vec<(&'static str, String)> {
+    vec![("PROMETHEUS_UID", PROMETHEUS_UID.to_string())]
+}
+
 /// Build arguments of the sidecar image's Dockerfile.
 pub fn sidecar_build_args() -> Vec<(&'static str, String)> {
     vec![("ASTERISK_GID", ASTERISK_UID.to_string()), ("SIDECAR_UID", SIDECAR_UID.to_string())]
+}
+
+/// Build arguments of the guard image's Dockerfile.
+pub fn guard_build_args() -> Vec<(&'static str, String)> {
+    vec![("ASTERISK_GID", ASTERISK_UID.to_string())]
 }
 
 /// An image reference split into repository and tag (`latest` when none is given).

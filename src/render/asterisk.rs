@@ -67,10 +67,6 @@ pub const NOLOAD: &[&str] = &[
     "res_pjsip_notify.so",
     "res_manager_devicestate.so",
     "res_manager_presencestate.so",
-    "res_prometheus.so",
-    // Formats ~2.4 security events per registration for a log level no channel takes; its queue
-    // hits its high-water mark during REGISTER storms.
-    "res_security_log.so",
     "res_mwi_external.so",
     "res_mwi_external_ami.so",
     "res_stun_monitor.so",
@@ -83,23 +79,50 @@ pub const NOLOAD: &[&str] = &[
     "app_queue.so",
 ];
 
+/// The TLS 1.2 cipher suites the WSS and SIP-TLS listeners offer (OpenSSL names): forward-secret
+/// key exchange (ECDHE) with an AEAD cipher only, for ECDSA (astrtc's local CA) and RSA
+/// certificates. TLS 1.3's suites are all forward-secret AEAD and are left at OpenSSL's default;
+/// TLS 1.0 and 1.1 are off.
+pub const TLS_CIPHERS: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+];
+
+/// The modules not loaded: [`NOLOAD`], and `res_security_log.so` unless the guard reads the
+/// security log (it formats about 2.4 security events per registration; unread, they only cost
+/// CPU, and its queue hit its high-water mark during REGISTER storms).
+pub fn noload(plan: &Plan) -> Vec<&'static str> {
+    let mut v = NOLOAD.to_vec();
+    if plan.guard.is_none() {
+        v.push("res_security_log.so");
+    }
+    v
+}
+
 /// The context of every Asterisk config but the secret ones: the plan (no passwords in it) and
 /// the container paths.
 pub fn context(plan: &Plan) -> Value {
     context! {
         plan => Value::from(Serde(plan)),
         keys_dir => image::KEYS_DIR,
-        noload => Value::from(Serde(NOLOAD)),
+        noload => Value::from(Serde(noload(plan))),
         auth_file => AUTH_FILE,
         rtp_secrets_file => RTP_SECRETS_FILE,
-        tls_ciphers => TLS_CIPHERS,
+        tls_ciphers => Value::from(Serde(TLS_CIPHERS)),
+        security_log => image::SECURITY_LOG,
+        metrics_secrets_file => METRICS_SECRETS_FILE,
     }
 }
 
-/// The TLS 1.2 cipher suites Asterisk's TLS listeners offer: ECDHE (forward secrecy) with AEAD
-/// (GCM, ChaCha20-Poly1305) only, for ECDSA (the local CA's) and RSA certificates.
-pub const TLS_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
-ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+/// The context of `prometheus_auth.conf` and the monitoring profile's password file: the
+/// metrics password, nothing else.
+pub fn metrics_context(plan: &Plan) -> Value {
+    context! { metrics_password => &plan.metrics.password }
+}
 
 /// The context of `pjsip_auth.conf`: the endpoints' ids and passwords, nothing else.
 pub fn auth_context(plan: &Plan) -> Value {
@@ -114,5 +137,7 @@ pub fn turn_context(plan: &Plan) -> Value {
 
 /// `pjsip_auth.conf`, as pjsip.conf includes it.
 pub const AUTH_FILE: &str = "pjsip_auth.conf";
+/// `prometheus_auth.conf`, as prometheus.conf includes it.
+pub const METRICS_SECRETS_FILE: &str = "prometheus_auth.conf";
 /// `rtp_turn.conf`, as rtp.conf includes it.
 pub const RTP_SECRETS_FILE: &str = "rtp_turn.conf";

@@ -1,7 +1,7 @@
 //! The bundle: every output file of a deployment in memory (path, bytes, public or secret), and
-//! its two ways to disk — written as a whole with [`fsx::replace_dir`] (secret files 0640 with
-//! the plan's group), or compared with what is there (`render --check`: a unified diff for
-//! public files, secret files named but never shown).
+//! its two ways to disk — written (the directories containers mount switched by generations, the
+//! chart replaced as a whole, secret files 0640 with the plan's group), or compared with what is
+//! there (`render --check`: a unified diff for public files, secret files named but never shown).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -79,30 +79,104 @@ impl Bundle {
         self.files.get(Path::new(path)).and_then(|f| std::str::from_utf8(&f.bytes).ok())
     }
 
-    /// Writes the bundle to `out`, replacing its previous contents in one atomic swap
-    /// ([`fsx::replace_dir`]). On any error the previous `out` is left untouched.
+    /// Writes the bundle to `out`. The directories containers mount ([`LIVE_DIRS`]) are never
+    /// replaced: each gets a new generation switched in with one symlink rename
+    /// ([`fsx::Generations`]), so a running container sees the old set or the new one, never a
+    /// mix, and without being recreated; a directory whose files did not change is left alone.
+    /// The chart (`helm/`) is replaced as a whole ([`fsx::replace_dir`]); every other file is
+    /// written atomically on its own; what the bundle no longer has is removed. On an error the
+    /// directories not yet reached are untouched, and each one reached is whole (old or new).
     pub fn write_atomic(&self, out: &Path, access: SecretAccess) -> Result<(), RenderError> {
         let werr = |path: &Path, source| RenderError::Write { path: path.to_path_buf(), source };
-        fsx::replace_dir(out, werr, |root| {
-            for dir in &self.dirs {
-                let p = root.join(dir);
-                fs::create_dir_all(&p).map_err(|e| werr(&p, e))?;
-            }
-            for (rel, file) in &self.files {
-                let p = root.join(rel);
-                if let Some(d) = p.parent() {
-                    fs::create_dir_all(d).map_err(|e| werr(d, e))?;
+        fs::create_dir_all(out).map_err(|e| werr(out, e))?;
+        for dir in LIVE_DIRS {
+            self.switch_live_dir(out, dir, access)?;
+        }
+        let chart_root = Path::new(CHART_ROOT);
+        if self.files.keys().any(|p| p.starts_with(chart_root)) {
+            fsx::replace_dir(&out.join(chart_root), werr, |root| {
+                for (rel, file) in self.files.iter().filter(|(p, _)| p.starts_with(chart_root)) {
+                    let p = root.join(rel.strip_prefix(chart_root).expect("below the chart root"));
+                    if let Some(d) = p.parent() {
+                        fs::create_dir_all(d).map_err(|e| werr(d, e))?;
+                    }
+                    write_file(&p, file, access).map_err(|e| werr(&p, e))?;
                 }
-                let mut f = fs::File::create(&p).map_err(|e| werr(&p, e))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(file.kind.mode())).map_err(|e| werr(&p, e))?;
-                if let (FileKind::Secret | FileKind::SecretExecutable, Some(gid)) = (file.kind, access.chgrp()) {
-                    std::os::unix::fs::chown(&p, None, Some(gid)).map_err(|e| werr(&p, e))?;
-                }
-                f.write_all(&file.bytes).map_err(|e| werr(&p, e))?;
-                f.sync_all().map_err(|e| werr(&p, e))?;
+                Ok(())
+            })?;
+        }
+        for (rel, file) in &self.files {
+            let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+            if LIVE_DIRS.contains(&top.as_str()) || rel.starts_with(chart_root) {
+                continue;
             }
-            Ok(())
-        })
+            let p = out.join(rel);
+            if let Some(d) = p.parent() {
+                fs::create_dir_all(d).map_err(|e| werr(d, e))?;
+            }
+            if fs::read(&p).ok().as_deref() == Some(file.bytes.as_slice()) && mode_of(&p) == Some(file.kind.mode()) {
+                continue;
+            }
+            fsx::write_atomic(&p, &file.bytes, file.kind.mode()).map_err(|e| werr(&p, e))?;
+            if let (FileKind::Secret | FileKind::SecretExecutable, Some(gid)) = (file.kind, access.chgrp()) {
+                std::os::unix::fs::chown(&p, None, Some(gid)).map_err(|e| werr(&p, e))?;
+            }
+        }
+        for dir in &self.dirs {
+            let p = out.join(dir);
+            fs::create_dir_all(&p).map_err(|e| werr(&p, e))?;
+        }
+        // What the bundle no longer has (files added by hand, outputs of an older astrtc).
+        let mut on_disk = BTreeSet::new();
+        walk(out, out, &mut on_disk)?;
+        for rel in on_disk.difference(&self.files.keys().cloned().collect()) {
+            let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+            if !LIVE_DIRS.contains(&top.as_str()) {
+                let _ = fs::remove_file(out.join(rel));
+            }
+        }
+        fsx::sync_dir(out);
+        Ok(())
+    }
+
+    /// One generation-switched directory: a new generation when its files changed.
+    fn switch_live_dir(&self, out: &Path, dir: &str, access: SecretAccess) -> Result<(), RenderError> {
+        let werr = |path: &Path, source| RenderError::Write { path: path.to_path_buf(), source };
+        let prefix = Path::new(dir);
+        let mine: Vec<(String, &BundleFile)> = self
+            .files
+            .iter()
+            .filter_map(|(p, f)| Some((p.strip_prefix(prefix).ok()?.to_str()?.to_string(), f)))
+            .collect();
+        let path = out.join(dir);
+        let wanted = self.dirs.contains(prefix);
+        if mine.is_empty() && !wanted {
+            if path.exists() {
+                fs::remove_dir_all(&path).map_err(|e| werr(&path, e))?;
+            }
+            return Ok(());
+        }
+        let generations = fsx::Generations::new(&path, access.chgrp());
+        let same = generations.names() == mine.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+            && mine.iter().all(|(name, f)| {
+                let p = path.join(name);
+                fs::read(&p).ok().as_deref() == Some(f.bytes.as_slice()) && mode_of(&p) == Some(f.kind.mode())
+            });
+        if same {
+            return Ok(());
+        }
+        if mine.is_empty() {
+            fs::create_dir_all(&path).map_err(|e| werr(&path, e))?;
+            for name in generations.names() {
+                let _ = fs::remove_file(path.join(name));
+            }
+            return Ok(());
+        }
+        let files: Vec<fsx::GenerationFile<'_>> = mine
+            .iter()
+            .map(|(name, f)| fsx::GenerationFile { name: name.as_str(), bytes: &f.bytes, mode: f.kind.mode() })
+            .collect();
+        generations.switch(&files).map_err(|e| werr(&path, e))
     }
 
     /// Compares the bundle with `out`. Secret files are compared but never shown.
@@ -150,6 +224,29 @@ impl Bundle {
         }
         Ok(CheckReport { changes })
     }
+}
+
+/// The directories of the output that containers mount, each switched by generations: the
+/// Asterisk configs, the certificate, the ACME sidecar's settings, the monitoring profile's
+/// Prometheus settings. Their files are flat (no subdirectories).
+pub const LIVE_DIRS: &[&str] = &["asterisk", "keys", "certs", "prometheus"];
+
+/// The chart, replaced as a whole.
+const CHART_ROOT: &str = "helm";
+
+fn mode_of(path: &Path) -> Option<u32> {
+    fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o777)
+}
+
+/// Writes one file of a staged tree (the chart) with its mode and group.
+fn write_file(p: &Path, file: &BundleFile, access: SecretAccess) -> std::io::Result<()> {
+    let mut f = fs::File::create(p)?;
+    fs::set_permissions(p, fs::Permissions::from_mode(file.kind.mode()))?;
+    if let (FileKind::Secret | FileKind::SecretExecutable, Some(gid)) = (file.kind, access.chgrp()) {
+        std::os::unix::fs::chown(p, None, Some(gid))?;
+    }
+    f.write_all(&file.bytes)?;
+    f.sync_all()
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) -> Result<(), RenderError> {

@@ -14,16 +14,27 @@ use crate::spec::{AcmeChallenge, NetworkMode};
 /// Name of the user-defined network in bridge mode.
 pub const NETWORK_NAME: &str = "astrtc";
 
+/// The guard's rendered files (`deploy/guard/`), each mounted over its place in fail2ban's
+/// configuration directory, beside the package's untouched `*.conf` files.
+pub const GUARD_FILES: &[&str] =
+    &["fail2ban.d/astrtc.local", "jail.d/astrtc.local", "filter.d/asterisk.local", "action.d/nftables.local"];
+
 /// The context of `compose.yaml`.
 pub fn context(plan: &Plan) -> Value {
     let n = &plan.network;
     let rtp_range = format!("{}-{}", plan.rtp.start, plan.rtp.end);
     let published_ports: Vec<String> = if n.mode == NetworkMode::Bridge {
-        vec![
-            format!("{0}:{0}/tcp", n.wss_port),
-            format!("{0}:{0}/udp", n.sip_port),
-            format!("{rtp_range}:{rtp_range}/udp"),
-        ]
+        // Only the listeners that exist on the network: UDP SIP when a phone uses it (otherwise
+        // it answers on the container's loopback only), SIP over TLS when a phone uses that.
+        let mut ports = vec![format!("{0}:{0}/tcp", n.wss_port)];
+        if plan.listeners.sip_udp_public {
+            ports.push(format!("{0}:{0}/udp", n.sip_port));
+        }
+        if plan.listeners.sip_tls {
+            ports.push(format!("{0}:{0}/tcp", n.sip_tls_port));
+        }
+        ports.push(format!("{rtp_range}:{rtp_range}/udp"));
+        ports
     } else {
         Vec::new()
     };
@@ -44,7 +55,14 @@ pub fn context(plan: &Plan) -> Value {
             healthcheck => Value::from(Serde(["CMD", "/usr/local/bin/astrtc", "certs", "check"])),
         }
     });
+    let guard_files: Vec<_> = GUARD_FILES
+        .iter()
+        .map(|f| context! { source => format!("./guard/{f}"), target => format!("{}/{f}", image::GUARD_CONFIG_DIR) })
+        .collect();
     context! {
+        guard => Value::from(Serde(&plan.guard)),
+        guard_files => guard_files,
+        guard_healthcheck => Value::from(Serde(["CMD", image::GUARD_HEALTHCHECK])),
         sidecar => sidecar,
         plan => Value::from(Serde(plan)),
         rtp_range => rtp_range,
@@ -56,5 +74,45 @@ pub fn context(plan: &Plan) -> Value {
         healthcheck => Value::from(Serde(["CMD", image::HEALTHCHECK])),
         memory_limit => format!("{}m", plan.resources.memory_limit_mb),
         memory_request => format!("{}m", plan.resources.memory_request_mb),
+        drain_seconds => plan.lifecycle.drain_seconds.to_string(),
+        stop_grace_period => format!("{}s", plan.lifecycle.stop_grace_seconds()),
+        restart_digest => RESTART_DIGEST_PLACEHOLDER,
+        prometheus => plan.metrics.enabled.then(|| context! {
+            image => image::PROMETHEUS_IMAGE,
+            uid => image::PROMETHEUS_UID,
+            config_dir => image::PROMETHEUS_CONFIG_DIR,
+            listen => format!("127.0.0.1:{}", plan.metrics.prometheus_port),
+            group => plan.secret_access.group_add.unwrap_or(image::ASTERISK_UID).to_string(),
+            args => Value::from(Serde([
+                format!("--config.file={}/prometheus.yml", image::PROMETHEUS_CONFIG_DIR),
+                "--storage.tsdb.path=/prometheus".to_string(),
+                "--storage.tsdb.retention.time=15d".to_string(),
+                format!("--web.listen-address=127.0.0.1:{}", plan.metrics.prometheus_port),
+            ])),
+            healthcheck => Value::from(Serde([
+                "CMD".to_string(),
+                "/usr/bin/promtool".to_string(),
+                "check".to_string(),
+                "healthy".to_string(),
+                "--url".to_string(),
+                format!("http://127.0.0.1:{}", plan.metrics.prometheus_port),
+            ])),
+        }),
+    }
+}
+
+/// What the restart digest label holds in the template; the real digest is put in its place
+/// once every other file is rendered (see [`crate::render::restart`]).
+pub const RESTART_DIGEST_PLACEHOLDER: &str = "@@ASTRTC_RESTART_DIGEST@@";
+/// The label on the Asterisk container naming the restart digest it was created with.
+pub const RESTART_DIGEST_LABEL: &str = "io.astrtc.restart-digest";
+
+/// The context of the monitoring profile's `prometheus.yml`: Asterisk's loopback HTTP listener
+/// as the target (Prometheus shares Asterisk's network namespace).
+pub fn prometheus_context(plan: &Plan) -> Value {
+    context! {
+        plan => Value::from(Serde(plan)),
+        target => format!("127.0.0.1:{}", plan.network.http_port),
+        password_file => format!("{}/metrics-password", image::PROMETHEUS_CONFIG_DIR),
     }
 }

@@ -20,11 +20,15 @@ use crate::spec::{AcmeChallenge, NetworkMode};
 
 /// Where the chart goes in the output.
 pub const CHART_DIR: &str = "helm/astrtc";
+/// The restart digest in the chart (`files/restart-digest`): the pod annotation
+/// `checksum/restart`, so a `helm upgrade` restarts the pod exactly when a change needs it.
+pub const RESTART_DIGEST_FILE: &str = "files/restart-digest";
 
 /// The context of the chart's generated files.
 pub fn context(plan: &Plan) -> Value {
     let ImageRef { repository, tag } = plan.image_ref();
     let sidecar = ImageRef::parse(image::SIDECAR_IMAGE);
+    let guard = ImageRef::parse(image::GUARD_IMAGE);
     let rtp_ports = plan.rtp.len();
     let bundled_keys = plan.tls.mode == crate::spec::TlsMode::SelfSigned;
     let host_port_ok = i64::from(rtp_ports) <= MAX_BRIDGE_RTP_PORTS;
@@ -50,6 +54,11 @@ pub fn context(plan: &Plan) -> Value {
         sidecar_repository => sidecar.repository,
         sidecar_tag => sidecar.tag,
         sidecar_uid => image::SIDECAR_UID,
+        sip_tls_port => if plan.listeners.sip_tls { plan.network.sip_tls_port } else { 0 },
+        guard_enabled => plan.guard.is_some(),
+        guard_available => plan.guard.is_some(),
+        guard_repository => guard.repository,
+        guard_tag => guard.tag,
         acme_challenge => Value::from(Serde(plan.tls.acme.as_ref().map_or(AcmeChallenge::Http01, |a| a.challenge))),
         acme_http_port => plan.tls.acme.as_ref().map_or(80, |a| a.http_port),
         acme_startup_seconds => plan.tls.acme.as_ref().map_or(300, Acme::first_certificate_wait),
@@ -61,7 +70,7 @@ pub fn context(plan: &Plan) -> Value {
 }
 
 /// The copies the chart carries of the very files compose mounts: configs (passwords into the
-/// chart's Secret), the sidecar's settings, keys.
+/// chart's Secret), the sidecar's settings, the guard's fail2ban files, keys.
 pub fn chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
     bundle
         .files()
@@ -74,8 +83,12 @@ pub fn chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
                     FileKind::Public => format!("{CHART_DIR}/files/asterisk/{rest}"),
                     FileKind::Secret | FileKind::SecretExecutable => format!("{CHART_DIR}/files/secrets/{rest}"),
                 }
+            } else if let Some(rest) = p.strip_prefix("guard/") {
+                format!("{CHART_DIR}/files/guard/{rest}")
             } else if let Some(rest) = p.strip_prefix("certs/") {
                 format!("{CHART_DIR}/files/certs/{rest}")
+            } else if p == crate::render::templates::PROMETHEUS_PASSWORD {
+                format!("{CHART_DIR}/files/metrics/password")
             } else if p.starts_with("keys/") && matches!(name, "asterisk.crt" | "asterisk.key" | "ca.crt") {
                 format!("{CHART_DIR}/files/keys/{name}")
             } else {

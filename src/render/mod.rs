@@ -6,17 +6,19 @@
 //! `templates/deploy/` is the output directory file for file ([`crate::assets`]): `.j2` files are
 //! rendered, every other file is copied, and a few are conditional (TURN, ACME, certificates).
 //! One module per output family provides its template context ([`asterisk`], [`compose`],
-//! [`helm`]); secrets reach only the templates of the secret files, through contexts of their
+//! [`guard`], [`helm`]); secrets reach only the templates of the secret files, through contexts of their
 //! own. The [`Bundle`] compares itself with disk (`render --check`) and writes itself with
 //! [`crate::fsx::replace_dir`].
 
 pub mod asterisk;
 mod bundle;
 pub mod compose;
+pub mod guard;
 pub mod helm;
+pub mod restart;
 pub mod templates;
 
-pub use bundle::{file_gid, Bundle, BundleFile, Change, CheckReport, FileKind};
+pub use bundle::{file_gid, Bundle, BundleFile, Change, CheckReport, FileKind, LIVE_DIRS};
 
 use std::path::{Path, PathBuf};
 
@@ -78,8 +80,14 @@ pub struct Inputs {
 }
 
 /// Files that hold secrets (mode 0640, never shown in a diff).
-pub const SECRET_FILES: &[&str] =
-    &[templates::PJSIP_AUTH_CONF, templates::RTP_TURN_CONF, "keys/asterisk.key", "keys/asterisk.pem"];
+pub const SECRET_FILES: &[&str] = &[
+    templates::PJSIP_AUTH_CONF,
+    templates::RTP_TURN_CONF,
+    templates::PROMETHEUS_AUTH_CONF,
+    templates::PROMETHEUS_PASSWORD,
+    "keys/asterisk.key",
+    "keys/asterisk.pem",
+];
 
 /// The sidecar's settings file in `certs/`.
 pub const SIDECAR_CONFIG_FILE: &str = "acme.toml";
@@ -102,12 +110,16 @@ pub(crate) fn render_template(
 fn wanted(plan: &Plan, inputs: &Inputs, path: &str) -> bool {
     if path == templates::RTP_TURN_CONF {
         plan.rtp.turn.is_some()
+    } else if path == templates::PROMETHEUS_AUTH_CONF || path.starts_with("prometheus/") {
+        plan.metrics.enabled
     } else if path == "keys/ca.crt" {
         inputs.certs.as_ref().is_some_and(|c| c.ca_pem.is_some())
     } else if path.starts_with("keys/") {
         inputs.certs.is_some()
     } else if path.starts_with("certs/") {
         plan.tls.acme.is_some()
+    } else if path.starts_with("guard/") {
+        plan.guard.is_some()
     } else {
         true
     }
@@ -131,9 +143,8 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
         let kind = if SECRET_FILES.contains(&path) { FileKind::Secret } else { FileKind::Public };
         bundle.add(path, bytes, kind);
     }
-    // Mount points: the keys directory, and its place inside the read-only config mount.
+    // The keys directory is mounted even before it holds a certificate (ACME mode).
     bundle.add_dir("keys");
-    bundle.add_dir("asterisk/keys");
     // Files the spec names, copied as they are.
     if let Some(ca) = &inputs.acme_ca_bundle {
         bundle.add(format!("certs/{SIDECAR_CA_FILE}"), ca.clone(), FileKind::Public);
@@ -145,7 +156,46 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
     for (path, file) in helm::chart_files(&bundle) {
         bundle.add(path, file.bytes, file.kind);
     }
+    // The restart digests: the chart's pod annotation, compose's container label.
+    let view = restart::config_view(&bundle);
+    bundle.add(
+        format!("{}/{}", helm::CHART_DIR, helm::RESTART_DIGEST_FILE),
+        restart::digest(&view).into_bytes(),
+        FileKind::Public,
+    );
+    if let Some(compose) = bundle.text(templates::COMPOSE_YAML).map(str::to_string) {
+        let service = compose_service(&compose, "asterisk");
+        let label = restart::digest(&format!("{view}==> compose service\n{service}"));
+        bundle.add(
+            templates::COMPOSE_YAML,
+            compose.replace(compose::RESTART_DIGEST_PLACEHOLDER, &label).into_bytes(),
+            FileKind::Public,
+        );
+    }
     Ok(bundle)
+}
+
+/// The lines of one service of a rendered compose.yaml (the file's own layout: two-space
+/// service names under `services:`).
+fn compose_service(compose: &str, name: &str) -> String {
+    let header = format!("  {name}:");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in compose.lines() {
+        if line == header {
+            inside = true;
+        } else if inside
+            && (!line.starts_with(' ') || (line.starts_with("  ") && !line.starts_with("   ")))
+            && !line.trim_start().starts_with('#')
+        {
+            break;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The template contexts, one per output family; secrets only in the secret files' own.
@@ -153,10 +203,13 @@ struct Contexts {
     asterisk: minijinja::Value,
     pjsip_auth: minijinja::Value,
     rtp_turn: minijinja::Value,
+    metrics_secret: minijinja::Value,
+    prometheus: minijinja::Value,
     compose: minijinja::Value,
     helm: minijinja::Value,
     keys: minijinja::Value,
     acme: minijinja::Value,
+    guard: minijinja::Value,
 }
 
 impl Contexts {
@@ -165,6 +218,8 @@ impl Contexts {
             asterisk: asterisk::context(plan),
             pjsip_auth: asterisk::auth_context(plan),
             rtp_turn: asterisk::turn_context(plan),
+            metrics_secret: asterisk::metrics_context(plan),
+            prometheus: compose::prometheus_context(plan),
             compose: compose::context(plan),
             helm: helm::context(plan),
             keys: match &inputs.certs {
@@ -174,6 +229,7 @@ impl Contexts {
                 None => context! {},
             },
             acme: sidecar_context(plan)?,
+            guard: guard::context(plan),
         })
     }
 
@@ -181,9 +237,12 @@ impl Contexts {
         match path {
             templates::PJSIP_AUTH_CONF => self.pjsip_auth.clone(),
             templates::RTP_TURN_CONF => self.rtp_turn.clone(),
+            templates::PROMETHEUS_AUTH_CONF | templates::PROMETHEUS_PASSWORD => self.metrics_secret.clone(),
+            templates::PROMETHEUS_YML => self.prometheus.clone(),
             _ if path.starts_with("asterisk/") => self.asterisk.clone(),
             _ if path.starts_with("keys/") => self.keys.clone(),
             _ if path.starts_with("certs/") => self.acme.clone(),
+            _ if path.starts_with("guard/") => self.guard.clone(),
             _ if path.starts_with("helm/") => self.helm.clone(),
             _ => self.compose.clone(),
         }

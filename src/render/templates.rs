@@ -23,6 +23,14 @@ pub const HTTP_CONF: &str = "asterisk/http.conf";
 pub const RTP_CONF: &str = "asterisk/rtp.conf";
 /// `asterisk/rtp_turn.conf` (secret).
 pub const RTP_TURN_CONF: &str = "asterisk/rtp_turn.conf";
+/// `asterisk/prometheus.conf`.
+pub const PROMETHEUS_CONF: &str = "asterisk/prometheus.conf";
+/// `asterisk/prometheus_auth.conf` (secret).
+pub const PROMETHEUS_AUTH_CONF: &str = "asterisk/prometheus_auth.conf";
+/// `prometheus/prometheus.yml`: the monitoring profile's Prometheus settings.
+pub const PROMETHEUS_YML: &str = "prometheus/prometheus.yml";
+/// `prometheus/metrics-password` (secret): the password Prometheus scrapes with.
+pub const PROMETHEUS_PASSWORD: &str = "prometheus/metrics-password";
 /// `asterisk/pjsip.conf`.
 pub const PJSIP_CONF: &str = "asterisk/pjsip.conf";
 /// `asterisk/pjsip_auth.conf` (secret).

@@ -12,6 +12,8 @@ pub const IMAGE: &str = crate::image::DEFAULT_IMAGE;
 pub const SECRETS_FILE: &str = "astrtc.secrets.toml";
 /// SIP over UDP.
 pub const SIP_PORT: i64 = 5060;
+/// SIP over TLS.
+pub const SIP_TLS_PORT: i64 = 5061;
 /// WSS on Asterisk's HTTPS server.
 pub const WSS_PORT: i64 = 8089;
 /// Plain HTTP, on loopback only.
@@ -68,3 +70,22 @@ pub const MEMORY_REQUEST_MB: i64 = 128;
 /// WSS sessions Asterisk accepts at once: Asterisk's own default (100) stops the 101st browser;
 /// `astrtc bench calls` carried more than that on 2 cores (README, "Sizing").
 pub const WSS_SESSIONS: i64 = 1000;
+/// Whether the guard (fail2ban) runs.
+pub const GUARD: bool = true;
+/// Failures from one address that ban it.
+pub const BAN_AFTER: i64 = 5;
+/// The window those failures must fall in, in seconds.
+pub const FIND_SECONDS: i64 = 600;
+/// How long a ban lasts, in seconds.
+pub const BAN_SECONDS: i64 = 3600;
+/// Seconds calls in progress may go on after a stop is asked for (an hour: most calls end well
+/// before; a Kubernetes node drain waits this long at most).
+pub const DRAIN_SECONDS: i64 = 3600;
+/// The longest drain a spec may ask for (a day).
+pub const MAX_DRAIN_SECONDS: i64 = 86_400;
+/// Metrics are on: `/metrics` with basic auth.
+pub const METRICS_ENABLED: bool = true;
+/// The basic-auth user of `/metrics` (its password is in the secrets file).
+pub const METRICS_USERNAME: &str = "prometheus";
+/// The compose `monitoring` profile's Prometheus listens on 127.0.0.1 at this port.
+pub const PROMETHEUS_PORT: i64 = 9090;

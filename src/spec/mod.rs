@@ -44,12 +44,21 @@ pub struct Spec {
     /// The endpoints, in the order they are rendered.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
+    /// Bans for scanners and password guessers (the `guard` service: fail2ban).
+    #[serde(default)]
+    pub security: SecuritySpec,
     /// What Asterisk logs.
     #[serde(default)]
     pub logging: LoggingSpec,
     /// Memory the deployment may use.
     #[serde(default)]
     pub resources: ResourcesSpec,
+    /// Shutdown: how long calls in progress may go on once Asterisk is asked to stop.
+    #[serde(default)]
+    pub lifecycle: LifecycleSpec,
+    /// Asterisk's Prometheus metrics (`res_prometheus`).
+    #[serde(default)]
+    pub metrics: MetricsSpec,
     /// What limits how many calls the deployment carries.
     #[serde(default)]
     pub performance: PerformanceSpec,
@@ -83,6 +92,41 @@ pub struct ResourcesSpec {
     pub memory_request_mb: Option<i64>,
 }
 
+/// `[security]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySpec {
+    /// Run the guard (fail2ban reading Asterisk's security log, banning with nftables).
+    pub guard: Option<bool>,
+    /// Failures (failed digest, unknown endpoint, ACL refusal) from one address that ban it.
+    pub ban_after: Option<i64>,
+    /// The window, in seconds, in which `ban_after` failures must fall.
+    pub find_seconds: Option<i64>,
+    /// How long a ban lasts, in seconds.
+    pub ban_seconds: Option<i64>,
+    /// Networks (CIDR) never banned, e.g. the office. Loopback is never banned either.
+    pub allow: Option<Vec<String>>,
+}
+
+/// `[lifecycle]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSpec {
+    /// Seconds established calls may go on after a stop is asked for (compose stop, pod deletion,
+    /// a restart by `astrtc apply`); new calls get 503 meanwhile. Then Asterisk stops anyway.
+    pub drain_seconds: Option<i64>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// Serve `/metrics` (res_prometheus, basic auth with the password from the secrets file).
+    pub enabled: Option<bool>,
+    /// The port of the compose `monitoring` profile's Prometheus (on 127.0.0.1).
+    pub prometheus_port: Option<i64>,
+}
+
 /// `[network]`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +142,8 @@ pub struct NetworkSpec {
     pub local_address: Option<IpAddr>,
     /// SIP over UDP port.
     pub sip_port: Option<i64>,
+    /// SIP over TLS port (phones with `transport = "tls"`).
+    pub sip_tls_port: Option<i64>,
     /// WSS (SIP over secure WebSocket) port of Asterisk's HTTPS server.
     pub wss_port: Option<i64>,
     /// Plain HTTP port, bound to loopback only.
@@ -232,6 +278,18 @@ pub struct EndpointSpec {
     /// Whose codec order wins when a call is set up: `client` (default: the order the browser
     /// or phone offers, Asterisk's default) or `spec` (this endpoint's `codecs` order).
     pub codec_preference: Option<CodecPreference>,
+    /// `kind = "sip"` only: `udp` (default) or `tls` (SIP over TLS with SRTP media, SDES keys).
+    pub transport: Option<SipTransport>,
+}
+
+/// How a plain SIP phone reaches Asterisk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SipTransport {
+    /// SIP over UDP, RTP in the clear.
+    Udp,
+    /// SIP over TLS, SRTP media with SDES keys (`media_encryption = sdes`).
+    Tls,
 }
 
 /// Whose codec order an endpoint's calls follow.
@@ -251,7 +309,7 @@ pub enum CodecPreference {
 pub enum EndpointKind {
     /// A browser: WSS, DTLS-SRTP, ICE, AVPF, rtcp-mux.
     Webrtc,
-    /// A plain SIP phone: UDP, RTP.
+    /// A plain SIP phone: UDP with RTP, or TLS with SRTP.
     Sip,
 }
 

@@ -24,6 +24,16 @@ pub struct Secrets {
     pub endpoints: BTreeMap<String, String>,
     /// TURN credentials, when `[rtp] turn` is set.
     pub turn: Option<TurnSecrets>,
+    /// The password scrapers give for `/metrics`, when metrics are on.
+    pub metrics: Option<MetricsSecrets>,
+}
+
+/// `[metrics]` in the secrets file.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSecrets {
+    /// The basic-auth password of `/metrics`.
+    pub password: String,
 }
 
 /// `[turn]` in the secrets file.
@@ -39,6 +49,7 @@ impl fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
             .field("turn", &self.turn.as_ref().map(|_| "<redacted>"))
+            .field("metrics", &self.metrics.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -81,7 +92,7 @@ impl Secrets {
     /// The file's text, with a header saying what it is.
     pub fn to_toml(&self) -> String {
         let mut text = String::from(
-            "# astrtc secrets: SIP passwords for the endpoints in astrtc.toml.\n\
+            "# astrtc secrets: SIP passwords for the endpoints in astrtc.toml (and the metrics password).\n\
              # Keep this file private (mode 0600) and out of version control.\n\
              # Passwords: 16-128 characters of A-Z a-z 0-9 - _ . ~ + / ! @ % ^ * ( ) , : ?\n\n",
         );

@@ -30,10 +30,16 @@ pub struct Valid {
     pub dialplan: Dialplan,
     /// Endpoints, in spec order, with their passwords.
     pub endpoints: Vec<Endpoint>,
+    /// Bans.
+    pub security: Security,
     /// What Asterisk logs.
     pub logging: Logging,
     /// Memory the deployment may use.
     pub resources: Resources,
+    /// Shutdown.
+    pub lifecycle: Lifecycle,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
     /// What limits how many calls it carries.
     pub performance: Performance,
 }
@@ -61,6 +67,50 @@ pub struct Resources {
     pub memory_request_mb: u32,
 }
 
+/// `[security]`: the guard's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Security {
+    /// Whether the guard runs.
+    pub guard: bool,
+    /// Failures from one address within `find_seconds` that ban it.
+    pub ban_after: u32,
+    /// The window, in seconds.
+    pub find_seconds: u32,
+    /// Ban length, in seconds.
+    pub ban_seconds: u32,
+    /// Networks never banned, as `address/prefix`.
+    pub allow: Vec<String>,
+}
+
+/// How Asterisk stops.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Lifecycle {
+    /// Seconds calls in progress may go on after a stop is asked for; new calls get 503.
+    pub drain_seconds: u32,
+}
+
+impl Lifecycle {
+    /// What the orchestrator waits before killing the container: the drain, plus time for
+    /// Asterisk to hang up what is left and stop (`core stop now` waits up to 15 s).
+    pub fn stop_grace_seconds(&self) -> u32 {
+        self.drain_seconds + 30
+    }
+}
+
+/// Asterisk's `/metrics` (res_prometheus).
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    /// Whether `/metrics` is served.
+    pub enabled: bool,
+    /// Basic-auth user.
+    pub username: String,
+    /// Basic-auth password (from the secrets file); never serialized.
+    #[serde(skip_serializing)]
+    pub password: String,
+    /// The compose `monitoring` profile's Prometheus port (127.0.0.1).
+    pub prometheus_port: u16,
+}
+
 /// Network attachment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
@@ -68,6 +118,8 @@ pub struct Network {
     pub mode: NetworkMode,
     /// SIP over UDP port.
     pub sip_port: u16,
+    /// SIP over TLS port.
+    pub sip_tls_port: u16,
     /// WSS port.
     pub wss_port: u16,
     /// Loopback-only HTTP port.
@@ -204,6 +256,18 @@ pub struct Dialplan {
     pub echo_extension: String,
 }
 
+/// The SIP transport of an endpoint: WSS for browsers, UDP or TLS for phones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// SIP over secure WebSocket (WebRTC endpoints).
+    Wss,
+    /// SIP over UDP.
+    Udp,
+    /// SIP over TLS, SRTP media.
+    Tls,
+}
+
 /// One endpoint, fully resolved.
 #[derive(Debug, Clone, Serialize)]
 pub struct Endpoint {
@@ -211,6 +275,8 @@ pub struct Endpoint {
     pub id: String,
     /// WebRTC or plain SIP.
     pub kind: EndpointKind,
+    /// The transport it registers over.
+    pub transport: Transport,
     /// Codecs in preference order.
     pub codecs: Vec<String>,
     /// Caller id name.

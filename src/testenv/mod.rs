@@ -392,6 +392,7 @@ async fn start(
     for id in ids {
         secrets.endpoints.insert(id.clone(), generate_password());
     }
+    secrets.metrics = Some(crate::spec::secrets::MetricsSecrets { password: generate_password() });
     crate::fsx::write_atomic(&dir.join("astrtc.secrets.toml"), secrets.to_toml().as_bytes(), 0o600)
         .map_err(state_err(dir))?;
     crate::fsx::write_atomic(&spec_path, spec_text.as_bytes(), 0o644).map_err(state_err(dir))?;

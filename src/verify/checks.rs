@@ -127,11 +127,39 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
         }
     }
 
-    // SIP over UDP.
+    // SIP over UDP: answered where a phone uses it; otherwise bound to loopback only, so it must
+    // answer there and nowhere else.
     let sip = resolve(&target.host, plan.network.sip_port);
     match &sip {
-        Ok(addr) => report.push(options_check(*addr, &domain, plan.network.sip_port).await),
+        Ok(addr) => {
+            let public = plan.listeners.sip_udp_public || addr.ip().is_loopback();
+            report.push(options_check(*addr, &domain, plan.network.sip_port, public).await)
+        }
         Err(e) => report.push(Check::fail("sip udp", e.clone(), "pass the deployment's address with --host")),
+    }
+
+    // SIP over TLS, when a phone uses it: the same certificate checks as the WSS listener.
+    if plan.listeners.sip_tls {
+        match resolve(&target.host, plan.network.sip_tls_port) {
+            Ok(addr) => {
+                let (domain, ca) = (domain.clone(), target.ca_pem.clone());
+                let r = tokio::task::spawn_blocking(move || tls::check_tls(addr, &domain, &ca)).await.expect("join");
+                report.push(match r {
+                    Ok(t) => {
+                        Check::pass("sip tls", format!("{} on {addr}, certificate for {}", t.protocol, plan.tls.domain))
+                    }
+                    Err(e) => Check::fail(
+                        "sip tls",
+                        e.to_string(),
+                        format!(
+                            "is TCP port {} open, and does the certificate chain to {}?",
+                            plan.network.sip_tls_port, target.ca_file
+                        ),
+                    ),
+                });
+            }
+            Err(e) => report.push(Check::fail("sip tls", e, "pass the deployment's address with --host")),
+        }
     }
 
     // Inside the container, when it is local.
@@ -245,24 +273,38 @@ async fn register_check(name: String, wss: SocketAddr, domain: &str, ca_pem: &st
 }
 
 /// SIP OPTIONS over UDP: any final answer proves Asterisk listens.
-async fn options_check(addr: SocketAddr, domain: &str, port: u16) -> Check {
+/// OPTIONS over UDP to `addr`: it must answer when `public` (a phone uses UDP, or `addr` is
+/// loopback), and must not when no phone uses UDP (the listener is bound to loopback only).
+async fn options_check(addr: SocketAddr, domain: &str, port: u16, public: bool) -> Check {
     let transport = match Transport::udp(addr).await {
         Ok(t) => t,
         Err(e) => return Check::fail("sip udp", error_chain(&e), "check the host's network"),
     };
     let mut ua = UserAgent::new(transport, "astrtc-verify", "", domain);
     ua.timeout = Duration::from_secs(3);
-    match ua.options(&format!("sip:{addr}")).await {
-        Ok(resp) => Check::pass(
+    match (ua.options(&format!("sip:{addr}")).await, public) {
+        (Ok(resp), true) => Check::pass(
             "sip udp",
             format!("OPTIONS to {addr} answered {} {}", resp.code().unwrap_or_default(), resp.reason()),
         ),
-        Err(SipError::Timeout { .. }) => Check::fail(
+        (Err(SipError::Timeout { .. }), true) => Check::fail(
             "sip udp",
             format!("no answer to OPTIONS on udp {addr} within 3 s"),
             format!("is Asterisk running and UDP port {port} open (firewall, published port)?"),
         ),
-        Err(e) => Check::fail("sip udp", error_chain(&e), "check the host's network"),
+        (Err(SipError::Timeout { .. }), false) => {
+            Check::pass("sip udp", format!("no UDP SIP listener on {addr} (no phone uses UDP; loopback only)"))
+        }
+        (Ok(resp), false) => Check::fail(
+            "sip udp",
+            format!(
+                "OPTIONS to {addr} answered {} {}, but no phone uses UDP",
+                resp.code().unwrap_or_default(),
+                resp.reason()
+            ),
+            "the deployment runs configs older than the spec: render and restart it",
+        ),
+        (Err(e), _) => Check::fail("sip udp", error_chain(&e), "check the host's network"),
     }
 }
 

@@ -70,9 +70,21 @@ pub fn check_tls(addr: SocketAddr, domain: &str, ca_pem: &str) -> Result<TlsRepo
 
 /// A plain HTTP/1.1 GET over verified TLS; returns the whole response (head and body).
 pub fn https_get(addr: SocketAddr, domain: &str, ca_pem: &str, path: &str) -> Result<String, VerifyError> {
+    https_get_with(addr, domain, ca_pem, path, "")
+}
+
+/// [`https_get`] with extra header lines (each ending in `\r\n`), e.g. `Authorization`.
+pub fn https_get_with(
+    addr: SocketAddr,
+    domain: &str,
+    ca_pem: &str,
+    path: &str,
+    headers: &str,
+) -> Result<String, VerifyError> {
     let mut tls = connect(addr, domain, ca_pem)?;
     let io = |source| VerifyError::Tls { addr, domain: domain.into(), source };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {domain}:{}\r\nConnection: close\r\n\r\n", addr.port());
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {domain}:{}\r\nConnection: close\r\n{headers}\r\n", addr.port());
     tls.write_all(request.as_bytes()).map_err(io)?;
     let mut out = Vec::new();
     match tls.read_to_end(&mut out) {

@@ -53,10 +53,19 @@ try {
   const page = context.pages()[0] || (await context.newPage());
   page.on('console', (m) => consoleLines.push(`[${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
-  try {
-    await page.goto(args.page, { timeout: 10000 });
-  } catch (e) {
-    throw new Error(`cannot load ${args.page}: ${e.message.split('\n')[0]}`);
+  // Chromium aborts a load with ERR_NETWORK_CHANGED when an interface comes or goes on the host
+  // (other tests create namespaces, veths and Docker networks): that, and only that, is retried.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await page.goto(args.page, { timeout: 10000 });
+      break;
+    } catch (e) {
+      if (attempt < 4 && e.message.includes('ERR_NETWORK_CHANGED')) {
+        consoleLines.push(`[retry] ${e.message.split('\n')[0]}`);
+        continue;
+      }
+      throw new Error(`cannot load ${args.page}: ${e.message.split('\n')[0]}`);
+    }
   }
   await page.fill('#wss', args.wss);
   await page.fill('#user', args.user);

@@ -37,15 +37,37 @@ where
     }
 }
 
-/// Builds the Asterisk image once per test run, through `astrtc build`'s code path (bollard).
-/// With a warm cache this takes about a second; on a fresh host, the whole Asterisk build.
-pub fn ensure_image(tag: &str) {
+/// The host's CA bundle, handed to image builds (TLS-inspecting proxies).
+fn host_ca() -> Option<&'static Path> {
+    let ca = Path::new(astrtc::image::HOST_CA_BUNDLE);
+    ca.exists().then_some(ca)
+}
+
+/// The tag the tests run the Asterisk image under: named after the build context this test binary
+/// embeds (files and build arguments), so that another checkout building the same default tag
+/// at the same time on this engine can never swap the image under these tests.
+pub fn test_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        use md5::{Digest, Md5};
+        let tar = astrtc::image::context_tar(&astrtc::image::BuildContext::Embedded, host_ca()).unwrap();
+        let mut h = Md5::new();
+        h.update(&tar);
+        for (k, v) in astrtc::image::asterisk_build_args() {
+            h.update(format!("{k}={v}\n").as_bytes());
+        }
+        let hex: String = h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("astrtc-test/asterisk:{}-{hex}", astrtc::image::ASTERISK_VERSION)
+    })
+}
+
+/// Builds the Asterisk image once per test run as [`test_image`], through `astrtc build`'s code
+/// path (bollard). With a warm cache this takes about a second; on a fresh host, the whole
+/// Asterisk build.
+pub fn ensure_image() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let tag = tag.to_string();
     build_image_once(&BUILT, "Asterisk", move |docker| async move {
-        let ca = Path::new(astrtc::image::HOST_CA_BUNDLE);
-        let ca = ca.exists().then_some(ca);
-        astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, ca, &tag, &|_| {}).await
+        astrtc::image::build(&docker, &astrtc::image::BuildContext::Embedded, host_ca(), test_image(), &|_| {}).await
     });
 }
 
@@ -55,6 +77,22 @@ pub fn ensure_sidecar() {
     build_image_once(&BUILT, "sidecar", |docker| async move {
         let exe = assert_cmd::cargo::cargo_bin("astrtc");
         astrtc::image::build_sidecar(&docker, &exe, astrtc::image::SIDECAR_IMAGE, &|_| {}).await
+    });
+}
+
+/// The guard image (fail2ban), built once per run through `astrtc build`'s code path.
+pub fn ensure_guard() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    build_image_once(&BUILT, "guard", |docker| async move {
+        astrtc::image::build_guard(&docker, astrtc::image::GUARD_IMAGE, &|_| {}).await
+    });
+}
+
+/// The monitoring profile's Prometheus image (Debian's package), built once per run.
+pub fn ensure_prometheus() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    build_image_once(&BUILT, "Prometheus", |docker| async move {
+        astrtc::image::build_prometheus(&docker, astrtc::image::PROMETHEUS_IMAGE, &|_| {}).await
     });
 }
 
@@ -97,7 +135,7 @@ impl HostPorts {
 }
 
 /// A rendered copy of the `host-alt-ports` fixture on free ports, so tests running at once (and
-/// a `make up` stack on the default ports) never collide.
+/// a `make up` stack on the default ports) never collide, running [`test_image`].
 pub fn deployment() -> (tempfile::TempDir, Plan) {
     deployment_with(|spec| spec.to_string())
 }
@@ -105,14 +143,25 @@ pub fn deployment() -> (tempfile::TempDir, Plan) {
 /// [`deployment`] of the fixture's spec text changed by `edit` first (a deliberately broken
 /// deployment: other codecs, a public address).
 pub fn deployment_with(edit: impl FnOnce(&str) -> String) -> (tempfile::TempDir, Plan) {
+    let (dir, plan) = deployment_unrendered_with(edit);
+    astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
+    (dir, plan)
+}
+
+/// [`deployment`]'s spec and plan, not rendered yet (for tests that edit the spec first).
+pub fn deployment_unrendered() -> (tempfile::TempDir, Plan) {
+    deployment_unrendered_with(|spec| spec.to_string())
+}
+
+fn deployment_unrendered_with(edit: impl FnOnce(&str) -> String) -> (tempfile::TempDir, Plan) {
     let dir = fixture_copy("host-alt-ports");
     let spec = dir.path().join("astrtc.toml");
     let text = std::fs::read_to_string(&spec).unwrap();
     let moved = HostPorts::free().apply(&text);
     assert_ne!(moved, text, "the fixture's ports were not found");
+    let moved = moved.replacen("\n[network]", &format!("\nimage = {:?}\n\n[network]", test_image()), 1);
     std::fs::write(&spec, edit(&moved)).unwrap();
     let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
-    astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
     (dir, plan)
 }
 
@@ -148,6 +197,8 @@ impl ComposeProject {
 
 impl Drop for ComposeProject {
     fn drop(&mut self) {
-        let _ = self.run(&["down", "-v", "--timeout", "5"]);
+        // Never a panic here (a panic while a test unwinds aborts the whole run).
+        let _ =
+            Command::new("docker").args(["compose", "down", "-v", "--timeout", "5"]).current_dir(&self.dir).output();
     }
 }

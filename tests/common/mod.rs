@@ -2,15 +2,19 @@
 //! the `astrtc` binary, and skips that are counted. Beside them: [`docker`] (images and running
 //! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice),
 //! [`shape`] (outputs as their readers see them), [`certs`] (certificates with any names and
-//! validity),
-//! [`netns`] (clients on other networks: namespaces, NAT, firewalls), [`turn`] (a coturn TURN server).
+//! validity), [`netns`] (clients on other networks: namespaces, NAT, firewalls), [`turn`] (a coturn
+//! TURN server), [`attacker`] (network namespaces as distinct sources on the Internet), [`sip`]
+//! (blocking SIP helpers for threads of their own).
 
+pub mod attacker;
+pub mod call;
 pub mod certs;
 pub mod docker;
 pub mod netns;
 pub mod pebble;
 pub mod ports;
 pub mod shape;
+pub mod sip;
 pub mod turn;
 
 use std::fs;

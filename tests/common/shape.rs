@@ -88,6 +88,47 @@ pub fn asterisk_conf(text: &str) -> Vec<Section> {
     sections
 }
 
+/// Parses a fail2ban `.local` file the way fail2ban's configparser reads it: lines split at any
+/// of Python's line boundaries (`str.splitlines`: CR, LF, VT, FF, the C0 separators, NEL,
+/// U+2028, U+2029), `#` and `;` start a comment line, `[` opens a section, `=` or `:` splits key
+/// and value, and a line starting with blanks continues the value above it (it is appended to
+/// that key's value, so it never adds a key).
+pub fn fail2ban_ini(text: &str) -> Vec<Section> {
+    let mut sections = vec![Section { name: String::new(), lines: Vec::new() }];
+    let breaks = ['\n', '\r', '\x0b', '\x0c', '\x1c', '\x1d', '\x1e', '\u{85}', '\u{2028}', '\u{2029}'];
+    for raw in text.split(|c| breaks.contains(&c)) {
+        let current = sections.last_mut().expect("at least the unnamed section");
+        if raw.starts_with([' ', '\t']) && !raw.trim().is_empty() {
+            match current.lines.last_mut() {
+                Some((_, v)) => {
+                    v.push('\n');
+                    v.push_str(raw.trim());
+                }
+                None => current.lines.push((format!("<continuation> {raw}"), String::new())),
+            }
+            continue;
+        }
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix('[') {
+            let name = rest.strip_suffix(']').map(str::to_string).unwrap_or_else(|| format!("<no ']'> {rest}"));
+            sections.push(Section { name, lines: Vec::new() });
+            continue;
+        }
+        let split = l.find(['=', ':']).map(|i| (&l[..i], &l[i + 1..]));
+        match split {
+            Some((k, v)) => current.lines.push((k.trim().to_string(), v.trim().to_string())),
+            None => current.lines.push((format!("<no '='> {l}"), String::new())),
+        }
+    }
+    if sections[0].lines.is_empty() {
+        sections.remove(0);
+    }
+    sections
+}
+
 /// Every key path of a parsed document, with the type of each leaf (`/services/asterisk/image:
 /// string`) and sequence items by index, so a value that adds a key, an item or changes a type
 /// changes the set.
@@ -155,6 +196,22 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
         return Shape::Conf(
             asterisk_conf(text).into_iter().map(|s| (s.name, s.lines.into_iter().map(|(k, _)| k).collect())).collect(),
         );
+    }
+    if path.extension().is_some_and(|e| e == "local") {
+        return Shape::Conf(
+            fail2ban_ini(text).into_iter().map(|s| (s.name, s.lines.into_iter().map(|(k, _)| k).collect())).collect(),
+        );
+    }
+    // One value on one line (the monitoring profile's password file, the chart's restart
+    // digest): its line is its shape.
+    if path.ends_with("prometheus/metrics-password")
+        || path.ends_with("files/metrics/password")
+        || path.ends_with("files/restart-digest")
+    {
+        return match text.strip_suffix('\n').unwrap_or(text).lines().count() {
+            1 => Shape::Tree(vec!["<one line>".into()]),
+            n => Shape::Unreadable(format!("{n} lines, not one")),
+        };
     }
     // The chart's Go templates are YAML only after `helm template` (see [`k8s_docs`]).
     if path.starts_with("helm/astrtc/templates") {
@@ -273,7 +330,20 @@ pub fn configmap_sources(docs: &[serde_json::Value]) -> Vec<(String, String, Str
     for d in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
         let name = d["metadata"]["name"].as_str().unwrap_or("?");
         for (key, value) in d["data"].as_object().into_iter().flatten() {
-            let source = if name.ends_with("-acme") { format!("certs/{key}") } else { format!("asterisk/{key}") };
+            // The one-line stubs that include a password file from the auth Secret carry nothing
+            // of the spec's: they are the chart's own, the same for every deployment.
+            let stub = format!("; In the auth Secret, mounted apart.\n#include /etc/asterisk-secrets/{key}\n");
+            if value.as_str() == Some(stub.as_str()) {
+                continue;
+            }
+            let source = if name.ends_with("-acme") {
+                format!("certs/{key}")
+            } else if name.ends_with("-guard") {
+                // Keys are the paths below guard/ with "/" written "_" (ConfigMap keys have no "/").
+                format!("guard/{}", key.replacen('_', "/", 1))
+            } else {
+                format!("asterisk/{key}")
+            };
             out.push((source, key.clone(), value.as_str().unwrap_or("<not a string>").to_string()));
         }
     }

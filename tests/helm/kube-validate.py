@@ -7,8 +7,10 @@ for (any custom resource, such as cert-manager's Certificate) it only prints a w
 the same way (`strict=True`: no property the schema does not name) for every built-in kind, and
 validates cert-manager objects against the schemas of cert-manager's own CRDs: the PyPI package
 cloudcoil-models-cert-manager, generated from the cert-manager release's cert-manager.crds.yaml
-(version pinned in scripts/host-setup.sh), made strict the same way. Any other object without a
-schema is an error.
+(version pinned in scripts/host-setup.sh), made strict the same way; and Prometheus Operator
+objects (ServiceMonitor, PodMonitor) against the schemas of its CRDs, the PyPI package
+cloudcoil-models-prometheus-operator (generated the same way from the operator's CRDs). Any other
+object without a schema is an error.
 
 usage: python kube-validate.py -k KUBERNETES_VERSION [-k ...] FILE...  (the venv's python from
 `make deps-helm`). One line per object and version; exit 1 when any object is invalid or has no
@@ -49,16 +51,29 @@ def strict(schema):
 _crds = {}
 
 
+CRDS = {
+    ("cert-manager.io/v1", "Certificate"): "cloudcoil.models.cert_manager",
+    ("cert-manager.io/v1", "CertificateRequest"): "cloudcoil.models.cert_manager",
+    ("cert-manager.io/v1", "Issuer"): "cloudcoil.models.cert_manager",
+    ("cert-manager.io/v1", "ClusterIssuer"): "cloudcoil.models.cert_manager",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "cloudcoil.models.prometheus_operator",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "cloudcoil.models.prometheus_operator",
+}
+
+
 def crd_schema(api, kind):
-    """The strict JSON schema of a cert-manager kind from cert-manager's CRDs, or None for any
-    other custom resource. The models are imported only when needed (about 1.5 s)."""
-    if api != "cert-manager.io/v1" or kind not in ("Certificate", "CertificateRequest", "Issuer", "ClusterIssuer"):
+    """The strict JSON schema of a kind from its project's CRDs (cert-manager, the Prometheus
+    Operator), with the package it came from; None for any other custom resource. The models are
+    imported only when needed (about 1.5 s)."""
+    package = CRDS.get((api, kind))
+    if package is None:
         return None
     if kind not in _crds:
-        from cloudcoil.models.cert_manager import v1
+        import importlib
 
+        v1 = importlib.import_module(package + ".v1")
         _crds[kind] = strict(getattr(v1, kind).model_json_schema(by_alias=True))
-    return _crds[kind]
+    return _crds[kind], package
 
 
 def where(error):
@@ -91,13 +106,12 @@ def check(obj, k8s):
         return 1
     except kv.SchemaNotFoundError:
         pass
-    schema = crd_schema(api, kind)
-    if schema is None:
+    found = crd_schema(api, kind)
+    if found is None:
         print("FAIL %s: no schema for %s %s (no Kubernetes %s kind, no known CRD)" % (name, api, kind, k8s))
         return 1
-    source = "cert-manager CRD schema (cloudcoil-models-cert-manager %s)" % importlib.metadata.version(
-        "cloudcoil.models.cert_manager"
-    )
+    schema, package = found
+    source = "CRD schema (%s %s)" % (package, importlib.metadata.version(package))
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(obj), key=lambda e: list(e.path))
     for e in errors:
         print("FAIL %s: %s: %s: %s" % (name, source, where(e), e.message))

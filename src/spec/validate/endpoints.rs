@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use super::super::secrets::Secrets;
 use super::super::source::{KeyPath, Problem};
-use super::super::valid::{Dialplan, Endpoint};
-use super::super::{defaults, CodecPreference, EndpointKind, Spec};
+use super::super::valid::{Dialplan, Endpoint, Transport};
+use super::super::{defaults, CodecPreference, EndpointKind, SipTransport, Spec};
 use super::{display_name, endpoint_id, p, password, simple_token, KNOWN_CODECS, WEBRTC_CODECS};
 
 /// The dialplan context and the echo extension.
@@ -98,12 +98,25 @@ pub(super) fn endpoints(
         let rtp_timeout = seconds("rtp_timeout", ep.rtp_timeout.unwrap_or(default_timeout), v);
         let rtp_timeout_hold =
             seconds("rtp_timeout_hold", ep.rtp_timeout_hold.unwrap_or(defaults::RTP_TIMEOUT_HOLD), v);
+        let transport = match (ep.kind, ep.transport) {
+            (EndpointKind::Webrtc, None) => Transport::Wss,
+            (EndpointKind::Webrtc, Some(_)) => {
+                v.push(
+                    Problem::at(base.key("transport"), "only kind = \"sip\" endpoints choose a transport")
+                        .help("WebRTC endpoints always use WSS with DTLS-SRTP; remove the key"),
+                );
+                Transport::Wss
+            }
+            (EndpointKind::Sip, None | Some(SipTransport::Udp)) => Transport::Udp,
+            (EndpointKind::Sip, Some(SipTransport::Tls)) => Transport::Tls,
+        };
         // The password, unless the id itself is unusable (then it is not looked up).
         let password = if id_ok.is_ok() { endpoint_password(&ep.id, secrets, s) } else { None };
         match password {
             Some(password) if v.len() == before => out.push(Endpoint {
                 id: ep.id.clone(),
                 kind: ep.kind,
+                transport,
                 codecs,
                 display_name: ep.display_name.clone().unwrap_or_else(|| ep.id.clone()),
                 max_contacts,

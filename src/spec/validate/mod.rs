@@ -6,14 +6,17 @@
 //! rules for single values are in [`rules`]. It never stops at the first problem.
 
 mod endpoints;
+mod lifecycle;
 mod network;
 mod operations;
 pub mod rules;
+mod security;
 mod tls;
 
 use std::path::Path;
 
 pub use rules::*;
+pub use security::{MAX_BAN_AFTER, MAX_SECONDS};
 
 use super::secrets::Secrets;
 use super::source::{KeyPath, Problem};
@@ -66,21 +69,34 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let endpoints = endpoints::endpoints(spec, secrets, v, &mut out.secrets);
     let logging = operations::logging(spec, v);
     let resources = operations::resources(spec, v);
+    let security = security::security(spec, v);
+    let lifecycle = lifecycle::lifecycle(spec, v);
     let performance = operations::performance(spec, v);
+    let metrics = lifecycle::metrics(spec, network.as_ref().map(|(n, _)| n), secrets, v, &mut out.secrets);
 
-    match (network, rtp, tls, dialplan, endpoints, logging, resources, performance) {
+    match (network, rtp, tls, dialplan, endpoints, (logging, resources, security, lifecycle, metrics, performance)) {
         (
             Some((network, _)),
             Some(rtp),
             Some(tls),
             Some(dialplan),
             Some(endpoints),
-            Some(logging),
-            Some(resources),
-            Some(performance),
-        ) if out.is_empty() => {
-            Ok(Valid { name, image, network, rtp, tls, dialplan, endpoints, logging, resources, performance })
-        }
+            (Some(logging), Some(resources), Some(security), Some(lifecycle), Some(metrics), Some(performance)),
+        ) if out.is_empty() => Ok(Valid {
+            name,
+            image,
+            network,
+            rtp,
+            tls,
+            dialplan,
+            endpoints,
+            logging,
+            resources,
+            security,
+            lifecycle,
+            metrics,
+            performance,
+        }),
         _ => Err(out),
     }
 }

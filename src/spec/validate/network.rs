@@ -18,6 +18,7 @@ pub(super) struct RtpRange {
 pub(super) fn network(spec: &Spec, v: &mut Vec<Problem>) -> Option<(Network, RtpRange)> {
     let net = &spec.network;
     let sip = net.sip_port.unwrap_or(defaults::SIP_PORT);
+    let sip_tls = net.sip_tls_port.unwrap_or(defaults::SIP_TLS_PORT);
     let wss = net.wss_port.unwrap_or(defaults::WSS_PORT);
     let http = net.http_port.unwrap_or(defaults::HTTP_PORT);
     let start = spec.rtp.start.unwrap_or(defaults::RTP_START);
@@ -34,18 +35,24 @@ pub(super) fn network(spec: &Spec, v: &mut Vec<Problem>) -> Option<(Network, Rtp
     };
     let ports = (
         port("network.sip_port", sip, v),
+        port("network.sip_tls_port", sip_tls, v),
         port("network.wss_port", wss, v),
         port("network.http_port", http, v),
         port("rtp.start", start, v),
         port("rtp.end", end, v),
     );
     let mut range_ok = false;
-    if let (Some(_), Some(_), Some(_), Some(_), Some(_)) = ports {
+    if let (Some(_), Some(_), Some(_), Some(_), Some(_), Some(_)) = ports {
         range_ok = start < end;
         if !range_ok {
             v.push(p("rtp.start", format!("RTP start {start} must be below RTP end {end}")));
         }
-        let named = [("network.sip_port", sip), ("network.wss_port", wss), ("network.http_port", http)];
+        let named = [
+            ("network.sip_port", sip),
+            ("network.sip_tls_port", sip_tls),
+            ("network.wss_port", wss),
+            ("network.http_port", http),
+        ];
         for (i, (ka, a)) in named.iter().enumerate() {
             for (kb, b) in &named[i + 1..] {
                 if a == b {
@@ -121,9 +128,12 @@ pub(super) fn network(spec: &Spec, v: &mut Vec<Problem>) -> Option<(Network, Rtp
     let nat = net.public_address.map(|public_address| Nat { public_address, local_nets, local_address });
 
     match ports {
-        (Some(sip_port), Some(wss_port), Some(http_port), Some(start), Some(end)) if range_ok => {
+        (Some(sip_port), Some(sip_tls_port), Some(wss_port), Some(http_port), Some(start), Some(end)) if range_ok => {
             let bridge_ok = mode == NetworkMode::Host || bridge.is_some();
-            bridge_ok.then_some((Network { mode, sip_port, wss_port, http_port, nat, bridge }, RtpRange { start, end }))
+            bridge_ok.then_some((
+                Network { mode, sip_port, sip_tls_port, wss_port, http_port, nat, bridge },
+                RtpRange { start, end },
+            ))
         }
         _ => None,
     }

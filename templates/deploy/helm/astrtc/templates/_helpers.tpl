@@ -46,32 +46,29 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The rendered configs and password files, one subPath mount each into /etc/asterisk. */}}
+{{/* The rendered configs (the ConfigMap) at /etc/asterisk and the password files (the auth
+Secret) at /etc/asterisk-secrets, each one directory mount: Kubernetes switches a directory
+volume's files as a whole (its `..data` symlink), so a running Asterisk sees the old set or the
+new one, never a mix, and the reloader applies it. (subPath mounts never see updates.) */}}
 {{- define "astrtc.configMounts" -}}
-{{- range $path, $_ := .Files.Glob "files/asterisk/*.conf" }}
 - name: config
-  mountPath: /etc/asterisk/{{ base $path }}
-  subPath: {{ base $path }}
+  mountPath: /etc/asterisk
   readOnly: true
-{{- end }}
-{{- range $path, $_ := .Files.Glob "files/secrets/*.conf" }}
 - name: auth
-  mountPath: /etc/asterisk/{{ base $path }}
-  subPath: {{ base $path }}
+  mountPath: /etc/asterisk-secrets
   readOnly: true
-{{- end }}
 {{- end }}
 
-{{/* The WSS certificate at /etc/asterisk/keys, when the pod terminates TLS. */}}
+{{/* The WSS certificate at /etc/asterisk-keys, when the pod terminates TLS. */}}
 {{- define "astrtc.keysMount" -}}
 {{- if eq (include "astrtc.acmeSidecar" .) "true" }}
 - name: acme-state
-  mountPath: /etc/asterisk/keys
+  mountPath: /etc/asterisk-keys
   subPath: keys
   readOnly: true
 {{- else if eq (include "astrtc.podTLS" .) "true" }}
 - name: keys
-  mountPath: /etc/asterisk/keys
+  mountPath: /etc/asterisk-keys
   readOnly: true
 {{- end }}
 {{- end }}
@@ -96,4 +93,45 @@ U+FFFE, U+FFFF) are escaped here. */}}
 {{- $s = replace (printf "%c" $cp) (printf "\\u%04x" $cp) $s }}
 {{- end }}
 {{- $s }}
+{{- end }}
+
+{{/* Secret holding the metrics basic-auth user and password (for a ServiceMonitor/PodMonitor). */}}
+{{- define "astrtc.metricsSecretName" -}}
+{{- printf "%s-metrics" (include "astrtc.fullname" .) }}
+{{- end }}
+
+{{/* The pod port /metrics is scraped on: the TLS (WSS) port, or plain HTTP behind an Ingress. */}}
+{{- define "astrtc.metricsPort" -}}
+{{- if eq (include "astrtc.podTLS" .) "true" }}wss{{ else }}ws{{ end }}
+{{- end }}
+
+{{/* The scrape scheme matching astrtc.metricsPort. */}}
+{{- define "astrtc.metricsScheme" -}}
+{{- if eq (include "astrtc.podTLS" .) "true" }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/* The endpoint of a ServiceMonitor or PodMonitor: port, path, basic auth, TLS by name. */}}
+{{- define "astrtc.metricsEndpoint" -}}
+port: {{ include "astrtc.metricsPort" . }}
+path: /metrics
+scheme: {{ include "astrtc.metricsScheme" . }}
+interval: {{ .Values.metrics.interval }}
+basicAuth:
+  username:
+    name: {{ include "astrtc.metricsSecretName" . }}
+    key: username
+  password:
+    name: {{ include "astrtc.metricsSecretName" . }}
+    key: password
+{{- if eq (include "astrtc.podTLS" .) "true" }}
+tlsConfig:
+  serverName: {{ .Values.tls.domain }}
+  insecureSkipVerify: {{ .Values.metrics.insecureSkipVerify }}
+  {{- if eq .Values.certificates.mode "bundled" }}
+  ca:
+    secret:
+      name: {{ include "astrtc.keysSecretName" . }}
+      key: ca.crt
+  {{- end }}
+{{- end }}
 {{- end }}

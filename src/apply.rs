@@ -1,0 +1,186 @@
+//! `astrtc apply` for a compose deployment: after a render, bring the running Asterisk to the
+//! new configs with the least disruptive action, and say which.
+//!
+//! Owns: finding the running container (its compose project and service), the decision — the
+//! container's restart digest label against the one just rendered ([`crate::render::restart`]):
+//! equal means every change can be reloaded in place, different means only a restart applies it
+//! — and carrying it out: `astrtc-reload once` inside the container (the script that knows each
+//! file's reload command; calls go on), or `docker compose up -d --wait`, which replaces the
+//! container after its graceful drain (SIGTERM → `astrtc-drain`: new calls 503, calls in progress
+//! go on for up to `lifecycle.drain_seconds`). The asking for confirmation is the command's.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::Docker;
+use futures_util::StreamExt;
+use thiserror::Error;
+
+use crate::plan::Plan;
+use crate::render::compose::RESTART_DIGEST_LABEL;
+
+/// Errors of `apply`.
+#[derive(Debug, Error, miette::Diagnostic)]
+pub enum ApplyError {
+    /// The Docker engine API failed.
+    #[error("the Docker engine API failed while {doing}")]
+    Api {
+        /// What was being done.
+        doing: String,
+        /// The engine client's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The reload inside the container failed.
+    #[error("reloading inside {container} failed: {output}")]
+    #[diagnostic(
+        code(astrtc::apply::reload_failed),
+        help("the new files are in place; see `docker logs` of the container, fix the spec, apply again")
+    )]
+    ReloadFailed {
+        /// The container.
+        container: String,
+        /// What the reloader printed.
+        output: String,
+    },
+    /// `docker compose` failed.
+    #[error("`docker compose {args}` in {dir} failed: {output}")]
+    #[diagnostic(code(astrtc::apply::compose_failed))]
+    Compose {
+        /// Its arguments.
+        args: String,
+        /// The directory.
+        dir: String,
+        /// What it printed.
+        output: String,
+    },
+}
+
+/// The Asterisk container of a running compose deployment.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Container id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The restart digest it was created with (none: made by an astrtc before `apply`).
+    pub restart_digest: Option<String>,
+}
+
+/// One changed file as the running Asterisk would take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The file (`pjsip.conf`, `keys/asterisk.crt`).
+    pub file: String,
+    /// Its reload command, or `restart`.
+    pub action: String,
+}
+
+/// The running Asterisk container of the plan's compose project, if any.
+pub async fn find_running(docker: &Docker, plan: &Plan) -> Result<Option<Running>, ApplyError> {
+    let labels =
+        vec![format!("com.docker.compose.project={}", plan.name), "com.docker.compose.service=asterisk".into()];
+    let filters = HashMap::from([("label".to_string(), labels)]);
+    let list = docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+        .await
+        .map_err(|source| ApplyError::Api { doing: "listing containers".into(), source })?;
+    Ok(list.into_iter().find_map(|c| {
+        let id = c.id?;
+        let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_else(|| id.clone());
+        let restart_digest = c.labels.and_then(|l| l.get(RESTART_DIGEST_LABEL).cloned());
+        Some(Running { id, name: name.trim_start_matches('/').to_string(), restart_digest })
+    }))
+}
+
+/// The restart digest of the compose.yaml rendered in `out` (the Asterisk service's label).
+pub fn rendered_digest(out: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(out.join(crate::render::templates::COMPOSE_YAML)).ok()?;
+    text.lines().find_map(|l| {
+        let v = l.trim().strip_prefix(RESTART_DIGEST_LABEL)?.strip_prefix(':')?;
+        Some(v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// Runs a command in the container; returns its exit code and what it printed (stdout, stderr).
+pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, String), ApplyError> {
+    let api = |doing: &str| {
+        let doing = format!("{doing} {cmd:?} in {id}");
+        move |source| ApplyError::Api { doing, source }
+    };
+    let created = docker
+        .create_exec(
+            id,
+            CreateExecOptions {
+                cmd: Some(cmd.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(api("creating"))?;
+    let mut out = String::new();
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&created.id, None).await.map_err(api("starting"))?
+    {
+        while let Some(chunk) = output.next().await {
+            out.push_str(&chunk.map_err(api("reading"))?.to_string());
+        }
+    }
+    let code = docker.inspect_exec(&created.id).await.map_err(api("inspecting"))?.exit_code.unwrap_or(-1);
+    Ok((code, out))
+}
+
+/// What the running Asterisk has not loaded yet, file by file (`astrtc-reload diff`).
+pub async fn pending(docker: &Docker, running: &Running) -> Result<Vec<Pending>, ApplyError> {
+    let (_, out) = exec(docker, &running.id, &["/usr/local/bin/astrtc-reload", "diff"]).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let (file, action) = l.split_once(' ')?;
+            Some(Pending { file: file.to_string(), action: action.to_string() })
+        })
+        .collect())
+}
+
+/// Calls in progress (`core show channels count`), when Asterisk answers.
+pub async fn calls_in_progress(docker: &Docker, running: &Running) -> Option<u32> {
+    let (_, out) = exec(docker, &running.id, &["/usr/sbin/asterisk", "-rx", "core show channels count"]).await.ok()?;
+    out.lines().find_map(|l| l.strip_suffix(" active call").or(l.strip_suffix(" active calls"))?.trim().parse().ok())
+}
+
+/// Reloads what changed in place (`astrtc-reload once`); returns its report lines
+/// (`reloaded: COMMAND: FILES`).
+pub async fn reload(docker: &Docker, running: &Running) -> Result<Vec<String>, ApplyError> {
+    let (code, out) = exec(docker, &running.id, &["/usr/local/bin/astrtc-reload", "once"]).await?;
+    if code != 0 {
+        return Err(ApplyError::ReloadFailed { container: running.name.clone(), output: out.trim().to_string() });
+    }
+    Ok(out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
+}
+
+/// Replaces the Asterisk container (`docker compose up -d --wait`): compose stops the old one
+/// with SIGTERM (its drain) and waits up to the plan's stop grace period, then starts the new one
+/// and waits until it is healthy. Returns how long it took.
+pub fn restart(plan: &Plan, out: &Path) -> Result<Duration, ApplyError> {
+    let started = Instant::now();
+    let timeout = plan.lifecycle.stop_grace_seconds().to_string();
+    let args = ["compose", "up", "-d", "--wait", "--timeout", timeout.as_str()];
+    let output = std::process::Command::new("docker").args(args).current_dir(out).output().map_err(|e| {
+        ApplyError::Compose { args: args[1..].join(" "), dir: out.display().to_string(), output: e.to_string() }
+    })?;
+    if !output.status.success() {
+        return Err(ApplyError::Compose {
+            args: args[1..].join(" "),
+            dir: out.display().to_string(),
+            output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+                .trim()
+                .to_string(),
+        });
+    }
+    Ok(started.elapsed())
+}
