@@ -213,8 +213,8 @@ fn tls_phones_get_a_tls_transport_with_sdes_srtp_and_strict_ciphers() {
     for line in [
         "protocol = tls",
         "bind = 0.0.0.0:15061",
-        "cert_file = /etc/asterisk/keys/asterisk.crt",
-        "priv_key_file = /etc/asterisk/keys/asterisk.key",
+        "cert_file = /etc/asterisk-keys/asterisk.crt",
+        "priv_key_file = /etc/asterisk-keys/asterisk.key",
         "method = sslv23",
         &format!("cipher = {}", astrtc::render::asterisk::TLS_CIPHERS.join(",")),
     ] {
