@@ -408,20 +408,20 @@ pub enum TestenvCommand {
 
 /// `--rate`: 0.5 to 1000 calls per second.
 fn parse_rate(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of calls per second"))?;
-    if (0.5..=1000.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err("the rate must be between 0.5 and 1000 calls per second".into())
-    }
+    number_within(s, 0.5..=1000.0, "calls per second", "the rate")
 }
 
 /// `--hold`: 1 to 3600 seconds.
 fn parse_hold(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if (1.0..=3600.0).contains(&v) {
+    number_within(s, 1.0..=3600.0, "seconds", "the hold time")
+}
+
+/// A number of `unit` in `range`; `what` names it in the error.
+fn number_within(s: &str, range: std::ops::RangeInclusive<f64>, unit: &str, what: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of {unit}"))?;
+    if range.contains(&v) {
         Ok(v)
     } else {
-        Err("the hold time must be between 1 and 3600 seconds".into())
+        Err(format!("{what} must be between {} and {} {unit}", range.start(), range.end()))
     }
 }
