@@ -64,8 +64,11 @@ lint: deps-build ## formatting and clippy, warnings as errors
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-bench: $(ASTRTC) deps-load ## benchmarks: render time (default and 1000-endpoint specs), compose up -> healthy
+bench: $(ASTRTC) deps-load ## benchmarks: render time, compose up -> healthy, storms, ACME, and call capacity per kind (astrtc bench calls)
 	bash scripts/bench.sh
+
+bench-calls: $(ASTRTC) deps ## call capacity only: astrtc bench calls for each kind, the sizing table, tunings A/B/A; plots in target/bench/
+	bash scripts/bench-calls.sh
 
 fuzz: ## fuzz spec -> outputs with an oracle for 10 minutes (ASTRTC_FUZZ_SECONDS=N for another duration)
 	ASTRTC_FUZZ_SECONDS=$${ASTRTC_FUZZ_SECONDS:-600} cargo test --locked --test tests fuzz::fuzz_for_a_while -- --ignored --nocapture
@@ -74,4 +77,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-build deps-clients deps-helm deps-acme deps-audit deps-examples deps-net deps-load up down test test-unit lint bench fuzz review-snapshots
+.PHONY: help deps deps-build deps-clients deps-helm deps-acme deps-audit deps-examples deps-net deps-load up down test test-unit lint bench bench-calls fuzz review-snapshots

@@ -99,3 +99,9 @@ if [ -z "${BENCH_RENDER_ONLY:-}" ] && [ -x /usr/bin/pebble ]; then
   cargo test --release --locked --test tests acme::bench_acme_issuance -- --ignored --nocapture 2>/dev/null \
     | grep -E '^(HTTP-01|DNS-01|  orders)'
 fi
+
+# Call capacity with `astrtc bench calls`: the three kinds of call, the sizing table and the
+# codec-order tuning as an A/B/A ratio (scripts/bench-calls.sh; plots in target/bench/).
+if [ -z "${BENCH_RENDER_ONLY:-}" ] && docker info >/dev/null 2>&1; then
+  bash scripts/bench-calls.sh
+fi

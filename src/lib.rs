@@ -18,6 +18,7 @@
 
 pub mod apply;
 pub mod assets;
+pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod deploy;

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::image::{self, ImageRef};
 pub use crate::spec::valid::{
-    Acme, Bridge, BundledTurn, Dialplan, Endpoint, Lifecycle, Logging, Metrics, Nat, Network, Resources, Rtp, Security,
-    Tls, Transport, Turn, TurnService, Valid,
+    Acme, Bridge, BundledTurn, Dialplan, Endpoint, Lifecycle, Logging, Metrics, Nat, Network, Performance, Resources,
+    Rtp, Security, Tls, Transport, Turn, TurnService, Valid,
 };
 use crate::spec::{LoadedSpec, SpecError};
 
@@ -85,6 +85,8 @@ pub struct Plan {
     pub resources: Resources,
     /// The TURN relay browsers use.
     pub turn: Option<TurnService>,
+    /// What limits how many calls it carries.
+    pub performance: Performance,
     /// Shutdown.
     pub lifecycle: Lifecycle,
     /// Prometheus metrics.
@@ -205,6 +207,7 @@ impl Plan {
             endpoints,
             logging,
             resources,
+            performance,
             security,
             lifecycle,
             metrics,
@@ -224,6 +227,7 @@ impl Plan {
             logging,
             resources,
             turn,
+            performance,
             lifecycle,
             metrics,
             secret_access: SecretAccess::for_host(host),

@@ -260,6 +260,120 @@ pub fn testenv_list(list: &[astrtc::testenv::Listed]) -> String {
     t
 }
 
+/// What `bench calls` says before it starts (stderr).
+pub fn bench_start(o: &astrtc::bench::Options, t: &astrtc::bench::Target, cpu: Option<&str>) {
+    let levels: Vec<String> = o.levels.iter().map(u32::to_string).collect();
+    let to = match (o.kind, &t.callee) {
+        (astrtc::bench::Kind::WebrtcToSip, Some(c)) => format!("{} (answered here as a G.711 phone)", c.id),
+        _ => format!("{} (echo)", t.echo_extension),
+    };
+    eprintln!(
+        "bench {}: levels {}, {:.0} s window each, ramp {} calls/s; calls as {} to {to}; WSS {}, SIP {}, host candidate {}",
+        o.kind.name(),
+        levels.join(","),
+        o.hold.as_secs_f64(),
+        o.rate,
+        t.caller.id,
+        t.wss,
+        t.sip,
+        t.local_ip
+    );
+    eprintln!("Asterisk CPU: {}", cpu.unwrap_or("not measured"));
+}
+
+/// Progress of `bench calls` (stderr).
+pub fn bench_progress(p: astrtc::bench::Progress<'_>) {
+    use astrtc::bench::Progress;
+    match p {
+        Progress::Level { calls } => eprintln!("level {calls}: ramping up"),
+        Progress::Ramped { seconds } => eprintln!("  all started in {seconds:.1} s; settling, then measuring"),
+        Progress::Done(l) => eprintln!("  {}", bench_row(l)),
+    }
+}
+
+fn ms_per_call_second(c: Option<astrtc::bench::CpuFigures>) -> String {
+    c.map(|c| format!("{:.2}", c.over_idle_per_call_second * 1000.0)).unwrap_or_else(|| "-".into())
+}
+
+fn bench_row(l: &astrtc::bench::LevelReport) -> String {
+    let pair = |p: Option<astrtc::bench::Percentiles>| {
+        p.map(|p| format!("{:.1}/{:.1}", p.p50, p.p99)).unwrap_or_else(|| "-".into())
+    };
+    let per_core = l.asterisk_cpu.map(|c| format!("{:.0}", c.calls_per_core())).unwrap_or_else(|| "-".into());
+    format!(
+        "{:>6} {:>7.1} {:>15} {:>7.2} {:>9} {:>10} {:>9} {:>10}  {}",
+        l.calls,
+        l.setup_percent,
+        pair(l.setup_ms),
+        l.loss_percent,
+        l.jitter_ms.map(|j| format!("{:.1}", j.p99)).unwrap_or_else(|| "-".into()),
+        ms_per_call_second(l.asterisk_cpu),
+        per_core,
+        ms_per_call_second(l.generator_cpu),
+        if l.carried { "carried" } else { "NOT carried" },
+    )
+}
+
+/// The table `bench calls` prints (stdout).
+pub fn bench_summary(r: &astrtc::bench::BenchReport) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{}: {:.0} s window per level, ramp {} calls/s, {} CPUs here; Asterisk CPU: {}",
+        r.kind.name(),
+        r.hold_s,
+        r.rate,
+        r.host_cpus,
+        r.asterisk_cpu_source
+    );
+    let _ = writeln!(
+        t,
+        "{:>6} {:>7} {:>15} {:>7} {:>9} {:>10} {:>9} {:>10}",
+        "calls", "setup%", "setup p50/p99", "loss%", "jit p99", "ast ms/cs", "calls/cpu", "gen ms/cs"
+    );
+    for l in &r.levels {
+        let _ = writeln!(t, "{}", bench_row(l));
+    }
+    for l in &r.levels {
+        let codecs: Vec<String> = l.codecs.iter().map(|(c, n)| format!("{c} ×{n}")).collect();
+        let failures: Vec<String> = l.failures.iter().map(|(c, n)| format!("{c} ×{n}")).collect();
+        let mut line =
+            format!("  level {}: codecs {}", l.calls, if codecs.is_empty() { "-".into() } else { codecs.join(", ") });
+        if !failures.is_empty() {
+            line.push_str(&format!("; failed: {}", failures.join(", ")));
+        }
+        if let Some(a) = l.answered {
+            line.push_str(&format!(
+                "; answering phone: {} INVITEs, {} confirmed, {} packets echoed",
+                a.invites, a.confirmed, a.echoed
+            ));
+        }
+        let _ = writeln!(t, "{line}");
+    }
+    let c = r.criteria;
+    let criteria = format!(
+        "≥ {} % set up, < {} % loss, p99 jitter < {} ms",
+        c.min_setup_percent, c.max_loss_percent, c.max_jitter_p99_ms
+    );
+    match r.capacity {
+        Some(n) => {
+            let _ = writeln!(t, "capacity: {n} calls ({criteria})");
+        }
+        None => {
+            let _ = writeln!(t, "capacity: no level carried ({criteria})");
+        }
+    }
+    if let Some(per_core) = r.asterisk_calls_per_core() {
+        let idle = r.asterisk_idle_cores.map(|c| format!("; idle it kept {c:.3} cores busy")).unwrap_or_default();
+        let _ = writeln!(
+            t,
+            "Asterisk: {per_core:.0} calls per core (ms/cs: CPU milliseconds per second of one call, over idle{idle})"
+        );
+    }
+    t
+}
+
 /// What `astrtc apply` says before a restart: why, and what the drain will do.
 pub fn restart_announcement(
     container: &str,

@@ -30,9 +30,9 @@ use astrtc::render::{Bundle, Inputs};
 use astrtc::spec::secrets::{MetricsSecrets, Secrets, TurnSecrets};
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
-    AcmeChallenge, AcmeSpec, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec, LoggingSpec, MetricsSpec,
-    NetworkMode, NetworkSpec, ResourcesSpec, RtpSpec, SecuritySpec, SipTransport, Spec, TlsMode, TlsSpec, TurnMode,
-    TurnSpec,
+    AcmeChallenge, AcmeSpec, CodecPreference, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec, LoggingSpec,
+    MetricsSpec, NetworkMode, NetworkSpec, PerformanceSpec, ResourcesSpec, RtpSpec, SecuritySpec, SipTransport, Spec,
+    TlsMode, TlsSpec, TurnMode, TurnSpec,
 };
 
 use crate::common::shape::{self, Section, Shape};
@@ -352,6 +352,7 @@ fn endpoint(level: Level) -> BoxedStrategy<(EndpointSpec, Option<String>)> {
         (
             maybe(1, prop_oneof![30 => 0i64..=120, 1 => -5i64..100_000].boxed()),
             maybe(1, prop_oneof![30 => 0i64..=3600, 1 => -5i64..100_000].boxed()),
+            maybe(1, prop_oneof![Just(CodecPreference::Client), Just(CodecPreference::Spec)].boxed()),
         ),
         prop_oneof![
             1 => Just(None),
@@ -367,7 +368,7 @@ fn endpoint(level: Level) -> BoxedStrategy<(EndpointSpec, Option<String>)> {
     )
         .prop_map(
             |(id, kind, codecs, display_name, max_contacts, timeouts, password, webrtc_transport, sip_transport)| {
-                let (rtp_timeout, rtp_timeout_hold) = timeouts;
+                let (rtp_timeout, rtp_timeout_hold, codec_preference) = timeouts;
                 let transport = if kind == EndpointKind::Sip { sip_transport } else { webrtc_transport };
                 let ep = EndpointSpec {
                     id,
@@ -377,6 +378,7 @@ fn endpoint(level: Level) -> BoxedStrategy<(EndpointSpec, Option<String>)> {
                     max_contacts,
                     rtp_timeout,
                     rtp_timeout_hold,
+                    codec_preference,
                     transport,
                 };
                 (ep, password)
@@ -506,11 +508,12 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
             maybe(1, prop_oneof![30 => 256i64..=4096, 1 => -5i64..100_000].boxed()),
             maybe(1, prop_oneof![30 => 64i64..=256, 1 => -5i64..100_000].boxed()),
             turn(level),
+            maybe(1, prop_oneof![30 => 1i64..=5000, 1 => -5i64..200_000].boxed()),
         ),
         lifecycle_and_metrics(level),
     )
         .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, (ca_bundle, dns_hook), security, ops, (lifecycle, metrics, metrics_pw))| {
-            let (verbose, memory_limit_mb, memory_request_mb, (turn, turn_secret)) = ops;
+            let (verbose, memory_limit_mb, memory_request_mb, (turn, turn_secret), wss_sessions) = ops;
             let mut secrets = Secrets::default();
             let mut endpoints = Vec::new();
             for (i, (mut ep, pw)) in eps.into_iter().enumerate() {
@@ -528,6 +531,7 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
             let dialplan = DialplanSpec { context, echo_extension };
             let logging = LoggingSpec { verbose };
             let resources = ResourcesSpec { memory_limit_mb, memory_request_mb };
+            let performance = PerformanceSpec { wss_sessions };
             let spec = Spec {
                 name,
                 image,
@@ -543,6 +547,7 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
                 lifecycle,
                 metrics,
                 turn,
+                performance,
             };
             Generated { spec, secrets, ca_bundle, dns_hook }
         })
@@ -768,6 +773,12 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
         expect_values(p, &pjsip, id, "callerid", &s(&format!("\"{}\" <{id}>", e.display_name)))?;
         expect_values(p, &pjsip, id, "transport", &s(&transport))?;
         expect_values(p, &pjsip, id, "max_contacts", &s(&e.max_contacts))?;
+        let prefs: Vec<String> = match e.codec_preference {
+            CodecPreference::Client => vec![],
+            CodecPreference::Spec => s(&"prefer: configured, operation: intersect, keep: all, transcode: allow"),
+        };
+        expect_values(p, &pjsip, id, "codec_prefs_incoming_offer", &prefs)?;
+        expect_values(p, &pjsip, id, "codec_prefs_outgoing_offer", &prefs)?;
         expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "username", &s(id))?;
         expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "password", &s(&e.password))?;
         extens.push(format!("{id},1,Dial(PJSIP/{id},30)"));
@@ -804,6 +815,7 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     let http = conf(b, "asterisk/http.conf")?;
     expect_values("http.conf", &http, "general", "bindport", &s(&plan.network.http_port))?;
     expect_values("http.conf", &http, "general", "tlsbindaddr", &s(&format!("0.0.0.0:{}", plan.network.wss_port)))?;
+    expect_values("http.conf", &http, "general", "sessionlimit", &s(&plan.performance.wss_sessions))?;
 
     if let Some(g) = &plan.guard {
         let ini = |path: &str| {

@@ -173,7 +173,7 @@ fn fields() -> Vec<Field> {
             ..f("endpoints.id", Nat, Spec, "endpoints[3].id", "10{V}02", "x")
         },
         f("endpoints.display_name", Nat, Spec, "endpoints[0].display_name", "Alice{V} (browser)", "x"),
-        f("endpoints.codecs", Nat, Spec, "endpoints[1].codecs[1]", "g72{V}", "2"),
+        f("endpoints.codecs", Nat, Spec, "endpoints[1].codecs[2]", "g72{V}", "2"),
         f("dialplan.context", Nat, Spec, "dialplan.context", "off{V}ice", "x"),
         f("dialplan.echo_extension", Nat, Spec, "dialplan.echo_extension", "91{V}96", "x"),
         f("rtp.stun", Nat, Spec, "rtp.stun", "stun{V}.example.test:3478", "x"),

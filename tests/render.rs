@@ -81,6 +81,38 @@ fn nat_settings_appear_only_with_a_public_address() {
 }
 
 #[test]
+fn capacity_settings_reach_their_keys() {
+    let dir = fixture_copy("nat-multi-endpoint");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let b = bundle_for(&plan);
+    assert!(b.text("asterisk/http.conf").unwrap().contains("\nsessionlimit = 2500\n"));
+    // Only bob (codec_preference = "spec") has his codec order win, in both directions.
+    let pjsip = b.text("asterisk/pjsip.conf").unwrap();
+    let section = |id: &str| {
+        let start = pjsip.find(&format!("\n[{id}]\ntype = endpoint")).unwrap();
+        let end = pjsip[start + 1..].find("\n[").map(|e| start + 1 + e).unwrap();
+        &pjsip[start..end]
+    };
+    for id in ["alice", "1001", "1002"] {
+        assert!(!section(id).contains("codec_prefs"), "{}", section(id));
+    }
+    let bob = section("bob");
+    assert!(bob.contains("allow = alaw,opus,g722"), "{bob}");
+    for direction in ["incoming_offer", "outgoing_offer"] {
+        let line =
+            format!("codec_prefs_{direction} = prefer: configured, operation: intersect, keep: all, transcode: allow");
+        assert!(bob.contains(&line), "{bob}");
+    }
+
+    // Defaults: 1000 sessions (Asterisk's own 100 would stop the 101st browser), client order.
+    let dir = fixture_copy("webrtc-self-signed");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let b = bundle_for(&plan);
+    assert!(b.text("asterisk/http.conf").unwrap().contains("\nsessionlimit = 1000\n"));
+    assert!(!b.text("asterisk/pjsip.conf").unwrap().contains("codec_prefs"));
+}
+
+#[test]
 fn secret_files_are_group_readable_only() {
     use astrtc::render::FileKind;
     let dir = fixture_copy("nat-multi-endpoint");

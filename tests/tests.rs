@@ -4,6 +4,7 @@ mod common;
 
 mod acme;
 mod apply;
+mod bench;
 mod cli;
 mod clients;
 mod compose;

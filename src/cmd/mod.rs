@@ -7,6 +7,7 @@
 //! in the library imports from here.
 
 mod apply;
+mod bench;
 mod build;
 mod certs;
 mod docs;
@@ -88,6 +89,25 @@ pub enum CmdError {
     #[error("{0}")]
     #[diagnostic(code(astrtc::bad_argument))]
     BadArgument(String),
+    /// `bench calls` set up no call at any level.
+    #[error("no call was set up at any level")]
+    #[diagnostic(
+        code(astrtc::bench::no_calls),
+        help("`astrtc verify --spec ... --call` places one call of each kind and names what fails")
+    )]
+    BenchNoCalls,
+    /// A bench run could not go on.
+    #[error(transparent)]
+    Bench(#[from] astrtc::bench::BenchError),
+    /// A file could not be written.
+    #[error("failed to write {}", path.display())]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file could not be read.
     #[error("failed to read {}", path.display())]
     ReadFile {
@@ -166,27 +186,16 @@ pub fn run(command: Command) -> Result<(), CmdError> {
                 build::run(&spec, context, extra_ca, verbose, monitoring).await
             }
             Command::Info { spec, out } => info::run(&spec, out),
-            Command::Verify {
-                spec,
-                out,
-                host,
-                ca,
-                container,
-                json,
-                call,
-                endpoints,
-                target,
-                hold,
-                relay,
-                relay_transport,
-            } => {
+            Command::Verify { deployment, json, call, endpoints, target, hold, relay, relay_transport } => {
                 let call = call.then_some(verify::CallArgs { endpoints, target, hold, relay, relay_transport });
+                let astrtc::cli::RunningDeployment { spec, out, host, ca, container } = deployment;
                 verify::run(&spec, out, host, ca, container, json, call).await
             }
             Command::Certs { command } => certs::run(command).await,
             Command::Secrets { spec } => secrets::run(&spec),
             Command::Testenv { command } => testenv::run(command).await,
             Command::TurnCredentials { spec, user, ttl, json } => turn::credentials(&spec, &user, ttl, json),
+            Command::Bench { command: astrtc::cli::BenchCommand::Calls(args) } => bench::calls(args).await,
             Command::Completions { shell } => docs::completions(shell),
             Command::Man => docs::man(),
         }

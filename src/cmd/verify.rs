@@ -141,7 +141,7 @@ fn relay_server(
 /// The CA the WSS certificate must chain to when `--ca` is not given: in self-signed mode the
 /// local CA the spec names (the rendered copy in `OUT/keys/ca.crt`, else `tls.ca_dir/ca.crt`);
 /// in ACME mode the system trust store (`SSL_CERT_FILE`, else Debian's bundle).
-fn default_ca(plan: &Plan, out: &Path) -> PathBuf {
+pub(super) fn default_ca(plan: &Plan, out: &Path) -> PathBuf {
     match plan.tls.mode {
         TlsMode::SelfSigned => {
             let rendered = out.join("keys").join(astrtc::certs::files::CA);

@@ -9,12 +9,14 @@
 //! - [`sdp`]: the facts read from an SDP answer.
 //! - [`audio`]: the tone, encoded once per run; [`stats`]: echo matching, RTT, loss, jitter.
 //! - [`netif`]: this host's addresses; [`probe`]: one call end to end and its report.
+//! - [`answer`]: a SIP phone that answers every call it gets and echoes it (load tests).
 //!
 //! Must not: read the spec or the plan (callers pass what a call needs), keep global state (a
 //! call owns its sockets and connection; what calls share is passed in as
 //! [`session::SharedMedia`]), spawn tasks or print. Nothing here panics on what the network
 //! sends.
 
+pub mod answer;
 pub mod audio;
 pub mod netif;
 pub mod probe;

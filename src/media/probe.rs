@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::netif;
 use super::rtp::PlainRtpSession;
 use super::sdp::{self, CandidateInfo};
-use super::session::{Datagrams, MediaFailure, RelayInfo, SessionError, SharedMedia, WebrtcSession};
+use super::session::{Datagrams, MediaFailure, Offer, RelayInfo, SessionError, SharedMedia, WebrtcSession};
 use super::sip::{CallEnd, Dialog, InviteOutcome, SipError, Transport, UserAgent};
 use super::stats::MediaFigures;
 use super::turn::{TurnError, TurnServer};
@@ -81,6 +81,14 @@ pub struct CallSetup {
     pub hold: Duration,
     /// REGISTER first (a softphone does; Asterisk also takes an INVITE alone).
     pub register: bool,
+    /// What a WebRTC call offers (opus alone, or opus then G.711 as browsers do).
+    pub offer: Offer,
+    /// The echo comes back re-encoded (a transcoded leg in between): loss is counted, not
+    /// matched by payload, and there is no per-packet round trip.
+    pub reencoded: bool,
+    /// Hang up when this turns true, even before `hold` has passed (a load generator ends its
+    /// calls together).
+    pub release: Option<watch::Receiver<bool>>,
 }
 
 /// How setting up a TURN relay failed.
@@ -343,8 +351,19 @@ impl CallReport {
     }
 
     /// Sets the failure from the media figures, when nothing earlier failed.
-    fn judge_media(&mut self) {
+    fn judge_media(&mut self, reencoded: bool) {
         if self.failure.is_some() {
+            return;
+        }
+        if reencoded {
+            self.failure = match &self.media {
+                Some(m) if m.received == 0 => Some(CallFailure::NoMediaBack),
+                Some(m) if m.counted_loss_percent > MAX_LOSS_PERCENT => {
+                    Some(CallFailure::Loss { percent: m.counted_loss_percent })
+                }
+                Some(_) => None,
+                None => Some(CallFailure::NoMediaBack),
+            };
             return;
         }
         self.failure = match &self.media {
@@ -397,20 +416,31 @@ async fn sign_out(mut ua: UserAgent, setup: &CallSetup, report: &mut CallReport)
     ua.close().await;
 }
 
-/// Holds the call while `media` runs; then stops the media, waits for it, hangs up.
+/// Holds the call while `media` runs (until `hold` has passed or `release` turns true); then
+/// stops the media, waits for it, hangs up.
 async fn hold_and_hang_up<F: std::future::Future>(
     ua: &mut UserAgent,
     dialog: &mut Dialog,
-    hold: Duration,
+    setup: &CallSetup,
     stop: oneshot::Sender<()>,
     media: F,
     report: &mut CallReport,
 ) -> F::Output {
     tokio::pin!(media);
-    let until = tokio::time::Instant::now() + hold;
+    let until = tokio::time::Instant::now() + setup.hold;
+    let release = async {
+        match setup.release.clone() {
+            Some(mut rx) => {
+                // A dropped sender releases too.
+                let _ = rx.wait_for(|released| *released).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     let (end, early) = tokio::select! {
         end = ua.hold_call(dialog, until) => (end, None),
         r = &mut media => (Ok(CallEnd::Elapsed), Some(r)),
+        _ = release => (Ok(CallEnd::Elapsed), None),
     };
     let _ = stop.send(());
     let result = match early {
@@ -481,13 +511,16 @@ async fn webrtc_call(
     shared: &SharedMedia,
 ) -> CallReport {
     let mut report = CallReport::new(Leg::Webrtc, setup, format!("wss://{}:{}/ws at {wss}", setup.domain, wss.port()));
-    report.offered = vec!["opus/48000/2".into()];
+    report.offered = match setup.offer {
+        Offer::Opus => vec!["opus/48000/2".into()],
+        Offer::OpusThenPcmu => vec!["opus/48000/2".into(), "PCMU/8000".into()],
+    };
     let ips = match (relay, local_ips.is_empty()) {
         (_, false) => local_ips.to_vec(),
         (Some(turn), true) => netif::route_to(turn.addr).map(|ip| vec![ip]).unwrap_or_default(),
         (None, true) => default_candidates(wss),
     };
-    let (mut session, offer) = match WebrtcSession::offer(&ips, shared, relay).await {
+    let (mut session, offer) = match WebrtcSession::offer(&ips, shared, relay, setup.offer).await {
         Ok(s) => s,
         Err(e @ SessionError::Turn(_)) => {
             report.failure = Some(relay_failure(&e));
@@ -524,7 +557,7 @@ async fn webrtc_call(
         return report;
     }
     let (stop, plan) = run_plan(setup);
-    let m = hold_and_hang_up(&mut ua, &mut call.dialog, setup.hold, stop, session.run(plan), &mut report).await;
+    let m = hold_and_hang_up(&mut ua, &mut call.dialog, setup, stop, session.run(plan), &mut report).await;
     sign_out(ua, setup, &mut report).await;
     report.ice_connected_ms = ms_since(t0, m.ice_connected);
     report.dtls_connected_ms = ms_since(t0, m.dtls_connected);
@@ -542,7 +575,7 @@ async fn webrtc_call(
         MediaFailure::Rtc(message) => CallFailure::Media { message },
     });
     report.media = Some(m.media);
-    report.judge_media();
+    report.judge_media(setup.reencoded);
     report
 }
 
@@ -581,12 +614,12 @@ async fn sip_call(setup: &CallSetup, server: SocketAddr, shared: &SharedMedia) -
         }
     }
     let (stop, plan) = run_plan(setup);
-    let m = hold_and_hang_up(&mut ua, &mut call.dialog, setup.hold, stop, session.run(plan), &mut report).await;
+    let m = hold_and_hang_up(&mut ua, &mut call.dialog, setup, stop, session.run(plan), &mut report).await;
     sign_out(ua, setup, &mut report).await;
     report.first_rtp_ms = ms_since(t0, m.media.first_received);
     report.rtcp_received = Some(m.rtcp_received);
     report.media = Some(m.media);
-    report.judge_media();
+    report.judge_media(setup.reencoded);
     report
 }
 

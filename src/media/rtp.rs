@@ -64,26 +64,9 @@ impl PlainRtpSession {
     /// (PCMU and telephone-event, 20 ms).
     pub async fn offer(ip: IpAddr, tone: Arc<ToneLoop>) -> Result<(PlainRtpSession, String), RtpError> {
         let err = |source| RtpError::Socket { addr: ip, source };
-        let (rtp, rtcp) = loop {
-            let rtp = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(err)?;
-            let port = rtp.local_addr().map_err(err)?.port();
-            if port % 2 != 0 || port == u16::MAX {
-                continue;
-            }
-            if let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(ip, port + 1)).await {
-                break (rtp, rtcp);
-            }
-        };
+        let (rtp, rtcp) = bind_pair(ip).await.map_err(err)?;
         let local = rtp.local_addr().map_err(err)?;
-        let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
-        let session_id = u32::from_be_bytes(super::random_bytes::<4>());
-        let sdp = format!(
-            "v=0\r\no=- {session_id} 1 IN {family} {ip}\r\ns=astrtc\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
-             m=audio {port} RTP/AVP {PCMU} 101\r\na=rtpmap:{PCMU} PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
-             a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
-            port = local.port(),
-        );
-        Ok((PlainRtpSession { rtp, rtcp, local, remote: None, tone }, sdp))
+        Ok((PlainRtpSession { rtp, rtcp, local, remote: None, tone }, pcmu_sdp(local)))
     }
 
     /// Our RTP address.
@@ -158,6 +141,33 @@ impl PlainRtpSession {
         }
         PlainReport { local: self.local, remote, media: meter.figures(), rtcp_received }
     }
+}
+
+/// Binds an even RTP port on `ip` and the odd one above it, as a phone does.
+pub async fn bind_pair(ip: IpAddr) -> std::io::Result<(UdpSocket, UdpSocket)> {
+    loop {
+        let rtp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let port = rtp.local_addr()?.port();
+        if port % 2 != 0 || port == u16::MAX {
+            continue;
+        }
+        if let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(ip, port + 1)).await {
+            return Ok((rtp, rtcp));
+        }
+    }
+}
+
+/// A phone's SDP for `rtp`: PCMU and telephone-event, 20 ms, sendrecv (an offer or an answer).
+pub fn pcmu_sdp(rtp: SocketAddr) -> String {
+    let ip = rtp.ip();
+    let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let session_id = u32::from_be_bytes(super::random_bytes::<4>());
+    format!(
+        "v=0\r\no=- {session_id} 1 IN {family} {ip}\r\ns=astrtc\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP {PCMU} 101\r\na=rtpmap:{PCMU} PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+         a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
+        port = rtp.port(),
+    )
 }
 
 /// An RTP packet's fields (RFC 3550 section 5.1), borrowing its payload.

@@ -293,9 +293,22 @@ pub struct WebrtcSession {
     pending: Option<SdpPendingOffer>,
     local: Vec<CandidateInfo>,
     remote: Vec<CandidateInfo>,
-    tone: Arc<ToneLoop>,
+    /// The answer's payload types, in its order of preference.
+    answer_pts: Vec<u8>,
+    opus: Arc<ToneLoop>,
+    ulaw: Arc<ToneLoop>,
     /// How the TURN server is reached (with a relay).
     transport: String,
+}
+
+/// What a WebRTC call offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// opus only: a call that must get opus (verify's probe).
+    Opus,
+    /// opus, then G.711 µ-law, as browsers offer them: the answer's order decides what is
+    /// sent, as in a browser (a deployment that prefers G.711 gets G.711).
+    OpusThenPcmu,
 }
 
 /// Datagram counts by kind, demultiplexed as RFC 7983 does.
@@ -382,6 +395,7 @@ impl WebrtcSession {
         ips: &[IpAddr],
         shared: &SharedMedia,
         relay: Option<&TurnServer>,
+        codecs: Offer,
     ) -> Result<(WebrtcSession, String), SessionError> {
         if ips.is_empty() {
             return Err(SessionError::NoCandidates);
@@ -391,6 +405,7 @@ impl WebrtcSession {
             .set_dtls_cert(shared.dtls_cert.clone())
             .clear_codecs()
             .enable_opus(true, false)
+            .enable_pcmu(codecs == Offer::OpusThenPcmu, false)
             .set_stats_interval(Some(Duration::from_millis(500)))
             .build(Instant::now());
         let mut local = Vec::new();
@@ -429,7 +444,9 @@ impl WebrtcSession {
             pending: Some(pending),
             local,
             remote: Vec::new(),
-            tone: shared.opus.clone(),
+            answer_pts: Vec::new(),
+            opus: shared.opus.clone(),
+            ulaw: shared.ulaw.clone(),
             transport: relay.map(|r| r.transport.to_string()).unwrap_or_default(),
         };
         Ok((session, sdp))
@@ -465,9 +482,12 @@ impl WebrtcSession {
 
     /// Applies the SDP answer (from the 200 OK).
     pub fn accept_answer(&mut self, sdp: &str) -> Result<(), SessionError> {
-        self.remote = sdp::audio(sdp)
+        let audio = sdp::audio(sdp);
+        self.remote = audio
+            .as_ref()
             .map(|a| a.candidates.iter().filter_map(|c| sdp::parse_candidate(c)).collect())
             .unwrap_or_default();
+        self.answer_pts = audio.map(|a| a.payload_types).unwrap_or_default();
         let sdp = lowercase_fingerprint_hash(sdp);
         let answer = SdpAnswer::from_sdp_string(&sdp).map_err(|e| SessionError::BadAnswer(e.to_string()))?;
         let pending = self.pending.take().ok_or_else(|| SessionError::BadAnswer("a second answer".into()))?;
@@ -475,12 +495,19 @@ impl WebrtcSession {
         Ok(())
     }
 
-    fn send_codec(&mut self) -> Option<(Pt, String, u32)> {
+    /// The codec to send: the first of the answer's that we offered, as a browser picks it.
+    fn send_codec(&mut self) -> Option<SendCodec> {
         let writer = self.rtc.writer(self.mid)?;
-        let p = writer.payload_params().next()?;
+        let params: Vec<_> = writer.payload_params().collect();
+        let p =
+            self.answer_pts.iter().find_map(|pt| params.iter().find(|p| *p.pt() == *pt)).or_else(|| params.first())?;
         let spec = p.spec();
         let name = format!("{}/{}/{}", codec_name(spec.codec), spec.clock_rate.get(), spec.channels.unwrap_or(1));
-        Some((p.pt(), name, spec.clock_rate.get()))
+        let tone = match spec.codec {
+            Codec::PCMU => self.ulaw.clone(),
+            _ => self.opus.clone(),
+        };
+        Some(SendCodec { pt: p.pt(), name, clock: spec.clock_rate, tone })
     }
 
     /// Runs the media until `plan.stop` fires (then `plan.tail` more), measuring the echo.
@@ -504,7 +531,7 @@ impl WebrtcSession {
             },
             session: self,
             meter: EchoMeter::new(48_000),
-            pt: None,
+            codec: None,
             frame_no: 0,
         };
         let result = driver.run(plan).await;
@@ -526,12 +553,20 @@ impl WebrtcSession {
     }
 }
 
+/// The codec a call sends, and its tone.
+struct SendCodec {
+    pt: Pt,
+    name: String,
+    clock: Frequency,
+    tone: Arc<ToneLoop>,
+}
+
 /// The run loop's state: the session and what it has measured so far.
 struct Driver {
     session: WebrtcSession,
     report: WebrtcReport,
     meter: EchoMeter,
-    pt: Option<Pt>,
+    codec: Option<SendCodec>,
     frame_no: u64,
 }
 
@@ -548,15 +583,17 @@ impl Driver {
         let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
         loop {
             let timeout = self.drain().await?;
-            if self.report.dtls_connected.is_some() && self.pt.is_none() {
-                if let Some((pt, name, _rate)) = self.session.send_codec() {
-                    self.pt = Some(pt);
-                    self.report.codec = Some(name);
+            if self.report.dtls_connected.is_some() && self.codec.is_none() {
+                if let Some(codec) = self.session.send_codec() {
+                    self.report.codec = Some(codec.name.clone());
+                    // Nothing was sent or received yet: measure on the codec's clock.
+                    self.meter = EchoMeter::new(codec.clock.get());
+                    self.codec = Some(codec);
                     // The interval idled until now: with Burst it would fire every missed tick.
                     tick.reset_immediately();
                 }
             }
-            let sending = self.pt.is_some() && end.is_none();
+            let sending = self.codec.is_some() && end.is_none();
             let connecting = self.report.dtls_connected.is_none() && end.is_none();
             tokio::select! {
                 d = self.session.sockets.recv() => self.on_datagram(d)?,
@@ -611,14 +648,20 @@ impl Driver {
     }
 
     fn send_frame(&mut self) -> Result<(), RtcError> {
-        let Some(pt) = self.pt else { return Ok(()) };
-        let data = self.session.tone.frame(self.frame_no).to_vec();
+        let Some(codec) = &self.codec else { return Ok(()) };
+        let data = codec.tone.frame(self.frame_no).to_vec();
         let now = Instant::now();
-        let rtp_time = self.frame_no * u64::from(self.session.tone.samples_per_frame);
+        let rtp_time = self.frame_no * u64::from(codec.tone.samples_per_frame);
         self.meter.on_sent(&data, now);
         self.frame_no += 1;
+        let (pt, clock) = (codec.pt, codec.clock);
         let Some(writer) = self.session.rtc.writer(self.session.mid) else { return Ok(()) };
-        writer.write(pt, now, MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ), data)
+        writer.write(pt, now, MediaTime::new(rtp_time, clock), data)?;
+        // str0m packetizes one written frame per timeout it handles. Left to the loop, a
+        // starved caller whose ticks fire in a burst writes faster than it handles timeouts,
+        // and after 512 pending frames str0m refuses the write (WriteWithoutPoll; seen for 50
+        // of 200 calls in `bench calls` on a loaded host, which had sent half their frames).
+        self.session.rtc.handle_input(Input::Timeout(now))
     }
 
     fn on_event(&mut self, e: Event) {
@@ -735,7 +778,8 @@ mod tests {
     #[tokio::test]
     async fn an_offer_is_what_a_browser_sends_with_a_real_default_candidate() {
         let shared = SharedMedia::new().unwrap();
-        let (session, sdp) = WebrtcSession::offer(&["127.0.0.1".parse().unwrap()], &shared, None).await.unwrap();
+        let (session, sdp) =
+            WebrtcSession::offer(&["127.0.0.1".parse().unwrap()], &shared, None, Offer::Opus).await.unwrap();
         let port = session.local_candidates()[0].addr.port();
         for needle in [
             "a=group:BUNDLE".to_string(),

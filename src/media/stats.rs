@@ -124,10 +124,20 @@ pub struct MediaFigures {
     pub steady_loss_percent: f64,
     /// Gaps in the echo's own sequence numbers, in percent.
     pub seq_gap_percent: f64,
+    /// Loss counted rather than matched, in percent: packets sent from the first one received
+    /// on, less those received. For a path that re-encodes the audio (a transcoded call), where
+    /// no payload comes back as sent; packets in flight when the first arrived make it read a
+    /// little low (about one packet per 20 ms of round trip).
+    pub counted_loss_percent: f64,
     /// Round-trip time of matched packets.
     pub rtt_ms: Option<RttMillis>,
     /// RFC 3550 interarrival jitter of the received stream, ms.
     pub jitter_ms: f64,
+    /// The same estimator over the round trip of matched packets (`D` = the difference of
+    /// consecutive round-trip times), ms: the variation the path and the far end add, without
+    /// the sender's own scheduling (a late frame sent late is not jitter of the path). `None`
+    /// until two packets matched.
+    pub path_jitter_ms: Option<f64>,
     /// When the first packet came back.
     #[serde(skip)]
     pub first_received: Option<Instant>,
@@ -143,8 +153,11 @@ pub struct EchoMeter {
     rtts: Vec<Duration>,
     first_received: Option<Instant>,
     first_echoed: Option<u64>,
+    sent_at_first_received: Option<u64>,
     jitter: Jitter,
     seq: SeqTracker,
+    path_jitter: f64,
+    last_rtt: Option<Duration>,
 }
 
 fn payload_key(payload: &[u8]) -> u64 {
@@ -173,8 +186,11 @@ impl EchoMeter {
             rtts: Vec::new(),
             first_received: None,
             first_echoed: None,
+            sent_at_first_received: None,
             jitter: Jitter::new(clock_rate),
             seq: SeqTracker::default(),
+            path_jitter: 0.0,
+            last_rtt: None,
         }
     }
 
@@ -203,6 +219,7 @@ impl EchoMeter {
     pub fn on_received(&mut self, payload: &[u8], at: Instant, rtp_ts: u32, seq: u16) -> Option<Duration> {
         self.received += 1;
         self.first_received.get_or_insert(at);
+        self.sent_at_first_received.get_or_insert(self.sent);
         self.jitter.on_packet(at, rtp_ts);
         self.seq.on_packet(seq);
         let key = payload_key(payload);
@@ -217,6 +234,11 @@ impl EchoMeter {
         }
         self.matched += 1;
         self.first_echoed.get_or_insert(sent.index);
+        if let Some(last) = self.last_rtt {
+            let d = rtt.abs_diff(last).as_secs_f64();
+            self.path_jitter += (d - self.path_jitter) / 16.0;
+        }
+        self.last_rtt = Some(rtt);
         self.rtts.push(rtt);
         Some(rtt)
     }
@@ -238,6 +260,14 @@ impl EchoMeter {
                 percent(since.saturating_sub(self.matched), since)
             },
             seq_gap_percent: percent(expected.saturating_sub(self.seq.received()), expected),
+            counted_loss_percent: match self.sent_at_first_received {
+                // The first packet back answers one sent before it: count it in.
+                Some(at) => {
+                    let since = self.sent - at + 1;
+                    percent(since.saturating_sub(self.received), since)
+                }
+                None => percent(self.sent, self.sent),
+            },
             rtt_ms: (!sorted.is_empty()).then(|| RttMillis {
                 min: ms(sorted[0]),
                 p50: ms(percentile(&sorted, 50.0)),
@@ -245,6 +275,7 @@ impl EchoMeter {
                 max: ms(sorted[sorted.len() - 1]),
             }),
             jitter_ms: self.jitter.millis(),
+            path_jitter_ms: (self.matched >= 2).then_some(self.path_jitter * 1000.0),
             first_received: self.first_received,
         }
     }
@@ -277,6 +308,24 @@ mod tests {
     }
 
     #[test]
+    fn loss_is_counted_when_nothing_comes_back_as_it_was_sent() {
+        // A transcoded path: 10 sent, the first 2 before anything came back, then 7 of the 8
+        // sent since the first arrived (re-encoded: no payload matches).
+        let t0 = Instant::now();
+        let mut m = EchoMeter::new(8000);
+        for i in 0..10u8 {
+            let at = t0 + Duration::from_millis(20 * u64::from(i));
+            m.on_sent(&[i], at);
+            if (2..9).contains(&i) {
+                assert_eq!(m.on_received(&[100 + i], at + Duration::from_millis(1), 0, u16::from(i)), None);
+            }
+        }
+        let f = m.figures();
+        assert_eq!((f.matched, f.received), (0, 7));
+        assert!((f.counted_loss_percent - 12.5).abs() < 1e-9, "{}", f.counted_loss_percent);
+    }
+
+    #[test]
     fn a_payload_repeated_by_the_loop_is_not_matched_to_its_lost_previous_round() {
         let t0 = Instant::now();
         let mut m = EchoMeter::new(8000);
@@ -286,6 +335,31 @@ mod tests {
         m.on_sent(b"same", again);
         assert_eq!(m.on_received(b"same", again + Duration::from_millis(3), 0, 0), Some(Duration::from_millis(3)));
         assert!((m.figures().loss_percent - 50.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn path_jitter_ignores_a_late_sender_and_sees_a_varying_path() {
+        // Sent in bursts (the sender stalled), each echoed 2 ms later: the received stream
+        // jitters against its RTP clock, the path does not.
+        let t0 = Instant::now();
+        let mut m = EchoMeter::new(8000);
+        for i in 0..100u32 {
+            let sent = t0 + Duration::from_millis(u64::from(60 * (i / 3)));
+            m.on_sent(&i.to_be_bytes(), sent);
+            m.on_received(&i.to_be_bytes(), sent + Duration::from_millis(2), 160 * i, i as u16);
+        }
+        let f = m.figures();
+        assert!(f.jitter_ms > 10.0, "{}", f.jitter_ms);
+        assert!(f.path_jitter_ms.unwrap() < 0.001, "{:?}", f.path_jitter_ms);
+        // A path alternating 1 and 11 ms: |D| = 10 ms, and the estimate converges to it.
+        let mut m = EchoMeter::new(8000);
+        for i in 0..300u32 {
+            let sent = t0 + Duration::from_millis(u64::from(20 * i));
+            m.on_sent(&i.to_be_bytes(), sent);
+            let rtt = if i % 2 == 0 { 1 } else { 11 };
+            m.on_received(&i.to_be_bytes(), sent + Duration::from_millis(rtt), 160 * i, i as u16);
+        }
+        assert!((m.figures().path_jitter_ms.unwrap() - 10.0).abs() < 0.1);
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub const TURN_RELAY_END: i64 = 65535;
 pub const TURN_USER_QUOTA: i64 = 12;
 /// Lifetime of the TURN credentials `astrtc turn-credentials` prints.
 pub const TURN_CREDENTIAL_TTL_SECONDS: u64 = 3600;
+/// WSS sessions Asterisk accepts at once: Asterisk's own default (100) stops the 101st browser;
+/// `astrtc bench calls` carried more than that on 2 cores (README, "Sizing").
+pub const WSS_SESSIONS: i64 = 1000;
 /// Whether the guard (fail2ban) runs.
 pub const GUARD: bool = true;
 /// Failures from one address that ban it.

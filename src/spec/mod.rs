@@ -61,6 +61,9 @@ pub struct Spec {
     pub metrics: MetricsSpec,
     /// The TURN relay browsers use (absent: none).
     pub turn: Option<TurnSpec>,
+    /// What limits how many calls the deployment carries.
+    #[serde(default)]
+    pub performance: PerformanceSpec,
 }
 
 /// `[turn]`: the TURN relay browsers use when UDP to the RTP range does not get through.
@@ -101,6 +104,15 @@ pub enum TurnMode {
     Bundled,
     /// A TURN server the user runs with `use-auth-secret` and the same shared secret.
     External,
+}
+
+/// `[performance]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceSpec {
+    /// WebSocket (WSS) sessions Asterisk's HTTP server accepts at once (`http.conf`
+    /// `sessionlimit`; Asterisk's own default, 100, caps a deployment at 100 browsers).
+    pub wss_sessions: Option<i64>,
 }
 
 /// `[logging]`.
@@ -305,6 +317,9 @@ pub struct EndpointSpec {
     pub rtp_timeout: Option<i64>,
     /// The same while the call is on hold (0: never) [default: 600].
     pub rtp_timeout_hold: Option<i64>,
+    /// Whose codec order wins when a call is set up: `client` (default: the order the browser
+    /// or phone offers, Asterisk's default) or `spec` (this endpoint's `codecs` order).
+    pub codec_preference: Option<CodecPreference>,
     /// `kind = "sip"` only: `udp` (default) or `tls` (SIP over TLS with SRTP media, SDES keys).
     pub transport: Option<SipTransport>,
 }
@@ -317,6 +332,17 @@ pub enum SipTransport {
     Udp,
     /// SIP over TLS, SRTP media with SDES keys (`media_encryption = sdes`).
     Tls,
+}
+
+/// Whose codec order an endpoint's calls follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CodecPreference {
+    /// The order the client offers (browsers put opus first).
+    Client,
+    /// The endpoint's `codecs` order, e.g. `["ulaw", "opus"]`: browsers calling G.711 phones are
+    /// answered with G.711 and nothing is transcoded.
+    Spec,
 }
 
 /// What kind of client an endpoint serves.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AcmeChallenge, EndpointKind, NetworkMode, TlsMode, TurnMode};
+use super::{AcmeChallenge, CodecPreference, EndpointKind, NetworkMode, TlsMode, TurnMode};
 
 /// A valid spec and its secrets.
 #[derive(Debug, Clone)]
@@ -42,6 +42,8 @@ pub struct Valid {
     pub metrics: Metrics,
     /// The TURN relay browsers use.
     pub turn: Option<TurnService>,
+    /// What limits how many calls it carries.
+    pub performance: Performance,
 }
 
 /// The TURN relay browsers use (`[turn]`): where clients reach it and, when astrtc deploys it,
@@ -88,6 +90,13 @@ impl TurnService {
     pub fn binds_privileged_port(&self) -> bool {
         self.port < 1024 || self.tls_port.is_some_and(|p| p < 1024)
     }
+}
+
+/// What limits how many calls the deployment carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Performance {
+    /// WSS sessions Asterisk accepts at once (http.conf `sessionlimit`).
+    pub wss_sessions: u32,
 }
 
 /// What Asterisk logs.
@@ -326,6 +335,8 @@ pub struct Endpoint {
     pub rtp_timeout: u32,
     /// The same on hold.
     pub rtp_timeout_hold: u32,
+    /// Whose codec order wins.
+    pub codec_preference: CodecPreference,
     /// Digest password; never serialized (templates get passwords through their own context).
     #[serde(skip_serializing)]
     pub password: String,

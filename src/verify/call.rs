@@ -112,6 +112,9 @@ pub async fn call_checks(
                 extension: target,
                 hold: options.hold,
                 register: true,
+                offer: media::session::Offer::Opus,
+                reencoded: false,
+                release: None,
             };
             let report = media::call(&setup, &shared).await;
             let ctx = Context { plan, endpoint: ep, server };

@@ -337,7 +337,9 @@ fn tls_failure(e: &VerifyError, addr: SocketAddr, domain: &str, ca_file: &str) -
     Check::fail("tls", detail, remedy)
 }
 
-async fn local_container(plan: &Plan, explicit: Option<&str>) -> Result<(bollard::Docker, String), String> {
+/// The deployment's Asterisk container on this host's Docker engine: `explicit` (a name or id), else
+/// the one its compose project or `astrtc testenv` labelled.
+pub async fn local_container(plan: &Plan, explicit: Option<&str>) -> Result<(bollard::Docker, String), String> {
     let docker =
         crate::image::connect().await.map_err(|_| "no local Docker engine (remote deployment?)".to_string())?;
     if let Some(id) = explicit {

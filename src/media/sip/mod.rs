@@ -334,6 +334,54 @@ impl UserAgent {
         Ok(m)
     }
 
+    /// The next message from the server, whatever it is (the answering side's loop: the
+    /// server's INVITEs, ACKs and BYEs, and stray responses). Cancel-safe.
+    pub async fn next_message(&mut self) -> Result<SipMessage, SipError> {
+        self.transport.recv().await
+    }
+
+    /// Our Contact for this transport, e.g. `<sip:3001@127.0.0.1:40000>`.
+    pub fn contact(&self) -> String {
+        self.transport.contact(&self.user)
+    }
+
+    /// Sends a response to `req`: its Via, From, Call-ID and CSeq, its To with `to_tag` added
+    /// (when the To has none yet), then `headers` and an SDP `body`.
+    pub async fn respond(
+        &mut self,
+        req: &SipMessage,
+        status: &str,
+        to_tag: Option<&str>,
+        headers: &[String],
+        body: Option<&str>,
+    ) -> Result<(), SipError> {
+        let mut r = format!("SIP/2.0 {status}\r\n");
+        for v in req.headers("Via") {
+            r.push_str(&format!("Via: {v}\r\n"));
+        }
+        for h in ["From", "Call-ID", "CSeq"] {
+            if let Some(v) = req.header(h) {
+                r.push_str(&format!("{h}: {v}\r\n"));
+            }
+        }
+        let to = req.header("To").unwrap_or_default();
+        match to_tag {
+            Some(tag) if !to.contains(";tag=") => r.push_str(&format!("To: {to};tag={tag}\r\n")),
+            _ => r.push_str(&format!("To: {to}\r\n")),
+        }
+        r.push_str("User-Agent: astrtc\r\n");
+        for h in headers {
+            r.push_str(h);
+            r.push_str("\r\n");
+        }
+        match body {
+            Some(b) => r.push_str(&format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{b}", b.len())),
+            None => r.push_str("Content-Length: 0\r\n\r\n"),
+        }
+        // Not in the ladder: an answering agent serves many calls, the ladder is for one.
+        self.transport.send(&r).await
+    }
+
     /// Answers a request from the server: 200 to BYE, OPTIONS, NOTIFY and CANCEL, else 501.
     async fn answer(&mut self, req: &SipMessage) -> Result<(), SipError> {
         let StartLine::Request { method, .. } = &req.start else { return Ok(()) };

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use super::super::secrets::Secrets;
 use super::super::source::{KeyPath, Problem};
 use super::super::valid::{Dialplan, Endpoint, Transport};
-use super::super::{defaults, EndpointKind, SipTransport, Spec};
+use super::super::{defaults, CodecPreference, EndpointKind, SipTransport, Spec};
 use super::{display_name, endpoint_id, p, password, simple_token, KNOWN_CODECS, WEBRTC_CODECS};
 
 /// The dialplan context and the echo extension.
@@ -122,6 +122,7 @@ pub(super) fn endpoints(
                 max_contacts,
                 rtp_timeout,
                 rtp_timeout_hold,
+                codec_preference: ep.codec_preference.unwrap_or(CodecPreference::Client),
                 password,
             }),
             _ => ok = false,

@@ -72,18 +72,27 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let resources = operations::resources(spec, v);
     let security = security::security(spec, v);
     let lifecycle = lifecycle::lifecycle(spec, v);
+    let performance = operations::performance(spec, v);
     let metrics = lifecycle::metrics(spec, network.as_ref().map(|(n, _)| n), secrets, v, &mut out.secrets);
     let turn =
         turn::turn(spec, network.as_ref().map(|(n, _)| n), rtp.as_ref(), tls.as_ref(), secrets, v, &mut out.secrets);
 
-    match (network, rtp, tls, dialplan, endpoints, (logging, resources, security, lifecycle, metrics), turn) {
+    match (
+        network,
+        rtp,
+        tls,
+        dialplan,
+        endpoints,
+        (logging, resources, security, lifecycle, metrics, performance),
+        turn,
+    ) {
         (
             Some((network, _)),
             Some(rtp),
             Some(tls),
             Some(dialplan),
             Some(endpoints),
-            (Some(logging), Some(resources), Some(security), Some(lifecycle), Some(metrics)),
+            (Some(logging), Some(resources), Some(security), Some(lifecycle), Some(metrics), Some(performance)),
             Some(turn),
         ) if out.is_empty() => Ok(Valid {
             name,
@@ -99,6 +108,7 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
             lifecycle,
             metrics,
             turn,
+            performance,
         }),
         _ => Err(out),
     }

@@ -1,7 +1,8 @@
-//! `[logging]` and `[resources]`: what Asterisk logs and the memory it may use.
+//! `[logging]`, `[resources]` and `[performance]`: what Asterisk logs, the memory it may use and
+//! what limits the calls it carries.
 
 use super::super::source::Problem;
-use super::super::valid::{Logging, Resources};
+use super::super::valid::{Logging, Performance, Resources};
 use super::super::{defaults, Spec};
 use super::p;
 
@@ -38,4 +39,18 @@ pub(super) fn resources(spec: &Spec, v: &mut Vec<Problem>) -> Option<Resources> 
         v.push(p("resources.memory_request_mb", format!("{request} MiB is above the limit of {limit} MiB")));
     }
     (v.len() == before).then_some(Resources { memory_limit_mb: limit, memory_request_mb: request })
+}
+
+/// WSS sessions 1-100000.
+pub(super) fn performance(spec: &Spec, v: &mut Vec<Problem>) -> Option<Performance> {
+    let sessions = spec.performance.wss_sessions.unwrap_or(defaults::WSS_SESSIONS);
+    match u32::try_from(sessions) {
+        Ok(n) if (1..=100_000).contains(&n) => Some(Performance { wss_sessions: n }),
+        _ => {
+            v.push(p("performance.wss_sessions", format!("{sessions} is outside 1-100000")).help(
+                "every browser keeps one WebSocket open while registered or in a call; each costs Asterisk a thread",
+            ));
+            None
+        }
+    }
 }

@@ -1,0 +1,201 @@
+//! `astrtc bench calls`: resolve everything a run needs from the spec and the host (addresses,
+//! accounts, the CA, the Asterisk container's CPU counter, the file-descriptor limit), refuse
+//! levels the deployment cannot hold before a single call is placed (bad input: exit 2), run
+//! [`astrtc::bench`], then print the table and write the JSON and the plot.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use astrtc::bench::{self, Account, CgroupCpu, Kind, Options, Target};
+use astrtc::cli::{BenchCallsArgs, BenchKind, RunningDeployment};
+use astrtc::media::netif;
+use astrtc::plan::{Endpoint, Plan};
+use astrtc::spec::EndpointKind;
+
+use super::{load_plan, out_dir, CmdError};
+
+/// Descriptors this process keeps besides the calls' own (runtime, stdio, the Docker socket).
+const FD_BASE: u64 = 64;
+
+fn kind(k: BenchKind) -> Kind {
+    match k {
+        BenchKind::WebrtcEcho => Kind::WebrtcEcho,
+        BenchKind::SipEcho => Kind::SipEcho,
+        BenchKind::WebrtcToSip => Kind::WebrtcToSip,
+    }
+}
+
+/// The endpoint `id` names (of `want` kind), or the spec's first of that kind.
+fn endpoint<'a>(plan: &'a Plan, id: Option<&str>, want: EndpointKind, flag: &str) -> Result<&'a Endpoint, CmdError> {
+    let kind_name = match want {
+        EndpointKind::Webrtc => "webrtc",
+        EndpointKind::Sip => "sip",
+    };
+    match id {
+        Some(id) => {
+            let ep = plan.endpoints.iter().find(|e| e.id == id).ok_or_else(|| {
+                let have: Vec<_> = plan.endpoints.iter().map(|e| e.id.as_str()).collect();
+                CmdError::BadArgument(format!(
+                    "{flag} {id}: the spec has no endpoint {id} (it has {})",
+                    have.join(", ")
+                ))
+            })?;
+            if ep.kind != want {
+                return Err(CmdError::BadArgument(format!("{flag} {id}: endpoint {id} is not a {kind_name} endpoint")));
+            }
+            Ok(ep)
+        }
+        None => plan.endpoints.iter().find(|e| e.kind == want).ok_or_else(|| {
+            CmdError::BadArgument(format!("this kind of call needs a {kind_name} endpoint, and the spec has none"))
+        }),
+    }
+}
+
+/// Refuses levels the deployment or this process cannot hold.
+fn check_levels(plan: &Plan, kind: Kind, levels: &[u32], fd_limit: u64) -> Result<(), CmdError> {
+    let max = levels.iter().copied().max().unwrap_or(0);
+    let rtp = bench::rtp_capacity(plan.rtp.start, plan.rtp.end, kind);
+    if max > rtp {
+        return Err(CmdError::BadArgument(format!(
+            "level {max} is more than the deployment's RTP range can carry: rtp.start-rtp.end = {}-{} is {} ports, \
+             an even one per Asterisk channel, {} channel{} per {} call, so at most {rtp} calls; lower the level or \
+             widen the range in the spec",
+            plan.rtp.start,
+            plan.rtp.end,
+            u32::from(plan.rtp.end - plan.rtp.start) + 1,
+            kind.channels_per_call(),
+            if kind.channels_per_call() == 1 { "" } else { "s" },
+            kind.name(),
+        )));
+    }
+    if kind.uses_wss() && max > plan.performance.wss_sessions {
+        return Err(CmdError::BadArgument(format!(
+            "level {max} is more than the deployment's WSS listener accepts: every WebRTC call keeps a WebSocket \
+             open and performance.wss_sessions is {}; raise it in the spec (then render and restart Asterisk) or \
+             lower the level",
+            plan.performance.wss_sessions
+        )));
+    }
+    let need = FD_BASE + u64::from(max) * kind.fds_per_call();
+    if need > fd_limit {
+        return Err(CmdError::BadArgument(format!(
+            "level {max} needs about {need} open files here and this process may open {fd_limit} (ulimit -n, \
+             hard limit included); raise the limit or lower the level"
+        )));
+    }
+    Ok(())
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, CmdError> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            CmdError::BadArgument(format!("cannot resolve {host}: {e}; pass the deployment's address with --host"))
+        })?
+        .collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| {
+        CmdError::BadArgument(format!("{host} has no address; pass the deployment's address with --host"))
+    })
+}
+
+/// The one host candidate WebRTC calls offer: the address that routes to the server, or, for
+/// a server on this host, a LAN address (Asterisk never offers loopback candidates).
+fn local_ip(server: SocketAddr) -> IpAddr {
+    let routed = netif::route_to(server).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    if routed.is_loopback() {
+        if let Some(lan) = netif::host_ips(netif::CandidateSet::Lan).ok().and_then(|ips| ips.into_iter().next()) {
+            return lan;
+        }
+    }
+    routed
+}
+
+/// The Asterisk container's CPU counter and a description of it, or why there is none. It is
+/// found through the container's first process (the entrypoint; Asterisk runs as its child in
+/// the same cgroup), so it counts Asterisk and everything else in the container.
+async fn asterisk_counter(plan: &Plan, container: Option<&str>) -> Result<(CgroupCpu, String), String> {
+    let (docker, id) = astrtc::verify::local_container(plan, container).await?;
+    let pid = docker
+        .inspect_container(&id, None)
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .and_then(|s| s.pid)
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("container {id} is not running"))?;
+    let counter = CgroupCpu::of_pid(pid as u32)?;
+    let short: String = id.chars().take(12).collect();
+    let file = match &counter {
+        CgroupCpu::V1(p) | CgroupCpu::V2(p) => p.display().to_string(),
+    };
+    Ok((counter, format!("container {short}: {file}")))
+}
+
+/// Runs `bench calls`.
+pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
+    let RunningDeployment { spec, out, host, ca, container } = args.deployment;
+    let plan = load_plan(&spec)?;
+    let kind = kind(args.kind);
+    let caller_kind = if kind == Kind::SipEcho { EndpointKind::Sip } else { EndpointKind::Webrtc };
+    let caller = endpoint(&plan, args.caller.as_deref(), caller_kind, "--caller")?;
+    let callee = match kind {
+        Kind::WebrtcToSip => Some(endpoint(&plan, args.callee.as_deref(), EndpointKind::Sip, "--callee")?),
+        _ => None,
+    };
+    let fd_limit = bench::raise_fd_limit();
+    check_levels(&plan, kind, &args.levels, fd_limit)?;
+    let ca_path = ca.unwrap_or_else(|| super::verify::default_ca(&plan, &out_dir(&spec, out)));
+    let ca_pem =
+        std::fs::read_to_string(&ca_path).map_err(|source| CmdError::ReadFile { path: ca_path.clone(), source })?;
+    let host = host.unwrap_or_else(|| plan.tls.domain.clone());
+    let wss = resolve(&host, plan.network.wss_port)?;
+    let sip = resolve(&host, plan.network.sip_port)?;
+    let account = |e: &Endpoint| Account { id: e.id.clone(), password: e.password.clone() };
+    let target = Target {
+        wss,
+        sip,
+        domain: plan.tls.domain.clone(),
+        ca_pem: Arc::from(ca_pem.as_str()),
+        caller: account(caller),
+        callee: callee.map(account),
+        echo_extension: plan.dialplan.echo_extension.clone(),
+        local_ip: local_ip(wss),
+    };
+    let counter = match asterisk_counter(&plan, container.as_deref()).await {
+        Ok(c) => Some(c),
+        Err(why) => {
+            eprintln!("warning: Asterisk's CPU will not be measured: {why}");
+            None
+        }
+    };
+    let options = Options {
+        kind,
+        levels: args.levels,
+        hold: Duration::from_secs_f64(args.hold),
+        rate: args.rate,
+        settle: Duration::from_secs(3),
+        criteria: bench::Criteria::default(),
+    };
+    crate::ui::bench_start(&options, &target, counter.as_ref().map(|(_, s)| s.as_str()));
+    let report = bench::run(&options, &target, counter, &crate::ui::bench_progress).await?;
+    print!("{}", crate::ui::bench_summary(&report));
+    if let Some(path) = &args.json {
+        write(path, &serde_json::to_string_pretty(&report).unwrap_or_default())?;
+    }
+    if let Some(path) = &args.plot {
+        write(path, &bench::plot::svg(std::slice::from_ref(&report)))?;
+    }
+    if report.levels.iter().all(|l| l.set_up == 0) {
+        return Err(CmdError::BenchNoCalls);
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), CmdError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| CmdError::WriteFile { path: path.to_path_buf(), source })?;
+    }
+    std::fs::write(path, text).map_err(|source| CmdError::WriteFile { path: path.to_path_buf(), source })
+}
