@@ -64,12 +64,15 @@ try {
   page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
   // Chromium aborts a load with ERR_NETWORK_CHANGED when an interface comes or goes on the host
   // (other tests create namespaces, veths and Docker networks): that, and only that, is retried.
+  // Mid-navigation Playwright reports it as interrupted by Chromium's network error page
+  // (chrome-error://chromewebdata/); a server that stays unreachable still fails on attempt 4.
   for (let attempt = 1; ; attempt++) {
     try {
       await page.goto(args.page, { timeout: 10000 });
       break;
     } catch (e) {
-      if (attempt < 4 && e.message.includes('ERR_NETWORK_CHANGED')) {
+      const networkChanged = e.message.includes('ERR_NETWORK_CHANGED') || e.message.includes('chrome-error://chromewebdata/');
+      if (attempt < 4 && networkChanged) {
         consoleLines.push(`[retry] ${e.message.split('\n')[0]}`);
         continue;
       }
