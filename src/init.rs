@@ -126,7 +126,7 @@ pub fn spec_text_with(domain: &str, acme: Option<&InitAcme>) -> String {
         MEMORY_LIMIT_MB => d::MEMORY_LIMIT_MB, MEMORY_REQUEST_MB => d::MEMORY_REQUEST_MB, WSS_SESSIONS => d::WSS_SESSIONS,
         BAN_AFTER => d::BAN_AFTER, FIND_SECONDS => d::FIND_SECONDS, BAN_SECONDS => d::BAN_SECONDS,
         DRAIN_SECONDS => d::DRAIN_SECONDS,
-        METRICS_USERNAME => d::METRICS_USERNAME, PROMETHEUS_PORT => d::PROMETHEUS_PORT,
+        METRICS_USERNAME => d::METRICS_USERNAME, PROMETHEUS_PORT => d::PROMETHEUS_PORT, EXPORTER_PORT => d::EXPORTER_PORT,
     };
     let template = crate::assets::text(&crate::assets::TEMPLATES, SPEC_TEMPLATE).unwrap_or_default();
     env.render_str(

@@ -67,6 +67,7 @@ impl Stack {
             user: user.into(),
             password: self.plan.endpoints.iter().find(|e| e.id == user).unwrap().password.clone(),
             target: target.into(),
+            skip_every: None,
         }
     }
 
@@ -157,6 +158,7 @@ fn a_call_survives_an_apply_that_adds_an_endpoint_changes_a_password_and_the_dia
         user: user.into(),
         password: password.into(),
         target: target.into(),
+        skip_every: None,
     };
     let pw = |id: &str| plan.endpoints.iter().find(|e| e.id == id).unwrap().password.clone();
     assert_eq!(register_status(&as_user("3003", &pw("3003"), "")), 200, "the new endpoint");

@@ -555,19 +555,20 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
 }
 
 /// `[lifecycle]`, `[metrics]` and the metrics password: drains in and out of range, metrics on and
-/// off, the Prometheus port anywhere (also on a listener's port).
+/// off, the Prometheus and node exporter ports anywhere (also on a listener's port).
 fn lifecycle_and_metrics(level: Level) -> BoxedStrategy<(LifecycleSpec, MetricsSpec, Option<String>)> {
     (
         maybe(1, prop_oneof![6 => 0i64..=86_400, 1 => Just(-1i64), 1 => Just(86_401i64)].boxed()),
         maybe(1, any::<bool>().boxed()),
+        maybe(1, port()),
         maybe(1, port()),
         prop_oneof![
             1 => Just(None),
             8 => text(level, "metrics_password", &["fixture-metrics-password", "0123456789abcdef"]).prop_map(Some)
         ],
     )
-        .prop_map(|(drain_seconds, enabled, prometheus_port, pw)| {
-            (LifecycleSpec { drain_seconds }, MetricsSpec { enabled, prometheus_port }, pw)
+        .prop_map(|(drain_seconds, enabled, prometheus_port, exporter_port, pw)| {
+            (LifecycleSpec { drain_seconds }, MetricsSpec { enabled, prometheus_port, exporter_port }, pw)
         })
         .boxed()
 }
@@ -898,8 +899,11 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     if plan.metrics.enabled {
         let listen = format!("--web.listen-address=127.0.0.1:{}", plan.metrics.prometheus_port);
         expect_json("compose.yaml", &compose, "/services/prometheus/command/3", json!(listen))?;
-    } else if compose.pointer("/services/prometheus").is_some() {
-        return Err(fail("compose.yaml has a prometheus service with metrics off"));
+        let listen = format!("--web.listen-address=127.0.0.1:{}", plan.metrics.exporter_port);
+        expect_json("compose.yaml", &compose, "/services/node-exporter/command/0", json!(listen))?;
+    } else if compose.pointer("/services/prometheus").is_some() || compose.pointer("/services/node-exporter").is_some()
+    {
+        return Err(fail("compose.yaml has a prometheus or node-exporter service with metrics off"));
     }
     expect_json("values.yaml", &values, "/rtp/start", json!(plan.rtp.start))?;
     expect_json("values.yaml", &values, "/rtp/end", json!(plan.rtp.end))?;

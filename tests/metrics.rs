@@ -1,8 +1,10 @@
 //! Metrics: Asterisk's own res_prometheus behind basic auth (on the loopback HTTP listener and,
 //! because Asterisk serves every URI on both, the public TLS one), and the compose `monitoring`
 //! profile's real Prometheus (Debian's package) scraping it: the target is up, and during a call
-//! the channel and call metrics rise, then fall back when it ends. The figures are the queries of
-//! the Grafana dashboard (dashboards/astrtc.json).
+//! the channel and call metrics rise, then fall back when it ends. Beside it the profile's node
+//! exporter serves what res_prometheus lacks (astrtc-metrics in the Asterisk image): task
+//! processors, RTP loss (a call that skips every 10th packet shows 10 %), Asterisk's CPU. The
+//! figures are the queries of the Grafana dashboard (dashboards/astrtc.json).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -82,7 +84,16 @@ pub const PANELS: &[(&str, &str)] = &[
     ("bridges", "sum(asterisk_bridges_count)"),
     ("uptime (s)", "max(asterisk_core_uptime_seconds)"),
     ("scrape time (ms)", "max(asterisk_core_scrape_time_ms)"),
+    // What res_prometheus lacks, from astrtc-metrics through the node exporter.
+    ("task-processor queue (deepest family)", "max(asterisk_taskprocessor_queued) or vector(0)"),
+    ("task processors at high water", "sum(asterisk_taskprocessor_over_high_water) or vector(0)"),
+    ("RTP loss received (%)", LOSS_RX),
+    ("Asterisk CPU (cores)", "rate(astrtc_asterisk_cpu_seconds_total[30s])"),
+    ("host CPU busy (cores)", "sum(rate(node_cpu_seconds_total{mode!=\"idle\"}[30s]))"),
 ];
+
+/// RTP loss on the channels up now, as Asterisk counts it (sequence gaps), in percent.
+const LOSS_RX: &str = "100 * sum(asterisk_rtp_lost_packets{direction=\"rx\"}) / clamp_min(sum(asterisk_rtp_packets{direction=\"rx\"}) + sum(asterisk_rtp_lost_packets{direction=\"rx\"}), 1)";
 
 #[test]
 fn prometheus_scrapes_asterisk_and_call_metrics_rise_and_fall() {
@@ -126,6 +137,19 @@ fn prometheus_scrapes_asterisk_and_call_metrics_rise_and_fall() {
     // The real Prometheus scrapes it.
     let (_, took) = wait_query(port, "up{job=\"asterisk\"}", "the scrape target", |v| v == 1.0);
     eprintln!("prometheus: up{{job=\"asterisk\"}} == 1 after {took:.1?}");
+    // And the node exporter, with astrtc-metrics' text file: Asterisk's task processors (a
+    // running Asterisk has dozens) and its own CPU time.
+    let (_, took) = wait_query(port, "up{job=\"node\"}", "the node exporter", |v| v == 1.0);
+    let (read, _) =
+        wait_query(port, "astrtc_metrics_taskprocessors_read", "task processors read by astrtc-metrics", |v| v >= 10.0);
+    let (families, _) = wait_query(port, "count(asterisk_taskprocessors)", "task-processor families", |v| v >= 5.0);
+    let (cpu, _) = wait_query(port, "astrtc_asterisk_cpu_seconds_total", "Asterisk's CPU time", |v| v > 0.0);
+    wait_query(port, "count(node_cpu_seconds_total)", "the host's CPU", |v| v >= 1.0);
+    let processed_idle = query(port, "sum(asterisk_taskprocessor_processed_total)").unwrap();
+    eprintln!(
+        "prometheus: up{{job=\"node\"}} == 1 after {took:.1?}; {read} task processors in {families} families, \
+         {processed_idle} tasks processed; Asterisk used {cpu} CPU-seconds"
+    );
     let idle: Vec<(&str, Option<f64>)> = PANELS.iter().map(|(n, q)| (*n, query(port, q))).collect();
 
     // A registration: the endpoint goes online.
@@ -133,14 +157,30 @@ fn prometheus_scrapes_asterisk_and_call_metrics_rise_and_fall() {
     let (online, took) = wait_query(port, PANELS[2].1, "endpoints online after a REGISTER", |v| v >= 1.0);
     eprintln!("prometheus: {online} endpoint(s) online {took:.1?} after 3002 registered");
 
-    // A call: the channel and call metrics rise, then fall back.
-    let call = Call::start(&stack.call_spec("3001", &plan.dialplan.echo_extension)).expect("the echo call");
+    // A call: the channel and call metrics rise, then fall back. It never sends every 10th
+    // packet (the sequence number is used up), so Asterisk counts 10 % of what it expected lost:
+    // the RTP loss panel must show that, and not 0.
+    let mut lossy = stack.call_spec("3001", &plan.dialplan.echo_extension);
+    lossy.skip_every = Some(10);
+    let call = Call::start(&lossy).expect("the echo call");
     let (channels, rise) = wait_query(port, "sum(asterisk_channels_count)", "channels during the call", |v| v >= 1.0);
     let (calls, _) = wait_query(port, "sum(asterisk_calls_count)", "calls during the call", |v| v >= 1.0);
+    let (rtp_channels, _) = wait_query(port, "asterisk_rtp_channels", "channels with RTP statistics", |v| v >= 1.0);
+    let (received, _) =
+        wait_query(port, "asterisk_rtp_packets{direction=\"rx\"}", "RTP packets Asterisk received", |v| v >= 50.0);
+    let (loss, _) = wait_query(port, LOSS_RX, "RTP loss Asterisk counted", |v| v > 0.0);
+    assert!((5.0..=15.0).contains(&loss), "RTP loss {loss} % while every 10th packet was never sent");
+    eprintln!("during the call: {rtp_channels} channel(s) with RTP statistics, {received} packets received, {loss:.1} % lost (1 in 10 skipped)");
+    let processed_call = query(port, "sum(asterisk_taskprocessor_processed_total)").unwrap();
+    assert!(
+        processed_call > processed_idle,
+        "the task processors processed nothing more during a registration and a call: {processed_idle} -> {processed_call}"
+    );
     let during: Vec<(&str, Option<f64>)> = PANELS.iter().map(|(n, q)| (*n, query(port, q))).collect();
     let (_, bye) = call.hang_up();
     assert_eq!(bye, Some(200));
     let (_, fall) = wait_query(port, "sum(asterisk_channels_count)", "channels after the call", |v| v == 0.0);
+    wait_query(port, "asterisk_rtp_channels", "channels with RTP statistics after the call", |v| v == 0.0);
     wait_query(port, "sum(asterisk_calls_count)", "calls after the call", |v| v == 0.0);
     eprintln!("during the call: {channels} channel(s), {calls} call(s), seen {rise:.1?} after it began; 0 again {fall:.1?} after it ended");
     for ((name, before), (_, mid)) in idle.iter().zip(&during) {

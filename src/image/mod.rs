@@ -71,6 +71,11 @@ pub const PROMETHEUS_IMAGE: &str = concat!("astrtc/prometheus:", env!("CARGO_PKG
 pub const PROMETHEUS_UID: u32 = 10062;
 /// Where the Prometheus container reads its settings (`deploy/prometheus`, mounted).
 pub const PROMETHEUS_CONFIG_DIR: &str = "/etc/prometheus";
+/// Debian's node exporter in the Prometheus image (the monitoring profile's `node-exporter`).
+pub const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
+/// Where astrtc-metrics (Asterisk image) writes its text file and the node exporter reads it:
+/// one volume, read-write in Asterisk, read-only in the exporter.
+pub const METRICS_TEXTFILE_DIR: &str = "/var/lib/astrtc-metrics";
 /// Where configs are mounted.
 pub const CONFIG_DIR: &str = "/etc/asterisk";
 /// Where keys are mounted: beside the config directory, not inside it, so each is one directory

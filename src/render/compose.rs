@@ -97,6 +97,29 @@ pub fn context(plan: &Plan) -> Value {
             uid => image::PROMETHEUS_UID,
             config_dir => image::PROMETHEUS_CONFIG_DIR,
             listen => format!("127.0.0.1:{}", plan.metrics.prometheus_port),
+            exporter_listen => format!("127.0.0.1:{}", plan.metrics.exporter_port),
+            textfile_dir => image::METRICS_TEXTFILE_DIR,
+            exporter_entrypoint => Value::from(Serde([image::NODE_EXPORTER])),
+            exporter_args => Value::from(Serde([
+                format!("--web.listen-address=127.0.0.1:{}", plan.metrics.exporter_port),
+                "--collector.disable-defaults".to_string(),
+                "--collector.cpu".to_string(),
+                "--collector.meminfo".to_string(),
+                "--collector.loadavg".to_string(),
+                "--collector.textfile".to_string(),
+                format!("--collector.textfile.directory={}", image::METRICS_TEXTFILE_DIR),
+            ])),
+            // The image has no HTTP client (promtool asks Prometheus' own `/-/healthy`): bash
+            // asks for /metrics and wants a 200.
+            exporter_healthcheck => Value::from(Serde([
+                "CMD".to_string(),
+                "/bin/bash".to_string(),
+                "-c".to_string(),
+                format!(
+                    "exec 3<>/dev/tcp/127.0.0.1/{} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '",
+                    plan.metrics.exporter_port
+                ),
+            ])),
             group => plan.secret_access.group_add.unwrap_or(image::ASTERISK_UID).to_string(),
             args => Value::from(Serde([
                 format!("--config.file={}/prometheus.yml", image::PROMETHEUS_CONFIG_DIR),
@@ -128,6 +151,7 @@ pub fn prometheus_context(plan: &Plan) -> Value {
     context! {
         plan => Value::from(Serde(plan)),
         target => format!("127.0.0.1:{}", plan.network.http_port),
+        exporter_target => format!("127.0.0.1:{}", plan.metrics.exporter_port),
         password_file => format!("{}/metrics-password", image::PROMETHEUS_CONFIG_DIR),
     }
 }

@@ -102,3 +102,7 @@ pub const METRICS_ENABLED: bool = true;
 pub const METRICS_USERNAME: &str = "prometheus";
 /// The compose `monitoring` profile's Prometheus listens on 127.0.0.1 at this port.
 pub const PROMETHEUS_PORT: i64 = 9090;
+/// The monitoring profile's node exporter (host CPU and memory, and what res_prometheus lacks:
+/// task-processor queues, RTP loss, Asterisk's own CPU), on 127.0.0.1. Not 9100, the port a
+/// host's own node exporter usually has.
+pub const EXPORTER_PORT: i64 = 9101;

@@ -167,6 +167,8 @@ pub struct MetricsSpec {
     pub enabled: Option<bool>,
     /// The port of the compose `monitoring` profile's Prometheus (on 127.0.0.1).
     pub prometheus_port: Option<i64>,
+    /// The port of the compose `monitoring` profile's node exporter (on 127.0.0.1).
+    pub exporter_port: Option<i64>,
 }
 
 /// `[network]`.

@@ -157,6 +157,8 @@ pub struct Metrics {
     pub password: String,
     /// The compose `monitoring` profile's Prometheus port (127.0.0.1).
     pub prometheus_port: u16,
+    /// The compose `monitoring` profile's node exporter port (127.0.0.1).
+    pub exporter_port: u16,
 }
 
 /// Network attachment.

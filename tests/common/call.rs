@@ -26,6 +26,9 @@ pub struct CallSpec {
     pub password: String,
     /// The extension called.
     pub target: String,
+    /// Loss on purpose: every Nth packet is never sent (its sequence number is used up), so the
+    /// far end counts it lost. `None` sends every packet.
+    pub skip_every: Option<u32>,
 }
 
 /// What the call saw so far.
@@ -247,6 +250,7 @@ fn established(spec: CallSpec, sip: UdpSocket, rtp: UdpSocket, mut d: Dialog, an
     // Sender: 160 µ-law samples of a 440 Hz tone every 20 ms, on an absolute schedule.
     {
         let (rtp, stop, stats) = (rtp.try_clone().unwrap(), stop.clone(), stats.clone());
+        let skip_every = spec.skip_every;
         threads.push(std::thread::spawn(move || {
             let ssrc: u32 = 0x5eed_0001;
             let mut n: u32 = 0;
@@ -259,8 +263,10 @@ fn established(spec: CallSpec, sip: UdpSocket, rtp: UdpSocket, mut d: Dialog, an
                     let t = f64::from(n * 160 + i) / 8000.0;
                     pkt.push(ulaw((8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16));
                 }
-                let _ = rtp.send_to(&pkt, target);
-                stats.lock().unwrap().sent += 1;
+                if skip_every.is_none_or(|k| (n + 1) % k != 0) {
+                    let _ = rtp.send_to(&pkt, target);
+                    stats.lock().unwrap().sent += 1;
+                }
                 n += 1;
                 let next = answered + Duration::from_millis(20) * n;
                 if let Some(wait) = next.checked_duration_since(Instant::now()) {

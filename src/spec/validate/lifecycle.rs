@@ -32,26 +32,29 @@ pub(super) fn metrics(
     s: &mut Vec<Problem>,
 ) -> Option<Metrics> {
     let enabled = spec.metrics.enabled.unwrap_or(defaults::METRICS_ENABLED);
-    let port = spec.metrics.prometheus_port.unwrap_or(defaults::PROMETHEUS_PORT);
-    let prometheus_port = match u16::try_from(port) {
-        Ok(pp) if port >= MIN_PORT => Some(pp),
-        _ => {
-            v.push(p("metrics.prometheus_port", format!("{port} is outside {MIN_PORT}-65535")));
-            None
-        }
+    let mut taken: Vec<(&str, u16)> = match network {
+        Some(n) => vec![
+            ("network.sip_port", n.sip_port),
+            ("network.sip_tls_port", n.sip_tls_port),
+            ("network.wss_port", n.wss_port),
+            ("network.http_port", n.http_port),
+        ],
+        None => Vec::new(),
     };
-    if let (Some(pp), Some(n)) = (prometheus_port, network) {
-        for (key, used) in
-            [("network.sip_port", n.sip_port), ("network.wss_port", n.wss_port), ("network.http_port", n.http_port)]
-        {
-            if pp == used {
-                v.push(
-                    p("metrics.prometheus_port", format!("port {pp} is also {key}"))
-                        .help("each listener needs its own port"),
-                );
-            }
+    let mut port = |key: &'static str, value: Option<i64>, default: i64, v: &mut Vec<Problem>| {
+        let port = value.unwrap_or(default);
+        let Some(pp) = u16::try_from(port).ok().filter(|_| port >= MIN_PORT) else {
+            v.push(p(key, format!("{port} is outside {MIN_PORT}-65535")));
+            return None;
+        };
+        if let Some((other, _)) = taken.iter().find(|(_, used)| *used == pp) {
+            v.push(p(key, format!("port {pp} is also {other}")).help("each listener needs its own port"));
         }
-    }
+        taken.push((key, pp));
+        Some(pp)
+    };
+    let prometheus_port = port("metrics.prometheus_port", spec.metrics.prometheus_port, defaults::PROMETHEUS_PORT, v);
+    let exporter_port = port("metrics.exporter_port", spec.metrics.exporter_port, defaults::EXPORTER_PORT, v);
     let pw =
         match (&secrets.metrics, enabled) {
             (Some(m), _) => match password(&m.password) {
@@ -74,5 +77,6 @@ pub(super) fn metrics(
         username: defaults::METRICS_USERNAME.to_string(),
         password: pw?,
         prometheus_port: prometheus_port?,
+        exporter_port: exporter_port?,
     })
 }

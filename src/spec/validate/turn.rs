@@ -174,6 +174,10 @@ fn bundled_turn(
         if let Ok(pp) = u16::try_from(prometheus) {
             taken.push(("metrics.prometheus_port", pp));
         }
+        let exporter = spec.metrics.exporter_port.unwrap_or(defaults::EXPORTER_PORT);
+        if let Ok(ep) = u16::try_from(exporter) {
+            taken.push(("metrics.exporter_port", ep));
+        }
     }
     if let Some(acme) = tls.and_then(|t| t.acme.as_ref()) {
         if acme.challenge == super::super::AcmeChallenge::Http01 {
