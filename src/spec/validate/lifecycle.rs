@@ -80,3 +80,36 @@ pub(super) fn metrics(
         exporter_port: exporter_port?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::secrets::{MetricsSecrets, Secrets};
+    use super::super::validate;
+
+    fn check(spec: &str) -> Result<(u16, u16), Vec<String>> {
+        let text = format!("{spec}\n[[endpoints]]\nid = \"3001\"\nkind = \"sip\"\n");
+        let parsed = crate::spec::parse("astrtc.toml", &text).unwrap();
+        let mut secrets = Secrets::default();
+        secrets.endpoints.insert("3001".into(), "unit-test-password-3001".into());
+        secrets.metrics = Some(MetricsSecrets { password: "unit-test-metrics-password".into() });
+        validate(&parsed.spec, std::path::Path::new("."), &secrets)
+            .map(|v| (v.metrics.prometheus_port, v.metrics.exporter_port))
+            .map_err(|p| p.spec.iter().chain(&p.secrets).map(|p| format!("{}: {}", p.path, p.message)).collect())
+    }
+
+    #[test]
+    fn the_monitoring_ports_are_their_own() {
+        assert_eq!(check("").unwrap(), (9090, 9101));
+        assert_eq!(check("[metrics]\nprometheus_port = 9200\nexporter_port = 9201\n").unwrap(), (9200, 9201));
+        for (spec, want) in [
+            ("[metrics]\nexporter_port = 9090\n", "metrics.exporter_port: port 9090 is also metrics.prometheus_port"),
+            ("[metrics]\nexporter_port = 8089\n", "metrics.exporter_port: port 8089 is also network.wss_port"),
+            ("[metrics]\nprometheus_port = 5061\n", "metrics.prometheus_port: port 5061 is also network.sip_tls_port"),
+            ("[metrics]\nexporter_port = 80\n", "metrics.exporter_port: 80 is outside 1024-65535"),
+            ("[metrics]\nexporter_port = 70000\n", "metrics.exporter_port: 70000 is outside 1024-65535"),
+        ] {
+            let e = check(spec).unwrap_err();
+            assert!(e.iter().any(|p| p == want), "{spec}: {e:?}");
+        }
+    }
+}

@@ -341,6 +341,7 @@ mod tests {
             ("[turn]\ntls_port = 8089\n", "turn.tls_port: port 8089 is also network.wss_port"),
             ("[turn]\ntls_port = 5061\n", "turn.tls_port: port 5061 is also network.sip_tls_port"),
             ("[turn]\nport = 9090\n", "turn.port: port 9090 is also metrics.prometheus_port"),
+            ("[turn]\nport = 9101\n", "turn.port: port 9101 is also metrics.exporter_port"),
             ("[turn]\nport = 12000\n", "turn.port: port 12000 lies inside the RTP range 10000-20000"),
             (
                 "[turn]\nrelay_start = 19000\nrelay_end = 21000\n",
