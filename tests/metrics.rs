@@ -170,7 +170,11 @@ fn prometheus_scrapes_asterisk_and_call_metrics_rise_and_fall() {
         wait_query(port, "asterisk_rtp_packets{direction=\"rx\"}", "RTP packets Asterisk received", |v| v >= 50.0);
     let (loss, _) = wait_query(port, LOSS_RX, "RTP loss Asterisk counted", |v| v > 0.0);
     assert!((5.0..=15.0).contains(&loss), "RTP loss {loss} % while every 10th packet was never sent");
-    eprintln!("during the call: {rtp_channels} channel(s) with RTP statistics, {received} packets received, {loss:.1} % lost (1 in 10 skipped)");
+    let jitter = query(port, "asterisk_rtp_jitter_max_seconds{direction=\"rx\"}");
+    eprintln!(
+        "during the call: {rtp_channels} channel(s) with RTP statistics, {received} packets received, \
+         {loss:.1} % lost (1 in 10 skipped), rx jitter {jitter:?}"
+    );
     let processed_call = query(port, "sum(asterisk_taskprocessor_processed_total)").unwrap();
     assert!(
         processed_call > processed_idle,
