@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::call::{invite_status, register_status, Call, CallSpec};
-use crate::common::docker::{deployment_unrendered, ensure_image, ComposeProject};
+use crate::common::docker::{
+    deployment_unrendered, ensure_guard, ensure_image, ensure_prometheus, ensure_sidecar, ensure_turn, ComposeProject,
+};
 use crate::common::*;
 
 /// A compose deployment of the `host-alt-ports` fixture on free ports, under a project name of
@@ -32,7 +34,21 @@ impl Stack {
         std::fs::write(&spec, edit(text.replace("name = \"astrtc-test\"", &format!("name = {name:?}")))).unwrap();
         let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
         astrtc::deploy::write(&plan, &dir.path().join("deploy")).unwrap();
+        // Every image the stack runs, built here: compose would otherwise try to pull one that
+        // no other test has built yet (a fresh host has none; seen in a full run).
         ensure_image();
+        if plan.guard.is_some() {
+            ensure_guard();
+        }
+        if plan.turn.as_ref().is_some_and(|t| t.bundled.is_some()) {
+            ensure_turn();
+        }
+        if plan.tls.acme.is_some() {
+            ensure_sidecar();
+        }
+        if profiles.contains(&"monitoring") {
+            ensure_prometheus();
+        }
         let compose = ComposeProject { dir: dir.path().join("deploy") };
         let mut args: Vec<&str> = Vec::new();
         for p in profiles {
