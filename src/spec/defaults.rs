@@ -102,3 +102,11 @@ pub const METRICS_ENABLED: bool = true;
 pub const METRICS_USERNAME: &str = "prometheus";
 /// The compose `monitoring` profile's Prometheus listens on 127.0.0.1 at this port.
 pub const PROMETHEUS_PORT: i64 = 9090;
+/// Asterisk servers in a cluster's pool.
+pub const POOL_SIZE: i64 = 2;
+/// The cluster pool's network.
+pub const CLUSTER_SUBNET: &str = "172.29.0.0/24";
+/// Seconds between the edge's OPTIONS probes of each pool member.
+pub const PROBE_SECONDS: i64 = 2;
+/// The relay's control port (rtpengine ng, on loopback).
+pub const RELAY_CONTROL_PORT: i64 = 2223;

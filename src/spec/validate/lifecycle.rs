@@ -31,7 +31,7 @@ pub(super) fn metrics(
     v: &mut Vec<Problem>,
     s: &mut Vec<Problem>,
 ) -> Option<Metrics> {
-    let enabled = spec.metrics.enabled.unwrap_or(defaults::METRICS_ENABLED);
+    let enabled = spec.metrics_enabled();
     let port = spec.metrics.prometheus_port.unwrap_or(defaults::PROMETHEUS_PORT);
     let prometheus_port = match u16::try_from(port) {
         Ok(pp) if port >= MIN_PORT => Some(pp),

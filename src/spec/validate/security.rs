@@ -51,7 +51,7 @@ pub(super) fn security(spec: &Spec, v: &mut Vec<Problem>) -> Option<Security> {
         })
         .collect();
     (v.len() == before).then_some(Security {
-        guard: s.guard.unwrap_or(defaults::GUARD),
+        guard: spec.guard_enabled(),
         ban_after,
         find_seconds,
         ban_seconds,
