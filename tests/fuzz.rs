@@ -548,6 +548,8 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
                 metrics,
                 turn,
                 performance,
+                topology: None,
+                cluster: None,
             };
             Generated { spec, secrets, ca_bundle, dns_hook }
         })
