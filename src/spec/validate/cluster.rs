@@ -246,6 +246,12 @@ fn refuse_single_only(spec: &Spec, v: &mut Vec<Problem>) {
     }
     for (i, ep) in spec.endpoints.iter().enumerate() {
         let at = |k: &str| KeyPath::parse("endpoints").index(i).key(k);
+        if ep.id == crate::render::asterisk::EDGE_ENDPOINT {
+            v.push(
+                Problem::at(at("id"), format!("{:?} is the pool's endpoint for the edge in a cluster", ep.id))
+                    .help("choose another id"),
+            );
+        }
         if ep.codec_preference == Some(CodecPreference::Spec) {
             v.push(
                 Problem::at(at("codec_preference"), "codec_preference = \"spec\" is not used with topology = \"cluster\"")
