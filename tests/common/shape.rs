@@ -203,9 +203,9 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
         _ => {}
     }
     // The cluster's files in their own syntaxes (Kamailio's cfg, SQL, pg_hba.conf, rtpengine's
-    // ini, the dispatcher list, Mermaid, the password): each line's structure, every run of
-    // letters and digits reduced to `w`, so a value can change words but never punctuation,
-    // quotes or line breaks.
+    // ini, the dispatcher list, Mermaid, the password): each line's structure, every word reduced
+    // to `w` ([`line_structure`]), so a value can change words but never punctuation, quotes or
+    // line breaks.
     if ["edge", "db", "relay", "cluster"].iter().any(|d| path.starts_with(d)) {
         return Shape::Conf(vec![(String::new(), text.split('\n').map(line_structure).collect())]);
     }
@@ -241,12 +241,13 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
     }
 }
 
-/// A line with every run of ASCII letters and digits reduced to `w`.
+/// A line with every run of ASCII letters, digits and `- _ . ~` (the characters of ids, names,
+/// addresses and the database password) reduced to `w`.
 pub fn line_structure(line: &str) -> String {
     let mut out = String::new();
     let mut in_word = false;
     for c in line.chars() {
-        if c.is_ascii_alphanumeric() {
+        if c.is_ascii_alphanumeric() || "-_.~".contains(c) {
             if !in_word {
                 out.push('w');
             }
