@@ -23,8 +23,8 @@ pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), Cmd
         // The reload/restart decision is made for one Asterisk service; a cluster's is not done.
         println!("{rendered}; astrtc apply does not bring a running cluster to it yet");
         println!(
-            "apply it: cd {} && docker compose up -d --wait   (changed services are recreated; the database \
-             loads the users from deploy/db on its start)",
+            "apply it: cd {} && docker compose up -d --wait && docker compose restart db edge   (the database \
+             loads the users from deploy/db when it starts; registrations stay)",
             out.display()
         );
         return Ok(());
