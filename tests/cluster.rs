@@ -5,7 +5,8 @@
 //!
 //! 1. two Chromium browsers running the demo phone register through the edge and call each
 //!    other (user → edge → user): opus, DTLS connected on both sides, packets received both
-//!    ways, the media through rtpengine (the pool takes no call);
+//!    ways, the media through rtpengine (the pool takes no call); then one calls the echo
+//!    extension (DTLS-SRTP to the relay, plain RTP to a pool member) and hears it back;
 //! 2. 20 echo calls from astrtc's own media probe (SIP over UDP, G.711 through the relay) land on
 //!    both pool members, each at least 5, each with its audio echoed (a WebRTC leg from the probe
 //!    is not used: rtpengine's DTLS works with it, but str0m drops the pool's unsignalled SSRC —
@@ -44,7 +45,10 @@ struct Stack {
 /// A subnet for this stack's pool network that no other Docker network on this host uses.
 fn free_subnet() -> String {
     let used = Command::new("sh")
-        .args(["-c", "docker network inspect $(docker network ls -q) --format '{{range .IPAM.Config}}{{.Subnet}} {{end}}'"])
+        .args([
+            "-c",
+            "docker network inspect $(docker network ls -q) --format '{{range .IPAM.Config}}{{.Subnet}} {{end}}'",
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
@@ -84,7 +88,8 @@ impl Stack {
         let text = std::fs::read_to_string(&spec).unwrap();
         let moved = HostPorts::free().apply(&text);
         assert_ne!(moved, text, "the fixture's ports were not found");
-        let project = format!("astrtc-cl-{}-{}", test.replace('_', "-").chars().take(20).collect::<String>(), std::process::id());
+        let project =
+            format!("astrtc-cl-{}-{}", test.replace('_', "-").chars().take(20).collect::<String>(), std::process::id());
         let moved = moved
             .replacen("name = \"astrtc-cluster\"", &format!("name = {project:?}\nimage = {:?}", test_image()), 1)
             .replace("subnet = \"172.29.0.0/24\"", &format!("subnet = {:?}", free_subnet()))
@@ -271,7 +276,18 @@ fn two_browsers_call_each_other_through_the_edge_and_the_relay() {
     // The callee must be registered before it is called: the edge's location table says when.
     let registered = wait_until(Duration::from_secs(30), || {
         stack
-            .exec("db", &["psql", "-U", "postgres", "-d", "kamailio", "-tAc", "SELECT count(*) FROM location WHERE username = '198'"])
+            .exec(
+                "db",
+                &[
+                    "psql",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "kamailio",
+                    "-tAc",
+                    "SELECT count(*) FROM location WHERE username = '198'",
+                ],
+            )
             .trim()
             == "1"
     });
@@ -297,17 +313,45 @@ fn two_browsers_call_each_other_through_the_edge_and_the_relay() {
     // call, `delete-delay` (30 s) after the BYE: a bounded wait for that.
     let received: u64 = [&caller, &callee]
         .iter()
-        .map(|r| r["samples"].as_array().and_then(|s| s.last()).map(|l| l["packetsReceived"].as_u64().unwrap_or(0)).unwrap_or(0))
+        .map(|r| {
+            r["samples"]
+                .as_array()
+                .and_then(|s| s.last())
+                .map(|l| l["packetsReceived"].as_u64().unwrap_or(0))
+                .unwrap_or(0)
+        })
         .sum();
     let mut relayed = 0;
     let counted = wait_until(Duration::from_secs(45), || {
         relayed = relay_packets(&stack) - relayed_before;
         relayed > 0
     });
-    eprintln!("the relay relayed {relayed} packets (counted {counted:.1?} after the call); the browsers received {received}");
-    assert!(relayed >= received, "the relay relayed {relayed} packets, fewer than the {received} the browsers received");
+    eprintln!(
+        "the relay relayed {relayed} packets (counted {counted:.1?} after the call); the browsers received {received}"
+    );
+    assert!(
+        relayed >= received,
+        "the relay relayed {relayed} packets, fewer than the {received} the browsers received"
+    );
     let after: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
     assert_eq!(before, after, "a call between users went through the pool");
+
+    // A browser calling the echo extension: DTLS-SRTP to the relay, plain RTP to a pool member.
+    let echo = stack.plan.dialplan.echo_extension.clone();
+    let (r, ok) = finish(browser(&stack, home.path(), &page, "199", Some(&echo), 4, &art.join("echo")));
+    let last = r["samples"].as_array().and_then(|s| s.last()).cloned().unwrap_or(Value::Null);
+    eprintln!(
+        "browser to the echo extension: ok {ok}, DTLS {}, codec {}, packets received {}, sent {}",
+        last["dtlsState"], last["codec"], last["packetsReceived"], last["packetsSent"]
+    );
+    assert!(ok, "the browser's echo call failed: {r:#}");
+    assert_eq!(last["dtlsState"], "connected", "{last}");
+    assert_eq!(last["codec"], "audio/opus", "{last}");
+    let received = last["packetsReceived"].as_u64().unwrap_or(0);
+    assert!(received >= 100, "the browser got only {received} packets back from the echo");
+    let echoed: u64 =
+        stack.cluster().members.iter().map(|m| stack.processed(&m.name)).sum::<u64>() - after.iter().sum::<u64>();
+    assert_eq!(echoed, 1, "the echo call did not go to the pool");
 }
 
 /// Packets rtpengine has relayed in userspace since it started (its ng `statistics` command,
@@ -367,7 +411,8 @@ fn browser(
 fn finish(child: std::process::Child) -> (Value, bool) {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let json = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("browser-call printed no JSON ({e}): {text}"));
+    let json =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("browser-call printed no JSON ({e}): {text}"));
     (json, out.status.success())
 }
 
@@ -385,7 +430,12 @@ fn echo_calls_spread_over_the_pool() {
         let report = rt.block_on(probe::call(&stack.sip_setup(user, &echo, Duration::from_secs(2)), &shared));
         let echoed = figures(&format!("call {:2}", i + 1), &report);
         if !report.healthy() || echoed < 50 {
-            failures.push(format!("call {}: {:?}, {echoed} echoed\n{}", i + 1, report.failure, report.ladder.join("\n")));
+            failures.push(format!(
+                "call {}: {:?}, {echoed} echoed\n{}",
+                i + 1,
+                report.failure,
+                report.ladder.join("\n")
+            ));
         }
     }
     let after: Vec<u64> = members.iter().map(|m| stack.processed(&m.name)).collect();
@@ -410,9 +460,8 @@ fn a_draining_member_takes_no_new_calls_and_keeps_its_call() {
     let rt = runtime();
     let shared = SharedMedia::new().unwrap();
     // Every member active before anything happens.
-    let all_active = wait_until(Duration::from_secs(20), || {
-        members.iter().all(|m| stack.flags_of(m.address).starts_with('A'))
-    });
+    let all_active =
+        wait_until(Duration::from_secs(20), || members.iter().all(|m| stack.flags_of(m.address).starts_with('A')));
     assert!(all_active.is_some(), "not every member is active at the edge: {:?}", stack.dispatcher_flags());
 
     // A call held on one member.
@@ -449,7 +498,8 @@ fn a_draining_member_takes_no_new_calls_and_keeps_its_call() {
     );
 
     // New calls: all answered, none by the draining member.
-    let before: Vec<u64> = members.iter().map(|m| if m.name == holder.name { 0 } else { stack.processed(&m.name) }).collect();
+    let before: Vec<u64> =
+        members.iter().map(|m| if m.name == holder.name { 0 } else { stack.processed(&m.name) }).collect();
     let holder_before = stack.processed(&holder.name);
     let n = 6;
     for i in 0..n {
@@ -493,7 +543,15 @@ fn an_edge_restart_keeps_registrations() {
     let row = || {
         stack.exec(
             "db",
-            &["psql", "-U", "postgres", "-d", "kamailio", "-tAc", "SELECT ruid, contact, received, expires FROM location WHERE username = '3002'"],
+            &[
+                "psql",
+                "-U",
+                "postgres",
+                "-d",
+                "kamailio",
+                "-tAc",
+                "SELECT ruid, contact, received, expires FROM location WHERE username = '3002'",
+            ],
         )
     };
     let before = row();
@@ -511,7 +569,8 @@ fn an_edge_restart_keeps_registrations() {
 
     // Called through the restarted edge without registering again: audio both ways (the phone
     // echoes what it receives; the caller matches what comes back).
-    let report = rt.block_on(probe::call(&stack.sip_setup("3001", "3002", Duration::from_secs(4)), &SharedMedia::new().unwrap()));
+    let report = rt
+        .block_on(probe::call(&stack.sip_setup("3001", "3002", Duration::from_secs(4)), &SharedMedia::new().unwrap()));
     if !report.healthy() {
         stack.save_logs("cluster_edge_restart");
     }

@@ -30,9 +30,9 @@ use astrtc::render::{Bundle, Inputs};
 use astrtc::spec::secrets::{ClusterSecrets, MetricsSecrets, Secrets, TurnSecrets};
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
-    AcmeChallenge, AcmeSpec, ClusterSpec, CodecPreference, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec, LoggingSpec,
-    MetricsSpec, NetworkMode, NetworkSpec, PerformanceSpec, ResourcesSpec, RtpSpec, SecuritySpec, SipTransport, Spec,
-    TlsMode, TlsSpec, Topology, TurnMode, TurnSpec,
+    AcmeChallenge, AcmeSpec, ClusterSpec, CodecPreference, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec,
+    LoggingSpec, MetricsSpec, NetworkMode, NetworkSpec, PerformanceSpec, ResourcesSpec, RtpSpec, SecuritySpec,
+    SipTransport, Spec, TlsMode, TlsSpec, Topology, TurnMode, TurnSpec,
 };
 
 use crate::common::shape::{self, Section, Shape};
@@ -492,34 +492,34 @@ fn generated() -> BoxedStrategy<Generated> {
     ]
     .prop_flat_map(|level| (generated_at(level), cluster(level)))
     .prop_map(|(mut g, (topology, cluster, pw))| {
-            if topology == Some(Topology::Cluster) {
-                // What a cluster refuses, dropped (each is refused on its own in tests/hostile).
-                g.spec.turn = None;
-                g.spec.performance.wss_sessions = None;
-                g.spec.network.mode = None;
-                g.spec.network.bridge_subnet = None;
-                g.spec.network.bridge_address = None;
-                g.spec.network.public_address = None;
-                g.spec.network.local_nets = None;
-                g.spec.network.sip_tls_port = None;
-                g.spec.rtp.stun = None;
-                g.spec.rtp.turn = None;
-                g.spec.rtp.turn_username = None;
-                g.spec.tls.mode = None;
-                g.spec.tls.acme = None;
-                g.spec.metrics.enabled = None;
-                g.spec.security.guard = None;
-                for e in &mut g.spec.endpoints {
-                    e.codec_preference = None;
-                    e.transport = None;
-                }
+        if topology == Some(Topology::Cluster) {
+            // What a cluster refuses, dropped (each is refused on its own in tests/hostile).
+            g.spec.turn = None;
+            g.spec.performance.wss_sessions = None;
+            g.spec.network.mode = None;
+            g.spec.network.bridge_subnet = None;
+            g.spec.network.bridge_address = None;
+            g.spec.network.public_address = None;
+            g.spec.network.local_nets = None;
+            g.spec.network.sip_tls_port = None;
+            g.spec.rtp.stun = None;
+            g.spec.rtp.turn = None;
+            g.spec.rtp.turn_username = None;
+            g.spec.tls.mode = None;
+            g.spec.tls.acme = None;
+            g.spec.metrics.enabled = None;
+            g.spec.security.guard = None;
+            for e in &mut g.spec.endpoints {
+                e.codec_preference = None;
+                e.transport = None;
             }
-            g.spec.topology = topology;
-            g.spec.cluster = cluster;
-            g.secrets.cluster = pw.map(|database_password| ClusterSecrets { database_password });
-            g
-        })
-        .boxed()
+        }
+        g.spec.topology = topology;
+        g.spec.cluster = cluster;
+        g.secrets.cluster = pw.map(|database_password| ClusterSecrets { database_password });
+        g
+    })
+    .boxed()
 }
 
 fn generated_at(level: Level) -> BoxedStrategy<Generated> {
@@ -1028,10 +1028,7 @@ fn cluster_values_in_place(
     expect_json("compose.yaml", compose, "/services/db/networks/pool/ipv4_address", json!(cluster.database_address))?;
     expect_json("compose.yaml", compose, "/networks/pool/ipam/config/0/subnet", json!(cluster.subnet))?;
     let text = |p: &str| b.text(p).ok_or_else(|| fail(format!("{p} is missing")));
-    let url = format!(
-        "postgres://kamailio:{}@{}:5432/kamailio",
-        cluster.database_password, cluster.database_address
-    );
+    let url = format!("postgres://kamailio:{}@{}:5432/kamailio", cluster.database_password, cluster.database_address);
     let defines: Vec<&str> = text("edge/database.cfg")?.lines().filter(|l| !l.starts_with("# ")).collect();
     if defines != [format!("#!define DBURL \"{url}\"")] {
         return Err(fail(format!("edge/database.cfg: want the one define of {url:?}, got {defines:?}")));

@@ -73,11 +73,8 @@ pub fn ha1(user: &str, realm: &str, password: &str) -> String {
 /// browsers and phones authenticate in (the TLS domain).
 pub fn subscribers_context(plan: &Plan) -> Value {
     let realm = &plan.tls.domain;
-    let subscribers: Vec<Value> = plan
-        .endpoints
-        .iter()
-        .map(|e| context! { username => &e.id, ha1 => ha1(&e.id, realm, &e.password) })
-        .collect();
+    let subscribers: Vec<Value> =
+        plan.endpoints.iter().map(|e| context! { username => &e.id, ha1 => ha1(&e.id, realm, &e.password) }).collect();
     context! { realm => realm, subscribers => subscribers }
 }
 

@@ -147,10 +147,9 @@ pub(super) fn cluster(
         Some(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_loopback() && !a.is_multicast() => Some(IpAddr::V4(a)),
         Some(other) => {
             let key = if c.relay_address.is_some() { "cluster.relay_address" } else { "network.local_address" };
-            v.push(
-                p(key, format!("{other} cannot be the relay's address"))
-                    .help("an IPv4 address of this host that browsers and the pool reach (not loopback: ICE never picks it)"),
-            );
+            v.push(p(key, format!("{other} cannot be the relay's address")).help(
+                "an IPv4 address of this host that browsers and the pool reach (not loopback: ICE never picks it)",
+            ));
             None
         }
         None => None,
@@ -168,7 +167,9 @@ pub(super) fn cluster(
         Some(pw) => match database_password(pw) {
             Ok(()) => Some(pw.to_string()),
             Err(e) => {
-                s.push(p("cluster.database_password", e).help("run `astrtc secrets` after removing it to generate one"));
+                s.push(
+                    p("cluster.database_password", e).help("run `astrtc secrets` after removing it to generate one"),
+                );
                 None
             }
         },
@@ -198,7 +199,12 @@ fn refuse_single_only(spec: &Spec, v: &mut Vec<Problem>) {
         v.push(p(key, format!("{what} is not used with topology = \"cluster\"")).help(help.to_string()));
     };
     if spec.turn.is_some() {
-        refuse("turn", "[turn]", "the relay (rtpengine) carries the media; remove [turn] or use topology = \"single\"", v);
+        refuse(
+            "turn",
+            "[turn]",
+            "the relay (rtpengine) carries the media; remove [turn] or use topology = \"single\"",
+            v,
+        );
     }
     if spec.performance.wss_sessions.is_some() {
         refuse(
@@ -254,8 +260,11 @@ fn refuse_single_only(spec: &Spec, v: &mut Vec<Problem>) {
         }
         if ep.codec_preference == Some(CodecPreference::Spec) {
             v.push(
-                Problem::at(at("codec_preference"), "codec_preference = \"spec\" is not used with topology = \"cluster\"")
-                    .help("the edge passes the clients' offers through; remove it"),
+                Problem::at(
+                    at("codec_preference"),
+                    "codec_preference = \"spec\" is not used with topology = \"cluster\"",
+                )
+                .help("the edge passes the clients' offers through; remove it"),
             );
         }
         if ep.transport == Some(SipTransport::Tls) {
@@ -264,5 +273,78 @@ fn refuse_single_only(spec: &Spec, v: &mut Vec<Problem>) {
                     .help("the edge takes SIP over UDP and WSS; use transport = \"udp\""),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::secrets::ClusterSecrets;
+
+    fn check(spec_text: &str, password: Option<&str>) -> (Option<Option<Cluster>>, Vec<String>) {
+        let spec: Spec = toml::from_str(spec_text).unwrap();
+        let mut secrets = Secrets::default();
+        secrets.cluster = password.map(|p| ClusterSecrets { database_password: p.to_string() });
+        let (mut v, mut s) = (Vec::new(), Vec::new());
+        let c = cluster(&spec, &secrets, &mut v, &mut s);
+        (c, v.into_iter().chain(s).map(|p| format!("{}: {}", p.path, p.message)).collect())
+    }
+
+    const PW: &str = "abcdefghijklmnopqrstuvwxyz012345";
+
+    #[test]
+    fn a_cluster_gets_members_at_fixed_addresses() {
+        let (c, problems) =
+            check("topology = \"cluster\"\n[cluster]\npool_size = 3\nsubnet = \"10.9.8.0/24\"", Some(PW));
+        assert!(problems.is_empty(), "{problems:?}");
+        let c = c.unwrap().unwrap();
+        let addresses: Vec<String> = c.members.iter().map(|m| format!("{} {}", m.name, m.address)).collect();
+        assert_eq!(addresses, ["asterisk-1 10.9.8.11", "asterisk-2 10.9.8.12", "asterisk-3 10.9.8.13"]);
+        assert_eq!(
+            (c.edge_address.to_string(), c.database_address.to_string()),
+            ("10.9.8.1".into(), "10.9.8.2".into())
+        );
+    }
+
+    #[test]
+    fn one_asterisk_has_no_cluster_and_cluster_keys_need_the_topology() {
+        assert!(matches!(check("", None), (Some(None), ref p) if p.is_empty()));
+        let (c, problems) = check("[cluster]\npool_size = 3", Some(PW));
+        assert!(c.is_none() && problems[0].starts_with("cluster:"), "{problems:?}");
+    }
+
+    #[test]
+    fn database_passwords_are_url_safe_and_long() {
+        assert!(database_password(PW).is_ok());
+        assert!(database_password("a-b_c.d~e0123456789012345678901234").is_ok());
+        for bad in
+            ["short", &format!("{PW}\""), &format!("{PW}@x"), &format!("{PW}:"), &format!("{PW}/"), &format!("{PW} ")]
+        {
+            assert!(database_password(bad).is_err(), "{bad:?}");
+        }
+        let (_, problems) = check("topology = \"cluster\"", None);
+        assert!(problems.iter().any(|p| p.contains("database_password")), "{problems:?}");
+    }
+
+    #[test]
+    fn what_a_cluster_would_ignore_is_refused() {
+        let spec = "topology = \"cluster\"\n[performance]\nwss_sessions = 5\n[turn]\nmode = \"external\"\nhost = \"t.example\"\n\
+                    [[endpoints]]\nid = \"edge\"\nkind = \"sip\"\ncodec_preference = \"spec\"";
+        let (c, problems) = check(spec, Some(PW));
+        assert!(c.is_none());
+        for key in ["turn", "performance.wss_sessions", "endpoints[0].codec_preference", "endpoints[0].id"] {
+            assert!(problems.iter().any(|p| p.starts_with(&format!("{key}:"))), "{key} not refused: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_and_full_subnets_are_refused() {
+        let (_, problems) = check("topology = \"cluster\"\n[cluster]\nsubnet = \"fd00::/64\"", Some(PW));
+        assert!(problems.iter().any(|p| p.starts_with("cluster.subnet:")), "{problems:?}");
+        let (_, problems) =
+            check("topology = \"cluster\"\n[cluster]\nsubnet = \"10.0.0.0/28\"\npool_size = 5", Some(PW));
+        assert!(problems.iter().any(|p| p.contains("no room")), "{problems:?}");
+        let (_, problems) = check("topology = \"cluster\"\n[cluster]\nrelay_address = \"::1\"", Some(PW));
+        assert!(problems.iter().any(|p| p.starts_with("cluster.relay_address:")), "{problems:?}");
     }
 }
