@@ -283,8 +283,10 @@ mod tests {
 
     fn check(spec_text: &str, password: Option<&str>) -> (Option<Option<Cluster>>, Vec<String>) {
         let spec: Spec = toml::from_str(spec_text).unwrap();
-        let mut secrets = Secrets::default();
-        secrets.cluster = password.map(|p| ClusterSecrets { database_password: p.to_string() });
+        let secrets = Secrets {
+            cluster: password.map(|p| ClusterSecrets { database_password: p.to_string() }),
+            ..Default::default()
+        };
         let (mut v, mut s) = (Vec::new(), Vec::new());
         let c = cluster(&spec, &secrets, &mut v, &mut s);
         (c, v.into_iter().chain(s).map(|p| format!("{}: {}", p.path, p.message)).collect())
