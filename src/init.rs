@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::fsx;
 use crate::spec::defaults as d;
-use crate::spec::secrets::{generate_password, MetricsSecrets, Secrets};
+use crate::spec::secrets::{generate_password, ClusterSecrets, MetricsSecrets, Secrets};
 use crate::spec::validate::{dns_name, MAX_BRIDGE_RTP_PORTS};
 
 /// The starter spec's template in the embedded `templates/` tree.
@@ -193,14 +193,16 @@ pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> R
 pub const TURN_SECRET_NAME: &str = "[turn] secret";
 
 /// Adds generated passwords for endpoints that have none, the metrics password when it is
-/// missing and `metrics` is on, and the TURN shared secret when `turn_secret` is asked for and
-/// missing; returns what was added (endpoint ids, `metrics`, [`TURN_SECRET_NAME`]).
+/// missing and `metrics` is on, the TURN shared secret when `turn_secret` is asked for and
+/// missing, and the cluster's database password when `cluster` is on and it is missing; returns
+/// what was added (endpoint ids, `metrics`, [`TURN_SECRET_NAME`], the database).
 pub fn fill_secrets(
     path: &Path,
     existing: Option<Secrets>,
     ids: &[String],
     metrics: bool,
     turn_secret: bool,
+    cluster: bool,
 ) -> Result<Vec<String>, InitError> {
     let mut s = existing.unwrap_or_default();
     let mut added = Vec::new();
@@ -218,6 +220,10 @@ pub fn fill_secrets(
         // Two generated passwords: 64 characters, 380 bits.
         s.turn.get_or_insert_with(Default::default).secret = Some(generate_password() + &generate_password());
         added.push(TURN_SECRET_NAME.to_string());
+    }
+    if cluster && s.cluster.is_none() {
+        s.cluster = Some(ClusterSecrets { database_password: generate_password() });
+        added.push("the cluster's database".to_string());
     }
     if !added.is_empty() {
         fsx::write_atomic(path, s.to_toml().as_bytes(), 0o600)

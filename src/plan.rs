@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::image::{self, ImageRef};
 pub use crate::spec::valid::{
-    Acme, Bridge, BundledTurn, Dialplan, Endpoint, Lifecycle, Logging, Metrics, Nat, Network, Performance, Resources,
-    Rtp, Security, Tls, Transport, Turn, TurnService, Valid,
+    Acme, Bridge, BundledTurn, Cluster, Dialplan, Endpoint, Lifecycle, Logging, Metrics, Nat, Network, Performance,
+    PoolMember, Resources, Rtp, Security, Tls, Transport, Turn, TurnService, Valid,
 };
 use crate::spec::{LoadedSpec, SpecError};
 
@@ -99,6 +99,10 @@ pub struct Plan {
     pub listeners: Listeners,
     /// The guard (fail2ban), when `security.guard` is on.
     pub guard: Option<Guard>,
+    /// The cluster (edge, relay, database, pool), with `topology = "cluster"`: `network` and
+    /// `rtp` are then the edge's and the relay's, and every pool member uses the same SIP port
+    /// at its own address.
+    pub cluster: Option<Cluster>,
 }
 
 /// The SIP listeners, derived from what the endpoints use.
@@ -114,8 +118,9 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    fn for_endpoints(endpoints: &[Endpoint]) -> Listeners {
-        let sip_udp_public = endpoints.iter().any(|e| e.transport == Transport::Udp);
+    fn for_endpoints(endpoints: &[Endpoint], cluster: bool) -> Listeners {
+        // A pool member takes SIP over UDP from the edge, on its own network.
+        let sip_udp_public = cluster || endpoints.iter().any(|e| e.transport == Transport::Udp);
         Listeners {
             sip_udp_public,
             sip_udp_bind: if sip_udp_public { "0.0.0.0" } else { "127.0.0.1" }.to_string(),
@@ -212,8 +217,9 @@ impl Plan {
             lifecycle,
             metrics,
             turn,
+            cluster,
         } = valid;
-        let listeners = Listeners::for_endpoints(&endpoints);
+        let listeners = Listeners::for_endpoints(&endpoints, cluster.is_some());
         let guard = security.guard.then(|| Guard::new(&name, &network, &rtp, &security, &listeners, turn.as_ref()));
         Plan {
             name,
@@ -234,6 +240,7 @@ impl Plan {
             security,
             listeners,
             guard,
+            cluster,
         }
     }
 

@@ -27,12 +27,12 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunne
 use astrtc::certs::CertLayout;
 use astrtc::plan::Plan;
 use astrtc::render::{Bundle, Inputs};
-use astrtc::spec::secrets::{MetricsSecrets, Secrets, TurnSecrets};
+use astrtc::spec::secrets::{ClusterSecrets, MetricsSecrets, Secrets, TurnSecrets};
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
-    AcmeChallenge, AcmeSpec, CodecPreference, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec, LoggingSpec,
-    MetricsSpec, NetworkMode, NetworkSpec, PerformanceSpec, ResourcesSpec, RtpSpec, SecuritySpec, SipTransport, Spec,
-    TlsMode, TlsSpec, TurnMode, TurnSpec,
+    AcmeChallenge, AcmeSpec, ClusterSpec, CodecPreference, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec,
+    LoggingSpec, MetricsSpec, NetworkMode, NetworkSpec, PerformanceSpec, ResourcesSpec, RtpSpec, SecuritySpec,
+    SipTransport, Spec, TlsMode, TlsSpec, Topology, TurnMode, TurnSpec,
 };
 
 use crate::common::shape::{self, Section, Shape};
@@ -97,6 +97,8 @@ const FIELDS: &[&str] = &[
     "security.allow",
     "metrics_password",
     "file",
+    "subnet",
+    "database_password",
 ];
 
 /// What ends a line, a value, a section or a string somewhere: the first characters to try.
@@ -488,7 +490,35 @@ fn generated() -> BoxedStrategy<Generated> {
         1 => Just(Level::High),
         5 => prop::sample::select(FIELDS).prop_map(Level::One),
     ]
-    .prop_flat_map(generated_at)
+    .prop_flat_map(|level| (generated_at(level), cluster(level)))
+    .prop_map(|(mut g, (topology, cluster, pw))| {
+        if topology == Some(Topology::Cluster) {
+            // What a cluster refuses, dropped (each is refused on its own in tests/hostile).
+            g.spec.turn = None;
+            g.spec.performance.wss_sessions = None;
+            g.spec.network.mode = None;
+            g.spec.network.bridge_subnet = None;
+            g.spec.network.bridge_address = None;
+            g.spec.network.public_address = None;
+            g.spec.network.local_nets = None;
+            g.spec.network.sip_tls_port = None;
+            g.spec.rtp.stun = None;
+            g.spec.rtp.turn = None;
+            g.spec.rtp.turn_username = None;
+            g.spec.tls.mode = None;
+            g.spec.tls.acme = None;
+            g.spec.metrics.enabled = None;
+            g.spec.security.guard = None;
+            for e in &mut g.spec.endpoints {
+                e.codec_preference = None;
+                e.transport = None;
+            }
+        }
+        g.spec.topology = topology;
+        g.spec.cluster = cluster;
+        g.secrets.cluster = pw.map(|database_password| ClusterSecrets { database_password });
+        g
+    })
     .boxed()
 }
 
@@ -548,10 +578,51 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
                 metrics,
                 turn,
                 performance,
+                topology: None,
+                cluster: None,
             };
             Generated { spec, secrets, ca_bundle, dns_hook }
         })
         .boxed()
+}
+
+/// `topology`, `[cluster]` and the database password: mostly one Asterisk; a cluster with pool
+/// sizes, subnets (IPv6 and odd prefixes too), probe intervals, control ports and relay
+/// addresses in and out of range, and passwords with dangerous characters. A generated spec with
+/// a cluster also drops the settings a cluster refuses, often enough for clusters to be accepted.
+fn cluster(level: Level) -> BoxedStrategy<(Option<Topology>, Option<ClusterSpec>, Option<String>)> {
+    let spec = (
+        maybe(2, prop_oneof![8 => 1i64..=4, 1 => -1i64..80].boxed()),
+        maybe(2, prop_oneof![
+            6 => (0u8..=255, prop_oneof![4 => Just(24u8), 1 => 14u8..=30].boxed()).prop_map(|(o, p)| format!("172.29.{o}.0/{p}")).boxed(),
+            1 => text(level, "subnet", &["10.9.0.0/16", "fd00::/64"]),
+        ].boxed()),
+        maybe(2, prop_oneof![6 => 1i64..=60, 1 => -2i64..100].boxed()),
+        maybe(2, port()),
+        maybe(2, ip()),
+    )
+        .prop_map(|(pool_size, subnet, probe_seconds, relay_control_port, relay_address)| ClusterSpec {
+            pool_size,
+            subnet,
+            probe_seconds,
+            relay_control_port,
+            relay_address,
+            database: None,
+        });
+    prop_oneof![
+        8 => Just((None, None, None)).boxed(),
+        1 => Just((Some(Topology::Single), None, None)).boxed(),
+        2 => (
+            maybe(3, spec.boxed()),
+            prop_oneof![
+                1 => Just(None),
+                8 => text(level, "database_password", &["fixture-cluster-database-password-0123", "0123456789abcdef0123456789abcdef~._-"]).prop_map(Some)
+            ],
+        )
+            .prop_map(|(c, pw)| (Some(Topology::Cluster), c, pw))
+            .boxed(),
+    ]
+    .boxed()
 }
 
 /// `[lifecycle]`, `[metrics]` and the metrics password: drains in and out of range, metrics on and
@@ -585,6 +656,8 @@ struct Counts {
     accepted: AtomicUsize,
     /// Accepted with a bundled TURN relay (its config checked too).
     turn: AtomicUsize,
+    /// Accepted clusters (their files checked too).
+    cluster: AtomicUsize,
 }
 
 /// A certificate for self-signed plans (rendering copies it; the names do not matter here).
@@ -849,6 +922,9 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     use serde_json::json;
     let compose = tree(b, "compose.yaml")?;
     expect_json("compose.yaml", &compose, "/name", json!(plan.name))?;
+    if let Some(cluster) = &plan.cluster {
+        return cluster_values_in_place(plan, cluster, b, &compose);
+    }
     expect_json("compose.yaml", &compose, "/services/asterisk/image", json!(plan.image))?;
     if let Some(bridge) = &plan.network.bridge {
         expect_json(
@@ -933,10 +1009,65 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A cluster's values are exactly where they belong: each pool member's image and address, the
+/// database's address and the pool's subnet in compose.yaml; the database URL the one line of
+/// `edge/database.cfg`, the password the one line of `db/password`; one dispatcher line per
+/// member; no chart.
+fn cluster_values_in_place(
+    plan: &Plan,
+    cluster: &astrtc::plan::Cluster,
+    b: &Bundle,
+    compose: &serde_json::Value,
+) -> Result<(), TestCaseError> {
+    use serde_json::json;
+    for m in &cluster.members {
+        let at = |k: &str| format!("/services/{}/{k}", m.name);
+        expect_json("compose.yaml", compose, &at("image"), json!(plan.image))?;
+        expect_json("compose.yaml", compose, &at("networks/pool/ipv4_address"), json!(m.address))?;
+        expect_json(
+            "compose.yaml",
+            compose,
+            &at("environment/ASTRTC_DRAIN_SECONDS"),
+            json!(plan.lifecycle.drain_seconds.to_string()),
+        )?;
+    }
+    expect_json("compose.yaml", compose, "/services/db/networks/pool/ipv4_address", json!(cluster.database_address))?;
+    expect_json("compose.yaml", compose, "/networks/pool/ipam/config/0/subnet", json!(cluster.subnet))?;
+    let text = |p: &str| b.text(p).ok_or_else(|| fail(format!("{p} is missing")));
+    let url = format!("postgres://kamailio:{}@{}:5432/kamailio", cluster.database_password, cluster.database_address);
+    let defines: Vec<&str> = text("edge/database.cfg")?.lines().filter(|l| !l.starts_with("# ")).collect();
+    if defines != [format!("#!define DBURL \"{url}\"")] {
+        return Err(fail(format!("edge/database.cfg: want the one define of {url:?}, got {defines:?}")));
+    }
+    if text("db/password")? != format!("{}\n", cluster.database_password) {
+        return Err(fail("db/password is not the password alone"));
+    }
+    let list: Vec<&str> = text("edge/dispatcher.list")?.lines().filter(|l| !l.starts_with('#')).collect();
+    let want: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| format!("1 sip:{}:{} 0 0 name={}", m.address, plan.network.sip_port, m.name))
+        .collect();
+    if list != want {
+        return Err(fail(format!("edge/dispatcher.list: want {want:?}, got {list:?}")));
+    }
+    if b.files().keys().any(|p| p.starts_with("helm")) {
+        return Err(fail("a cluster rendered the single-Asterisk chart"));
+    }
+    Ok(())
+}
+
 /// The TURN relay's settings are exactly coturn's options (read as coturn reads them), the secret
 /// exactly `auth-secret`, and the chart's `turn` values the spec's.
 fn turn_values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     use serde_json::json;
+    if plan.cluster.is_some() {
+        // A cluster refuses [turn] and has no chart.
+        return match b.files().keys().any(|p| p.starts_with("turn")) {
+            true => Err(fail("a cluster rendered turn/")),
+            false => Ok(()),
+        };
+    }
     let values = tree(b, "helm/astrtc/values.yaml")?;
     let bundled = plan.turn.as_ref().and_then(|t| t.bundled.as_ref().map(|b| (t, b)));
     expect_json("values.yaml", &values, "/turn/enabled", json!(bundled.is_some()))?;
@@ -985,6 +1116,9 @@ fn check(g: &Generated, cert: &CertLayout, counts: &Counts) -> Result<(), TestCa
     counts.accepted.fetch_add(1, Ordering::Relaxed);
     if valid.turn.as_ref().is_some_and(|t| t.bundled.is_some()) {
         counts.turn.fetch_add(1, Ordering::Relaxed);
+    }
+    if valid.cluster.is_some() {
+        counts.cluster.fetch_add(1, Ordering::Relaxed);
     }
     let plan = Plan::new(valid, "astrtc.toml", ROOT);
     let acme = plan.tls.acme.as_ref();
@@ -1045,6 +1179,9 @@ fn a_seeded_pass_finds_nothing() {
     // Enough accepted specs that the oracle ran, not only validation.
     assert!(accepted * 10 >= n, "only {accepted} of {n} generated specs were valid: the generators drifted");
     assert!(turn > 0, "no accepted spec had a bundled TURN relay: the [turn] generator drifted");
+    let clusters = counts.cluster.load(Ordering::Relaxed);
+    eprintln!("fuzz: {clusters} accepted specs were clusters");
+    assert!(clusters > 0, "no accepted spec was a cluster: the [cluster] generator drifted");
 }
 
 /// `make fuzz`: new seeds until `ASTRTC_FUZZ_SECONDS` (default 600) are up.

@@ -120,6 +120,8 @@ enum Base {
     Acme,
     /// `turn-bundled`: the bundled TURN relay behind a 1:1 NAT.
     Turn,
+    /// `cluster-compose`: the cluster (edge, relay, database, pool); it has no chart.
+    Cluster,
 }
 
 /// Which input file a value is written to (and a refusal must point into).
@@ -198,6 +200,19 @@ fn fields() -> Vec<Field> {
         f("turn.allowed_peers", Turn, Spec, "turn.allowed_peers[0]", "10.20.0.{V}6", "1"),
         f("secret (turn)", Turn, Secrets, "turn.secret", "fixture-turn-shared{V}-secret-0123456789abcdef", "x"),
         f("password (metrics)", Nat, Secrets, "metrics.password", "fixture-metrics{V}-password", "x"),
+        f(
+            "password (cluster db)",
+            Cluster,
+            Secrets,
+            "cluster.database_password",
+            "fixture-cluster-database{V}-password-0123",
+            "x",
+        ),
+        f("password (cluster user)", Cluster, Secrets, "endpoints.3001", "fixture-sip-3001{V}-password", "x"),
+        f("cluster.subnet", Cluster, Spec, "cluster.subnet", "172.29.7.0/2{V}", "4"),
+        f("cluster.relay_address", Cluster, Spec, "cluster.relay_address", "192.0.2.7{V}", "0"),
+        f("tls.domain (cluster)", Cluster, Spec, "tls.domain", "pbx{V}.example.test", "x"),
+        f("echo_extension (cluster)", Cluster, Spec, "dialplan.echo_extension", "91{V}96", "x"),
     ]
 }
 
@@ -218,6 +233,7 @@ fn base_case(base: Base) -> Case {
         Base::Bridge => "bridge-narrow-rtp",
         Base::Acme => "acme-http01",
         Base::Turn => "turn-bundled",
+        Base::Cluster => "cluster-compose",
     };
     let mut c = Case { spec: read(case, "astrtc.toml"), secrets: read(case, "astrtc.secrets.toml"), hook: None };
     if base == Base::Acme {
@@ -368,13 +384,15 @@ fn no_accepted_value_changes_the_shape_of_any_output() {
         };
         tally.accepted += 1;
         let control_shape = shape::bundle_shape(&control);
-        charts.push(ChartCase {
+        // A cluster renders no chart (README, "Cluster topology").
+        let chart = field.base != Base::Cluster;
+        charts.extend(chart.then(|| ChartCase {
             field: fi,
             label: format!("{:?}", field.harmless),
             chart: dir.join("charts/control"),
             bundle: control.clone(),
             control: true,
-        });
+        }));
 
         for (hi, v) in HOSTILE.iter().enumerate() {
             let value = value_of(v);
@@ -401,13 +419,13 @@ fn no_accepted_value_changes_the_shape_of_any_output() {
                             Some(diff) => tally.wrong.push(format!("{label}: accepted, and {diff}")),
                             None => {
                                 tally.accepted += 1;
-                                charts.push(ChartCase {
+                                charts.extend(chart.then(|| ChartCase {
                                     field: fi,
                                     label,
                                     chart: dir.join(format!("charts/{hi}")),
                                     bundle,
                                     control: false,
-                                });
+                                }));
                             }
                         }
                     }

@@ -7,6 +7,7 @@ mod apply;
 mod bench;
 mod cli;
 mod clients;
+mod cluster;
 mod compose;
 mod crash;
 mod examples;

@@ -19,6 +19,16 @@ pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), Cmd
         Written::Changed => format!("rendered {}", out.display()),
         Written::Unchanged => format!("{} was up to date", out.display()),
     };
+    if plan.cluster.is_some() {
+        // The reload/restart decision is made for one Asterisk service; a cluster's is not done.
+        println!("{rendered}; astrtc apply does not bring a running cluster to it yet");
+        println!(
+            "apply it: cd {} && docker compose up -d --wait && docker compose restart db edge   (the database \
+             loads the users from deploy/db when it starts; registrations stay)",
+            out.display()
+        );
+        return Ok(());
+    }
     let docker = astrtc::image::connect().await?;
     let Some(running) = apply::find_running(&docker, &plan).await? else {
         println!("{rendered}; no running deployment of project {:?} here", plan.name);

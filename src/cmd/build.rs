@@ -1,6 +1,7 @@
 //! `astrtc build`: the Asterisk image, the guard image (unless `security.guard = false`), in ACME
 //! mode the sidecar image from this binary, with a bundled `[turn]` the TURN image, and with
-//! `--monitoring` the Prometheus image of the compose `monitoring` profile.
+//! `--monitoring` the Prometheus image of the compose `monitoring` profile, with `topology =
+//! "cluster"` the edge, relay and database images.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,12 @@ pub async fn run(
     if plan.turn.as_ref().is_some_and(|t| t.bundled.is_some()) {
         let turn = image::build_turn(&docker, image::TURN_IMAGE, &progress).await?;
         println!("built {} (the TURN relay) in {:.0?}", turn.tag, turn.elapsed);
+    }
+    if plan.cluster.is_some() {
+        for which in image::ClusterImage::ALL {
+            let built = image::build_cluster_image(&docker, which, which.tag(), &progress).await?;
+            println!("built {} ({}) in {:.0?}", built.tag, which.what(), built.elapsed);
+        }
     }
     if monitoring {
         let prometheus = image::build_prometheus(&docker, image::PROMETHEUS_IMAGE, &progress).await?;

@@ -1,5 +1,6 @@
 //! `astrtc secrets`: passwords for endpoints added to the spec later (and for `/metrics`), and the
-//! TURN shared secret once the spec has a `[turn]` section.
+//! TURN shared secret once the spec has a `[turn]` section, the cluster's database password once
+//! it has `topology = "cluster"`.
 
 use std::path::Path;
 
@@ -11,8 +12,15 @@ pub fn run(spec: &Path) -> Result<(), CmdError> {
     let path = loaded.secrets_path();
     let existing = if path.exists() { Some(astrtc::spec::secrets::load(&path)?.secrets) } else { None };
     let ids: Vec<String> = loaded.spec.endpoints.iter().map(|e| e.id.clone()).collect();
-    let metrics = loaded.spec.metrics.enabled.unwrap_or(astrtc::spec::defaults::METRICS_ENABLED);
-    let added = astrtc::init::fill_secrets(&path, existing, &ids, metrics, loaded.spec.turn.is_some())?;
+    let metrics = loaded.spec.metrics_enabled();
+    let added = astrtc::init::fill_secrets(
+        &path,
+        existing,
+        &ids,
+        metrics,
+        loaded.spec.turn.is_some(),
+        loaded.spec.is_cluster(),
+    )?;
     if added.is_empty() {
         println!("every endpoint (and metrics) already has a password in {}", path.display());
     } else {

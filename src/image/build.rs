@@ -132,6 +132,8 @@ pub const PROMETHEUS_CONTEXT: &str = "prometheus";
 
 /// The embedded directory of `images/` that is the guard image's build context.
 pub const GUARD_CONTEXT: &str = "guard";
+/// The cluster images' build contexts (`images/edge`, `images/relay`, `images/db`).
+pub const CLUSTER_CONTEXTS: [&str; 3] = ["edge", "relay", "db"];
 
 /// One file of a build context: path inside it, mode, contents.
 type ContextEntry<'a> = (String, u32, std::borrow::Cow<'a, [u8]>);
@@ -273,6 +275,63 @@ pub async fn build_prometheus(
         .collect();
     let body = tar_of(entries).map_err(|source| ImageError::Context { path: "build context".into(), source })?;
     build_tar(docker, body, tag, &super::prometheus_build_args(), progress).await
+}
+
+/// Which cluster image to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterImage {
+    /// Kamailio (`images/edge`).
+    Edge,
+    /// rtpengine (`images/relay`).
+    Relay,
+    /// PostgreSQL (`images/db`).
+    Database,
+}
+
+impl ClusterImage {
+    /// All three.
+    pub const ALL: [ClusterImage; 3] = [ClusterImage::Edge, ClusterImage::Relay, ClusterImage::Database];
+
+    /// The tag astrtc runs it under.
+    pub fn tag(self) -> &'static str {
+        match self {
+            ClusterImage::Edge => super::EDGE_IMAGE,
+            ClusterImage::Relay => super::RELAY_IMAGE,
+            ClusterImage::Database => super::DB_IMAGE,
+        }
+    }
+
+    /// What it is, for messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            ClusterImage::Edge => "the edge: Kamailio",
+            ClusterImage::Relay => "the relay: rtpengine",
+            ClusterImage::Database => "the database: PostgreSQL",
+        }
+    }
+
+    fn context(self) -> &'static str {
+        match self {
+            ClusterImage::Edge => CLUSTER_CONTEXTS[0],
+            ClusterImage::Relay => CLUSTER_CONTEXTS[1],
+            ClusterImage::Database => CLUSTER_CONTEXTS[2],
+        }
+    }
+}
+
+/// Builds one of the cluster's images (Debian's Kamailio, rtpengine or PostgreSQL on the base
+/// image) and tags it `tag`.
+pub async fn build_cluster_image(
+    docker: &Docker,
+    image: ClusterImage,
+    tag: &str,
+    progress: &dyn Fn(BuildEvent<'_>),
+) -> Result<Built, ImageError> {
+    let entries = crate::assets::files_under(&crate::assets::IMAGES, image.context())
+        .into_iter()
+        .map(|a| (a.path.to_string(), a.mode(), a.contents.into()));
+    let body = tar_of(entries).map_err(|source| ImageError::Context { path: "build context".into(), source })?;
+    build_tar(docker, body, tag, &super::cluster_build_args(), progress).await
 }
 
 async fn build_tar(

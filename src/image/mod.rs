@@ -7,8 +7,8 @@
 pub mod build;
 
 pub use build::{
-    build, build_guard, build_prometheus, build_sidecar, build_turn, connect, context_tar, sidecar_context_tar,
-    BuildContext, Built, ImageError, EXTRA_CA_FILE, HOST_CA_BUNDLE,
+    build, build_cluster_image, build_guard, build_prometheus, build_sidecar, build_turn, connect, context_tar,
+    sidecar_context_tar, BuildContext, Built, ClusterImage, ImageError, EXTRA_CA_FILE, HOST_CA_BUNDLE,
 };
 
 /// Expands to the Asterisk version as a literal (for `concat!`).
@@ -76,6 +76,36 @@ pub const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 /// Where astrtc-metrics (Asterisk image) writes its text file and the node exporter reads it:
 /// one volume, read-write in Asterisk, read-only in the exporter.
 pub const METRICS_TEXTFILE_DIR: &str = "/var/lib/astrtc-metrics";
+/// The cluster's edge image (`images/edge`: Debian's Kamailio), the same version as this astrtc.
+pub const EDGE_IMAGE: &str = concat!("astrtc/edge:", env!("CARGO_PKG_VERSION"));
+/// Uid of the edge's user (its group is the asterisk group, which may read the keys).
+pub const EDGE_UID: u32 = 10064;
+/// Where the edge reads `kamailio.cfg` and the rest of `deploy/edge` (mounted).
+pub const EDGE_CONFIG_DIR: &str = "/etc/astrtc-edge";
+/// Where the edge reads the WSS certificate (mounted).
+pub const EDGE_KEYS_DIR: &str = "/etc/astrtc-edge-keys";
+/// The edge's runtime directory (tmpfs): Kamailio's control socket.
+pub const EDGE_RUN_DIR: &str = "/run/kamailio";
+/// The edge image's healthcheck: Kamailio answers on its control socket.
+pub const EDGE_HEALTHCHECK: &str = "/usr/local/bin/astrtc-edge-healthcheck";
+/// The cluster's relay image (`images/relay`: Debian's rtpengine).
+pub const RELAY_IMAGE: &str = concat!("astrtc/relay:", env!("CARGO_PKG_VERSION"));
+/// Uid (and gid) of the relay's user.
+pub const RELAY_UID: u32 = 10065;
+/// Where the relay reads `rtpengine.conf` (mounted).
+pub const RELAY_CONFIG_DIR: &str = "/etc/astrtc-relay";
+/// The relay image's healthcheck: rtpengine answers a ping on its control port.
+pub const RELAY_HEALTHCHECK: &str = "/usr/local/bin/astrtc-relay-healthcheck";
+/// The cluster's database image (`images/db`: Debian's PostgreSQL 17).
+pub const DB_IMAGE: &str = concat!("astrtc/db:", env!("CARGO_PKG_VERSION"));
+/// Uid of the database's user (Debian's postgres user, moved; in the asterisk group).
+pub const DB_UID: u32 = 10066;
+/// Where the database reads `deploy/db` (mounted).
+pub const DB_CONFIG_DIR: &str = "/etc/astrtc-db";
+/// The database's data directory (a volume).
+pub const DB_DATA_DIR: &str = "/var/lib/postgresql/data";
+/// The database image's healthcheck: a query in the edge's database.
+pub const DB_HEALTHCHECK: &str = "/usr/local/bin/astrtc-db-healthcheck";
 /// Where configs are mounted.
 pub const CONFIG_DIR: &str = "/etc/asterisk";
 /// Where keys are mounted: beside the config directory, not inside it, so each is one directory
@@ -107,6 +137,16 @@ pub fn sidecar_build_args() -> Vec<(&'static str, String)> {
 /// Build arguments of the TURN image's Dockerfile.
 pub fn turn_build_args() -> Vec<(&'static str, String)> {
     vec![("ASTERISK_GID", ASTERISK_UID.to_string()), ("TURN_UID", TURN_UID.to_string())]
+}
+
+/// Build arguments of the cluster images' Dockerfiles (each takes those it names).
+pub fn cluster_build_args() -> Vec<(&'static str, String)> {
+    vec![
+        ("ASTERISK_GID", ASTERISK_UID.to_string()),
+        ("EDGE_UID", EDGE_UID.to_string()),
+        ("RELAY_UID", RELAY_UID.to_string()),
+        ("DB_UID", DB_UID.to_string()),
+    ]
 }
 
 /// Build arguments of the guard image's Dockerfile.
@@ -160,7 +200,7 @@ mod tests {
     /// files. The TURN user and the sidecar share only the asterisk group, by design.
     #[test]
     fn every_image_user_has_its_own_uid() {
-        let uids = [ASTERISK_UID, SIDECAR_UID, TURN_UID, PROMETHEUS_UID];
+        let uids = [ASTERISK_UID, SIDECAR_UID, TURN_UID, PROMETHEUS_UID, EDGE_UID, RELAY_UID, DB_UID];
         let distinct: std::collections::BTreeSet<u32> = uids.into_iter().collect();
         assert_eq!(distinct.len(), uids.len(), "{uids:?}");
     }

@@ -108,6 +108,7 @@ pub fn noload(plan: &Plan) -> Vec<&'static str> {
 pub fn context(plan: &Plan) -> Value {
     context! {
         plan => Value::from(Serde(plan)),
+        edge => plan.cluster.as_ref().map(|c| edge_endpoint(plan, c)),
         keys_dir => image::KEYS_DIR,
         noload => Value::from(Serde(noload(plan))),
         auth_file => AUTH_FILE,
@@ -117,6 +118,37 @@ pub fn context(plan: &Plan) -> Value {
         metrics_secrets_file => METRICS_SECRETS_FILE,
     }
 }
+
+/// A pool member's view of the cluster's edge: the endpoint every call arrives on. It allows every
+/// codec any endpoint allows (in first-seen order: the edge passes the clients' offers through),
+/// and hangs up after the longest `rtp_timeout` of any endpoint (0, never, if one says never).
+fn edge_endpoint(plan: &Plan, cluster: &crate::plan::Cluster) -> Value {
+    let mut codecs: Vec<String> = Vec::new();
+    for e in &plan.endpoints {
+        for c in &e.codecs {
+            if !codecs.contains(c) {
+                codecs.push(c.clone());
+            }
+        }
+    }
+    let longest = |f: fn(&crate::plan::Endpoint) -> u32| {
+        if plan.endpoints.iter().any(|e| f(e) == 0) {
+            0
+        } else {
+            plan.endpoints.iter().map(f).max().unwrap_or(0)
+        }
+    };
+    context! {
+        id => EDGE_ENDPOINT,
+        address => cluster.edge_address.to_string(),
+        codecs => codecs,
+        rtp_timeout => longest(|e| e.rtp_timeout),
+        rtp_timeout_hold => longest(|e| e.rtp_timeout_hold),
+    }
+}
+
+/// The pool members' endpoint for the edge (an endpoint id the spec may not use in a cluster).
+pub const EDGE_ENDPOINT: &str = "edge";
 
 /// The context of `prometheus_auth.conf` and the monitoring profile's password file: the
 /// metrics password, nothing else.

@@ -13,6 +13,8 @@ use crate::spec::{AcmeChallenge, NetworkMode};
 
 /// Name of the user-defined network in bridge mode.
 pub const NETWORK_NAME: &str = "astrtc";
+/// Name of the cluster pool's network (the pool members and the database).
+pub const CLUSTER_NETWORK_NAME: &str = "pool";
 
 /// The guard's rendered files (`deploy/guard/`), each mounted over its place in fail2ban's
 /// configuration directory, beside the package's untouched `*.conf` files.
@@ -73,7 +75,26 @@ pub fn context(plan: &Plan) -> Value {
         .iter()
         .map(|f| context! { source => format!("./guard/{f}"), target => format!("{}/{f}", image::GUARD_CONFIG_DIR) })
         .collect();
+    let cluster = plan.cluster.as_ref().map(|_| {
+        context! {
+            network => CLUSTER_NETWORK_NAME,
+            db_image => image::DB_IMAGE,
+            db_config_dir => image::DB_CONFIG_DIR,
+            db_data_dir => image::DB_DATA_DIR,
+            db_run_tmpfs => format!("/run/postgresql:uid={},gid={},mode=2775", image::DB_UID, image::DB_UID),
+            db_healthcheck => Value::from(Serde(["CMD", image::DB_HEALTHCHECK])),
+            relay_image => image::RELAY_IMAGE,
+            relay_config_dir => image::RELAY_CONFIG_DIR,
+            relay_healthcheck => Value::from(Serde(["CMD", image::RELAY_HEALTHCHECK])),
+            edge_image => image::EDGE_IMAGE,
+            edge_config_dir => image::EDGE_CONFIG_DIR,
+            edge_keys_dir => image::EDGE_KEYS_DIR,
+            edge_run_tmpfs => format!("{}:uid={},gid={},mode=0700", image::EDGE_RUN_DIR, image::EDGE_UID, image::ASTERISK_UID),
+            edge_healthcheck => Value::from(Serde(["CMD", image::EDGE_HEALTHCHECK])),
+        }
+    });
     context! {
+        cluster => cluster,
         guard => Value::from(Serde(&plan.guard)),
         guard_files => guard_files,
         guard_healthcheck => Value::from(Serde(["CMD", image::GUARD_HEALTHCHECK])),

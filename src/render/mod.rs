@@ -5,13 +5,14 @@
 //! Owns: which files a deployment has and the context each template sees. The embedded tree
 //! `templates/deploy/` is the output directory file for file ([`crate::assets`]): `.j2` files are
 //! rendered, every other file is copied, and a few are conditional (TURN, ACME, certificates).
-//! One module per output family provides its template context ([`asterisk`], [`compose`],
-//! [`guard`], [`helm`], [`turn`]); secrets reach only the templates of the secret files, through
+//! One module per output family provides its template context ([`asterisk`], [`cluster`],
+//! [`compose`], [`guard`], [`helm`], [`turn`]); secrets reach only the templates of the secret files, through
 //! contexts of their own. The [`Bundle`] compares itself with disk (`render --check`) and writes itself with
 //! [`crate::fsx::replace_dir`].
 
 pub mod asterisk;
 mod bundle;
+pub mod cluster;
 pub mod compose;
 pub mod guard;
 pub mod helm;
@@ -87,6 +88,9 @@ pub const SECRET_FILES: &[&str] = &[
     templates::PROMETHEUS_AUTH_CONF,
     templates::PROMETHEUS_PASSWORD,
     turn::SECRET_FILE,
+    cluster::EDGE_DATABASE_FILE,
+    cluster::DB_SUBSCRIBERS_FILE,
+    cluster::DB_PASSWORD_FILE,
     "keys/asterisk.key",
     "keys/asterisk.pem",
 ];
@@ -124,6 +128,11 @@ fn wanted(plan: &Plan, inputs: &Inputs, path: &str) -> bool {
         turn::bundled(plan)
     } else if path.starts_with("guard/") {
         plan.guard.is_some()
+    } else if cluster::is_cluster_file(path) {
+        plan.cluster.is_some()
+    } else if path.starts_with("helm/") {
+        // The chart deploys one Asterisk; the cluster's chart is not done (README).
+        plan.cluster.is_none()
     } else {
         true
     }
@@ -157,18 +166,23 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
         bundle.add(format!("certs/{SIDECAR_HOOK_FILE}"), hook.clone(), FileKind::SecretExecutable);
     }
     // Last: the chart carries copies of the very files compose mounts.
-    for (path, file) in helm::chart_files(&bundle) {
-        bundle.add(path, file.bytes, file.kind);
+    if plan.cluster.is_none() {
+        for (path, file) in helm::chart_files(&bundle) {
+            bundle.add(path, file.bytes, file.kind);
+        }
     }
     // The restart digests: the chart's pod annotation, compose's container label.
     let view = restart::config_view(&bundle);
-    bundle.add(
-        format!("{}/{}", helm::CHART_DIR, helm::RESTART_DIGEST_FILE),
-        restart::digest(&view).into_bytes(),
-        FileKind::Public,
-    );
+    if plan.cluster.is_none() {
+        bundle.add(
+            format!("{}/{}", helm::CHART_DIR, helm::RESTART_DIGEST_FILE),
+            restart::digest(&view).into_bytes(),
+            FileKind::Public,
+        );
+    }
     if let Some(compose) = bundle.text(templates::COMPOSE_YAML).map(str::to_string) {
-        let service = compose_service(&compose, "asterisk");
+        // A cluster's pool members differ only in name and address: the first stands for all.
+        let service = compose_service(&compose, if plan.cluster.is_some() { "asterisk-1" } else { "asterisk" });
         let label = restart::digest(&format!("{view}==> compose service\n{service}"));
         bundle.add(
             templates::COMPOSE_YAML,
@@ -216,6 +230,9 @@ struct Contexts {
     keys: minijinja::Value,
     acme: minijinja::Value,
     guard: minijinja::Value,
+    cluster: minijinja::Value,
+    cluster_secret: minijinja::Value,
+    subscribers: minijinja::Value,
 }
 
 impl Contexts {
@@ -238,6 +255,9 @@ impl Contexts {
             },
             acme: sidecar_context(plan)?,
             guard: guard::context(plan),
+            cluster: cluster::context(plan),
+            cluster_secret: cluster::secret_context(plan),
+            subscribers: cluster::subscribers_context(plan),
         })
     }
 
@@ -246,6 +266,9 @@ impl Contexts {
             templates::PJSIP_AUTH_CONF => self.pjsip_auth.clone(),
             templates::RTP_TURN_CONF => self.rtp_turn.clone(),
             turn::SECRET_FILE => self.turn_secret.clone(),
+            cluster::EDGE_DATABASE_FILE | cluster::DB_PASSWORD_FILE => self.cluster_secret.clone(),
+            cluster::DB_SUBSCRIBERS_FILE => self.subscribers.clone(),
+            _ if cluster::is_cluster_file(path) => self.cluster.clone(),
             _ if path.starts_with("turn/") => self.turn.clone(),
             templates::PROMETHEUS_AUTH_CONF | templates::PROMETHEUS_PASSWORD => self.metrics_secret.clone(),
             templates::PROMETHEUS_YML => self.prometheus.clone(),

@@ -106,3 +106,11 @@ pub const PROMETHEUS_PORT: i64 = 9090;
 /// task-processor queues, RTP loss, Asterisk's own CPU), on 127.0.0.1. Not 9100, the port a
 /// host's own node exporter usually has.
 pub const EXPORTER_PORT: i64 = 9101;
+/// Asterisk servers in a cluster's pool.
+pub const POOL_SIZE: i64 = 2;
+/// The cluster pool's network.
+pub const CLUSTER_SUBNET: &str = "172.29.0.0/24";
+/// Seconds between the edge's OPTIONS probes of each pool member.
+pub const PROBE_SECONDS: i64 = 2;
+/// The relay's control port (rtpengine ng, on loopback).
+pub const RELAY_CONTROL_PORT: i64 = 2223;

@@ -64,6 +64,52 @@ pub struct Spec {
     /// What limits how many calls the deployment carries.
     #[serde(default)]
     pub performance: PerformanceSpec,
+    /// `single` (default: one Asterisk) or `cluster` (a Kamailio edge, an rtpengine relay,
+    /// PostgreSQL and a pool of Asterisk servers; settings in `[cluster]`).
+    pub topology: Option<Topology>,
+    /// The cluster's settings, with `topology = "cluster"`.
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// How many machines' worth of parts the deployment has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// One Asterisk does everything.
+    Single,
+    /// Kamailio edge + rtpengine relay + PostgreSQL + a pool of Asterisk servers.
+    Cluster,
+}
+
+/// `[cluster]`: the pool, the edge's health checks, the relay and the database.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Asterisk servers in the pool (default 2).
+    pub pool_size: Option<i64>,
+    /// The pool's network (IPv4 CIDR, /16-/28): the database and the pool members get fixed
+    /// addresses in it [default: 172.29.0.0/24].
+    pub subnet: Option<String>,
+    /// Seconds between the edge's OPTIONS probes of each pool member (1-60, default 2): a member
+    /// that stops answering 2xx takes no new calls after about one interval.
+    pub probe_seconds: Option<i64>,
+    /// The relay's control port (rtpengine's ng protocol, on 127.0.0.1; default 2223).
+    pub relay_control_port: Option<i64>,
+    /// The address the relay's media sockets bind and put in SDP [default:
+    /// `network.local_address`, else the address of the host's default route, found when the
+    /// relay starts].
+    pub relay_address: Option<IpAddr>,
+    /// `bundled` (the only mode for compose: PostgreSQL deployed with the stack; its password
+    /// lives in the secrets file).
+    pub database: Option<DatabaseMode>,
+}
+
+/// Where the cluster's database runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatabaseMode {
+    /// PostgreSQL deployed by astrtc beside the edge.
+    Bundled,
 }
 
 /// `[turn]`: the TURN relay browsers use when UDP to the RTP range does not get through.
@@ -355,6 +401,25 @@ pub enum EndpointKind {
     Webrtc,
     /// A plain SIP phone: UDP with RTP, or TLS with SRTP.
     Sip,
+}
+
+impl Spec {
+    /// Whether the spec asks for the cluster topology.
+    pub fn is_cluster(&self) -> bool {
+        self.topology == Some(Topology::Cluster)
+    }
+
+    /// Whether `/metrics` is served: the spec's word, else on for one Asterisk and off in a
+    /// cluster (whose pool members sit on a network Prometheus here does not reach).
+    pub fn metrics_enabled(&self) -> bool {
+        self.metrics.enabled.unwrap_or(defaults::METRICS_ENABLED && !self.is_cluster())
+    }
+
+    /// Whether the guard runs: the spec's word, else on for one Asterisk and off in a cluster
+    /// (fail2ban reads Asterisk's security log; in a cluster the edge authenticates).
+    pub fn guard_enabled(&self) -> bool {
+        self.security.guard.unwrap_or(defaults::GUARD && !self.is_cluster())
+    }
 }
 
 /// A spec file as read from disk, kept whole so errors can point into it.

@@ -26,6 +26,16 @@ pub struct Secrets {
     pub turn: Option<TurnSecrets>,
     /// The password scrapers give for `/metrics`, when metrics are on.
     pub metrics: Option<MetricsSecrets>,
+    /// The cluster's database password (`topology = "cluster"`).
+    pub cluster: Option<ClusterSecrets>,
+}
+
+/// `[cluster]` in the secrets file.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSecrets {
+    /// The password the edge logs in to PostgreSQL with (role `kamailio`).
+    pub database_password: String,
 }
 
 /// `[metrics]` in the secrets file.
@@ -55,6 +65,7 @@ impl fmt::Debug for Secrets {
             .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
             .field("turn", &self.turn.as_ref().map(|_| "<redacted>"))
             .field("metrics", &self.metrics.as_ref().map(|_| "<redacted>"))
+            .field("cluster", &self.cluster.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -100,6 +111,7 @@ impl Secrets {
             "# astrtc secrets: SIP passwords for the endpoints in astrtc.toml (and the metrics password).\n\
              # Keep this file private (mode 0600) and out of version control.\n\
              # [turn] secret: the TURN server's shared secret (short-lived credentials are made from it).\n\
+             # [cluster] database_password: the edge's PostgreSQL password (A-Z a-z 0-9 - _ . ~, 32-128).\n\
              # Passwords: 16-128 characters of A-Z a-z 0-9 - _ . ~ + / ! @ % ^ * ( ) , : ?\n\n",
         );
         text.push_str(&toml::to_string(self).expect("secrets serialize"));

@@ -6,12 +6,12 @@
 //! Owns: the typed values only. They are built by [`super::validate`], which is the only code
 //! that constructs them from user input, so holding one means the input was valid.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AcmeChallenge, CodecPreference, EndpointKind, NetworkMode, TlsMode, TurnMode};
+use super::{AcmeChallenge, CodecPreference, DatabaseMode, EndpointKind, NetworkMode, TlsMode, TurnMode};
 
 /// A valid spec and its secrets.
 #[derive(Debug, Clone)]
@@ -44,6 +44,44 @@ pub struct Valid {
     pub turn: Option<TurnService>,
     /// What limits how many calls it carries.
     pub performance: Performance,
+    /// The cluster (edge, relay, database, pool), with `topology = "cluster"`.
+    pub cluster: Option<Cluster>,
+}
+
+/// `topology = "cluster"`: a Kamailio edge and an rtpengine relay on the host network, PostgreSQL
+/// and a pool of Asterisk servers at fixed addresses on a network of their own.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    /// Asterisk servers in the pool.
+    pub pool_size: u32,
+    /// The pool's network, `address/prefix` with the network's own address.
+    pub subnet: String,
+    /// The host's address on that network (its gateway): where the pool sees the edge.
+    pub edge_address: Ipv4Addr,
+    /// The database's fixed address on it.
+    pub database_address: Ipv4Addr,
+    /// The pool members, in order.
+    pub members: Vec<PoolMember>,
+    /// Seconds between the edge's OPTIONS probes.
+    pub probe_seconds: u32,
+    /// The relay's control port on 127.0.0.1.
+    pub relay_control_port: u16,
+    /// The relay's media address; None: found when it starts (the default route's address).
+    pub relay_address: Option<IpAddr>,
+    /// Where the database runs.
+    pub database: DatabaseMode,
+    /// The edge's database password (secrets file); never serialized.
+    #[serde(skip_serializing)]
+    pub database_password: String,
+}
+
+/// One Asterisk server of the pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolMember {
+    /// Its compose service name (`asterisk-1`, ...).
+    pub name: String,
+    /// Its fixed address on the pool's network.
+    pub address: Ipv4Addr,
 }
 
 /// The TURN relay browsers use (`[turn]`): where clients reach it and, when astrtc deploys it,

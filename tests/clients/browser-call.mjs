@@ -5,7 +5,9 @@
 //
 // node browser-call.mjs --page URL --wss URL --user ID --password-env VAR --target EXT
 //                       --seconds N --profile DIR --artifacts DIR
-//                       [--ice-servers-env VAR] [--relay-only 1] [--ice-timeout S]
+//                       [--ice-servers-env VAR] [--relay-only 1] [--ice-timeout S] [--answer 1]
+// With --answer, the phone places no call: it answers the first call it gets (within 60 s),
+// samples getStats() for --seconds and waits for the caller to hang up.
 // With --ice-servers-env, the phone's "ICE servers" field gets that variable's JSON (e.g. the
 // output of `astrtc turn-credentials --json`). After the call is answered it waits for ICE to
 // connect or fail (--ice-timeout, default 40 s) and reports each ICE state, the time from the
@@ -84,13 +86,18 @@ try {
   await page.fill('#password', password);
   if (args.autoanswer) await page.check('#autoanswer');
   await page.click('#register');
+  if (args.answer) await page.check('#autoanswer');
   let s = await waitFor(page, (st) => st.registered, 'registration', 10000);
   result.registeredMs = s.registeredAt;
-  await page.fill('#target', args.target);
-  if (args['ice-servers-env']) await page.fill('#ice-servers', process.env[args['ice-servers-env']] || '');
-  if (args['relay-only']) await page.check('#relay-only');
-  await page.click('#call');
-  s = await waitFor(page, (st) => st.callState === 'confirmed' || st.callState === 'ended', 'call', 20000);
+  if (args.answer) {
+    s = await waitFor(page, (st) => st.callState === 'confirmed' || st.callState === 'ended', 'incoming call', 60000);
+  } else {
+    await page.fill('#target', args.target);
+    if (args['ice-servers-env']) await page.fill('#ice-servers', process.env[args['ice-servers-env']] || '');
+    if (args['relay-only']) await page.check('#relay-only');
+    await page.click('#call');
+    s = await waitFor(page, (st) => st.callState === 'confirmed' || st.callState === 'ended', 'call', 20000);
+  }
   if (s.callState !== 'confirmed') throw new Error(`call ended before it was answered: ${s.endCause}`);
   result.confirmedMs = s.confirmedAt;
   // ICE: connected, or failed (the page records each state), within --ice-timeout.
@@ -123,8 +130,12 @@ try {
     await page.waitForTimeout(250);
   }
   result.pair = result.samples.length ? result.samples[result.samples.length - 1].pair : null;
-  await page.click('#hangup');
-  s = await waitFor(page, (st) => st.callState === 'ended', 'hang-up', 5000);
+  if (args.answer) {
+    s = await waitFor(page, (st) => st.callState === 'ended', 'the caller hanging up', 20000);
+  } else {
+    await page.click('#hangup');
+    s = await waitFor(page, (st) => st.callState === 'ended', 'hang-up', 5000);
+  }
   result.endCause = s.endCause;
   result.ok = true;
   await context.close();

@@ -96,6 +96,18 @@ pub fn ensure_guard() {
     });
 }
 
+/// The cluster's images (edge: Kamailio, relay: rtpengine, db: PostgreSQL), built once per run.
+pub fn ensure_cluster_images() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    build_image_once(&BUILT, "cluster", |docker| async move {
+        let mut last = None;
+        for which in astrtc::image::ClusterImage::ALL {
+            last = Some(astrtc::image::build_cluster_image(&docker, which, which.tag(), &|_| {}).await?);
+        }
+        Ok(last.expect("three images"))
+    });
+}
+
 /// The monitoring profile's Prometheus image (Debian's package), built once per run.
 pub fn ensure_prometheus() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();

@@ -202,6 +202,13 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
         }
         _ => {}
     }
+    // The cluster's files in their own syntaxes (Kamailio's cfg, SQL, pg_hba.conf, rtpengine's
+    // ini, the dispatcher list, Mermaid, the password): each line's structure, every word reduced
+    // to `w` ([`line_structure`]), so a value can change words but never punctuation, quotes or
+    // line breaks.
+    if ["edge", "db", "relay", "cluster"].iter().any(|d| path.starts_with(d)) {
+        return Shape::Conf(vec![(String::new(), text.split('\n').map(line_structure).collect())]);
+    }
     if path.extension().is_some_and(|e| e == "conf") {
         return Shape::Conf(
             asterisk_conf(text).into_iter().map(|s| (s.name, s.lines.into_iter().map(|(k, _)| k).collect())).collect(),
@@ -232,6 +239,25 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
         Some(Err(e)) => Shape::Unreadable(e),
         None => Shape::Opaque,
     }
+}
+
+/// A line with every run of ASCII letters, digits and `- _ . ~` (the characters of ids, names,
+/// addresses and the database password) reduced to `w`.
+pub fn line_structure(line: &str) -> String {
+    let mut out = String::new();
+    let mut in_word = false;
+    for c in line.chars() {
+        if c.is_ascii_alphanumeric() || "-_.~".contains(c) {
+            if !in_word {
+                out.push('w');
+            }
+            in_word = true;
+        } else {
+            out.push(c);
+            in_word = false;
+        }
+    }
+    out
 }
 
 /// Parses a coturn config as `turnserver` reads it (`read_config_file`): one option per line

@@ -345,8 +345,9 @@ impl UserAgent {
         self.transport.contact(&self.user)
     }
 
-    /// Sends a response to `req`: its Via, From, Call-ID and CSeq, its To with `to_tag` added
-    /// (when the To has none yet), then `headers` and an SDP `body`.
+    /// Sends a response to `req`: its Via, Record-Route (RFC 3261 12.1.1: a proxy in front, such
+    /// as a cluster's edge, stays in the dialog), From, Call-ID and CSeq, its To with `to_tag`
+    /// added (when the To has none yet), then `headers` and an SDP `body`.
     pub async fn respond(
         &mut self,
         req: &SipMessage,
@@ -358,6 +359,9 @@ impl UserAgent {
         let mut r = format!("SIP/2.0 {status}\r\n");
         for v in req.headers("Via") {
             r.push_str(&format!("Via: {v}\r\n"));
+        }
+        for v in req.headers("Record-Route") {
+            r.push_str(&format!("Record-Route: {v}\r\n"));
         }
         for h in ["From", "Call-ID", "CSeq"] {
             if let Some(v) = req.header(h) {

@@ -31,7 +31,7 @@ pub(super) fn metrics(
     v: &mut Vec<Problem>,
     s: &mut Vec<Problem>,
 ) -> Option<Metrics> {
-    let enabled = spec.metrics.enabled.unwrap_or(defaults::METRICS_ENABLED);
+    let enabled = spec.metrics_enabled();
     let mut taken: Vec<(&str, u16)> = match network {
         Some(n) => vec![
             ("network.sip_port", n.sip_port),

@@ -5,6 +5,7 @@
 //! safely, missing passwords), and building the typed values. One file per spec section; the
 //! rules for single values are in [`rules`]. It never stops at the first problem.
 
+pub mod cluster;
 mod endpoints;
 mod lifecycle;
 mod network;
@@ -76,6 +77,7 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
     let metrics = lifecycle::metrics(spec, network.as_ref().map(|(n, _)| n), secrets, v, &mut out.secrets);
     let turn =
         turn::turn(spec, network.as_ref().map(|(n, _)| n), rtp.as_ref(), tls.as_ref(), secrets, v, &mut out.secrets);
+    let cluster = cluster::cluster(spec, secrets, v, &mut out.secrets);
 
     match (
         network,
@@ -84,7 +86,7 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
         dialplan,
         endpoints,
         (logging, resources, security, lifecycle, metrics, performance),
-        turn,
+        (turn, cluster),
     ) {
         (
             Some((network, _)),
@@ -93,7 +95,7 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
             Some(dialplan),
             Some(endpoints),
             (Some(logging), Some(resources), Some(security), Some(lifecycle), Some(metrics), Some(performance)),
-            Some(turn),
+            (Some(turn), Some(cluster)),
         ) if out.is_empty() => Ok(Valid {
             name,
             image,
@@ -109,6 +111,7 @@ pub fn validate(spec: &Spec, base_dir: &Path, secrets: &Secrets) -> Result<Valid
             metrics,
             turn,
             performance,
+            cluster,
         }),
         _ => Err(out),
     }

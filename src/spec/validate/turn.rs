@@ -169,7 +169,7 @@ fn bundled_turn(
         taken.extend([("network.wss_port", n.wss_port), ("network.sip_tls_port", n.sip_tls_port)]);
     }
     // The monitoring profile's Prometheus listens on the host's loopback, where coturn listens too.
-    if spec.metrics.enabled.unwrap_or(defaults::METRICS_ENABLED) {
+    if spec.metrics_enabled() {
         let prometheus = spec.metrics.prometheus_port.unwrap_or(defaults::PROMETHEUS_PORT);
         if let Ok(pp) = u16::try_from(prometheus) {
             taken.push(("metrics.prometheus_port", pp));

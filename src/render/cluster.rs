@@ -1,0 +1,90 @@
+//! The cluster's outputs (`topology = "cluster"`): `deploy/edge/` (Kamailio's `kamailio.cfg`,
+//! `tls.cfg`, the dispatcher list and, secret, `database.cfg`), `deploy/relay/rtpengine.conf`,
+//! `deploy/db/` (Kamailio's schema, `pg_hba.conf` and, secret, the users' HA1 digests and the
+//! database password) and `deploy/cluster/topology.mmd` (the topology as a Mermaid diagram).
+//!
+//! Owns: the contexts of those templates, keeping secrets apart (the database password reaches
+//! only `edge/database.cfg` and `db/password`, the endpoints' digests only `db/subscribers.sql`,
+//! each through a context of its own). Every value is one validation restricted to characters
+//! that cannot end a Kamailio string, an SQL literal or a Mermaid label (ids, DNS names,
+//! addresses, numbers, the URL-unreserved database password); no passwords in clear anywhere:
+//! users are stored as HA1 digests.
+
+use md5::{Digest, Md5};
+use minijinja::context;
+use minijinja::value::{Serde, Value};
+
+use crate::image;
+use crate::plan::Plan;
+
+/// `edge/database.cfg` (secret): the database URL with the password.
+pub const EDGE_DATABASE_FILE: &str = "edge/database.cfg";
+/// `db/subscribers.sql` (secret): the users as HA1 digests.
+pub const DB_SUBSCRIBERS_FILE: &str = "db/subscribers.sql";
+/// `db/password` (secret): the edge's database password alone.
+pub const DB_PASSWORD_FILE: &str = "db/password";
+/// `cluster/topology.mmd`: the topology diagram.
+pub const TOPOLOGY_FILE: &str = "cluster/topology.mmd";
+/// The output directories that exist only in a cluster.
+pub const DIRS: &[&str] = &["edge/", "relay/", "db/", "cluster/"];
+/// PostgreSQL's port on the pool's network.
+pub const DATABASE_PORT: u16 = 5432;
+
+/// Whether `path` is one of the cluster's outputs.
+pub fn is_cluster_file(path: &str) -> bool {
+    DIRS.iter().any(|d| path.starts_with(d))
+}
+
+/// The context of the public cluster files: the plan (no secret in it) and the paths in the
+/// containers.
+pub fn context(plan: &Plan) -> Value {
+    let members = plan.cluster.as_ref().map(|c| c.members.clone()).unwrap_or_default();
+    context! {
+        plan => Value::from(Serde(plan)),
+        cluster => Value::from(Serde(&plan.cluster)),
+        members => Value::from(Serde(members)),
+        config_dir => image::EDGE_CONFIG_DIR,
+        keys_dir => image::EDGE_KEYS_DIR,
+        run_dir => image::EDGE_RUN_DIR,
+        tls_ciphers => super::asterisk::TLS_CIPHERS.join(":"),
+    }
+}
+
+/// The context of `edge/database.cfg` and `db/password`: the password and the URL, nothing else.
+pub fn secret_context(plan: &Plan) -> Value {
+    let Some(c) = &plan.cluster else { return context! {} };
+    context! {
+        password => &c.database_password,
+        database_url => format!(
+            "postgres://kamailio:{}@{}:{DATABASE_PORT}/kamailio",
+            c.database_password, c.database_address
+        ),
+    }
+}
+
+/// HA1 of RFC 2617 digest authentication: MD5 of `user:realm:password`, in hex.
+pub fn ha1(user: &str, realm: &str, password: &str) -> String {
+    let mut h = Md5::new();
+    h.update(format!("{user}:{realm}:{password}").as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The context of `db/subscribers.sql`: each endpoint as a user with its HA1 for the realm
+/// browsers and phones authenticate in (the TLS domain).
+pub fn subscribers_context(plan: &Plan) -> Value {
+    let realm = &plan.tls.domain;
+    let subscribers: Vec<Value> =
+        plan.endpoints.iter().map(|e| context! { username => &e.id, ha1 => ha1(&e.id, realm, &e.password) }).collect();
+    context! { realm => realm, subscribers => subscribers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ha1_is_rfc_2617s() {
+        // RFC 2617 section 3.5's example: Mufasa, testrealm@host.com, "Circle Of Life".
+        assert_eq!(ha1("Mufasa", "testrealm@host.com", "Circle Of Life"), "939e7578ed9e3c518a452acee763bce9");
+    }
+}

@@ -1,0 +1,352 @@
+//! `topology` and `[cluster]`: the pool's size and network, the edge's probe interval, the relay's
+//! control port and address, the bundled database and its password (secrets file).
+//!
+//! Owns: refusing what a cluster would silently ignore. The edge (Kamailio) and the relay
+//! (rtpengine) take over what one Asterisk did for clients, so settings that only Asterisk's own
+//! client-facing side reads — `[turn]`, `performance.wss_sessions`, `codec_preference = "spec"`,
+//! SIP over TLS, bridge networking, NAT rewriting, ACME, Asterisk's own STUN/TURN, the guard and
+//! `/metrics` — are refused with a cluster rather than dropped. The database password is held to
+//! the URL-unreserved characters, so it can be written into a PostgreSQL URL, a pgpass line, SQL
+//! and Kamailio's config without quoting; the database lives at an IPv4 address in the pool's
+//! subnet, so no URL ever needs IPv6 brackets.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::super::secrets::Secrets;
+use super::super::source::{KeyPath, Problem};
+use super::super::valid::{Cluster, PoolMember};
+use super::super::{defaults, CodecPreference, DatabaseMode, NetworkMode, SipTransport, Spec, TlsMode};
+use super::{mask, p, parse_cidr, MIN_PORT};
+
+/// The most Asterisk servers a pool may have.
+pub const MAX_POOL_SIZE: i64 = 50;
+/// The first pool member's host number in the subnet (`.11`); the database is `.2`.
+pub const FIRST_MEMBER_HOST: u32 = 11;
+/// The database's host number in the subnet.
+pub const DATABASE_HOST: u32 = 2;
+
+/// Whether a database password is safe everywhere it is written: 32-128 characters of
+/// `A-Z a-z 0-9 - _ . ~` (RFC 3986's unreserved set).
+pub fn database_password(s: &str) -> Result<(), String> {
+    if !(32..=128).contains(&s.len()) {
+        return Err(format!("the database password is {} characters; it must be 32-128", s.len()));
+    }
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.~".contains(*c))) {
+        return Err(format!(
+            "the database password contains {c:?}; use only A-Z a-z 0-9 - _ . ~ (it goes into a URL and SQL unquoted)"
+        ));
+    }
+    Ok(())
+}
+
+/// The cluster, `Some(None)` for one Asterisk; `None` when invalid.
+pub(super) fn cluster(
+    spec: &Spec,
+    secrets: &Secrets,
+    v: &mut Vec<Problem>,
+    s: &mut Vec<Problem>,
+) -> Option<Option<Cluster>> {
+    if !spec.is_cluster() {
+        if spec.cluster.is_some() {
+            v.push(
+                p("cluster", "[cluster] is only read with topology = \"cluster\"")
+                    .help("add topology = \"cluster\" at the top of the spec, or remove [cluster]"),
+            );
+            return None;
+        }
+        return Some(None);
+    }
+    let before = (v.len(), s.len());
+    refuse_single_only(spec, v);
+    let c = spec.cluster.clone().unwrap_or_default();
+
+    let pool_size = c.pool_size.unwrap_or(defaults::POOL_SIZE);
+    if !(1..=MAX_POOL_SIZE).contains(&pool_size) {
+        v.push(p("cluster.pool_size", format!("{pool_size} is outside 1-{MAX_POOL_SIZE}")));
+    }
+    let subnet_text = c.subnet.clone().unwrap_or_else(|| defaults::CLUSTER_SUBNET.to_string());
+    let subnet = match parse_cidr(&subnet_text) {
+        Ok((IpAddr::V4(base), prefix)) if (16..=28).contains(&prefix) => Some((base, prefix)),
+        Ok((IpAddr::V4(_), prefix)) => {
+            v.push(p("cluster.subnet", format!("/{prefix} is outside /16-/28")));
+            None
+        }
+        Ok((IpAddr::V6(_), _)) => {
+            v.push(
+                p("cluster.subnet", format!("{subnet_text:?} is IPv6; the pool's network is IPv4"))
+                    .help("e.g. \"172.29.0.0/24\""),
+            );
+            None
+        }
+        Err(e) => {
+            v.push(p("cluster.subnet", e).help("e.g. \"172.29.0.0/24\""));
+            None
+        }
+    };
+    let mut members = Vec::new();
+    let mut addresses = None;
+    if let (Some((base, prefix)), true) = (subnet, (1..=MAX_POOL_SIZE).contains(&pool_size)) {
+        let net = u32::from(base) & mask(prefix);
+        let hosts = 1u32 << (32 - prefix);
+        let last = FIRST_MEMBER_HOST + pool_size as u32 - 1;
+        if last >= hosts - 1 {
+            v.push(p("cluster.subnet", format!("/{prefix} has no room for {pool_size} pool members")).help(format!(
+                "members take host numbers {FIRST_MEMBER_HOST}-{last}: use a larger network or a smaller pool"
+            )));
+        } else {
+            for i in 0..pool_size as u32 {
+                members.push(PoolMember {
+                    name: format!("asterisk-{}", i + 1),
+                    address: Ipv4Addr::from(net + FIRST_MEMBER_HOST + i),
+                });
+            }
+            addresses = Some((
+                format!("{}/{prefix}", Ipv4Addr::from(net)),
+                Ipv4Addr::from(net + 1),
+                Ipv4Addr::from(net + DATABASE_HOST),
+            ));
+        }
+    }
+
+    let probe = c.probe_seconds.unwrap_or(defaults::PROBE_SECONDS);
+    if !(1..=60).contains(&probe) {
+        v.push(
+            p("cluster.probe_seconds", format!("{probe} is outside 1-60"))
+                .help("a member that stops answering takes no new calls after about this many seconds"),
+        );
+    }
+    let control = c.relay_control_port.unwrap_or(defaults::RELAY_CONTROL_PORT);
+    let control_port = match u16::try_from(control) {
+        Ok(port) if control >= MIN_PORT => Some(port),
+        _ => {
+            v.push(p("cluster.relay_control_port", format!("{control} is outside {MIN_PORT}-65535")));
+            None
+        }
+    };
+    if let Some(port) = control_port {
+        let n = &spec.network;
+        let used = [
+            ("network.sip_port", n.sip_port.unwrap_or(defaults::SIP_PORT)),
+            ("network.wss_port", n.wss_port.unwrap_or(defaults::WSS_PORT)),
+            ("network.http_port", n.http_port.unwrap_or(defaults::HTTP_PORT)),
+        ];
+        for (key, value) in used {
+            if i64::from(port) == value {
+                v.push(
+                    p("cluster.relay_control_port", format!("port {port} is also {key}"))
+                        .help("each listener on the host needs its own port"),
+                );
+            }
+        }
+        let (start, end) = (spec.rtp.start.unwrap_or(defaults::RTP_START), spec.rtp.end.unwrap_or(defaults::RTP_END));
+        if (start..=end).contains(&i64::from(port)) {
+            v.push(p("cluster.relay_control_port", format!("port {port} is inside the RTP range {start}-{end}")));
+        }
+    }
+    let relay_address = match c.relay_address.or(spec.network.local_address) {
+        Some(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_loopback() && !a.is_multicast() => Some(IpAddr::V4(a)),
+        Some(other) => {
+            let key = if c.relay_address.is_some() { "cluster.relay_address" } else { "network.local_address" };
+            v.push(p(key, format!("{other} cannot be the relay's address")).help(
+                "an IPv4 address of this host that browsers and the pool reach (not loopback: ICE never picks it)",
+            ));
+            None
+        }
+        None => None,
+    };
+    let database = c.database.unwrap_or(DatabaseMode::Bundled);
+
+    let database_password = match secrets.cluster.as_ref().map(|c| c.database_password.as_str()) {
+        None => {
+            s.push(
+                p("cluster", "topology = \"cluster\" needs [cluster] database_password here")
+                    .help("run `astrtc secrets` to generate one"),
+            );
+            None
+        }
+        Some(pw) => match database_password(pw) {
+            Ok(()) => Some(pw.to_string()),
+            Err(e) => {
+                s.push(
+                    p("cluster.database_password", e).help("run `astrtc secrets` after removing it to generate one"),
+                );
+                None
+            }
+        },
+    };
+
+    if (v.len(), s.len()) != before {
+        return None;
+    }
+    let (subnet, edge_address, database_address) = addresses?;
+    Some(Some(Cluster {
+        pool_size: pool_size as u32,
+        subnet,
+        edge_address,
+        database_address,
+        members,
+        probe_seconds: probe as u32,
+        relay_control_port: control_port?,
+        relay_address,
+        database,
+        database_password: database_password?,
+    }))
+}
+
+/// Settings one Asterisk reads but a cluster has no place for (yet): refused, never dropped.
+fn refuse_single_only(spec: &Spec, v: &mut Vec<Problem>) {
+    let refuse = |key: &str, what: &str, help: &str, v: &mut Vec<Problem>| {
+        v.push(p(key, format!("{what} is not used with topology = \"cluster\"")).help(help.to_string()));
+    };
+    if spec.turn.is_some() {
+        refuse(
+            "turn",
+            "[turn]",
+            "the relay (rtpengine) carries the media; remove [turn] or use topology = \"single\"",
+            v,
+        );
+    }
+    if spec.performance.wss_sessions.is_some() {
+        refuse(
+            "performance.wss_sessions",
+            "performance.wss_sessions",
+            "browsers connect to the edge (Kamailio), not to Asterisk; remove it",
+            v,
+        );
+    }
+    if spec.network.mode == Some(NetworkMode::Bridge) {
+        refuse("network.mode", "network.mode = \"bridge\"", "the edge and the relay use host networking", v);
+    }
+    for (key, set) in [
+        ("network.bridge_subnet", spec.network.bridge_subnet.is_some()),
+        ("network.bridge_address", spec.network.bridge_address.is_some()),
+        ("network.public_address", spec.network.public_address.is_some()),
+        ("network.local_nets", spec.network.local_nets.is_some()),
+        ("network.sip_tls_port", spec.network.sip_tls_port.is_some()),
+        ("rtp.stun", spec.rtp.stun.is_some()),
+        ("rtp.turn", spec.rtp.turn.is_some()),
+        ("rtp.turn_username", spec.rtp.turn_username.is_some()),
+    ] {
+        if set {
+            refuse(key, key, "not implemented for a cluster yet (README, \"Cluster topology\"); remove it", v);
+        }
+    }
+    if spec.tls.mode == Some(TlsMode::Acme) {
+        refuse(
+            "tls.mode",
+            "tls.mode = \"acme\"",
+            "a cluster uses the local CA's certificate for now (README, \"Cluster topology\")",
+            v,
+        );
+    }
+    if spec.metrics.enabled == Some(true) {
+        refuse("metrics.enabled", "metrics.enabled = true", "the pool's /metrics is not scraped yet; remove it", v);
+    }
+    if spec.security.guard == Some(true) {
+        refuse(
+            "security.guard",
+            "security.guard = true",
+            "the guard reads Asterisk's security log; in a cluster the edge authenticates. Remove it",
+            v,
+        );
+    }
+    for (i, ep) in spec.endpoints.iter().enumerate() {
+        let at = |k: &str| KeyPath::parse("endpoints").index(i).key(k);
+        if ep.id == crate::render::asterisk::EDGE_ENDPOINT {
+            v.push(
+                Problem::at(at("id"), format!("{:?} is the pool's endpoint for the edge in a cluster", ep.id))
+                    .help("choose another id"),
+            );
+        }
+        if ep.codec_preference == Some(CodecPreference::Spec) {
+            v.push(
+                Problem::at(
+                    at("codec_preference"),
+                    "codec_preference = \"spec\" is not used with topology = \"cluster\"",
+                )
+                .help("the edge passes the clients' offers through; remove it"),
+            );
+        }
+        if ep.transport == Some(SipTransport::Tls) {
+            v.push(
+                Problem::at(at("transport"), "transport = \"tls\" is not used with topology = \"cluster\"")
+                    .help("the edge takes SIP over UDP and WSS; use transport = \"udp\""),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::secrets::ClusterSecrets;
+
+    fn check(spec_text: &str, password: Option<&str>) -> (Option<Option<Cluster>>, Vec<String>) {
+        let spec: Spec = toml::from_str(spec_text).unwrap();
+        let secrets = Secrets {
+            cluster: password.map(|p| ClusterSecrets { database_password: p.to_string() }),
+            ..Default::default()
+        };
+        let (mut v, mut s) = (Vec::new(), Vec::new());
+        let c = cluster(&spec, &secrets, &mut v, &mut s);
+        (c, v.into_iter().chain(s).map(|p| format!("{}: {}", p.path, p.message)).collect())
+    }
+
+    const PW: &str = "abcdefghijklmnopqrstuvwxyz012345";
+
+    #[test]
+    fn a_cluster_gets_members_at_fixed_addresses() {
+        let (c, problems) =
+            check("topology = \"cluster\"\n[cluster]\npool_size = 3\nsubnet = \"10.9.8.0/24\"", Some(PW));
+        assert!(problems.is_empty(), "{problems:?}");
+        let c = c.unwrap().unwrap();
+        let addresses: Vec<String> = c.members.iter().map(|m| format!("{} {}", m.name, m.address)).collect();
+        assert_eq!(addresses, ["asterisk-1 10.9.8.11", "asterisk-2 10.9.8.12", "asterisk-3 10.9.8.13"]);
+        assert_eq!(
+            (c.edge_address.to_string(), c.database_address.to_string()),
+            ("10.9.8.1".into(), "10.9.8.2".into())
+        );
+    }
+
+    #[test]
+    fn one_asterisk_has_no_cluster_and_cluster_keys_need_the_topology() {
+        assert!(matches!(check("", None), (Some(None), ref p) if p.is_empty()));
+        let (c, problems) = check("[cluster]\npool_size = 3", Some(PW));
+        assert!(c.is_none() && problems[0].starts_with("cluster:"), "{problems:?}");
+    }
+
+    #[test]
+    fn database_passwords_are_url_safe_and_long() {
+        assert!(database_password(PW).is_ok());
+        assert!(database_password("a-b_c.d~e0123456789012345678901234").is_ok());
+        for bad in
+            ["short", &format!("{PW}\""), &format!("{PW}@x"), &format!("{PW}:"), &format!("{PW}/"), &format!("{PW} ")]
+        {
+            assert!(database_password(bad).is_err(), "{bad:?}");
+        }
+        let (_, problems) = check("topology = \"cluster\"", None);
+        assert!(problems.iter().any(|p| p.contains("database_password")), "{problems:?}");
+    }
+
+    #[test]
+    fn what_a_cluster_would_ignore_is_refused() {
+        let spec = "topology = \"cluster\"\n[performance]\nwss_sessions = 5\n[turn]\nmode = \"external\"\nhost = \"t.example\"\n\
+                    [[endpoints]]\nid = \"edge\"\nkind = \"sip\"\ncodec_preference = \"spec\"";
+        let (c, problems) = check(spec, Some(PW));
+        assert!(c.is_none());
+        for key in ["turn", "performance.wss_sessions", "endpoints[0].codec_preference", "endpoints[0].id"] {
+            assert!(problems.iter().any(|p| p.starts_with(&format!("{key}:"))), "{key} not refused: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_and_full_subnets_are_refused() {
+        let (_, problems) = check("topology = \"cluster\"\n[cluster]\nsubnet = \"fd00::/64\"", Some(PW));
+        assert!(problems.iter().any(|p| p.starts_with("cluster.subnet:")), "{problems:?}");
+        let (_, problems) =
+            check("topology = \"cluster\"\n[cluster]\nsubnet = \"10.0.0.0/28\"\npool_size = 5", Some(PW));
+        assert!(problems.iter().any(|p| p.contains("no room")), "{problems:?}");
+        let (_, problems) = check("topology = \"cluster\"\n[cluster]\nrelay_address = \"::1\"", Some(PW));
+        assert!(problems.iter().any(|p| p.starts_with("cluster.relay_address:")), "{problems:?}");
+    }
+}

@@ -1,0 +1,583 @@
+//! The cluster topology (`topology = "cluster"`, issue 16) for real: the compose stack rendered
+//! from the `cluster-compose` fixture — Debian's Kamailio (edge) and rtpengine (relay) on the host
+//! network, PostgreSQL and two Asterisk servers (the image this repository builds) on the pool's
+//! network — on free ports and a subnet of its own, with real clients:
+//!
+//! 1. two Chromium browsers running the demo phone register through the edge and call each
+//!    other (user → edge → user): opus, DTLS connected on both sides, packets received both
+//!    ways, the media through rtpengine (the pool takes no call); then one calls the echo
+//!    extension (DTLS-SRTP to the relay, plain RTP to a pool member) and hears it back;
+//! 2. 20 echo calls from astrtc's own media probe (SIP over UDP, G.711 through the relay) land on
+//!    both pool members, each at least 5, each with its audio echoed (a WebRTC leg from the probe
+//!    is not used: rtpengine's DTLS works with it, but str0m drops the pool's unsignalled SSRC —
+//!    the README's "Cluster topology" says so; browsers are test 1's);
+//! 3. a pool member stopped with `docker stop` (its drain: OPTIONS and INVITEs answered 503) is
+//!    marked inactive by the edge's probes and takes none of the new calls, while the call it
+//!    holds keeps its audio;
+//! 4. an edge restart keeps a UDP phone's registration (the PostgreSQL row is unchanged) and
+//!    the phone is called through the restarted edge with audio both ways.
+//!
+//! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use astrtc::media::probe::{self, CallReport, CallSetup, LegSetup};
+use astrtc::media::session::{Offer, SharedMedia};
+use astrtc::plan::Plan;
+use serde_json::Value;
+
+use crate::clients::{artifacts, browser_home, tools_missing};
+use crate::common::docker::{ensure_cluster_images, ensure_image, test_image, ComposeProject, HostPorts};
+use crate::common::*;
+
+/// A running cluster: the compose project (removed on drop, volumes too), its directory and plan.
+struct Stack {
+    // First: `docker compose down` runs in the directory, before it is removed.
+    project: ComposeProject,
+    dir: tempfile::TempDir,
+    plan: Plan,
+}
+
+/// A subnet for this stack's pool network that no other Docker network on this host uses.
+fn free_subnet() -> String {
+    let used = Command::new("sh")
+        .args([
+            "-c",
+            "docker network inspect $(docker network ls -q) --format '{{range .IPAM.Config}}{{.Subnet}} {{end}}'",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let start = (std::process::id() % 150) as u16;
+    for i in 0..150u16 {
+        let octet = 100 + (start + i) % 150;
+        let subnet = format!("172.29.{octet}.0/24");
+        if !used.contains(&format!("172.29.{octet}.")) && claim(&subnet) {
+            return subnet;
+        }
+    }
+    panic!("no free 172.29.x.0/24 subnet");
+}
+
+/// Each subnet once per test run (tests here run at once).
+fn claim(subnet: &str) -> bool {
+    static TAKEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+    if taken.iter().any(|s| s == subnet) {
+        return false;
+    }
+    taken.push(subnet.to_string());
+    true
+}
+
+impl Stack {
+    /// The cluster fixture on free ports and a free subnet, its spec changed by `edit`, rendered
+    /// and started (`up --wait`: every service healthy); `None` when Docker tests are off.
+    fn start(test: &str, edit: impl FnOnce(String) -> String) -> Option<Stack> {
+        if docker_off() {
+            return None;
+        }
+        ensure_image();
+        ensure_cluster_images();
+        let dir = fixture_copy("cluster-compose");
+        let spec = dir.path().join("astrtc.toml");
+        let text = std::fs::read_to_string(&spec).unwrap();
+        let moved = HostPorts::free().apply(&text);
+        assert_ne!(moved, text, "the fixture's ports were not found");
+        let project =
+            format!("astrtc-cl-{}-{}", test.replace('_', "-").chars().take(20).collect::<String>(), std::process::id());
+        let moved = moved
+            .replacen("name = \"astrtc-cluster\"", &format!("name = {project:?}\nimage = {:?}", test_image()), 1)
+            .replace("subnet = \"172.29.0.0/24\"", &format!("subnet = {:?}", free_subnet()))
+            .replace("relay_control_port = 12223", &format!("relay_control_port = {}", ports::free_port()));
+        std::fs::write(&spec, edit(moved)).unwrap();
+        let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
+        let deploy = dir.path().join("deploy");
+        astrtc::deploy::write(&plan, &deploy).unwrap();
+        let project = ComposeProject { dir: deploy };
+        let started = Instant::now();
+        let out = project.run(&["up", "-d", "--wait", "--wait-timeout", "180"]);
+        if !out.status.success() {
+            let logs = project.run(&["logs", "--no-color", "--tail", "60"]);
+            panic!(
+                "the cluster did not come up: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&logs.stdout)
+            );
+        }
+        eprintln!("cluster {} up (every service healthy) in {:.1?}", plan.name, started.elapsed());
+        Some(Stack { project, dir, plan })
+    }
+
+    fn cluster(&self) -> &astrtc::plan::Cluster {
+        self.plan.cluster.as_ref().unwrap()
+    }
+
+    fn password(&self, id: &str) -> String {
+        self.plan.endpoints.iter().find(|e| e.id == id).unwrap().password.clone()
+    }
+
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("deploy/keys/ca.crt")).unwrap()
+    }
+
+    /// `docker compose exec -T SERVICE ARGS`: its stdout (panics on failure).
+    fn exec(&self, service: &str, args: &[&str]) -> String {
+        let mut all = vec!["exec", "-T", service];
+        all.extend_from_slice(args);
+        let out = self.project.run(&all);
+        assert!(out.status.success(), "{service} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Calls a pool member has taken so far (`calls processed`).
+    fn processed(&self, member: &str) -> u64 {
+        let out = self.exec(member, &["asterisk", "-rx", "core show channels count"]);
+        count_before(&out, " call processed").or_else(|| count_before(&out, " calls processed")).unwrap_or(0)
+    }
+
+    /// Calls up on a pool member now.
+    fn active(&self, member: &str) -> u64 {
+        let out = self.exec(member, &["asterisk", "-rx", "core show channels count"]);
+        count_before(&out, " active call").unwrap_or(0)
+    }
+
+    /// The dispatcher's flags for each pool member, as the edge sees them (`AP`: active and
+    /// probed, `IP`: inactive and probed).
+    fn dispatcher_flags(&self) -> Vec<(String, String)> {
+        let out = self.exec("edge", &["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "dispatcher.list"]);
+        let mut flags = Vec::new();
+        let mut uri = None;
+        for line in out.lines().map(str::trim) {
+            if let Some(u) = line.strip_prefix("URI: ") {
+                uri = Some(u.to_string());
+            } else if let (Some(f), Some(u)) = (line.strip_prefix("FLAGS: "), uri.take()) {
+                flags.push((u, f.to_string()));
+            }
+        }
+        flags
+    }
+
+    /// The member's dispatcher flags.
+    fn flags_of(&self, address: Ipv4Addr) -> String {
+        let want = format!("sip:{address}:");
+        self.dispatcher_flags().into_iter().find(|(u, _)| u.starts_with(&want)).map(|(_, f)| f).unwrap_or_default()
+    }
+
+    /// A WebRTC echo call from astrtc's probe through the edge (ICE + DTLS-SRTP to the relay).
+    fn webrtc_setup(&self, user: &str, extension: &str, hold: Duration) -> CallSetup {
+        CallSetup {
+            leg: LegSetup::Webrtc {
+                wss: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.plan.network.wss_port),
+                ca_pem: Arc::from(self.ca_pem()),
+                local_ips: Vec::new(),
+                relay: None,
+            },
+            domain: self.plan.tls.domain.clone(),
+            user: user.to_string(),
+            password: self.password(user),
+            extension: extension.to_string(),
+            hold,
+            register: false,
+            offer: Offer::OpusThenPcmu,
+            reencoded: false,
+            release: None,
+        }
+    }
+
+    /// A plain SIP call (UDP, G.711) from the probe through the edge.
+    fn sip_setup(&self, user: &str, extension: &str, hold: Duration) -> CallSetup {
+        CallSetup {
+            leg: LegSetup::Sip { server: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.plan.network.sip_port) },
+            ..self.webrtc_setup(user, extension, hold)
+        }
+    }
+
+    fn save_logs(&self, test: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/astrtc-artifacts").join(test);
+        let _ = std::fs::create_dir_all(&dir);
+        let out = self.project.run(&["logs", "--no-color", "--timestamps"]);
+        let _ = std::fs::write(dir.join("compose.log"), &out.stdout);
+        eprintln!("logs of every service: {}", dir.join("compose.log").display());
+    }
+}
+
+/// The number in front of `what` in Asterisk's `core show channels count` output.
+fn count_before(out: &str, what: &str) -> Option<u64> {
+    out.lines().find_map(|l| l.split_once(what).and_then(|(n, _)| n.trim().parse().ok()))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Prints a call's figures and returns the packets echoed back (matched by payload).
+fn figures(label: &str, r: &CallReport) -> u64 {
+    let m = r.media.as_ref();
+    eprintln!(
+        "{label}: {} — answered {:?} ms, DTLS {:?} ms, codec {:?}, sent {:?}, echoed {:?}, loss {:?} %",
+        if r.healthy() { "ok" } else { "FAILED" },
+        r.answered_ms.map(|x| x.round()),
+        r.dtls_connected_ms.map(|x| x.round()),
+        r.codec,
+        m.map(|m| m.sent),
+        m.map(|m| m.matched),
+        m.map(|m| (m.steady_loss_percent * 10.0).round() / 10.0),
+    );
+    m.map(|m| m.matched).unwrap_or(0)
+}
+
+fn assert_echoed(label: &str, r: &CallReport, at_least: u64) {
+    let echoed = figures(label, r);
+    assert!(r.healthy(), "{label} failed: {:?}\nladder:\n{}", r.failure, r.ladder.join("\n"));
+    assert!(echoed >= at_least, "{label}: only {echoed} packets echoed (at least {at_least} expected)");
+}
+
+/// Waits (at most `limit`) until `ready` holds; how long it took, or None.
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if ready() {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn two_browsers_call_each_other_through_the_edge_and_the_relay() {
+    if let Some(reason) = tools_missing() {
+        skip(&reason);
+        return;
+    }
+    let Some(stack) = Stack::start("browsers", |s| s) else { return };
+    let art = artifacts("cluster_two_browsers");
+    // The demo phone page, as the Asterisk image serves it, loaded from a file (a secure context):
+    // in a cluster browsers reach only the edge, which serves no pages.
+    let page_dir = tempfile::tempdir().unwrap();
+    let out = Command::new("docker")
+        .args(["cp", &format!("{}:/usr/share/asterisk/static-http/phone/.", container_of(&stack, "asterisk-1"))])
+        .arg(page_dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = format!("file://{}/index.html", page_dir.path().display());
+    let home = browser_home(Some(&stack.dir.path().join("deploy/keys/ca.crt")));
+    let before: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    let relayed_before = relay_packets(&stack);
+
+    let seconds = 6;
+    let callee = browser(&stack, home.path(), &page, "198", None, seconds, &art.join("callee"));
+    // The callee must be registered before it is called: the edge's location table says when.
+    let registered = wait_until(Duration::from_secs(30), || {
+        stack
+            .exec(
+                "db",
+                &[
+                    "psql",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "kamailio",
+                    "-tAc",
+                    "SELECT count(*) FROM location WHERE username = '198'",
+                ],
+            )
+            .trim()
+            == "1"
+    });
+    assert!(registered.is_some(), "the callee browser never registered at the edge");
+    let caller = browser(&stack, home.path(), &page, "199", Some("198"), seconds, &art.join("caller"));
+    let (caller, caller_ok) = finish(caller);
+    let (callee, callee_ok) = finish(callee);
+    stack.save_logs("cluster_two_browsers");
+    for (who, r, ok) in [("caller", &caller, caller_ok), ("callee", &callee, callee_ok)] {
+        let last = r["samples"].as_array().and_then(|s| s.last()).cloned().unwrap_or(Value::Null);
+        eprintln!(
+            "{who}: ok {ok}, confirmed {} ms, DTLS {}, codec {}, packets received {}, sent {}, pair {}",
+            r["confirmedMs"], last["dtlsState"], last["codec"], last["packetsReceived"], last["packetsSent"], r["pair"]
+        );
+        assert!(ok, "{who} browser failed: {r:#}");
+        assert_eq!(last["dtlsState"], "connected", "{who}: {last}");
+        assert_eq!(last["codec"], "audio/opus", "{who}: {last}");
+        let received = last["packetsReceived"].as_u64().unwrap_or(0);
+        assert!(received >= 100, "{who} received only {received} packets in {seconds} s");
+    }
+    // The media went through the relay: rtpengine relayed (in userspace) at least every packet
+    // the two browsers received. It adds a call's packets to its totals when it deletes the
+    // call, `delete-delay` (30 s) after the BYE: a bounded wait for that.
+    let received: u64 = [&caller, &callee]
+        .iter()
+        .map(|r| {
+            r["samples"]
+                .as_array()
+                .and_then(|s| s.last())
+                .map(|l| l["packetsReceived"].as_u64().unwrap_or(0))
+                .unwrap_or(0)
+        })
+        .sum();
+    let mut relayed = 0;
+    let counted = wait_until(Duration::from_secs(45), || {
+        relayed = relay_packets(&stack) - relayed_before;
+        relayed > 0
+    });
+    eprintln!(
+        "the relay relayed {relayed} packets (counted {counted:.1?} after the call); the browsers received {received}"
+    );
+    assert!(
+        relayed >= received,
+        "the relay relayed {relayed} packets, fewer than the {received} the browsers received"
+    );
+    let after: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    assert_eq!(before, after, "a call between users went through the pool");
+
+    // A browser calling the echo extension: DTLS-SRTP to the relay, plain RTP to a pool member.
+    let echo = stack.plan.dialplan.echo_extension.clone();
+    let (r, ok) = finish(browser(&stack, home.path(), &page, "199", Some(&echo), 4, &art.join("echo")));
+    let last = r["samples"].as_array().and_then(|s| s.last()).cloned().unwrap_or(Value::Null);
+    eprintln!(
+        "browser to the echo extension: ok {ok}, DTLS {}, codec {}, packets received {}, sent {}",
+        last["dtlsState"], last["codec"], last["packetsReceived"], last["packetsSent"]
+    );
+    assert!(ok, "the browser's echo call failed: {r:#}");
+    assert_eq!(last["dtlsState"], "connected", "{last}");
+    assert_eq!(last["codec"], "audio/opus", "{last}");
+    let received = last["packetsReceived"].as_u64().unwrap_or(0);
+    assert!(received >= 100, "the browser got only {received} packets back from the echo");
+    let echoed: u64 =
+        stack.cluster().members.iter().map(|m| stack.processed(&m.name)).sum::<u64>() - after.iter().sum::<u64>();
+    assert_eq!(echoed, 1, "the echo call did not go to the pool");
+}
+
+/// Packets rtpengine has relayed in userspace since it started (its ng `statistics` command,
+/// `totalstatistics.relayedpackets_user`; counted when a call ends).
+fn relay_packets(stack: &Stack) -> u64 {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let control = (Ipv4Addr::LOCALHOST, stack.cluster().relay_control_port);
+    sock.send_to(b"astrtc-test d7:command10:statisticse", control).unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = sock.recv(&mut buf).expect("rtpengine did not answer the statistics command");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let key = "19:relayedpackets_useri";
+    let at = text.find(key).unwrap_or_else(|| panic!("no relayedpackets_user in rtpengine's statistics: {text}"));
+    text[at + key.len()..].split('e').next().unwrap().parse().unwrap()
+}
+
+/// The container id of a compose service.
+fn container_of(stack: &Stack, service: &str) -> String {
+    let out = stack.project.run(&["ps", "-q", service]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Starts tests/clients/browser-call.mjs: calling `target`, or (None) answering one call.
+fn browser(
+    stack: &Stack,
+    home: &Path,
+    page: &str,
+    user: &str,
+    target: Option<&str>,
+    seconds: u32,
+    art: &Path,
+) -> std::process::Child {
+    let profile = tempfile::tempdir().unwrap().keep();
+    let mut node = Command::new("node");
+    node.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients"))
+        .arg("browser-call.mjs")
+        .args(["--page", page])
+        .args(["--wss", &format!("wss://{}:{}/ws", stack.plan.tls.domain, stack.plan.network.wss_port)])
+        .args(["--user", user, "--password-env", "ASTRTC_TEST_PASSWORD"])
+        .args(["--seconds", &seconds.to_string()])
+        .arg("--profile")
+        .arg(profile)
+        .arg("--artifacts")
+        .arg(art)
+        .env("HOME", home)
+        .env("ASTRTC_TEST_PASSWORD", stack.password(user))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    match target {
+        Some(t) => node.args(["--target", t]),
+        None => node.args(["--answer", "1", "--target", "-"]),
+    };
+    node.spawn().unwrap()
+}
+
+fn finish(child: std::process::Child) -> (Value, bool) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("browser-call printed no JSON ({e}): {text}"));
+    (json, out.status.success())
+}
+
+#[test]
+fn echo_calls_spread_over_the_pool() {
+    let Some(stack) = Stack::start("spread", |s| s) else { return };
+    let members = stack.cluster().members.clone();
+    let before: Vec<u64> = members.iter().map(|m| stack.processed(&m.name)).collect();
+    let echo = stack.plan.dialplan.echo_extension.clone();
+    let rt = runtime();
+    let shared = SharedMedia::new().unwrap();
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let user = if i % 2 == 0 { "3001" } else { "3002" };
+        let report = rt.block_on(probe::call(&stack.sip_setup(user, &echo, Duration::from_secs(2)), &shared));
+        let echoed = figures(&format!("call {:2}", i + 1), &report);
+        if !report.healthy() || echoed < 50 {
+            failures.push(format!(
+                "call {}: {:?}, {echoed} echoed\n{}",
+                i + 1,
+                report.failure,
+                report.ladder.join("\n")
+            ));
+        }
+    }
+    let after: Vec<u64> = members.iter().map(|m| stack.processed(&m.name)).collect();
+    let taken: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    eprintln!("calls per pool member: {:?}", members.iter().map(|m| &m.name).zip(&taken).collect::<Vec<_>>());
+    if !failures.is_empty() {
+        stack.save_logs("cluster_spread");
+    }
+    assert!(failures.is_empty(), "{} of 20 calls failed:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(taken.iter().sum::<u64>(), 20, "the pool did not take every call: {taken:?}");
+    for (m, n) in members.iter().zip(&taken) {
+        assert!(*n >= 5, "{} took only {n} of 20 calls: {taken:?}", m.name);
+    }
+}
+
+#[test]
+fn a_draining_member_takes_no_new_calls_and_keeps_its_call() {
+    let Some(stack) = Stack::start("drain", |s| s) else { return };
+    let members = stack.cluster().members.clone();
+    let probe_seconds = stack.cluster().probe_seconds;
+    let echo = stack.plan.dialplan.echo_extension.clone();
+    let rt = runtime();
+    let shared = SharedMedia::new().unwrap();
+    // Every member active before anything happens.
+    let all_active =
+        wait_until(Duration::from_secs(20), || members.iter().all(|m| stack.flags_of(m.address).starts_with('A')));
+    assert!(all_active.is_some(), "not every member is active at the edge: {:?}", stack.dispatcher_flags());
+
+    // A call held on one member.
+    let held = rt.spawn({
+        let setup = stack.sip_setup("3001", &echo, Duration::from_secs(20));
+        let shared = shared.clone();
+        async move { probe::call(&setup, &shared).await }
+    });
+    let mut holder = None;
+    let found = wait_until(Duration::from_secs(15), || {
+        holder = members.iter().find(|m| stack.active(&m.name) > 0).cloned();
+        holder.is_some()
+    });
+    assert!(found.is_some(), "the held call never showed up on a pool member");
+    let holder = holder.unwrap();
+    eprintln!("the held call is on {} ({})", holder.name, holder.address);
+
+    // Stop it: docker stop runs its drain (new calls and OPTIONS get 503) and waits for it.
+    let container = container_of(&stack, &holder.name);
+    let stop_started = Instant::now();
+    let stopper = std::thread::spawn(move || {
+        let out = Command::new("docker").args(["stop", "-t", "120", &container]).output().unwrap();
+        (out.status.success(), Instant::now())
+    });
+    let marked = wait_until(Duration::from_secs(u64::from(probe_seconds) * 3 + 5), || {
+        stack.flags_of(holder.address).starts_with('I')
+    });
+    let flags = stack.dispatcher_flags();
+    assert!(marked.is_some(), "{} was not marked inactive by the edge's probes: {flags:?}", holder.name);
+    eprintln!(
+        "{} marked inactive {:.1?} after docker stop began (probe interval {probe_seconds} s): {flags:?}",
+        holder.name,
+        marked.unwrap()
+    );
+
+    // New calls: all answered, none by the draining member.
+    let before: Vec<u64> =
+        members.iter().map(|m| if m.name == holder.name { 0 } else { stack.processed(&m.name) }).collect();
+    let holder_before = stack.processed(&holder.name);
+    let n = 6;
+    for i in 0..n {
+        let report = rt.block_on(probe::call(&stack.sip_setup("3002", &echo, Duration::from_secs(2)), &shared));
+        assert_echoed(&format!("new call {}", i + 1), &report, 50);
+    }
+    let holder_after = stack.processed(&holder.name);
+    let others: u64 = members
+        .iter()
+        .zip(&before)
+        .filter(|(m, _)| m.name != holder.name)
+        .map(|(m, b)| stack.processed(&m.name) - b)
+        .sum();
+    eprintln!("of {n} new calls: {} on the draining member, {others} on the others", holder_after - holder_before);
+    assert_eq!(holder_after, holder_before, "the draining member took new calls");
+    assert_eq!(others, n, "the other members did not take every new call");
+
+    // The held call kept its audio to the end; then the member stopped by itself.
+    let report = rt.block_on(held).unwrap();
+    assert_echoed("the held call", &report, 800);
+    let (stopped, at) = stopper.join().unwrap();
+    assert!(stopped, "docker stop failed");
+    eprintln!("{} stopped {:.1?} after docker stop began (when its last call ended)", holder.name, at - stop_started);
+}
+
+#[test]
+fn an_edge_restart_keeps_registrations() {
+    let Some(stack) = Stack::start("edge-restart", |s| s) else { return };
+    let rt = runtime();
+    let edge_sip = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
+    let phone = rt
+        .block_on(astrtc::media::answer::AnsweringPhone::register(
+            edge_sip,
+            "3002",
+            &stack.password("3002"),
+            &stack.plan.tls.domain,
+        ))
+        .expect("the UDP phone could not register at the edge");
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let running = rt.spawn(phone.run(stopped));
+    let row = || {
+        stack.exec(
+            "db",
+            &[
+                "psql",
+                "-U",
+                "postgres",
+                "-d",
+                "kamailio",
+                "-tAc",
+                "SELECT ruid, contact, received, expires FROM location WHERE username = '3002'",
+            ],
+        )
+    };
+    let before = row();
+    eprintln!("registration before the restart: {}", before.trim());
+    assert!(!before.trim().is_empty(), "the phone's registration is not in the database");
+
+    let t0 = Instant::now();
+    let out = stack.project.run(&["restart", "edge"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = stack.project.run(&["up", "-d", "--wait", "--wait-timeout", "60", "edge"]);
+    assert!(out.status.success(), "the edge did not come back: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("edge restarted and healthy in {:.1?}", t0.elapsed());
+    let after = row();
+    assert_eq!(before, after, "the registration changed across the edge restart");
+
+    // Called through the restarted edge without registering again: audio both ways (the phone
+    // echoes what it receives; the caller matches what comes back).
+    let report = rt
+        .block_on(probe::call(&stack.sip_setup("3001", "3002", Duration::from_secs(4)), &SharedMedia::new().unwrap()));
+    if !report.healthy() {
+        stack.save_logs("cluster_edge_restart");
+    }
+    assert_echoed("call to the phone after the restart", &report, 100);
+    stop.send(()).unwrap();
+    let phone = rt.block_on(running).unwrap().unwrap();
+    eprintln!("the phone: {phone:?}");
+    assert_eq!(phone.confirmed, 1, "the phone did not answer exactly one call: {phone:?}");
+    assert!(phone.echoed >= 100, "the phone received only {} packets", phone.echoed);
+}
