@@ -255,7 +255,7 @@ fn metrics_once(dir: &std::path::Path, asterisk: &std::path::Path) -> std::colle
         let (name, labels) = series.split_once('{').unwrap_or((series, ""));
         let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
         let labels_ok = labels.is_empty() || {
-            let inner = labels.strip_suffix('}').and_then(|l| l.split_once("=\"")).map(|(k, v)| (k, v));
+            let inner = labels.strip_suffix('}').and_then(|l| l.split_once("=\""));
             inner.is_some_and(|(k, v)| {
                 let (mut escaped, mut closed) = (false, false);
                 for c in v.chars() {
