@@ -20,24 +20,42 @@ fn every_fixture_compose_file_is_valid() {
         let text = std::fs::read_to_string(out.join("compose.yaml")).unwrap();
         let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{case}: {e}"));
         assert!(doc.get("version").is_none(), "{case}: compose-spec files have no version key");
-        let svc = &doc["services"]["asterisk"];
-        assert_eq!(svc["image"].as_str(), Some(plan.image.as_str()));
-        assert_eq!(svc["volumes"][0]["target"].as_str(), Some("/etc/asterisk"));
-        assert_eq!(svc["volumes"][0]["read_only"].as_bool(), Some(true));
-        assert_eq!(svc["volumes"][1]["target"].as_str(), Some("/etc/asterisk-keys"));
-        assert!(svc["healthcheck"]["test"].is_sequence());
-        match plan.network.mode {
-            astrtc::spec::NetworkMode::Host => {
-                assert_eq!(svc["network_mode"].as_str(), Some("host"), "{case}");
-                assert!(svc.get("ports").is_none(), "{case}: host mode publishes nothing");
+        if let Some(cluster) = &plan.cluster {
+            // A cluster: one service per pool member on the pool network, the edge and the relay
+            // on the host's, the database; no single `asterisk` service.
+            assert!(doc["services"].get("asterisk").is_none(), "{case}: a cluster has no single asterisk service");
+            assert_eq!(cluster.members.len(), cluster.pool_size as usize, "{case}");
+            for m in &cluster.members {
+                let svc = &doc["services"][m.name.as_str()];
+                assert_eq!(svc["image"].as_str(), Some(plan.image.as_str()), "{case}: {}", m.name);
+                assert_eq!(svc["volumes"][0]["target"].as_str(), Some("/etc/asterisk"), "{case}: {}", m.name);
+                assert!(svc["healthcheck"]["test"].is_sequence(), "{case}: {}", m.name);
             }
-            astrtc::spec::NetworkMode::Bridge => {
-                let ports: Vec<_> = svc["ports"].as_sequence().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
-                assert_eq!(ports, ["8089:8089/tcp", "5060:5060/udp", "10000-10099:10000-10099/udp"], "{case}");
-                assert_eq!(
-                    svc["networks"]["astrtc"]["ipv4_address"].as_str(),
-                    Some(plan.network.bridge.as_ref().unwrap().address.to_string().as_str())
-                );
+            for host in ["edge", "relay"] {
+                assert_eq!(doc["services"][host]["network_mode"].as_str(), Some("host"), "{case}: {host}");
+            }
+            assert!(doc["services"]["db"]["healthcheck"]["test"].is_sequence(), "{case}: db");
+        } else {
+            let svc = &doc["services"]["asterisk"];
+            assert_eq!(svc["image"].as_str(), Some(plan.image.as_str()));
+            assert_eq!(svc["volumes"][0]["target"].as_str(), Some("/etc/asterisk"));
+            assert_eq!(svc["volumes"][0]["read_only"].as_bool(), Some(true));
+            assert_eq!(svc["volumes"][1]["target"].as_str(), Some("/etc/asterisk-keys"));
+            assert!(svc["healthcheck"]["test"].is_sequence());
+            match plan.network.mode {
+                astrtc::spec::NetworkMode::Host => {
+                    assert_eq!(svc["network_mode"].as_str(), Some("host"), "{case}");
+                    assert!(svc.get("ports").is_none(), "{case}: host mode publishes nothing");
+                }
+                astrtc::spec::NetworkMode::Bridge => {
+                    let ports: Vec<_> =
+                        svc["ports"].as_sequence().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+                    assert_eq!(ports, ["8089:8089/tcp", "5060:5060/udp", "10000-10099:10000-10099/udp"], "{case}");
+                    assert_eq!(
+                        svc["networks"]["astrtc"]["ipv4_address"].as_str(),
+                        Some(plan.network.bridge.as_ref().unwrap().address.to_string().as_str())
+                    );
+                }
             }
         }
         if compose_available() || ci() {

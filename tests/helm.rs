@@ -122,6 +122,11 @@ fn every_fixture_lints_and_validates_in_every_mode() {
     for case in fixture_cases() {
         let (dir, chart) = rendered(&case);
         let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+        if plan.cluster.is_some() {
+            // No chart for a cluster yet (README, "Cluster topology", "Not done"): none written.
+            assert!(!chart.exists(), "{case}: a chart was rendered for a cluster");
+            continue;
+        }
         for (mode, sets) in modes(plan.rtp.len() <= 200) {
             for helm in [&t.helm3, &t.helm4] {
                 let mut cmd = Command::new(helm);

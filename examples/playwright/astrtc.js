@@ -46,15 +46,16 @@ export async function browserTrusting(caFile) {
 
 /** page.goto, retried when Chromium aborts the load because a network interface on the host
  * came or went (ERR_NETWORK_CHANGED; e.g. other test environments starting). When the change
- * lands mid-navigation Playwright reports it as a navigation "interrupted by another navigation
- * to chrome-error://chromewebdata/" (Chromium's network error page) instead: retried as well.
+ * lands mid-navigation Playwright reports it as a navigation "interrupted by another navigation"
+ * (to chrome-error://chromewebdata/, Chromium's network error page, or to the same URL, which
+ * Chromium reloads by itself after a network change): retried as well.
  * A server that stays unreachable still fails, after the fourth attempt. */
 export async function gotoRetrying(page, url) {
   for (let attempt = 1; ; attempt++) {
     try {
       return await page.goto(url);
     } catch (e) {
-      const networkChanged = e.message.includes('ERR_NETWORK_CHANGED') || e.message.includes('chrome-error://chromewebdata/');
+      const networkChanged = e.message.includes('ERR_NETWORK_CHANGED') || e.message.includes('is interrupted by another navigation to');
       if (attempt >= 4 || !networkChanged) throw e;
     }
   }

@@ -66,14 +66,15 @@ try {
   page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
   // Chromium aborts a load with ERR_NETWORK_CHANGED when an interface comes or goes on the host
   // (other tests create namespaces, veths and Docker networks): that, and only that, is retried.
-  // Mid-navigation Playwright reports it as interrupted by Chromium's network error page
-  // (chrome-error://chromewebdata/); a server that stays unreachable still fails on attempt 4.
+  // Mid-navigation Playwright reports it as interrupted by another navigation (to Chromium's
+  // network error page, chrome-error://chromewebdata/, or to the same URL, which Chromium reloads
+  // by itself after a network change); a server that stays unreachable still fails on attempt 4.
   for (let attempt = 1; ; attempt++) {
     try {
       await page.goto(args.page, { timeout: 10000 });
       break;
     } catch (e) {
-      const networkChanged = e.message.includes('ERR_NETWORK_CHANGED') || e.message.includes('chrome-error://chromewebdata/');
+      const networkChanged = e.message.includes('ERR_NETWORK_CHANGED') || e.message.includes('is interrupted by another navigation to');
       if (attempt < 4 && networkChanged) {
         consoleLines.push(`[retry] ${e.message.split('\n')[0]}`);
         continue;
