@@ -40,6 +40,9 @@ pub fn database_password(s: &str) -> Result<(), String> {
 }
 
 /// The cluster, `Some(None)` for one Asterisk; `None` when invalid.
+/// The longest `tls.domain` a cluster takes (Kamailio's `domain` columns are VARCHAR(64)).
+const MAX_DOMAIN: usize = 64;
+
 pub(super) fn cluster(
     spec: &Spec,
     secrets: &Secrets,
@@ -59,6 +62,14 @@ pub(super) fn cluster(
     let before = (v.len(), s.len());
     refuse_single_only(spec, v);
     let c = spec.cluster.clone().unwrap_or_default();
+    // The users' realm goes into Kamailio's tables, whose domain columns hold 64 characters: a
+    // longer one would stop the database from loading the users (the stack never gets healthy).
+    if let Some(domain) = spec.tls.domain.as_deref().filter(|d| d.len() > MAX_DOMAIN) {
+        v.push(
+            p("tls.domain", format!("{} characters; a cluster's database holds at most {MAX_DOMAIN}", domain.len()))
+                .help("use a shorter name for the edge's domain"),
+        );
+    }
 
     let pool_size = c.pool_size.unwrap_or(defaults::POOL_SIZE);
     if !(1..=MAX_POOL_SIZE).contains(&pool_size) {
@@ -306,6 +317,16 @@ mod tests {
             (c.edge_address.to_string(), c.database_address.to_string()),
             ("10.9.8.1".into(), "10.9.8.2".into())
         );
+    }
+
+    #[test]
+    fn a_domain_longer_than_the_database_holds_is_refused() {
+        let long = format!("{}.example.org", "a".repeat(60));
+        let (_, problems) = check(&format!("topology = \"cluster\"\n[tls]\ndomain = \"{long}\""), Some(PW));
+        assert!(problems.iter().any(|p| p.starts_with("tls.domain: 72 characters")), "{problems:?}");
+        let ok = format!("{}.example.org", "a".repeat(52));
+        let (_, problems) = check(&format!("topology = \"cluster\"\n[tls]\ndomain = \"{ok}\""), Some(PW));
+        assert!(problems.is_empty(), "64 characters fit: {problems:?}");
     }
 
     #[test]
