@@ -134,6 +134,11 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A query in the edge's database (unaligned, tuples only).
+    fn sql(&self, query: &str) -> String {
+        self.exec("db", &["psql", "-U", "postgres", "-d", "kamailio", "-tAc", query])
+    }
+
     /// Calls a pool member has taken so far (`calls processed`).
     fn processed(&self, member: &str) -> u64 {
         let out = self.exec(member, &["asterisk", "-rx", "core show channels count"]);
@@ -275,21 +280,7 @@ fn two_browsers_call_each_other_through_the_edge_and_the_relay() {
     let callee = browser(&stack, home.path(), &page, "198", None, seconds, &art.join("callee"));
     // The callee must be registered before it is called: the edge's location table says when.
     let registered = wait_until(Duration::from_secs(30), || {
-        stack
-            .exec(
-                "db",
-                &[
-                    "psql",
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "kamailio",
-                    "-tAc",
-                    "SELECT count(*) FROM location WHERE username = '198'",
-                ],
-            )
-            .trim()
-            == "1"
+        stack.sql("SELECT count(*) FROM location WHERE username = '198'").trim() == "1"
     });
     assert!(registered.is_some(), "the callee browser never registered at the edge");
     let caller = browser(&stack, home.path(), &page, "199", Some("198"), seconds, &art.join("caller"));
@@ -540,20 +531,7 @@ fn an_edge_restart_keeps_registrations() {
         .expect("the UDP phone could not register at the edge");
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let running = rt.spawn(phone.run(stopped));
-    let row = || {
-        stack.exec(
-            "db",
-            &[
-                "psql",
-                "-U",
-                "postgres",
-                "-d",
-                "kamailio",
-                "-tAc",
-                "SELECT ruid, contact, received, expires FROM location WHERE username = '3002'",
-            ],
-        )
-    };
+    let row = || stack.sql("SELECT ruid, contact, received, expires FROM location WHERE username = '3002'");
     let before = row();
     eprintln!("registration before the restart: {}", before.trim());
     assert!(!before.trim().is_empty(), "the phone's registration is not in the database");
