@@ -81,8 +81,11 @@ pub(crate) struct BrowserCall<'a> {
     pub target: &'a str,
     pub seconds: u32,
     pub artifacts: &'a Path,
-    /// Run the browser inside this client network's namespace (it must resolve the domain).
-    pub netns: Option<&'a crate::common::netns::ClientNetwork>,
+    /// Run the browser inside this network namespace (it must resolve the domain, or map it).
+    pub netns: Option<&'a str>,
+    /// Send the browser to this address for the plan's domain (Chromium's host resolver rules;
+    /// they also cover `localhost`, which Chromium otherwise never looks up).
+    pub map_host: Option<std::net::IpAddr>,
     /// What goes into the phone's "ICE servers" field (an iceServers entry, JSON).
     pub ice_servers: Option<&'a str>,
 }
@@ -95,10 +98,17 @@ pub(crate) fn browser_call(c: &BrowserCall<'_>) -> (Value, bool, Duration) {
     let profile = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut node = match c.netns {
-        Some(net) => net.command("node"),
+        Some(ns) => {
+            let mut node = Command::new("ip");
+            node.args(["netns", "exec", ns, "node"]);
+            node
+        }
         None => Command::new("node"),
     };
     node.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")).arg("browser-call.mjs");
+    if let Some(addr) = c.map_host {
+        node.args(["--map-host", &addr.to_string()]);
+    }
     if let Some(servers) = c.ice_servers {
         node.args(["--ice-servers-env", "ASTRTC_TEST_ICE_SERVERS"]).env("ASTRTC_TEST_ICE_SERVERS", servers);
     }
@@ -138,7 +148,28 @@ pub(crate) fn assert_media_flowed(r: &Value, seconds: u32) {
     assert!(last["t"].as_u64().unwrap() >= window - 300, "sampled for too short a time");
     let (p1, p2, p3) = (at(500), at(window / 2), last["packetsReceived"].as_u64().unwrap());
     let sent: Vec<u64> = samples.iter().map(|s| s["packetsSent"].as_u64().unwrap_or(0)).collect();
-    assert!(p1 < p2 && p2 < p3, "inbound RTP stalled: {p1} {p2} {p3} (sent over time: {sent:?})");
+    // On a stall, say how the media travelled over time: a changed candidate pair or ICE state is
+    // the usual cause (an interface coming or going on the host under the browser).
+    let pairs: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            let p = &s["pair"];
+            format!(
+                "{}:{}->{}:{} {}",
+                p["local"]["address"], p["local"]["port"], p["remote"]["address"], p["remote"]["port"], s["iceState"]
+            )
+        })
+        .fold(Vec::new(), |mut seen, p| {
+            if seen.last() != Some(&p) {
+                seen.push(p);
+            }
+            seen
+        });
+    assert!(
+        p1 < p2 && p2 < p3,
+        "inbound RTP stalled: {p1} {p2} {p3} (sent over time: {sent:?}; candidate pair and ICE state over time: {pairs:?}; ICE states: {})",
+        r["iceStates"]
+    );
     let rate = p3 as f64 / (last["t"].as_f64().unwrap() / 1000.0);
     assert!(rate > 30.0, "only {rate:.0} packets/s");
     assert_eq!(r["endCause"], "Terminated", "not a clean BYE: {r:#}");
@@ -245,6 +276,7 @@ async fn browser_and_sip_phone_calls() {
         seconds: 3,
         artifacts: &art,
         netns: None,
+        map_host: None,
         ice_servers: None,
     });
     save_logs(&asterisk, &art).await;
@@ -285,6 +317,7 @@ async fn browser_and_sip_phone_calls() {
         seconds: 3,
         artifacts: &art,
         netns: None,
+        map_host: None,
         ice_servers: None,
     });
     let _ = phone.kill();
@@ -311,6 +344,7 @@ async fn browser_and_sip_phone_calls() {
         seconds: 1,
         artifacts: &art,
         netns: None,
+        map_host: None,
         ice_servers: None,
     });
     assert!(!ok, "a browser that does not trust the CA must fail: {r:#}");

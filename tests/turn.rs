@@ -154,7 +154,8 @@ fn browser(stack: &Stack, net: &ClientNetwork, ice: Option<&str>, name: &str) ->
         target: &stack.plan.dialplan.echo_extension,
         seconds: 3,
         artifacts: &art,
-        netns: Some(net),
+        netns: Some(&net.client_ns),
+        map_host: None,
         ice_servers: ice,
     });
     std::fs::write(art.join("asterisk.log"), stack.logs("asterisk")).unwrap();

@@ -6,6 +6,7 @@
 // node browser-call.mjs --page URL --wss URL --user ID --password-env VAR --target EXT
 //                       --seconds N --profile DIR --artifacts DIR
 //                       [--ice-servers-env VAR] [--relay-only 1] [--ice-timeout S] [--answer 1]
+//                       [--map-host ADDR]
 // With --answer, the phone places no call: it answers the first call it gets (within 60 s),
 // samples getStats() for --seconds and waits for the caller to hang up.
 // With --ice-servers-env, the phone's "ICE servers" field gets that variable's JSON (e.g. the
@@ -59,6 +60,9 @@ try {
       '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+      // --map-host: the page's host name goes to this address (also `localhost`, which Chromium
+      // never looks up otherwise), e.g. a deployment's own address on its Docker network.
+      ...(args['map-host'] ? [`--host-resolver-rules=MAP ${new URL(args.page).hostname} ${args['map-host']}`] : []),
     ],
   });
   const page = context.pages()[0] || (await context.newPage());

@@ -320,3 +320,67 @@ impl Drop for ClientNetwork {
         }
     }
 }
+
+/// A seat on a Docker network: a namespace whose only interface is a veth plugged into that
+/// network's bridge, with a free address of its subnet — what a client container started with
+/// `--network NAME` has. A browser there sees no other interface, so the Docker networks other
+/// tests create and remove on the host cannot take its media path away mid-call. Removed (the
+/// namespace, and with it both ends of the veth) when dropped, also when the test panics.
+pub struct BridgeSeat {
+    /// The namespace (run programs there with `ip netns exec`).
+    pub ns: String,
+}
+
+impl BridgeSeat {
+    /// Plugs a new namespace into Docker network `network`; `None` (after a counted skip) when
+    /// this host cannot (not root, no `ip`). Panics on a failing step, after removing what was made.
+    pub fn on_docker_network(network: &str) -> Option<BridgeSeat> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        if tool_missing(std::path::Path::new("/usr/sbin/ip"), "apt-get install iproute2; make deps-net") {
+            return None;
+        }
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            skip("building network namespaces needs root");
+            return None;
+        }
+        let out = Command::new("docker")
+            .args(["network", "inspect", network, "--format", "{{.Id}} {{range .IPAM.Config}}{{.Subnet}}{{end}}"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "docker network inspect {network}: {}", String::from_utf8_lossy(&out.stderr));
+        let (id, subnet) = text.trim().split_once(' ').unwrap_or_else(|| panic!("no IPv4 subnet: {text}"));
+        let (base, len) = subnet.split_once('/').unwrap();
+        let (base, len): (Ipv4Addr, u32) = (base.parse().unwrap(), len.parse().unwrap());
+        assert!(len <= 28, "subnet {subnet} too small for a seat");
+        // The subnet's last host address: Docker hands addresses out from the bottom.
+        let addr = Ipv4Addr::from((u32::from(base) | (u32::MAX >> len)) - 1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{:05x}{n:x}", std::process::id() & 0xfffff);
+        let seat = BridgeSeat { ns: format!("astrtc-seat-{tag}") };
+        let (host_end, seat_end) = (format!("asb{tag}"), format!("asn{tag}"));
+        let bridge = format!("br-{}", &id[..12]);
+        let cidr = format!("{addr}/{len}");
+        let ns = seat.ns.as_str();
+        run(&["ip", "netns", "add", ns], None);
+        run(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", &seat_end, "netns", ns], None);
+        run(&["ip", "link", "set", &host_end, "master", &bridge, "up"], None);
+        for args in [
+            vec!["ip", "link", "set", "lo", "up"],
+            vec!["ip", "addr", "add", &cidr, "dev", &seat_end],
+            vec!["ip", "link", "set", &seat_end, "up"],
+        ] {
+            let mut all = vec!["ip", "netns", "exec", ns];
+            all.extend(args);
+            run(&all, None);
+        }
+        Some(seat)
+    }
+}
+
+impl Drop for BridgeSeat {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).stderr(Stdio::null()).status();
+    }
+}
