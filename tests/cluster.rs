@@ -15,7 +15,10 @@
 //!    marked inactive by the edge's probes and takes none of the new calls, while the call it
 //!    holds keeps its audio;
 //! 4. an edge restart keeps a UDP phone's registration (the PostgreSQL row is unchanged) and
-//!    the phone is called through the restarted edge with audio both ways.
+//!    the phone is called through the restarted edge with audio both ways;
+//! 5. the edge bans a password guesser (svcrack over UDP, wrong passwords over WSS) after
+//!    `security.ban_after` failures, serves every other address meanwhile, never bans
+//!    `security.allow`, and lifts the ban after `ban_seconds`.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 
@@ -558,4 +561,101 @@ fn an_edge_restart_keeps_registrations() {
     eprintln!("the phone: {phone:?}");
     assert_eq!(phone.confirmed, 1, "the phone did not answer exactly one call: {phone:?}");
     assert!(phone.echoed >= 100, "the phone received only {} packets", phone.echoed);
+}
+
+/// What the edge logged, without timestamps.
+fn edge_log(stack: &Stack) -> String {
+    let out = stack.project.run(&["logs", "--no-color", "edge"]);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn the_edge_bans_password_guessers_and_spares_everyone_else() {
+    use crate::common::attacker::{self, Peer};
+    use crate::common::sip::{options_over_udp, WssRegistrar};
+    if docker_off() {
+        return;
+    }
+    if let Some(why) = attacker::available() {
+        skip(&why);
+        return;
+    }
+    if !Path::new("/usr/bin/svcrack").exists() {
+        skip("/usr/bin/svcrack is not installed (Debian package sipvicious: make deps-audit)");
+        return;
+    }
+    // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
+    let (attacker, allowed, legit, wss_guesser) =
+        (Peer::new("atk"), Peer::new("allow"), Peer::new("legit"), Peer::new("wss"));
+    const BAN_AFTER: usize = 5;
+    const BAN_SECONDS: u64 = 20;
+    let allow = allowed.network();
+    let Some(stack) = Stack::start("bans", |s| {
+        format!(
+            "{s}\n[security]\nban_after = {BAN_AFTER}\nfind_seconds = 60\nban_seconds = {BAN_SECONDS}\nallow = [{allow:?}]\n"
+        )
+    }) else {
+        return;
+    };
+    let sip = stack.plan.network.sip_port;
+    let options = |peer: &Peer| {
+        let to = peer.to(sip);
+        peer.run(move || options_over_udp(to, Duration::from_secs(2)))
+    };
+    let failures = |log: &str, ip: &str| {
+        let (last, inner) = (format!(" from {ip}"), format!(" from {ip} "));
+        log.lines().filter(|l| l.contains("astrtc: failed login") && (l.ends_with(&last) || l.contains(&inner))).count()
+    };
+
+    // 1. svcrack from the attacker: exactly ban_after wrong passwords are looked at, then the
+    //    edge answers nothing from that address (svcrack gives up for want of answers).
+    let started = Instant::now();
+    let crack = attacker.svcrack(sip, "3001", 300);
+    let log = edge_log(&stack);
+    let ip = attacker.ip.to_string();
+    assert!(log.contains(&format!("astrtc: banned {ip} for {BAN_SECONDS} s")), "no ban logged:\n{log}\n{crack}");
+    assert!(crack.contains("since we last received a response"), "svcrack was not cut off:\n{crack}");
+    assert_eq!(failures(&log, &ip), BAN_AFTER, "failed logins looked at from the attacker:\n{log}");
+    assert_eq!(options(&attacker), None, "a banned address still gets answers");
+
+    // 2. Everyone else is served: another address gets its OPTIONS answered and registers over
+    //    WSS with the right password (the account under attack).
+    assert!(options(&legit).is_some(), "the edge does not answer an address it never banned");
+    let (domain, ca, password) = (stack.plan.tls.domain.clone(), stack.ca_pem(), stack.password("199"));
+    let wss = legit.to(stack.plan.network.wss_port);
+    let code = legit.run(move || WssRegistrar::open(wss, &domain, &ca, "199", &password)?.register());
+    assert_eq!(code, Ok(200), "a legitimate user could not register during the attack");
+
+    // 3. The allowed network guesses as much and is never banned: every guess answered.
+    let allowed_crack = allowed.svcrack(sip, "3001", 30);
+    let log = edge_log(&stack);
+    let allowed_ip = allowed.ip.to_string();
+    assert!(!allowed_crack.contains("since we last received a response"), "cut off:\n{allowed_crack}");
+    assert!(failures(&log, &allowed_ip) >= 30, "the allowed network's guesses were not all answered:\n{log}");
+    assert!(!log.contains(&format!("banned {allowed_ip} ")), "the allowed network was banned");
+    assert!(options(&allowed).is_some());
+
+    // 4. Guessing over the WebSocket is banned the same way.
+    let (domain, ca) = (stack.plan.tls.domain.clone(), stack.ca_pem());
+    let wss = wss_guesser.to(stack.plan.network.wss_port);
+    let (answered, error) = wss_guesser.run(move || {
+        let mut session = WssRegistrar::open(wss, &domain, &ca, "198", "wrong-password-xxxxxxxx").unwrap();
+        for answered in 0..100 {
+            match session.register() {
+                Ok(code) => assert!(code == 401 || code == 403, "a wrong password got {code}"),
+                Err(e) => return (answered, e),
+            }
+        }
+        (100, String::new())
+    });
+    eprintln!("WSS guesses answered before the ban: {answered} ({error})");
+    assert!(!error.is_empty(), "100 wrong passwords over WSS were all answered");
+    assert_eq!(answered, BAN_AFTER, "wrong passwords answered over WSS before the ban");
+
+    // 5. The ban lifts after ban_seconds, not before (counted from before the first guess).
+    let lifted = wait_until(Duration::from_secs(BAN_SECONDS + 20), || options(&attacker).is_some());
+    let lifted = lifted.map(|_| started.elapsed());
+    eprintln!("the attacker is answered again {lifted:?} after its first guess (ban: {BAN_SECONDS} s)");
+    let lifted = lifted.expect("the ban did not lift");
+    assert!(lifted >= Duration::from_secs(BAN_SECONDS), "the ban lifted after {lifted:?}");
 }

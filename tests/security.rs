@@ -513,18 +513,6 @@ impl Call {
 // ---------------------------------------------------------------------------------------------
 // Tools.
 
-/// Runs `svcrack` from `peer` against 3002 over UDP with passwords 1..=`guesses`; it gives up
-/// 5 s after the last answer. Returns its output.
-fn svcrack(peer: &Peer, port: u16, user: &str, guesses: u32) -> String {
-    let out = peer
-        .command("svcrack")
-        .args(["-u", user, "-r", &format!("1-{guesses}"), "-p", &port.to_string(), "--maximumtime", "5"])
-        .arg(peer.server.to_string())
-        .output()
-        .unwrap();
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 /// A baresip run inside `peer`: registers `user` over `transport` and calls `target` for
 /// `seconds`. Returns its log and whether the call was established.
 struct Phone<'a> {
@@ -655,7 +643,7 @@ fn guard_bans_guessers_and_spares_legitimate_and_allowed_clients() {
 
     // 1. svcrack from the attacker: banned.
     let started = Instant::now();
-    let crack = svcrack(&attacker, plan.network.sip_port, "3002", 3000);
+    let crack = attacker.svcrack(plan.network.sip_port, "3002", 3000);
     let crack_took = started.elapsed();
     std::fs::write(art.join("svcrack-attacker.txt"), &crack).unwrap();
     let banned = stack.banned();
@@ -694,7 +682,7 @@ fn guard_bans_guessers_and_spares_legitimate_and_allowed_clients() {
 
     // 3. The allowed network guesses as much and is never banned.
     let t = Instant::now();
-    let allowed_crack = svcrack(&allowed, plan.network.sip_port, "3002", 100);
+    let allowed_crack = allowed.svcrack(plan.network.sip_port, "3002", 100);
     eprintln!("allowed svcrack: {:.1?}", t.elapsed());
     std::fs::write(art.join("svcrack-allowed.txt"), &allowed_crack).unwrap();
     let allowed_failures = failures_from(&stack.security_log(), &allowed.ip.to_string()).len();
@@ -876,7 +864,7 @@ fn without_the_guard_password_guessing_is_never_blocked() {
     }
     let attacker = Peer::new("noguard");
     let stack = Stack::up("noguard", |t| t, &["asterisk"]);
-    let crack = svcrack(&attacker, stack.plan.network.sip_port, "3002", 300);
+    let crack = attacker.svcrack(stack.plan.network.sip_port, "3002", 300);
     let failures = failures_from(&stack.security_log(), &attacker.ip.to_string());
     assert!(failures.len() >= 300, "without the guard only {} of 300 guesses were answered:\n{crack}", failures.len());
     assert!(!crack.contains("since we last received a response"), "svcrack was cut off without a guard:\n{crack}");

@@ -47,7 +47,16 @@ pub fn context(plan: &Plan) -> Value {
         keys_dir => image::EDGE_KEYS_DIR,
         run_dir => image::EDGE_RUN_DIR,
         tls_ciphers => super::asterisk::TLS_CIPHERS.join(":"),
+        never_banned => never_banned(plan),
     }
+}
+
+/// The networks the edge never bans: loopback, then `security.allow` (validated and normalised to
+/// `address/prefix`, so each is one item of ipops' comma-separated list).
+fn never_banned(plan: &Plan) -> Vec<String> {
+    let mut nets = vec!["127.0.0.0/8".to_string(), "::1/128".to_string()];
+    nets.extend(plan.security.allow.iter().cloned());
+    nets
 }
 
 /// The context of `edge/database.cfg` and `db/password`: the password and the URL, nothing else.

@@ -131,6 +131,19 @@ impl Peer {
     pub fn to(&self, port: u16) -> SocketAddr {
         SocketAddr::from((self.server, port))
     }
+
+    /// Runs sipvicious' `svcrack` from here against `user` at the deployment's SIP `port` (UDP)
+    /// with passwords 1..=`guesses`; it gives up 5 s after the last answer. Returns its output
+    /// ("since we last received a response" in it: it was cut off).
+    pub fn svcrack(&self, port: u16, user: &str, guesses: u32) -> String {
+        let out = self
+            .command("svcrack")
+            .args(["-u", user, "-r", &format!("1-{guesses}"), "-p", &port.to_string(), "--maximumtime", "5"])
+            .arg(self.server.to_string())
+            .output()
+            .unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
 }
 
 impl Drop for Peer {

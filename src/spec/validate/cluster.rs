@@ -257,7 +257,7 @@ fn refuse_single_only(spec: &Spec, v: &mut Vec<Problem>) {
         refuse(
             "security.guard",
             "security.guard = true",
-            "the guard reads Asterisk's security log; in a cluster the edge authenticates. Remove it",
+            "the guard reads Asterisk's security log; in a cluster the edge authenticates and bans (ban_after, find_seconds, ban_seconds and allow apply there). Remove it",
             v,
         );
     }
