@@ -695,7 +695,7 @@ fn guard_bans_guessers_and_spares_legitimate_and_allowed_clients() {
     let (domain, ca) = (plan.tls.domain.clone(), stack.ca_pem());
     let (wss_answered, wss_error) = wss_guesser.run(move || {
         let wrong = "wrong-password-xxxxxxxx";
-        let mut session = crate::common::sip::WssRegistrar::open(wss, &domain, &ca, "3001", wrong).unwrap();
+        let mut session = crate::common::sip::Registrar::open(wss, &domain, &ca, "3001", wrong).unwrap();
         let (mut answered, deadline) = (0, Instant::now() + Duration::from_secs(20));
         while Instant::now() < deadline {
             match session.register() {
@@ -712,7 +712,7 @@ fn guard_bans_guessers_and_spares_legitimate_and_allowed_clients() {
     assert!(stack.banned().contains(&wss_guesser.ip.to_string()), "the WSS guesser is not banned");
     let reconnect = wss_guesser.run({
         let (domain, ca) = (plan.tls.domain.clone(), stack.ca_pem());
-        move || crate::common::sip::WssRegistrar::open(wss, &domain, &ca, "3001", "x").is_ok()
+        move || crate::common::sip::Registrar::open(wss, &domain, &ca, "3001", "x").is_ok()
     });
     assert!(!reconnect, "a banned address can still open a WSS connection");
 
@@ -830,7 +830,7 @@ fn a_ban_also_cuts_the_banned_address_off_from_the_bundled_turn_relay() {
     let (domain, ca) = (stack.plan.tls.domain.clone(), stack.ca_pem());
     let answered = attacker.run(move || {
         let mut session =
-            crate::common::sip::WssRegistrar::open(wss, &domain, &ca, "199", "wrong-password-xxxxxxxx").unwrap();
+            crate::common::sip::Registrar::open(wss, &domain, &ca, "199", "wrong-password-xxxxxxxx").unwrap();
         let (mut answered, deadline) = (0, Instant::now() + Duration::from_secs(30));
         while Instant::now() < deadline && session.register().is_ok() {
             answered += 1;

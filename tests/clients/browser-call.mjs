@@ -60,9 +60,14 @@ try {
       '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-      // --map-host: the page's host name goes to this address (also `localhost`, which Chromium
-      // never looks up otherwise), e.g. a deployment's own address on its Docker network.
-      ...(args['map-host'] ? [`--host-resolver-rules=MAP ${new URL(args.page).hostname} ${args['map-host']}`] : []),
+      // --map-host: the host names of the page and of the WebSocket go to this address (also
+      // `localhost`, which Chromium never looks up otherwise), e.g. a deployment's own address on
+      // its Docker network. A page loaded from a file has no host name.
+      ...(args['map-host'] ? [`--host-resolver-rules=${[args.page, args.wss]
+        .map((u) => (u ? new URL(u).hostname : ''))
+        .filter((h, i, all) => h && all.indexOf(h) === i)
+        .map((h) => `MAP ${h} ${args['map-host']}`)
+        .join(',')}`] : []),
     ],
   });
   const page = context.pages()[0] || (await context.newPage());

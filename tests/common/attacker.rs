@@ -96,6 +96,13 @@ impl Peer {
         }
     }
 
+    /// Routes everything from the peer through this host (a default route via [`Peer::server`]),
+    /// so it reaches every address of the host, e.g. a relay's advertised media address. Its
+    /// traffic still ends on the host: nothing is forwarded or masqueraded.
+    pub fn route_all_to_host(&self) {
+        must(&["-n", &self.ns, "route", "add", "default", "via", &self.server.to_string()]);
+    }
+
     /// The peer's network as `address/30`, e.g. for `security.allow`.
     pub fn network(&self) -> String {
         format!("{}/30", Ipv4Addr::from(u32::from(self.ip) & !3))

@@ -322,7 +322,8 @@ impl Drop for ClientNetwork {
 }
 
 /// A seat on a Docker network: a namespace whose only interface is a veth plugged into that
-/// network's bridge, with a free address of its subnet — what a client container started with
+/// network's bridge, with an address of its subnet that no container there has (from the top;
+/// Docker allocates from the bottom) — what a client container started with
 /// `--network NAME` has. A browser there sees no other interface, so the Docker networks other
 /// tests create and remove on the host cannot take its media path away mid-call. Removed (the
 /// namespace, and with it both ends of the veth) when dropped, also when the test panics.
@@ -344,18 +345,30 @@ impl BridgeSeat {
             skip("building network namespaces needs root");
             return None;
         }
-        let out = Command::new("docker")
-            .args(["network", "inspect", network, "--format", "{{.Id}} {{range .IPAM.Config}}{{.Subnet}}{{end}}"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        remove_stale_seats();
+        let format = "{{.Id}} {{range .IPAM.Config}}{{.Subnet}} {{end}}| {{range .Containers}}{{.IPv4Address}} {{end}}";
+        let out = Command::new("docker").args(["network", "inspect", network, "--format", format]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "docker network inspect {network}: {}", String::from_utf8_lossy(&out.stderr));
-        let (id, subnet) = text.trim().split_once(' ').unwrap_or_else(|| panic!("no IPv4 subnet: {text}"));
+        let (head, used) = text.trim().split_once('|').unwrap_or_else(|| panic!("unexpected inspect output: {text}"));
+        let mut words = head.split_whitespace();
+        let id = words.next().unwrap_or_else(|| panic!("no network id: {text}"));
+        let subnet = words.find(|s| !s.contains(':')).unwrap_or_else(|| panic!("no IPv4 subnet: {text}"));
         let (base, len) = subnet.split_once('/').unwrap();
         let (base, len): (Ipv4Addr, u32) = (base.parse().unwrap(), len.parse().unwrap());
         assert!(len <= 28, "subnet {subnet} too small for a seat");
-        // The subnet's last host address: Docker hands addresses out from the bottom.
-        let addr = Ipv4Addr::from((u32::from(base) | (u32::MAX >> len)) - 1);
+        // Addresses from the top of the subnet down (Docker hands them out from the bottom): the
+        // first that no container on the network has and no other seat took.
+        static TAKEN: std::sync::Mutex<BTreeSet<Ipv4Addr>> = std::sync::Mutex::new(BTreeSet::new());
+        let used: Vec<&str> = used.split_whitespace().map(|a| a.split('/').next().unwrap_or(a)).collect();
+        let top = (u32::from(base) | (u32::MAX >> len)) - 1;
+        let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+        let addr = (0..8)
+            .map(|i| Ipv4Addr::from(top - i))
+            .find(|a| !used.contains(&a.to_string().as_str()) && !taken.contains(a))
+            .unwrap_or_else(|| panic!("no free address at the top of {subnet}"));
+        taken.insert(addr);
+        drop(taken);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tag = format!("{:05x}{n:x}", std::process::id() & 0xfffff);
         let seat = BridgeSeat { ns: format!("astrtc-seat-{tag}") };
@@ -376,6 +389,25 @@ impl BridgeSeat {
             run(&all, None);
         }
         Some(seat)
+    }
+}
+
+/// Removes the seats of test processes that are gone (killed before their drop ran): a seat's
+/// name carries its process id.
+fn remove_stale_seats() {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    for name in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(tag) = name.strip_prefix("astrtc-seat-") else { continue };
+        let pid = tag.get(..5).and_then(|h| u32::from_str_radix(h, 16).ok());
+        let alive = |pid: u32| {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .any(|p| p & 0xfffff == pid)
+        };
+        if pid.is_some_and(|pid| !alive(pid)) {
+            let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        }
     }
 }
 

@@ -242,32 +242,11 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
 }
 
 /// A line with every run of ASCII letters, digits and `- _ . ~` (the characters of ids, names,
-/// addresses and the database password) reduced to `w`; before that, every piece between
-/// `, " ' ( )` or blanks that is an IP address or network (`192.0.2.0/24`, `2001:db8::/32`: the
-/// edge's never-banned list) is one word, so an IPv6 network's colons count as part of a value.
+/// addresses and the database password) reduced to `w`.
 pub fn line_structure(line: &str) -> String {
-    let mut pieces = String::new();
-    let mut piece = String::new();
-    let flush = |piece: &mut String, out: &mut String| {
-        if is_ip_network(piece) {
-            out.push('w');
-        } else {
-            out.push_str(piece);
-        }
-        piece.clear();
-    };
-    for c in line.chars() {
-        if ",\"'() \t".contains(c) {
-            flush(&mut piece, &mut pieces);
-            pieces.push(c);
-        } else {
-            piece.push(c);
-        }
-    }
-    flush(&mut piece, &mut pieces);
     let mut out = String::new();
     let mut in_word = false;
-    for c in pieces.chars() {
+    for c in line.chars() {
         if c.is_ascii_alphanumeric() || "-_.~".contains(c) {
             if !in_word {
                 out.push('w');
@@ -279,16 +258,6 @@ pub fn line_structure(line: &str) -> String {
         }
     }
     out
-}
-
-/// Whether `s` is an IP address, or one with a `/prefix`.
-fn is_ip_network(s: &str) -> bool {
-    let addr = match s.split_once('/') {
-        Some((addr, prefix)) if prefix.parse::<u8>().is_ok() => addr,
-        Some(_) => return false,
-        None => s,
-    };
-    addr.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Parses a coturn config as `turnserver` reads it (`read_config_file`): one option per line

@@ -29,20 +29,29 @@ pub fn options_over_udp(addr: SocketAddr, timeout: Duration) -> Option<(u16, Str
     })
 }
 
-/// A SIP-over-WSS connection for one user with one password.
-pub struct WssRegistrar {
+/// A SIP connection (WSS or UDP) for one user with one password.
+pub struct Registrar {
     runtime: tokio::runtime::Runtime,
     ua: UserAgent,
 }
 
-impl WssRegistrar {
+impl Registrar {
     /// Opens the WebSocket (TLS verified against `ca_pem` for `domain`).
     pub fn open(wss: SocketAddr, domain: &str, ca_pem: &str, user: &str, password: &str) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let conn = runtime.block_on(WsConn::connect(wss, domain, ca_pem, "/ws")).map_err(|e| e.to_string())?;
         let mut ua = UserAgent::new(Transport::wss(conn), user, password, domain);
         ua.timeout = Duration::from_secs(5);
-        Ok(WssRegistrar { runtime, ua })
+        Ok(Registrar { runtime, ua })
+    }
+
+    /// SIP over UDP to `server`, from an ephemeral port of the calling thread's network namespace.
+    pub fn udp(server: SocketAddr, domain: &str, user: &str, password: &str) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let transport = runtime.block_on(Transport::udp(server)).map_err(|e| e.to_string())?;
+        let mut ua = UserAgent::new(transport, user, password, domain);
+        ua.timeout = Duration::from_secs(5);
+        Ok(Registrar { runtime, ua })
     }
 
     /// One REGISTER with digest auth: `Ok(code)` for any final answer (200, or 401/403 for a
