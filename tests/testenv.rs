@@ -104,9 +104,10 @@ fn four_instances_at_once_are_ready_verified_called_and_removed_without_leftover
     // Browser calls to the echo extension on two instances at the same time, each browser seated
     // on its instance's Docker network (as a Playwright container started with `--network` from
     // the JSON is). A browser on the host itself takes its media path over any host interface,
-    // often another Docker network's bridge; when a parallel test removes that network mid-call,
-    // Chromium moves to another path and Asterisk drops media from an address it was never
-    // offered ("Source not in ICE active candidate list"): inbound RTP stopped in a CI run so.
+    // often another Docker network's bridge (seen here); if a parallel test removes that network
+    // mid-call, Chromium has to move to another path, and Asterisk drops media from an address it
+    // was never offered ("Source not in ICE active candidate list", seen here). A CI run's inbound
+    // RTP stopping mid-call fits that; it was not reproduced on demand.
     if let Some(why) = tools_missing() {
         skip(&why);
     } else {
