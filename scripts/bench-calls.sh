@@ -5,7 +5,8 @@
 #
 # Writes target/bench/calls-*.{json,svg,txt}. Knobs: BENCH_HOLD (s, 15), BENCH_RATE (calls/s,
 # 20), BENCH_LEVELS_WEBRTC_ECHO, BENCH_LEVELS_SIP_ECHO, BENCH_LEVELS_WEBRTC_TO_SIP (comma lists),
-# BENCH_TUNE_LEVEL (webrtc-to-sip calls of the A/B/A comparison, 40), BENCH_SKIP_TUNING=1.
+# BENCH_TUNE_LEVEL (webrtc-to-sip calls of the A/B/A comparisons, 40), BENCH_TUNE_COMPLEXITY (the
+# lower opus complexity compared with the default, 3), BENCH_SKIP_TUNING=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="$PWD/target/release/astrtc"
@@ -27,6 +28,7 @@ levels_webrtc=${BENCH_LEVELS_WEBRTC_ECHO:-100,200,300,400}
 levels_sip=${BENCH_LEVELS_SIP_ECHO:-100,200,400,600}
 levels_transcoded=${BENCH_LEVELS_WEBRTC_TO_SIP:-20,40,60,80}
 tune_level=${BENCH_TUNE_LEVEL:-40}
+tune_complexity=${BENCH_TUNE_COMPLEXITY:-3}
 
 # The default spec on ports off the defaults (a `make up` stack may run beside it), with an RTP
 # range above Linux's ephemeral ports (4000 ports: 2000 channels) and room in memory for the calls.
@@ -41,6 +43,9 @@ cp "$dir/astrtc.toml" "$dir/default.toml"
 sed -e 's/^# codecs = \["opus", "ulaw"\]/codecs = ["ulaw", "opus"]\ncodec_preference = "spec"/' \
   "$dir/default.toml" > "$dir/g711-first.toml"
 grep -q '^codec_preference = "spec"' "$dir/g711-first.toml" || { echo "the tuned spec was not made" >&2; exit 1; }
+# Tuned: the opus encoder at a lower complexity (the calls Asterisk transcodes into opus).
+sed -e "s/^# opus_complexity = 5/opus_complexity = $tune_complexity/" "$dir/default.toml" > "$dir/complexity.toml"
+grep -q "^opus_complexity = $tune_complexity\$" "$dir/complexity.toml" || { echo "the complexity spec was not made" >&2; exit 1; }
 
 deploy() {
   cp "$dir/$1.toml" "$dir/astrtc.toml"
@@ -68,6 +73,14 @@ if [ -z "${BENCH_SKIP_TUNING:-}" ]; then
     deploy "${step#*:}"
     bench webrtc-to-sip "$tune_level" "tune-${step%%:*}"
   done
+  echo "== opus complexity, A/B/A at $tune_level webrtc-to-sip calls: default / $tune_complexity / default"
+  for step in a1:default b:complexity a2:default; do
+    deploy "${step#*:}"
+    bench webrtc-to-sip "$tune_level" "complexity-${step%%:*}"
+    # What the codec says its first encoder ran at (images/asterisk/build/patch-opus).
+    docker logs "$(cd "$dir/deploy" && docker compose ps -q asterisk)" 2>&1 | grep -o 'astrtc: opus encoder complexity.*' \
+      | head -1 > "$out/calls-complexity-${step%%:*}.codec" || true
+  done
 fi
 
 # The sizing summary from the JSON reports.
@@ -94,15 +107,27 @@ for kind in ["webrtc-echo", "sip-echo", "webrtc-to-sip"]:
     a, g = per_call(best), best["generator_cpu"]["over_idle_per_call_second"] if best.get("generator_cpu") else None
     cap = r["capacity"] if r["capacity"] is not None else "none"
     print(f"{kind:<15}{cap:>10}{a*1000:>20.2f}{1/a if a else 0:>12.0f}{(g or 0)*1000:>21.2f}   (at {best['calls']} calls)")
-steps = [load(t) for t in ["tune-a1", "tune-b", "tune-a2"]]
-if all(steps):
+def aba(title, prefix, b_name, note):
+    """One A/B/A comparison: Asterisk's CPU per call-second for each step, and the ratio."""
+    steps = [load(f"{prefix}-{t}") for t in ["a1", "b", "a2"]]
+    if not all(steps):
+        return
     figs = [per_call(s["levels"][0]) for s in steps]
-    codecs = [",".join(s["levels"][0]["codecs"]) for s in steps]
-    if all(figs):
-        a = (figs[0] + figs[2]) / 2
-        print(f"codec order, webrtc-to-sip at {steps[0]['levels'][0]['calls']} calls: Asterisk ms/call-s "
-              f"default {figs[0]*1000:.2f} / g711-first {figs[1]*1000:.2f} / default {figs[2]*1000:.2f}; "
-              f"ratio default/g711-first {a/figs[1]:.1f}x (range {min(figs[0],figs[2])/figs[1]:.1f}-{max(figs[0],figs[2])/figs[1]:.1f}); "
-              f"codecs sent {codecs[0]} / {codecs[1]} / {codecs[2]}")
+    if not all(figs):
+        return
+    a = (figs[0] + figs[2]) / 2
+    print(f"{title}, webrtc-to-sip at {steps[0]['levels'][0]['calls']} calls: Asterisk ms/call-s "
+          f"default {figs[0]*1000:.2f} / {b_name} {figs[1]*1000:.2f} / default {figs[2]*1000:.2f}; "
+          f"ratio default/{b_name} {a/figs[1]:.2f}x (range {min(figs[0],figs[2])/figs[1]:.2f}-{max(figs[0],figs[2])/figs[1]:.2f}); "
+          f"{note(steps)}")
+aba("codec order", "tune", "g711-first",
+    lambda steps: "codecs sent " + " / ".join(",".join(s["levels"][0]["codecs"]) for s in steps))
+def codec_said(steps):
+    said = []
+    for t in ["a1", "b", "a2"]:
+        p = os.path.join(out, f"calls-complexity-{t}.codec")
+        said.append((open(p).read().strip() if os.path.exists(p) else "") or "no encoder logged")
+    return "the codec said: " + " / ".join(said)
+aba("opus complexity", "complexity", "lower", codec_said)
 EOF
 echo "plots: $out/calls-webrtc-echo.svg $out/calls-sip-echo.svg $out/calls-webrtc-to-sip.svg"

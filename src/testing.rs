@@ -86,7 +86,10 @@ pub async fn start_with_env(
                 .with_access_mode(AccessMode::ReadOnly),
         )
         .with_startup_timeout(Duration::from_secs(120));
-    let container = env.iter().fold(container, |c, (k, v)| c.with_env_var(*k, *v)).start().await?;
+    // What the plan sets in the container's environment (as compose and the chart do), then the caller's.
+    let complexity = plan.performance.opus_complexity.map(|c| c.to_string());
+    let planned = complexity.as_deref().map(|c| (image::OPUS_COMPLEXITY_ENV, c));
+    let container = planned.iter().chain(env).fold(container, |c, (k, v)| c.with_env_var(*k, *v)).start().await?;
     Ok(AsteriskContainer { container, plan: plan.clone(), deploy: abs })
 }
 

@@ -4,14 +4,15 @@
 //! never timing or CPU figures (those are measurements of a shared host: `make bench` prints
 //! them). Its negative twin: the same run with a password the deployment does not know sets up
 //! nothing and exits 1. Bad input (an unknown kind, a level beyond the RTP range, the WSS session
-//! limit or another kind's endpoint) exits 2 before any call is placed.
+//! limit or another kind's endpoint) exits 2 before any call is placed. The deployment sets
+//! `performance.opus_complexity`, and the transcoded calls' encoders are shown to run at it.
 
 use std::path::Path;
 
 use astrtc::bench::{BenchReport, Kind};
 use astrtc::testing;
 
-use crate::common::docker::{deployment, ensure_image};
+use crate::common::docker::{deployment_with, ensure_image};
 use crate::common::*;
 
 /// Calls per level and window seconds of the short runs.
@@ -94,13 +95,21 @@ async fn each_kind_of_call_runs_a_short_bench_and_a_wrong_password_sets_up_nothi
     if docker_off() {
         return;
     }
-    let (dir, plan) = deployment();
+    // With an opus complexity in the spec: the transcoded calls' encoders must run at it.
+    let (dir, plan) = deployment_with(|spec| format!("{spec}\n[performance]\nopus_complexity = 3\n"));
+    assert_eq!(plan.performance.opus_complexity, Some(3));
     ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
     for kind in [Kind::SipEcho, Kind::WebrtcEcho, Kind::WebrtcToSip] {
         let (code, report, text) = bench(dir.path(), asterisk.id(), kind.name(), &[]);
         assert_whole(kind, code, report, &text);
     }
+    // The image's codec logs the complexity of its first encoder, read back from libopus
+    // (images/asterisk/build/patch-opus); only webrtc-to-sip encodes opus in Asterisk.
+    let logs = asterisk.logs().await.unwrap();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("astrtc: opus encoder complexity")).collect();
+    assert_eq!(lines.len(), 1, "one line, from the first encoder: {lines:?}");
+    assert!(lines[0].ends_with("astrtc: opus encoder complexity 3 (ASTRTC_OPUS_COMPLEXITY)"), "{lines:?}");
 
     // The negative twin: the secrets file no longer matches the running deployment.
     let secrets = dir.path().join("astrtc.secrets.toml");

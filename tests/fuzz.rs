@@ -538,12 +538,15 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
             maybe(1, prop_oneof![30 => 256i64..=4096, 1 => -5i64..100_000].boxed()),
             maybe(1, prop_oneof![30 => 64i64..=256, 1 => -5i64..100_000].boxed()),
             turn(level),
-            maybe(1, prop_oneof![30 => 1i64..=5000, 1 => -5i64..200_000].boxed()),
+            (
+                maybe(1, prop_oneof![30 => 1i64..=5000, 1 => -5i64..200_000].boxed()),
+                maybe(1, prop_oneof![30 => 0i64..=10, 1 => -3i64..300].boxed()),
+            ),
         ),
         lifecycle_and_metrics(level),
     )
         .prop_map(|(name, image, (network, rtp), tls, (context, echo_extension), eps, turn_pw, (ca_bundle, dns_hook), security, ops, (lifecycle, metrics, metrics_pw))| {
-            let (verbose, memory_limit_mb, memory_request_mb, (turn, turn_secret), wss_sessions) = ops;
+            let (verbose, memory_limit_mb, memory_request_mb, (turn, turn_secret), (wss_sessions, opus_complexity)) = ops;
             let mut secrets = Secrets::default();
             let mut endpoints = Vec::new();
             for (i, (mut ep, pw)) in eps.into_iter().enumerate() {
@@ -561,7 +564,7 @@ fn generated_at(level: Level) -> BoxedStrategy<Generated> {
             let dialplan = DialplanSpec { context, echo_extension };
             let logging = LoggingSpec { verbose };
             let resources = ResourcesSpec { memory_limit_mb, memory_request_mb };
-            let performance = PerformanceSpec { wss_sessions };
+            let performance = PerformanceSpec { wss_sessions, opus_complexity };
             let spec = Spec {
                 name,
                 image,
@@ -975,6 +978,22 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     )?;
     expect_json("compose.yaml", &compose, "/services/asterisk/stop_grace_period", json!(format!("{}s", drain + 30)))?;
     expect_json("values.yaml", &values, "/lifecycle/drainSeconds", json!(drain))?;
+    let complexity = plan.performance.opus_complexity;
+    let env = "/services/asterisk/environment/ASTRTC_OPUS_COMPLEXITY";
+    match complexity {
+        Some(c) => expect_json("compose.yaml", &compose, env, json!(c.to_string()))?,
+        None if compose.pointer(env).is_some() => {
+            return Err(fail(format!("compose.yaml {env} set without a complexity")))
+        }
+        None => {}
+    }
+    expect_json("values.yaml", &values, "/performance/opusComplexity", json!(complexity))?;
+    expect_json(
+        "values.schema.json",
+        &schema,
+        "/properties/performance/properties/opusComplexity/const",
+        json!(complexity),
+    )?;
     expect_json("values.yaml", &values, "/metrics/enabled", json!(plan.metrics.enabled))?;
     if plan.metrics.enabled {
         let listen = format!("--web.listen-address=127.0.0.1:{}", plan.metrics.prometheus_port);

@@ -271,6 +271,37 @@ fn every_mode_runs_the_reloader_beside_asterisk() {
     }
 }
 
+/// `performance.opus_complexity` reaches the Asterisk container as the variable its codec reads
+/// (4 in nat-multi-endpoint); a spec without it sets nothing (libopus' default), and the value
+/// cannot be changed past the spec (the schema pins it).
+#[test]
+fn the_opus_complexity_reaches_the_asterisk_container() {
+    let Some(t) = tools() else { return };
+    let env_of = |case: &str| -> Vec<(String, String)> {
+        let (_dir, chart) = rendered(case);
+        let docs = docs_of(&t, &chart, &[]);
+        let deploy = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let containers = deploy["spec"]["template"]["spec"]["containers"].as_sequence().unwrap();
+        let asterisk = containers.iter().find(|c| c["name"] == "asterisk").unwrap();
+        asterisk["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "ASTRTC_OPUS_COMPLEXITY")
+            .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    assert_eq!(env_of("nat-multi-endpoint"), [("ASTRTC_OPUS_COMPLEXITY".to_string(), "4".to_string())]);
+    assert_eq!(env_of("webrtc-self-signed"), []);
+    let (_dir, chart) = rendered("nat-multi-endpoint");
+    let (ok, out) = template(&t, &chart, &["performance.opusComplexity=9"]);
+    assert!(!ok && out.contains("opusComplexity"), "the schema let the complexity differ from the spec: {out}");
+    // Unset in the spec (null: Helm drops the key): no value may be set either.
+    let (_dir, chart) = rendered("webrtc-self-signed");
+    let (ok, out) = template(&t, &chart, &["performance.opusComplexity=2"]);
+    assert!(!ok && out.contains("opusComplexity"), "the schema let a complexity in past the spec: {out}");
+}
+
 /// Pod deletion drains: a preStop hook runs astrtc-drain, the grace period is the spec's drain
 /// plus 30 s, readiness (not liveness) turns false while draining; configs, passwords and the
 /// certificate are directory mounts (updates reach the pod), and only the restart digest rolls it.

@@ -86,6 +86,9 @@ fn capacity_settings_reach_their_keys() {
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
     let b = bundle_for(&plan);
     assert!(b.text("asterisk/http.conf").unwrap().contains("\nsessionlimit = 2500\n"));
+    // The opus complexity reaches the codec as an environment variable, in compose and the chart.
+    assert!(b.text("compose.yaml").unwrap().contains("\n      ASTRTC_OPUS_COMPLEXITY: \"4\"\n"));
+    assert!(b.text("helm/astrtc/values.yaml").unwrap().contains("\n  opusComplexity: 4\n"));
     // Only bob (codec_preference = "spec") has his codec order win, in both directions.
     let pjsip = b.text("asterisk/pjsip.conf").unwrap();
     let section = |id: &str| {
@@ -110,6 +113,9 @@ fn capacity_settings_reach_their_keys() {
     let b = bundle_for(&plan);
     assert!(b.text("asterisk/http.conf").unwrap().contains("\nsessionlimit = 1000\n"));
     assert!(!b.text("asterisk/pjsip.conf").unwrap().contains("codec_prefs"));
+    // No complexity: libopus' default, nothing set.
+    assert!(!b.text("compose.yaml").unwrap().contains("ASTRTC_OPUS_COMPLEXITY"));
+    assert!(b.text("helm/astrtc/values.yaml").unwrap().contains("\n  opusComplexity: null\n"));
 }
 
 #[test]

@@ -71,6 +71,9 @@ pub const PROMETHEUS_IMAGE: &str = concat!("astrtc/prometheus:", env!("CARGO_PKG
 pub const PROMETHEUS_UID: u32 = 10062;
 /// Where the Prometheus container reads its settings (`deploy/prometheus`, mounted).
 pub const PROMETHEUS_CONFIG_DIR: &str = "/etc/prometheus";
+/// The environment variable the image's opus codec reads its encoder complexity from (0-10;
+/// `images/asterisk/build/patch-opus`), set from `performance.opus_complexity`.
+pub const OPUS_COMPLEXITY_ENV: &str = "ASTRTC_OPUS_COMPLEXITY";
 /// Debian's node exporter in the Prometheus image (the monitoring profile's `node-exporter`).
 pub const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 /// Where astrtc-metrics (Asterisk image) writes its text file and the node exporter reads it:

@@ -159,6 +159,9 @@ pub struct PerformanceSpec {
     /// WebSocket (WSS) sessions Asterisk's HTTP server accepts at once (`http.conf`
     /// `sessionlimit`; Asterisk's own default, 100, caps a deployment at 100 browsers).
     pub wss_sessions: Option<i64>,
+    /// The opus encoder's complexity (0-10) for the calls Asterisk transcodes into opus: lower
+    /// costs less CPU per call for a little quality. Unset: libopus' default.
+    pub opus_complexity: Option<i64>,
 }
 
 /// `[logging]`.

@@ -135,6 +135,9 @@ impl TurnService {
 pub struct Performance {
     /// WSS sessions Asterisk accepts at once (http.conf `sessionlimit`).
     pub wss_sessions: u32,
+    /// The opus encoder's complexity (0-10), passed to the codec as `ASTRTC_OPUS_COMPLEXITY`;
+    /// `None` keeps libopus' default.
+    pub opus_complexity: Option<u8>,
 }
 
 /// What Asterisk logs.

@@ -41,16 +41,56 @@ pub(super) fn resources(spec: &Spec, v: &mut Vec<Problem>) -> Option<Resources> 
     (v.len() == before).then_some(Resources { memory_limit_mb: limit, memory_request_mb: request })
 }
 
-/// WSS sessions 1-100000.
+/// WSS sessions 1-100000; opus complexity 0-10.
 pub(super) fn performance(spec: &Spec, v: &mut Vec<Problem>) -> Option<Performance> {
+    let before = v.len();
     let sessions = spec.performance.wss_sessions.unwrap_or(defaults::WSS_SESSIONS);
-    match u32::try_from(sessions) {
-        Ok(n) if (1..=100_000).contains(&n) => Some(Performance { wss_sessions: n }),
+    let wss_sessions = match u32::try_from(sessions) {
+        Ok(n) if (1..=100_000).contains(&n) => n,
         _ => {
             v.push(p("performance.wss_sessions", format!("{sessions} is outside 1-100000")).help(
                 "every browser keeps one WebSocket open while registered or in a call; each costs Asterisk a thread",
             ));
-            None
+            0
+        }
+    };
+    let opus_complexity = match spec.performance.opus_complexity {
+        None => None,
+        Some(c) => match u8::try_from(c) {
+            Ok(n) if n <= 10 => Some(n),
+            _ => {
+                v.push(p("performance.opus_complexity", format!("{c} is outside 0-10")).help(
+                    "libopus' scale: 10 encodes best and costs most; lower values cost less CPU per transcoded call",
+                ));
+                None
+            }
+        },
+    };
+    (v.len() == before).then_some(Performance { wss_sessions, opus_complexity })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(spec_text: &str) -> (Option<Performance>, Vec<String>) {
+        let spec: Spec = toml::from_str(spec_text).unwrap();
+        let mut v = Vec::new();
+        let perf = performance(&spec, &mut v);
+        (perf, v.into_iter().map(|p| format!("{}: {}", p.path, p.message)).collect())
+    }
+
+    #[test]
+    fn opus_complexity_is_libopus_scale_or_unset() {
+        for (text, want) in [("", None), ("opus_complexity = 0", Some(0)), ("opus_complexity = 10", Some(10))] {
+            let (perf, problems) = check(&format!("[performance]\n{text}"));
+            assert!(problems.is_empty(), "{problems:?}");
+            assert_eq!(perf.unwrap().opus_complexity, want, "{text}");
+        }
+        for bad in ["-1", "11", "300"] {
+            let (perf, problems) = check(&format!("[performance]\nopus_complexity = {bad}"));
+            assert!(perf.is_none());
+            assert_eq!(problems, [format!("performance.opus_complexity: {bad} is outside 0-10")]);
         }
     }
 }
