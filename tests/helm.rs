@@ -168,6 +168,8 @@ fn the_values_schema_refuses_what_would_break_the_deployment() {
         (vec!["service.enabled=maybe"], "/service/enabled"),
         (vec!["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
         (vec!["certificates.mode=acme"], "/certificates/mode"),
+        (vec!["metrics.exporter.port=9100"], "/metrics/exporter/port"),
+        (vec!["metrics.exporter.listen=0.0.0.0"], "/metrics/exporter/listen"),
     ] {
         let (ok, out) = template(&t, &chart, &sets);
         assert!(!ok, "{sets:?} was accepted");
@@ -267,7 +269,8 @@ fn every_mode_runs_the_reloader_beside_asterisk() {
         vec!["certificates.mode=existingSecret", "certificates.existingSecret=tls"],
         vec!["ingress.enabled=true", "certificates.mode=certManager", "certificates.certManager.issuerName=le"],
     ] {
-        assert_eq!(containers(&sets), ["asterisk", "reloader"], "{sets:?}");
+        // The node exporter sidecar too: the spec's metrics are on (it never sees a config or key).
+        assert_eq!(containers(&sets), ["asterisk", "reloader", "exporter"], "{sets:?}");
     }
 }
 
@@ -413,6 +416,76 @@ fn the_chart_offers_monitors_or_scrape_annotations() {
     // A ServiceMonitor needs the Service.
     let (ok, out) = template(&t, &chart, &["metrics.serviceMonitor.enabled=true", "service.enabled=false"]);
     assert!(!ok && out.contains("needs service.enabled"), "{out}");
+    the_node_exporter_is_scraped_only_where_it_listens_beyond_loopback(&t, &chart);
+}
+
+/// The node exporter sidecar (astrtc-metrics' text file): with hostNetwork it listens on the node's
+/// loopback by default and no monitor names it; with `listen=all` (or hostPort's default) the
+/// monitors get a second, plain-HTTP endpoint, the ServiceMonitor through a ClusterIP Service of
+/// its own; never a host port, never in the annotations (they name one port: Asterisk's /metrics).
+fn the_node_exporter_is_scraped_only_where_it_listens_beyond_loopback(t: &Tools, host_network: &Path) {
+    let container = |docs: &[serde_yaml_ng::Value], name: &str| {
+        let pod = &docs.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+        pod["containers"].as_sequence().unwrap().iter().find(|c| c["name"] == name).cloned()
+    };
+    let (_narrow_dir, host_port) = rendered("bridge-narrow-rtp");
+    for (chart, sets, listen, scraped) in [
+        (host_network, vec![], "--web.listen-address=127.0.0.1:9101", false),
+        (host_network, vec!["metrics.exporter.listen=all"], "--web.listen-address=:9101", true),
+        (&host_port, vec![], "--web.listen-address=:9101", true),
+        (&host_port, vec!["metrics.exporter.listen=loopback"], "--web.listen-address=127.0.0.1:9101", false),
+    ] {
+        for (monitor, kind, list) in [
+            ("metrics.serviceMonitor.enabled=true", "ServiceMonitor", "endpoints"),
+            ("metrics.podMonitor.enabled=true", "PodMonitor", "podMetricsEndpoints"),
+        ] {
+            let what = format!("{sets:?} {kind}");
+            let docs = docs_of(t, chart, &[sets.clone(), vec![monitor]].concat());
+            let exporter = container(&docs, "exporter").unwrap_or_else(|| panic!("{what}: no exporter"));
+            assert_eq!(exporter["args"][0], listen, "{what}");
+            assert_eq!(exporter["securityContext"]["readOnlyRootFilesystem"], true);
+            // Its readiness never takes Asterisk out of the Service; liveness asks for /metrics.
+            assert_eq!(exporter["readinessProbe"]["exec"]["command"][0], "test", "{what}");
+            assert_eq!(exporter["livenessProbe"]["exec"]["command"][0], "/bin/bash", "{what}");
+            assert_eq!(
+                exporter["securityContext"]["runAsUser"].as_u64(),
+                Some(u64::from(astrtc::image::PROMETHEUS_UID))
+            );
+            let ports = exporter["ports"].as_sequence().map_or(&[][..], |p| &p[..]);
+            assert!(ports.iter().all(|p| p.get("hostPort").is_none()), "{what}: a host port");
+            assert_eq!(!ports.is_empty(), scraped, "{what}: {ports:?}");
+            let asterisk = container(&docs, "asterisk").unwrap();
+            assert!(asterisk["env"].as_sequence().unwrap().iter().any(|e| e["name"] == "ASTRTC_METRICS_DIR"));
+            let endpoints =
+                docs.iter().find(|d| d["kind"] == kind).unwrap()["spec"][list].as_sequence().unwrap().clone();
+            let exporter_endpoint = endpoints.iter().find(|e| e["port"] == "exporter");
+            assert_eq!(exporter_endpoint.is_some(), scraped, "{what}: {endpoints:?}");
+            if let Some(ep) = exporter_endpoint {
+                assert_eq!((ep["scheme"].as_str(), ep["path"].as_str()), (Some("http"), Some("/metrics")));
+            }
+            let service =
+                docs.iter().find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "pbx-astrtc-exporter");
+            assert_eq!(service.is_some(), scraped && kind == "ServiceMonitor", "{what}");
+            if let Some(service) = service {
+                assert_eq!(service["spec"]["type"], "ClusterIP");
+            }
+            let main = docs.iter().find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "pbx-astrtc").unwrap();
+            assert!(!main["spec"]["ports"].as_sequence().unwrap().iter().any(|p| p["name"] == "exporter"));
+        }
+    }
+    // The same collectors and text-file directory as compose's node-exporter service.
+    let compose: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(host_network.join("../../compose.yaml")).unwrap()).unwrap();
+    let docs = docs_of(t, host_network, &[]);
+    let exporter = container(&docs, "exporter").unwrap();
+    assert_eq!(exporter["command"], compose["services"]["node-exporter"]["entrypoint"]);
+    let args = |v: &serde_yaml_ng::Value| v.as_sequence().unwrap()[1..].to_vec();
+    assert_eq!(args(&exporter["args"]), args(&compose["services"]["node-exporter"]["command"]));
+    // Off: neither astrtc-metrics nor the sidecar.
+    let docs = docs_of(t, host_network, &["metrics.exporter.enabled=false"]);
+    assert!(container(&docs, "exporter").is_none());
+    let asterisk = container(&docs, "asterisk").unwrap();
+    assert!(!asterisk["env"].as_sequence().unwrap().iter().any(|e| e["name"] == "ASTRTC_METRICS_DIR"));
 }
 
 #[test]
@@ -467,6 +540,7 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
     for (case, sets) in [
         ("webrtc-self-signed", vec![]),
         ("bridge-narrow-rtp", vec!["network.mode=hostPort"]),
+        ("bridge-narrow-rtp", vec!["metrics.serviceMonitor.enabled=true"]),
         ("webrtc-self-signed", vec!["certificates.mode=certManager", "certificates.certManager.issuerName=le"]),
         ("webrtc-self-signed", vec!["metrics.serviceMonitor.enabled=true"]),
         ("acme-http01", vec!["metrics.podMonitor.enabled=true"]),
@@ -669,8 +743,8 @@ fn acme_mode_runs_the_sidecar_as_a_native_sidecar_that_gates_asterisk() {
     assert_eq!(sc["allowPrivilegeEscalation"], true);
     let names: Vec<&str> =
         pod["containers"].as_sequence().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["asterisk", "reloader"]);
-    for c in pod["containers"].as_sequence().unwrap() {
+    assert_eq!(names, ["asterisk", "reloader", "exporter"]);
+    for c in pod["containers"].as_sequence().unwrap().iter().filter(|c| c["name"] != "exporter") {
         let keys = c["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == "/etc/asterisk-keys");
         let keys = keys.unwrap_or_else(|| panic!("{} does not see the certificate", c["name"].as_str().unwrap()));
         assert_eq!((keys["name"].as_str(), keys["subPath"].as_str()), (Some("acme-state"), Some("keys")));
@@ -837,6 +911,8 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
     let image = crate::common::docker::test_image();
     crate::common::docker::ensure_image();
+    // The node exporter sidecar's image (`astrtc build --monitoring`).
+    crate::common::docker::ensure_prometheus();
     let (repository, tag) = image.rsplit_once(':').unwrap();
     let (set_repository, set_tag) = (format!("image.repository={repository}"), format!("image.tag={tag}"));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -847,7 +923,13 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     // podman ignores fsGroup: the password and key files must be readable without it. The guard
     // sidecar is left out here: its nftables bans are proven by the compose tests
     // (tests/security.rs); nft inside podman inside Docker is not what a cluster runs.
-    let sets = ["securityContext.secretFileMode=292", "guard.enabled=false", &set_repository, &set_tag];
+    // podman also chowns a shared emptyDir to the uid of whichever container mounts it first
+    // (Kubernetes makes it 0777), so the node exporter sidecar runs as the asterisk uid here, not
+    // the Prometheus image's: otherwise astrtc-metrics may find its directory not its own.
+    let exporter_uid = astrtc::image::ASTERISK_UID.to_string();
+    let set_exporter_uid = format!("metrics.exporter.uid={exporter_uid}");
+    let sets =
+        ["securityContext.secretFileMode=292", "guard.enabled=false", &set_repository, &set_tag, &set_exporter_uid];
     let (ok, manifests) = template(&t, &chart, &sets);
     assert!(ok, "{manifests}");
     let file = dir.path().join("pod.yaml");
@@ -875,7 +957,7 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     let runner = PodRunner(name.clone());
     let load = Command::new("sh")
         .arg("-c")
-        .arg(format!("docker save {image} | docker exec -i {name} podman load -q"))
+        .arg(format!("docker save {image} {} | docker exec -i {name} podman load -q", astrtc::image::PROMETHEUS_IMAGE))
         .output()
         .unwrap();
     assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
@@ -951,4 +1033,48 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     assert!(scraped.contains("asterisk_core_uptime_seconds"), "{scraped}");
     let series = scraped.lines().filter(|l| l.starts_with("asterisk_")).count();
     eprintln!("podman pod: /metrics scraped on the WSS port with basic auth, {series} series");
+    // What res_prometheus lacks: astrtc-metrics in the Asterisk container writes its text file into
+    // the shared emptyDir, and the node exporter sidecar serves it on the pod's loopback (the
+    // default with hostNetwork). Scraped from inside the pod until both its success timestamp and
+    // a task-processor family with processors in it are there.
+    let id = runner.exec(&["podman", "exec", "pbx-astrtc-pod-exporter", "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), exporter_uid);
+    let scrape = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+        plan.metrics.exporter_port
+    );
+    let waited = std::time::Instant::now();
+    let exported = loop {
+        let out = runner.exec(&["podman", "exec", "pbx-astrtc-pod-exporter", "/bin/bash", "-c", &scrape]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let families: Vec<(String, f64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("asterisk_taskprocessors{family=\""))
+            .filter_map(|l| l.split_once("\"} "))
+            .filter_map(|(family, value)| Some((family.to_string(), value.trim().parse().ok()?)))
+            .collect();
+        let success = text.lines().any(|l| l.starts_with("astrtc_metrics_last_success_timestamp_seconds "));
+        if success && families.iter().any(|(_, n)| *n > 0.0) {
+            break (text, families);
+        }
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(60),
+            "the exporter never served astrtc-metrics' series (success timestamp: {success}, task-processor families: \
+             {families:?}); scrape:\n{text}\n{}\nexporter's log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&runner.exec(&["podman", "logs", "pbx-astrtc-pod-exporter"]).stderr),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let (text, families) = exported;
+    let node = text.lines().filter(|l| l.starts_with("node_cpu_seconds_total{")).count();
+    let own = text.lines().filter(|l| l.starts_with("asterisk_") || l.starts_with("astrtc_")).count();
+    assert!(node > 0, "no node_cpu_seconds_total: {text}");
+    eprintln!(
+        "podman pod: node exporter sidecar scraped on 127.0.0.1:{} after {:.2?}: {own} astrtc-metrics series, {} task-processor \
+         families, {node} node CPU series",
+        plan.metrics.exporter_port,
+        waited.elapsed(),
+        families.len()
+    );
 }

@@ -29,6 +29,7 @@ pub fn context(plan: &Plan) -> Value {
     let ImageRef { repository, tag } = plan.image_ref();
     let sidecar = ImageRef::parse(image::SIDECAR_IMAGE);
     let guard = ImageRef::parse(image::GUARD_IMAGE);
+    let exporter = ImageRef::parse(image::PROMETHEUS_IMAGE);
     let rtp_ports = plan.rtp.len();
     let bundled_keys = plan.tls.mode == crate::spec::TlsMode::SelfSigned;
     let host_port_ok = i64::from(rtp_ports) <= MAX_BRIDGE_RTP_PORTS;
@@ -67,6 +68,14 @@ pub fn context(plan: &Plan) -> Value {
         memory_limit => format!("{}Mi", plan.resources.memory_limit_mb),
         existing_secret => if bundled_keys { String::new() } else { format!("{}-tls", plan.name) },
         turn => turn_values(plan),
+        // The node exporter sidecar (the Prometheus image) serving astrtc-metrics' text file.
+        exporter => context! {
+            enabled => plan.metrics.enabled,
+            repository => exporter.repository,
+            tag => exporter.tag,
+            port => plan.metrics.exporter_port,
+            uid => image::PROMETHEUS_UID,
+        },
     }
 }
 

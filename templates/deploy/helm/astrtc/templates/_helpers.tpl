@@ -158,3 +158,30 @@ tlsConfig:
   {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* Whether the pod runs astrtc-metrics and the node exporter sidecar serving its text file. */}}
+{{- define "astrtc.exporter" -}}
+{{- if and .Values.metrics.enabled .Values.metrics.exporter.enabled }}true{{ else }}false{{ end }}
+{{- end }}
+
+{{/* Where the node exporter listens: loopback or all (metrics.exporter.listen; auto is loopback
+with hostNetwork, where every interface is the node's, and all with hostPort, where the pod has
+an address of its own in the cluster network and the port is never a host port). */}}
+{{- define "astrtc.exporterListen" -}}
+{{- $listen := .Values.metrics.exporter.listen }}
+{{- if eq $listen "auto" }}{{ ternary "loopback" "all" (eq .Values.network.mode "hostNetwork") }}{{ else }}{{ $listen }}{{ end }}
+{{- end }}
+
+{{/* Whether monitors scrape the node exporter: it runs and listens beyond loopback. */}}
+{{- define "astrtc.exporterScraped" -}}
+{{- if and (eq (include "astrtc.exporter" .) "true") (eq (include "astrtc.exporterListen" .) "all") }}true{{ else }}false{{ end }}
+{{- end }}
+
+{{/* The node exporter's endpoint in a ServiceMonitor or PodMonitor: plain HTTP, no password
+(it has neither; see metrics.exporter.listen). */}}
+{{- define "astrtc.exporterEndpoint" -}}
+port: exporter
+path: /metrics
+scheme: http
+interval: {{ .Values.metrics.interval }}
+{{- end }}
