@@ -8,9 +8,9 @@
 //!    ways, the media through rtpengine (the pool takes no call); then one calls the echo
 //!    extension (DTLS-SRTP to the relay, plain RTP to a pool member) and hears it back;
 //! 2. 20 echo calls from astrtc's own media probe (SIP over UDP, G.711 through the relay) land on
-//!    both pool members, each at least 5, each with its audio echoed (a WebRTC leg from the probe
-//!    is not used: rtpengine's DTLS works with it, but str0m drops the pool's unsignalled SSRC —
-//!    the README's "Cluster topology" says so; browsers are test 1's);
+//!    both pool members, each at least 5, each with its audio echoed; then 4 WebRTC echo calls
+//!    from the probe (ICE and DTLS-SRTP with the relay, plain RTP on to the pool, whose SSRC the
+//!    relay's answer does not name) are echoed too;
 //! 3. a pool member stopped with `docker stop` (its drain: OPTIONS and INVITEs answered 503) is
 //!    marked inactive by the edge's probes and takes none of the new calls, while the call it
 //!    holds keeps its audio;
@@ -459,6 +459,17 @@ fn echo_calls_spread_over_the_pool() {
     assert_eq!(taken.iter().sum::<u64>(), 20, "the pool did not take every call: {taken:?}");
     for (m, n) in members.iter().zip(&taken) {
         assert!(*n >= 5, "{} took only {n} of 20 calls: {taken:?}", m.name);
+    }
+
+    // WebRTC from the probe too: ICE and DTLS-SRTP with the relay, whose answer for the pool's
+    // plain RTP names no SSRC (the probe takes it as a browser does: src/media/session.rs).
+    for (i, user) in ["199", "198", "199", "198"].into_iter().enumerate() {
+        let report = rt.block_on(probe::call(&stack.webrtc_setup(user, &echo, Duration::from_secs(2)), &shared));
+        if !report.healthy() || report.media.as_ref().is_none_or(|m| m.matched < 50) {
+            stack.save_logs("cluster_spread");
+        }
+        assert!(report.dtls_connected_ms.is_some(), "webrtc call {}: DTLS never connected", i + 1);
+        assert_echoed(&format!("webrtc call {}", i + 1), &report, 50);
     }
 }
 

@@ -634,6 +634,9 @@ impl Driver {
             None => &self.session.sockets.buf[..d.len],
         };
         self.report.datagrams_in.count(data);
+        if let Some(ssrc) = rtp_ssrc(data) {
+            expect_unsignalled(&mut self.session.rtc, self.session.mid, ssrc);
+        }
         let Ok(contents) = data.try_into() else { return Ok(()) };
         // Every datagram goes in. `accepts()` is for demultiplexing several `Rtc`s on one
         // socket, and it rejects DTLS from a pair whose own check has not succeeded yet:
@@ -722,6 +725,30 @@ fn codec_name(c: Codec) -> &'static str {
     }
 }
 
+/// Takes audio from an SSRC the answer never named, as browsers do on their one audio
+/// m-line: str0m places RTP by the SDP's `a=ssrc` lines or a `mid` header extension, and a
+/// relay answering for a plain RTP peer (rtpengine for the cluster's pool) sends neither.
+/// Only while the audio has no receive stream at all: an answer that names its SSRC (Asterisk
+/// does) is never second-guessed, and only the first unknown SSRC is taken. SRTP still
+/// authenticates every packet of it.
+fn expect_unsignalled(rtc: &mut Rtc, mid: Mid, ssrc: u32) {
+    if rtc.media(mid).is_none() {
+        return; // Not negotiated yet (str0m would panic declaring a stream for it).
+    }
+    let ssrc = ssrc.into();
+    let mut api = rtc.direct_api();
+    if api.stream_rx(&ssrc).is_none() && api.stream_rx_by_mid(mid, None).is_none() {
+        api.expect_stream_rx(ssrc, None, mid, None);
+    }
+}
+
+/// The SSRC of an RTP packet (RFC 7983: first byte 128-191; RTCP's packet types 192-223 have
+/// 64-95 in the second byte's low seven bits); `None` for RTCP, STUN, DTLS and short packets.
+fn rtp_ssrc(data: &[u8]) -> Option<u32> {
+    let rtp = data.len() >= 12 && (128..=191).contains(&data[0]) && !(64..=95).contains(&(data[1] & 0x7f));
+    rtp.then(|| u32::from_be_bytes([data[8], data[9], data[10], data[11]]))
+}
+
 /// Asterisk writes `a=fingerprint:SHA-256`; str0m up to 0.24 compared the hash name
 /// case-sensitively with its own "sha-256" and refused DTLS ("remote fingerprint no match").
 /// RFC 8122 names are case-insensitive: lower-case them.
@@ -758,6 +785,23 @@ pub fn with_default_candidate(sdp: &str, addr: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_rtp_packets_give_an_ssrc() {
+        let mut rtp = vec![0x80, 111, 0, 1, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef];
+        assert_eq!(rtp_ssrc(&rtp), Some(0xdead_beef));
+        rtp[1] = 0x80 | 111; // the marker bit set
+        assert_eq!(rtp_ssrc(&rtp), Some(0xdead_beef));
+        for rtcp_pt in [200u8, 201, 205, 206] {
+            rtp[1] = rtcp_pt;
+            assert_eq!(rtp_ssrc(&rtp), None, "RTCP {rtcp_pt}");
+        }
+        rtp[1] = 111;
+        assert_eq!(rtp_ssrc(&rtp[..11]), None, "too short");
+        let stun = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4];
+        let dtls = [22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!((rtp_ssrc(&stun), rtp_ssrc(&dtls)), (None, None));
+    }
 
     #[test]
     fn fingerprint_hash_is_lowercased() {
