@@ -344,3 +344,29 @@ fn a_ban_closes_the_bundled_turn_ports_too_and_an_external_relay_is_not_deployed
     let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(b.text("helm/astrtc/values.yaml").unwrap()).unwrap();
     assert_eq!(values["turn"]["enabled"], serde_yaml_ng::Value::Bool(false));
 }
+
+/// What only a restart applies changes the compose service's restart digest (`apply` restarts);
+/// a reloadable change keeps it. The opus complexity is the container's environment: a restart.
+#[test]
+fn the_restart_digest_moves_with_the_opus_complexity_not_with_the_dialplan() {
+    let label = |edit: &dyn Fn(&str) -> String| {
+        let dir = fixture_copy("webrtc-self-signed");
+        let spec = dir.path().join("astrtc.toml");
+        let text = std::fs::read_to_string(&spec).unwrap();
+        std::fs::write(&spec, edit(&text)).unwrap();
+        let plan = plan_for(&spec, ROOT).unwrap();
+        let compose = bundle_for(&plan).text("compose.yaml").unwrap().to_string();
+        compose.lines().find(|l| l.contains("io.astrtc.restart-digest")).unwrap().trim().to_string()
+    };
+    let base = label(&|s| s.to_string());
+    let dialplan = label(&|s| {
+        assert!(s.contains("# echo_extension = \"600\""), "the fixture's echo extension line was not found");
+        s.replace("# echo_extension = \"600\"", "echo_extension = \"601\"")
+    });
+    assert_eq!(base, dialplan, "a dialplan change is reloaded, not a restart");
+    let complexity = label(&|s| {
+        assert!(s.contains("\n[dialplan]\n"), "the fixture's [dialplan] section was not found");
+        s.replace("\n[dialplan]\n", "\n[performance]\nopus_complexity = 2\n\n[dialplan]\n")
+    });
+    assert_ne!(base, complexity, "an opus complexity change must restart Asterisk");
+}
