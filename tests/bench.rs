@@ -5,7 +5,7 @@
 //! them). Its negative twin: the same run with a password the deployment does not know sets up
 //! nothing and exits 1. Bad input (an unknown kind, a level beyond the RTP range, the WSS session
 //! limit or another kind's endpoint) exits 2 before any call is placed. The deployment sets
-//! `performance.opus_complexity`, and the transcoded calls' encoders are shown to run at it.
+//! `performance.opus_complexity`, and the image's opus encoder is shown to take it.
 
 use std::path::Path;
 
@@ -95,7 +95,7 @@ async fn each_kind_of_call_runs_a_short_bench_and_a_wrong_password_sets_up_nothi
     if docker_off() {
         return;
     }
-    // With an opus complexity in the spec: the transcoded calls' encoders must run at it.
+    // With an opus complexity in the spec: the codec's encoders must take it.
     let (dir, plan) = deployment_with(|spec| format!("{spec}\n[performance]\nopus_complexity = 3\n"));
     assert_eq!(plan.performance.opus_complexity, Some(3));
     ensure_image();
@@ -104,8 +104,10 @@ async fn each_kind_of_call_runs_a_short_bench_and_a_wrong_password_sets_up_nothi
         let (code, report, text) = bench(dir.path(), asterisk.id(), kind.name(), &[]);
         assert_whole(kind, code, report, &text);
     }
-    // The image's codec logs the complexity of its first encoder, read back from libopus
-    // (images/asterisk/build/patch-opus); only webrtc-to-sip encodes opus in Asterisk.
+    // The image's codec logs the complexity of the first encoder it makes, read back from libopus
+    // (images/asterisk/build/patch-opus). That one is Asterisk's own, made at load to price the
+    // translation; every later encoder (a transcoded call's) reads the same variable the same way.
+    // So this proves the variable reaches libopus, not a particular call's encoder.
     let logs = asterisk.logs().await.unwrap();
     let lines: Vec<&str> = logs.lines().filter(|l| l.contains("astrtc: opus encoder complexity")).collect();
     assert_eq!(lines.len(), 1, "one line, from the first encoder: {lines:?}");

@@ -765,6 +765,17 @@ fn tree(bundle: &Bundle, path: &str) -> Result<serde_json::Value, TestCaseError>
     shape::parse_tree(Path::new(path), text).expect("a tree file").map_err(|e| fail(format!("{path}: {e}")))
 }
 
+/// The service's `ASTRTC_OPUS_COMPLEXITY` at `pointer`: the plan's complexity, or absent.
+fn expect_complexity(plan: &Plan, compose: &serde_json::Value, pointer: &str) -> Result<(), TestCaseError> {
+    match plan.performance.opus_complexity {
+        Some(c) => expect_json("compose.yaml", compose, pointer, serde_json::json!(c.to_string())),
+        None if compose.pointer(pointer).is_some() => {
+            Err(fail(format!("compose.yaml {pointer} set without a complexity")))
+        }
+        None => Ok(()),
+    }
+}
+
 fn expect_json(
     file: &str,
     doc: &serde_json::Value,
@@ -979,14 +990,7 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     expect_json("compose.yaml", &compose, "/services/asterisk/stop_grace_period", json!(format!("{}s", drain + 30)))?;
     expect_json("values.yaml", &values, "/lifecycle/drainSeconds", json!(drain))?;
     let complexity = plan.performance.opus_complexity;
-    let env = "/services/asterisk/environment/ASTRTC_OPUS_COMPLEXITY";
-    match complexity {
-        Some(c) => expect_json("compose.yaml", &compose, env, json!(c.to_string()))?,
-        None if compose.pointer(env).is_some() => {
-            return Err(fail(format!("compose.yaml {env} set without a complexity")))
-        }
-        None => {}
-    }
+    expect_complexity(plan, &compose, "/services/asterisk/environment/ASTRTC_OPUS_COMPLEXITY")?;
     expect_json("values.yaml", &values, "/performance/opusComplexity", json!(complexity))?;
     expect_json(
         "values.schema.json",
@@ -1051,6 +1055,7 @@ fn cluster_values_in_place(
             &at("environment/ASTRTC_DRAIN_SECONDS"),
             json!(plan.lifecycle.drain_seconds.to_string()),
         )?;
+        expect_complexity(plan, compose, &at("environment/ASTRTC_OPUS_COMPLEXITY"))?;
     }
     expect_json("compose.yaml", compose, "/services/db/networks/pool/ipv4_address", json!(cluster.database_address))?;
     expect_json("compose.yaml", compose, "/networks/pool/ipam/config/0/subnet", json!(cluster.subnet))?;

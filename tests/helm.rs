@@ -269,8 +269,8 @@ fn every_mode_runs_the_reloader_beside_asterisk() {
         vec!["certificates.mode=existingSecret", "certificates.existingSecret=tls"],
         vec!["ingress.enabled=true", "certificates.mode=certManager", "certificates.certManager.issuerName=le"],
     ] {
-        // The node exporter sidecar too: the spec's metrics are on (it never sees a config or key).
-        assert_eq!(containers(&sets), ["asterisk", "reloader", "exporter"], "{sets:?}");
+        // No node exporter sidecar unless asked for (metrics.exporter.enabled is off by default).
+        assert_eq!(containers(&sets), ["asterisk", "reloader"], "{sets:?}");
     }
 }
 
@@ -299,6 +299,9 @@ fn the_opus_complexity_reaches_the_asterisk_container() {
     let (_dir, chart) = rendered("nat-multi-endpoint");
     let (ok, out) = template(&t, &chart, &["performance.opusComplexity=9"]);
     assert!(!ok && out.contains("opusComplexity"), "the schema let the complexity differ from the spec: {out}");
+    // Nor dropped: `--set …=null` deletes the key in Helm, and the schema requires it.
+    let (ok, out) = template(&t, &chart, &["performance.opusComplexity=null"]);
+    assert!(!ok && out.contains("opusComplexity"), "the schema let the complexity be dropped: {out}");
     // Unset in the spec (null: Helm drops the key): no value may be set either.
     let (_dir, chart) = rendered("webrtc-self-signed");
     let (ok, out) = template(&t, &chart, &["performance.opusComplexity=2"]);
@@ -440,11 +443,11 @@ fn the_node_exporter_is_scraped_only_where_it_listens_beyond_loopback(t: &Tools,
             ("metrics.podMonitor.enabled=true", "PodMonitor", "podMetricsEndpoints"),
         ] {
             let what = format!("{sets:?} {kind}");
-            let docs = docs_of(t, chart, &[sets.clone(), vec![monitor]].concat());
+            let docs = docs_of(t, chart, &[sets.clone(), vec![monitor, "metrics.exporter.enabled=true"]].concat());
             let exporter = container(&docs, "exporter").unwrap_or_else(|| panic!("{what}: no exporter"));
             assert_eq!(exporter["args"][0], listen, "{what}");
             assert_eq!(exporter["securityContext"]["readOnlyRootFilesystem"], true);
-            // Its readiness never takes Asterisk out of the Service; liveness asks for /metrics.
+            // A readiness probe (checkov) that needs only the volume; liveness asks for /metrics.
             assert_eq!(exporter["readinessProbe"]["exec"]["command"][0], "test", "{what}");
             assert_eq!(exporter["livenessProbe"]["exec"]["command"][0], "/bin/bash", "{what}");
             assert_eq!(
@@ -476,13 +479,13 @@ fn the_node_exporter_is_scraped_only_where_it_listens_beyond_loopback(t: &Tools,
     // The same collectors and text-file directory as compose's node-exporter service.
     let compose: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(host_network.join("../../compose.yaml")).unwrap()).unwrap();
-    let docs = docs_of(t, host_network, &[]);
+    let docs = docs_of(t, host_network, &["metrics.exporter.enabled=true"]);
     let exporter = container(&docs, "exporter").unwrap();
     assert_eq!(exporter["command"], compose["services"]["node-exporter"]["entrypoint"]);
     let args = |v: &serde_yaml_ng::Value| v.as_sequence().unwrap()[1..].to_vec();
     assert_eq!(args(&exporter["args"]), args(&compose["services"]["node-exporter"]["command"]));
-    // Off: neither astrtc-metrics nor the sidecar.
-    let docs = docs_of(t, host_network, &["metrics.exporter.enabled=false"]);
+    // Off (the default): neither astrtc-metrics nor the sidecar.
+    let docs = docs_of(t, host_network, &[]);
     assert!(container(&docs, "exporter").is_none());
     let asterisk = container(&docs, "asterisk").unwrap();
     assert!(!asterisk["env"].as_sequence().unwrap().iter().any(|e| e["name"] == "ASTRTC_METRICS_DIR"));
@@ -540,10 +543,11 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
     for (case, sets) in [
         ("webrtc-self-signed", vec![]),
         ("bridge-narrow-rtp", vec!["network.mode=hostPort"]),
-        ("bridge-narrow-rtp", vec!["metrics.serviceMonitor.enabled=true"]),
+        ("bridge-narrow-rtp", vec!["metrics.serviceMonitor.enabled=true", "metrics.exporter.enabled=true"]),
+        ("webrtc-self-signed", vec!["metrics.exporter.enabled=true"]),
         ("webrtc-self-signed", vec!["certificates.mode=certManager", "certificates.certManager.issuerName=le"]),
         ("webrtc-self-signed", vec!["metrics.serviceMonitor.enabled=true"]),
-        ("acme-http01", vec!["metrics.podMonitor.enabled=true"]),
+        ("acme-http01", vec!["metrics.podMonitor.enabled=true", "metrics.exporter.enabled=true"]),
         ("turn-bundled", vec![]),
         ("turn-bundled", vec!["certificates.mode=certManager", "certificates.certManager.issuerName=le"]),
     ] {
@@ -743,7 +747,7 @@ fn acme_mode_runs_the_sidecar_as_a_native_sidecar_that_gates_asterisk() {
     assert_eq!(sc["allowPrivilegeEscalation"], true);
     let names: Vec<&str> =
         pod["containers"].as_sequence().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["asterisk", "reloader", "exporter"]);
+    assert_eq!(names, ["asterisk", "reloader"]);
     for c in pod["containers"].as_sequence().unwrap().iter().filter(|c| c["name"] != "exporter") {
         let keys = c["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == "/etc/asterisk-keys");
         let keys = keys.unwrap_or_else(|| panic!("{} does not see the certificate", c["name"].as_str().unwrap()));
@@ -928,8 +932,14 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     // the Prometheus image's: otherwise astrtc-metrics may find its directory not its own.
     let exporter_uid = astrtc::image::ASTERISK_UID.to_string();
     let set_exporter_uid = format!("metrics.exporter.uid={exporter_uid}");
-    let sets =
-        ["securityContext.secretFileMode=292", "guard.enabled=false", &set_repository, &set_tag, &set_exporter_uid];
+    let sets = [
+        "securityContext.secretFileMode=292",
+        "guard.enabled=false",
+        &set_repository,
+        &set_tag,
+        "metrics.exporter.enabled=true",
+        &set_exporter_uid,
+    ];
     let (ok, manifests) = template(&t, &chart, &sets);
     assert!(ok, "{manifests}");
     let file = dir.path().join("pod.yaml");

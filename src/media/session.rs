@@ -533,6 +533,8 @@ impl WebrtcSession {
             meter: EchoMeter::new(48_000),
             codec: None,
             frame_no: 0,
+            unsignalled: None,
+            heard: false,
         };
         let result = driver.run(plan).await;
         let release = driver.session.sockets.relay.as_ref().map(|(a, _)| vec![a.release()]);
@@ -568,6 +570,10 @@ struct Driver {
     meter: EchoMeter,
     codec: Option<SendCodec>,
     frame_no: u64,
+    /// The SSRC taken for the audio though the answer never named it ([`expect_unsignalled`]).
+    unsignalled: Option<u32>,
+    /// Audio has come in (str0m decrypted and delivered some).
+    heard: bool,
 }
 
 impl Driver {
@@ -634,9 +640,6 @@ impl Driver {
             None => &self.session.sockets.buf[..d.len],
         };
         self.report.datagrams_in.count(data);
-        if let Some(ssrc) = rtp_ssrc(data) {
-            expect_unsignalled(&mut self.session.rtc, self.session.mid, ssrc);
-        }
         let Ok(contents) = data.try_into() else { return Ok(()) };
         // Every datagram goes in. `accepts()` is for demultiplexing several `Rtc`s on one
         // socket, and it rejects DTLS from a pair whose own check has not succeeded yet:
@@ -647,6 +650,14 @@ impl Driver {
             d.at,
             Receive { proto: Protocol::Udp, source: d.source, destination: d.destination, contents },
         );
+        // RTP of an SSRC the answer never named: only once ICE and DTLS are up, and only from
+        // the address the ICE agent sends to (or another validated pair).
+        if let Some(ssrc) = rtp_ssrc(data) {
+            let rtc = &mut self.session.rtc;
+            if rtc.is_connected() && rtc.accepts(&input) {
+                expect_unsignalled(rtc, self.session.mid, &mut self.unsignalled, self.heard, ssrc);
+            }
+        }
         self.session.rtc.handle_input(input)
     }
 
@@ -687,6 +698,7 @@ impl Driver {
                 report.dtls_connected.get_or_insert(now);
             }
             Event::MediaData(d) => {
+                self.heard = true;
                 let seq = *d.seq_range.start();
                 self.meter.on_received(&d.data, d.network_time, d.time.numer() as u32, *seq as u16);
             }
@@ -725,21 +737,30 @@ fn codec_name(c: Codec) -> &'static str {
     }
 }
 
-/// Takes audio from an SSRC the answer never named, as browsers do on their one audio
-/// m-line: str0m places RTP by the SDP's `a=ssrc` lines or a `mid` header extension, and a
-/// relay answering for a plain RTP peer (rtpengine for the cluster's pool) sends neither.
-/// Only while the audio has no receive stream at all: an answer that names its SSRC (Asterisk
-/// does) is never second-guessed, and only the first unknown SSRC is taken. SRTP still
-/// authenticates every packet of it.
-fn expect_unsignalled(rtc: &mut Rtc, mid: Mid, ssrc: u32) {
-    if rtc.media(mid).is_none() {
-        return; // Not negotiated yet (str0m would panic declaring a stream for it).
+/// Takes audio from an SSRC the answer never named, as a browser's one audio m-line does: str0m
+/// places RTP by the SDP's `a=ssrc` lines or a `mid` header extension, and a relay answering for
+/// a plain RTP peer (rtpengine for the cluster's pool) sends neither. Never when the answer
+/// named an SSRC (Asterisk does), never SSRC 0 (libwebrtc's bandwidth probes, str0m's own). The
+/// taken SSRC is provisional until audio is heard on it: a packet that fails SRTP leaves it
+/// declared, so a later unknown SSRC replaces it until then; once audio has come in it stays
+/// (a peer switching SSRCs mid-call is not followed).
+fn expect_unsignalled(rtc: &mut Rtc, mid: Mid, taken: &mut Option<u32>, heard: bool, ssrc: u32) {
+    if ssrc == 0 || rtc.media(mid).is_none() {
+        return;
     }
-    let ssrc = ssrc.into();
     let mut api = rtc.direct_api();
-    if api.stream_rx(&ssrc).is_none() && api.stream_rx_by_mid(mid, None).is_none() {
-        api.expect_stream_rx(ssrc, None, mid, None);
+    if api.stream_rx(&ssrc.into()).is_some() {
+        return;
     }
+    match *taken {
+        None if api.stream_rx_by_mid(mid, None).is_none() => {}
+        Some(old) if !heard => {
+            api.remove_stream_rx(old.into());
+        }
+        _ => return,
+    }
+    api.expect_stream_rx(ssrc.into(), None, mid, None);
+    *taken = Some(ssrc);
 }
 
 /// The SSRC of an RTP packet (RFC 7983: first byte 128-191; RTCP's packet types 192-223 have
@@ -801,6 +822,41 @@ mod tests {
         let stun = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4];
         let dtls = [22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!((rtp_ssrc(&stun), rtp_ssrc(&dtls)), (None, None));
+    }
+
+    #[test]
+    fn an_unnamed_ssrc_is_taken_only_where_nothing_was_named_and_kept_once_heard() {
+        let crypto = std::sync::Arc::new(str0m::crypto::from_feature_flags());
+        let new_rtc = || Rtc::builder().set_crypto_provider(crypto.clone()).build(Instant::now());
+        let mid: Mid = "0".into();
+        let streams = |rtc: &mut Rtc| {
+            let mut api = rtc.direct_api();
+            [0u32, 5, 7, 8, 9].into_iter().filter(|s| api.stream_rx(&(*s).into()).is_some()).collect::<Vec<_>>()
+        };
+        // No media negotiated yet: nothing (str0m would panic).
+        let mut rtc = new_rtc();
+        let mut taken = None;
+        expect_unsignalled(&mut rtc, mid, &mut taken, false, 7);
+        assert_eq!(taken, None);
+        rtc.direct_api().declare_media(mid, MediaKind::Audio);
+        // SSRC 0 is libwebrtc's probe, never audio.
+        expect_unsignalled(&mut rtc, mid, &mut taken, false, 0);
+        assert_eq!((taken, streams(&mut rtc)), (None, vec![]));
+        // The first unnamed SSRC is taken; while nothing was heard a later one replaces it.
+        expect_unsignalled(&mut rtc, mid, &mut taken, false, 7);
+        assert_eq!((taken, streams(&mut rtc)), (Some(7), vec![7]));
+        expect_unsignalled(&mut rtc, mid, &mut taken, false, 8);
+        assert_eq!((taken, streams(&mut rtc)), (Some(8), vec![8]));
+        // Once audio came in on it, it stays.
+        expect_unsignalled(&mut rtc, mid, &mut taken, true, 9);
+        assert_eq!((taken, streams(&mut rtc)), (Some(8), vec![8]));
+        // An answer that named its SSRC (5) is never second-guessed.
+        let mut rtc = new_rtc();
+        rtc.direct_api().declare_media(mid, MediaKind::Audio);
+        rtc.direct_api().expect_stream_rx(5.into(), None, mid, None);
+        let mut taken = None;
+        expect_unsignalled(&mut rtc, mid, &mut taken, false, 7);
+        assert_eq!((taken, streams(&mut rtc)), (None, vec![5]));
     }
 
     #[test]
