@@ -19,7 +19,8 @@
 //!    the restart keeps its audio and its BYE, sent afterwards, is answered (dialog in the database);
 //! 5. forged in-dialog requests (a Route header naming the edge, no call behind them) are
 //!    answered 481 and not sent on, while the edge's own calls end with their BYE answered;
-//! 6. the edge bans a password guesser (svcrack over UDP, wrong passwords over WSS) after
+//! 6. the edge bans a password guesser (wrong passwords over UDP and WSS, an unknown user,
+//!    another user's credentials; svcrack's malformed UDP credentials are never counted) after
 //!    `security.ban_after` failures, serves every other address meanwhile, never bans
 //!    `security.allow`, and lifts the ban after `ban_seconds`.
 //!
@@ -623,6 +624,11 @@ fn an_edge_restart_keeps_registrations() {
 /// One REGISTER for 3002 from a new UDP socket (in the calling thread's namespace) to `to`, with
 /// `auth` as its Authorization header if given: the answer's text (panics on no answer in 3 s).
 fn raw_register(to: SocketAddr, id: &str, auth: Option<&str>) -> String {
+    try_register(to, id, auth).unwrap_or_else(|e| panic!("no answer to REGISTER {id}: {e}"))
+}
+
+/// [`raw_register`], or why nothing answered (a banned address).
+fn try_register(to: SocketAddr, id: &str, auth: Option<&str>) -> Result<String, String> {
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     sock.connect(to).unwrap();
@@ -635,8 +641,8 @@ fn raw_register(to: SocketAddr, id: &str, auth: Option<&str>) -> String {
     );
     sock.send(register.as_bytes()).unwrap();
     let mut buf = [0u8; 4096];
-    let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no answer to REGISTER {id} from {me}: {e}"));
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    let n = sock.recv(&mut buf).map_err(|e| format!("from {me}: {e}"))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// What the edge logged, without timestamps.
@@ -661,13 +667,15 @@ fn the_edge_bans_password_guessers_and_spares_everyone_else() {
         return;
     }
     // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
-    let (attacker, allowed, legit, wss_guesser, scanner, framer) = (
+    let (attacker, allowed, legit, wss_guesser, scanner, framer, nobody, borrower) = (
         Peer::new("atk"),
         Peer::new("allow"),
         Peer::new("legit"),
         Peer::new("wss"),
         Peer::new("scan"),
         Peer::new("frame"),
+        Peer::new("nobody"),
+        Peer::new("borrow"),
     );
     const BAN_AFTER: usize = 5;
     const BAN_SECONDS: u64 = 20;
@@ -722,6 +730,33 @@ fn the_edge_bans_password_guessers_and_spares_everyone_else() {
     assert!(log.contains(&format!("astrtc: banned {ip} for {BAN_SECONDS} s")), "no ban logged for {ip}");
     assert_eq!(failures(&log, &ip), BAN_AFTER, "failed logins counted from the attacker");
     assert_eq!(options(&attacker), None, "a banned address still gets answers");
+
+    // 1b. A user the edge does not know (auth_check -3) counts the same: ban_after answered.
+    let (answered, error, _) = guess(&nobody, true, "9999", 100);
+    eprintln!("UDP guesses for an unknown user answered before the ban: {answered} ({error})");
+    assert_eq!(answered, BAN_AFTER, "guesses for an unknown user answered before the ban");
+    assert_eq!(failures(&edge_log(&stack), &nobody.ip.to_string()), BAN_AFTER, "unknown-user failures counted");
+    assert_eq!(options(&nobody), None, "the unknown-user guesser is still answered");
+
+    // 1c. Another user's credentials (3001's right password, REGISTER for 3002: auth_check -8)
+    //     count too. Each try asks for a nonce of its own first (nonces are bound to the address).
+    let (to, password) = (borrower.to(sip), stack.password("3001"));
+    let answered = borrower.run(move || {
+        let uri = format!("sip:{to}");
+        let mut answered = 0;
+        for n in 0..BAN_AFTER * 4 {
+            let Ok(text) = try_register(to, &format!("borrow{n}c"), None) else { break };
+            let challenge = text.lines().find_map(|l| l.strip_prefix("WWW-Authenticate: ")).expect(&text).to_string();
+            let auth = digest_authorization(&challenge, "REGISTER", &uri, "3001", &password).unwrap();
+            let Ok(answer) = try_register(to, &format!("borrow{n}"), Some(&auth)) else { break };
+            assert!(answer.starts_with("SIP/2.0 401"), "another user's credentials got: {answer}");
+            answered += 1;
+        }
+        answered
+    });
+    eprintln!("REGISTERs with another user's credentials answered before the ban: {answered}");
+    assert_eq!(answered, BAN_AFTER, "another user's credentials answered before the ban");
+    assert_eq!(failures(&edge_log(&stack), &borrower.ip.to_string()), BAN_AFTER, "-8 failures counted");
 
     // 2. Everyone else is served: another address gets its OPTIONS answered and registers the
     //    account under attack, over UDP, with its password.
