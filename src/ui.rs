@@ -261,7 +261,7 @@ pub fn testenv_list(list: &[astrtc::testenv::Listed]) -> String {
 }
 
 /// What `bench calls` says before it starts (stderr).
-pub fn bench_start(o: &astrtc::bench::Options, t: &astrtc::bench::Target, cpu: Option<&str>) {
+pub fn bench_start(o: &astrtc::bench::Options, t: &astrtc::bench::Target, counters: &[astrtc::bench::Counter]) {
     let levels: Vec<String> = o.levels.iter().map(u32::to_string).collect();
     let to = match (o.kind, &t.callee) {
         (astrtc::bench::Kind::WebrtcToSip, Some(c)) => format!("{} (answered here as a G.711 phone)", c.id),
@@ -278,7 +278,15 @@ pub fn bench_start(o: &astrtc::bench::Options, t: &astrtc::bench::Target, cpu: O
         t.sip,
         t.local_ip
     );
-    eprintln!("Asterisk CPU: {}", cpu.unwrap_or("not measured"));
+    match counters {
+        [] => eprintln!("Asterisk CPU: not measured"),
+        [one] if one.role == astrtc::bench::Role::Asterisk => eprintln!("Asterisk CPU: {}", one.source),
+        many => {
+            for c in many {
+                eprintln!("CPU of {} ({}): {}", c.name, c.role.name(), c.source);
+            }
+        }
+    }
 }
 
 /// Progress of `bench calls` (stderr).
@@ -370,6 +378,49 @@ pub fn bench_summary(r: &astrtc::bench::BenchReport) -> String {
             t,
             "Asterisk: {per_core:.0} calls per core (ms/cs: CPU milliseconds per second of one call, over idle{idle})"
         );
+    }
+    if r.services.len() > 1 {
+        let _ = writeln!(
+            t,
+            "per service, at the largest carried level (else the largest measured); ms/cs per second of one call \
+             of the run (a pool member carries its share of them), over the service's idle:"
+        );
+        let _ = writeln!(
+            t,
+            "  {:<12} {:<9} {:>6} {:>10} {:>10} {:>10}",
+            "service", "role", "calls", "ms/cs", "calls/core", "idle cores"
+        );
+        for s in &r.services {
+            let idle = s.idle_cores.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into());
+            match r.service_figures(&s.name) {
+                Some((calls, c)) => {
+                    let per_core = c.calls_per_core();
+                    let per_core = if per_core > 0.0 { format!("{per_core:.0}") } else { "-".into() };
+                    let _ = writeln!(
+                        t,
+                        "  {:<12} {:<9} {:>6} {:>10.2} {:>10} {:>10}",
+                        s.name,
+                        s.role.name(),
+                        calls,
+                        c.over_idle_per_call_second * 1000.0,
+                        per_core,
+                        idle
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        t,
+                        "  {:<12} {:<9} {:>6} {:>10} {:>10} {:>10}",
+                        s.name,
+                        s.role.name(),
+                        "-",
+                        "-",
+                        "-",
+                        idle
+                    );
+                }
+            }
+        }
     }
     t
 }

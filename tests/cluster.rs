@@ -19,7 +19,11 @@
 //!    the restart keeps its audio and its BYE, sent afterwards, is answered (dialog in the database);
 //! 5. forged in-dialog requests (a Route header naming the edge, no call behind them) are
 //!    answered 481 and not sent on, while the edge's own calls end with their BYE answered;
-//! 6. the edge bans a password guesser (wrong passwords over UDP and WSS, an unknown user,
+//! 6. `astrtc bench calls` through the edge (sip-echo and webrtc-echo) sets up every call and
+//!    reads the CPU of every service — each pool member, the edge, the relay, the database —
+//!    with the pool's sum as Asterisk's; both members carry calls; a kind a cluster cannot
+//!    measure (webrtc-to-sip) and `--container` are refused before a call is placed;
+//! 7. the edge bans a password guesser (wrong passwords over UDP and WSS, an unknown user,
 //!    another user's credentials; svcrack's malformed UDP credentials are never counted) after
 //!    `security.ban_after` failures, serves every other address meanwhile, never bans
 //!    `security.allow`, and lifts the ban after `ban_seconds`.
@@ -471,6 +475,85 @@ fn echo_calls_spread_over_the_pool() {
         }
         assert!(report.dtls_connected_ms.is_some(), "webrtc call {}: DTLS never connected", i + 1);
         assert_echoed(&format!("webrtc call {}", i + 1), &report, 50);
+    }
+}
+
+/// Runs `astrtc bench calls` against the stack; exit code, report (when written), output.
+fn bench(stack: &Stack, kind: &str, levels: &str, extra: &[&str]) -> (i32, Option<astrtc::bench::BenchReport>, String) {
+    let json = stack.dir.path().join(format!("bench-{kind}.json"));
+    let _ = std::fs::remove_file(&json);
+    let out = astrtc()
+        .args(["bench", "calls", "--spec"])
+        .arg(stack.dir.path().join("astrtc.toml"))
+        .arg("--out")
+        .arg(stack.dir.path().join("deploy"))
+        .args(["--host", "127.0.0.1", "--kind", kind, "--levels", levels, "--hold", "3", "--rate", "10"])
+        .arg("--json")
+        .arg(&json)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("$ astrtc bench calls --kind {kind} --levels {levels} {extra:?}\n{text}");
+    // miette wraps its messages in a frame: one line of words to search in.
+    let text = text.split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>().join(" ");
+    let report = std::fs::read_to_string(&json).ok().map(|t| serde_json::from_str(&t).expect("the JSON is a report"));
+    (out.status.code().unwrap_or(-1), report, text)
+}
+
+#[test]
+fn bench_calls_through_the_edge_reads_every_service() {
+    use astrtc::bench::Role;
+    let Some(stack) = Stack::start("bench", |s| s) else { return };
+    let members: Vec<String> = stack.cluster().members.iter().map(|m| m.name.clone()).collect();
+    // Refused before any call: a kind that never reaches the pool, and one container for many.
+    let (code, report, text) = bench(&stack, "webrtc-to-sip", "2", &[]);
+    assert_eq!(code, 2, "{text}");
+    assert!(report.is_none() && text.contains("relayed by rtpengine without Asterisk"), "{text}");
+    let (code, _, text) = bench(&stack, "sip-echo", "2", &["--container", &container_of(&stack, &members[0])]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("a cluster's services are found by their compose project"), "{text}");
+    // The relay opens a port pair on each side of a call: its range holds a quarter as many.
+    let holds = (u32::from(stack.plan.rtp.end - stack.plan.rtp.start) + 1) / 4;
+    let (code, _, text) = bench(&stack, "sip-echo", &(holds + 1).to_string(), &[]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains(&format!("at most {holds} calls")), "{text}");
+
+    for (kind, codec) in [("sip-echo", "PCMU/8000"), ("webrtc-echo", "opus/48000/2")] {
+        let before: Vec<u64> = members.iter().map(|m| stack.processed(m)).collect();
+        let (code, report, text) = bench(&stack, kind, "6", &[]);
+        if code != 0 {
+            stack.save_logs("cluster_bench");
+        }
+        assert_eq!(code, 0, "{text}");
+        let r = report.expect("a report");
+        let l = &r.levels[0];
+        assert_eq!((l.calls, l.set_up), (6, 6), "{kind}: {l:#?}");
+        assert_eq!(l.codecs.get(codec), Some(&6), "{kind}: {:?}", l.codecs);
+        // Every service measured, each from its own container, in the pool's order.
+        let named: Vec<(&str, Role)> = r.services.iter().map(|s| (s.name.as_str(), s.role)).collect();
+        let mut want: Vec<(&str, Role)> = members.iter().map(|m| (m.as_str(), Role::Asterisk)).collect();
+        want.extend([("edge", Role::Edge), ("relay", Role::Relay), ("db", Role::Database)]);
+        assert_eq!(named, want, "{kind}");
+        let ids: std::collections::BTreeSet<&str> = r.services.iter().map(|s| s.source.as_str()).collect();
+        assert_eq!(ids.len(), r.services.len(), "each service its own counter: {:?}", r.services);
+        for s in &r.services {
+            let short: String = container_of(&stack, &s.name).chars().take(12).collect();
+            assert!(s.source.starts_with(&format!("container {short}:")), "{}: {}", s.name, s.source);
+        }
+        assert!(r.asterisk_cpu_source.contains(&members.join(", ")), "{}", r.asterisk_cpu_source);
+        // The calls went through the edge and the relay to both members: each used CPU in the
+        // window, and Asterisk's figure is the members' sum.
+        let taken: Vec<u64> = members.iter().zip(&before).map(|(m, b)| stack.processed(m) - b).collect();
+        assert!(taken.iter().all(|n| *n >= 1), "{kind}: both members take calls: {taken:?}");
+        for name in members.iter().map(String::as_str).chain(["edge", "relay"]) {
+            let c = l.service_cpu.get(name).unwrap_or_else(|| panic!("{kind}: no CPU figure for {name}"));
+            assert!(c.cpu_seconds > 0.0, "{kind}: {name} used no CPU: {c:?}");
+        }
+        let sum: f64 = members.iter().map(|m| l.service_cpu[m].cpu_seconds).sum();
+        let a = l.asterisk_cpu.expect("the pool's sum");
+        assert!((a.cpu_seconds - sum).abs() < 1e-9, "{kind}: Asterisk's {a:?} is not the members' sum {sum}");
+        assert!(text.contains("per service, at the largest carried level"), "{text}");
     }
 }
 

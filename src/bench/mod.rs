@@ -1,14 +1,16 @@
 //! `astrtc bench calls`: how many simultaneous calls a running deployment carries, and what each
 //! costs it. Calls are placed by [`crate::media`] from this one process on the caller's tokio
 //! runtime (a task per call), ramped up at a fixed rate so that setup storms do not dominate;
-//! once every call of a level is up, a measurement window of `hold` seconds reads the Asterisk
-//! container's CPU counter (its cgroup) and this process's own (`getrusage`), then every call
-//! hangs up at once.
+//! once every call of a level is up, a measurement window of `hold` seconds reads the CPU
+//! counters (cgroups) of the deployment's services — one Asterisk container, or in a cluster
+//! every pool member, the edge, the relay and the database — and this process's own
+//! (`getrusage`), then every call hangs up at once.
 //!
-//! Owns: levels, ramp, the window, the figures of a level ([`LevelReport`]) and the capacity
-//! judgement ([`Criteria`]). Must not: read the spec (the caller resolves addresses, accounts
-//! and the CPU counter), print (progress goes to a callback), or judge timing in tests — the
-//! figures are measurements of a shared, noisy host.
+//! Owns: levels, ramp, the window, the figures of a level ([`LevelReport`]), per service
+//! ([`Service`]) and summed over the Asterisk servers, and the capacity judgement
+//! ([`Criteria`]). Must not: read the spec (the caller resolves addresses, accounts and the
+//! counters), print (progress goes to a callback), or judge timing in tests — the figures are
+//! measurements of a shared, noisy host.
 
 pub mod cpu;
 pub mod plot;
@@ -79,6 +81,58 @@ impl Kind {
 pub fn rtp_capacity(start: u16, end: u16, kind: Kind) -> u32 {
     let ports = u32::from(end.saturating_sub(start)) + 1;
     ports / 2 / kind.channels_per_call()
+}
+
+/// What a measured service does in the deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// An Asterisk server: the one of a single deployment, or a pool member of a cluster.
+    Asterisk,
+    /// The cluster's SIP edge (Kamailio).
+    Edge,
+    /// The cluster's media relay (rtpengine).
+    Relay,
+    /// The cluster's database (PostgreSQL).
+    Database,
+}
+
+impl Role {
+    /// The name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Asterisk => "asterisk",
+            Role::Edge => "edge",
+            Role::Relay => "relay",
+            Role::Database => "database",
+        }
+    }
+}
+
+/// A service whose CPU a run reads.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    /// The service's name (compose service, e.g. `asterisk-1`, `edge`).
+    pub name: String,
+    /// What it does.
+    pub role: Role,
+    /// Its cgroup's counter.
+    pub cpu: CgroupCpu,
+    /// Where the counter is read (container and file), for the report.
+    pub source: String,
+}
+
+/// A measured service, as the report lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    /// The service's name.
+    pub name: String,
+    /// What it does.
+    pub role: Role,
+    /// Where its counter was read.
+    pub source: String,
+    /// Cores it kept busy idle, before the first level.
+    pub idle_cores: Option<f64>,
 }
 
 /// An endpoint the bench calls as, or answers as.
@@ -235,8 +289,12 @@ pub struct LevelReport {
     pub failed_calls: Vec<FailedCall>,
     /// The measurement window, s.
     pub window_s: f64,
-    /// Asterisk's CPU in the window (its container's cgroup), when readable.
+    /// Asterisk's CPU in the window (its container's cgroup; in a cluster the sum over the pool
+    /// members), when readable.
     pub asterisk_cpu: Option<CpuFigures>,
+    /// Each measured service's CPU in the window, by name (as [`BenchReport::services`]).
+    #[serde(default)]
+    pub service_cpu: BTreeMap<String, CpuFigures>,
     /// This process's CPU in the window.
     pub generator_cpu: Option<CpuFigures>,
     /// What the answering phone did (webrtc-to-sip).
@@ -286,8 +344,12 @@ pub struct BenchReport {
     pub host_cpus: usize,
     /// Where Asterisk's CPU was read, or why it was not.
     pub asterisk_cpu_source: String,
-    /// Cores Asterisk kept busy idle, before the first level.
+    /// Cores Asterisk (every Asterisk server) kept busy idle, before the first level.
     pub asterisk_idle_cores: Option<f64>,
+    /// The services whose CPU was read: one Asterisk, or a cluster's pool members, edge, relay
+    /// and database.
+    #[serde(default)]
+    pub services: Vec<Service>,
     /// The levels, in the order run.
     pub levels: Vec<LevelReport>,
     /// The largest level carried; `None` when none was.
@@ -300,6 +362,14 @@ impl BenchReport {
     pub fn asterisk_calls_per_core(&self) -> Option<f64> {
         let carried = self.levels.iter().filter(|l| l.carried).filter_map(|l| l.asterisk_cpu).next_back();
         carried.or_else(|| self.levels.iter().filter_map(|l| l.asterisk_cpu).next_back()).map(|c| c.calls_per_core())
+    }
+
+    /// A service's CPU at the largest carried level (else the largest level with a figure), and
+    /// that level's calls.
+    pub fn service_figures(&self, name: &str) -> Option<(u32, CpuFigures)> {
+        let of = |l: &LevelReport| l.service_cpu.get(name).map(|c| (l.calls, *c));
+        let carried = self.levels.iter().filter(|l| l.carried).filter_map(of).next_back();
+        carried.or_else(|| self.levels.iter().filter_map(of).next_back())
     }
 }
 
@@ -337,33 +407,56 @@ pub enum BenchError {
     },
 }
 
-/// Runs every level and judges the capacity.
+/// Runs every level and judges the capacity. `counters` are the services whose CPU is read
+/// (none: only this process's own is).
 pub async fn run(
     options: &Options,
     target: &Target,
-    asterisk_cpu: Option<(CgroupCpu, String)>,
+    counters: Vec<Counter>,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<BenchReport, BenchError> {
     let shared = SharedMedia::new().map_err(BenchError::Media)?;
-    let source = match &asterisk_cpu {
-        Some((_, s)) => s.clone(),
-        None => "not measured".into(),
+    let asterisks: Vec<&Counter> = counters.iter().filter(|c| c.role == Role::Asterisk).collect();
+    let source = match asterisks.as_slice() {
+        [] => "not measured".to_string(),
+        [one] => one.source.clone(),
+        many => format!(
+            "{} servers, summed: {}",
+            many.len(),
+            many.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
     };
-    let counter = asterisk_cpu.map(|(c, _)| c);
-    // What Asterisk uses with no call up (timers, the healthcheck), so a level's figure can
-    // be told from it.
-    let idle = match &counter {
-        Some(c) => {
-            let (a0, t0) = (c.read(), Instant::now());
-            tokio::time::sleep(options.settle).await;
-            a0.zip(c.read()).map(|(a0, a1)| a1.saturating_sub(a0).as_secs_f64() / t0.elapsed().as_secs_f64())
-        }
-        None => None,
+    // What each service uses with no call up (timers, healthchecks, probes), so a level's
+    // figure can be told from it.
+    let idle = if counters.is_empty() {
+        Vec::new()
+    } else {
+        let (before, t0) = (read_all(&counters), Instant::now());
+        tokio::time::sleep(options.settle).await;
+        let secs = t0.elapsed().as_secs_f64();
+        before
+            .iter()
+            .zip(read_all(&counters))
+            .map(|(b, a)| b.zip(a).map(|(b, a)| a.saturating_sub(b).as_secs_f64() / secs))
+            .collect()
     };
+    let services: Vec<Service> = counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Service {
+            name: c.name.clone(),
+            role: c.role,
+            source: c.source.clone(),
+            idle_cores: idle.get(i).copied().flatten(),
+        })
+        .collect();
+    let asterisk_idle = (!asterisks.is_empty())
+        .then(|| services.iter().filter(|s| s.role == Role::Asterisk).map(|s| s.idle_cores).sum::<Option<f64>>())
+        .flatten();
     let mut levels = Vec::new();
     for &calls in &options.levels {
         progress(Progress::Level { calls });
-        let level = run_level(options, target, calls, &shared, counter.as_ref(), idle.unwrap_or(0.0), progress).await?;
+        let level = run_level(options, target, calls, &shared, &counters, &services, progress).await?;
         progress(Progress::Done(&level));
         levels.push(level);
         // Let Asterisk tear the channels down before the next level.
@@ -377,10 +470,44 @@ pub async fn run(
         criteria: options.criteria,
         host_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         asterisk_cpu_source: source,
-        asterisk_idle_cores: idle,
+        asterisk_idle_cores: asterisk_idle,
+        services,
         levels,
         capacity,
     })
+}
+
+fn read_all(counters: &[Counter]) -> Vec<Option<Duration>> {
+    counters.iter().map(|c| c.cpu.read()).collect()
+}
+
+/// Each service's figures for a window, and the Asterisk servers' summed (when every one of
+/// them was read).
+fn service_figures(
+    services: &[Service],
+    before: &[Option<Duration>],
+    after: &[Option<Duration>],
+    window: Duration,
+    calls: u32,
+) -> (BTreeMap<String, CpuFigures>, Option<CpuFigures>) {
+    let mut each = BTreeMap::new();
+    let (mut sum, mut idle, mut asterisks, mut read) = (Duration::ZERO, 0.0, 0, 0);
+    for ((s, b), a) in services.iter().zip(before).zip(after) {
+        let used = b.zip(*a).map(|(b, a)| a.saturating_sub(b));
+        if s.role == Role::Asterisk {
+            asterisks += 1;
+            if let Some(used) = used {
+                read += 1;
+                sum += used;
+                idle += s.idle_cores.unwrap_or(0.0);
+            }
+        }
+        if let Some(f) = used.and_then(|used| CpuFigures::new(used, window, calls, s.idle_cores.unwrap_or(0.0))) {
+            each.insert(s.name.clone(), f);
+        }
+    }
+    let asterisk = (asterisks > 0 && read == asterisks).then(|| CpuFigures::new(sum, window, calls, idle)).flatten();
+    (each, asterisk)
 }
 
 fn call_setup(options: &Options, target: &Target, max_hold: Duration, release: watch::Receiver<bool>) -> CallSetup {
@@ -418,8 +545,8 @@ async fn run_level(
     target: &Target,
     calls: u32,
     shared: &SharedMedia,
-    counter: Option<&CgroupCpu>,
-    idle_cores: f64,
+    counters: &[Counter],
+    services: &[Service],
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<LevelReport, BenchError> {
     // webrtc-to-sip: the phone every call rings, registered afresh for each level.
@@ -450,9 +577,9 @@ async fn run_level(
     progress(Progress::Ramped { seconds: started.elapsed().as_secs_f64() });
     tokio::time::sleep(options.settle).await;
 
-    let (a0, g0, t0) = (counter.and_then(CgroupCpu::read), cpu::own_cpu(), Instant::now());
+    let (s0, g0, t0) = (read_all(counters), cpu::own_cpu(), Instant::now());
     tokio::time::sleep(options.hold).await;
-    let (a1, g1, window) = (counter.and_then(CgroupCpu::read), cpu::own_cpu(), t0.elapsed());
+    let (s1, g1, window) = (read_all(counters), cpu::own_cpu(), t0.elapsed());
     let _ = release.send(true);
 
     let mut reports = Vec::with_capacity(calls as usize);
@@ -470,10 +597,7 @@ async fn run_level(
     };
     let mut level = figures(&reports, calls, options.kind == Kind::WebrtcToSip);
     level.window_s = window.as_secs_f64();
-    level.asterisk_cpu = match (a0, a1) {
-        (Some(a0), Some(a1)) => CpuFigures::new(a1.saturating_sub(a0), window, level.set_up, idle_cores),
-        _ => None,
-    };
+    (level.service_cpu, level.asterisk_cpu) = service_figures(services, &s0, &s1, window, level.set_up);
     level.generator_cpu = CpuFigures::new(g1.saturating_sub(g0), window, level.set_up, 0.0);
     level.answered = answered;
     level.carried = carried(&level, &options.criteria);
@@ -564,6 +688,7 @@ pub fn figures(reports: &[CallReport], calls: u32, reencoded: bool) -> LevelRepo
         failed_calls,
         window_s: 0.0,
         asterisk_cpu: None,
+        service_cpu: BTreeMap::new(),
         generator_cpu: None,
         answered: None,
         carried: false,
@@ -631,5 +756,31 @@ mod tests {
         let c = CpuFigures::new(Duration::from_secs(2), Duration::from_secs(10), 100, 0.05).unwrap();
         assert!((c.over_idle_per_call_second - 0.0015).abs() < 1e-12);
         assert!(CpuFigures::new(Duration::from_secs(1), Duration::from_secs(10), 0, 0.0).is_none());
+    }
+
+    #[test]
+    fn a_cluster_reports_each_service_and_sums_the_asterisk_servers() {
+        let service =
+            |name: &str, role, idle| Service { name: name.into(), role, source: String::new(), idle_cores: idle };
+        let services = [
+            service("asterisk-1", Role::Asterisk, Some(0.01)),
+            service("asterisk-2", Role::Asterisk, Some(0.03)),
+            service("edge", Role::Edge, Some(0.0)),
+            service("db", Role::Database, None),
+        ];
+        let s = Duration::from_secs;
+        let before = [Some(s(10)), Some(s(20)), Some(s(5)), None];
+        let after = [Some(s(12)), Some(s(23)), Some(s(6)), Some(s(1))];
+        let (each, asterisk) = service_figures(&services, &before, &after, s(10), 50);
+        assert_eq!(each.keys().collect::<Vec<_>>(), ["asterisk-1", "asterisk-2", "edge"]);
+        assert!((each["asterisk-1"].cpu_seconds - 2.0).abs() < 1e-12);
+        assert!((each["edge"].per_call_second - 0.002).abs() < 1e-12);
+        // The pool: 2 + 3 s over 10 s and 50 calls, less 0.04 cores idle.
+        let a = asterisk.expect("every Asterisk server was read");
+        assert!((a.cpu_seconds - 5.0).abs() < 1e-12);
+        assert!((a.over_idle_per_call_second - (5.0 - 0.4) / 500.0).abs() < 1e-12);
+        // One pool member unread: no sum that would pass for the pool's.
+        let (_, asterisk) = service_figures(&services, &[None, Some(s(20)), None, None], &after, s(10), 50);
+        assert!(asterisk.is_none());
     }
 }

@@ -202,6 +202,7 @@ mod tests {
             host_cpus: 2,
             asterisk_cpu_source: "test".into(),
             asterisk_idle_cores: Some(0.01),
+            services: Vec::new(),
             levels: vec![level.clone(), super::super::LevelReport { calls: 100, ..level }],
             capacity: Some(100),
         };

@@ -1,5 +1,6 @@
 //! `astrtc bench calls`: resolve everything a run needs from the spec and the host (addresses,
-//! accounts, the CA, the Asterisk container's CPU counter, the file-descriptor limit), refuse
+//! accounts, the CA, the CPU counters — the Asterisk container's, or in a cluster each pool
+//! member's, the edge's, the relay's and the database's — the file-descriptor limit), refuse
 //! levels the deployment cannot hold before a single call is placed (bad input: exit 2), run
 //! [`astrtc::bench`], then print the table and write the JSON and the plot.
 
@@ -8,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use astrtc::bench::{self, Account, CgroupCpu, Kind, Options, Target};
+use astrtc::bench::{self, Account, CgroupCpu, Counter, Kind, Options, Role, Target};
 use astrtc::cli::{BenchCallsArgs, BenchKind, RunningDeployment};
 use astrtc::media::netif;
 use astrtc::plan::{Endpoint, Plan};
@@ -56,8 +57,22 @@ fn endpoint<'a>(plan: &'a Plan, id: Option<&str>, want: EndpointKind, flag: &str
 /// Refuses levels the deployment or this process cannot hold.
 fn check_levels(plan: &Plan, kind: Kind, levels: &[u32], fd_limit: u64) -> Result<(), CmdError> {
     let max = levels.iter().copied().max().unwrap_or(0);
+    if plan.cluster.is_some() {
+        // The relay: rtpengine opens a port pair on each side of every call (browser or phone,
+        // and pool member).
+        let ports = u32::from(plan.rtp.end - plan.rtp.start) + 1;
+        let relay = ports / 4;
+        if max > relay {
+            return Err(CmdError::BadArgument(format!(
+                "level {max} is more than the relay's media ports can carry: rtp.start-rtp.end = {}-{} is {ports} \
+                 ports and rtpengine opens a pair on each side of every call, so at most {relay} calls; lower the \
+                 level or widen the range in the spec",
+                plan.rtp.start, plan.rtp.end,
+            )));
+        }
+    }
     let rtp = bench::rtp_capacity(plan.rtp.start, plan.rtp.end, kind);
-    if max > rtp {
+    if plan.cluster.is_none() && max > rtp {
         return Err(CmdError::BadArgument(format!(
             "level {max} is more than the deployment's RTP range can carry: rtp.start-rtp.end = {}-{} is {} ports, \
              an even one per Asterisk channel, {} channel{} per {} call, so at most {rtp} calls; lower the level or \
@@ -70,7 +85,7 @@ fn check_levels(plan: &Plan, kind: Kind, levels: &[u32], fd_limit: u64) -> Resul
             kind.name(),
         )));
     }
-    if kind.uses_wss() && max > plan.performance.wss_sessions {
+    if plan.cluster.is_none() && kind.uses_wss() && max > plan.performance.wss_sessions {
         return Err(CmdError::BadArgument(format!(
             "level {max} is more than the deployment's WSS listener accepts: every WebRTC call keeps a WebSocket \
              open and performance.wss_sessions is {}; raise it in the spec (then render and restart Asterisk) or \
@@ -112,13 +127,12 @@ fn local_ip(server: SocketAddr) -> IpAddr {
     routed
 }
 
-/// The Asterisk container's CPU counter and a description of it, or why there is none. It is
-/// found through the container's first process (the entrypoint; Asterisk runs as its child in
-/// the same cgroup), so it counts Asterisk and everything else in the container.
-async fn asterisk_counter(plan: &Plan, container: Option<&str>) -> Result<(CgroupCpu, String), String> {
-    let (docker, id) = astrtc::verify::local_container(plan, container).await?;
+/// The CPU counter of a container and a description of it, or why there is none. It is found
+/// through the container's first process (the entrypoint; the daemon runs as its child in the
+/// same cgroup), so it counts everything in the container.
+async fn container_counter(docker: &bollard::Docker, id: &str) -> Result<(CgroupCpu, String), String> {
     let pid = docker
-        .inspect_container(&id, None)
+        .inspect_container(id, None)
         .await
         .map_err(|e| e.to_string())?
         .state
@@ -133,11 +147,53 @@ async fn asterisk_counter(plan: &Plan, container: Option<&str>) -> Result<(Cgrou
     Ok((counter, format!("container {short}: {file}")))
 }
 
+/// The services whose CPU a run reads: the one Asterisk container, or every service of a
+/// cluster (each pool member, the edge, the relay, the database), found by their compose
+/// project and service labels. A cluster is measured whole or not at all: a missing service is
+/// an error, since a sum without it would pass for the pool's.
+async fn counters(plan: &Plan, container: Option<&str>) -> Result<Vec<Counter>, String> {
+    let Some(cluster) = &plan.cluster else {
+        let (docker, id) = astrtc::verify::local_container(plan, container).await?;
+        let (cpu, source) = container_counter(&docker, &id).await?;
+        return Ok(vec![Counter { name: "asterisk".into(), role: Role::Asterisk, cpu, source }]);
+    };
+    let docker =
+        astrtc::image::connect().await.map_err(|_| "no local Docker engine (remote deployment?)".to_string())?;
+    let mut services: Vec<(String, Role)> = cluster.members.iter().map(|m| (m.name.clone(), Role::Asterisk)).collect();
+    services.extend([("edge".into(), Role::Edge), ("relay".into(), Role::Relay), ("db".into(), Role::Database)]);
+    let mut out = Vec::new();
+    for (name, role) in services {
+        let id = astrtc::verify::compose_container(&docker, &plan.name, &name)
+            .await?
+            .ok_or_else(|| format!("no running container of service {name} in compose project {:?}", plan.name))?;
+        let (cpu, source) = container_counter(&docker, &id).await.map_err(|e| format!("{name}: {e}"))?;
+        out.push(Counter { name, role, cpu, source });
+    }
+    Ok(out)
+}
+
 /// Runs `bench calls`.
 pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
     let RunningDeployment { spec, out, host, ca, container } = args.deployment;
     let plan = load_plan(&spec)?;
     let kind = kind(args.kind);
+    if plan.cluster.is_some() {
+        if kind == Kind::WebrtcToSip {
+            return Err(CmdError::BadArgument(
+                "--kind webrtc-to-sip: in a cluster a call from a browser to a SIP phone goes user → edge → user, \
+                 relayed by rtpengine without Asterisk (and without transcoding: both sides agree on a codec), so it \
+                 measures no Asterisk; use webrtc-echo or sip-echo, which the edge sends to the pool"
+                    .into(),
+            ));
+        }
+        if container.is_some() {
+            return Err(CmdError::BadArgument(
+                "--container names the one Asterisk of a single deployment; a cluster's services are found by their \
+                 compose project (the spec's name)"
+                    .into(),
+            ));
+        }
+    }
     let caller_kind = if kind == Kind::SipEcho { EndpointKind::Sip } else { EndpointKind::Webrtc };
     let caller = endpoint(&plan, args.caller.as_deref(), caller_kind, "--caller")?;
     let callee = match kind {
@@ -163,11 +219,11 @@ pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
         echo_extension: plan.dialplan.echo_extension.clone(),
         local_ip: local_ip(wss),
     };
-    let counter = match asterisk_counter(&plan, container.as_deref()).await {
-        Ok(c) => Some(c),
+    let counters = match counters(&plan, container.as_deref()).await {
+        Ok(c) => c,
         Err(why) => {
-            eprintln!("warning: Asterisk's CPU will not be measured: {why}");
-            None
+            eprintln!("warning: the deployment's CPU will not be measured: {why}");
+            Vec::new()
         }
     };
     let options = Options {
@@ -178,8 +234,8 @@ pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
         settle: Duration::from_secs(3),
         criteria: bench::Criteria::default(),
     };
-    crate::ui::bench_start(&options, &target, counter.as_ref().map(|(_, s)| s.as_str()));
-    let report = bench::run(&options, &target, counter, &crate::ui::bench_progress).await?;
+    crate::ui::bench_start(&options, &target, &counters);
+    let report = bench::run(&options, &target, counters, &crate::ui::bench_progress).await?;
     print!("{}", crate::ui::bench_summary(&report));
     if let Some(path) = &args.json {
         write(path, &serde_json::to_string_pretty(&report).unwrap_or_default())?;

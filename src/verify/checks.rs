@@ -347,20 +347,34 @@ pub async fn local_container(plan: &Plan, explicit: Option<&str>) -> Result<(bol
     }
     // A compose deployment (labels of its project and service), else a container astrtc itself
     // started for this deployment (`astrtc testenv`).
-    let by_compose =
-        vec![format!("com.docker.compose.project={}", plan.name), "com.docker.compose.service=asterisk".into()];
-    let by_astrtc = vec![format!("{}={}", crate::testenv::DEPLOYMENT_LABEL, plan.name)];
-    for labels in [by_compose, by_astrtc] {
-        let filters = std::collections::HashMap::from([("label".to_string(), labels)]);
-        let list = docker
-            .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(id) = list.first().and_then(|c| c.id.clone()) {
-            return Ok((docker, id));
-        }
+    if let Some(id) = compose_container(&docker, &plan.name, "asterisk").await? {
+        return Ok((docker, id));
+    }
+    let labels = vec![format!("{}={}", crate::testenv::DEPLOYMENT_LABEL, plan.name)];
+    let filters = std::collections::HashMap::from([("label".to_string(), labels)]);
+    let list = docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(id) = list.first().and_then(|c| c.id.clone()) {
+        return Ok((docker, id));
     }
     Err(format!("no running container of deployment {:?} here (pass --container for others)", plan.name))
+}
+
+/// The running container of compose service `service` in project `project`, if there is one.
+pub async fn compose_container(
+    docker: &bollard::Docker,
+    project: &str,
+    service: &str,
+) -> Result<Option<String>, String> {
+    let labels = vec![format!("com.docker.compose.project={project}"), format!("com.docker.compose.service={service}")];
+    let filters = std::collections::HashMap::from([("label".to_string(), labels)]);
+    let list = docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list.first().and_then(|c| c.id.clone()))
 }
 
 /// Runs an Asterisk CLI command (`asterisk -rx COMMAND`) in a container through the Docker API
