@@ -70,6 +70,9 @@ bench: $(ASTRTC) deps-load ## benchmarks: render time, compose up -> healthy, st
 bench-calls: $(ASTRTC) deps ## call capacity only: astrtc bench calls for each kind, the sizing table, tunings A/B/A; plots in target/bench/
 	bash scripts/bench-calls.sh
 
+bench-cluster: $(ASTRTC) deps ## cluster capacity: astrtc bench calls through the edge with 1 and 2 pool servers, CPU per call of edge, relay and pool; the sizing table
+	bash scripts/bench-cluster.sh
+
 profile-calls: $(ASTRTC) deps ## where a call's CPU goes: perf samples Asterisk and the generator during 40 held webrtc-to-sip calls (PROFILE_KIND, PROFILE_CALLS)
 	bash scripts/profile-calls.sh
 
@@ -80,4 +83,4 @@ review-snapshots: ## accept changed insta snapshots after reviewing the diff
 	INSTA_UPDATE=always cargo test --locked --test tests render::snapshots
 	git diff --stat tests/snapshots
 
-.PHONY: help deps deps-build deps-clients deps-helm deps-acme deps-audit deps-examples deps-net deps-load up down test test-unit lint bench bench-calls profile-calls fuzz review-snapshots
+.PHONY: help deps deps-build deps-clients deps-helm deps-acme deps-audit deps-examples deps-net deps-load up down test test-unit lint bench bench-calls bench-cluster profile-calls fuzz review-snapshots

@@ -105,3 +105,9 @@ fi
 if [ -z "${BENCH_RENDER_ONLY:-}" ] && docker info >/dev/null 2>&1; then
   bash scripts/bench-calls.sh
 fi
+
+# The same through a cluster (edge, relay, one then two pool servers): the cluster sizing table
+# (scripts/bench-cluster.sh).
+if [ -z "${BENCH_RENDER_ONLY:-}" ] && docker info >/dev/null 2>&1; then
+  bash scripts/bench-cluster.sh
+fi

@@ -23,7 +23,11 @@
 //!    reads the CPU of every service — each pool member, the edge, the relay, the database —
 //!    with the pool's sum as Asterisk's; both members carry calls; a kind a cluster cannot
 //!    measure (webrtc-to-sip) and `--container` are refused before a call is placed;
-//! 7. the edge bans a password guesser (wrong passwords over UDP and WSS, an unknown user,
+//! 7. `astrtc verify --call` against the cluster: every check passes, among them each pool
+//!    member active in the edge's dispatcher, the users in the database, and a WebRTC and a SIP
+//!    call through the edge with audio back; a stopped member and a missing user fail the
+//!    check that names them;
+//! 8. the edge bans a password guesser (wrong passwords over UDP and WSS, an unknown user,
 //!    another user's credentials; svcrack's malformed UDP credentials are never counted) after
 //!    `security.ban_after` failures, serves every other address meanwhile, never bans
 //!    `security.allow`, and lifts the ban after `ban_seconds`.
@@ -555,6 +559,82 @@ fn bench_calls_through_the_edge_reads_every_service() {
         assert!((a.cpu_seconds - sum).abs() < 1e-9, "{kind}: Asterisk's {a:?} is not the members' sum {sum}");
         assert!(text.contains("per service, at the largest carried level"), "{text}");
     }
+}
+
+/// Runs `astrtc verify --json` (and `extra`) against the stack: exit code and report.
+fn verify(stack: &Stack, extra: &[&str]) -> (i32, Value) {
+    let out = astrtc()
+        .args(["verify", "--json", "--spec"])
+        .arg(stack.dir.path().join("astrtc.toml"))
+        .arg("--out")
+        .arg(stack.dir.path().join("deploy"))
+        .args(["--host", "127.0.0.1"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify printed no JSON report ({e}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// The status and detail of the check `name` of a verify report.
+fn check_of(report: &Value, name: &str) -> (String, String) {
+    let c = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {report:#}"));
+    (c["status"].as_str().unwrap_or_default().to_string(), c["detail"].to_string())
+}
+
+#[test]
+fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
+    let Some(stack) = Stack::start("verify", |s| s) else { return };
+    let members: Vec<_> = stack.cluster().members.clone();
+    let (code, report) = verify(&stack, &["--call", "--endpoint", "199", "--endpoint", "3001"]);
+    eprintln!("{report:#}");
+    let failed: Vec<&Value> = report["checks"].as_array().unwrap().iter().filter(|c| c["status"] != "pass").collect();
+    assert!(failed.is_empty(), "checks not passed: {failed:#?}");
+    assert_eq!(code, 0);
+    for m in &members {
+        let (status, detail) = check_of(&report, &format!("pool {}", m.name));
+        assert_eq!(status, "pass", "{detail}");
+        assert!(detail.contains(&format!("sip:{}:", m.address)) && detail.contains("active"), "{detail}");
+    }
+    let (_, users) = check_of(&report, "users");
+    assert!(users.contains("198, 199, 3001, 3002"), "{users}");
+    for ep in ["199", "3001"] {
+        let (status, detail) = check_of(&report, &format!("call {ep}"));
+        assert_eq!(status, "pass", "call {ep}: {detail}");
+    }
+    // Asterisk's own checks are a single deployment's: a cluster has none of them.
+    assert!(report["checks"].as_array().unwrap().iter().all(|c| c["name"] != "endpoints"), "{report:#}");
+
+    // A member stopped (no call on it: its drain ends at once) is found inactive by the edge;
+    // verify names it, and only it.
+    let last = members.last().unwrap();
+    let out = stack.project.run(&["stop", &last.name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let probe = Duration::from_secs(u64::from(stack.cluster().probe_seconds));
+    let inactive = wait_until(probe * 3 + Duration::from_secs(5), || !stack.flags_of(last.address).starts_with('A'));
+    assert!(inactive.is_some(), "the edge never marked {} inactive", last.name);
+    // A user the database lost.
+    stack.sql("DELETE FROM subscriber WHERE username = '3002'");
+    let (code, report) = verify(&stack, &[]);
+    assert_ne!(code, 0, "{report:#}");
+    let (status, detail) = check_of(&report, &format!("pool {}", last.name));
+    assert_eq!(status, "fail", "{detail}");
+    assert!(detail.contains("not active in the edge's dispatcher"), "{detail}");
+    assert_eq!(check_of(&report, &format!("pool {}", members[0].name)).0, "pass");
+    let (status, detail) = check_of(&report, "users");
+    assert_eq!(status, "fail", "{detail}");
+    assert!(detail.contains("[198, 199, 3001]") && detail.contains("[198, 199, 3001, 3002]"), "{detail}");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use futures_util::StreamExt;
 
 use super::call::{self, CallOptions};
+use super::cli_output::parse_dispatcher_list;
 use super::report::{Check, Report, Status};
 use super::{parse_endpoints, parse_module_show, tls, VerifyError};
 use crate::media::probe::error_chain;
@@ -162,50 +163,14 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
         }
     }
 
-    // Inside the container, when it is local.
-    match local_container(plan, target.container.as_deref()).await {
-        Err(why) => {
-            report.push(Check::skip("modules", why.clone()));
-            report.push(Check::skip("endpoints", why));
+    // Inside the containers, when they are local: a cluster's edge and database, or the one
+    // Asterisk.
+    if let Some(cluster) = &plan.cluster {
+        for c in cluster_checks(plan, cluster).await {
+            report.push(c);
         }
-        Ok((docker, id)) => {
-            let mut rows = Vec::new();
-            for pattern in ["crypto", "websocket", "opus", "srtp"] {
-                if let Ok(out) = asterisk_rx(&docker, &id, &format!("module show like {pattern}")).await {
-                    rows.extend(parse_module_show(&out));
-                }
-            }
-            for m in REQUIRED_MODULES {
-                let name = format!("module {m}");
-                report.push(match rows.iter().find(|r| r.name == *m) {
-                    Some(r) if r.status == "Running" => Check::pass(name, "Running"),
-                    Some(r) => Check::fail(name, r.status.clone(), format!("{m} is loaded but not running; see the Asterisk log")),
-                    None => Check::fail(
-                        name,
-                        "not loaded",
-                        format!("{m} is not running: remove any `noload = {m}` from modules.conf, or rebuild the image with `astrtc build`"),
-                    ),
-                });
-            }
-            match asterisk_rx(&docker, &id, "pjsip show endpoints").await {
-                Ok(out) => {
-                    let mut have = parse_endpoints(&out);
-                    have.sort();
-                    let mut want: Vec<_> = plan.endpoints.iter().map(|e| e.id.clone()).collect();
-                    want.sort();
-                    report.push(if have == want {
-                        Check::pass("endpoints", format!("{} as in the spec", have.join(", ")))
-                    } else {
-                        Check::fail(
-                            "endpoints",
-                            format!("Asterisk has [{}], the spec has [{}]", have.join(", "), want.join(", ")),
-                            "re-run `astrtc render` and restart Asterisk",
-                        )
-                    });
-                }
-                Err(e) => report.push(Check::fail("endpoints", e, "is Asterisk running in the container?")),
-            }
-        }
+    } else {
+        asterisk_checks(plan, target, &mut report).await;
     }
 
     if let (Some(options), Ok(sip)) = (&target.call, sip) {
@@ -362,6 +327,145 @@ pub async fn local_container(plan: &Plan, explicit: Option<&str>) -> Result<(bol
     Err(format!("no running container of deployment {:?} here (pass --container for others)", plan.name))
 }
 
+/// The one Asterisk's modules and endpoints, through its container.
+async fn asterisk_checks(plan: &Plan, target: &Target, report: &mut Report) {
+    match local_container(plan, target.container.as_deref()).await {
+        Err(why) => {
+            report.push(Check::skip("modules", why.clone()));
+            report.push(Check::skip("endpoints", why));
+        }
+        Ok((docker, id)) => {
+            let mut rows = Vec::new();
+            for pattern in ["crypto", "websocket", "opus", "srtp"] {
+                if let Ok(out) = asterisk_rx(&docker, &id, &format!("module show like {pattern}")).await {
+                    rows.extend(parse_module_show(&out));
+                }
+            }
+            for m in REQUIRED_MODULES {
+                let name = format!("module {m}");
+                report.push(match rows.iter().find(|r| r.name == *m) {
+                    Some(r) if r.status == "Running" => Check::pass(name, "Running"),
+                    Some(r) => Check::fail(name, r.status.clone(), format!("{m} is loaded but not running; see the Asterisk log")),
+                    None => Check::fail(
+                        name,
+                        "not loaded",
+                        format!("{m} is not running: remove any `noload = {m}` from modules.conf, or rebuild the image with `astrtc build`"),
+                    ),
+                });
+            }
+            match asterisk_rx(&docker, &id, "pjsip show endpoints").await {
+                Ok(out) => {
+                    let mut have = parse_endpoints(&out);
+                    have.sort();
+                    let mut want: Vec<_> = plan.endpoints.iter().map(|e| e.id.clone()).collect();
+                    want.sort();
+                    report.push(if have == want {
+                        Check::pass("endpoints", format!("{} as in the spec", have.join(", ")))
+                    } else {
+                        Check::fail(
+                            "endpoints",
+                            format!("Asterisk has [{}], the spec has [{}]", have.join(", "), want.join(", ")),
+                            "re-run `astrtc render` and restart Asterisk",
+                        )
+                    });
+                }
+                Err(e) => report.push(Check::fail("endpoints", e, "is Asterisk running in the container?")),
+            }
+        }
+    }
+}
+
+/// A cluster's own checks, through the edge's and the database's containers: each pool member
+/// active in the edge's dispatcher (it answers the edge's OPTIONS probes), and the edge's users
+/// in the database those of the spec.
+async fn cluster_checks(plan: &Plan, cluster: &crate::spec::valid::Cluster) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let Ok(docker) = crate::image::connect().await else {
+        let why = "no local Docker engine (remote deployment?)";
+        return vec![Check::skip("pool", why), Check::skip("users", why)];
+    };
+    let find = |service: &'static str| {
+        let docker = docker.clone();
+        async move {
+            match compose_container(&docker, &plan.name, service).await {
+                Ok(Some(id)) => Ok(id),
+                Ok(None) => {
+                    Err(format!("no running container of service {service} in compose project {:?}", plan.name))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match find("edge").await {
+        Err(why) => checks.push(Check::fail("pool", why, "start the cluster: docker compose up -d --wait")),
+        Ok(edge) => {
+            let cmd = vec!["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "dispatcher.list"];
+            match exec(&docker, &edge, cmd).await {
+                Err(e) => checks.push(Check::fail("pool", e, "is Kamailio running in the edge container?")),
+                Ok(out) => {
+                    let flags = parse_dispatcher_list(&out);
+                    for m in &cluster.members {
+                        checks.push(member_check(m, &flags));
+                    }
+                }
+            }
+        }
+    }
+    match find("db").await {
+        Err(why) => checks.push(Check::fail("users", why, "start the cluster: docker compose up -d --wait")),
+        Ok(db) => {
+            let query = "SELECT username FROM subscriber ORDER BY username";
+            let cmd = vec!["psql", "--no-psqlrc", "-U", "postgres", "-d", "kamailio", "-tAc", query];
+            match exec(&docker, &db, cmd).await {
+                Err(e) => checks.push(Check::fail("users", e, "is PostgreSQL running in the db container?")),
+                Ok(out) => {
+                    let have: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                    let mut want: Vec<&str> = plan.endpoints.iter().map(|e| e.id.as_str()).collect();
+                    want.sort_unstable();
+                    checks.push(if have == want {
+                        Check::pass("users", format!("{} in the edge's database, as in the spec", have.join(", ")))
+                    } else {
+                        Check::fail(
+                            "users",
+                            format!(
+                                "the edge's database has [{}], the spec has [{}]",
+                                have.join(", "),
+                                want.join(", ")
+                            ),
+                            "re-run `astrtc render`, then `astrtc apply`",
+                        )
+                    });
+                }
+            }
+        }
+    }
+    checks
+}
+
+/// A pool member's state in the edge's dispatcher.
+fn member_check(m: &crate::spec::valid::PoolMember, flags: &[(String, String)]) -> Check {
+    let name = format!("pool {}", m.name);
+    let want = format!("sip:{}:", m.address);
+    match flags.iter().find(|(uri, _)| uri.starts_with(&want)) {
+        Some((uri, f)) if f.starts_with('A') => {
+            Check::pass(name, format!("{uri} active in the edge's dispatcher ({f})"))
+        }
+        Some((uri, f)) => Check::fail(
+            name,
+            format!(
+                "{uri} is not active in the edge's dispatcher ({f}): it does not answer the edge's OPTIONS probes \
+                 with 2xx, or it drains"
+            ),
+            format!("see `docker compose logs {}`; a member that drains answers 503 until it stops", m.name),
+        ),
+        None => Check::fail(
+            name,
+            format!("the edge's dispatcher has no destination at {}", m.address),
+            "re-run `astrtc render` and restart the edge: its dispatcher.list is older than the spec",
+        ),
+    }
+}
+
 /// The running container of compose service `service` in project `project`, if there is one.
 pub async fn compose_container(
     docker: &bollard::Docker,
@@ -380,11 +484,17 @@ pub async fn compose_container(
 /// Runs an Asterisk CLI command (`asterisk -rx COMMAND`) in a container through the Docker API
 /// and returns what it printed.
 pub async fn asterisk_rx(docker: &bollard::Docker, id: &str, command: &str) -> Result<String, String> {
+    exec(docker, id, vec!["/usr/sbin/asterisk", "-rx", command]).await
+}
+
+/// Runs a command in a container through the Docker API and returns what it printed (stdout
+/// and stderr).
+async fn exec(docker: &bollard::Docker, id: &str, cmd: Vec<&str>) -> Result<String, String> {
     let exec = docker
         .create_exec(
             id,
             CreateExecOptions {
-                cmd: Some(vec!["/usr/sbin/asterisk", "-rx", command]),
+                cmd: Some(cmd),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 ..Default::default()

@@ -1,6 +1,6 @@
 //! Parsers for `asterisk -rx` output: `module show like X`, `pjsip show endpoints`,
-//! `http show status`. They parse rows into fields, so a check can ask "is res_srtp.so Running"
-//! instead of grepping loosely.
+//! `http show status`; and for a cluster's edge, Kamailio's `kamcmd dispatcher.list`. They parse
+//! rows into fields, so a check can ask "is res_srtp.so Running" instead of grepping loosely.
 
 /// One row of `module show`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,22 @@ pub fn parse_https_binding(out: &str) -> Option<String> {
     out.lines().find_map(|l| l.trim().strip_prefix("HTTPS Server Enabled and Bound to ")).map(|s| s.trim().to_string())
 }
 
+/// Parses `kamcmd dispatcher.list` into (URI, FLAGS) pairs, in order. Each destination is a
+/// block with a `URI: sip:…` line and, after it, a `FLAGS: …` line (`AP`: active and probed,
+/// `IP`: inactive, `TP`: trying, `DX`: disabled).
+pub fn parse_dispatcher_list(out: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut uri = None;
+    for line in out.lines().map(str::trim) {
+        if let Some(u) = line.strip_prefix("URI: ") {
+            uri = Some(u.trim().to_string());
+        } else if let (Some(f), Some(u)) = (line.strip_prefix("FLAGS: "), uri.take()) {
+            pairs.push((u, f.trim().to_string()));
+        }
+    }
+    pairs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +108,19 @@ mod tests {
         let http = "HTTP Server Status:\nServer Enabled and Bound to 127.0.0.1:8088\n\nHTTPS Server Enabled and Bound to 0.0.0.0:8089\n";
         assert_eq!(parse_https_binding(http).as_deref(), Some("0.0.0.0:8089"));
         assert_eq!(parse_https_binding("HTTP Server Status:\n"), None);
+    }
+
+    #[test]
+    fn dispatcher_list_gives_each_destination_its_flags() {
+        // As Kamailio 6.0's kamcmd prints it (two members, one inactive).
+        let out = "{\n\tNRSETS: 1\n\tRECORDS: {\n\t\tSET: {\n\t\t\tID: 1\n\t\t\tTARGETS: {\n\t\t\t\tDEST: {\n\t\t\t\t\tURI: sip:172.29.0.11:5060\n\t\t\t\t\tFLAGS: AP\n\t\t\t\t\tPRIORITY: 0\n\t\t\t\t}\n\t\t\t\tDEST: {\n\t\t\t\t\tURI: sip:172.29.0.12:5060\n\t\t\t\t\tFLAGS: IP\n\t\t\t\t}\n\t\t\t}\n\t\t}\n\t}\n}\n";
+        assert_eq!(
+            parse_dispatcher_list(out),
+            [
+                ("sip:172.29.0.11:5060".to_string(), "AP".to_string()),
+                ("sip:172.29.0.12:5060".to_string(), "IP".to_string())
+            ]
+        );
+        assert!(parse_dispatcher_list("error: 500 - command dispatcher.list not found").is_empty());
     }
 }
