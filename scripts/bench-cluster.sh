@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Cluster capacity: `astrtc bench calls` through the Kamailio edge and the rtpengine relay, with
 # one and then two Asterisk servers in the pool, for the two kinds a cluster sends to the pool
-# (webrtc-echo, sip-echo); then the sizing table: CPU per call of the edge, the relay and the
-# pool, and the calls per core each would carry. Figures only: nothing here asserts a value (a
-# shared 2-core host is noisy; the generator, the edge, the relay and the pool share its cores).
+# (webrtc-echo, sip-echo); then the sizing table: CPU per held call of the relay and the pool,
+# and CPU per call set up of the edge, with what one core of each would carry. Figures only:
+# nothing here asserts a value (a shared 2-core host is noisy; the generator, the edge, the relay
+# and the pool share its cores).
 #
 # Writes target/bench/cluster-*.{json,svg,txt}. Knobs: BENCH_HOLD (s, 10), BENCH_RATE (calls/s,
 # 20), BENCH_LEVELS_WEBRTC_ECHO (50,100,150,200), BENCH_LEVELS_SIP_ECHO (50,100,200,300),
@@ -85,8 +86,11 @@ def cell(v):
 def per_core(v):
     return "-" if not v else f"{1000 / v:.0f}"
 print("== cluster sizing (figures of this run, not asserted): CPU ms per second of one call, over idle; calls per core")
-print(f"{'pool':>4} {'kind':<12} {'capacity':>9} {'at':>5} {'pool ms':>8} {'/core':>6} {'edge ms':>8} {'/core':>6} "
-      f"{'relay ms':>9} {'/core':>6} {'gen ms':>7}")
+print("pool ms, relay ms: CPU ms per second of one call in the window (calls per core = 1000 / ms);")
+print("edge setup: the edge's CPU ms per call placed, from the ramp's start to the window's (its work is")
+print("signalling: near nothing in the window), and the call setups per second one core would take")
+print(f"{'pool':>4} {'kind':<12} {'capacity':>9} {'at':>5} {'pool ms':>8} {'/core':>6} {'relay ms':>9} {'/core':>6} "
+      f"{'edge setup':>11} {'setups/s':>9} {'gen ms':>7}")
 for pool in pools:
     for kind in ["webrtc-echo", "sip-echo"]:
         r = load(f"pool{pool}-{kind}")
@@ -97,11 +101,12 @@ for pool in pools:
             print(f"{pool:>4} {kind:<12} {'-':>9}")
             continue
         svc = l["service_cpu"]
-        p, e, y = ms(l.get("asterisk_cpu")), ms(svc.get("edge")), ms(svc.get("relay"))
+        p, y = ms(l.get("asterisk_cpu")), ms(svc.get("relay"))
+        e = l.get("service_setup_ms", {}).get("edge")
         g = ms(l.get("generator_cpu"))
         cap = r["capacity"] if r["capacity"] is not None else "none"
-        print(f"{pool:>4} {kind:<12} {cap:>9} {l['calls']:>5} {cell(p):>8} {per_core(p):>6} {cell(e):>8} {per_core(e):>6} "
-              f"{cell(y):>9} {per_core(y):>6} {cell(g):>7}")
+        print(f"{pool:>4} {kind:<12} {cap:>9} {l['calls']:>5} {cell(p):>8} {per_core(p):>6} {cell(y):>9} {per_core(y):>6} "
+              f"{cell(e):>11} {per_core(e):>9} {cell(g):>7}")
         members = [s["name"] for s in r["services"] if s["role"] == "asterisk"]
         shares = ", ".join(f"{m} {cell(ms(svc.get(m)))}" for m in members)
         print(f"{'':>4} {'':<12} pool members (ms per second of one call of the run): {shares}")

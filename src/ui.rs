@@ -387,39 +387,30 @@ pub fn bench_summary(r: &astrtc::bench::BenchReport) -> String {
         );
         let _ = writeln!(
             t,
-            "  {:<12} {:<9} {:>6} {:>10} {:>10} {:>10}",
-            "service", "role", "calls", "ms/cs", "calls/core", "idle cores"
+            "  {:<12} {:<9} {:>6} {:>8} {:>10} {:>10} {:>13}",
+            "service", "role", "calls", "ms/cs", "calls/core", "idle cores", "setup ms/call"
         );
         for s in &r.services {
             let idle = s.idle_cores.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into());
-            match r.service_figures(&s.name) {
-                Some((calls, c)) => {
+            let (calls, ms, per_core, setup) = match r.service_level(&s.name) {
+                Some(l) => {
+                    let c = l.service_cpu[&s.name];
                     let per_core = c.calls_per_core();
-                    let per_core = if per_core > 0.0 { format!("{per_core:.0}") } else { "-".into() };
-                    let _ = writeln!(
-                        t,
-                        "  {:<12} {:<9} {:>6} {:>10.2} {:>10} {:>10}",
-                        s.name,
-                        s.role.name(),
-                        calls,
-                        c.over_idle_per_call_second * 1000.0,
-                        per_core,
-                        idle
-                    );
+                    (
+                        l.calls.to_string(),
+                        format!("{:.2}", c.over_idle_per_call_second * 1000.0),
+                        if per_core > 0.0 { format!("{per_core:.0}") } else { "-".into() },
+                        l.service_setup_ms.get(&s.name).map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into()),
+                    )
                 }
-                None => {
-                    let _ = writeln!(
-                        t,
-                        "  {:<12} {:<9} {:>6} {:>10} {:>10} {:>10}",
-                        s.name,
-                        s.role.name(),
-                        "-",
-                        "-",
-                        "-",
-                        idle
-                    );
-                }
-            }
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                t,
+                "  {:<12} {:<9} {calls:>6} {ms:>8} {per_core:>10} {idle:>10} {setup:>13}",
+                s.name,
+                s.role.name()
+            );
         }
     }
     t

@@ -19,18 +19,18 @@
 //!    the restart keeps its audio and its BYE, sent afterwards, is answered (dialog in the database);
 //! 5. forged in-dialog requests (a Route header naming the edge, no call behind them) are
 //!    answered 481 and not sent on, while the edge's own calls end with their BYE answered;
-//! 6. `astrtc bench calls` through the edge (sip-echo and webrtc-echo) sets up every call and
+//! 6. the edge bans a password guesser (wrong passwords over UDP and WSS, an unknown user,
+//!    another user's credentials; svcrack's malformed UDP credentials are never counted) after
+//!    `security.ban_after` failures, serves every other address meanwhile, never bans
+//!    `security.allow`, and lifts the ban after `ban_seconds`;
+//! 7. `astrtc bench calls` through the edge (sip-echo and webrtc-echo) sets up every call and
 //!    reads the CPU of every service — each pool member, the edge, the relay, the database —
 //!    with the pool's sum as Asterisk's; both members carry calls; a kind a cluster cannot
 //!    measure (webrtc-to-sip) and `--container` are refused before a call is placed;
-//! 7. `astrtc verify --call` against the cluster: every check passes, among them each pool
+//! 8. `astrtc verify --call` against the cluster: every check passes, among them each pool
 //!    member active in the edge's dispatcher, the users in the database, and a WebRTC and a SIP
 //!    call through the edge with audio back; a stopped member and a missing user fail the
-//!    check that names them;
-//! 8. the edge bans a password guesser (wrong passwords over UDP and WSS, an unknown user,
-//!    another user's credentials; svcrack's malformed UDP credentials are never counted) after
-//!    `security.ban_after` failures, serves every other address meanwhile, never bans
-//!    `security.allow`, and lifts the ban after `ban_seconds`.
+//!    check that names them.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 
@@ -554,6 +554,9 @@ fn bench_calls_through_the_edge_reads_every_service() {
             let c = l.service_cpu.get(name).unwrap_or_else(|| panic!("{kind}: no CPU figure for {name}"));
             assert!(c.cpu_seconds > 0.0, "{kind}: {name} used no CPU: {c:?}");
         }
+        // The setup cost (ramp to window) is reported for every service read.
+        let setup: Vec<&String> = l.service_setup_ms.keys().collect();
+        assert_eq!(setup, l.service_cpu.keys().collect::<Vec<_>>(), "{kind}");
         let sum: f64 = members.iter().map(|m| l.service_cpu[m].cpu_seconds).sum();
         let a = l.asterisk_cpu.expect("the pool's sum");
         assert!((a.cpu_seconds - sum).abs() < 1e-9, "{kind}: Asterisk's {a:?} is not the members' sum {sum}");

@@ -295,6 +295,12 @@ pub struct LevelReport {
     /// Each measured service's CPU in the window, by name (as [`BenchReport::services`]).
     #[serde(default)]
     pub service_cpu: BTreeMap<String, CpuFigures>,
+    /// Each measured service's CPU milliseconds per call placed, over its idle use, from the
+    /// start of the ramp to the window's: setting the calls up, plus the media of those already
+    /// up meanwhile. For an edge, whose work is signalling, this is its cost per call; its CPU
+    /// in the window (no signalling then) is near nothing.
+    #[serde(default)]
+    pub service_setup_ms: BTreeMap<String, f64>,
     /// This process's CPU in the window.
     pub generator_cpu: Option<CpuFigures>,
     /// What the answering phone did (webrtc-to-sip).
@@ -364,12 +370,12 @@ impl BenchReport {
         carried.or_else(|| self.levels.iter().filter_map(|l| l.asterisk_cpu).next_back()).map(|c| c.calls_per_core())
     }
 
-    /// A service's CPU at the largest carried level (else the largest level with a figure), and
-    /// that level's calls.
-    pub fn service_figures(&self, name: &str) -> Option<(u32, CpuFigures)> {
-        let of = |l: &LevelReport| l.service_cpu.get(name).map(|c| (l.calls, *c));
-        let carried = self.levels.iter().filter(|l| l.carried).filter_map(of).next_back();
-        carried.or_else(|| self.levels.iter().filter_map(of).next_back())
+    /// The level a service's figures are quoted at: the largest carried level with a figure for
+    /// it, else the largest level with one.
+    pub fn service_level(&self, name: &str) -> Option<&LevelReport> {
+        let has = |l: &&LevelReport| l.service_cpu.contains_key(name);
+        let carried = self.levels.iter().filter(|l| l.carried).filter(has).next_back();
+        carried.or_else(|| self.levels.iter().filter(has).next_back())
     }
 }
 
@@ -477,6 +483,28 @@ pub async fn run(
     })
 }
 
+/// Each service's CPU milliseconds per call placed between two readings `elapsed` apart, less
+/// its idle use.
+fn setup_figures(
+    services: &[Service],
+    before: &[Option<Duration>],
+    after: &[Option<Duration>],
+    elapsed: Duration,
+    calls: u32,
+) -> BTreeMap<String, f64> {
+    let mut each = BTreeMap::new();
+    if calls == 0 {
+        return each;
+    }
+    for ((s, b), a) in services.iter().zip(before).zip(after) {
+        if let Some(used) = b.zip(*a).map(|(b, a)| a.saturating_sub(b).as_secs_f64()) {
+            let over_idle = (used - s.idle_cores.unwrap_or(0.0) * elapsed.as_secs_f64()).max(0.0);
+            each.insert(s.name.clone(), over_idle * 1000.0 / f64::from(calls));
+        }
+    }
+    each
+}
+
 fn read_all(counters: &[Counter]) -> Vec<Option<Duration>> {
     counters.iter().map(|c| c.cpu.read()).collect()
 }
@@ -566,7 +594,7 @@ async fn run_level(
     let (release, released) = watch::channel(false);
     let setup = Arc::new(call_setup(options, target, max_hold, released));
     let mut tasks = JoinSet::new();
-    let started = Instant::now();
+    let (r0, started) = (read_all(counters), Instant::now());
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / options.rate.max(0.1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for _ in 0..calls {
@@ -578,6 +606,7 @@ async fn run_level(
     tokio::time::sleep(options.settle).await;
 
     let (s0, g0, t0) = (read_all(counters), cpu::own_cpu(), Instant::now());
+    let ramped = started.elapsed();
     tokio::time::sleep(options.hold).await;
     let (s1, g1, window) = (read_all(counters), cpu::own_cpu(), t0.elapsed());
     let _ = release.send(true);
@@ -598,6 +627,7 @@ async fn run_level(
     let mut level = figures(&reports, calls, options.kind == Kind::WebrtcToSip);
     level.window_s = window.as_secs_f64();
     (level.service_cpu, level.asterisk_cpu) = service_figures(services, &s0, &s1, window, level.set_up);
+    level.service_setup_ms = setup_figures(services, &r0, &s0, ramped, calls);
     level.generator_cpu = CpuFigures::new(g1.saturating_sub(g0), window, level.set_up, 0.0);
     level.answered = answered;
     level.carried = carried(&level, &options.criteria);
@@ -689,6 +719,7 @@ pub fn figures(reports: &[CallReport], calls: u32, reencoded: bool) -> LevelRepo
         window_s: 0.0,
         asterisk_cpu: None,
         service_cpu: BTreeMap::new(),
+        service_setup_ms: BTreeMap::new(),
         generator_cpu: None,
         answered: None,
         carried: false,
@@ -779,6 +810,11 @@ mod tests {
         let a = asterisk.expect("every Asterisk server was read");
         assert!((a.cpu_seconds - 5.0).abs() < 1e-12);
         assert!((a.over_idle_per_call_second - (5.0 - 0.4) / 500.0).abs() < 1e-12);
+        // Setup: 1 s of the edge's CPU over 4 s with 0.0 idle, for 50 calls: 20 ms a call.
+        let setup = setup_figures(&services, &before, &after, s(4), 50);
+        assert!((setup["edge"] - 20.0).abs() < 1e-9);
+        assert!((setup["asterisk-2"] - (3.0 - 0.12) * 1000.0 / 50.0).abs() < 1e-9);
+        assert!(!setup.contains_key("db"));
         // One pool member unread: no sum that would pass for the pool's.
         let (_, asterisk) = service_figures(&services, &[None, Some(s(20)), None, None], &after, s(10), 50);
         assert!(asterisk.is_none());
