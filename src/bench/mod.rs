@@ -374,8 +374,8 @@ impl BenchReport {
     /// it, else the largest level with one.
     pub fn service_level(&self, name: &str) -> Option<&LevelReport> {
         let has = |l: &&LevelReport| l.service_cpu.contains_key(name);
-        let carried = self.levels.iter().filter(|l| l.carried).filter(has).next_back();
-        carried.or_else(|| self.levels.iter().filter(has).next_back())
+        let carried = self.levels.iter().filter(|l| l.carried).rfind(has);
+        carried.or_else(|| self.levels.iter().rfind(has))
     }
 }
 
