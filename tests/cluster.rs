@@ -23,6 +23,9 @@
 //!    another user's credentials; svcrack's malformed UDP credentials are never counted) after
 //!    `security.ban_after` failures, serves every other address meanwhile, never bans
 //!    `security.allow`, and lifts the ban after `ban_seconds`;
+//!    A phone registered over UDP from behind a NAT (its Contact a private address, not the one
+//!    it sends from) gets the edge's keepalive OPTIONS every `cluster.natping_seconds`, at the
+//!    address it sends from; a phone not behind a NAT gets none;
 //! 7. `astrtc bench calls` through the edge (sip-echo and webrtc-echo) sets up every call and
 //!    reads the CPU of every service — each pool member, the edge, the relay, the database —
 //!    with the pool's sum as Asterisk's; both members carry calls; a kind a cluster cannot
@@ -638,6 +641,85 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
     let (status, detail) = check_of(&report, "users");
     assert_eq!(status, "fail", "{detail}");
     assert!(detail.contains("[198, 199, 3001]") && detail.contains("[198, 199, 3001, 3002]"), "{detail}");
+}
+
+/// Registers `id` over UDP from `sock` with `contact` as its Contact, answering the challenge;
+/// the final answer.
+fn register_from(sock: &std::net::UdpSocket, to: SocketAddr, id: &str, password: &str, contact: &str) -> String {
+    use crate::common::sip::digest_authorization;
+    let me = sock.local_addr().unwrap();
+    let uri = format!("sip:{to}");
+    let mut auth = String::new();
+    for cseq in 1..=2 {
+        let register = format!(
+            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{id}-{cseq};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{id}@{to}>;tag={id}\r\nTo: <sip:{id}@{to}>\r\nCall-ID: nat-{id}@test\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <{contact}>\r\nExpires: 300\r\n{auth}Content-Length: 0\r\n\r\n"
+        );
+        sock.send_to(register.as_bytes(), to).unwrap();
+        let mut buf = [0u8; 4096];
+        let answer = loop {
+            let (n, _) = sock.recv_from(&mut buf).expect("an answer to REGISTER");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !text.starts_with("SIP/2.0 1") {
+                break text;
+            }
+        };
+        if !answer.starts_with("SIP/2.0 401") {
+            return answer;
+        }
+        let challenge =
+            answer.lines().find_map(|l| l.strip_prefix("WWW-Authenticate: ")).expect("a 401 with a challenge");
+        auth =
+            format!("Authorization: {}\r\n", digest_authorization(challenge, "REGISTER", &uri, id, password).unwrap());
+    }
+    panic!("challenged twice")
+}
+
+/// The first SIP request `sock` receives within `limit`, if any.
+fn next_request(sock: &std::net::UdpSocket, limit: Duration) -> Option<String> {
+    let until = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+        sock.set_read_timeout(Some(left)).unwrap();
+        let Ok((n, _)) = sock.recv_from(&mut buf) else { return None };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if !text.starts_with("SIP/2.0 ") {
+            return Some(text);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_phone_behind_a_nat_is_kept_alive_and_one_without_is_not() {
+    let Some(stack) = Stack::start("natping", |s| s) else { return };
+    let edge = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
+    let every = Duration::from_secs(u64::from(stack.cluster().natping_seconds));
+    // Behind a NAT: the Contact names a private address the edge cannot reach; the edge keeps
+    // the address the REGISTER came from (received) and flags the contact.
+    let nated = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    nated.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let answer = register_from(&nated, edge, "3001", &stack.password("3001"), "sip:3001@10.77.0.5:5060");
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    // Not behind one: the Contact is the address it sends from.
+    let direct = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    direct.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let contact = format!("sip:3002@{}", direct.local_addr().unwrap());
+    let answer = register_from(&direct, edge, "3002", &stack.password("3002"), &contact);
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    let t0 = Instant::now();
+    let ping = next_request(&nated, every * 2 + Duration::from_secs(2)).unwrap_or_else(|| {
+        panic!("no keepalive in {:?} (natping_seconds {every:?})", every * 2 + Duration::from_secs(2))
+    });
+    eprintln!("keepalive {:.1?} after the registration:\n{ping}", t0.elapsed());
+    assert!(ping.starts_with("OPTIONS sip:3001@10.77.0.5:5060 "), "{ping}");
+    assert!(ping.contains("keepalive@"), "{ping}");
+    // A second one: kept alive, not pinged once.
+    assert!(next_request(&nated, every * 2 + Duration::from_secs(2)).is_some_and(|p| p.starts_with("OPTIONS ")));
+    // The direct phone got none in the same time.
+    let direct_got = next_request(&direct, Duration::from_millis(10));
+    assert!(direct_got.is_none(), "a phone not behind a NAT was pinged: {direct_got:?}");
 }
 
 #[test]

@@ -601,13 +601,15 @@ fn cluster(level: Level) -> BoxedStrategy<(Option<Topology>, Option<ClusterSpec>
             1 => text(level, "subnet", &["10.9.0.0/16", "fd00::/64"]),
         ].boxed()),
         maybe(2, prop_oneof![6 => 1i64..=60, 1 => -2i64..100].boxed()),
+        maybe(2, prop_oneof![6 => 5i64..=300, 1 => -2i64..400].boxed()),
         maybe(2, port()),
         maybe(2, ip()),
     )
-        .prop_map(|(pool_size, subnet, probe_seconds, relay_control_port, relay_address)| ClusterSpec {
+        .prop_map(|(pool_size, subnet, probe_seconds, natping_seconds, relay_control_port, relay_address)| ClusterSpec {
             pool_size,
             subnet,
             probe_seconds,
+            natping_seconds,
             relay_control_port,
             relay_address,
             database: None,
@@ -1037,7 +1039,7 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
 /// A cluster's values are exactly where they belong: each pool member's image and address, the
 /// database's address and the pool's subnet in compose.yaml; the database URL the one line of
 /// `edge/database.cfg`, the password the one line of `db/password`; one dispatcher line per
-/// member; no chart.
+/// member; the keepalive interval the one `natping_interval` of `edge/kamailio.cfg`; no chart.
 fn cluster_values_in_place(
     plan: &Plan,
     cluster: &astrtc::plan::Cluster,
@@ -1067,6 +1069,13 @@ fn cluster_values_in_place(
     }
     if text("db/password")? != format!("{}\n", cluster.database_password) {
         return Err(fail("db/password is not the password alone"));
+    }
+    let natping: Vec<&str> = text("edge/kamailio.cfg")?
+        .lines()
+        .filter(|l| l.starts_with("modparam(\"nathelper\", \"natping_interval\""))
+        .collect();
+    if natping != [format!("modparam(\"nathelper\", \"natping_interval\", {})", cluster.natping_seconds)] {
+        return Err(fail(format!("edge/kamailio.cfg: the keepalive interval is not the spec's: {natping:?}")));
     }
     let list: Vec<&str> = text("edge/dispatcher.list")?.lines().filter(|l| !l.starts_with('#')).collect();
     let want: Vec<String> = cluster

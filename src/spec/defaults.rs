@@ -112,5 +112,8 @@ pub const POOL_SIZE: i64 = 2;
 pub const CLUSTER_SUBNET: &str = "172.29.0.0/24";
 /// Seconds between the edge's OPTIONS probes of each pool member.
 pub const PROBE_SECONDS: i64 = 2;
+/// Seconds between the edge's keepalives to phones registered over UDP from behind a NAT: below
+/// the 30 s after which many NATs forget an idle UDP mapping.
+pub const NATPING_SECONDS: i64 = 20;
 /// The relay's control port (rtpengine ng, on loopback).
 pub const RELAY_CONTROL_PORT: i64 = 2223;

@@ -93,6 +93,10 @@ pub struct ClusterSpec {
     /// Seconds between the edge's OPTIONS probes of each pool member (1-60, default 2): a member
     /// that stops answering 2xx takes no new calls after about one interval.
     pub probe_seconds: Option<i64>,
+    /// Seconds between the edge's keepalives (SIP OPTIONS) to each phone registered over UDP
+    /// from behind a NAT (5-300, default 20): they keep the NAT's mapping open, so calls can
+    /// reach the phone between its registrations.
+    pub natping_seconds: Option<i64>,
     /// The relay's control port (rtpengine's ng protocol, on 127.0.0.1; default 2223).
     pub relay_control_port: Option<i64>,
     /// The address the relay's media sockets bind and put in SDP [default:

@@ -64,6 +64,8 @@ pub struct Cluster {
     pub members: Vec<PoolMember>,
     /// Seconds between the edge's OPTIONS probes.
     pub probe_seconds: u32,
+    /// Seconds between the edge's keepalives to phones registered over UDP from behind a NAT.
+    pub natping_seconds: u32,
     /// The relay's control port on 127.0.0.1.
     pub relay_control_port: u16,
     /// The relay's media address; None: found when it starts (the default route's address).

@@ -126,6 +126,13 @@ pub(super) fn cluster(
                 .help("a member that stops answering takes no new calls after about this many seconds"),
         );
     }
+    let natping = c.natping_seconds.unwrap_or(defaults::NATPING_SECONDS);
+    if !(5..=300).contains(&natping) {
+        v.push(p("cluster.natping_seconds", format!("{natping} is outside 5-300")).help(
+            "the edge sends a keepalive to each phone behind a NAT this often; many NATs forget an idle UDP \
+             mapping after 30 s",
+        ));
+    }
     let control = c.relay_control_port.unwrap_or(defaults::RELAY_CONTROL_PORT);
     let control_port = match u16::try_from(control) {
         Ok(port) if control >= MIN_PORT => Some(port),
@@ -197,6 +204,7 @@ pub(super) fn cluster(
         database_address,
         members,
         probe_seconds: probe as u32,
+        natping_seconds: natping as u32,
         relay_control_port: control_port?,
         relay_address,
         database,
