@@ -23,9 +23,6 @@
 //!    another user's credentials; svcrack's malformed UDP credentials are never counted) after
 //!    `security.ban_after` failures, serves every other address meanwhile, never bans
 //!    `security.allow`, and lifts the ban after `ban_seconds`;
-//!    A phone registered over UDP from behind a NAT (its Contact a private address, not the one
-//!    it sends from) gets the edge's keepalive OPTIONS every `cluster.natping_seconds`, at the
-//!    address it sends from; a phone not behind a NAT gets none;
 //! 7. `astrtc bench calls` through the edge (sip-echo and webrtc-echo) sets up every call and
 //!    reads the CPU of every service — each pool member, the edge, the relay, the database —
 //!    with the pool's sum as Asterisk's; both members carry calls; a kind a cluster cannot
@@ -33,7 +30,10 @@
 //! 8. `astrtc verify --call` against the cluster: every check passes, among them each pool
 //!    member active in the edge's dispatcher, the users in the database, and a WebRTC and a SIP
 //!    call through the edge with audio back; a stopped member and a missing user fail the
-//!    check that names them.
+//!    check that names them;
+//! 9. a phone registered over UDP from behind a NAT (its Contact a private address, not the one
+//!    it sends from) gets the edge's keepalive OPTIONS every `cluster.natping_seconds`, at the
+//!    address it sends from; a phone not behind a NAT gets none.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 
