@@ -33,7 +33,10 @@
 //!    check that names them;
 //! 9. a phone registered over UDP from behind a NAT (its Contact a private address, not the one
 //!    it sends from) gets the edge's keepalive OPTIONS every `cluster.natping_seconds`, at the
-//!    address it sends from; a phone not behind a NAT gets none.
+//!    address it sends from; a phone not behind a NAT gets none;
+//! 10. a renewed certificate (a new leaf from the deployment's CA in deploy/keys) is served by
+//!    the edge's WSS listener without a restart, while a WebSocket opened before still carries
+//!    SIP.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 
@@ -720,6 +723,54 @@ fn a_phone_behind_a_nat_is_kept_alive_and_one_without_is_not() {
     // The direct phone got none in the same time.
     let direct_got = next_request(&direct, Duration::from_millis(10));
     assert!(direct_got.is_none(), "a phone not behind a NAT was pinged: {direct_got:?}");
+}
+
+#[test]
+fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
+    use astrtc::media::ws::WsConn;
+    let Some(stack) = Stack::start("certs", |s| s) else { return };
+    let pid = || container_of(&stack, "edge");
+    let edge_before = pid();
+    let domain = stack.plan.tls.domain.clone();
+    let wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.wss_port);
+    let ca = stack.ca_pem();
+    let serial = || astrtc::verify::check_tls(wss, &domain, &ca).expect("the edge's TLS").leaf.serial;
+    let before = serial();
+    let rt = runtime();
+    // A browser's connection, opened before the renewal: it carries a REGISTER (answered 401).
+    let register = |n: u32| {
+        format!(
+            "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/WSS held.invalid;branch=z9hG4bK-held-{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:199@{domain}>;tag=held\r\nTo: <sip:199@{domain}>\r\n\
+             Call-ID: held@test\r\nCSeq: {n} REGISTER\r\nContact: <sip:199@held.invalid;transport=ws>\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    };
+    let mut held = rt.block_on(WsConn::connect(wss, &domain, &ca, "/ws")).expect("a WebSocket to the edge");
+    let answer = rt.block_on(async {
+        held.send_text(&register(1)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), held.recv_text()).await
+    });
+    assert!(matches!(&answer, Ok(Ok(a)) if a.starts_with("SIP/2.0 401")), "{answer:?}");
+
+    crate::common::docker::install_leaf_for(stack.dir.path(), &stack.plan, &domain);
+    let took = wait_until(Duration::from_secs(30), || serial() != before);
+    let log = stack.project.run(&["logs", "--no-color", "edge"]);
+    let log = String::from_utf8_lossy(&log.stderr).into_owned() + &String::from_utf8_lossy(&log.stdout);
+    let took = took.unwrap_or_else(|| panic!("the edge still serves serial {before} 30 s after the renewal:\n{log}"));
+    eprintln!("the edge served the new certificate {took:.1?} after the files changed (was serial {before})");
+    assert!(log.contains("astrtc-edge: the certificate changed; tls.reload"), "{log}");
+    assert_eq!(pid(), edge_before, "the edge was restarted");
+    // The connection from before still carries SIP.
+    let answer = rt.block_on(async {
+        held.send_text(&register(2)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), held.recv_text()).await
+    });
+    assert!(
+        matches!(&answer, Ok(Ok(a)) if a.starts_with("SIP/2.0 401")),
+        "the WebSocket opened before the renewal no longer carries SIP: {answer:?}"
+    );
+    rt.block_on(held.close());
 }
 
 #[test]
