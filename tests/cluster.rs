@@ -36,7 +36,9 @@
 //!    address it sends from; a phone not behind a NAT gets none;
 //! 10. a renewed certificate (a new leaf from the deployment's CA in deploy/keys) is served by
 //!    the edge's WSS listener without a restart, while a WebSocket opened before still carries
-//!    SIP.
+//!    SIP;
+//! 11. a flood of OPTIONS from one address (above `cluster.flood_requests_per_second`) gets that
+//!    address banned, while another address is served and loopback's flood is not banned.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 
@@ -771,6 +773,90 @@ fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
         "the WebSocket opened before the renewal no longer carries SIP: {answer:?}"
     );
     rt.block_on(held.close());
+}
+
+/// Sends `n` OPTIONS to `to` from a fresh UDP socket, 100 a second (five times the test's flood
+/// limit; a burst would also overrun the edge's socket buffer, a loss that is not the edge's
+/// doing), then collects answers until none came for 2 s: how many were answered.
+fn flood(to: SocketAddr, n: usize) -> usize {
+    let sock = std::net::UdpSocket::bind(if to.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" }).unwrap();
+    let me = sock.local_addr().unwrap();
+    let mut answered = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 4096];
+    let mut collect = |sock: &std::net::UdpSocket| {
+        while let Ok((len, _)) = sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..len]);
+            if let Some(id) = text.lines().find_map(|l| l.strip_prefix("Call-ID: flood-")) {
+                answered.insert(id.to_string());
+            }
+        }
+    };
+    // Answers are read as they come (a socket left unread would drop them itself).
+    sock.set_nonblocking(true).unwrap();
+    for i in 0..n {
+        let options = format!(
+            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-flood-{i};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:flood@{to}>;tag=flood{i}\r\nTo: <sip:{to}>\r\nCall-ID: flood-{i}@test\r\nCSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        sock.send_to(options.as_bytes(), to).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        collect(&sock);
+    }
+    sock.set_nonblocking(false).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    collect(&sock);
+    answered.len()
+}
+
+#[test]
+fn a_flood_gets_its_address_banned_and_others_are_served() {
+    use crate::common::attacker::{self, Peer};
+    use crate::common::sip::options_over_udp;
+    if docker_off() {
+        return;
+    }
+    if let Some(why) = attacker::available() {
+        skip(&why);
+        return;
+    }
+    // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
+    let (flooder, bystander) = (Peer::new("flood"), Peer::new("bystand"));
+    const RATE: usize = 20;
+    let Some(stack) = Stack::start("flood", |s| {
+        s.replace("natping_seconds = 5\n", &format!("natping_seconds = 5\nflood_requests_per_second = {RATE}\n"))
+            + "\n[security]\nban_seconds = 60\n"
+    }) else {
+        return;
+    };
+    assert_eq!(stack.cluster().flood_requests_per_second, RATE as u32, "the spec edit did not take");
+    let sip = stack.plan.network.sip_port;
+    const SENT: usize = 400;
+    // From loopback (never banned, as the pool and security.allow): every request is served.
+    let local = flood(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), sip), SENT);
+    eprintln!("OPTIONS flood from loopback: {local} of {SENT} answered");
+    // From another address: a few seconds' worth, then nothing.
+    let to = flooder.to(sip);
+    let answered = flooder.run(move || flood(to, SENT));
+    eprintln!("OPTIONS flood from {}: {answered} of {SENT} answered", flooder.ip);
+    let log = edge_log(&stack);
+    let banned = format!("astrtc: banned {} for 60 s: a flood (over {RATE} requests a second)", flooder.ip);
+    assert!(log.contains(&banned), "no flood ban logged for {}:\n{log}", flooder.ip);
+    assert!(answered < SENT / 2, "the flood was answered: {answered} of {SENT}");
+    let to = flooder.to(sip);
+    assert_eq!(
+        flooder.run(move || options_over_udp(to, Duration::from_secs(2))),
+        None,
+        "the flooder is still answered"
+    );
+    let to = bystander.to(sip);
+    assert!(
+        bystander.run(move || options_over_udp(to, Duration::from_secs(2))).is_some(),
+        "a bystander is not answered"
+    );
+    assert!(!log.contains("astrtc: banned 127.0.0.1"), "loopback was banned:\n{log}");
+    assert!(options_over_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), sip), Duration::from_secs(2)).is_some());
+    assert!(local >= SENT - SENT / 100, "loopback's requests were dropped: {local} of {SENT} answered");
 }
 
 #[test]

@@ -602,18 +602,24 @@ fn cluster(level: Level) -> BoxedStrategy<(Option<Topology>, Option<ClusterSpec>
         ].boxed()),
         maybe(2, prop_oneof![6 => 1i64..=60, 1 => -2i64..100].boxed()),
         maybe(2, prop_oneof![6 => 5i64..=300, 1 => -2i64..400].boxed()),
+        maybe(2, prop_oneof![6 => 10i64..=100_000, 1 => -2i64..20].boxed()),
         maybe(2, port()),
         maybe(2, ip()),
     )
-        .prop_map(|(pool_size, subnet, probe_seconds, natping_seconds, relay_control_port, relay_address)| ClusterSpec {
-            pool_size,
-            subnet,
-            probe_seconds,
-            natping_seconds,
-            relay_control_port,
-            relay_address,
-            database: None,
-        });
+        .prop_map(
+            |(pool_size, subnet, probe_seconds, natping_seconds, flood_requests_per_second, relay_control_port, relay_address)| {
+                ClusterSpec {
+                    pool_size,
+                    subnet,
+                    probe_seconds,
+                    natping_seconds,
+                    flood_requests_per_second,
+                    relay_control_port,
+                    relay_address,
+                    database: None,
+                }
+            },
+        );
     prop_oneof![
         8 => Just((None, None, None)).boxed(),
         1 => Just((Some(Topology::Single), None, None)).boxed(),
@@ -1039,7 +1045,8 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
 /// A cluster's values are exactly where they belong: each pool member's image and address, the
 /// database's address and the pool's subnet in compose.yaml; the database URL the one line of
 /// `edge/database.cfg`, the password the one line of `db/password`; one dispatcher line per
-/// member; the keepalive interval the one `natping_interval` of `edge/kamailio.cfg`; no chart.
+/// member; the keepalive interval the one `natping_interval` of `edge/kamailio.cfg`, the flood
+/// limit its one pike density (per 2 s); no chart.
 fn cluster_values_in_place(
     plan: &Plan,
     cluster: &astrtc::plan::Cluster,
@@ -1076,6 +1083,16 @@ fn cluster_values_in_place(
         .collect();
     if natping != [format!("modparam(\"nathelper\", \"natping_interval\", {})", cluster.natping_seconds)] {
         return Err(fail(format!("edge/kamailio.cfg: the keepalive interval is not the spec's: {natping:?}")));
+    }
+    let density: Vec<&str> = text("edge/kamailio.cfg")?
+        .lines()
+        .filter(|l| l.starts_with("modparam(\"pike\", \"reqs_density_per_unit\""))
+        .collect();
+    if density != [format!("modparam(\"pike\", \"reqs_density_per_unit\", {})", cluster.flood_requests_per_second * 2)]
+    {
+        return Err(fail(format!(
+            "edge/kamailio.cfg: the flood limit is not twice the spec's per second: {density:?}"
+        )));
     }
     let list: Vec<&str> = text("edge/dispatcher.list")?.lines().filter(|l| !l.starts_with('#')).collect();
     let want: Vec<String> = cluster
@@ -1211,8 +1228,10 @@ fn a_seeded_pass_finds_nothing() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    // Enough accepted specs that the oracle ran, not only validation.
-    assert!(accepted * 10 >= n, "only {accepted} of {n} generated specs were valid: the generators drifted");
+    // Enough accepted specs that the oracle ran, not only validation. About one in ten is
+    // accepted (19-32 of 256 over seeds 1-5 and the default): one in sixteen is the floor, so
+    // the guard catches generators that drift into refusing nearly everything, not a seed's luck.
+    assert!(accepted * 16 >= n, "only {accepted} of {n} generated specs were valid: the generators drifted");
     assert!(turn > 0, "no accepted spec had a bundled TURN relay: the [turn] generator drifted");
     let clusters = counts.cluster.load(Ordering::Relaxed);
     eprintln!("fuzz: {clusters} accepted specs were clusters");

@@ -48,7 +48,16 @@ pub fn context(plan: &Plan) -> Value {
         run_dir => image::EDGE_RUN_DIR,
         tls_ciphers => super::asterisk::TLS_CIPHERS.join(":"),
         never_banned => never_banned(plan),
+        flood_exempt => flood_exempt(plan),
     }
+}
+
+/// The networks whose requests are never taken for a flood: those never banned, and the pool
+/// (whose calls to users all come from its few addresses).
+fn flood_exempt(plan: &Plan) -> Vec<String> {
+    let mut nets = never_banned(plan);
+    nets.extend(plan.cluster.as_ref().map(|c| c.subnet.clone()));
+    nets
 }
 
 /// The networks the edge never bans: loopback, then `security.allow` (validated and normalised to

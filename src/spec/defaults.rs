@@ -115,5 +115,7 @@ pub const PROBE_SECONDS: i64 = 2;
 /// Seconds between the edge's keepalives to phones registered over UDP from behind a NAT: below
 /// the 30 s after which many NATs forget an idle UDP mapping.
 pub const NATPING_SECONDS: i64 = 20;
+/// Requests a second from one address above which the edge bans it as a flood.
+pub const FLOOD_REQUESTS_PER_SECOND: i64 = 50;
 /// The relay's control port (rtpengine ng, on loopback).
 pub const RELAY_CONTROL_PORT: i64 = 2223;

@@ -97,6 +97,10 @@ pub struct ClusterSpec {
     /// from behind a NAT (5-300, default 20): they keep the NAT's mapping open, so calls can
     /// reach the phone between its registrations.
     pub natping_seconds: Option<i64>,
+    /// Requests a second from one address above which the edge takes it for a flood and bans it
+    /// for `security.ban_seconds` (10-100000, default 50; averaged over 2 s; loopback, the pool
+    /// and `security.allow` are never banned).
+    pub flood_requests_per_second: Option<i64>,
     /// The relay's control port (rtpengine's ng protocol, on 127.0.0.1; default 2223).
     pub relay_control_port: Option<i64>,
     /// The address the relay's media sockets bind and put in SDP [default:

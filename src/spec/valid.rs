@@ -66,6 +66,8 @@ pub struct Cluster {
     pub probe_seconds: u32,
     /// Seconds between the edge's keepalives to phones registered over UDP from behind a NAT.
     pub natping_seconds: u32,
+    /// Requests a second from one address above which the edge bans it as a flood.
+    pub flood_requests_per_second: u32,
     /// The relay's control port on 127.0.0.1.
     pub relay_control_port: u16,
     /// The relay's media address; None: found when it starts (the default route's address).

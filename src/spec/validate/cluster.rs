@@ -133,6 +133,13 @@ pub(super) fn cluster(
              mapping after 30 s",
         ));
     }
+    let flood = c.flood_requests_per_second.unwrap_or(defaults::FLOOD_REQUESTS_PER_SECOND);
+    if !(10..=100_000).contains(&flood) {
+        v.push(p("cluster.flood_requests_per_second", format!("{flood} is outside 10-100000")).help(
+            "an address sending more requests a second than this is banned for security.ban_seconds; put trusted \
+             senders of many requests in security.allow",
+        ));
+    }
     let control = c.relay_control_port.unwrap_or(defaults::RELAY_CONTROL_PORT);
     let control_port = match u16::try_from(control) {
         Ok(port) if control >= MIN_PORT => Some(port),
@@ -205,6 +212,7 @@ pub(super) fn cluster(
         members,
         probe_seconds: probe as u32,
         natping_seconds: natping as u32,
+        flood_requests_per_second: flood as u32,
         relay_control_port: control_port?,
         relay_address,
         database,
