@@ -22,6 +22,8 @@ use thiserror::Error;
 use crate::plan::Plan;
 use crate::render::compose::RESTART_DIGEST_LABEL;
 
+pub mod cluster;
+
 /// Errors of `apply`.
 #[derive(Debug, Error, miette::Diagnostic)]
 pub enum ApplyError {
@@ -44,6 +46,18 @@ pub enum ApplyError {
         /// The container.
         container: String,
         /// What the reloader printed.
+        output: String,
+    },
+    /// psql in the database container refused the users (nothing was written: one transaction).
+    #[error("writing the users into the database ({container}) failed: {output}")]
+    #[diagnostic(
+        code(astrtc::apply::users_not_written),
+        help("nothing was changed in the database (one transaction); see `docker logs` of the container, then apply again")
+    )]
+    UsersNotWritten {
+        /// The database container.
+        container: String,
+        /// psql's error lines (never the statements: they hold the users' digests).
         output: String,
     },
     /// `docker compose` failed.
@@ -167,10 +181,21 @@ pub async fn reload(docker: &Docker, running: &Running) -> Result<Vec<String>, A
 /// with SIGTERM (its drain) and waits up to the plan's stop grace period, then starts the new one
 /// and waits until it is healthy. Returns how long it took.
 pub fn restart(plan: &Plan, out: &Path) -> Result<Duration, ApplyError> {
+    compose_up(plan, out, false)
+}
+
+/// `docker compose up -d --wait` (with `--remove-orphans`: services no longer rendered, a pool
+/// that shrank, are stopped and removed, each after its drain): compose recreates exactly the
+/// services whose definition changed (their restart digest labels among it) and starts missing
+/// ones. Returns how long it took.
+pub fn compose_up(plan: &Plan, out: &Path, remove_orphans: bool) -> Result<Duration, ApplyError> {
     let started = Instant::now();
     let timeout = plan.lifecycle.stop_grace_seconds().to_string();
-    let args = ["compose", "up", "-d", "--wait", "--timeout", timeout.as_str()];
-    let output = std::process::Command::new("docker").args(args).current_dir(out).output().map_err(|e| {
+    let mut args = vec!["compose", "up", "-d", "--wait", "--timeout", timeout.as_str()];
+    if remove_orphans {
+        args.push("--remove-orphans");
+    }
+    let output = std::process::Command::new("docker").args(&args).current_dir(out).output().map_err(|e| {
         ApplyError::Compose { args: args[1..].join(" "), dir: out.display().to_string(), output: e.to_string() }
     })?;
     if !output.status.success() {
