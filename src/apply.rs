@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
@@ -121,6 +122,30 @@ pub fn rendered_digest(out: &Path) -> Option<String> {
 
 /// Runs a command in the container; returns its exit code and what it printed (stdout, stderr).
 pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, String), ApplyError> {
+    let mut out = String::new();
+    let code = exec_with(docker, id, cmd, |chunk| out.push_str(&chunk.to_string())).await?;
+    Ok((code, out))
+}
+
+/// [`exec`] with stdout and stderr apart: a line of one is never cut by the other (their chunks
+/// arrive as each stream is written). Returns the exit code, stdout and stderr.
+pub async fn exec_apart(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, String, String), ApplyError> {
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let code = exec_with(docker, id, cmd, |chunk| match chunk {
+        LogOutput::StdErr { message } => stderr.push_str(&String::from_utf8_lossy(&message)),
+        other => stdout.push_str(&other.to_string()),
+    })
+    .await?;
+    Ok((code, stdout, stderr))
+}
+
+/// Runs a command in the container, handing each chunk of its output to `take`; its exit code.
+async fn exec_with(
+    docker: &Docker,
+    id: &str,
+    cmd: &[&str],
+    mut take: impl FnMut(LogOutput),
+) -> Result<i64, ApplyError> {
     let api = |doing: &str| {
         let doing = format!("{doing} {cmd:?} in {id}");
         move |source| ApplyError::Api { doing, source }
@@ -137,16 +162,14 @@ pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, Strin
         )
         .await
         .map_err(api("creating"))?;
-    let mut out = String::new();
     if let StartExecResults::Attached { mut output, .. } =
         docker.start_exec(&created.id, None).await.map_err(api("starting"))?
     {
         while let Some(chunk) = output.next().await {
-            out.push_str(&chunk.map_err(api("reading"))?.to_string());
+            take(chunk.map_err(api("reading"))?);
         }
     }
-    let code = docker.inspect_exec(&created.id).await.map_err(api("inspecting"))?.exit_code.unwrap_or(-1);
-    Ok((code, out))
+    Ok(docker.inspect_exec(&created.id).await.map_err(api("inspecting"))?.exit_code.unwrap_or(-1))
 }
 
 /// What the running Asterisk has not loaded yet, file by file (`astrtc-reload diff`).

@@ -1003,4 +1003,30 @@ fn apply_writes_users_into_the_database_without_restarting_the_edge() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("(0 added, 0 removed, 0 password(s) changed, 0 max_contacts changed)"), "{stdout}");
     assert!(stdout.contains("pool: asterisk-1, asterisk-2 unchanged"), "{stdout}");
+
+    // A change only an edge restart applies (the probe interval, in kamailio.cfg): announced,
+    // refused without --yes and a terminal (exit 2, the edge untouched), done with --yes.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let edited = text.replacen("probe_seconds = 1\n", "probe_seconds = 2\n", 1);
+    assert_ne!(edited, text, "the spec has no probe_seconds = 1");
+    std::fs::write(&spec, edited).unwrap();
+    let out = astrtc().args(["apply", "--spec"]).arg(&spec).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("astrtc apply (probe interval changed):\n{stdout}");
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("only a restart applies") && stdout.contains("edge ("), "{stdout}");
+    assert!(stdout.contains("closes every browser's WebSocket"), "{stdout}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+    assert_eq!(started_and_pid(&edge), edge_before, "the edge was restarted without --yes");
+    let started = Instant::now();
+    let out = astrtc().args(["apply", "--yes", "--spec"]).arg(&spec).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("astrtc apply --yes ({:.1?}):\n{stdout}", started.elapsed());
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("restarted: every service healthy"), "{stdout}");
+    let edge_now = container_of(&stack, "edge");
+    assert_ne!(started_and_pid(&edge_now), edge_before, "the edge was not restarted");
+    assert!(stdout.contains("pool: asterisk-1, asterisk-2 unchanged"), "{stdout}");
+    assert_eq!(register("3003", new_3003), 200, "3003 could not register through the restarted edge");
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 
-use super::{exec, ApplyError, Running};
+use super::{exec_apart, ApplyError, Running};
 use crate::image;
 use crate::plan::Plan;
 use crate::render::compose::RESTART_DIGEST_LABEL;
@@ -136,11 +136,11 @@ pub async fn write_users(docker: &Docker, db: &Running, plan: &Plan) -> Result<U
         read.as_str(),
         users.as_str(),
     ];
-    let (code, out) = exec(docker, &db.id, &cmd).await?;
+    let (code, out, err) = exec_apart(docker, &db.id, &cmd).await?;
     if code != 0 {
         // Only psql's error lines: its echo of a failed statement would show a digest.
         let errors: Vec<&str> =
-            out.lines().filter(|l| l.contains("ERROR:") || l.contains("FATAL:") || l.contains("error:")).collect();
+            err.lines().filter(|l| l.contains("ERROR:") || l.contains("FATAL:") || l.contains("error:")).collect();
         return Err(ApplyError::UsersNotWritten {
             container: db.name.clone(),
             output: if errors.is_empty() { format!("psql exited with {code}") } else { errors.join("\n") },
