@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
@@ -21,6 +22,8 @@ use thiserror::Error;
 
 use crate::plan::Plan;
 use crate::render::compose::RESTART_DIGEST_LABEL;
+
+pub mod cluster;
 
 /// Errors of `apply`.
 #[derive(Debug, Error, miette::Diagnostic)]
@@ -44,6 +47,18 @@ pub enum ApplyError {
         /// The container.
         container: String,
         /// What the reloader printed.
+        output: String,
+    },
+    /// psql in the database container refused the users (nothing was written: one transaction).
+    #[error("writing the users into the database ({container}) failed: {output}")]
+    #[diagnostic(
+        code(astrtc::apply::users_not_written),
+        help("nothing was changed in the database (one transaction); see `docker logs` of the container, then apply again")
+    )]
+    UsersNotWritten {
+        /// The database container.
+        container: String,
+        /// psql's error lines (never the statements: they hold the users' digests).
         output: String,
     },
     /// `docker compose` failed.
@@ -107,6 +122,30 @@ pub fn rendered_digest(out: &Path) -> Option<String> {
 
 /// Runs a command in the container; returns its exit code and what it printed (stdout, stderr).
 pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, String), ApplyError> {
+    let mut out = String::new();
+    let code = exec_with(docker, id, cmd, |chunk| out.push_str(&chunk.to_string())).await?;
+    Ok((code, out))
+}
+
+/// [`exec`] with stdout and stderr apart: a line of one is never cut by the other (their chunks
+/// arrive as each stream is written). Returns the exit code, stdout and stderr.
+pub async fn exec_apart(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, String, String), ApplyError> {
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let code = exec_with(docker, id, cmd, |chunk| match chunk {
+        LogOutput::StdErr { message } => stderr.push_str(&String::from_utf8_lossy(&message)),
+        other => stdout.push_str(&other.to_string()),
+    })
+    .await?;
+    Ok((code, stdout, stderr))
+}
+
+/// Runs a command in the container, handing each chunk of its output to `take`; its exit code.
+async fn exec_with(
+    docker: &Docker,
+    id: &str,
+    cmd: &[&str],
+    mut take: impl FnMut(LogOutput),
+) -> Result<i64, ApplyError> {
     let api = |doing: &str| {
         let doing = format!("{doing} {cmd:?} in {id}");
         move |source| ApplyError::Api { doing, source }
@@ -123,16 +162,14 @@ pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, Strin
         )
         .await
         .map_err(api("creating"))?;
-    let mut out = String::new();
     if let StartExecResults::Attached { mut output, .. } =
         docker.start_exec(&created.id, None).await.map_err(api("starting"))?
     {
         while let Some(chunk) = output.next().await {
-            out.push_str(&chunk.map_err(api("reading"))?.to_string());
+            take(chunk.map_err(api("reading"))?);
         }
     }
-    let code = docker.inspect_exec(&created.id).await.map_err(api("inspecting"))?.exit_code.unwrap_or(-1);
-    Ok((code, out))
+    Ok(docker.inspect_exec(&created.id).await.map_err(api("inspecting"))?.exit_code.unwrap_or(-1))
 }
 
 /// What the running Asterisk has not loaded yet, file by file (`astrtc-reload diff`).
@@ -167,10 +204,21 @@ pub async fn reload(docker: &Docker, running: &Running) -> Result<Vec<String>, A
 /// with SIGTERM (its drain) and waits up to the plan's stop grace period, then starts the new one
 /// and waits until it is healthy. Returns how long it took.
 pub fn restart(plan: &Plan, out: &Path) -> Result<Duration, ApplyError> {
+    compose_up(plan, out, false)
+}
+
+/// `docker compose up -d --wait` (with `--remove-orphans`: services no longer rendered, a pool
+/// that shrank, are stopped and removed, each after its drain): compose recreates exactly the
+/// services whose definition changed (their restart digest labels among it) and starts missing
+/// ones. Returns how long it took.
+pub fn compose_up(plan: &Plan, out: &Path, remove_orphans: bool) -> Result<Duration, ApplyError> {
     let started = Instant::now();
     let timeout = plan.lifecycle.stop_grace_seconds().to_string();
-    let args = ["compose", "up", "-d", "--wait", "--timeout", timeout.as_str()];
-    let output = std::process::Command::new("docker").args(args).current_dir(out).output().map_err(|e| {
+    let mut args = vec!["compose", "up", "-d", "--wait", "--timeout", timeout.as_str()];
+    if remove_orphans {
+        args.push("--remove-orphans");
+    }
+    let output = std::process::Command::new("docker").args(&args).current_dir(out).output().map_err(|e| {
         ApplyError::Compose { args: args[1..].join(" "), dir: out.display().to_string(), output: e.to_string() }
     })?;
     if !output.status.success() {

@@ -75,7 +75,10 @@ pub enum Command {
     /// disruptive action: a reload in place (endpoints, passwords, codecs, display names,
     /// dialplan, certificates: calls go on) or, for what only a restart applies (ports, the RTP
     /// range, modules, network mode, the image), a graceful restart: new calls get 503, calls in
-    /// progress go on for up to lifecycle.drain_seconds, then Asterisk restarts.
+    /// progress go on for up to lifecycle.drain_seconds, then Asterisk restarts. A cluster: the
+    /// users are written into its database (the edge is not restarted), the pool reloads in place,
+    /// and a service whose start-time config changed (edge, relay, database, a pool member) is
+    /// restarted once confirmed.
     #[command(after_help = "Examples:\n  astrtc apply --spec pbx/astrtc.toml\n  \
                             astrtc apply --spec pbx/astrtc.toml --yes    # restart without asking")]
     Apply {

@@ -38,7 +38,12 @@
 //!    the edge's WSS listener without a restart, while a WebSocket opened before still carries
 //!    SIP;
 //! 11. a flood of OPTIONS from one address (above `cluster.flood_requests_per_second`) gets that
-//!    address banned, while another address is served and loopback's flood is not banned.
+//!    address banned, while another address is served and loopback's flood is not banned;
+//! 12. `astrtc apply` adds a user and changes a password by writing the database: the new user
+//!    registers, the old password is refused and the new one taken, while the edge runs on (same
+//!    container, start time and PID), a WebSocket and a call opened before stay up and an earlier
+//!    registration stays in `location`; a request URI written to change the edge's user query is
+//!    no user.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 
@@ -1262,4 +1267,151 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     }
     assert_echoed("echo call", &report, 50);
     assert_eq!(report.hangup.as_deref(), Some("BYE answered 200 OK"), "{}", report.ladder.join("\n"));
+}
+
+/// `docker inspect` of a container: when it started and its main process' PID.
+fn started_and_pid(id: &str) -> String {
+    let out =
+        Command::new("docker").args(["inspect", "-f", "{{.State.StartedAt}} {{.State.Pid}}", id]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn apply_writes_users_into_the_database_without_restarting_the_edge() {
+    use crate::common::call::{invite_status, CallSpec};
+    use crate::common::sip::Registrar;
+    let Some(stack) = Stack::start("apply", |s| s) else { return };
+    let rt = runtime();
+    let domain = stack.plan.tls.domain.clone();
+    let edge_sip = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
+    let edge_wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.wss_port);
+    let register = |user: &str, password: &str| {
+        Registrar::udp(edge_sip, &domain, user, password).and_then(|mut r| r.register()).unwrap_or_else(|e| {
+            stack.save_logs("cluster_apply");
+            panic!("REGISTER {user}: {e}")
+        })
+    };
+    let invite = |target: &str| {
+        invite_status(&CallSpec {
+            sip: edge_sip,
+            user: "3001".into(),
+            password: stack.password("3001"),
+            target: target.into(),
+            skip_every: None,
+        })
+    };
+
+    // Before: a UDP phone registered (its row in `location`), a WebSocket held open with a
+    // registration on it, a call to the echo extension held through the edge, the relay and
+    // the pool, and the edge's container as it started.
+    assert_eq!(register("3001", &stack.password("3001")), 200, "3001 could not register");
+    let row = || stack.sql("SELECT ruid, contact, received, expires FROM location WHERE username = '3001'");
+    let registration = row();
+    assert!(!registration.trim().is_empty(), "3001's registration is not in the database");
+    let mut ws = Registrar::open(edge_wss, &domain, &stack.ca_pem(), "199", &stack.password("199"))
+        .expect("no WebSocket to the edge");
+    assert_eq!(ws.register(), Ok(200), "199 could not register over WSS");
+    let edge = container_of(&stack, "edge");
+    let edge_before = started_and_pid(&edge);
+    const HOLD: Duration = Duration::from_secs(12);
+    let held = rt.spawn({
+        let setup = stack.sip_setup("3001", &stack.plan.dialplan.echo_extension, HOLD);
+        async move { probe::call(&setup, &SharedMedia::new().unwrap()).await }
+    });
+    let dialog_up = wait_until(Duration::from_secs(10), || stack.sql("SELECT count(*) FROM dialog").trim() != "0");
+    assert!(dialog_up.is_some(), "the held call's dialog is not in the database");
+
+    // The change: endpoint 3003 added, 3002's password changed.
+    let old_3002 = stack.password("3002");
+    let (new_3002, new_3003) = ("applied-sip-3002-password-new", "applied-sip-3003-password");
+    let secrets = stack.dir.path().join("astrtc.secrets.toml");
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    let edited = text.replacen("[endpoints]\n", &format!("[endpoints]\n3003 = {new_3003:?}\n"), 1).replacen(
+        &format!("3002 = {old_3002:?}"),
+        &format!("3002 = {new_3002:?}"),
+        1,
+    );
+    assert_eq!(edited.matches("applied-sip-").count(), 2, "the secrets file was not edited: {edited}");
+    std::fs::write(&secrets, edited).unwrap();
+    let spec = stack.dir.path().join("astrtc.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, format!("{text}\n[[endpoints]]\nid = \"3003\"\nkind = \"sip\"\n")).unwrap();
+
+    // No --yes and no terminal: it must need no restart, or it would refuse (exit 2).
+    let started = Instant::now();
+    let out = astrtc().args(["apply", "--spec"]).arg(&spec).output().unwrap();
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("astrtc apply ({took:.1?}):\n{stdout}");
+    assert!(out.status.success(), "apply failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("users: 5 written to the database (1 added: 3003, 0 removed, 1 password(s) changed: 3002"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("edge: unchanged, not restarted"), "{stdout}");
+    assert!(stdout.contains("pool: asterisk-1, asterisk-2 reloaded in place"), "{stdout}");
+    assert!(!stdout.contains("only a restart applies"), "{stdout}");
+
+    // After: 3003 registers; 3002's old password is refused and the new one taken.
+    assert_eq!(register("3003", new_3003), 200, "the new endpoint 3003 could not register through the edge");
+    assert_eq!(register("3002", &old_3002), 401, "3002's old password was not refused");
+    assert_eq!(register("3002", new_3002), 200, "3002's new password was not taken");
+    // The edge was not restarted: the same container, started at the same time, the same PID;
+    // the WebSocket opened before is still open (a REGISTER on it answered); the earlier
+    // registration is still in the database, unchanged.
+    assert_eq!(container_of(&stack, "edge"), edge, "the edge container was replaced");
+    let edge_after = started_and_pid(&edge);
+    eprintln!("edge StartedAt and PID before and after apply: {edge_before} / {edge_after}");
+    assert_eq!(edge_before, edge_after, "the edge was restarted");
+    assert_eq!(ws.register(), Ok(200), "the WebSocket opened before apply was closed");
+    assert_eq!(row(), registration, "3001's registration changed across apply");
+    let held = rt.block_on(held).unwrap();
+    if !held.healthy() {
+        stack.save_logs("cluster_apply");
+    }
+    // 12 s at 50 packets a second: a gap of 1 s or more would fail this.
+    assert_echoed("call held across apply", &held, 550);
+    assert_eq!(held.hangup.as_deref(), Some("BYE answered 200 OK"), "{}", held.ladder.join("\n"));
+
+    // A user's extension is found in the database (198 is a user, not registered: 480), and a
+    // request URI written to change the query is no user (the pool answers it: 404).
+    assert_eq!(invite("198"), 480, "a user who is not registered");
+    let hostile = invite("x'OR'1'='1");
+    eprintln!("INVITE sip:x'OR'1'='1@edge: {hostile}");
+    assert_eq!(hostile, 404, "a request URI with SQL in it was taken for a user");
+
+    // Nothing left to do: the same users, nothing to reload.
+    let out = astrtc().args(["apply", "--spec"]).arg(&spec).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("astrtc apply again:\n{stdout}");
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("(0 added, 0 removed, 0 password(s) changed, 0 max_contacts changed)"), "{stdout}");
+    assert!(stdout.contains("pool: asterisk-1, asterisk-2 unchanged"), "{stdout}");
+
+    // A change only an edge restart applies (the probe interval, in kamailio.cfg): announced,
+    // refused without --yes and a terminal (exit 2, the edge untouched), done with --yes.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let edited = text.replacen("probe_seconds = 1\n", "probe_seconds = 2\n", 1);
+    assert_ne!(edited, text, "the spec has no probe_seconds = 1");
+    std::fs::write(&spec, edited).unwrap();
+    let out = astrtc().args(["apply", "--spec"]).arg(&spec).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("astrtc apply (probe interval changed):\n{stdout}");
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("only a restart applies") && stdout.contains("edge ("), "{stdout}");
+    assert!(stdout.contains("closes every browser's WebSocket"), "{stdout}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+    assert_eq!(started_and_pid(&edge), edge_before, "the edge was restarted without --yes");
+    let started = Instant::now();
+    let out = astrtc().args(["apply", "--yes", "--spec"]).arg(&spec).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("astrtc apply --yes ({:.1?}):\n{stdout}", started.elapsed());
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("restarted: every service healthy"), "{stdout}");
+    let edge_now = container_of(&stack, "edge");
+    assert_ne!(started_and_pid(&edge_now), edge_before, "the edge was not restarted");
+    assert!(stdout.contains("pool: asterisk-1, asterisk-2 unchanged"), "{stdout}");
+    assert_eq!(register("3003", new_3003), 200, "3003 could not register through the restarted edge");
 }

@@ -1043,10 +1043,10 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
 }
 
 /// A cluster's values are exactly where they belong: each pool member's image and address, the
-/// database's address and the pool's subnet in compose.yaml; the database URL the one line of
-/// `edge/database.cfg`, the password the one line of `db/password`; one dispatcher line per
-/// member; the keepalive interval the one `natping_interval` of `edge/kamailio.cfg`, the flood
-/// limit its one pike density (per 2 s); no chart.
+/// database's address and the pool's subnet in compose.yaml; the database URL the two defines of
+/// `edge/database.cfg` (auth_db's and sqlops'), the password the one line of `db/password`; one
+/// dispatcher line per member; the keepalive interval the one `natping_interval` of
+/// `edge/kamailio.cfg`, the flood limit its one pike density (per 2 s); no chart.
 fn cluster_values_in_place(
     plan: &Plan,
     cluster: &astrtc::plan::Cluster,
@@ -1071,8 +1071,8 @@ fn cluster_values_in_place(
     let text = |p: &str| b.text(p).ok_or_else(|| fail(format!("{p} is missing")));
     let url = format!("postgres://kamailio:{}@{}:5432/kamailio", cluster.database_password, cluster.database_address);
     let defines: Vec<&str> = text("edge/database.cfg")?.lines().filter(|l| !l.starts_with("# ")).collect();
-    if defines != [format!("#!define DBURL \"{url}\"")] {
-        return Err(fail(format!("edge/database.cfg: want the one define of {url:?}, got {defines:?}")));
+    if defines != [format!("#!define DBURL \"{url}\""), format!("#!define SQLCON \"ca=>{url}\"")] {
+        return Err(fail(format!("edge/database.cfg: want the two defines of {url:?}, got {defines:?}")));
     }
     if text("db/password")? != format!("{}\n", cluster.database_password) {
         return Err(fail("db/password is not the password alone"));

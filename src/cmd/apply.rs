@@ -1,11 +1,13 @@
 //! `astrtc apply`: render, then reload the running compose deployment in place or restart it
-//! gracefully (announced, confirmed), saying which.
+//! gracefully (announced, confirmed), saying which; for a cluster, write the users into its
+//! database and reload its pool in place, restarting only what must be (announced, confirmed).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use astrtc::apply;
 use astrtc::deploy::{self, Written};
+use astrtc::plan::Plan;
 
 use super::{load_plan, out_dir, CmdError};
 use crate::ui;
@@ -20,14 +22,7 @@ pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), Cmd
         Written::Unchanged => format!("{} was up to date", out.display()),
     };
     if plan.cluster.is_some() {
-        // The reload/restart decision is made for one Asterisk service; a cluster's is not done.
-        println!("{rendered}; astrtc apply does not bring a running cluster to it yet");
-        println!(
-            "apply it: cd {} && docker compose up -d --wait && docker compose restart db edge   (the database \
-             loads the users from deploy/db when it starts; registrations stay)",
-            out.display()
-        );
-        return Ok(());
+        return cluster(&plan, &out, &rendered, yes).await;
     }
     let docker = astrtc::image::connect().await?;
     let Some(running) = apply::find_running(&docker, &plan).await? else {
@@ -57,6 +52,136 @@ pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), Cmd
     let took = apply::restart(&plan, &out)?;
     println!("restarted: the new Asterisk is healthy after {}", ui::human_duration(took));
     Ok(())
+}
+
+/// A cluster: the users into the database, the pool reloaded in place, and every service whose
+/// restart digest changed (or that is not running) brought up by compose once confirmed.
+async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(), CmdError> {
+    let docker = astrtc::image::connect().await?;
+    let mut running = apply::cluster::find_services(&docker, plan).await?;
+    let Some(db) = running.remove(apply::cluster::DB_SERVICE) else {
+        println!("{rendered}; no running cluster of project {:?} here (no database container)", plan.name);
+        println!("start it: cd {} && docker compose up -d --wait", out.display());
+        return Ok(());
+    };
+    let wanted = apply::cluster::rendered_services(out);
+    // Each rendered service: reload (pool members with an unchanged digest), nothing (the edge,
+    // relay and database with an unchanged digest) or a restart (digest changed, or not running).
+    let mut reloads = Vec::new();
+    let mut unchanged = Vec::new();
+    let mut restarts = Vec::new();
+    for (service, digest) in &wanted {
+        let container = if service == apply::cluster::DB_SERVICE { Some(&db) } else { running.get(service) };
+        match container {
+            None => restarts.push(format!("{service}: not running: started")),
+            Some(c) if digest.is_some() && c.restart_digest == *digest => {
+                if is_pool_member(service) {
+                    reloads.push((service.clone(), c.clone()));
+                } else {
+                    unchanged.push(service.clone());
+                }
+            }
+            Some(c) if is_pool_member(service) => {
+                let pending = apply::pending(&docker, c).await?;
+                let calls = apply::calls_in_progress(&docker, c).await;
+                restarts.push(ui::restart_announcement(&c.name, &pending, calls, plan.lifecycle.drain_seconds));
+            }
+            Some(c) => restarts.push(cluster_restart_announcement(service, &c.name)),
+        }
+    }
+    let orphans: Vec<&String> = running.keys().filter(|s| !wanted.iter().any(|(w, _)| w == *s)).collect();
+    for orphan in &orphans {
+        restarts.push(format!(
+            "{orphan}: no longer in the spec: stopped and removed (a pool member drains first: new calls get 503, \
+             calls in progress go on for up to {}s)",
+            plan.lifecycle.drain_seconds
+        ));
+    }
+    println!("{rendered}; applying to the running cluster {:?}:", plan.name);
+    if !restarts.is_empty() {
+        println!("only a restart applies part of this change:");
+        for r in &restarts {
+            println!("  {r}");
+        }
+        if !yes {
+            confirm()?;
+        }
+    }
+    let users = apply::cluster::write_users(&docker, &db, plan).await?;
+    let list = |v: &[String]| if v.is_empty() { String::new() } else { format!(": {}", v.join(", ")) };
+    println!(
+        "users: {} written to the database ({} added{}, {} removed{}, {} password(s) changed{}, {} max_contacts \
+         changed{}); the edge reads them from there",
+        users.total,
+        users.added.len(),
+        list(&users.added),
+        users.removed.len(),
+        list(&users.removed),
+        users.password_changed.len(),
+        list(&users.password_changed),
+        users.max_contacts_changed.len(),
+        list(&users.max_contacts_changed),
+    );
+    for service in &unchanged {
+        println!("{service}: unchanged, not restarted");
+    }
+    let (mut reloaded, mut same) = (Vec::new(), Vec::new());
+    let mut details = Vec::new();
+    for (service, c) in &reloads {
+        if apply::pending(&docker, c).await?.is_empty() {
+            same.push(service.as_str());
+            continue;
+        }
+        for line in apply::reload(&docker, c).await? {
+            details.push(format!("  {service}: {line}"));
+        }
+        reloaded.push(service.as_str());
+    }
+    if !reloads.is_empty() {
+        let mut parts = Vec::new();
+        if !reloaded.is_empty() {
+            parts.push(format!("{} reloaded in place (calls go on)", reloaded.join(", ")));
+        }
+        if !same.is_empty() {
+            parts.push(format!("{} unchanged", same.join(", ")));
+        }
+        println!("pool: {}", parts.join("; "));
+        for d in details {
+            println!("{d}");
+        }
+    }
+    if !restarts.is_empty() {
+        println!("restarting what changed (docker compose up; pool members drain first) ...");
+        let took = apply::compose_up(plan, out, !orphans.is_empty())?;
+        println!("restarted: every service healthy after {}", ui::human_duration(took));
+    }
+    Ok(())
+}
+
+/// Whether a compose service is one of the pool's Asterisk servers.
+fn is_pool_member(service: &str) -> bool {
+    service.strip_prefix("asterisk-").is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
+/// What restarting the edge, relay or database does to calls and clients.
+fn cluster_restart_announcement(service: &str, container: &str) -> String {
+    let what = match service {
+        "edge" => {
+            "what Kamailio reads only at start changed (kamailio.cfg, dispatcher.list, tls.cfg, database.cfg, the \
+             certificate, or its service in compose.yaml): the restart closes every browser's WebSocket (browsers \
+             reconnect and register again); registrations and answered calls are kept in the database"
+        }
+        "relay" => {
+            "rtpengine.conf or its service in compose.yaml changed: the restart ends the media of every call in \
+             progress"
+        }
+        "db" => {
+            "pg_hba.conf, the database password or its service in compose.yaml changed: the edge cannot \
+             authenticate, register or route to users while it restarts (a few seconds)"
+        }
+        _ => "its service in compose.yaml changed",
+    };
+    format!("{service} ({container}): {what}")
 }
 
 /// Asks on the terminal; refuses without one.

@@ -30,6 +30,17 @@ pub const DIRS: &[&str] = &["edge/", "relay/", "db/", "cluster/"];
 /// PostgreSQL's port on the pool's network.
 pub const DATABASE_PORT: u16 = 5432;
 
+/// The cluster's own services whose containers carry a restart digest (as the pool members do),
+/// with the outputs only their restart applies: everything the edge reads but its certificate
+/// (its config, the dispatcher list, the database URL: Kamailio reloads none of them; the
+/// certificate is reloaded in place, `tls.reload`, by the edge's entrypoint when its files
+/// change), the relay's config, the database's access rules and password. Not in any: `db/schema.sql` and
+/// `db/subscribers.sql`, which `astrtc apply` writes into the running database (the edge reads
+/// the users from there). The digests of secret files are in a container label: anyone who can
+/// read labels can read the files themselves (`docker exec`), and the password is 190 random bits.
+pub const RESTART_VIEWS: &[(&str, &[&str])] =
+    &[("db", &["db/pg_hba.conf", "db/password"]), ("relay", &["relay/"]), ("edge", &["edge/"])];
+
 /// Whether `path` is one of the cluster's outputs.
 pub fn is_cluster_file(path: &str) -> bool {
     DIRS.iter().any(|d| path.starts_with(d))
@@ -88,11 +99,14 @@ pub fn ha1(user: &str, realm: &str, password: &str) -> String {
 }
 
 /// The context of `db/subscribers.sql`: each endpoint as a user with its HA1 for the realm
-/// browsers and phones authenticate in (the TLS domain).
+/// browsers and phones authenticate in (the TLS domain) and its `max_contacts`.
 pub fn subscribers_context(plan: &Plan) -> Value {
     let realm = &plan.tls.domain;
-    let subscribers: Vec<Value> =
-        plan.endpoints.iter().map(|e| context! { username => &e.id, ha1 => ha1(&e.id, realm, &e.password) }).collect();
+    let subscribers: Vec<Value> = plan
+        .endpoints
+        .iter()
+        .map(|e| context! { username => &e.id, ha1 => ha1(&e.id, realm, &e.password), max_contacts => e.max_contacts })
+        .collect();
     context! { realm => realm, subscribers => subscribers }
 }
 

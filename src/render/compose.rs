@@ -91,6 +91,9 @@ pub fn context(plan: &Plan) -> Value {
             edge_keys_dir => image::EDGE_KEYS_DIR,
             edge_run_tmpfs => format!("{}:uid={},gid={},mode=0700", image::EDGE_RUN_DIR, image::EDGE_UID, image::ASTERISK_UID),
             edge_healthcheck => Value::from(Serde(["CMD", image::EDGE_HEALTHCHECK])),
+            db_restart_digest => restart_digest_placeholder("db"),
+            relay_restart_digest => restart_digest_placeholder("relay"),
+            edge_restart_digest => restart_digest_placeholder("edge"),
         }
     });
     context! {
@@ -163,7 +166,13 @@ pub fn context(plan: &Plan) -> Value {
 /// What the restart digest label holds in the template; the real digest is put in its place
 /// once every other file is rendered (see [`crate::render::restart`]).
 pub const RESTART_DIGEST_PLACEHOLDER: &str = "@@ASTRTC_RESTART_DIGEST@@";
-/// The label on the Asterisk container naming the restart digest it was created with.
+/// What the restart digest label of one of a cluster's own services (`edge`, `relay`, `db`) holds
+/// in the template, until [`crate::render::render`] puts the digest of that service's restart view
+/// ([`crate::render::cluster::RESTART_VIEWS`]) in its place.
+pub fn restart_digest_placeholder(service: &str) -> String {
+    format!("@@ASTRTC_RESTART_DIGEST_{}@@", service.to_ascii_uppercase())
+}
+/// The label on the Asterisk container (and a cluster's edge, relay and database) naming the restart digest it was created with.
 pub const RESTART_DIGEST_LABEL: &str = "io.astrtc.restart-digest";
 
 /// The context of the monitoring profile's `prometheus.yml`: Asterisk's loopback HTTP listener

@@ -184,11 +184,21 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
         // A cluster's pool members differ only in name and address: the first stands for all.
         let service = compose_service(&compose, if plan.cluster.is_some() { "asterisk-1" } else { "asterisk" });
         let label = restart::digest(&format!("{view}==> compose service\n{service}"));
-        bundle.add(
-            templates::COMPOSE_YAML,
-            compose.replace(compose::RESTART_DIGEST_PLACEHOLDER, &label).into_bytes(),
-            FileKind::Public,
-        );
+        let mut compose_out = compose.replace(compose::RESTART_DIGEST_PLACEHOLDER, &label);
+        if plan.cluster.is_some() {
+            for (name, outputs) in cluster::RESTART_VIEWS {
+                let mut view = String::new();
+                for (path, file) in bundle.files() {
+                    let p = path.to_string_lossy();
+                    if outputs.iter().any(|o| if o.ends_with('/') { p.starts_with(o) } else { p == *o }) {
+                        view.push_str(&format!("==> {p}\n{}\n", String::from_utf8_lossy(&file.bytes)));
+                    }
+                }
+                view.push_str(&format!("==> compose service\n{}", compose_service(&compose, name)));
+                compose_out = compose_out.replace(&compose::restart_digest_placeholder(name), &restart::digest(&view));
+            }
+        }
+        bundle.add(templates::COMPOSE_YAML, compose_out.into_bytes(), FileKind::Public);
     }
     Ok(bundle)
 }
@@ -196,11 +206,12 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
 /// The lines of one service of a rendered compose.yaml (the file's own layout: two-space
 /// service names under `services:`).
 fn compose_service(compose: &str, name: &str) -> String {
-    let header = format!("  {name}:");
+    // minijinja's YAML quoting writes some names quoted (`"asterisk-1":`).
+    let (header, quoted) = (format!("  {name}:"), format!("  \"{name}\":"));
     let mut out = String::new();
     let mut inside = false;
     for line in compose.lines() {
-        if line == header {
+        if line == header || line == quoted {
             inside = true;
         } else if inside
             && (!line.starts_with(' ') || (line.starts_with("  ") && !line.starts_with("   ")))

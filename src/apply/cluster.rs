@@ -1,0 +1,225 @@
+//! `astrtc apply` for a running compose cluster (`topology = "cluster"`): after a render, write
+//! the users into the database, reload the pool in place, and name what only a restart applies.
+//!
+//! Owns: finding the cluster's containers (its compose project's services), the users' write —
+//! `db/schema.sql` (tables created if missing) and `db/subscribers.sql` (the users replaced)
+//! run by psql inside the database container in one transaction, reading the mounted rendered
+//! files, so no password, digest or SQL value is on a command line or in a log; the edge reads
+//! the users from there at every REGISTER and call, so it needs no restart for them — and the
+//! restart decision for every service: its container's restart digest label against the one just
+//! rendered ([`crate::render::cluster::RESTART_VIEWS`] for the edge, relay and database, the
+//! Asterisk restart view for the pool). Equal: a pool member reloads what changed in place
+//! ([`super::reload`]), the others have nothing to do; different or not running: only
+//! `docker compose up` applies it, which the command announces and has confirmed first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::Docker;
+
+use super::{exec_apart, ApplyError, Running};
+use crate::image;
+use crate::plan::Plan;
+use crate::render::compose::RESTART_DIGEST_LABEL;
+
+/// The database service's name in compose.yaml.
+pub const DB_SERVICE: &str = "db";
+
+/// The running containers of the plan's compose project, by compose service name.
+pub async fn find_services(docker: &Docker, plan: &Plan) -> Result<BTreeMap<String, Running>, ApplyError> {
+    let filters = HashMap::from([("label".to_string(), vec![format!("com.docker.compose.project={}", plan.name)])]);
+    let list = docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+        .await
+        .map_err(|source| ApplyError::Api { doing: "listing containers".into(), source })?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            let id = c.id?;
+            let labels = c.labels.unwrap_or_default();
+            let service = labels.get("com.docker.compose.service")?.clone();
+            let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_else(|| id.clone());
+            let restart_digest = labels.get(RESTART_DIGEST_LABEL).cloned();
+            Some((service, Running { id, name: name.trim_start_matches('/').to_string(), restart_digest }))
+        })
+        .collect())
+}
+
+/// Every service of the compose.yaml rendered in `out` with its restart digest label (none for
+/// a service without one), in the file's order.
+pub fn rendered_services(out: &Path) -> Vec<(String, Option<String>)> {
+    let text = std::fs::read_to_string(out.join(crate::render::templates::COMPOSE_YAML)).unwrap_or_default();
+    services_of(&text)
+}
+
+/// [`rendered_services`] of a compose file's text (its own layout: `services:` at the top, each
+/// service's name indented by two spaces).
+fn services_of(text: &str) -> Vec<(String, Option<String>)> {
+    let mut out: Vec<(String, Option<String>)> = Vec::new();
+    let mut in_services = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.starts_with('#') && !line.is_empty() {
+            in_services = line == "services:";
+            continue;
+        }
+        if !in_services {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+            if !name.starts_with([' ', '#']) {
+                out.push((name.trim_matches('"').to_string(), None));
+                continue;
+            }
+        }
+        let value = line.trim().strip_prefix(RESTART_DIGEST_LABEL).and_then(|v| v.strip_prefix(':'));
+        if let (Some(v), Some(last)) = (value, out.last_mut()) {
+            last.1 = Some(v.trim().trim_matches('"').to_string());
+        }
+    }
+    out
+}
+
+/// What writing the users changed, user by user (ids only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsersWritten {
+    /// Users now in the database.
+    pub total: usize,
+    /// Users that were not there.
+    pub added: Vec<String>,
+    /// Users that are gone (their registrations stay until they expire; nobody can log in).
+    pub removed: Vec<String>,
+    /// Users whose password (HA1 digest) changed.
+    pub password_changed: Vec<String>,
+    /// Users whose `max_contacts` changed.
+    pub max_contacts_changed: Vec<String>,
+}
+
+impl UsersWritten {
+    /// Whether anything changed.
+    pub fn changed(&self) -> bool {
+        !(self.added.is_empty()
+            && self.removed.is_empty()
+            && self.password_changed.is_empty()
+            && self.max_contacts_changed.is_empty())
+    }
+}
+
+/// One user as the database holds it: HA1 digest and max_contacts (0: no astrtc_user row).
+type Stored = BTreeMap<String, (String, u32)>;
+
+/// Marks the lines of the old users in psql's output.
+const ROW_MARK: &str = "astrtc-user ";
+
+/// Writes the rendered users into the running database (`db` container), in one transaction:
+/// the schema (tables created if missing), then `subscribers.sql` (users replaced as a whole).
+/// Reads the users as they were inside the same transaction, to say what changed.
+pub async fn write_users(docker: &Docker, db: &Running, plan: &Plan) -> Result<UsersWritten, ApplyError> {
+    let schema = format!("--file={}/schema.sql", image::DB_CONFIG_DIR);
+    let users = format!("--file={}/subscribers.sql", image::DB_CONFIG_DIR);
+    let read = format!(
+        "--command=SELECT '{ROW_MARK}' || s.username || ' ' || s.ha1 || ' ' || coalesce(u.max_contacts, 0) \
+         FROM subscriber s LEFT JOIN astrtc_user u ON u.username = s.username"
+    );
+    let cmd = [
+        "psql",
+        "--no-psqlrc",
+        "--quiet",
+        "--set=ON_ERROR_STOP=1",
+        "--username=postgres",
+        "--host=/run/postgresql",
+        "--dbname=kamailio",
+        "--tuples-only",
+        "--no-align",
+        "--single-transaction",
+        schema.as_str(),
+        read.as_str(),
+        users.as_str(),
+    ];
+    let (code, out, err) = exec_apart(docker, &db.id, &cmd).await?;
+    if code != 0 {
+        // Only psql's error lines: its echo of a failed statement would show a digest.
+        let errors: Vec<&str> =
+            err.lines().filter(|l| l.contains("ERROR:") || l.contains("FATAL:") || l.contains("error:")).collect();
+        return Err(ApplyError::UsersNotWritten {
+            container: db.name.clone(),
+            output: if errors.is_empty() { format!("psql exited with {code}") } else { errors.join("\n") },
+        });
+    }
+    let before: Stored = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.strip_prefix(ROW_MARK)?.split(' ');
+            let (user, ha1, max) = (f.next()?, f.next()?, f.next()?.parse().ok()?);
+            Some((user.to_string(), (ha1.to_string(), max)))
+        })
+        .collect();
+    Ok(compare(&before, &wanted(plan)))
+}
+
+/// The users a plan puts in the database.
+fn wanted(plan: &Plan) -> Stored {
+    plan.endpoints
+        .iter()
+        .map(|e| (e.id.clone(), (crate::render::cluster::ha1(&e.id, &plan.tls.domain, &e.password), e.max_contacts)))
+        .collect()
+}
+
+/// What going from `before` to `after` changes.
+fn compare(before: &Stored, after: &Stored) -> UsersWritten {
+    let mut w = UsersWritten { total: after.len(), ..Default::default() };
+    for (user, (ha1, max)) in after {
+        match before.get(user) {
+            None => w.added.push(user.clone()),
+            Some((old_ha1, old_max)) => {
+                if old_ha1 != ha1 {
+                    w.password_changed.push(user.clone());
+                }
+                if old_max != max {
+                    w.max_contacts_changed.push(user.clone());
+                }
+            }
+        }
+    }
+    w.removed = before.keys().filter(|u| !after.contains_key(*u)).cloned().collect();
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_service_gets_its_own_label() {
+        let compose = "# head\nname: x\nservices:\n  # the db\n  \"db\":\n    image: a\n    labels:\n      \
+                       io.astrtc.restart-digest: \"d1\"\n  relay:\n    image: b\n  edge:\n    labels:\n      \
+                       io.astrtc.restart-digest: e1\nvolumes:\n  db-data:\n";
+        assert_eq!(
+            services_of(compose),
+            vec![
+                ("db".to_string(), Some("d1".to_string())),
+                ("relay".to_string(), None),
+                ("edge".to_string(), Some("e1".to_string())),
+            ]
+        );
+    }
+
+    #[test]
+    fn added_removed_and_changed_users_are_told_apart() {
+        let s = |v: &[(&str, &str, u32)]| -> Stored {
+            v.iter().map(|(u, h, m)| (u.to_string(), (h.to_string(), *m))).collect()
+        };
+        let before = s(&[("a", "h1", 1), ("b", "h2", 1), ("c", "h3", 1)]);
+        let after = s(&[("a", "h1", 1), ("b", "h9", 1), ("c", "h3", 2), ("d", "h4", 1)]);
+        let w = compare(&before, &after);
+        assert_eq!(w.total, 4);
+        assert_eq!(w.added, ["d"]);
+        assert!(w.removed.is_empty());
+        assert_eq!(w.password_changed, ["b"]);
+        assert_eq!(w.max_contacts_changed, ["c"]);
+        assert!(w.changed());
+        let w = compare(&after, &before);
+        assert_eq!(w.removed, ["d"]);
+        assert!(!compare(&before, &before).changed());
+    }
+}
