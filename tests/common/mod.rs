@@ -142,16 +142,8 @@ pub fn snapshot_text(bundle: &Bundle) -> String {
         out.push_str(&format!("==> {} (mode {:o}) <==\n", path.display(), file.kind.mode()));
         let text = String::from_utf8_lossy(&file.bytes);
         let mut in_pem = false;
-        // compose.yaml's service being read: the edge's restart digest covers the certificate,
-        // new in every render, so its value is elided like the PEM blocks.
-        let mut service = "";
         for line in text.lines() {
-            if p == "compose.yaml" && line.starts_with("  ") && !line.starts_with("   ") && line.ends_with(':') {
-                service = line.trim();
-            }
-            if service == "edge:" && line.trim_start().starts_with("io.astrtc.restart-digest:") {
-                out.push_str("      io.astrtc.restart-digest: [elided: it covers the certificate]\n");
-            } else if line.starts_with("-----BEGIN ") {
+            if line.starts_with("-----BEGIN ") {
                 in_pem = true;
                 out.push_str(line);
                 out.push_str("\n[base64 elided]\n");
