@@ -1046,7 +1046,8 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
 /// database's address and the pool's subnet in compose.yaml; the database URL the two defines of
 /// `edge/database.cfg` (auth_db's and sqlops'), the password the one line of `db/password`; one
 /// dispatcher line per member; the keepalive interval the one `natping_interval` of
-/// `edge/kamailio.cfg`, the flood limit its one pike density (per 2 s); no chart.
+/// `edge/kamailio.cfg`, the flood limit its one pike density (per 2 s); the chart pins what the
+/// spec says and holds no database password.
 fn cluster_values_in_place(
     plan: &Plan,
     cluster: &astrtc::plan::Cluster,
@@ -1103,8 +1104,49 @@ fn cluster_values_in_place(
     if list != want {
         return Err(fail(format!("edge/dispatcher.list: want {want:?}, got {list:?}")));
     }
-    if b.files().keys().any(|p| p.starts_with("helm")) {
+    // The cluster's chart: what the schema pins is the spec's, its copies are the very files
+    // compose mounts, and the database password is nowhere in it (it comes from a Secret).
+    if b.files().keys().any(|p| p.starts_with("helm/astrtc/templates/asterisk-deployment.yaml")) {
         return Err(fail("a cluster rendered the single-Asterisk chart"));
+    }
+    let values = tree(b, "helm/astrtc/values.yaml")?;
+    let schema = tree(b, "helm/astrtc/values.schema.json")?;
+    let pinned = [
+        ("/pool/replicas", json!(cluster.pool_size)),
+        ("/ports/sip", json!(plan.network.sip_port)),
+        ("/ports/wss", json!(plan.network.wss_port)),
+        ("/rtp/start", json!(plan.rtp.start)),
+        ("/rtp/end", json!(plan.rtp.end)),
+        ("/tls/domain", json!(plan.tls.domain)),
+        ("/lifecycle/drainSeconds", json!(plan.lifecycle.drain_seconds)),
+        ("/performance/opusComplexity", json!(plan.performance.opus_complexity)),
+    ];
+    for (at, want) in pinned {
+        expect_json("values.yaml", &values, at, want.clone())?;
+        let (object, key) = at.rsplit_once('/').expect("a pointer");
+        let in_schema = format!("/properties/{}/properties/{key}/const", object.trim_start_matches('/'));
+        expect_json("values.schema.json", &schema, &in_schema, want)?;
+    }
+    let image = plan.image_ref();
+    expect_json("values.yaml", &values, "/pool/image/repository", json!(image.repository))?;
+    expect_json("values.yaml", &values, "/pool/image/tag", json!(image.tag))?;
+    for (copy, original) in [
+        ("helm/astrtc/files/edge/kamailio.cfg", "edge/kamailio.cfg"),
+        ("helm/astrtc/files/edge/tls.cfg", "edge/tls.cfg"),
+        ("helm/astrtc/files/relay/rtpengine.conf", "relay/rtpengine.conf"),
+        ("helm/astrtc/files/db/schema.sql", "db/schema.sql"),
+        ("helm/astrtc/files/db-secret/subscribers.sql", "db/subscribers.sql"),
+        ("helm/astrtc/files/asterisk/pjsip.conf", "asterisk/pjsip.conf"),
+        ("helm/astrtc/files/secrets/pjsip_auth.conf", "asterisk/pjsip_auth.conf"),
+    ] {
+        if b.files().get(Path::new(copy)).map(|f| &f.bytes) != b.files().get(Path::new(original)).map(|f| &f.bytes) {
+            return Err(fail(format!("{copy} is not a copy of {original}")));
+        }
+    }
+    for (path, file) in b.files().iter().filter(|(p, _)| p.starts_with("helm")) {
+        if String::from_utf8_lossy(&file.bytes).contains(&cluster.database_password) {
+            return Err(fail(format!("{} holds the database password", path.display())));
+        }
     }
     Ok(())
 }
@@ -1114,7 +1156,7 @@ fn cluster_values_in_place(
 fn turn_values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     use serde_json::json;
     if plan.cluster.is_some() {
-        // A cluster refuses [turn] and has no chart.
+        // A cluster refuses [turn].
         return match b.files().keys().any(|p| p.starts_with("turn")) {
             true => Err(fail("a cluster rendered turn/")),
             false => Ok(()),

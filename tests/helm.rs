@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::shape::{self, CLUSTER_SETS};
 use crate::common::*;
 
 struct Tools {
@@ -115,6 +116,36 @@ fn template(t: &Tools, chart: &Path, sets: &[&str]) -> (bool, String) {
     run(&mut cmd)
 }
 
+/// `helm lint --strict` with Helm 3 and 4, `helm template` into `file`, kube-validate for 1.29 and
+/// 1.37, each asserted; returns the manifests and kube-validate's report.
+fn lint_and_validate(t: &Tools, chart: &Path, file: &Path, label: &str, sets: &[&str]) -> (String, String) {
+    for helm in [&t.helm3, &t.helm4] {
+        let mut cmd = Command::new(helm);
+        cmd.args(["lint", "--strict"]).arg(chart);
+        with_sets(&mut cmd, sets);
+        let (ok, out) = run(&mut cmd);
+        assert!(ok, "{label}: helm lint ({}):\n{out}", helm.display());
+    }
+    let (ok, manifests) = template(t, chart, sets);
+    assert!(ok, "{label}: helm template:\n{manifests}");
+    std::fs::write(file, &manifests).unwrap();
+    let (ok, out) = kube_validate(t, file, &["1.29.0", "1.37.0"]);
+    assert!(ok, "{label}: kube-validate:\n{out}");
+    (manifests, out)
+}
+
+/// checkov on a manifests file with the chart's config (`tests/checkov.yaml`); asserted clean.
+fn checkov_clean(checkov: &Path, file: &Path, label: &str) {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/checkov.yaml");
+    let (ok, out) = run(Command::new(checkov)
+        .args(["--framework", "kubernetes", "--config-file"])
+        .arg(&config)
+        .arg("-f")
+        .arg(file)
+        .env("BC_SKIP_MAPPING", "TRUE"));
+    assert!(ok, "{label}: checkov failed:\n{out}");
+}
+
 #[test]
 fn every_fixture_lints_and_validates_in_every_mode() {
     let Some(t) = tools() else { return };
@@ -123,24 +154,18 @@ fn every_fixture_lints_and_validates_in_every_mode() {
         let (dir, chart) = rendered(&case);
         let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
         if plan.cluster.is_some() {
-            // No chart for a cluster yet (README, "Cluster topology", "Not done"): none written.
-            assert!(!chart.exists(), "{case}: a chart was rendered for a cluster");
+            // A cluster's chart has tests of its own (below: the_cluster_chart_*).
+            assert!(chart.join(shape::CLUSTER_CHART_MARK).exists(), "{case}: no cluster chart rendered");
             continue;
         }
         for (mode, sets) in modes(plan.rtp.len() <= 200) {
-            for helm in [&t.helm3, &t.helm4] {
-                let mut cmd = Command::new(helm);
-                cmd.args(["lint", "--strict"]).arg(&chart);
-                with_sets(&mut cmd, &sets);
-                let (ok, out) = run(&mut cmd);
-                assert!(ok, "{case}/{mode}: helm lint ({}):\n{out}", helm.display());
-            }
-            let (ok, manifests) = template(&t, &chart, &sets);
-            assert!(ok, "{case}/{mode}: helm template:\n{manifests}");
-            let file = dir.path().join(format!("{mode}.yaml"));
-            std::fs::write(&file, &manifests).unwrap();
-            let (ok, out) = kube_validate(&t, &file, &["1.29.0", "1.37.0"]);
-            assert!(ok, "{case}/{mode}: kube-validate:\n{out}");
+            let (_, out) = lint_and_validate(
+                &t,
+                &chart,
+                &dir.path().join(format!("{mode}.yaml")),
+                &format!("{case}/{mode}"),
+                &sets,
+            );
             if mode == "cert-manager" {
                 assert!(out.contains("ok   Certificate/"), "{case}/{mode}: no Certificate validated:\n{out}");
             }
@@ -538,7 +563,6 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
     if tool_missing(&checkov, "make deps-helm") {
         return;
     }
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/checkov.yaml");
     let mut in_manifests = Vec::new();
     for (case, sets) in [
         ("webrtc-self-signed", vec![]),
@@ -560,13 +584,7 @@ fn checkov_finds_nothing_beyond_the_justified_skips() {
         in_manifests.extend(skipped);
         let file = dir.path().join("manifests.yaml");
         std::fs::write(&file, manifests).unwrap();
-        let (ok, out) = run(Command::new(&checkov)
-            .args(["--framework", "kubernetes", "--config-file"])
-            .arg(&config)
-            .arg("-f")
-            .arg(&file)
-            .env("BC_SKIP_MAPPING", "TRUE"));
-        assert!(ok, "{case} {sets:?}: checkov failed:\n{out}");
+        checkov_clean(&checkov, &file, &format!("{case} {sets:?}"));
     }
     eprintln!("checkov skips written into the manifests, each with its reason: {in_manifests:?}");
     assert!(!in_manifests.is_empty(), "the ACME sidecar mode's annotation skips were not found");
@@ -1087,4 +1105,208 @@ async fn the_chart_runs_as_a_pod_under_podman() {
         waited.elapsed(),
         families.len()
     );
+}
+
+/// The cluster's chart with the values it needs (`CLUSTER_SETS`) and `extra`: the manifests.
+fn cluster_manifests(t: &Tools, chart: &Path, extra: &[&str]) -> (bool, String) {
+    let sets: Vec<&str> = CLUSTER_SETS.iter().copied().chain(extra.iter().copied()).collect();
+    template(t, chart, &sets)
+}
+
+/// The document of a kind and a name ending, from parsed manifests.
+fn doc<'a>(docs: &'a [serde_yaml_ng::Value], kind: &str, suffix: &str) -> &'a serde_yaml_ng::Value {
+    docs.iter()
+        .find(|d| {
+            d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with(suffix))
+        })
+        .unwrap_or_else(|| panic!("no {kind} named *{suffix}"))
+}
+
+#[test]
+fn the_cluster_chart_lints_validates_and_passes_checkov() {
+    let Some(t) = tools() else { return };
+    let (dir, chart) = rendered("cluster-compose");
+    // Without the three values that have no default, the schema says which are missing.
+    let (ok, out) = template(&t, &chart, &[]);
+    assert!(!ok, "the cluster chart templated without a database:\n{out}");
+    for key in ["/database/host", "/database/existingSecret", "/edge/sourceCidrs"] {
+        assert!(out.contains(key), "the error does not name {key}:\n{out}");
+    }
+    let modes: [(&str, Vec<&str>); 3] = [
+        ("default", vec![]),
+        ("existing-secret", vec!["certificates.mode=existingSecret", "certificates.existingSecret=pbx-tls"]),
+        (
+            "two-cidrs",
+            vec!["edge.sourceCidrs={10.0.0.0/24,fd00::/64}", "database.port=6432", "database.sslMode=require"],
+        ),
+    ];
+    let checkov = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/checkov/bin/checkov");
+    for (mode, extra) in modes {
+        let sets: Vec<&str> = CLUSTER_SETS.iter().copied().chain(extra.iter().copied()).collect();
+        let file = dir.path().join(format!("cluster-{mode}.yaml"));
+        let (manifests, out) = lint_and_validate(&t, &chart, &file, &format!("cluster/{mode}"), &sets);
+        for kind in ["StatefulSet", "Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "Secret"] {
+            assert!(out.contains(&format!("ok   {kind}/")), "cluster/{mode}: no {kind} validated:\n{out}");
+        }
+        let (skipped, problems) = annotation_skips(&manifests);
+        assert!(problems.is_empty(), "cluster/{mode}:\n{}", problems.join("\n"));
+        assert!(skipped.is_empty(), "cluster/{mode}: checks skipped in the manifests: {skipped:?}");
+        if tool_missing(&checkov, "make deps-helm") {
+            continue;
+        }
+        checkov_clean(&checkov, &file, &format!("cluster/{mode}"));
+        eprintln!("cluster/{mode}: helm 3 and 4 lint, kube-validate 1.29 and 1.37, checkov: clean");
+    }
+}
+
+#[test]
+fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
+    let Some(t) = tools() else { return };
+    let (dir, chart) = rendered("cluster-compose");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let cluster = plan.cluster.as_ref().unwrap();
+    let (ok, manifests) = cluster_manifests(&t, &chart, &[]);
+    assert!(ok, "{manifests}");
+    let docs = parsed(&manifests);
+
+    // Edge and relay: one pod on the host network of the labelled node.
+    let edge = doc(&docs, "Deployment", "-edge");
+    let pod = &edge["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"].as_bool(), Some(true), "the edge is not on the host network");
+    assert_eq!(pod["dnsPolicy"].as_str(), Some("ClusterFirstWithHostNet"));
+    assert_eq!(
+        pod["nodeSelector"]["astrtc.io/edge"].as_str(),
+        Some("true"),
+        "the edge's nodeSelector: {:?}",
+        pod["nodeSelector"]
+    );
+    let names: Vec<&str> = pod["containers"].as_sequence().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["relay", "edge"]);
+    assert_eq!(edge["spec"]["replicas"].as_i64(), Some(1));
+    assert_eq!(edge["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
+
+    // The pool: replicas from the spec, under a headless Service, with a PodDisruptionBudget.
+    let pool = doc(&docs, "StatefulSet", "-pool");
+    let pool_name = pool["metadata"]["name"].as_str().unwrap();
+    assert_eq!(pool["spec"]["replicas"].as_u64(), Some(u64::from(cluster.pool_size)), "pool replicas");
+    let service = doc(&docs, "Service", "-pool");
+    assert_eq!(pool["spec"]["serviceName"].as_str(), service["metadata"]["name"].as_str());
+    assert_eq!(service["spec"]["clusterIP"].as_str(), Some("None"), "the pool's Service is not headless");
+    assert_eq!(service["spec"]["publishNotReadyAddresses"].as_bool(), Some(true));
+    let labels = &pool["spec"]["template"]["metadata"]["labels"];
+    let selects = |selector: &serde_yaml_ng::Value| {
+        let map = selector.as_mapping().unwrap();
+        !map.is_empty() && map.iter().all(|(k, v)| &labels[k.as_str().unwrap()] == v)
+    };
+    assert!(selects(&service["spec"]["selector"]), "the headless Service does not select the pool");
+    let pdb = doc(&docs, "PodDisruptionBudget", "-pool");
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_i64(), Some(1));
+    assert!(selects(&pdb["spec"]["selector"]["matchLabels"]), "the PodDisruptionBudget does not select the pool");
+    assert!(!selects(&edge["spec"]["selector"]["matchLabels"]), "the edge's selector takes pool pods");
+
+    // The edge's dispatcher list names each pool member by its DNS name under that Service.
+    let edge_config = doc(&docs, "ConfigMap", "-edge-config");
+    let list: Vec<&str> =
+        edge_config["data"]["dispatcher.list"].as_str().unwrap().lines().filter(|l| !l.starts_with('#')).collect();
+    let want: Vec<String> = (0..cluster.pool_size)
+        .map(|i| {
+            format!(
+                "1 sip:{pool_name}-{i}.{pool_name}.default.svc.cluster.local:{} 0 0 name=asterisk-{}",
+                plan.network.sip_port,
+                i + 1
+            )
+        })
+        .collect();
+    assert_eq!(list, want, "the dispatcher list");
+    let pool_config = doc(&docs, "ConfigMap", "-pool-config");
+    assert_eq!(
+        pool_config["data"]["pjsip_edge.conf"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .collect::<Vec<_>>(),
+        ["match = 10.0.0.5/32"],
+        "the pool's idea of the edge"
+    );
+
+    // Secrets: the database password comes from the existing Secret as a file, and is in no
+    // chart file, no manifest, no environment; passwords and HA1 digests are in no ConfigMap.
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let db_volume = volumes.iter().find(|v| v["name"].as_str() == Some("database")).unwrap();
+    assert_eq!(db_volume["secret"]["secretName"].as_str(), Some("pg-edge"));
+    assert_eq!(db_volume["secret"]["items"][0]["key"].as_str(), Some("password"));
+    for c in pod["containers"].as_sequence().unwrap().iter().chain(pod["initContainers"].as_sequence().unwrap()) {
+        for e in c["env"].as_sequence().into_iter().flatten() {
+            let name = e["name"].as_str().unwrap();
+            assert!(!name.contains("PASS") && e.get("valueFrom").is_none(), "{name}: a secret in the environment");
+        }
+    }
+    let mut secrets: Vec<String> = plan.endpoints.iter().map(|e| e.password.clone()).collect();
+    secrets.extend(plan.endpoints.iter().map(|e| astrtc::render::cluster::ha1(&e.id, &plan.tls.domain, &e.password)));
+    for walk in walkdir(&chart) {
+        let text = std::fs::read_to_string(&walk).unwrap_or_default();
+        assert!(!text.contains(&cluster.database_password), "{} holds the database password", walk.display());
+    }
+    assert!(!manifests.contains(&cluster.database_password), "the manifests hold the database password");
+    let values = std::fs::read_to_string(chart.join("values.yaml")).unwrap();
+    for d in docs.iter().filter(|d| d["kind"].as_str() == Some("ConfigMap")) {
+        let text = serde_yaml_ng::to_string(&d["data"]).unwrap();
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "ConfigMap {:?} holds a password or digest", d["metadata"]["name"]);
+            assert!(!values.contains(s.as_str()), "values.yaml holds a password or digest");
+        }
+    }
+    eprintln!(
+        "cluster chart: edge + relay on the host network of astrtc.io/edge=true nodes, pool StatefulSet of {} \
+         behind a headless Service, PDB maxUnavailable 1, {} dispatcher lines, {} secrets in no ConfigMap",
+        cluster.pool_size,
+        list.len(),
+        secrets.len()
+    );
+}
+
+/// Every file below a directory.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_cluster_values_schema_refuses_what_contradicts_the_spec() {
+    let Some(t) = tools() else { return };
+    let (_dir, chart) = rendered("cluster-compose");
+    let mut refused = 0;
+    for (sets, expect) in [
+        (vec!["pool.replicas=3"], "/pool/replicas"),
+        (vec!["ports.sip=5070"], "/ports/sip"),
+        (vec!["ports.wss=443"], "/ports/wss"),
+        (vec!["rtp.start=10000"], "/rtp/start"),
+        (vec!["tls.domain=example.org"], "/tls/domain"),
+        (vec!["lifecycle.drainSeconds=5"], "/lifecycle/drainSeconds"),
+        (vec!["database.user=postgres"], "/database/user"),
+        (vec!["database.host=pg\"x"], "/database/host"),
+        (vec!["database.name=kam;drop"], "/database/name"),
+        (vec!["database.existingSecret="], "/database/existingSecret"),
+        (vec!["edge.sourceCidrs={10.0.0.0/33}"], "/edge/sourceCidrs"),
+        (vec!["edge.sourceCidrs={0.0.0.0}"], "/edge/sourceCidrs"),
+        (vec!["edge.nodeSelector=null"], "/edge"),
+        (vec!["certificates.mode=certManager"], "/certificates/mode"),
+        (vec!["certificates.mode=existingSecret"], "/certificates/existingSecret"),
+        (vec!["colour=blue"], "colour"),
+    ] {
+        let (ok, out) = cluster_manifests(&t, &chart, &sets);
+        assert!(!ok, "{sets:?} was accepted");
+        assert!(out.contains(expect), "{sets:?}: the error does not name {expect}:\n{out}");
+        refused += 1;
+    }
+    eprintln!("cluster values schema: {refused} contradicting values refused, each at its key");
 }

@@ -141,11 +141,16 @@ fn edge_endpoint(plan: &Plan, cluster: &crate::plan::Cluster) -> Value {
     context! {
         id => EDGE_ENDPOINT,
         address => cluster.edge_address.to_string(),
+        match_file => EDGE_MATCH_FILE,
         codecs => codecs,
         rtp_timeout => longest(|e| e.rtp_timeout),
         rtp_timeout_hold => longest(|e| e.rtp_timeout_hold),
     }
 }
+
+/// The file of the edge's `match` lines, included into its identify section by name (compose
+/// renders the host's address on the pool's network; the chart writes its own from its values).
+pub const EDGE_MATCH_FILE: &str = "pjsip_edge.conf";
 
 /// The pool members' endpoint for the edge (an endpoint id the spec may not use in a cluster).
 pub const EDGE_ENDPOINT: &str = "edge";

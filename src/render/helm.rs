@@ -99,34 +99,92 @@ fn turn_values(plan: &Plan) -> Value {
 /// chart's Secret), the sidecar's settings, the guard's fail2ban files, the TURN relay's config
 /// and secret, keys.
 pub fn chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
+    copies(bundle, |p, name, f| {
+        let to = if let Some(rest) = p.strip_prefix("asterisk/") {
+            match f.kind {
+                FileKind::Public => format!("{CHART_DIR}/files/asterisk/{rest}"),
+                FileKind::Secret | FileKind::SecretExecutable => format!("{CHART_DIR}/files/secrets/{rest}"),
+            }
+        } else if let Some(rest) = p.strip_prefix("guard/") {
+            format!("{CHART_DIR}/files/guard/{rest}")
+        } else if let Some(rest) = p.strip_prefix("certs/") {
+            format!("{CHART_DIR}/files/certs/{rest}")
+        } else if let Some(rest) = p.strip_prefix("turn/") {
+            match f.kind {
+                FileKind::Public => format!("{CHART_DIR}/files/turn/{rest}"),
+                FileKind::Secret | FileKind::SecretExecutable => format!("{CHART_DIR}/files/turn-secret/{rest}"),
+            }
+        } else if p == crate::render::templates::PROMETHEUS_PASSWORD {
+            format!("{CHART_DIR}/files/metrics/password")
+        } else if p.starts_with("keys/") && matches!(name, "asterisk.crt" | "asterisk.key" | "ca.crt") {
+            format!("{CHART_DIR}/files/keys/{name}")
+        } else {
+            return None;
+        };
+        Some(to)
+    })
+}
+
+/// The chart's copies of bundle files: each file `to` (path, file name, file) gives a place in
+/// the chart, at that place.
+fn copies(bundle: &Bundle, to: impl Fn(&str, &str, &BundleFile) -> Option<String>) -> Vec<(PathBuf, BundleFile)> {
     bundle
         .files()
         .iter()
         .filter_map(|(path, f)| {
-            let p = path.to_str()?;
-            let name = path.file_name()?.to_str()?;
-            let to = if let Some(rest) = p.strip_prefix("asterisk/") {
-                match f.kind {
-                    FileKind::Public => format!("{CHART_DIR}/files/asterisk/{rest}"),
-                    FileKind::Secret | FileKind::SecretExecutable => format!("{CHART_DIR}/files/secrets/{rest}"),
-                }
-            } else if let Some(rest) = p.strip_prefix("guard/") {
-                format!("{CHART_DIR}/files/guard/{rest}")
-            } else if let Some(rest) = p.strip_prefix("certs/") {
-                format!("{CHART_DIR}/files/certs/{rest}")
-            } else if let Some(rest) = p.strip_prefix("turn/") {
-                match f.kind {
-                    FileKind::Public => format!("{CHART_DIR}/files/turn/{rest}"),
-                    FileKind::Secret | FileKind::SecretExecutable => format!("{CHART_DIR}/files/turn-secret/{rest}"),
-                }
-            } else if p == crate::render::templates::PROMETHEUS_PASSWORD {
-                format!("{CHART_DIR}/files/metrics/password")
-            } else if p.starts_with("keys/") && matches!(name, "asterisk.crt" | "asterisk.key" | "ca.crt") {
-                format!("{CHART_DIR}/files/keys/{name}")
-            } else {
-                return None;
-            };
-            Some((PathBuf::from(to), f.clone()))
+            let place = to(path.to_str()?, path.file_name()?.to_str()?, f)?;
+            Some((PathBuf::from(place), f.clone()))
         })
         .collect()
+}
+
+/// Where a cluster's chart templates are (`templates/deploy/helm-cluster/`): rendered and copied
+/// into the same chart directory as the single topology's, which a cluster does not get.
+pub const CLUSTER_TEMPLATES: &str = "helm-cluster/";
+
+/// The context of a cluster chart's generated files: the plan (no secret in it), the images and
+/// their users, the values the schema pins.
+pub fn cluster_context(plan: &Plan) -> Value {
+    let asterisk = plan.image_ref();
+    let edge = ImageRef::parse(image::EDGE_IMAGE);
+    let relay = ImageRef::parse(image::RELAY_IMAGE);
+    let db = ImageRef::parse(image::DB_IMAGE);
+    let pool_size = plan.cluster.as_ref().map_or(0, |c| c.pool_size);
+    context! {
+        plan => Value::from(Serde(plan)),
+        chart_version => env!("CARGO_PKG_VERSION"),
+        asterisk_version => image::ASTERISK_VERSION,
+        pool_size => pool_size,
+        asterisk => context! { repository => asterisk.repository, tag => asterisk.tag, uid => image::ASTERISK_UID },
+        edge => context! { repository => edge.repository, tag => edge.tag, uid => image::EDGE_UID },
+        relay => context! { repository => relay.repository, tag => relay.tag, uid => image::RELAY_UID },
+        db => context! { repository => db.repository, tag => db.tag, uid => image::DB_UID },
+        memory_request => format!("{}Mi", plan.resources.memory_request_mb),
+        memory_limit => format!("{}Mi", plan.resources.memory_limit_mb),
+    }
+}
+
+/// The copies a cluster's chart carries of the files compose mounts: the pool's configs (passwords
+/// into a Secret), the edge's Kamailio config and TLS settings, the relay's config, Kamailio's
+/// schema and (secret) the users' HA1 digests, the certificate. Not copied: what names compose's
+/// fixed addresses or holds the database password (`edge/dispatcher.list`, `edge/database.cfg`,
+/// `asterisk/pjsip_edge.conf`, `db/pg_hba.conf`, `db/password`): the chart writes its own from
+/// its values, and the password comes from an existing Secret.
+pub fn cluster_chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
+    copies(bundle, |p, name, f| {
+        let to = match p {
+            _ if p == crate::render::templates::PJSIP_EDGE_CONF => return None,
+            _ if p.starts_with("asterisk/") => match f.kind {
+                FileKind::Public => format!("{CHART_DIR}/files/asterisk/{name}"),
+                FileKind::Secret | FileKind::SecretExecutable => format!("{CHART_DIR}/files/secrets/{name}"),
+            },
+            "edge/kamailio.cfg" | "edge/tls.cfg" => format!("{CHART_DIR}/files/edge/{name}"),
+            "relay/rtpengine.conf" => format!("{CHART_DIR}/files/relay/{name}"),
+            "db/schema.sql" => format!("{CHART_DIR}/files/db/{name}"),
+            crate::render::cluster::DB_SUBSCRIBERS_FILE => format!("{CHART_DIR}/files/db-secret/{name}"),
+            "keys/asterisk.crt" | "keys/asterisk.key" | "keys/ca.crt" => format!("{CHART_DIR}/files/keys/{name}"),
+            _ => return None,
+        };
+        Some(to)
+    })
 }

@@ -116,6 +116,8 @@ pub(crate) fn render_template(
 fn wanted(plan: &Plan, inputs: &Inputs, path: &str) -> bool {
     if path == templates::RTP_TURN_CONF {
         plan.rtp.turn.is_some()
+    } else if path == templates::PJSIP_EDGE_CONF {
+        plan.cluster.is_some()
     } else if path == templates::PROMETHEUS_AUTH_CONF || path.starts_with("prometheus/") {
         plan.metrics.enabled
     } else if path == "keys/ca.crt" {
@@ -131,8 +133,10 @@ fn wanted(plan: &Plan, inputs: &Inputs, path: &str) -> bool {
     } else if cluster::is_cluster_file(path) {
         plan.cluster.is_some()
     } else if path.starts_with("helm/") {
-        // The chart deploys one Asterisk; the cluster's chart is not done (README).
+        // The chart of one Asterisk; a cluster's chart has templates of its own (helm-cluster/).
         plan.cluster.is_none()
+    } else if path.starts_with(helm::CLUSTER_TEMPLATES) {
+        plan.cluster.is_some()
     } else {
         true
     }
@@ -154,7 +158,12 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
         let bytes =
             if template { render_template(&env, path, &contexts.for_file(path))? } else { asset.contents.to_vec() };
         let kind = if SECRET_FILES.contains(&path) { FileKind::Secret } else { FileKind::Public };
-        bundle.add(path, bytes, kind);
+        // A cluster's chart templates are written where the chart goes (one chart directory).
+        let out = match path.strip_prefix(helm::CLUSTER_TEMPLATES) {
+            Some(rest) => format!("helm/{rest}"),
+            None => path.to_string(),
+        };
+        bundle.add(out, bytes, kind);
     }
     // The keys directory is mounted even before it holds a certificate (ACME mode).
     bundle.add_dir("keys");
@@ -166,20 +175,17 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
         bundle.add(format!("certs/{SIDECAR_HOOK_FILE}"), hook.clone(), FileKind::SecretExecutable);
     }
     // Last: the chart carries copies of the very files compose mounts.
-    if plan.cluster.is_none() {
-        for (path, file) in helm::chart_files(&bundle) {
-            bundle.add(path, file.bytes, file.kind);
-        }
+    let copies = if plan.cluster.is_none() { helm::chart_files(&bundle) } else { helm::cluster_chart_files(&bundle) };
+    for (path, file) in copies {
+        bundle.add(path, file.bytes, file.kind);
     }
     // The restart digests: the chart's pod annotation, compose's container label.
     let view = restart::config_view(&bundle);
-    if plan.cluster.is_none() {
-        bundle.add(
-            format!("{}/{}", helm::CHART_DIR, helm::RESTART_DIGEST_FILE),
-            restart::digest(&view).into_bytes(),
-            FileKind::Public,
-        );
-    }
+    bundle.add(
+        format!("{}/{}", helm::CHART_DIR, helm::RESTART_DIGEST_FILE),
+        restart::digest(&view).into_bytes(),
+        FileKind::Public,
+    );
     if let Some(compose) = bundle.text(templates::COMPOSE_YAML).map(str::to_string) {
         // A cluster's pool members differ only in name and address: the first stands for all.
         let service = compose_service(&compose, if plan.cluster.is_some() { "asterisk-1" } else { "asterisk" });
@@ -238,6 +244,7 @@ struct Contexts {
     prometheus: minijinja::Value,
     compose: minijinja::Value,
     helm: minijinja::Value,
+    helm_cluster: minijinja::Value,
     keys: minijinja::Value,
     acme: minijinja::Value,
     guard: minijinja::Value,
@@ -258,6 +265,7 @@ impl Contexts {
             prometheus: compose::prometheus_context(plan),
             compose: compose::context(plan),
             helm: helm::context(plan),
+            helm_cluster: helm::cluster_context(plan),
             keys: match &inputs.certs {
                 Some(c) => context! { certs => context! {
                     chain_pem => &c.chain_pem, key_pem => &c.key_pem, ca_pem => &c.ca_pem,
@@ -288,6 +296,7 @@ impl Contexts {
             _ if path.starts_with("certs/") => self.acme.clone(),
             _ if path.starts_with("guard/") => self.guard.clone(),
             _ if path.starts_with("helm/") => self.helm.clone(),
+            _ if path.starts_with(helm::CLUSTER_TEMPLATES) => self.helm_cluster.clone(),
             _ => self.compose.clone(),
         }
     }

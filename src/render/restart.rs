@@ -47,7 +47,7 @@ pub fn apply_of(file: &str) -> Apply {
     match file {
         "pjsip.conf" => Apply::Partly(Part::SectionsOfType(&["transport", "system"])),
         "rtp.conf" => Apply::Partly(Part::Keys(&["rtpstart", "rtpend"])),
-        "pjsip_auth.conf" => Apply::Reload("module reload res_pjsip.so"),
+        "pjsip_auth.conf" | "pjsip_edge.conf" => Apply::Reload("module reload res_pjsip.so"),
         "extensions.conf" => Apply::Reload("dialplan reload"),
         "rtp_turn.conf" => Apply::Reload("module reload res_rtp_asterisk.so"),
         "prometheus.conf" | "prometheus_auth.conf" => Apply::Reload("module reload res_prometheus.so"),

@@ -35,6 +35,9 @@ pub const PROMETHEUS_PASSWORD: &str = "prometheus/metrics-password";
 pub const PJSIP_CONF: &str = "asterisk/pjsip.conf";
 /// `asterisk/pjsip_auth.conf` (secret).
 pub const PJSIP_AUTH_CONF: &str = "asterisk/pjsip_auth.conf";
+/// `asterisk/pjsip_edge.conf` (a cluster's pool): the addresses the edge's requests come from,
+/// included into the edge's identify section of pjsip.conf.
+pub const PJSIP_EDGE_CONF: &str = "asterisk/pjsip_edge.conf";
 /// `asterisk/extensions.conf`.
 pub const EXTENSIONS_CONF: &str = "asterisk/extensions.conf";
 /// `helm/astrtc/files/ingress/http.conf`: http.conf behind a TLS-terminating Ingress.

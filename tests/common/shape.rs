@@ -205,8 +205,10 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
     // The cluster's files in their own syntaxes (Kamailio's cfg, SQL, pg_hba.conf, rtpengine's
     // ini, the dispatcher list, Mermaid, the password): each line's structure, every word reduced
     // to `w` ([`line_structure`]), so a value can change words but never punctuation, quotes or
-    // line breaks.
-    if ["edge", "db", "relay", "cluster"].iter().any(|d| path.starts_with(d)) {
+    // line breaks. The same for the chart's copies of them.
+    let chart_copy =
+        ["edge", "db", "db-secret", "relay"].iter().any(|d| path.starts_with(format!("helm/astrtc/files/{d}")));
+    if chart_copy || ["edge", "db", "relay", "cluster"].iter().any(|d| path.starts_with(d)) {
         return Shape::Conf(vec![(String::new(), text.split('\n').map(line_structure).collect())]);
     }
     if path.extension().is_some_and(|e| e == "conf") {
@@ -294,6 +296,14 @@ pub fn write_chart(bundle: &Bundle, dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// A file only a cluster's chart has.
+pub const CLUSTER_CHART_MARK: &str = "templates/edge-deployment.yaml";
+
+/// The values a cluster's chart needs besides its defaults (it has no default for them): an
+/// existing database, the Secret with its password, the edge's source addresses.
+pub const CLUSTER_SETS: &[&str] =
+    &["database.host=pg.db.svc", "database.existingSecret=pg-edge", "edge.sourceCidrs={10.0.0.5/32}"];
+
 /// The chart tools: Helm 4 and the Python with PyYAML, from `make deps-helm`.
 pub struct ChartTools {
     helm: PathBuf,
@@ -321,7 +331,15 @@ impl ChartTools {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(chart) = charts.get(i) else { break };
-                    let out = Command::new(&self.helm).args(["template", "pbx"]).arg(chart).output().unwrap();
+                    let mut cmd = Command::new(&self.helm);
+                    cmd.args(["template", "pbx"]).arg(chart);
+                    // A cluster's chart has three values without a default.
+                    if chart.join(CLUSTER_CHART_MARK).exists() {
+                        for set in CLUSTER_SETS {
+                            cmd.args(["--set", set]);
+                        }
+                    }
+                    let out = cmd.output().unwrap();
                     let r = if out.status.success() {
                         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
                     } else {
@@ -388,7 +406,23 @@ pub fn configmap_sources(docs: &[serde_json::Value]) -> Vec<(String, String, Str
             if value.as_str() == Some(stub.as_str()) {
                 continue;
             }
-            let source = if name.ends_with("-acme") {
+            // A cluster's chart writes these from its values (and the edge's database.cfg is
+            // a stub pointing at the one written at start): no file of the bundle is their source.
+            let generated = match name {
+                _ if name.ends_with("-pool-config") => key == "pjsip_edge.conf",
+                _ if name.ends_with("-edge-config") => key == "database.cfg" || key == "dispatcher.list",
+                _ => false,
+            };
+            if generated {
+                continue;
+            }
+            let source = if name.ends_with("-edge-config") {
+                format!("edge/{key}")
+            } else if name.ends_with("-relay-config") {
+                format!("relay/{key}")
+            } else if name.ends_with("-schema") {
+                format!("db/{key}")
+            } else if name.ends_with("-acme") {
                 format!("certs/{key}")
             } else if name.ends_with("-guard") {
                 // Keys are the paths below guard/ with "/" written "_" (ConfigMap keys have no "/").
