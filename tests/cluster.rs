@@ -966,7 +966,21 @@ fn an_edge_restart_keeps_registrations() {
     eprintln!("registration before the restart: {}", before.trim());
     assert!(!before.trim().is_empty(), "the phone's registration is not in the database");
 
+    // The edge's rtpengine cookies carry its server_id: a new one on every start, or the
+    // restarted edge's first commands would get replies rtpengine kept for the old one's.
+    let server_id = || {
+        let out = stack.exec("edge", &["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "core.ppdefines_full"]);
+        // Blocks of `name: N`, `type: T`, `value: V`.
+        let mut lines = out.lines().map(str::trim).skip_while(|l| *l != "name: SERVER_ID");
+        lines
+            .find_map(|l| l.strip_prefix("value: ").map(str::to_string))
+            .unwrap_or_else(|| panic!("no SERVER_ID among the edge's defines:\n{out}"))
+    };
+    let id_before = server_id();
     restart_edge();
+    let id_after = server_id();
+    eprintln!("edge server_id {id_before} before the restart, {id_after} after");
+    assert_ne!(id_before, id_after, "the restarted edge kept its server_id (rtpengine cookies would collide)");
     let after = row();
     assert_eq!(before, after, "the registration changed across the edge restart");
 
