@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="$PWD/target/release/astrtc"
-[ -x "$bin" ] || cargo build --release --locked
+cargo build --release --locked --quiet   # a no-op when the binary is current; never a stale one
 out="$PWD/target/bench"
 mkdir -p "$out"
 [ -f /etc/ssl/certs/ca-certificates.crt ] && export ASTRTC_EXTRA_CA="${ASTRTC_EXTRA_CA:-/etc/ssl/certs/ca-certificates.crt}"

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v perf >/dev/null || { echo "profile-calls: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 bin="$PWD/target/release/astrtc"
-[ -x "$bin" ] || cargo build --release --locked
+cargo build --release --locked --quiet   # a no-op when the binary is current; never a stale one
 kind=${PROFILE_KIND:-webrtc-to-sip}
 calls=${PROFILE_CALLS:-40}
 secs=${PROFILE_SECONDS:-10}
