@@ -37,8 +37,9 @@
 //! 10. a renewed certificate (a new leaf from the deployment's CA in deploy/keys) is served by
 //!    the edge's WSS listener without a restart, while a WebSocket opened before still carries
 //!    SIP;
-//! 11. a flood of OPTIONS from one address (above `cluster.flood_requests_per_second`) gets that
-//!    address banned, while another address is served and loopback's flood is not banned;
+//! 11. a UDP flood of OPTIONS from one address (above `cluster.flood_requests_per_second`) is
+//!    dropped while it lasts (not banned: a UDP source can be forged), while another address is
+//!    served and loopback's flood is served whole;
 //! 12. `astrtc apply` adds a user and changes a password by writing the database: the new user
 //!    registers, the old password is refused and the new one taken, while the edge runs on (same
 //!    container, start time and PID), a WebSocket and a call opened before stay up and an earlier
@@ -815,7 +816,7 @@ fn flood(to: SocketAddr, n: usize) -> usize {
 }
 
 #[test]
-fn a_flood_gets_its_address_banned_and_others_are_served() {
+fn a_udp_flood_is_dropped_not_banned_and_others_are_served() {
     use crate::common::attacker::{self, Peer};
     use crate::common::sip::options_over_udp;
     if docker_off() {
@@ -845,19 +846,25 @@ fn a_flood_gets_its_address_banned_and_others_are_served() {
     let answered = flooder.run(move || flood(to, SENT));
     eprintln!("OPTIONS flood from {}: {answered} of {SENT} answered", flooder.ip);
     let log = edge_log(&stack);
-    let banned = format!("astrtc: banned {} for 60 s: a flood (over {RATE} requests a second)", flooder.ip);
-    assert!(log.contains(&banned), "no flood ban logged for {}:\n{log}", flooder.ip);
+    let dropped = format!("astrtc: dropping a UDP flood from {} (over {RATE} requests a second)", flooder.ip);
+    assert!(log.contains(&dropped), "no flood logged for {}:\n{log}", flooder.ip);
     assert!(answered < SENT / 2, "the flood was answered: {answered} of {SENT}");
-    let to = flooder.to(sip);
-    assert_eq!(
-        flooder.run(move || options_over_udp(to, Duration::from_secs(2))),
-        None,
-        "the flooder is still answered"
-    );
     let to = bystander.to(sip);
     assert!(
         bystander.run(move || options_over_udp(to, Duration::from_secs(2))).is_some(),
         "a bystander is not answered"
+    );
+    // Over UDP the source could be forged: the address is not banned (ban_seconds is 60 here),
+    // only its flood was dropped; once it stops, it is answered again.
+    let to = flooder.to(sip);
+    let back = wait_until(Duration::from_secs(20), || {
+        flooder.run(move || options_over_udp(to, Duration::from_millis(500))).is_some()
+    });
+    let back = back.unwrap_or_else(|| panic!("{} is still unanswered 20 s after its UDP flood: banned", flooder.ip));
+    eprintln!("the flooder was answered again {back:.1?} after its flood");
+    assert!(
+        !edge_log(&stack).contains(&format!("astrtc: banned {}", flooder.ip)),
+        "a UDP flood got its address banned"
     );
     assert!(!log.contains("astrtc: banned 127.0.0.1"), "loopback was banned:\n{log}");
     assert!(options_over_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), sip), Duration::from_secs(2)).is_some());
