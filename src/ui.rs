@@ -395,12 +395,22 @@ pub fn bench_summary(r: &astrtc::bench::BenchReport) -> String {
             let (calls, ms, per_core, setup) = match r.service_level(&s.name) {
                 Some(l) => {
                     let c = l.service_cpu[&s.name];
+                    // A pool member carries a share of the calls: its calls per core would be
+                    // overstated (the pool's own figure is the Asterisk line above). Setup cost
+                    // is the edge's: the others' includes their media during the ramp.
                     let per_core = c.calls_per_core();
+                    let member = r.services.iter().filter(|o| o.role == astrtc::bench::Role::Asterisk).count() > 1
+                        && s.role == astrtc::bench::Role::Asterisk;
                     (
                         l.calls.to_string(),
                         format!("{:.2}", c.over_idle_per_call_second * 1000.0),
-                        if per_core > 0.0 { format!("{per_core:.0}") } else { "-".into() },
-                        l.service_setup_ms.get(&s.name).map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into()),
+                        if per_core > 0.0 && !member { format!("{per_core:.0}") } else { "-".into() },
+                        match s.role {
+                            astrtc::bench::Role::Edge => {
+                                l.service_setup_ms.get(&s.name).map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into())
+                            }
+                            _ => "-".into(),
+                        },
                     )
                 }
                 None => ("-".into(), "-".into(), "-".into(), "-".into()),

@@ -561,3 +561,38 @@ fn turn_credentials_print_an_ice_servers_entry_made_with_the_shared_secret() {
     let again = astrtc().args(["secrets", "--spec"]).arg(&plain_spec).assert().success();
     assert!(all_output(&again).contains("already has a password"), "{}", all_output(&again));
 }
+
+/// `bench calls` against a cluster from an address the edge's flood limit covers: refused (exit
+/// 2) before a call, naming the address and the remedies; the same from loopback passes this
+/// check (and fails later, with no deployment running, for another reason).
+#[test]
+fn a_cluster_bench_from_a_covered_address_is_refused_before_it_floods_the_edge() {
+    use astrtc::media::netif::{self, CandidateSet};
+    let Some(lan) = netif::host_ips(CandidateSet::Lan).ok().and_then(|ips| ips.into_iter().find(|ip| ip.is_ipv4()))
+    else {
+        skip("this host has no non-loopback IPv4 address to send from");
+        return;
+    };
+    let dir = fixture_copy("cluster-compose");
+    let spec = dir.path().join("astrtc.toml");
+    let deploy = dir.path().join("deploy");
+    render(&spec, &deploy, false).success();
+    let bench = |host: &str| {
+        let out = astrtc()
+            .args(["bench", "calls", "--spec"])
+            .arg(&spec)
+            .arg("--out")
+            .arg(&deploy)
+            .args(["--host", host, "--kind", "sip-echo", "--levels", "10", "--rate", "20", "--hold", "1"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        (out.status.code(), text.split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>().join(" "))
+    };
+    let (code, text) = bench(&lan.to_string());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains(&format!("the calls would come from {lan}")), "{text}");
+    assert!(text.contains("security.allow") && text.contains("--host 127.0.0.1"), "{text}");
+    let (_, text) = bench("127.0.0.1");
+    assert!(!text.contains("the calls would come from"), "loopback was refused too: {text}");
+}

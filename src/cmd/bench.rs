@@ -103,6 +103,49 @@ fn check_levels(plan: &Plan, kind: Kind, levels: &[u32], fd_limit: u64) -> Resul
     Ok(())
 }
 
+/// A cluster's edge takes more than `cluster.flood_requests_per_second` requests a second from
+/// one address for a flood (dropped over UDP, banned over WSS): the bench's calls come from one
+/// address, at `rate` calls a second with four requests each (INVITE, the challenge's ACK, the
+/// INVITE with credentials, ACK), and end with a BYE each at once. Unless that address is exempt
+/// (loopback, `security.allow`), refuse what would measure the flood limit instead of the
+/// deployment.
+fn check_flood_limit(plan: &Plan, server: SocketAddr, rate: f64, levels: &[u32]) -> Result<(), CmdError> {
+    let Some(cluster) = &plan.cluster else { return Ok(()) };
+    let source = netif::route_to(server).unwrap_or(server.ip());
+    if source.is_loopback() || plan.security.allow.iter().any(|net| in_network(source, net)) {
+        return Ok(());
+    }
+    let limit = f64::from(cluster.flood_requests_per_second);
+    let max = levels.iter().copied().max().unwrap_or(0);
+    if rate * 4.0 > limit || f64::from(max) > limit * 2.0 {
+        return Err(CmdError::BadArgument(format!(
+            "the calls would come from {source}, which the edge's flood limit covers \
+             (cluster.flood_requests_per_second = {limit}): --rate {rate} is about {} requests a second and a level \
+             of {max} ends with {max} BYEs at once; run the bench on the edge's host with --host 127.0.0.1, or add \
+             {source} to security.allow (then render and apply)",
+            rate * 4.0
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `ip` is in `net` (`address/prefix`, as `security.allow` holds them once validated).
+fn in_network(ip: IpAddr, net: &str) -> bool {
+    let Some((addr, prefix)) = net.split_once('/') else { return false };
+    let (Ok(addr), Ok(prefix)) = (addr.parse::<IpAddr>(), prefix.parse::<u32>()) else { return false };
+    match (ip, addr) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) if prefix <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) if prefix <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, CmdError> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
@@ -207,6 +250,7 @@ pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
         std::fs::read_to_string(&ca_path).map_err(|source| CmdError::ReadFile { path: ca_path.clone(), source })?;
     let host = host.unwrap_or_else(|| plan.tls.domain.clone());
     let wss = resolve(&host, plan.network.wss_port)?;
+    check_flood_limit(&plan, wss, args.rate, &args.levels)?;
     let sip = resolve(&host, plan.network.sip_port)?;
     let account = |e: &Endpoint| Account { id: e.id.clone(), password: e.password.clone() };
     let target = Target {
@@ -254,4 +298,22 @@ fn write(path: &Path, text: &str) -> Result<(), CmdError> {
         std::fs::create_dir_all(dir).map_err(|source| CmdError::WriteFile { path: path.to_path_buf(), source })?;
     }
     std::fs::write(path, text).map_err(|source| CmdError::WriteFile { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_network;
+
+    #[test]
+    fn addresses_in_and_out_of_networks() {
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(in_network(ip("192.0.2.7"), "192.0.2.0/24"));
+        assert!(!in_network(ip("192.0.3.7"), "192.0.2.0/24"));
+        assert!(in_network(ip("10.1.2.3"), "0.0.0.0/0"));
+        assert!(in_network(ip("192.0.2.7"), "192.0.2.7/32"));
+        assert!(in_network(ip("2001:db8::5"), "2001:db8::/32"));
+        assert!(!in_network(ip("2001:db9::5"), "2001:db8::/32"));
+        assert!(!in_network(ip("192.0.2.7"), "2001:db8::/32"));
+        assert!(!in_network(ip("192.0.2.7"), "192.0.2.0"));
+    }
 }
