@@ -643,6 +643,13 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
     let probe = Duration::from_secs(u64::from(stack.cluster().probe_seconds));
     let inactive = wait_until(probe * 3 + Duration::from_secs(5), || !stack.flags_of(last.address).starts_with('A'));
     assert!(inactive.is_some(), "the edge never marked {} inactive", last.name);
+    // A password the database does not have (as after a spec change never applied).
+    stack.sql("UPDATE subscriber SET ha1 = md5('3001:x:old') WHERE username = '3001'");
+    let (code, report) = verify(&stack, &[]);
+    assert_ne!(code, 0, "{report:#}");
+    let (status, detail) = check_of(&report, "users");
+    assert_eq!(status, "fail", "{detail}");
+    assert!(detail.contains("another password or max_contacts for 3001"), "{detail}");
     // A user the database lost.
     stack.sql("DELETE FROM subscriber WHERE username = '3002'");
     let (code, report) = verify(&stack, &[]);

@@ -400,7 +400,7 @@ async fn cluster_checks(plan: &Plan, cluster: &crate::spec::valid::Cluster) -> V
         Err(why) => checks.push(Check::fail("pool", why, "start the cluster: docker compose up -d --wait")),
         Ok(edge) => {
             let cmd = vec!["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "dispatcher.list"];
-            match exec(&docker, &edge, cmd).await {
+            match exec_checked(&docker, &edge, cmd).await {
                 Err(e) => checks.push(Check::fail("pool", e, "is Kamailio running in the edge container?")),
                 Ok(out) => {
                     let flags = parse_dispatcher_list(&out);
@@ -414,32 +414,48 @@ async fn cluster_checks(plan: &Plan, cluster: &crate::spec::valid::Cluster) -> V
     match find("db").await {
         Err(why) => checks.push(Check::fail("users", why, "start the cluster: docker compose up -d --wait")),
         Ok(db) => {
-            let query = "SELECT username FROM subscriber ORDER BY username";
+            // Each user's digest (its password for the realm) and max_contacts, as the edge reads
+            // them: a password changed in the spec but never applied shows here.
+            let query = "SELECT s.username || ' ' || s.ha1 || ' ' || COALESCE(u.max_contacts::text, '-') \
+                         FROM subscriber s LEFT JOIN astrtc_user u ON u.username = s.username ORDER BY s.username";
             let cmd = vec!["psql", "--no-psqlrc", "-U", "postgres", "-d", "kamailio", "-tAc", query];
-            match exec(&docker, &db, cmd).await {
+            match exec_checked(&docker, &db, cmd).await {
                 Err(e) => checks.push(Check::fail("users", e, "is PostgreSQL running in the db container?")),
-                Ok(out) => {
-                    let have: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-                    let mut want: Vec<&str> = plan.endpoints.iter().map(|e| e.id.as_str()).collect();
-                    want.sort_unstable();
-                    checks.push(if have == want {
-                        Check::pass("users", format!("{} in the edge's database, as in the spec", have.join(", ")))
-                    } else {
-                        Check::fail(
-                            "users",
-                            format!(
-                                "the edge's database has [{}], the spec has [{}]",
-                                have.join(", "),
-                                want.join(", ")
-                            ),
-                            "re-run `astrtc render`, then `astrtc apply`",
-                        )
-                    });
-                }
+                Ok(out) => checks.push(users_check(plan, &out)),
             }
         }
     }
     checks
+}
+
+/// The edge's users (`username ha1 max_contacts` lines, by name) against the spec's endpoints.
+fn users_check(plan: &Plan, rows: &str) -> Check {
+    let have: Vec<&str> = rows.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut want: Vec<(String, String)> = plan
+        .endpoints
+        .iter()
+        .map(|e| {
+            let ha1 = crate::render::cluster::ha1(&e.id, &plan.tls.domain, &e.password);
+            (e.id.clone(), format!("{} {ha1} {}", e.id, e.max_contacts))
+        })
+        .collect();
+    want.sort();
+    let names = |rows: &[&str]| rows.iter().filter_map(|r| r.split(' ').next()).collect::<Vec<_>>().join(", ");
+    let want_rows: Vec<&str> = want.iter().map(|(_, r)| r.as_str()).collect();
+    if have == want_rows {
+        return Check::pass("users", format!("{} in the edge's database, as in the spec", names(&have)));
+    }
+    let wrong: Vec<&str> = want
+        .iter()
+        .filter(|(id, row)| have.iter().any(|h| h.split(' ').next() == Some(id.as_str()) && h != row))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let detail = if names(&have) != names(&want_rows) {
+        format!("the edge's database has [{}], the spec has [{}]", names(&have), names(&want_rows))
+    } else {
+        format!("the edge's database has another password or max_contacts for {}", wrong.join(", "))
+    };
+    Check::fail("users", detail, "re-run `astrtc render`, then `astrtc apply`")
 }
 
 /// A pool member's state in the edge's dispatcher.
@@ -485,6 +501,42 @@ pub async fn compose_container(
 /// and returns what it printed.
 pub async fn asterisk_rx(docker: &bollard::Docker, id: &str, command: &str) -> Result<String, String> {
     exec(docker, id, vec!["/usr/sbin/asterisk", "-rx", command]).await
+}
+
+/// [`exec`] for a cluster's checks: at most 10 s, and a command that exits non-zero is an error
+/// with what it printed (a failed `kamcmd` or `psql` is never read as an empty answer).
+async fn exec_checked(docker: &bollard::Docker, id: &str, cmd: Vec<&str>) -> Result<String, String> {
+    let name = cmd.first().copied().unwrap_or_default().to_string();
+    let run = async {
+        let created = docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        if let StartExecResults::Attached { mut output, .. } =
+            docker.start_exec(&created.id, None).await.map_err(|e| e.to_string())?
+        {
+            while let Some(chunk) = output.next().await {
+                out.push_str(&chunk.map_err(|e| e.to_string())?.to_string());
+            }
+        }
+        let code = docker.inspect_exec(&created.id).await.map_err(|e| e.to_string())?.exit_code;
+        match code {
+            Some(0) => Ok(out),
+            code => Err(format!("{name} exited {}: {}", code.map_or("?".into(), |c| c.to_string()), out.trim())),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap_or_else(|_| Err(format!("{name} did not finish in 10 s")))
 }
 
 /// Runs a command in a container through the Docker API and returns what it printed (stdout
