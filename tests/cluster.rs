@@ -746,7 +746,8 @@ fn a_phone_behind_a_nat_is_kept_alive_and_one_without_is_not() {
 fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
     use astrtc::media::ws::WsConn;
     let Some(stack) = Stack::start("certs", |s| s) else { return };
-    let pid = || container_of(&stack, "edge");
+    // The edge's start time and process: a restart in place keeps the container's id, not these.
+    let pid = || started_and_pid(&container_of(&stack, "edge"));
     let edge_before = pid();
     let domain = stack.plan.tls.domain.clone();
     let wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.wss_port);
@@ -770,7 +771,24 @@ fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
     });
     assert!(matches!(&answer, Ok(Ok(a)) if a.starts_with("SIP/2.0 401")), "{answer:?}");
 
+    // First a pair that does not match (a new certificate, the old key): the reload fails and the
+    // old certificate stays in use.
+    let keys = stack.dir.path().join("deploy/keys");
+    let old_key = std::fs::read_to_string(keys.join("asterisk.key")).unwrap();
     crate::common::docker::install_leaf_for(stack.dir.path(), &stack.plan, &domain);
+    let new_key = std::fs::read_to_string(keys.join("asterisk.key")).unwrap();
+    crate::common::docker::overwrite_keep_mode(&keys.join("asterisk.key"), &old_key);
+    let refused = wait_until(Duration::from_secs(30), || {
+        edge_log(&stack).contains("tls.reload failed, the old one stays in use")
+    });
+    assert!(
+        refused.is_some(),
+        "no failed reload logged for a key that does not match its certificate:\n{}",
+        edge_log(&stack)
+    );
+    assert_eq!(serial(), before, "a mismatched pair replaced the certificate");
+    // Then the key that matches.
+    crate::common::docker::overwrite_keep_mode(&keys.join("asterisk.key"), &new_key);
     let took = wait_until(Duration::from_secs(30), || serial() != before);
     let log = stack.project.run(&["logs", "--no-color", "edge"]);
     let log = String::from_utf8_lossy(&log.stderr).into_owned() + &String::from_utf8_lossy(&log.stdout);
