@@ -35,16 +35,16 @@
 //!    it sends from) gets the edge's keepalive OPTIONS every `cluster.natping_seconds`, at the
 //!    address it sends from; a phone not behind a NAT gets none;
 //! 10. a renewed certificate (a new leaf from the deployment's CA in deploy/keys) is served by
-//!    the edge's WSS listener without a restart, while a WebSocket opened before still carries
-//!    SIP;
+//!     the edge's WSS listener without a restart, while a WebSocket opened before still carries
+//!     SIP;
 //! 11. a UDP flood of OPTIONS from one address (above `cluster.flood_requests_per_second`) is
-//!    dropped while it lasts (not banned: a UDP source can be forged), while another address is
-//!    served and loopback's flood is served whole;
+//!     dropped while it lasts (not banned: a UDP source can be forged), while another address is
+//!     served and loopback's flood is served whole;
 //! 12. `astrtc apply` adds a user and changes a password by writing the database: the new user
-//!    registers, the old password is refused and the new one taken, while the edge runs on (same
-//!    container, start time and PID), a WebSocket and a call opened before stay up and an earlier
-//!    registration stays in `location`; a request URI written to change the edge's user query is
-//!    no user.
+//!     registers, the old password is refused and the new one taken, while the edge runs on (same
+//!     container, start time and PID), a WebSocket and a call opened before stay up and an earlier
+//!     registration stays in `location`; a request URI written to change the edge's user query is
+//!     no user.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 
