@@ -507,42 +507,25 @@ pub async fn asterisk_rx(docker: &bollard::Docker, id: &str, command: &str) -> R
 /// with what it printed (a failed `kamcmd` or `psql` is never read as an empty answer).
 async fn exec_checked(docker: &bollard::Docker, id: &str, cmd: Vec<&str>) -> Result<String, String> {
     let name = cmd.first().copied().unwrap_or_default().to_string();
-    let run = async {
-        let created = docker
-            .create_exec(
-                id,
-                CreateExecOptions {
-                    cmd: Some(cmd),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        if let StartExecResults::Attached { mut output, .. } =
-            docker.start_exec(&created.id, None).await.map_err(|e| e.to_string())?
-        {
-            while let Some(chunk) = output.next().await {
-                out.push_str(&chunk.map_err(|e| e.to_string())?.to_string());
-            }
+    match tokio::time::timeout(Duration::from_secs(10), exec_with_code(docker, id, cmd)).await {
+        Err(_) => Err(format!("{name} did not finish in 10 s")),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((out, Some(0)))) => Ok(out),
+        Ok(Ok((out, code))) => {
+            Err(format!("{name} exited {}: {}", code.map_or("?".into(), |c| c.to_string()), out.trim()))
         }
-        let code = docker.inspect_exec(&created.id).await.map_err(|e| e.to_string())?.exit_code;
-        match code {
-            Some(0) => Ok(out),
-            code => Err(format!("{name} exited {}: {}", code.map_or("?".into(), |c| c.to_string()), out.trim())),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .unwrap_or_else(|_| Err(format!("{name} did not finish in 10 s")))
+    }
 }
 
 /// Runs a command in a container through the Docker API and returns what it printed (stdout
 /// and stderr).
 async fn exec(docker: &bollard::Docker, id: &str, cmd: Vec<&str>) -> Result<String, String> {
-    let exec = docker
+    exec_with_code(docker, id, cmd).await.map(|(out, _)| out)
+}
+
+/// Runs a command in a container: what it printed (stdout and stderr) and its exit code.
+async fn exec_with_code(docker: &bollard::Docker, id: &str, cmd: Vec<&str>) -> Result<(String, Option<i64>), String> {
+    let created = docker
         .create_exec(
             id,
             CreateExecOptions {
@@ -556,11 +539,12 @@ async fn exec(docker: &bollard::Docker, id: &str, cmd: Vec<&str>) -> Result<Stri
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
     if let StartExecResults::Attached { mut output, .. } =
-        docker.start_exec(&exec.id, None).await.map_err(|e| e.to_string())?
+        docker.start_exec(&created.id, None).await.map_err(|e| e.to_string())?
     {
         while let Some(chunk) = output.next().await {
             out.push_str(&chunk.map_err(|e| e.to_string())?.to_string());
         }
     }
-    Ok(out)
+    let code = docker.inspect_exec(&created.id).await.map_err(|e| e.to_string())?.exit_code;
+    Ok((out, code))
 }
