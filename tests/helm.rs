@@ -908,6 +908,47 @@ fn the_turn_relay_runs_beside_asterisk_with_its_config_secret_and_certificate() 
 struct PodRunner(String);
 
 impl PodRunner {
+    /// Starts the runner container (`astrtc-test/podman:trixie`, built by the caller) with
+    /// `extra` Docker options, and loads `images` into its podman.
+    fn start(name: &str, extra: &[&str], images: &[&str]) -> PodRunner {
+        let (ok, out) = run(Command::new("docker")
+            .args(["run", "-d", "--name", name])
+            .args([
+                "--cap-add",
+                "ALL",
+                "--cap-drop",
+                "SYS_RESOURCE",
+                "--security-opt",
+                "seccomp=unconfined",
+                "--security-opt",
+                "apparmor=unconfined",
+                "--device",
+                "/dev/fuse",
+                "--device",
+                "/dev/net/tun",
+                "-v",
+                "/sys/fs/cgroup:/sys/fs/cgroup",
+            ])
+            .args(extra)
+            .arg("astrtc-test/podman:trixie"));
+        assert!(ok, "{out}");
+        let runner = PodRunner(name.to_string());
+        let load = Command::new("sh")
+            .arg("-c")
+            .arg(format!("docker save {} | docker exec -i {name} podman load -q", images.join(" ")))
+            .output()
+            .unwrap();
+        assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+        runner
+    }
+
+    /// The runner's address on Docker's bridge.
+    fn ip(&self) -> String {
+        let out =
+            Command::new("docker").args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &self.0]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     fn exec(&self, args: &[&str]) -> std::process::Output {
         Command::new("docker").args(["exec", &self.0]).args(args).output().unwrap()
     }
@@ -964,42 +1005,10 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     std::fs::write(&file, &manifests).unwrap();
 
     let name = format!("astrtc-podman-{}", std::process::id());
-    let (ok, out) = run(Command::new("docker").args(["run", "-d", "--name", &name]).args([
-        "--cap-add",
-        "ALL",
-        "--cap-drop",
-        "SYS_RESOURCE",
-        "--security-opt",
-        "seccomp=unconfined",
-        "--security-opt",
-        "apparmor=unconfined",
-        "--device",
-        "/dev/fuse",
-        "--device",
-        "/dev/net/tun",
-        "-v",
-        "/sys/fs/cgroup:/sys/fs/cgroup",
-        "astrtc-test/podman:trixie",
-    ]));
-    assert!(ok, "{out}");
-    let runner = PodRunner(name.clone());
-    let load = Command::new("sh")
-        .arg("-c")
-        .arg(format!("docker save {image} {} | docker exec -i {name} podman load -q", astrtc::image::PROMETHEUS_IMAGE))
-        .output()
-        .unwrap();
-    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    let runner = PodRunner::start(&name, &[], &[image, astrtc::image::PROMETHEUS_IMAGE]);
     let (ok, out) = run(Command::new("docker").arg("cp").arg(&file).arg(format!("{name}:/pod.yaml")));
     assert!(ok, "{out}");
-    let ip = String::from_utf8_lossy(
-        &Command::new("docker")
-            .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .trim()
-    .to_string();
+    let ip = runner.ip();
     let wss: std::net::SocketAddr = format!("{ip}:{}", plan.network.wss_port).parse().unwrap();
     let ca = std::fs::read_to_string(dir.path().join("deploy/keys/ca.crt")).unwrap();
 
@@ -1105,6 +1114,397 @@ async fn the_chart_runs_as_a_pod_under_podman() {
         waited.elapsed(),
         families.len()
     );
+}
+
+/// The pool's podman network in the cluster run: a bridge in the runner, no NAT, no DNS of
+/// podman's (the test's dnsmasq answers the pool's names); the edge reaches the pool from the
+/// bridge's address, `.1`.
+const POD_POOL_SUBNET: &str = "10.89.7";
+
+/// The issue's proof test 4: the cluster chart's pods run under `podman kube play` (in the podman
+/// runner) — the edge and relay in their hostNetwork pod, two pool pods, PostgreSQL — and carry
+/// a SIP call and a WebRTC call with audio echoed. podman has no StatefulSet and no cluster DNS,
+/// so the test turns the StatefulSet's template into one Pod per member, named as the
+/// StatefulSet names them, on a podman bridge network at fixed addresses, and has dnsmasq in the
+/// runner answer the dispatcher list's DNS names (`<pool>-N.<svc>.default.svc.cluster.local`)
+/// with those addresses, as cluster DNS would: Kamailio's own resolver reads `resolv.conf` and
+/// ignores `/etc/hosts`, so this is the path a cluster takes. The database is the db image as a
+/// pod of its own (`database.host` 127.0.0.1, the password in the Secret `database.existingSecret`
+/// names); the edge's init container loads the schema and the users into it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
+    use astrtc::media::probe::{self, CallSetup, LegSetup};
+    use astrtc::media::session::{Offer, SharedMedia};
+    use std::time::{Duration, Instant};
+
+    let Some(t) = tools() else { return };
+    if docker_off() {
+        return;
+    }
+    let started = Instant::now();
+    let (dir, chart) = rendered("cluster-compose");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let cluster = plan.cluster.as_ref().unwrap();
+    let image = crate::common::docker::test_image();
+    crate::common::docker::ensure_image();
+    crate::common::docker::ensure_cluster_images();
+    let (repository, tag) = image.rsplit_once(':').unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, out) = run(Command::new("docker")
+        .args(["build", "-q", "-t", "astrtc-test/podman:trixie"])
+        .arg(root.join("tests/podman")));
+    assert!(ok, "building the podman runner failed:\n{out}");
+
+    // podman ignores fsGroup: the password and key files must be readable without it.
+    let gateway = format!("{POD_POOL_SUBNET}.1");
+    let sets = [
+        "database.host=127.0.0.1".to_string(),
+        "database.existingSecret=pg-edge".to_string(),
+        format!("edge.sourceCidrs={{{gateway}/32}}"),
+        "securityContext.secretFileMode=292".to_string(),
+        format!("pool.image.repository={repository}"),
+        format!("pool.image.tag={tag}"),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let (ok, manifests) = template(&t, &chart, &sets);
+    assert!(ok, "{manifests}");
+    let docs = parsed(&manifests);
+    // Written back as YAML: a file mode (`defaultMode: 0444`, YAML 1.1's octal, which the YAML
+    // 1.2 reader here keeps as a string) goes back as the number Kubernetes' reader takes it for.
+    fn octal_modes(v: &mut serde_yaml_ng::Value) {
+        match v {
+            serde_yaml_ng::Value::Mapping(m) => {
+                for (k, v) in m.iter_mut() {
+                    let octal = v.as_str().filter(|s| s.len() > 1 && s.starts_with('0'));
+                    if let (Some("defaultMode" | "mode"), Some(text)) = (k.as_str(), octal) {
+                        *v = u32::from_str_radix(text, 8).unwrap().into();
+                    } else {
+                        octal_modes(v);
+                    }
+                }
+            }
+            serde_yaml_ng::Value::Sequence(s) => s.iter_mut().for_each(octal_modes),
+            _ => {}
+        }
+    }
+    let yaml = |docs: &[&serde_yaml_ng::Value]| {
+        docs.iter()
+            .map(|d| {
+                let mut d = (*d).clone();
+                octal_modes(&mut d);
+                serde_yaml_ng::to_string(&d).unwrap()
+            })
+            .collect::<Vec<_>>()
+            .join("---\n")
+    };
+    let named = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+
+    // The StatefulSet's members as Pods, each at a fixed address; the names the dispatcher uses.
+    let pool = doc(&docs, "StatefulSet", "-pool");
+    let pool_name = pool["metadata"]["name"].as_str().unwrap().to_string();
+    let list = doc(&docs, "ConfigMap", "-edge-config")["data"]["dispatcher.list"].as_str().unwrap().to_string();
+    let dns_names: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("1 sip:"))
+        .map(|l| l.split(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(dns_names.len(), cluster.pool_size as usize, "the dispatcher list: {list}");
+    let members: Vec<(String, String, String)> = (0..cluster.pool_size)
+        .map(|i| (format!("{pool_name}-{i}"), format!("{POD_POOL_SUBNET}.{}", 11 + i), dns_names[i as usize].clone()))
+        .collect();
+    let mut files: Vec<(String, String)> = Vec::new();
+    let pool_config = named("ConfigMap", &format!("{pool_name}-config"));
+    for (pod_name, _, _) in &members {
+        let mut spec = pool["spec"]["template"]["spec"].clone();
+        spec["hostname"] = serde_yaml_ng::Value::from(pod_name.as_str());
+        // podman gives an emptyDir to the user of the container that mounts it when that
+        // container names its user itself (it ignores fsGroup, and the pod-level user for this):
+        // the pod's user, repeated on the container, as Kubernetes applies it anyway.
+        let (uid, gid) = (spec["securityContext"]["runAsUser"].clone(), spec["securityContext"]["runAsGroup"].clone());
+        // kube play makes an emptyDir a named volume of the runner, by the volume's name: each
+        // member's get its own names, as each pod's emptyDirs are its own on Kubernetes.
+        let mut scratch = Vec::new();
+        for v in spec["volumes"].as_sequence_mut().unwrap() {
+            if v.get("emptyDir").is_some() {
+                let own = format!("{pod_name}-{}", v["name"].as_str().unwrap());
+                scratch.push((v["name"].clone(), own.clone()));
+                v["name"] = own.into();
+            }
+        }
+        for c in spec["containers"].as_sequence_mut().unwrap() {
+            c["securityContext"]["runAsUser"] = uid.clone();
+            c["securityContext"]["runAsGroup"] = gid.clone();
+            for m in c["volumeMounts"].as_sequence_mut().unwrap() {
+                if let Some((_, own)) = scratch.iter().find(|(name, _)| &m["name"] == name) {
+                    m["name"] = own.as_str().into();
+                }
+            }
+        }
+        let pod: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod_name}\n  labels: {}\n",
+            serde_json::to_string(&pool["spec"]["template"]["metadata"]["labels"]).unwrap()
+        ))
+        .unwrap();
+        let mut pod = pod;
+        pod["spec"] = spec;
+        files.push((format!("{pod_name}.yaml"), yaml(&[pool_config, &pod])));
+    }
+    // The Secrets (the chart's; the edge's database password; the db pod's files).
+    let db_dir = dir.path().join("deploy/db");
+    let db_file = |f: &str| std::fs::read_to_string(db_dir.join(f)).unwrap();
+    let hba = "local all postgres peer\nhost kamailio kamailio 127.0.0.1/32 scram-sha-256\n";
+    let secret = |name: &str, data: &[(&str, &str)]| -> serde_yaml_ng::Value {
+        let mut s: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: Opaque\n"
+        ))
+        .unwrap();
+        let mut map = serde_yaml_ng::Mapping::new();
+        for (k, v) in data {
+            map.insert((*k).into(), (*v).into());
+        }
+        s["stringData"] = serde_yaml_ng::Value::Mapping(map);
+        s
+    };
+    let edge_secret = secret("pg-edge", &[("password", &cluster.database_password)]);
+    let (schema, subscribers) = (db_file("schema.sql"), db_file("subscribers.sql"));
+    let db_secret = secret(
+        "astrtc-test-db",
+        &[
+            ("schema.sql", &schema),
+            ("subscribers.sql", &subscribers),
+            ("password", &cluster.database_password),
+            ("pg_hba.conf", hba),
+        ],
+    );
+    let mut secrets: Vec<&serde_yaml_ng::Value> =
+        docs.iter().filter(|d| d["kind"].as_str() == Some("Secret")).collect();
+    secrets.extend([&edge_secret, &db_secret]);
+    files.push(("secrets.yaml".into(), yaml(&secrets)));
+    let db_pod: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: db\nspec:\n  hostNetwork: true\n  containers:\n  - name: db\n    \
+         image: {}\n    volumeMounts:\n    - name: files\n      mountPath: /etc/astrtc-db\n      readOnly: true\n    \
+         - name: db-data\n      mountPath: /var/lib/postgresql/data\n  volumes:\n  - name: files\n    secret:\n      \
+         secretName: astrtc-test-db\n      defaultMode: 292\n  - name: db-data\n    emptyDir: {{}}\n",
+        astrtc::image::ClusterImage::Database.tag()
+    ))
+    .unwrap();
+    files.push(("db.yaml".into(), yaml(&[&db_pod])));
+    // podman ignores fsGroup, which on Kubernetes makes the edge's memory-backed run directory
+    // writable by its group; a plain emptyDir podman gives to the uid of the container mounting
+    // it (the edge's) stands in for it here.
+    let mut edge = doc(&docs, "Deployment", "-edge").clone();
+    for v in edge["spec"]["template"]["spec"]["volumes"].as_sequence_mut().unwrap() {
+        if v["name"].as_str() == Some("edge-run") {
+            v["emptyDir"] = serde_yaml_ng::Value::Mapping(serde_yaml_ng::Mapping::new());
+        }
+    }
+    let edge = &edge;
+    let edge_docs: Vec<&serde_yaml_ng::Value> = docs
+        .iter()
+        .filter(|d| {
+            d["kind"].as_str() == Some("ConfigMap")
+                && d["metadata"]["name"].as_str().is_some_and(|n| !n.starts_with(&pool_name))
+        })
+        .chain([edge])
+        .collect();
+    files.push(("edge.yaml".into(), yaml(&edge_docs)));
+    for (name, text) in &files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+
+    // The runner: its /proc/sys writable (netavark sets the bridge's sysctls in the runner's own
+    // network namespace).
+    let name = format!("astrtc-podman-cl-{}", std::process::id());
+    let images = [
+        image,
+        astrtc::image::ClusterImage::Edge.tag(),
+        astrtc::image::ClusterImage::Relay.tag(),
+        astrtc::image::ClusterImage::Database.tag(),
+    ];
+    let runner = PodRunner::start(&name, &["--security-opt", "systempaths=unconfined"], &images);
+    let must = |args: &[&str]| {
+        let out = runner.exec(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eprintln!("podman cluster: runner up, 4 images loaded: {:.2?}", started.elapsed());
+    for (file, _) in &files {
+        let (ok, out) = run(Command::new("docker").arg("cp").arg(dir.path().join(file)).arg(format!("{name}:/{file}")));
+        assert!(ok, "{out}");
+    }
+    let ip = runner.ip();
+    let runner_ip: std::net::IpAddr = ip.parse().unwrap_or_else(|e| panic!("the runner's address {ip:?}: {e}"));
+
+    let play = Instant::now();
+    must(&["podman", "network", "create", "--disable-dns", "--subnet", &format!("{POD_POOL_SUBNET}.0/24"), "pool"]);
+    must(&["podman", "kube", "play", "/secrets.yaml"]);
+    must(&["podman", "kube", "play", "/db.yaml"]);
+    for (pod_name, address, _) in &members {
+        must(&["podman", "kube", "play", "--network", "pool", "--ip", address, &format!("/{pod_name}.yaml")]);
+    }
+    // Cluster DNS's stand-in: each member's name to its pod's address, the runner's resolver.
+    let mut dnsmasq = vec![
+        "dnsmasq".to_string(),
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        "--listen-address=127.0.0.1".into(),
+        "--bind-interfaces".into(),
+        "--user=root".into(),
+    ];
+    dnsmasq.extend(members.iter().map(|(_, address, dns)| format!("--host-record={dns},{address}")));
+    must(&dnsmasq.iter().map(String::as_str).collect::<Vec<_>>());
+    must(&["sh", "-c", "echo 'nameserver 127.0.0.1' > /etc/resolv.conf"]);
+    // The database takes connections before the edge's init container loads the schema into it.
+    loop {
+        if runner.exec(&["podman", "exec", "db-db", "/usr/local/bin/astrtc-db-healthcheck"]).status.success() {
+            break;
+        }
+        assert!(
+            play.elapsed() < Duration::from_secs(60),
+            "the database never became healthy:\n{}",
+            String::from_utf8_lossy(&runner.exec(&["podman", "logs", "db-db"]).stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let db_ready = play.elapsed();
+    let edge_play = runner.exec(&["podman", "kube", "play", "/edge.yaml"]);
+    let edge_pod = format!("{}-pod", edge["metadata"]["name"].as_str().unwrap());
+    let logs = |container: &str| {
+        let out = runner.exec(&["podman", "logs", &format!("{edge_pod}-{container}")]);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    assert!(
+        edge_play.status.success(),
+        "podman kube play of the edge failed: {}\nschema init container:\n{}",
+        String::from_utf8_lossy(&edge_play.stderr),
+        logs("schema")
+    );
+    // The init container loaded the rendered users into the database.
+    let users = must(&[
+        "podman",
+        "exec",
+        "db-db",
+        "psql",
+        "-U",
+        "postgres",
+        "-d",
+        "kamailio",
+        "-tAc",
+        "SELECT count(*) FROM subscriber",
+    ]);
+    assert_eq!(users.trim(), plan.endpoints.len().to_string(), "users in the database");
+
+    // Both members resolved by name and active in the edge's dispatcher, probed (`AP`: their
+    // OPTIONS probes answered; `AX`, a member not yet probed, is not enough).
+    let edge_container = format!("{edge_pod}-edge");
+    let flags = loop {
+        let out = runner.exec(&[
+            "podman",
+            "exec",
+            &edge_container,
+            "kamcmd",
+            "-s",
+            "unix:/run/kamailio/kamailio_ctl",
+            "dispatcher.list",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut flags = Vec::new();
+        let mut uri = None;
+        for line in text.lines().map(str::trim) {
+            if let Some(u) = line.strip_prefix("URI: ") {
+                uri = Some(u.to_string());
+            } else if let (Some(f), Some(u)) = (line.strip_prefix("FLAGS: "), uri.take()) {
+                flags.push((u, f.to_string()));
+            }
+        }
+        let active = |dns: &str| flags.iter().any(|(u, f)| u.contains(dns) && f == "AP");
+        if members.iter().all(|(_, _, dns)| active(dns)) {
+            break flags;
+        }
+        if play.elapsed() > Duration::from_secs(90) {
+            // The edge waits up to 120 s for each name before Kamailio starts: name the ones the
+            // runner's resolver (the edge's) does not answer.
+            let unresolved: Vec<&str> = members
+                .iter()
+                .map(|(_, _, dns)| dns.as_str())
+                .filter(|dns| !runner.exec(&["getent", "hosts", dns]).status.success())
+                .collect();
+            panic!(
+                "not every pool member is active in the edge's dispatcher: {flags:?}; names that do not resolve: \
+                 {unresolved:?}\n{text}{}\nedge's log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                logs("edge")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!(
+        "podman cluster: database healthy {db_ready:.2?} after play; edge played, {} users loaded by its init \
+         container, both members active by DNS name {:.2?} after play: {flags:?}",
+        users.trim(),
+        play.elapsed()
+    );
+
+    // Calls through the edge on the runner's address: SIP over UDP with G.711, then WebRTC.
+    let echo = plan.dialplan.echo_extension.clone();
+    let password = |id: &str| plan.endpoints.iter().find(|e| e.id == id).unwrap().password.clone();
+    let ca_pem = std::fs::read_to_string(dir.path().join("deploy/keys/ca.crt")).unwrap();
+    let webrtc = CallSetup {
+        leg: LegSetup::Webrtc {
+            wss: std::net::SocketAddr::new(runner_ip, plan.network.wss_port),
+            ca_pem: std::sync::Arc::from(ca_pem),
+            local_ips: Vec::new(),
+            relay: None,
+        },
+        domain: plan.tls.domain.clone(),
+        user: "199".into(),
+        password: password("199"),
+        extension: echo.clone(),
+        hold: Duration::from_secs(2),
+        register: false,
+        offer: Offer::OpusThenPcmu,
+        reencoded: false,
+        release: None,
+    };
+    let sip = CallSetup {
+        leg: LegSetup::Sip { server: std::net::SocketAddr::new(runner_ip, plan.network.sip_port) },
+        user: "3001".into(),
+        password: password("3001"),
+        ..webrtc.clone()
+    };
+    let shared = SharedMedia::new().unwrap();
+    for (label, setup) in [("SIP/UDP", &sip), ("WebRTC", &webrtc)] {
+        let r = probe::call(setup, &shared).await;
+        let m = r.media.as_ref();
+        let echoed = m.map(|m| m.matched).unwrap_or(0);
+        eprintln!(
+            "podman cluster: {label} echo call through the edge: {} — answered {:?} ms, DTLS {:?} ms, codec {:?}, sent \
+             {:?}, echoed {echoed}",
+            if r.healthy() { "ok" } else { "FAILED" },
+            r.answered_ms.map(|x| x.round()),
+            r.dtls_connected_ms.map(|x| x.round()),
+            r.codec,
+            m.map(|m| m.sent),
+        );
+        assert!(
+            r.healthy() && echoed >= 50,
+            "the {label} call: {:?}, {echoed} packets echoed\n{}\nedge's log:\n{}\nrelay's log:\n{}",
+            r.failure,
+            r.ladder.join("\n"),
+            logs("edge"),
+            logs("relay")
+        );
+    }
+    eprintln!("podman cluster: whole run {:.2?}", started.elapsed());
 }
 
 /// The cluster's chart with the values it needs (`CLUSTER_SETS`) and `extra`: the manifests.
