@@ -1463,3 +1463,139 @@ fn apply_writes_users_into_the_database_without_restarting_the_edge() {
     assert!(stdout.contains("pool: asterisk-1, asterisk-2 unchanged"), "{stdout}");
     assert_eq!(register("3003", new_3003), 200, "3003 could not register through the restarted edge");
 }
+
+/// Calls to the echo extension through the edge, one after another; the calls each pool member
+/// took, by name (asserting each call echoed).
+fn echo_calls(stack: &Stack, members: &[&str], n: usize) -> Vec<(String, u64)> {
+    let rt = runtime();
+    let shared = SharedMedia::new().unwrap();
+    let echo = stack.plan.dialplan.echo_extension.clone();
+    let before: Vec<u64> = members.iter().map(|m| stack.processed(m)).collect();
+    for i in 0..n {
+        let report = rt.block_on(probe::call(&stack.sip_setup("3001", &echo, Duration::from_secs(2)), &shared));
+        if !report.healthy() {
+            stack.save_logs("cluster_grow");
+        }
+        assert_echoed(&format!("call {}", i + 1), &report, 50);
+    }
+    members.iter().zip(before).map(|(m, b)| (m.to_string(), stack.processed(m) - b)).collect()
+}
+
+#[test]
+fn a_member_added_or_removed_by_apply_changes_the_pool_and_nothing_else() {
+    use crate::common::sip::Registrar;
+    let Some(stack) = Stack::start("grow", |s| s) else { return };
+    let rt = runtime();
+    let domain = stack.plan.tls.domain.clone();
+    let edge_wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.wss_port);
+    let spec = stack.dir.path().join("astrtc.toml");
+    let apply = |yes: bool| {
+        let mut cmd = astrtc();
+        cmd.arg("apply");
+        if yes {
+            cmd.arg("--yes");
+        }
+        let started = Instant::now();
+        let out = cmd.arg("--spec").arg(&spec).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("astrtc apply{} ({:.1?}):\n{stdout}", if yes { " --yes" } else { "" }, started.elapsed());
+        (out.status.code(), stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let set_pool_size = |n: u32| {
+        let text = std::fs::read_to_string(&spec).unwrap();
+        let edited: Vec<String> = text
+            .lines()
+            .map(|l| if l.starts_with("pool_size = ") { format!("pool_size = {n}") } else { l.to_string() })
+            .collect();
+        let edited = edited.join("\n") + "\n";
+        assert!(edited.contains(&format!("\npool_size = {n}\n")), "pool_size not set to {n}: {edited}");
+        std::fs::write(&spec, edited).unwrap();
+    };
+
+    // Before: a WebSocket registered at the edge, a call held through the edge to the pool, the
+    // edge's container as it started.
+    let mut ws = Registrar::open(edge_wss, &domain, &stack.ca_pem(), "199", &stack.password("199"))
+        .expect("no WebSocket to the edge");
+    assert_eq!(ws.register(), Ok(200), "199 could not register over WSS");
+    let edge = container_of(&stack, "edge");
+    let edge_before = started_and_pid(&edge);
+    const HOLD: Duration = Duration::from_secs(20);
+    let held = rt.spawn({
+        let setup = stack.sip_setup("3002", &stack.plan.dialplan.echo_extension, HOLD);
+        async move { probe::call(&setup, &SharedMedia::new().unwrap()).await }
+    });
+    let up = wait_until(Duration::from_secs(10), || stack.sql("SELECT count(*) FROM dialog").trim() != "0");
+    assert!(up.is_some(), "the held call's dialog is not in the database");
+
+    // A third member: started, and the edge's dispatcher reloads its list — nothing restarts, so
+    // no --yes is needed (without a terminal a restart would be refused with exit 2).
+    set_pool_size(3);
+    let third = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap().cluster.unwrap().members[2].clone();
+    let (code, stdout, stderr) = apply(false);
+    assert_eq!(code, Some(0), "apply refused or failed: {stdout}{stderr}");
+    assert!(!stdout.contains("only a restart applies"), "{stdout}");
+    assert!(stdout.contains("starting the new pool member(s) asterisk-3"), "{stdout}");
+    assert!(stdout.contains("edge: unchanged, not restarted"), "{stdout}");
+    let uri = format!("sip:{}:{}", third.address, stack.plan.network.sip_port);
+    assert!(
+        stdout.contains(&format!("edge: its dispatcher reloaded the pool in place (added {uri}; removed none)")),
+        "{stdout}"
+    );
+    // The moment apply returns, the new member is active in the edge's dispatcher: no
+    // health-check interval to wait for (compose waited for it to be healthy first).
+    let flags = stack.flags_of(third.address);
+    eprintln!("asterisk-3 in the edge's dispatcher as apply returned: {flags:?}; all: {:?}", stack.dispatcher_flags());
+    assert!(flags.starts_with('A'), "asterisk-3 is not active in the edge's dispatcher: {:?}", stack.dispatcher_flags());
+    // And the reloaded pool is probed (`P`), the new member with the others.
+    let probed = wait_until(Duration::from_secs(10), || {
+        let pool = stack.dispatcher_flags();
+        pool.len() == 3 && pool.iter().all(|(_, f)| f == "AP")
+    });
+    eprintln!("every member probed (AP) {probed:?} after apply returned: {:?}", stack.dispatcher_flags());
+    assert!(probed.is_some(), "the reloaded pool is not probed: {:?}", stack.dispatcher_flags());
+    let taken = echo_calls(&stack, &["asterisk-1", "asterisk-2", "asterisk-3"], 12);
+    eprintln!("12 echo calls after the member was added: {taken:?}");
+    for (m, n) in &taken {
+        assert!(*n >= 2, "{m} took {n} of 12 calls: {taken:?}");
+    }
+
+    // Nothing else restarted: the edge (same start, same PID, the WebSocket still answered) and
+    // the call held through it all.
+    assert_eq!(container_of(&stack, "edge"), edge, "the edge container was replaced");
+    assert_eq!(started_and_pid(&edge), edge_before, "the edge was restarted");
+    assert_eq!(ws.register(), Ok(200), "the WebSocket opened before apply was closed");
+    let held = rt.block_on(held).unwrap();
+    if !held.healthy() {
+        stack.save_logs("cluster_grow");
+    }
+    // 20 s at 50 packets a second: a gap of 1 s or more would fail this.
+    assert_echoed("call held across apply", &held, 950);
+
+    // Back to two: before apply, verify names the member the spec no longer has.
+    set_pool_size(2);
+    let (_, report) = verify(&stack, &[]);
+    let (status, detail) = check_of(&report, "pool");
+    eprintln!("verify before apply: pool {status}: {detail}");
+    assert_eq!(status, "fail", "{detail}");
+    assert!(detail.contains(&uri), "{detail}");
+    // Removing a member stops it (a drain): announced, refused without --yes, done with it.
+    let (code, stdout, stderr) = apply(false);
+    assert_eq!(code, Some(2), "a member was removed without --yes: {stdout}{stderr}");
+    assert!(stdout.contains("asterisk-3: no longer in the spec"), "{stdout}");
+    assert_eq!(stack.flags_of(third.address).get(..1), Some("A"), "asterisk-3 left the dispatcher without --yes");
+    let (code, stdout, stderr) = apply(true);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("edge: its dispatcher reloaded the pool in place (added none; removed {uri})")),
+        "{stdout}"
+    );
+    let pool = stack.dispatcher_flags();
+    assert_eq!(pool.len(), 2, "{pool:?}");
+    assert!(pool.iter().all(|(_, f)| f.starts_with('A')), "{pool:?}");
+    let ps = stack.project.run(&["ps", "--all", "--format", "{{.Service}}"]);
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains("asterisk-3"), "asterisk-3 was not removed");
+    assert_eq!(started_and_pid(&edge), edge_before, "removing a member restarted the edge");
+    assert_eq!(ws.register(), Ok(200), "removing a member closed the WebSocket");
+    let taken = echo_calls(&stack, &["asterisk-1", "asterisk-2"], 4);
+    assert_eq!(taken.iter().map(|(_, n)| n).sum::<u64>(), 4, "{taken:?}");
+}

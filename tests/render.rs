@@ -370,3 +370,47 @@ fn the_restart_digest_moves_with_the_opus_complexity_not_with_the_dialplan() {
     });
     assert_ne!(base, complexity, "an opus complexity change must restart Asterisk");
 }
+
+/// A pool member added or removed moves none of the edge's, relay's, database's or other
+/// members' restart digests (`apply` starts or removes the member and has the edge's dispatcher reload its
+/// list), though the list itself changes; the probe interval (kamailio.cfg) moves the edge's.
+#[test]
+fn the_pool_size_moves_no_cluster_service_digest_and_the_probe_interval_moves_the_edges() {
+    let render = |edit: &dyn Fn(&str) -> String| {
+        let dir = fixture_copy("cluster-compose");
+        let spec = dir.path().join("astrtc.toml");
+        let text = std::fs::read_to_string(&spec).unwrap();
+        let edited = edit(&text);
+        std::fs::write(&spec, edited).unwrap();
+        let b = bundle_for(&plan_for(&spec, ROOT).unwrap());
+        let compose = b.text("compose.yaml").unwrap().to_string();
+        let mut labels = Vec::new();
+        let mut service = "";
+        for l in compose.lines() {
+            if let Some(name) = l.strip_prefix("  ").and_then(|n| n.strip_suffix(':')).filter(|n| !n.starts_with(' ')) {
+                service = name;
+            }
+            if let Some(d) = l.trim().strip_prefix("io.astrtc.restart-digest: ") {
+                if ["edge", "relay", "db", "asterisk-1"].contains(&service.trim_matches('"')) {
+                    labels.push(format!("{service} {d}"));
+                }
+            }
+        }
+        assert_eq!(labels.len(), 4, "the database's, first member's, relay's and edge's labels: {labels:?}");
+        (labels, b.text("edge/dispatcher.list").unwrap().to_string())
+    };
+    let (base, list) = render(&|s| s.to_string());
+    let (three, list3) = render(&|s| {
+        assert!(s.contains("pool_size = 2\n"), "the fixture's pool_size line was not found");
+        s.replace("pool_size = 2\n", "pool_size = 3\n")
+    });
+    assert_ne!(list, list3, "the dispatcher list did not name the third member");
+    assert_eq!(list3.lines().filter(|l| l.starts_with("1 sip:")).count(), 3, "{list3}");
+    assert_eq!(base, three, "adding a pool member must restart none of the database, members, relay or edge");
+    let (probe, _) = render(&|s| {
+        assert!(s.contains("probe_seconds = 1\n"), "the fixture's probe_seconds line was not found");
+        s.replace("probe_seconds = 1\n", "probe_seconds = 2\n")
+    });
+    assert_ne!(base[3], probe[3], "a probe interval change must restart the edge: {base:?} {probe:?}");
+    assert_eq!(base[..3], probe[..3], "a probe interval change restarts only the edge");
+}

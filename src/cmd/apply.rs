@@ -1,6 +1,7 @@
 //! `astrtc apply`: render, then reload the running compose deployment in place or restart it
 //! gracefully (announced, confirmed), saying which; for a cluster, write the users into its
-//! database and reload its pool in place, restarting only what must be (announced, confirmed).
+//! database, reload its pool in place, start members added, have the edge's dispatcher reload
+//! the pool, restarting only what must be (announced, confirmed).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -70,9 +71,11 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
     let mut reloads = Vec::new();
     let mut unchanged = Vec::new();
     let mut restarts = Vec::new();
+    let mut starts = Vec::new();
     for (service, digest) in &wanted {
         let container = if service == apply::cluster::DB_SERVICE { Some(&db) } else { running.get(service) };
         match container {
+            None if is_pool_member(service) => starts.push(service.clone()),
             None => restarts.push(format!("{service}: not running: started")),
             Some(c) if digest.is_some() && c.restart_digest == *digest => {
                 if is_pool_member(service) {
@@ -150,11 +153,45 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
             println!("{d}");
         }
     }
-    if !restarts.is_empty() {
+    if !starts.is_empty() && restarts.is_empty() {
+        println!("starting the new pool member(s) {} (docker compose up; nothing else restarts) ...", starts.join(", "));
+        let took = apply::compose_up(plan, out, false)?;
+        println!("started: every service healthy after {}", ui::human_duration(took));
+    } else if !restarts.is_empty() {
+        if !starts.is_empty() {
+            println!("starting the new pool member(s) {}", starts.join(", "));
+        }
         println!("restarting what changed (docker compose up; pool members drain first) ...");
         let took = apply::compose_up(plan, out, !orphans.is_empty())?;
         println!("restarted: every service healthy after {}", ui::human_duration(took));
     }
+    sync_pool(&docker, plan, out).await
+}
+
+/// The pool in the running edge's dispatcher made the rendered one: when they differ (a member
+/// added or removed, now up or gone), the dispatcher reloads its list in place — the edge keeps
+/// its connections, registrations and calls.
+async fn sync_pool(docker: &bollard::Docker, plan: &Plan, out: &Path) -> Result<(), CmdError> {
+    let running = apply::cluster::find_services(docker, plan).await?;
+    let Some(edge) = running.get("edge") else {
+        return Ok(());
+    };
+    let wanted = apply::cluster::rendered_pool(out);
+    let loaded: Vec<String> = apply::cluster::loaded_pool(docker, edge).await?.into_iter().map(|(uri, _)| uri).collect();
+    if loaded == wanted {
+        return Ok(());
+    }
+    let added: Vec<&str> = wanted.iter().filter(|u| !loaded.contains(u)).map(String::as_str).collect();
+    let removed: Vec<&str> = loaded.iter().filter(|u| !wanted.contains(u)).map(String::as_str).collect();
+    apply::cluster::reload_pool(docker, edge).await?;
+    let now = apply::cluster::loaded_pool(docker, edge).await?;
+    let show = |v: &[&str]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+    println!(
+        "edge: its dispatcher reloaded the pool in place (added {}; removed {}), not restarted; now {}",
+        show(&added),
+        show(&removed),
+        now.iter().map(|(uri, flags)| format!("{uri} {flags}")).collect::<Vec<_>>().join(", ")
+    );
     Ok(())
 }
 
@@ -167,8 +204,8 @@ fn is_pool_member(service: &str) -> bool {
 fn cluster_restart_announcement(service: &str, container: &str) -> String {
     let what = match service {
         "edge" => {
-            "what Kamailio reads only at start changed (kamailio.cfg, dispatcher.list, tls.cfg, database.cfg, the \
-             certificate, or its service in compose.yaml): the restart closes every browser's WebSocket (browsers \
+            "what Kamailio reads only at start changed (kamailio.cfg, tls.cfg, database.cfg, or its service in \
+             compose.yaml): the restart closes every browser's WebSocket (browsers \
              reconnect and register again); registrations and answered calls are kept in the database"
         }
         "relay" => {

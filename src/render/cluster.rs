@@ -32,14 +32,21 @@ pub const DATABASE_PORT: u16 = 5432;
 
 /// The cluster's own services whose containers carry a restart digest (as the pool members do),
 /// with the outputs only their restart applies: everything the edge reads but its certificate
-/// (its config, the dispatcher list, the database URL: Kamailio reloads none of them; the
+/// and its dispatcher list (its config and the database URL: Kamailio reloads neither; the
 /// certificate is reloaded in place, `tls.reload`, by the edge's entrypoint when its files
-/// change), the relay's config, the database's access rules and password. Not in any: `db/schema.sql` and
+/// change, the list by `astrtc apply`, [`RELOADED_IN_PLACE`]), the relay's config, the database's access rules and password. Not in any: `db/schema.sql` and
 /// `db/subscribers.sql`, which `astrtc apply` writes into the running database (the edge reads
 /// the users from there). The digests of secret files are in a container label: anyone who can
 /// read labels can read the files themselves (`docker exec`), and the password is 190 random bits.
 pub const RESTART_VIEWS: &[(&str, &[&str])] =
     &[("db", &["db/pg_hba.conf", "db/password"]), ("relay", &["relay/"]), ("edge", &["edge/"])];
+
+/// Outputs inside a [`RESTART_VIEWS`] directory that are left out of its view: the edge's
+/// dispatcher list, which `astrtc apply` has the running edge reload (`dispatcher.reload`) once
+/// the pool's members it names are up — adding or removing a member restarts nothing else.
+pub const RELOADED_IN_PLACE: &[&str] = &[DISPATCHER_LIST_FILE];
+/// `edge/dispatcher.list`: the pool, one line per member.
+pub const DISPATCHER_LIST_FILE: &str = "edge/dispatcher.list";
 
 /// Whether `path` is one of the cluster's outputs.
 pub fn is_cluster_file(path: &str) -> bool {

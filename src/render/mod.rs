@@ -196,6 +196,9 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
                 let mut view = String::new();
                 for (path, file) in bundle.files() {
                     let p = path.to_string_lossy();
+                    if cluster::RELOADED_IN_PLACE.contains(&p.as_ref()) {
+                        continue;
+                    }
                     if outputs.iter().any(|o| if o.ends_with('/') { p.starts_with(o) } else { p == *o }) {
                         view.push_str(&format!("==> {p}\n{}\n", String::from_utf8_lossy(&file.bytes)));
                     }
@@ -219,10 +222,9 @@ fn compose_service(compose: &str, name: &str) -> String {
     for line in compose.lines() {
         if line == header || line == quoted {
             inside = true;
-        } else if inside
-            && (!line.starts_with(' ') || (line.starts_with("  ") && !line.starts_with("   ")))
-            && !line.trim_start().starts_with('#')
-        {
+        } else if inside && (!line.starts_with(' ') || (line.starts_with("  ") && !line.starts_with("   "))) {
+            // The next service, or the comment above it (two spaces in: it belongs to the next
+            // one — a pool member's count there must not move the previous service's digest).
             break;
         }
         if inside {

@@ -407,6 +407,7 @@ async fn cluster_checks(plan: &Plan, cluster: &crate::spec::valid::Cluster) -> V
                     for m in &cluster.members {
                         checks.push(member_check(m, &flags));
                     }
+                    checks.extend(strangers_check(cluster, &flags));
                 }
             }
         }
@@ -477,9 +478,26 @@ fn member_check(m: &crate::spec::valid::PoolMember, flags: &[(String, String)]) 
         None => Check::fail(
             name,
             format!("the edge's dispatcher has no destination at {}", m.address),
-            "re-run `astrtc render` and restart the edge: its dispatcher.list is older than the spec",
+            "run `astrtc apply`: it starts the member and has the edge's dispatcher reload its list",
         ),
     }
+}
+
+/// Destinations in the edge's dispatcher that the spec's pool does not name (a member removed
+/// from the spec but not applied): one failed check naming them, or none.
+fn strangers_check(cluster: &crate::spec::valid::Cluster, flags: &[(String, String)]) -> Option<Check> {
+    let strangers: Vec<&str> = flags
+        .iter()
+        .filter(|(uri, _)| !cluster.members.iter().any(|m| uri.starts_with(&format!("sip:{}:", m.address))))
+        .map(|(uri, _)| uri.as_str())
+        .collect();
+    (!strangers.is_empty()).then(|| {
+        Check::fail(
+            "pool",
+            format!("the edge's dispatcher still sends calls to {}, which the spec's pool does not name", strangers.join(", ")),
+            "run `astrtc apply`: it drains and removes the member, then has the edge's dispatcher reload its list",
+        )
+    })
 }
 
 /// The running container of compose service `service` in project `project`, if there is one.
