@@ -1545,7 +1545,11 @@ fn a_member_added_or_removed_by_apply_changes_the_pool_and_nothing_else() {
     // health-check interval to wait for (compose waited for it to be healthy first).
     let flags = stack.flags_of(third.address);
     eprintln!("asterisk-3 in the edge's dispatcher as apply returned: {flags:?}; all: {:?}", stack.dispatcher_flags());
-    assert!(flags.starts_with('A'), "asterisk-3 is not active in the edge's dispatcher: {:?}", stack.dispatcher_flags());
+    assert!(
+        flags.starts_with('A'),
+        "asterisk-3 is not active in the edge's dispatcher: {:?}",
+        stack.dispatcher_flags()
+    );
     // And the reloaded pool is probed (`P`), the new member with the others.
     let probed = wait_until(Duration::from_secs(10), || {
         let pool = stack.dispatcher_flags();

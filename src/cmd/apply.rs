@@ -154,7 +154,10 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
         }
     }
     if !starts.is_empty() && restarts.is_empty() {
-        println!("starting the new pool member(s) {} (docker compose up; nothing else restarts) ...", starts.join(", "));
+        println!(
+            "starting the new pool member(s) {} (docker compose up; nothing else restarts) ...",
+            starts.join(", ")
+        );
         let took = apply::compose_up(plan, out, false)?;
         println!("started: every service healthy after {}", ui::human_duration(took));
     } else if !restarts.is_empty() {
@@ -177,7 +180,8 @@ async fn sync_pool(docker: &bollard::Docker, plan: &Plan, out: &Path) -> Result<
         return Ok(());
     };
     let wanted = apply::cluster::rendered_pool(out);
-    let loaded: Vec<String> = apply::cluster::loaded_pool(docker, edge).await?.into_iter().map(|(uri, _)| uri).collect();
+    let loaded: Vec<String> =
+        apply::cluster::loaded_pool(docker, edge).await?.into_iter().map(|(uri, _)| uri).collect();
     if loaded == wanted {
         return Ok(());
     }

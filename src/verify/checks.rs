@@ -494,7 +494,10 @@ fn strangers_check(cluster: &crate::spec::valid::Cluster, flags: &[(String, Stri
     (!strangers.is_empty()).then(|| {
         Check::fail(
             "pool",
-            format!("the edge's dispatcher still sends calls to {}, which the spec's pool does not name", strangers.join(", ")),
+            format!(
+                "the edge's dispatcher still sends calls to {}, which the spec's pool does not name",
+                strangers.join(", ")
+            ),
             "run `astrtc apply`: it drains and removes the member, then has the edge's dispatcher reload its list",
         )
     })
