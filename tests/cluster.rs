@@ -1603,3 +1603,62 @@ fn a_member_added_or_removed_by_apply_changes_the_pool_and_nothing_else() {
     let taken = echo_calls(&stack, &["asterisk-1", "asterisk-2"], 4);
     assert_eq!(taken.iter().map(|(_, n)| n).sum::<u64>(), 4, "{taken:?}");
 }
+
+/// A member that stops answering (paused: no reply, no ICMP, as a hung or unplugged server) with
+/// the probes far apart: the call the dispatcher gives it times out at the edge (tm's 5 s
+/// `fr_timer`) and fails over to the next member; the failover marks it inactive, so the calls
+/// after it go straight to the other. Every call succeeds.
+#[test]
+fn a_member_that_stops_answering_fails_its_call_over_and_every_call_succeeds() {
+    let Some(stack) = Stack::start("failover", |s| {
+        assert!(s.contains("probe_seconds = 1\n"), "the fixture's probe_seconds line was not found");
+        s.replace("probe_seconds = 1\n", "probe_seconds = 60\n")
+    }) else {
+        return;
+    };
+    let members = stack.cluster().members.clone();
+    let echo = stack.plan.dialplan.echo_extension.clone();
+    let rt = runtime();
+    let shared = SharedMedia::new().unwrap();
+    let all_active =
+        wait_until(Duration::from_secs(20), || members.iter().all(|m| stack.flags_of(m.address).starts_with('A')));
+    assert!(all_active.is_some(), "not every member is active at the edge: {:?}", stack.dispatcher_flags());
+    let (hung, other) = (&members[0], &members[1]);
+    let container = container_of(&stack, &hung.name);
+    let before = stack.processed(&other.name);
+    let out = Command::new("docker").args(["pause", &container]).output().unwrap();
+    assert!(out.status.success(), "docker pause: {}", String::from_utf8_lossy(&out.stderr));
+    struct Unpause(String);
+    impl Drop for Unpause {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["unpause", &self.0]).output();
+        }
+    }
+    let _unpause = Unpause(container);
+
+    // Four calls, one after another: round robin gives the hung member one of the first two.
+    for i in 0..4 {
+        let started = Instant::now();
+        let report = rt.block_on(probe::call(&stack.sip_setup("3001", &echo, Duration::from_secs(2)), &shared));
+        eprintln!("call {} took {:.1?} in all", i + 1, started.elapsed());
+        if !report.healthy() {
+            stack.save_logs("cluster_failover");
+        }
+        assert_echoed(&format!("call {} with {} hung", i + 1, hung.name), &report, 50);
+    }
+    let flags = stack.dispatcher_flags();
+    let log = edge_log(&stack);
+    let failovers: Vec<&str> = log.lines().filter(|l| l.contains("astrtc: pool member ")).collect();
+    eprintln!("the edge's failovers: {failovers:#?}\nthe dispatcher: {flags:?}");
+    let want = format!("astrtc: pool member sip:{}:", hung.address);
+    assert_eq!(
+        failovers.iter().filter(|l| l.contains(&want) && l.contains("(408)")).count(),
+        1,
+        "not exactly one call failed over from {} after a timeout: {failovers:#?}",
+        hung.name
+    );
+    assert_eq!(failovers.len(), 1, "another member failed a call: {failovers:#?}");
+    // Marked inactive by the failover itself: the next probe is up to 60 s away.
+    assert!(stack.flags_of(hung.address).starts_with('I'), "{} is still active: {flags:?}", hung.name);
+    assert_eq!(stack.processed(&other.name) - before, 4, "{} did not answer every call", other.name);
+}
