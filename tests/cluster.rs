@@ -1315,6 +1315,174 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     }
     assert_echoed("echo call", &report, 50);
     assert_eq!(report.hangup.as_deref(), Some("BYE answered 200 OK"), "{}", report.ladder.join("\n"));
+
+    // A party to a real call cannot have the edge send the call's requests elsewhere: an
+    // in-dialog INFO with the right Call-ID, tags and route set but a request URI at the test's
+    // socket, or the call's own request URI with an alias naming that socket, is refused (403)
+    // and nothing reaches the socket; the same INFO to the call's real target reaches the pool.
+    let echo = stack.plan.dialplan.echo_extension.clone();
+    let mut call = RawDialog::call(edge, &stack.plan.tls.domain, "3001", &stack.password("3001"), &echo);
+    eprintln!("raw call: target {}, route set {:?}", call.target, call.routes);
+    let real = call.target.clone();
+    // (The pool's contact already carries the edge's alias for it: replaced, not added to.)
+    let aliased = format!("{};alias=127.0.0.1~{}~1", real.split(";alias=").next().unwrap(), target_addr.port());
+    for (what, uri) in [("a request URI at another host", format!("sip:victim@{target_addr}")), ("an alias", aliased)] {
+        let status = call.in_dialog("INFO", &uri);
+        eprintln!("in-dialog INFO with {what} ({uri}): {status}");
+        let mut buf = [0u8; 4096];
+        let relayed =
+            target.recv_from(&mut buf).map(|(len, from)| (from, String::from_utf8_lossy(&buf[..len]).into_owned()));
+        assert!(relayed.is_err(), "the edge sent a party's in-dialog INFO with {what} on: {relayed:?}");
+        assert!(status.starts_with("SIP/2.0 403"), "an in-dialog INFO with {what} got: {status}");
+    }
+    let status = call.in_dialog("INFO", &real);
+    eprintln!("in-dialog INFO to the call's target ({real}): {status}");
+    assert!(
+        !["SIP/2.0 403", "SIP/2.0 481", "SIP/2.0 404", "SIP/2.0 408"].iter().any(|c| status.starts_with(c)),
+        "the call's own INFO did not reach the pool: {status}"
+    );
+    let status = call.in_dialog("BYE", &real);
+    assert!(status.starts_with("SIP/2.0 200"), "the call's BYE: {status}");
+    let refused = edge_log(&stack).lines().filter(|l| l.contains("astrtc: refused an in-dialog INFO")).count();
+    assert_eq!(refused, 2, "the edge did not log both refusals");
+}
+
+/// A call placed by hand over UDP through the edge (no media): what its in-dialog requests need.
+struct RawDialog {
+    sock: std::net::UdpSocket,
+    edge: SocketAddr,
+    call_id: String,
+    from: String,
+    to: String,
+    /// The route set: the answer's Record-Route, reversed.
+    routes: Vec<String>,
+    /// The answer's Contact URI.
+    target: String,
+    cseq: u32,
+}
+
+impl RawDialog {
+    /// INVITEs `extension` through the edge as `user` (answering the challenge), then ACKs
+    /// the 200 OK.
+    fn call(edge: SocketAddr, domain: &str, user: &str, password: &str, extension: &str) -> RawDialog {
+        use crate::common::sip::digest_authorization;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let me = sock.local_addr().unwrap();
+        let uri = format!("sip:{extension}@{domain}");
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+            me.port() + 2
+        );
+        let mut d = RawDialog {
+            sock,
+            edge,
+            call_id: format!("raw-{}-{}@test", std::process::id(), me.port()),
+            from: format!("<sip:{user}@{domain}>;tag=raw-{}", me.port()),
+            to: format!("<{uri}>"),
+            routes: Vec::new(),
+            target: uri.clone(),
+            cseq: 1,
+        };
+        let mut auth = String::new();
+        for attempt in 0..2 {
+            let invite = d.request("INVITE", &uri, &format!("{auth}Content-Type: application/sdp\r\n"), &sdp);
+            let answer = d.send(&invite);
+            if answer.starts_with("SIP/2.0 407") || answer.starts_with("SIP/2.0 401") {
+                assert_eq!(attempt, 0, "challenged twice: {answer}");
+                d.ack_failure(&answer, &uri);
+                let (name, reply) = if answer.starts_with("SIP/2.0 401") {
+                    ("WWW-Authenticate", "Authorization")
+                } else {
+                    ("Proxy-Authenticate", "Proxy-Authorization")
+                };
+                let challenge = header_of(&answer, name).expect("a challenge");
+                auth = format!(
+                    "{reply}: {}\r\n",
+                    digest_authorization(challenge, "INVITE", &uri, user, password).unwrap()
+                );
+                d.cseq += 1;
+                continue;
+            }
+            assert!(answer.starts_with("SIP/2.0 200"), "the call was not answered: {answer}");
+            d.to = header_of(&answer, "To").unwrap().to_string();
+            d.target = header_of(&answer, "Contact").unwrap().trim_start_matches('<').split('>').next().unwrap().into();
+            let mut routes: Vec<String> = answer
+                .lines()
+                .filter_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("Record-Route")))
+                .flat_map(|(_, v)| v.split(',').map(|r| r.trim().to_string()).collect::<Vec<_>>())
+                .collect();
+            routes.reverse();
+            d.routes = routes;
+            let target = d.target.clone();
+            let ack = d.request("ACK", &target, "", "");
+            d.sock.send_to(ack.as_bytes(), edge).unwrap();
+            return d;
+        }
+        unreachable!()
+    }
+
+    fn request(&self, method: &str, uri: &str, extra: &str, body: &str) -> String {
+        let me = self.sock.local_addr().unwrap();
+        let routes: String = self.routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{}-{method}-{};rport\r\n{routes}\
+             Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n\
+             Contact: <sip:raw@{me}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            self.call_id.len(),
+            self.cseq,
+            self.from,
+            self.to,
+            self.call_id,
+            self.cseq,
+            body.len()
+        )
+    }
+
+    /// Sends a request; its final answer (requests from the far end are answered 200 on the way).
+    fn send(&self, msg: &str) -> String {
+        self.sock.send_to(msg.as_bytes(), self.edge).unwrap();
+        let mut buf = [0u8; 8192];
+        loop {
+            let (n, _) = self.sock.recv_from(&mut buf).expect("no final answer in 10 s");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with("SIP/2.0 1") {
+                continue;
+            }
+            if !text.starts_with("SIP/2.0") {
+                continue;
+            }
+            return text;
+        }
+    }
+
+    fn ack_failure(&self, answer: &str, uri: &str) {
+        let me = self.sock.local_addr().unwrap();
+        let via = header_of(answer, "Via").unwrap_or_default();
+        let to = header_of(answer, "To").unwrap_or_default();
+        let ack = format!(
+            "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\n\
+             CSeq: {} ACK\r\nContact: <sip:raw@{me}>\r\nContent-Length: 0\r\n\r\n",
+            self.from, self.call_id, self.cseq
+        );
+        self.sock.send_to(ack.as_bytes(), self.edge).unwrap();
+    }
+
+    /// An in-dialog request (next CSeq) to `uri`; the status line of its final answer.
+    fn in_dialog(&mut self, method: &str, uri: &str) -> String {
+        self.cseq += 1;
+        let msg = self.request(method, uri, "", "");
+        self.send(&msg).lines().next().unwrap_or_default().to_string()
+    }
+}
+
+/// The value of the first header `name` in a SIP message.
+fn header_of<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 /// `docker inspect` of a container: when it started and its main process' PID.
