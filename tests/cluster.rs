@@ -626,6 +626,11 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
         assert_eq!(status, "pass", "{detail}");
         assert!(detail.contains(&format!("sip:{}:", m.address)) && detail.contains("active"), "{detail}");
     }
+    for m in &members {
+        let (status, detail) = check_of(&report, &format!("modules {}", m.name));
+        assert_eq!(status, "pass", "{detail}");
+        assert!(detail.contains("res_pjsip.so") && detail.contains("codec_opus_open_source.so"), "{detail}");
+    }
     let (_, users) = check_of(&report, "users");
     assert!(users.contains("198, 199, 3001, 3002"), "{users}");
     for ep in ["199", "3001"] {
@@ -643,6 +648,9 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
     let probe = Duration::from_secs(u64::from(stack.cluster().probe_seconds));
     let inactive = wait_until(probe * 3 + Duration::from_secs(5), || !stack.flags_of(last.address).starts_with('A'));
     assert!(inactive.is_some(), "the edge never marked {} inactive", last.name);
+    // A module a member lost (no call uses it now): verify names it and the member.
+    let out = stack.exec(&members[0].name, &["asterisk", "-rx", "module unload codec_opus_open_source.so"]);
+    eprintln!("module unload on {}: {}", members[0].name, out.trim());
     // A password the database does not have (as after a spec change never applied).
     stack.sql("UPDATE subscriber SET ha1 = md5('3001:x:old') WHERE username = '3001'");
     let (code, report) = verify(&stack, &[]);
@@ -650,6 +658,13 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
     let (status, detail) = check_of(&report, "users");
     assert_eq!(status, "fail", "{detail}");
     assert!(detail.contains("another password or max_contacts for 3001"), "{detail}");
+    let (status, detail) = check_of(&report, &format!("modules {}", members[0].name));
+    eprintln!("modules {}: {status}: {detail}", members[0].name);
+    assert_eq!(status, "fail", "{detail}");
+    assert!(detail.contains("codec_opus_open_source.so not loaded"), "{detail}");
+    let (status, detail) = check_of(&report, &format!("modules {}", last.name));
+    assert_eq!(status, "fail", "the stopped member's modules: {detail}");
+    assert!(detail.contains("no running container"), "{detail}");
     // A user the database lost.
     stack.sql("DELETE FROM subscriber WHERE username = '3002'");
     let (code, report) = verify(&stack, &[]);
@@ -1829,4 +1844,74 @@ fn a_member_that_stops_answering_fails_its_call_over_and_every_call_succeeds() {
     // Marked inactive by the failover itself: the next probe is up to 60 s away.
     assert!(stack.flags_of(hung.address).starts_with('I'), "{} is still active: {flags:?}", hung.name);
     assert_eq!(stack.processed(&other.name) - before, 4, "{} did not answer every call", other.name);
+}
+
+/// The edge's bans outlive a restart: written to the database as Kamailio shuts down, read back as
+/// it starts, with their expiry.
+#[test]
+fn the_edges_bans_outlive_its_restart() {
+    use crate::common::attacker::{self, Peer};
+    use crate::common::sip::{options_over_udp, Registrar};
+    if docker_off() {
+        return;
+    }
+    if let Some(why) = attacker::available() {
+        skip(&why);
+        return;
+    }
+    // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
+    let (guesser, bystander) = (Peer::new("keep"), Peer::new("other"));
+    const BAN_SECONDS: u64 = 600;
+    let Some(stack) = Stack::start("banstay", |s| {
+        format!("{s}\n[security]\nban_after = 2\nfind_seconds = 60\nban_seconds = {BAN_SECONDS}\n")
+    }) else {
+        return;
+    };
+    let (sip, domain) = (stack.plan.network.sip_port, stack.plan.tls.domain.clone());
+    let options = |peer: &Peer| {
+        let to = peer.to(sip);
+        peer.run(move || options_over_udp(to, Duration::from_secs(2)))
+    };
+    assert!(options(&guesser).is_some(), "the edge does not answer the guesser before any guess");
+    // Wrong passwords over UDP until the edge stops answering: exactly 2 answered.
+    let answered = {
+        let to = guesser.to(sip);
+        let domain = domain.clone();
+        guesser.run(move || {
+            let mut session = Registrar::udp(to, &domain, "3001", "wrong-password-xxxxxxxx").unwrap();
+            (0..10).take_while(|_| session.register().is_ok()).count()
+        })
+    };
+    assert_eq!(answered, 2, "wrong passwords answered before the ban");
+    assert!(options(&guesser).is_none(), "the guesser is not banned");
+    assert!(options(&bystander).is_some(), "the bystander is not answered");
+
+    // The edge restarts (docker compose stop, then up: Kamailio shuts down and writes its bans).
+    let edge = container_of(&stack, "edge");
+    let before = started_and_pid(&edge);
+    // The edge stops within its grace period (compose's 5 s) by itself — exit 0, not Docker's
+    // SIGKILL (137) — which is what lets Kamailio write the bans.
+    let stopping = Instant::now();
+    let out = stack.project.run(&["stop", "edge"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exit = Command::new("docker").args(["inspect", "-f", "{{.State.ExitCode}}", &edge]).output().unwrap();
+    let exit = String::from_utf8_lossy(&exit.stdout).trim().to_string();
+    eprintln!("the edge stopped in {:.1?}, exit code {exit}", stopping.elapsed());
+    assert_eq!(exit, "0", "the edge did not shut down by itself (137: killed at the end of its grace period)");
+    let out = stack.project.run(&["up", "-d", "--wait", "--wait-timeout", "60", "edge"]);
+    assert!(out.status.success(), "the edge did not come back: {}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(started_and_pid(&container_of(&stack, "edge")), before, "the edge did not restart");
+    let rows = stack.sql("SELECT key_name || ' ' || (expires - extract(epoch FROM now())::int) FROM htable");
+    eprintln!("htable rows after the restart (address, seconds left): {rows:?}");
+    if !rows.contains(&guesser.ip.to_string()) {
+        stack.save_logs("cluster_banstay");
+    }
+    assert!(rows.contains(&guesser.ip.to_string()), "the ban is not in the database: {rows:?}");
+    // The bystander is answered by the new edge; the guesser still is not.
+    let back = wait_until(Duration::from_secs(10), || options(&bystander).is_some());
+    assert!(back.is_some(), "the restarted edge does not answer the bystander");
+    assert!(options(&guesser).is_none(), "the restart lifted the guesser's ban");
+    let banned = stack.exec("edge", &["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "htable.dump", "ipban"]);
+    eprintln!("the restarted edge's ipban: {}", banned.split_whitespace().collect::<Vec<_>>().join(" "));
+    assert!(banned.contains(&guesser.ip.to_string()), "the restarted edge has no ban for the guesser: {banned}");
 }

@@ -375,8 +375,76 @@ async fn asterisk_checks(plan: &Plan, target: &Target, report: &mut Report) {
     }
 }
 
-/// A cluster's own checks, through the edge's and the database's containers: each pool member
-/// active in the edge's dispatcher (it answers the edge's OPTIONS probes), and the edge's users
+/// What a pool member must run: SIP (PJSIP), RTP, and opus for what Asterisk plays or records
+/// on a browser's call (the relay hands the pool the browser's opus as plain RTP). No DTLS, no
+/// WebSocket: the edge and the relay do those.
+pub const POOL_MODULES: &[&str] =
+    &["res_pjsip.so", "chan_pjsip.so", "res_rtp_asterisk.so", "codec_opus_open_source.so", "res_format_attr_opus.so"];
+
+/// Each pool member's modules ([`POOL_MODULES`]), through its container: one check per member.
+async fn pool_module_checks(
+    docker: &bollard::Docker,
+    plan: &Plan,
+    cluster: &crate::spec::valid::Cluster,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for m in &cluster.members {
+        let name = format!("modules {}", m.name);
+        let id = match compose_container(docker, &plan.name, &m.name).await {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                checks.push(Check::fail(
+                    name,
+                    format!("no running container of service {} in compose project {:?}", m.name, plan.name),
+                    "start the cluster: docker compose up -d --wait",
+                ));
+                continue;
+            }
+            Err(e) => {
+                checks.push(Check::fail(name, e, "is the Docker engine running?"));
+                continue;
+            }
+        };
+        let mut rows = Vec::new();
+        let mut errors = Vec::new();
+        for pattern in ["pjsip", "rtp_asterisk", "opus"] {
+            match asterisk_rx(docker, &id, &format!("module show like {pattern}")).await {
+                Ok(out) => rows.extend(parse_module_show(&out)),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            checks.push(Check::fail(name, errors.join("; "), format!("is Asterisk running in {}?", m.name)));
+            continue;
+        }
+        let wrong: Vec<String> = POOL_MODULES
+            .iter()
+            .filter_map(|want| match rows.iter().find(|r| r.name == *want) {
+                Some(r) if r.status == "Running" => None,
+                Some(r) => Some(format!("{want} {}", r.status)),
+                None => Some(format!("{want} not loaded")),
+            })
+            .collect();
+        checks.push(if wrong.is_empty() {
+            Check::pass(name, format!("{} running", POOL_MODULES.join(", ")))
+        } else {
+            Check::fail(
+                name,
+                wrong.join(", "),
+                format!(
+                    "see `docker compose logs {}`; remove any `noload` of them from modules.conf, or rebuild the image \
+                     with `astrtc build`",
+                    m.name
+                ),
+            )
+        });
+    }
+    checks
+}
+
+/// A cluster's own checks, through the edge's, the members' and the database's containers: each
+/// pool member active in the edge's dispatcher (it answers the edge's OPTIONS probes) and running
+/// [`POOL_MODULES`], and the edge's users
 /// in the database those of the spec.
 async fn cluster_checks(plan: &Plan, cluster: &crate::spec::valid::Cluster) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -412,6 +480,7 @@ async fn cluster_checks(plan: &Plan, cluster: &crate::spec::valid::Cluster) -> V
             }
         }
     }
+    checks.extend(pool_module_checks(&docker, plan, cluster).await);
     match find("db").await {
         Err(why) => checks.push(Check::fail("users", why, "start the cluster: docker compose up -d --wait")),
         Ok(db) => {
