@@ -184,16 +184,7 @@ impl Stack {
     /// probed, `IP`: inactive and probed).
     fn dispatcher_flags(&self) -> Vec<(String, String)> {
         let out = self.exec("edge", &["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "dispatcher.list"]);
-        let mut flags = Vec::new();
-        let mut uri = None;
-        for line in out.lines().map(str::trim) {
-            if let Some(u) = line.strip_prefix("URI: ") {
-                uri = Some(u.to_string());
-            } else if let (Some(f), Some(u)) = (line.strip_prefix("FLAGS: "), uri.take()) {
-                flags.push((u, f.to_string()));
-            }
-        }
-        flags
+        astrtc::verify::parse_dispatcher_list(&out)
     }
 
     /// The member's dispatcher flags.
