@@ -33,13 +33,16 @@
 //!    check that names them;
 //! 9. a phone registered over UDP from behind a NAT (its Contact a private address, not the one
 //!    it sends from) gets the edge's keepalive OPTIONS every `cluster.natping_seconds`, at the
-//!    address it sends from; a phone not behind a NAT gets none;
+//!    address it sends from; a phone not behind a NAT gets none, nor does one behind a NAT that
+//!    registered over TCP (its connection held open; its contact not flagged for keepalives);
 //! 10. a renewed certificate (a new leaf from the deployment's CA in deploy/keys) is served by
 //!     the edge's WSS listener without a restart, while a WebSocket opened before still carries
 //!     SIP;
 //! 11. a UDP flood of OPTIONS from one address (above `cluster.flood_requests_per_second`) is
 //!     dropped while it lasts (not banned: a UDP source can be forged), while another address is
-//!     served and loopback's flood is served whole;
+//!     served and loopback's flood is served whole; a flood over a connection (WSS, TCP) bans its
+//!     address (no answer over UDP or a new connection) until `security.ban_seconds` have passed,
+//!     while another address is served;
 //! 12. `astrtc apply` adds a user and changes a password by writing the database: the new user
 //!     registers, the old password is refused and the new one taken, while the edge runs on (same
 //!     container, start time and PID), a WebSocket and a call opened before stay up and an earlier
