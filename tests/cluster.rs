@@ -33,13 +33,16 @@
 //!    check that names them;
 //! 9. a phone registered over UDP from behind a NAT (its Contact a private address, not the one
 //!    it sends from) gets the edge's keepalive OPTIONS every `cluster.natping_seconds`, at the
-//!    address it sends from; a phone not behind a NAT gets none;
+//!    address it sends from; a phone not behind a NAT gets none, nor does one behind a NAT that
+//!    registered over TCP (its connection held open; its contact not flagged for keepalives);
 //! 10. a renewed certificate (a new leaf from the deployment's CA in deploy/keys) is served by
 //!     the edge's WSS listener without a restart, while a WebSocket opened before still carries
 //!     SIP;
 //! 11. a UDP flood of OPTIONS from one address (above `cluster.flood_requests_per_second`) is
 //!     dropped while it lasts (not banned: a UDP source can be forged), while another address is
-//!     served and loopback's flood is served whole;
+//!     served and loopback's flood is served whole; a flood over a connection (WSS, TCP) bans its
+//!     address (no answer over UDP or a new connection) until `security.ban_seconds` have passed,
+//!     while another address is served;
 //! 12. `astrtc apply` adds a user and changes a password by writing the database: the new user
 //!     registers, the old password is refused and the new one taken, while the edge runs on (same
 //!     container, start time and PID), a WebSocket and a call opened before stay up and an earlier
@@ -61,6 +64,7 @@ use serde_json::Value;
 
 use crate::clients::{artifacts, browser_home, tools_missing};
 use crate::common::docker::{ensure_cluster_images, ensure_image, test_image, ComposeProject, HostPorts};
+use crate::common::sip::SipConnection;
 use crate::common::*;
 
 /// A running cluster: the compose project (removed on drop, volumes too), its directory and plan.
@@ -184,16 +188,7 @@ impl Stack {
     /// probed, `IP`: inactive and probed).
     fn dispatcher_flags(&self) -> Vec<(String, String)> {
         let out = self.exec("edge", &["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "dispatcher.list"]);
-        let mut flags = Vec::new();
-        let mut uri = None;
-        for line in out.lines().map(str::trim) {
-            if let Some(u) = line.strip_prefix("URI: ") {
-                uri = Some(u.to_string());
-            } else if let (Some(f), Some(u)) = (line.strip_prefix("FLAGS: "), uri.take()) {
-                flags.push((u, f.to_string()));
-            }
-        }
-        flags
+        astrtc::verify::parse_dispatcher_list(&out)
     }
 
     /// The member's dispatcher flags.
@@ -681,25 +676,57 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
 /// Registers `id` over UDP from `sock` with `contact` as its Contact, answering the challenge;
 /// the final answer.
 fn register_from(sock: &std::net::UdpSocket, to: SocketAddr, id: &str, password: &str, contact: &str) -> String {
-    use crate::common::sip::digest_authorization;
-    let me = sock.local_addr().unwrap();
-    let uri = format!("sip:{to}");
-    let mut auth = String::new();
-    for cseq in 1..=2 {
-        let register = format!(
-            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{id}-{cseq};rport\r\nMax-Forwards: 70\r\n\
-             From: <sip:{id}@{to}>;tag={id}\r\nTo: <sip:{id}@{to}>\r\nCall-ID: nat-{id}@test\r\nCSeq: {cseq} REGISTER\r\n\
-             Contact: <{contact}>\r\nExpires: 300\r\n{auth}Content-Length: 0\r\n\r\n"
-        );
-        sock.send_to(register.as_bytes(), to).unwrap();
+    let via = format!("UDP {}", sock.local_addr().unwrap());
+    let exchange = |request: &str| {
+        sock.send_to(request.as_bytes(), to).unwrap();
         let mut buf = [0u8; 4096];
-        let answer = loop {
+        loop {
             let (n, _) = sock.recv_from(&mut buf).expect("an answer to REGISTER");
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             if !text.starts_with("SIP/2.0 1") {
                 break text;
             }
-        };
+        }
+    };
+    register_with(&via, exchange, to, id, password, contact)
+}
+
+/// [`register_from`] over a connection held open (TCP or WSS).
+fn register_over(conn: &mut SipConnection, to: SocketAddr, id: &str, password: &str, contact: &str) -> String {
+    let via = conn.via().to_string();
+    let exchange = |request: &str| {
+        conn.send(request).unwrap();
+        loop {
+            let text = conn.next(Duration::from_secs(5)).unwrap().expect("an answer to REGISTER");
+            if text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1") {
+                break text;
+            }
+        }
+    };
+    register_with(&via, exchange, to, id, password, contact)
+}
+
+/// A REGISTER from `via` (`UDP address:port`, `TCP …`), then one with the answer to its
+/// challenge, each through `exchange` (sends a request, returns its final answer); the last answer.
+fn register_with(
+    via: &str,
+    mut exchange: impl FnMut(&str) -> String,
+    to: SocketAddr,
+    id: &str,
+    password: &str,
+    contact: &str,
+) -> String {
+    use crate::common::sip::digest_authorization;
+    let uri = format!("sip:{to}");
+    let transport = via.split(' ').next().unwrap_or_default();
+    let mut auth = String::new();
+    for cseq in 1..=2 {
+        let register = format!(
+            "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/{via};branch=z9hG4bK-{id}-{cseq};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{id}@{to}>;tag={id}\r\nTo: <sip:{id}@{to}>\r\nCall-ID: nat-{id}-{transport}@test\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <{contact}>\r\nExpires: 300\r\n{auth}Content-Length: 0\r\n\r\n"
+        );
+        let answer = exchange(&register);
         if !answer.starts_with("SIP/2.0 401") {
             return answer;
         }
@@ -727,12 +754,25 @@ fn next_request(sock: &std::net::UdpSocket, limit: Duration) -> Option<String> {
 }
 
 #[test]
-fn a_phone_behind_a_nat_is_kept_alive_and_one_without_is_not() {
-    let Some(stack) = Stack::start("natping", |s| s) else { return };
+fn a_nated_udp_phone_is_kept_alive_and_tcp_or_direct_ones_are_not() {
+    // 3001 has two phones behind the NAT (max_contacts 2): one over TCP, one over UDP.
+    let Some(stack) = Stack::start("natping", |s| {
+        s.replacen("id = \"3001\"\nkind = \"sip\"\n", "id = \"3001\"\nkind = \"sip\"\nmax_contacts = 2\n", 1)
+    }) else {
+        return;
+    };
+    let both = stack.plan.endpoints.iter().find(|e| e.id == "3001").map(|e| e.max_contacts);
+    assert_eq!(both, Some(2), "the spec edit did not take");
     let edge = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
     let every = Duration::from_secs(u64::from(stack.cluster().natping_seconds));
-    // Behind a NAT: the Contact names a private address the edge cannot reach; the edge keeps
-    // the address the REGISTER came from (received) and flags the contact.
+    // Behind a NAT over TCP, first: its Contact a private address, its connection held open. The
+    // edge flags it as behind a NAT but, the connection being the phone's to keep, never pings it.
+    let mut over_tcp = SipConnection::tcp(edge).expect("a TCP connection to the edge");
+    let tcp_contact = "sip:3001@10.77.0.7:5060;transport=tcp";
+    let answer = register_over(&mut over_tcp, edge, "3001", &stack.password("3001"), tcp_contact);
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    // Behind a NAT over UDP: the Contact names a private address the edge cannot reach; the edge
+    // keeps the address the REGISTER came from (received) and flags the contact.
     let nated = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     nated.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let answer = register_from(&nated, edge, "3001", &stack.password("3001"), "sip:3001@10.77.0.5:5060");
@@ -752,9 +792,36 @@ fn a_phone_behind_a_nat_is_kept_alive_and_one_without_is_not() {
     assert!(ping.contains("keepalive@"), "{ping}");
     // A second one: kept alive, not pinged once.
     assert!(next_request(&nated, every * 2 + Duration::from_secs(2)).is_some_and(|p| p.starts_with("OPTIONS ")));
+    eprintln!("two keepalives to the UDP phone {:.1?} after the registrations", t0.elapsed());
     // The direct phone got none in the same time.
     let direct_got = next_request(&direct, Duration::from_millis(10));
     assert!(direct_got.is_none(), "a phone not behind a NAT was pinged: {direct_got:?}");
+    // Nor did the TCP phone, registered before both UDP phones: the keepalive timer went over
+    // the contacts at least twice meanwhile (the UDP phone's two OPTIONS).
+    let mut over_tcp_got = Vec::new();
+    while let Some(message) = over_tcp.next(Duration::from_millis(10)).expect("the TCP connection stays open") {
+        over_tcp_got.push(message);
+    }
+    eprintln!("messages on the TCP phone's connection since its registration: {}", over_tcp_got.len());
+    assert!(over_tcp_got.is_empty(), "a phone behind a NAT over TCP was pinged: {over_tcp_got:?}");
+    // The edge's part in that: of the two contacts behind a NAT (both still registered: the UDP
+    // phone did not replace the TCP one), only the UDP one is flagged for keepalives (FLB_NATB,
+    // branch flag 6: bit 64 of `cflags`). nathelper itself skips a contact whose address names
+    // TCP, so the flag is what the edge's config decides.
+    let row = |contact: &str| {
+        let out = stack.sql(&format!("SELECT cflags, received FROM location WHERE contact = '{contact}'"));
+        let (cflags, received) = out.trim().split_once('|').unwrap_or_else(|| panic!("{contact} is not registered"));
+        (cflags.parse::<u32>().unwrap() & 64 != 0, received.to_string())
+    };
+    let (tcp_flagged, tcp_received) = row(tcp_contact);
+    let (udp_flagged, udp_received) = row("sip:3001@10.77.0.5:5060");
+    eprintln!("flagged for keepalives: over TCP {tcp_flagged} (received {tcp_received}), over UDP {udp_flagged} (received {udp_received})");
+    assert!(tcp_received.ends_with(";transport=tcp"), "the TCP phone was not taken as behind a NAT: {tcp_received:?}");
+    assert!(udp_flagged, "the UDP phone behind a NAT is not flagged for keepalives");
+    assert!(
+        !tcp_flagged,
+        "the TCP phone behind a NAT is flagged for keepalives (FLB_NATB): the edge sets it over UDP only"
+    );
 }
 
 #[test]
@@ -823,31 +890,37 @@ fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
     rt.block_on(held.close());
 }
 
+/// OPTIONS number `i` of a flood from `via` (`UDP address:port`, `TCP …`, `WSS …`) to `to`.
+fn flood_options(via: &str, to: SocketAddr, i: usize) -> String {
+    format!(
+        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/{via};branch=z9hG4bK-flood-{i};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:flood@{to}>;tag=flood{i}\r\nTo: <sip:{to}>\r\nCall-ID: flood-{i}@test\r\nCSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The flood request an answer is for (its Call-ID `flood-N@test`), if it is one.
+fn flood_answer(text: &str) -> Option<String> {
+    text.lines().find_map(|l| l.strip_prefix("Call-ID: flood-")).map(str::to_string)
+}
+
 /// Sends `n` OPTIONS to `to` from a fresh UDP socket, 100 a second (five times the test's flood
 /// limit; a burst would also overrun the edge's socket buffer, a loss that is not the edge's
 /// doing), then collects answers until none came for 2 s: how many were answered.
 fn flood(to: SocketAddr, n: usize) -> usize {
     let sock = std::net::UdpSocket::bind(if to.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" }).unwrap();
-    let me = sock.local_addr().unwrap();
+    let via = format!("UDP {}", sock.local_addr().unwrap());
     let mut answered = std::collections::BTreeSet::new();
     let mut buf = [0u8; 4096];
     let mut collect = |sock: &std::net::UdpSocket| {
         while let Ok((len, _)) = sock.recv_from(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..len]);
-            if let Some(id) = text.lines().find_map(|l| l.strip_prefix("Call-ID: flood-")) {
-                answered.insert(id.to_string());
-            }
+            answered.extend(flood_answer(&String::from_utf8_lossy(&buf[..len])));
         }
     };
     // Answers are read as they come (a socket left unread would drop them itself).
     sock.set_nonblocking(true).unwrap();
     for i in 0..n {
-        let options = format!(
-            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-flood-{i};rport\r\nMax-Forwards: 70\r\n\
-             From: <sip:flood@{to}>;tag=flood{i}\r\nTo: <sip:{to}>\r\nCall-ID: flood-{i}@test\r\nCSeq: 1 OPTIONS\r\n\
-             Content-Length: 0\r\n\r\n"
-        );
-        sock.send_to(options.as_bytes(), to).unwrap();
+        sock.send_to(flood_options(&via, to, i).as_bytes(), to).unwrap();
         std::thread::sleep(Duration::from_millis(10));
         collect(&sock);
     }
@@ -855,6 +928,64 @@ fn flood(to: SocketAddr, n: usize) -> usize {
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     collect(&sock);
     answered.len()
+}
+
+/// [`flood`] over a connection: `n` OPTIONS at 100 a second, answers read as they come, then
+/// until none came for 2 s (or the edge closed the connection). How many were answered, and when
+/// the last answer came.
+fn flood_over(conn: &mut SipConnection, to: SocketAddr, n: usize) -> (usize, Option<Instant>) {
+    let via = conn.via().to_string();
+    let mut answered = std::collections::BTreeSet::new();
+    let mut last = None;
+    let mut take = |message: &str| {
+        if let Some(id) = flood_answer(message) {
+            answered.insert(id);
+            last = Some(Instant::now());
+        }
+    };
+    let t0 = Instant::now();
+    'sending: for i in 0..n {
+        if conn.send(&flood_options(&via, to, i)).is_err() {
+            break;
+        }
+        let tick = t0 + Duration::from_millis(10 * (i as u64 + 1));
+        while let Some(left) = tick.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+            match conn.next(left) {
+                Ok(Some(message)) => take(&message),
+                Ok(None) => break,
+                Err(_) => break 'sending,
+            }
+        }
+    }
+    while let Ok(Some(message)) = conn.next(Duration::from_secs(2)) {
+        take(&message);
+    }
+    (answered.len(), last)
+}
+
+/// Whether an OPTIONS over a new connection (TCP, or a WebSocket when `wss` has the edge's name
+/// and CA) to `to` is answered within `limit`.
+fn options_over_new_connection(to: SocketAddr, wss: Option<(&str, &str)>, limit: Duration) -> bool {
+    let mut conn = match wss {
+        Some((domain, ca)) => SipConnection::wss(to, domain, ca),
+        None => SipConnection::tcp(to),
+    }
+    .expect("a connection to the edge (a ban drops requests, not connections)");
+    let via = conn.via().to_string();
+    conn.send(&flood_options(&via, to, 0)).unwrap();
+    matches!(conn.next(limit), Ok(Some(answer)) if answer.starts_with("SIP/2.0 "))
+}
+
+/// A cluster whose edge takes `rate` requests a second from one address
+/// (`cluster.flood_requests_per_second`) and bans for `ban_seconds`.
+fn flood_stack(test: &str, rate: usize, ban_seconds: u64) -> Option<Stack> {
+    let stack = Stack::start(test, |s| {
+        s.replace("natping_seconds = 5\n", &format!("natping_seconds = 5\nflood_requests_per_second = {rate}\n"))
+            + &format!("\n[security]\nban_seconds = {ban_seconds}\n")
+    })?;
+    assert_eq!(stack.cluster().flood_requests_per_second, rate as u32, "the spec edit did not take");
+    assert_eq!(u64::from(stack.plan.security.ban_seconds), ban_seconds, "the spec edit did not take");
+    Some(stack)
 }
 
 #[test]
@@ -871,13 +1002,7 @@ fn a_udp_flood_is_dropped_not_banned_and_others_are_served() {
     // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
     let (flooder, bystander) = (Peer::new("flood"), Peer::new("bystand"));
     const RATE: usize = 20;
-    let Some(stack) = Stack::start("flood", |s| {
-        s.replace("natping_seconds = 5\n", &format!("natping_seconds = 5\nflood_requests_per_second = {RATE}\n"))
-            + "\n[security]\nban_seconds = 60\n"
-    }) else {
-        return;
-    };
-    assert_eq!(stack.cluster().flood_requests_per_second, RATE as u32, "the spec edit did not take");
+    let Some(stack) = flood_stack("flood", RATE, 60) else { return };
     let sip = stack.plan.network.sip_port;
     const SENT: usize = 400;
     // From loopback (never banned, as the pool and security.allow): every request is served.
@@ -911,6 +1036,105 @@ fn a_udp_flood_is_dropped_not_banned_and_others_are_served() {
     assert!(!log.contains("astrtc: banned 127.0.0.1"), "loopback was banned:\n{log}");
     assert!(options_over_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), sip), Duration::from_secs(2)).is_some());
     assert!(local >= SENT - SENT / 100, "loopback's requests were dropped: {local} of {SENT} answered");
+}
+
+#[test]
+fn a_flood_over_a_connection_bans_its_address_and_spares_others() {
+    use crate::common::attacker::{self, Peer};
+    use crate::common::sip::options_over_udp;
+    if docker_off() {
+        return;
+    }
+    if let Some(why) = attacker::available() {
+        skip(&why);
+        return;
+    }
+    // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
+    let (tcp_flooder, wss_flooder, bystander) = (Peer::new("tflood"), Peer::new("wflood"), Peer::new("bystand"));
+    const RATE: usize = 20;
+    const BAN_SECONDS: u64 = 20;
+    let Some(stack) = flood_stack("connflood", RATE, BAN_SECONDS) else { return };
+    let (sip, wss, domain, ca) =
+        (stack.plan.network.sip_port, stack.plan.network.wss_port, stack.plan.tls.domain.clone(), stack.ca_pem());
+    const SENT: usize = 400;
+    // Whether `peer` is answered: OPTIONS over UDP, and over a new TCP connection.
+    let answered = |peer: &Peer| {
+        let to = peer.to(sip);
+        peer.run(move || {
+            let limit = Duration::from_secs(1);
+            (options_over_udp(to, limit).is_some(), options_over_new_connection(to, None, limit))
+        })
+    };
+    let banned_line = |peer: &Peer, proto: &str| {
+        format!("astrtc: banned {} for {BAN_SECONDS} s: a flood over {proto} (over {RATE} requests a second)", peer.ip)
+    };
+
+    // 1. Over a WebSocket (the browsers' transport), 400 OPTIONS at 100 a second on one
+    //    connection: the first are answered, then the address is banned: no answer over UDP, a
+    //    new TCP connection or a new WebSocket.
+    let (to, d, c) = (wss_flooder.to(wss), domain.clone(), ca.clone());
+    let (wss_answered, _) = wss_flooder.run(move || {
+        let mut conn = SipConnection::wss(to, &d, &c).expect("a WebSocket to the edge");
+        flood_over(&mut conn, to, SENT)
+    });
+    eprintln!("OPTIONS flood over WSS from {}: {wss_answered} of {SENT} answered", wss_flooder.ip);
+    let log = edge_log(&stack);
+    assert!(log.contains(&banned_line(&wss_flooder, "wss")), "no ban logged for {}:\n{log}", wss_flooder.ip);
+    assert!(wss_answered > 0, "the WebSocket carried no SIP before its flood was seen");
+    assert!(wss_answered < SENT / 2, "the flood over WSS was answered: {wss_answered} of {SENT}");
+    assert_eq!(answered(&wss_flooder), (false, false), "the WSS flooder is answered (UDP, new TCP connection)");
+    let (to, d, c) = (wss_flooder.to(wss), domain.clone(), ca.clone());
+    let again = wss_flooder.run(move || options_over_new_connection(to, Some((&d, &c)), Duration::from_secs(1)));
+    assert!(!again, "the WSS flooder is answered on a new WebSocket");
+    // Everyone else is served.
+    assert_eq!(answered(&bystander), (true, true), "a bystander is not answered (UDP, TCP)");
+
+    // 2. The same over SIP over TCP.
+    let to = tcp_flooder.to(sip);
+    let (tcp_answered, last_answer) = tcp_flooder.run(move || {
+        let mut conn = SipConnection::tcp(to).expect("a TCP connection to the edge");
+        flood_over(&mut conn, to, SENT)
+    });
+    eprintln!("OPTIONS flood over TCP from {}: {tcp_answered} of {SENT} answered", tcp_flooder.ip);
+    // The ban was set right after the last answer (the next request set it).
+    let banned_at = last_answer.expect("no request of the TCP flood was answered");
+    let log = edge_log(&stack);
+    assert!(log.contains(&banned_line(&tcp_flooder, "tcp")), "no ban logged for {}:\n{log}", tcp_flooder.ip);
+    assert!(tcp_answered < SENT / 2, "the flood over TCP was answered: {tcp_answered} of {SENT}");
+    assert_eq!(answered(&tcp_flooder), (false, false), "the TCP flooder is answered (UDP, new TCP connection)");
+    assert_eq!(answered(&bystander), (true, true), "a bystander is not answered (UDP, TCP)");
+    assert!(!log.contains("astrtc: banned 127.0.0.1"), "loopback was banned:\n{log}");
+    assert!(!log.contains(&format!("banned {} ", bystander.ip)), "the bystander was banned");
+
+    // 3. The TCP flooder's ban holds for ban_seconds and then lifts: asked again and again (each
+    //    time an OPTIONS over UDP and one over a new TCP connection), it is first answered no
+    //    earlier than ban_seconds after the ban (less a second's margin for when the test saw the
+    //    ban set: slowness only makes the figure larger).
+    let mut unanswered = 0;
+    let lifted = wait_until(Duration::from_secs(BAN_SECONDS + 20), || {
+        let (udp, tcp) = answered(&tcp_flooder);
+        unanswered += usize::from(!udp && !tcp);
+        udp || tcp
+    });
+    let after = banned_at.elapsed();
+    assert!(
+        lifted.is_some(),
+        "{} is still banned {after:.1?} after its flood (ban_seconds = {BAN_SECONDS})",
+        tcp_flooder.ip
+    );
+    eprintln!(
+        "the TCP flooder was answered again {after:.1?} after its ban (ban_seconds = {BAN_SECONDS}; {unanswered} asks unanswered before)"
+    );
+    assert!(
+        unanswered > 0,
+        "the ban had lifted before the test asked again ({after:.1?}): the asks above took too long"
+    );
+    assert!(
+        after >= Duration::from_secs(BAN_SECONDS - 1),
+        "the ban lifted {after:.1?} after it was set, before ban_seconds = {BAN_SECONDS}"
+    );
+    let both = wait_until(Duration::from_secs(5), || answered(&tcp_flooder) == (true, true));
+    assert!(both.is_some(), "after its ban the TCP flooder is answered over one transport only");
 }
 
 #[test]

@@ -1417,15 +1417,7 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
             "dispatcher.list",
         ]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut flags = Vec::new();
-        let mut uri = None;
-        for line in text.lines().map(str::trim) {
-            if let Some(u) = line.strip_prefix("URI: ") {
-                uri = Some(u.to_string());
-            } else if let (Some(f), Some(u)) = (line.strip_prefix("FLAGS: "), uri.take()) {
-                flags.push((u, f.to_string()));
-            }
-        }
+        let flags = astrtc::verify::parse_dispatcher_list(&text);
         let active = |dns: &str| flags.iter().any(|(u, f)| u.contains(dns) && f == "AP");
         if members.iter().all(|(_, _, dns)| active(dns)) {
             break flags;

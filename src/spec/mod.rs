@@ -97,9 +97,10 @@ pub struct ClusterSpec {
     /// from behind a NAT (5-300, default 20): they keep the NAT's mapping open, so calls can
     /// reach the phone between its registrations.
     pub natping_seconds: Option<i64>,
-    /// Requests a second from one address above which the edge takes it for a flood and bans it
-    /// for `security.ban_seconds` (10-100000, default 50; averaged over 2 s; loopback, the pool
-    /// and `security.allow` are never banned).
+    /// Requests a second from one address above which the edge takes it for a flood: over UDP
+    /// (whose source anyone can forge) its requests are dropped while the flood lasts, over a
+    /// connection (WSS, TCP) the address is banned for `security.ban_seconds` (10-100000, default
+    /// 50; averaged over 2 s; loopback, the pool and `security.allow` are exempt).
     pub flood_requests_per_second: Option<i64>,
     /// The relay's control port (rtpengine's ng protocol, on 127.0.0.1; default 2223).
     pub relay_control_port: Option<i64>,

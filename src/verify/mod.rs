@@ -16,6 +16,6 @@ pub mod tls;
 
 pub use call::CallOptions;
 pub use checks::{asterisk_rx, compose_container, local_container, verify, Target};
-pub use cli_output::{parse_endpoints, parse_https_binding, parse_module_show, ModuleRow};
+pub use cli_output::{parse_dispatcher_list, parse_endpoints, parse_https_binding, parse_module_show, ModuleRow};
 pub use report::{Check, Report, Status};
 pub use tls::{check_tls, TlsReport, VerifyError};

@@ -136,8 +136,8 @@ pub(super) fn cluster(
     let flood = c.flood_requests_per_second.unwrap_or(defaults::FLOOD_REQUESTS_PER_SECOND);
     if !(10..=100_000).contains(&flood) {
         v.push(p("cluster.flood_requests_per_second", format!("{flood} is outside 10-100000")).help(
-            "an address sending more requests a second than this is banned for security.ban_seconds; put trusted \
-             senders of many requests in security.allow",
+            "an address sending more requests a second than this has them dropped (UDP) or is banned for \
+             security.ban_seconds (over a connection); put trusted senders of many requests in security.allow",
         ));
     }
     let control = c.relay_control_port.unwrap_or(defaults::RELAY_CONTROL_PORT);
