@@ -191,6 +191,14 @@ impl Stack {
         astrtc::verify::parse_dispatcher_list(&out)
     }
 
+    /// Waits (20 s at most) until the edge's dispatcher holds every member active.
+    fn wait_all_active(&self) {
+        let members = &self.cluster().members;
+        let all =
+            wait_until(Duration::from_secs(20), || members.iter().all(|m| self.flags_of(m.address).starts_with('A')));
+        assert!(all.is_some(), "not every member is active at the edge: {:?}", self.dispatcher_flags());
+    }
+
     /// The member's dispatcher flags.
     fn flags_of(&self, address: Ipv4Addr) -> String {
         let want = format!("sip:{address}:");
@@ -988,19 +996,25 @@ fn flood_stack(test: &str, rate: usize, ban_seconds: u64) -> Option<Stack> {
     Some(stack)
 }
 
-#[test]
-fn a_udp_flood_is_dropped_not_banned_and_others_are_served() {
+/// Peers in network namespaces of their own, one per role, made before the edge starts (Kamailio
+/// binds the host's addresses at start); `None` when Docker tests are off or no namespace can be
+/// made (a SKIP is printed).
+fn peers_first<const N: usize>(roles: [&str; N]) -> Option<[crate::common::attacker::Peer; N]> {
     use crate::common::attacker::{self, Peer};
-    use crate::common::sip::options_over_udp;
     if docker_off() {
-        return;
+        return None;
     }
     if let Some(why) = attacker::available() {
         skip(&why);
-        return;
+        return None;
     }
-    // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
-    let (flooder, bystander) = (Peer::new("flood"), Peer::new("bystand"));
+    Some(roles.map(Peer::new))
+}
+
+#[test]
+fn a_udp_flood_is_dropped_not_banned_and_others_are_served() {
+    use crate::common::sip::options_over_udp;
+    let Some([flooder, bystander]) = peers_first(["flood", "bystand"]) else { return };
     const RATE: usize = 20;
     let Some(stack) = flood_stack("flood", RATE, 60) else { return };
     let sip = stack.plan.network.sip_port;
@@ -1040,17 +1054,9 @@ fn a_udp_flood_is_dropped_not_banned_and_others_are_served() {
 
 #[test]
 fn a_flood_over_a_connection_bans_its_address_and_spares_others() {
-    use crate::common::attacker::{self, Peer};
+    use crate::common::attacker::Peer;
     use crate::common::sip::options_over_udp;
-    if docker_off() {
-        return;
-    }
-    if let Some(why) = attacker::available() {
-        skip(&why);
-        return;
-    }
-    // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
-    let (tcp_flooder, wss_flooder, bystander) = (Peer::new("tflood"), Peer::new("wflood"), Peer::new("bystand"));
+    let Some([tcp_flooder, wss_flooder, bystander]) = peers_first(["tflood", "wflood", "bystand"]) else { return };
     const RATE: usize = 20;
     const BAN_SECONDS: u64 = 20;
     let Some(stack) = flood_stack("connflood", RATE, BAN_SECONDS) else { return };
@@ -1146,9 +1152,7 @@ fn a_draining_member_takes_no_new_calls_and_keeps_its_call() {
     let rt = runtime();
     let shared = SharedMedia::new().unwrap();
     // Every member active before anything happens.
-    let all_active =
-        wait_until(Duration::from_secs(20), || members.iter().all(|m| stack.flags_of(m.address).starts_with('A')));
-    assert!(all_active.is_some(), "not every member is active at the edge: {:?}", stack.dispatcher_flags());
+    stack.wait_all_active();
 
     // A call held on one member.
     let held = rt.spawn({
@@ -1330,30 +1334,17 @@ fn edge_log(stack: &Stack) -> String {
 
 #[test]
 fn the_edge_bans_password_guessers_and_spares_everyone_else() {
-    use crate::common::attacker::{self, Peer};
+    use crate::common::attacker::Peer;
     use crate::common::sip::{digest_authorization, options_over_udp, Registrar};
-    if docker_off() {
+    let Some([attacker, allowed, legit, wss_guesser, scanner, framer, nobody, borrower]) =
+        peers_first(["atk", "allow", "legit", "wss", "scan", "frame", "nobody", "borrow"])
+    else {
         return;
-    }
-    if let Some(why) = attacker::available() {
-        skip(&why);
-        return;
-    }
+    };
     if !Path::new("/usr/bin/svcrack").exists() {
         skip("/usr/bin/svcrack is not installed (Debian package sipvicious: make deps-audit)");
         return;
     }
-    // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
-    let (attacker, allowed, legit, wss_guesser, scanner, framer, nobody, borrower) = (
-        Peer::new("atk"),
-        Peer::new("allow"),
-        Peer::new("legit"),
-        Peer::new("wss"),
-        Peer::new("scan"),
-        Peer::new("frame"),
-        Peer::new("nobody"),
-        Peer::new("borrow"),
-    );
     const BAN_AFTER: usize = 5;
     const BAN_SECONDS: u64 = 20;
     let allow = allowed.network();
@@ -1724,6 +1715,44 @@ fn header_of<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// What a change must leave alone, taken before it by [`Stack::before_a_change`].
+struct Before {
+    /// A WebSocket to the edge with 199 registered on it.
+    ws: crate::common::sip::Registrar,
+    /// The edge's container.
+    edge: String,
+    /// Its `StartedAt` and PID.
+    edge_before: String,
+    /// An echo call held through the edge, the relay and the pool.
+    held: tokio::task::JoinHandle<CallReport>,
+}
+
+impl Stack {
+    /// Registers 199 over a WebSocket it keeps, notes the edge's container as it started, and
+    /// holds an echo call from `user` for `hold` (waiting until its dialog is in the database).
+    fn before_a_change(&self, rt: &tokio::runtime::Runtime, user: &str, hold: Duration) -> Before {
+        let wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.plan.network.wss_port);
+        let mut ws = crate::common::sip::Registrar::open(
+            wss,
+            &self.plan.tls.domain,
+            &self.ca_pem(),
+            "199",
+            &self.password("199"),
+        )
+        .expect("no WebSocket to the edge");
+        assert_eq!(ws.register(), Ok(200), "199 could not register over WSS");
+        let edge = container_of(self, "edge");
+        let edge_before = started_and_pid(&edge);
+        let held = rt.spawn({
+            let setup = self.sip_setup(user, &self.plan.dialplan.echo_extension, hold);
+            async move { probe::call(&setup, &SharedMedia::new().unwrap()).await }
+        });
+        let up = wait_until(Duration::from_secs(10), || self.sql("SELECT count(*) FROM dialog").trim() != "0");
+        assert!(up.is_some(), "the held call's dialog is not in the database");
+        Before { ws, edge, edge_before, held }
+    }
+}
+
 /// `docker inspect` of a container: when it started and its main process' PID.
 fn started_and_pid(id: &str) -> String {
     let out =
@@ -1740,7 +1769,6 @@ fn apply_writes_users_into_the_database_without_restarting_the_edge() {
     let rt = runtime();
     let domain = stack.plan.tls.domain.clone();
     let edge_sip = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
-    let edge_wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.wss_port);
     let register = |user: &str, password: &str| {
         Registrar::udp(edge_sip, &domain, user, password).and_then(|mut r| r.register()).unwrap_or_else(|e| {
             stack.save_logs("cluster_apply");
@@ -1764,18 +1792,7 @@ fn apply_writes_users_into_the_database_without_restarting_the_edge() {
     let row = || stack.sql("SELECT ruid, contact, received, expires FROM location WHERE username = '3001'");
     let registration = row();
     assert!(!registration.trim().is_empty(), "3001's registration is not in the database");
-    let mut ws = Registrar::open(edge_wss, &domain, &stack.ca_pem(), "199", &stack.password("199"))
-        .expect("no WebSocket to the edge");
-    assert_eq!(ws.register(), Ok(200), "199 could not register over WSS");
-    let edge = container_of(&stack, "edge");
-    let edge_before = started_and_pid(&edge);
-    const HOLD: Duration = Duration::from_secs(12);
-    let held = rt.spawn({
-        let setup = stack.sip_setup("3001", &stack.plan.dialplan.echo_extension, HOLD);
-        async move { probe::call(&setup, &SharedMedia::new().unwrap()).await }
-    });
-    let dialog_up = wait_until(Duration::from_secs(10), || stack.sql("SELECT count(*) FROM dialog").trim() != "0");
-    assert!(dialog_up.is_some(), "the held call's dialog is not in the database");
+    let Before { mut ws, edge, edge_before, held } = stack.before_a_change(&rt, "3001", Duration::from_secs(12));
 
     // The change: endpoint 3003 added, 3002's password changed.
     let old_3002 = stack.password("3002");
@@ -1890,11 +1907,8 @@ fn echo_calls(stack: &Stack, members: &[&str], n: usize) -> Vec<(String, u64)> {
 
 #[test]
 fn a_member_added_or_removed_by_apply_changes_the_pool_and_nothing_else() {
-    use crate::common::sip::Registrar;
     let Some(stack) = Stack::start("grow", |s| s) else { return };
     let rt = runtime();
-    let domain = stack.plan.tls.domain.clone();
-    let edge_wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.wss_port);
     let spec = stack.dir.path().join("astrtc.toml");
     let apply = |yes: bool| {
         let mut cmd = astrtc();
@@ -1921,18 +1935,7 @@ fn a_member_added_or_removed_by_apply_changes_the_pool_and_nothing_else() {
 
     // Before: a WebSocket registered at the edge, a call held through the edge to the pool, the
     // edge's container as it started.
-    let mut ws = Registrar::open(edge_wss, &domain, &stack.ca_pem(), "199", &stack.password("199"))
-        .expect("no WebSocket to the edge");
-    assert_eq!(ws.register(), Ok(200), "199 could not register over WSS");
-    let edge = container_of(&stack, "edge");
-    let edge_before = started_and_pid(&edge);
-    const HOLD: Duration = Duration::from_secs(20);
-    let held = rt.spawn({
-        let setup = stack.sip_setup("3002", &stack.plan.dialplan.echo_extension, HOLD);
-        async move { probe::call(&setup, &SharedMedia::new().unwrap()).await }
-    });
-    let up = wait_until(Duration::from_secs(10), || stack.sql("SELECT count(*) FROM dialog").trim() != "0");
-    assert!(up.is_some(), "the held call's dialog is not in the database");
+    let Before { mut ws, edge, edge_before, held } = stack.before_a_change(&rt, "3002", Duration::from_secs(20));
 
     // A third member: started, and the edge's dispatcher reloads its list — nothing restarts, so
     // no --yes is needed (without a terminal a restart would be refused with exit 2).
@@ -2027,9 +2030,7 @@ fn a_member_that_stops_answering_fails_its_call_over_and_every_call_succeeds() {
     let echo = stack.plan.dialplan.echo_extension.clone();
     let rt = runtime();
     let shared = SharedMedia::new().unwrap();
-    let all_active =
-        wait_until(Duration::from_secs(20), || members.iter().all(|m| stack.flags_of(m.address).starts_with('A')));
-    assert!(all_active.is_some(), "not every member is active at the edge: {:?}", stack.dispatcher_flags());
+    stack.wait_all_active();
     let (hung, other) = (&members[0], &members[1]);
     let container = container_of(&stack, &hung.name);
     let before = stack.processed(&other.name);
@@ -2074,17 +2075,9 @@ fn a_member_that_stops_answering_fails_its_call_over_and_every_call_succeeds() {
 /// it starts, with their expiry.
 #[test]
 fn the_edges_bans_outlive_its_restart() {
-    use crate::common::attacker::{self, Peer};
+    use crate::common::attacker::Peer;
     use crate::common::sip::{options_over_udp, Registrar};
-    if docker_off() {
-        return;
-    }
-    if let Some(why) = attacker::available() {
-        skip(&why);
-        return;
-    }
-    // The peers exist before the edge starts: Kamailio binds the host's addresses at start.
-    let (guesser, bystander) = (Peer::new("keep"), Peer::new("other"));
+    let Some([guesser, bystander]) = peers_first(["keep", "other"]) else { return };
     const BAN_SECONDS: u64 = 600;
     let Some(stack) = Stack::start("banstay", |s| {
         format!("{s}\n[security]\nban_after = 2\nfind_seconds = 60\nban_seconds = {BAN_SECONDS}\n")
