@@ -61,6 +61,20 @@ pub enum ApplyError {
         /// psql's error lines (never the statements: they hold the users' digests).
         output: String,
     },
+    /// The edge's dispatcher could not be brought to the rendered pool.
+    #[error("the edge's dispatcher was not reloaded with the pool: {reason}")]
+    #[diagnostic(
+        code(astrtc::apply::pool_not_reloaded),
+        help(
+            "the pool's members are started or removed as the spec says, but the edge may still hold its old list \
+             (a member added gets no calls, one removed is still tried); run `astrtc apply` again, or reload it by \
+             hand: docker compose exec edge kamcmd -s unix:/run/kamailio/kamailio_ctl dispatcher.reload"
+        )
+    )]
+    PoolNotReloaded {
+        /// What failed.
+        reason: String,
+    },
     /// `docker compose` failed.
     #[error("`docker compose {args}` in {dir} failed: {output}")]
     #[diagnostic(code(astrtc::apply::compose_failed))]

@@ -1567,14 +1567,38 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     }
     let status = call.in_dialog("INFO", &real);
     eprintln!("in-dialog INFO to the call's target ({real}): {status}");
-    assert!(
-        !["SIP/2.0 403", "SIP/2.0 481", "SIP/2.0 404", "SIP/2.0 408"].iter().any(|c| status.starts_with(c)),
-        "the call's own INFO did not reach the pool: {status}"
-    );
+    assert!(status.starts_with("SIP/2.0 200"), "the call's own INFO was not answered by the pool: {status}");
+    // The two parties are kept with the dialog in the database (an edge restart keeps the check).
+    let vars = stack.sql("SELECT dialog_key || '=' || dialog_value FROM dialog_vars ORDER BY dialog_key");
+    eprintln!("dialog_vars: {vars:?}");
+    for key in ["answered=1", "callee=", "caller=127.0.0.1:"] {
+        assert!(vars.lines().any(|l| l.starts_with(key)), "no {key} in dialog_vars: {vars:?}");
+    }
     let status = call.in_dialog("BYE", &real);
     assert!(status.starts_with("SIP/2.0 200"), "the call's BYE: {status}");
+
+    // Before the callee answers (here: 3002 registered at a socket that never replies), the
+    // dialog matches any To tag: a request made up with one may go only to the caller.
+    let phone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    phone.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let contact = format!("sip:3002@{}", phone.local_addr().unwrap());
+    let registered = register_from(&phone, edge, "3002", &stack.password("3002"), &contact);
+    assert!(registered.starts_with("SIP/2.0 200"), "3002 could not register: {registered}");
+    let mut ringing = RawDialog::invite(edge, &stack.plan.tls.domain, "3001", &stack.password("3001"), "3002");
+    let invite = next_request(&phone, Duration::from_secs(5));
+    assert!(invite.as_deref().is_some_and(|r| r.starts_with("INVITE ")), "3002's phone got no INVITE: {invite:?}");
+    ringing.to = format!("<sip:3002@{}>;tag=made-up", stack.plan.tls.domain);
+    ringing.routes = vec![format!("<sip:{edge};lr>")];
+    let status = ringing.in_dialog("INFO", &format!("sip:victim@{target_addr}"));
+    eprintln!("in-dialog INFO (a made-up To tag) before the answer: {status}");
+    let mut buf = [0u8; 4096];
+    let relayed =
+        target.recv_from(&mut buf).map(|(len, from)| (from, String::from_utf8_lossy(&buf[..len]).into_owned()));
+    assert!(relayed.is_err(), "the edge sent an in-dialog INFO of an unanswered call on: {relayed:?}");
+    assert!(status.starts_with("SIP/2.0 403"), "an in-dialog INFO of an unanswered call got: {status}");
+
     let refused = edge_log(&stack).lines().filter(|l| l.contains("astrtc: refused an in-dialog INFO")).count();
-    assert_eq!(refused, 2, "the edge did not log both refusals");
+    assert_eq!(refused, 3, "the edge did not log every refusal");
 }
 
 /// A call placed by hand over UDP through the edge (no media): what its in-dialog requests need.
@@ -1595,6 +1619,27 @@ impl RawDialog {
     /// INVITEs `extension` through the edge as `user` (answering the challenge), then ACKs
     /// the 200 OK.
     fn call(edge: SocketAddr, domain: &str, user: &str, password: &str, extension: &str) -> RawDialog {
+        let mut d = RawDialog::invite(edge, domain, user, password, extension);
+        let answer = d.final_answer();
+        assert!(answer.starts_with("SIP/2.0 200"), "the call was not answered: {answer}");
+        d.to = header_of(&answer, "To").unwrap().to_string();
+        d.target = header_of(&answer, "Contact").unwrap().trim_start_matches('<').split('>').next().unwrap().into();
+        let mut routes: Vec<String> = answer
+            .lines()
+            .filter_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("Record-Route")))
+            .flat_map(|(_, v)| v.split(',').map(|r| r.trim().to_string()).collect::<Vec<_>>())
+            .collect();
+        routes.reverse();
+        d.routes = routes;
+        let target = d.target.clone();
+        let ack = d.request("ACK", &target, "", "");
+        d.sock.send_to(ack.as_bytes(), edge).unwrap();
+        d
+    }
+
+    /// Sends the INVITE, answers the edge's challenge and sends it again with credentials; does
+    /// not wait for the call's answer.
+    fn invite(edge: SocketAddr, domain: &str, user: &str, password: &str, extension: &str) -> RawDialog {
         use crate::common::sip::digest_authorization;
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1615,42 +1660,33 @@ impl RawDialog {
             target: uri.clone(),
             cseq: 1,
         };
-        let mut auth = String::new();
-        for attempt in 0..2 {
-            let invite = d.request("INVITE", &uri, &format!("{auth}Content-Type: application/sdp\r\n"), &sdp);
-            let answer = d.send(&invite);
-            if answer.starts_with("SIP/2.0 407") || answer.starts_with("SIP/2.0 401") {
-                assert_eq!(attempt, 0, "challenged twice: {answer}");
-                d.ack_failure(&answer, &uri);
-                let (name, reply) = if answer.starts_with("SIP/2.0 401") {
-                    ("WWW-Authenticate", "Authorization")
-                } else {
-                    ("Proxy-Authenticate", "Proxy-Authorization")
-                };
-                let challenge = header_of(&answer, name).expect("a challenge");
-                auth = format!(
-                    "{reply}: {}\r\n",
-                    digest_authorization(challenge, "INVITE", &uri, user, password).unwrap()
-                );
-                d.cseq += 1;
-                continue;
+        let ctype = "Content-Type: application/sdp\r\n";
+        let answer = d.send(&d.request("INVITE", &uri, ctype, &sdp));
+        let (name, reply) = if answer.starts_with("SIP/2.0 401") {
+            ("WWW-Authenticate", "Authorization")
+        } else {
+            assert!(answer.starts_with("SIP/2.0 407"), "the INVITE was not challenged: {answer}");
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        };
+        d.ack_failure(&answer, &uri);
+        let challenge = header_of(&answer, name).expect("a challenge");
+        let auth = format!("{reply}: {}\r\n", digest_authorization(challenge, "INVITE", &uri, user, password).unwrap());
+        d.cseq += 1;
+        let invite = d.request("INVITE", &uri, &format!("{auth}{ctype}"), &sdp);
+        d.sock.send_to(invite.as_bytes(), edge).unwrap();
+        d
+    }
+
+    /// The next final answer on the socket (provisional ones skipped).
+    fn final_answer(&self) -> String {
+        let mut buf = [0u8; 8192];
+        loop {
+            let (n, _) = self.sock.recv_from(&mut buf).expect("no final answer in 10 s");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with("SIP/2.0") && !text.starts_with("SIP/2.0 1") {
+                return text;
             }
-            assert!(answer.starts_with("SIP/2.0 200"), "the call was not answered: {answer}");
-            d.to = header_of(&answer, "To").unwrap().to_string();
-            d.target = header_of(&answer, "Contact").unwrap().trim_start_matches('<').split('>').next().unwrap().into();
-            let mut routes: Vec<String> = answer
-                .lines()
-                .filter_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("Record-Route")))
-                .flat_map(|(_, v)| v.split(',').map(|r| r.trim().to_string()).collect::<Vec<_>>())
-                .collect();
-            routes.reverse();
-            d.routes = routes;
-            let target = d.target.clone();
-            let ack = d.request("ACK", &target, "", "");
-            d.sock.send_to(ack.as_bytes(), edge).unwrap();
-            return d;
         }
-        unreachable!()
     }
 
     fn request(&self, method: &str, uri: &str, extra: &str, body: &str) -> String {
@@ -1670,21 +1706,10 @@ impl RawDialog {
         )
     }
 
-    /// Sends a request; its final answer (requests from the far end are answered 200 on the way).
+    /// Sends a request; its final answer (requests from the far end are skipped).
     fn send(&self, msg: &str) -> String {
         self.sock.send_to(msg.as_bytes(), self.edge).unwrap();
-        let mut buf = [0u8; 8192];
-        loop {
-            let (n, _) = self.sock.recv_from(&mut buf).expect("no final answer in 10 s");
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if text.starts_with("SIP/2.0 1") {
-                continue;
-            }
-            if !text.starts_with("SIP/2.0") {
-                continue;
-            }
-            return text;
-        }
+        self.final_answer()
     }
 
     fn ack_failure(&self, answer: &str, uri: &str) {
@@ -1860,6 +1885,9 @@ fn apply_writes_users_into_the_database_without_restarting_the_edge() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("(0 added, 0 removed, 0 password(s) changed, 0 max_contacts changed)"), "{stdout}");
     assert!(stdout.contains("pool: asterisk-1, asterisk-2 unchanged"), "{stdout}");
+    // The same members: the dispatcher is not reloaded (a reload would reset what its probes
+    // and failovers learnt about each member).
+    assert!(!stdout.contains("dispatcher reloaded"), "{stdout}");
 
     // A change only an edge restart applies (the probe interval, in kamailio.cfg): announced,
     // refused without --yes and a terminal (exit 2, the edge untouched), done with --yes.
@@ -1937,6 +1965,8 @@ fn a_member_added_or_removed_by_apply_changes_the_pool_and_nothing_else() {
     // edge's container as it started.
     let Before { mut ws, edge, edge_before, held } = stack.before_a_change(&rt, "3002", Duration::from_secs(20));
 
+    let others = ["db", "relay", "asterisk-1", "asterisk-2"];
+    let others_before: Vec<String> = others.iter().map(|s| started_and_pid(&container_of(&stack, s))).collect();
     // A third member: started, and the edge's dispatcher reloads its list — nothing restarts, so
     // no --yes is needed (without a terminal a restart would be refused with exit 2).
     set_pool_size(3);
@@ -1973,8 +2003,10 @@ fn a_member_added_or_removed_by_apply_changes_the_pool_and_nothing_else() {
         assert!(*n >= 2, "{m} took {n} of 12 calls: {taken:?}");
     }
 
-    // Nothing else restarted: the edge (same start, same PID, the WebSocket still answered) and
-    // the call held through it all.
+    // Nothing else restarted: the database, the relay, the two members (same container, start and
+    // PID), the edge (the same, and the WebSocket still answered) and the call held through it all.
+    let others_after: Vec<String> = others.iter().map(|s| started_and_pid(&container_of(&stack, s))).collect();
+    assert_eq!(others_before, others_after, "one of {others:?} was restarted");
     assert_eq!(container_of(&stack, "edge"), edge, "the edge container was replaced");
     assert_eq!(started_and_pid(&edge), edge_before, "the edge was restarted");
     assert_eq!(ws.register(), Ok(200), "the WebSocket opened before apply was closed");
@@ -2030,6 +2062,13 @@ fn a_member_that_stops_answering_fails_its_call_over_and_every_call_succeeds() {
     let echo = stack.plan.dialplan.echo_extension.clone();
     let rt = runtime();
     let shared = SharedMedia::new().unwrap();
+    // The edge restarted now, so that its next probe is a minute away: none can mark the frozen
+    // member before a call does.
+    let out = stack.project.run(&["restart", "edge"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = stack.project.run(&["up", "-d", "--wait", "--wait-timeout", "60", "edge"]);
+    assert!(out.status.success(), "the edge did not come back: {}", String::from_utf8_lossy(&out.stderr));
+    let restarted = Instant::now();
     stack.wait_all_active();
     let (hung, other) = (&members[0], &members[1]);
     let container = container_of(&stack, &hung.name);
@@ -2055,6 +2094,10 @@ fn a_member_that_stops_answering_fails_its_call_over_and_every_call_succeeds() {
         assert_echoed(&format!("call {} with {} hung", i + 1, hung.name), &report, 50);
     }
     let flags = stack.dispatcher_flags();
+    eprintln!(
+        "the calls were over {:.1?} after the edge's restart (its first probe comes at 60 s)",
+        restarted.elapsed()
+    );
     let log = edge_log(&stack);
     let failovers: Vec<&str> = log.lines().filter(|l| l.contains("astrtc: pool member ")).collect();
     eprintln!("the edge's failovers: {failovers:#?}\nthe dispatcher: {flags:?}");

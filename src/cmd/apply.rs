@@ -66,6 +66,14 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
         return Ok(());
     };
     let wanted = apply::cluster::rendered_services(out);
+    let pool = apply::cluster::rendered_pool(out)?;
+    // The members the running edge's dispatcher already names: one of them not running was
+    // stopped, and starting it again is announced; a member it does not name is new.
+    let loaded: Vec<String> = match running.get("edge") {
+        Some(edge) => apply::cluster::loaded_pool(&docker, edge).await?.into_iter().map(|(uri, _)| uri).collect(),
+        None => Vec::new(),
+    };
+    let is_new = |service: &str| pool.iter().any(|(name, uri)| name == service && !loaded.contains(uri));
     // Each rendered service: reload (pool members with an unchanged digest), nothing (the edge,
     // relay and database with an unchanged digest) or a restart (digest changed, or not running).
     let mut reloads = Vec::new();
@@ -75,7 +83,7 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
     for (service, digest) in &wanted {
         let container = if service == apply::cluster::DB_SERVICE { Some(&db) } else { running.get(service) };
         match container {
-            None if is_pool_member(service) => starts.push(service.clone()),
+            None if is_pool_member(service) && is_new(service) => starts.push(service.clone()),
             None => restarts.push(format!("{service}: not running: started")),
             Some(c) if digest.is_some() && c.restart_digest == *digest => {
                 if is_pool_member(service) {
@@ -153,6 +161,11 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
             println!("{d}");
         }
     }
+    // A member removed leaves the dispatcher before it drains (no new call is tried on it); one
+    // added joins it once it is up.
+    if !orphans.is_empty() {
+        sync_pool(&docker, plan, out).await?;
+    }
     if !starts.is_empty() && restarts.is_empty() {
         println!(
             "starting the new pool member(s) {} (docker compose up; nothing else restarts) ...",
@@ -172,23 +185,27 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
 }
 
 /// The pool in the running edge's dispatcher made the rendered one: when they differ (a member
-/// added or removed, now up or gone), the dispatcher reloads its list in place — the edge keeps
-/// its connections, registrations and calls.
+/// added and up, or removed), the dispatcher reloads its list in place — the edge keeps its
+/// connections, registrations and calls. Compared as sets: the dispatcher lists its members in
+/// its own order, and a reload resets every member's state until the next probe, so it is done
+/// only when the members differ.
 async fn sync_pool(docker: &bollard::Docker, plan: &Plan, out: &Path) -> Result<(), CmdError> {
+    use std::collections::BTreeSet;
     let running = apply::cluster::find_services(docker, plan).await?;
     let Some(edge) = running.get("edge") else {
         return Ok(());
     };
-    let wanted = apply::cluster::rendered_pool(out);
-    let loaded: Vec<String> =
-        apply::cluster::loaded_pool(docker, edge).await?.into_iter().map(|(uri, _)| uri).collect();
+    let failed = |e: apply::ApplyError| apply::ApplyError::PoolNotReloaded { reason: e.to_string() };
+    let wanted: BTreeSet<String> = apply::cluster::rendered_pool(out)?.into_iter().map(|(_, uri)| uri).collect();
+    let loaded: BTreeSet<String> =
+        apply::cluster::loaded_pool(docker, edge).await.map_err(failed)?.into_iter().map(|(uri, _)| uri).collect();
     if loaded == wanted {
         return Ok(());
     }
-    let added: Vec<&str> = wanted.iter().filter(|u| !loaded.contains(u)).map(String::as_str).collect();
-    let removed: Vec<&str> = loaded.iter().filter(|u| !wanted.contains(u)).map(String::as_str).collect();
-    apply::cluster::reload_pool(docker, edge).await?;
-    let now = apply::cluster::loaded_pool(docker, edge).await?;
+    let added: Vec<&str> = wanted.difference(&loaded).map(String::as_str).collect();
+    let removed: Vec<&str> = loaded.difference(&wanted).map(String::as_str).collect();
+    apply::cluster::reload_pool(docker, edge).await.map_err(failed)?;
+    let now = apply::cluster::loaded_pool(docker, edge).await.map_err(failed)?;
     let show = |v: &[&str]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
     println!(
         "edge: its dispatcher reloaded the pool in place (added {}; removed {}), not restarted; now {}",
