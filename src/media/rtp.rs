@@ -106,10 +106,11 @@ struct PortCall {
 /// [`super::answer`]'s phone does for the calls it answers: every call's SDP names the same
 /// port, Asterisk's channels each send from a port of their own (and with `rtp_symmetric` back
 /// to where our RTP comes from), so a datagram's source tells its call. One future serves them
-/// all ([`RtpPort::run`]): it sends each call's frame when due and reads whatever has arrived
-/// whenever it wakes — so hundreds of calls cost one task's wake-ups a millisecond, not one
-/// task's per call per packet and per 20 ms tick. Each datagram is stamped when it is read, as
-/// a call's own task stamped it.
+/// all ([`RtpPort::run`]): it wakes when a frame is due (at least every [`READ_EVERY`]), sends
+/// every frame due with one `sendmmsg` and reads whatever has arrived with `recvmmsg` — so
+/// hundreds of calls cost one task's wake-ups a millisecond, not one task's per call per packet
+/// and per 20 ms tick. No datagram wakes it (its sockets are outside tokio's reactor); each keeps
+/// the kernel's arrival time, so a late read moves no round trip.
 pub struct RtpPort {
     rtp: std::net::UdpSocket,
     rtcp: std::net::UdpSocket,
@@ -505,12 +506,19 @@ mod tests {
             let (stop, stopped) = oneshot::channel();
             let plan = RunPlan { stop: stopped, tail: Duration::from_millis(200), connect_timeout: Duration::ZERO };
             runs.push((stop, tokio::spawn(session.run(plan))));
+            // The stranger's call joins a port that already has two (the only call on a port
+            // takes anything, as a port of its own would).
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         drop(handle);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut reports = Vec::new();
-        for (stop, run) in runs {
+        // All stop at once: none is alone on the port while it still sends.
+        let (stops, runs): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
+        for stop in stops {
             let _ = stop.send(());
+        }
+        let mut reports = Vec::new();
+        for run in runs {
             reports.push(run.await.unwrap());
         }
         for (r, remote) in reports.iter().zip([a.0, b.0, c.0]) {
