@@ -1,6 +1,7 @@
 //! `astrtc bench calls`: how many simultaneous calls a running deployment carries, and what each
 //! costs it. Calls are placed by [`crate::media`] from this one process on the caller's tokio
-//! runtime (a task per call), ramped up at a fixed rate so that setup storms do not dominate;
+//! runtime (a task per call; the RTP of `sip-echo` calls on one port served by one more task,
+//! [`crate::media::rtp::RtpPort`]), ramped up at a fixed rate so that setup storms do not dominate;
 //! once every call of a level is up, a measurement window of `hold` seconds reads the CPU
 //! counters (cgroups) of the deployment's services — one Asterisk container, or in a cluster
 //! every pool member, the edge, the relay and the database — and this process's own
@@ -25,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::media::answer::{AnswerFigures, AnsweringPhone};
+use crate::media::rtp::{RtpError, RtpPort};
 use crate::media::session::Offer;
 use crate::media::{self, CallReport, CallSetup, LegSetup, SharedMedia};
 pub use cpu::CgroupCpu;
@@ -60,12 +62,12 @@ impl Kind {
         }
     }
 
-    /// File descriptors this process needs per call (WSS connection and media socket; SIP
-    /// socket and the RTP pair), beyond a fixed base.
+    /// File descriptors this process needs per call (WSS connection and media socket; the SIP
+    /// socket: the calls share one RTP pair), beyond a fixed base.
     pub fn fds_per_call(self) -> u64 {
         match self {
             Kind::WebrtcEcho | Kind::WebrtcToSip => 2,
-            Kind::SipEcho => 3,
+            Kind::SipEcho => 1,
         }
     }
 
@@ -402,6 +404,9 @@ pub enum BenchError {
     /// The shared media (DTLS certificate, tones) could not be made.
     #[error("failed to prepare the media")]
     Media(#[source] media::session::SessionError),
+    /// The RTP port the plain SIP calls share could not be bound.
+    #[error("failed to bind the RTP port of the calls")]
+    RtpPort(#[source] RtpError),
     /// The answering phone of webrtc-to-sip could not register.
     #[error("failed to register endpoint {id} to answer the calls")]
     Answer {
@@ -421,7 +426,16 @@ pub async fn run(
     counters: Vec<Counter>,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<BenchReport, BenchError> {
-    let shared = SharedMedia::new().map_err(BenchError::Media)?;
+    let mut shared = SharedMedia::new().map_err(BenchError::Media)?;
+    // sip-echo: every call's RTP on one port pair, served by one task (its future ends when the
+    // last handle, `shared`'s, is dropped at the end of the run).
+    if options.kind == Kind::SipEcho {
+        let ip = media::netif::route_to(target.sip)
+            .map_err(|e| BenchError::RtpPort(RtpError::Socket { addr: target.sip.ip(), source: e }))?;
+        let (port, handle) = RtpPort::bind(ip).await.map_err(BenchError::RtpPort)?;
+        tokio::spawn(port.run());
+        shared.rtp_port = Some(handle);
+    }
     let asterisks: Vec<&Counter> = counters.iter().filter(|c| c.role == Role::Asterisk).collect();
     let source = match asterisks.as_slice() {
         [] => "not measured".to_string(),

@@ -18,33 +18,13 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
-use super::rtp::{bind_pair, pcmu_sdp};
+use super::rtp::{bind_pair, enlarge_receive_buffer, pcmu_sdp, SHARED_BUFFER_BYTES};
 use super::sip::{SipError, SipMessage, StartLine, Transport, UserAgent};
 use super::token;
 
 /// How long a registration asks for; the phone refreshes it at half time (a refresh answers
 /// INVITEs that arrive while it waits with 501: runs are far shorter than half an hour).
 const REGISTER_EXPIRES: u32 = 3600;
-
-/// The shared RTP socket's receive buffer: about two seconds of 1000 calls' audio.
-const RTP_BUFFER_BYTES: usize = 64 << 20;
-
-/// Asks for a receive buffer of `bytes`: beyond `net.core.rmem_max` when allowed (root:
-/// `SO_RCVBUFFORCE`), else up to it. Best effort: a smaller buffer only means loss sooner.
-fn enlarge_receive_buffer(sock: &UdpSocket, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt reads `len` bytes from a live c_int on a socket this process owns.
-        let ok = unsafe {
-            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, option, std::ptr::from_ref(&size).cast(), len)
-        } == 0;
-        if ok {
-            return;
-        }
-    }
-}
 
 /// Why the answering phone could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +92,7 @@ impl AnsweringPhone {
         // Every call's audio lands in this one socket: a default buffer (about 160 small
         // datagrams) overflows in a 50 ms stall at 60 calls. Measured: 21 % loss at 60 calls
         // before, from the kernel's RcvbufErrors.
-        enlarge_receive_buffer(&rtp, RTP_BUFFER_BYTES);
+        enlarge_receive_buffer(&rtp, SHARED_BUFFER_BYTES);
         let mut ua = UserAgent::new(transport, user, password, domain);
         ua.register(REGISTER_EXPIRES).await.map_err(AnswerError::Register)?;
         Ok(AnsweringPhone { ua, rtp, rtcp, rtp_addr, figures: AnswerFigures::default() })

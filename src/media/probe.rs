@@ -5,7 +5,9 @@
 //! Owns: the order of the steps and the timeline (every time is measured from the first INVITE).
 //! A call is one future on the caller's runtime: it spawns nothing, owns its sockets and
 //! connection, and shares only what [`SharedMedia`] holds — so a load generator can run hundreds
-//! of them at once with `join_all` or one task each. Diagnosing a failure for a particular
+//! of them at once with `join_all` or one task each. A plain SIP call's RTP goes through the
+//! shared [`RtpPort`] when `SharedMedia` has one on its address, else through a port of its own
+//! that the call's future serves beside it. Diagnosing a failure for a particular
 //! deployment (which spec key to change) is the caller's job: this module knows no spec.
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use super::netif;
-use super::rtp::PlainRtpSession;
+use super::rtp::{PlainRtpSession, RtpPort, RtpPortHandle};
 use super::sdp::{self, CandidateInfo};
 use super::session::{Datagrams, MediaFailure, Offer, RelayInfo, SessionError, SharedMedia, WebrtcSession};
 use super::sip::{CallEnd, Dialog, InviteOutcome, SipError, Transport, UserAgent};
@@ -593,13 +595,30 @@ async fn sip_call(setup: &CallSetup, server: SocketAddr, shared: &SharedMedia) -
         report.failure = Some(CallFailure::Local { message: "the SIP socket has no local address".into() });
         return report;
     };
-    let (mut session, offer) = match PlainRtpSession::offer(rtp_ip, shared.ulaw.clone()).await {
-        Ok(s) => s,
+    // The run's shared RTP port when it is on this address; else one of the call's own, served
+    // beside it.
+    if let Some(port) = shared.rtp_port.as_ref().filter(|p| p.local().ip() == rtp_ip) {
+        return sip_media_call(setup, transport, port.clone(), shared, report).await;
+    }
+    match RtpPort::bind(rtp_ip).await {
+        Ok((own, port)) => tokio::join!(sip_media_call(setup, transport, port, shared, report), own.run()).0,
         Err(e) => {
             report.failure = Some(CallFailure::Local { message: error_chain(&e) });
-            return report;
+            report
         }
-    };
+    }
+}
+
+/// The rest of [`sip_call`], its media on `port`.
+async fn sip_media_call(
+    setup: &CallSetup,
+    transport: Transport,
+    port: RtpPortHandle,
+    shared: &SharedMedia,
+    mut report: CallReport,
+) -> CallReport {
+    let (mut session, offer) = PlainRtpSession::offer(&port, shared.ulaw.clone());
+    drop(port);
     let Some(ua) = signed_in(setup, transport, &mut report).await else { return report };
     let Some((mut ua, mut call)) = answered(ua, setup, &offer, &mut report).await else { return report };
     let t0 = call.first_invite_sent;

@@ -3,18 +3,24 @@
 //! go). Asterisk's plain endpoints have `rtp_symmetric = yes`: it sends to where our RTP comes
 //! from, so a client behind NAT works once its first packet arrives.
 //!
-//! Owns: the socket pair, the offer, RTP packets (built and parsed), and the send/receive loop
-//! with its echo measurement. Parsing never panics on what arrives.
+//! Owns: the port pair ([`RtpPort`]: one for any number of calls, one future serving them all,
+//! its I/O batched by [`super::udp_batch`]), the offer, RTP packets (built and parsed), and each
+//! call's sending and echo measurement. Parsing never panics on what arrives.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
 
 use super::audio::ToneLoop;
 use super::sdp;
 use super::stats::{EchoMeter, MediaFigures};
+use super::udp_batch::{stamp_arrivals, BatchReceiver, BatchSender};
 use super::RunPlan;
 
 /// PCMU's static payload type.
@@ -50,28 +56,267 @@ pub struct PlainReport {
     pub rtcp_received: u64,
 }
 
+/// The receive buffer of a port that many calls share: about two seconds of 1000 calls' audio
+/// (a default buffer, about 160 small datagrams, overflows in a 50 ms stall at 60 calls).
+pub(crate) const SHARED_BUFFER_BYTES: usize = 64 << 20;
+
+/// Asks for a receive buffer of `bytes`: beyond `net.core.rmem_max` when allowed (root:
+/// `SO_RCVBUFFORCE`), else up to it. Best effort: a smaller buffer only means loss sooner.
+pub(crate) fn enlarge_receive_buffer(sock: &impl std::os::fd::AsRawFd, bytes: usize) {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt reads `len` bytes from a live c_int on a socket this process owns.
+        let ok = unsafe {
+            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, option, std::ptr::from_ref(&size).cast(), len)
+        } == 0;
+        if ok {
+            return;
+        }
+    }
+}
+
+/// What a call asks of the port it shares.
+enum Command {
+    /// Start sending the tone to `remote` every 20 ms and measuring its echo.
+    Start { id: u64, remote: SocketAddr, tone: Arc<ToneLoop>, tail: Duration, report: oneshot::Sender<PlainReport> },
+    /// Stop sending; keep receiving for the call's tail, then report.
+    Stop { id: u64 },
+}
+
+/// One call's media on a shared port.
+struct PortCall {
+    remote: SocketAddr,
+    tone: Arc<ToneLoop>,
+    meter: EchoMeter,
+    ssrc: u32,
+    ts: u32,
+    seq: u16,
+    frame_no: u64,
+    /// When the next frame is due.
+    next: tokio::time::Instant,
+    tail: Duration,
+    /// Set once stopped: when the call reports.
+    end: Option<tokio::time::Instant>,
+    rtcp_received: u64,
+    report: Option<oneshot::Sender<PlainReport>>,
+}
+
+/// An even/odd UDP port pair that carries the plain RTP of any number of calls, as
+/// [`super::answer`]'s phone does for the calls it answers: every call's SDP names the same
+/// port, Asterisk's channels each send from a port of their own (and with `rtp_symmetric` back
+/// to where our RTP comes from), so a datagram's source tells its call. One future serves them
+/// all ([`RtpPort::run`]): it wakes when a frame is due (at least every [`READ_EVERY`]), sends
+/// every frame due with one `sendmmsg` and reads whatever has arrived with `recvmmsg` — so
+/// hundreds of calls cost one task's wake-ups a millisecond, not one task's per call per packet
+/// and per 20 ms tick. No datagram wakes it (its sockets are outside tokio's reactor); each keeps
+/// the kernel's arrival time, so a late read moves no round trip.
+pub struct RtpPort {
+    rtp: std::net::UdpSocket,
+    rtcp: std::net::UdpSocket,
+    local: SocketAddr,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+/// A handle on an [`RtpPort`]: what a call needs to use it. Cheap to clone.
+#[derive(Clone)]
+pub struct RtpPortHandle {
+    local: SocketAddr,
+    commands: mpsc::UnboundedSender<Command>,
+    ids: Arc<AtomicU64>,
+}
+
+impl RtpPortHandle {
+    /// The port's RTP address.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl RtpPort {
+    /// Binds an even RTP port on `ip` and the odd one above it.
+    pub async fn bind(ip: IpAddr) -> Result<(RtpPort, RtpPortHandle), RtpError> {
+        let err = |source| RtpError::Socket { addr: ip, source };
+        let (rtp, rtcp) = bind_pair(ip).await.map_err(err)?;
+        let local = rtp.local_addr().map_err(err)?;
+        // Read in batches when the port wakes up anyway, never woken by a datagram: out of
+        // tokio's reactor (still non-blocking), each datagram stamped by the kernel.
+        let (rtp, rtcp) = (rtp.into_std().map_err(err)?, rtcp.into_std().map_err(err)?);
+        stamp_arrivals(&rtp).map_err(err)?;
+        enlarge_receive_buffer(&rtp, SHARED_BUFFER_BYTES);
+        let (tx, commands) = mpsc::unbounded_channel();
+        let handle = RtpPortHandle { local, commands: tx, ids: Arc::new(AtomicU64::new(0)) };
+        Ok((RtpPort { rtp, rtcp, local, commands }, handle))
+    }
+
+    /// Serves the calls until every handle is dropped and the last call has reported.
+    pub async fn run(mut self) {
+        let mut calls: HashMap<u64, PortCall> = HashMap::new();
+        // Each call's next event (a frame due, or its end), earliest first.
+        let mut due: BinaryHeap<Reverse<(tokio::time::Instant, u64)>> = BinaryHeap::new();
+        // Where each call's RTP and RTCP come from (learnt from the first datagram when it is
+        // not the answer's address: a multi-homed server may send from another of its IPs).
+        let mut by_source: HashMap<SocketAddr, u64> = HashMap::new();
+        let (mut receiver, mut sender) = (BatchReceiver::default(), BatchSender::default());
+        let mut packet = Vec::with_capacity(12 + 160);
+        let mut open = true;
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(sleep);
+        loop {
+            // What has arrived since the last wake-up, each datagram at its arrival time.
+            receiver.drain(&self.rtp, |from, at, bytes| {
+                let Some(call) = call_of(&mut by_source, &calls, from, 0).and_then(|id| calls.get_mut(&id)) else {
+                    return;
+                };
+                if let Some(p) = RtpPacket::parse(bytes).filter(|p| p.pt == PCMU) {
+                    call.meter.on_received(p.payload, at, p.ts, p.seq);
+                }
+            });
+            receiver.drain(&self.rtcp, |from, _, _| {
+                if let Some(call) = call_of(&mut by_source, &calls, from, 1).and_then(|id| calls.get_mut(&id)) {
+                    call.rtcp_received += 1;
+                }
+            });
+            let now = tokio::time::Instant::now();
+            while let Some(&Reverse((at, id))) = due.peek() {
+                if at > now {
+                    break;
+                }
+                due.pop();
+                let Some(call) = calls.get_mut(&id) else { continue };
+                match call.end {
+                    Some(end) if end <= now => {
+                        let call = calls.remove(&id).expect("present");
+                        by_source.retain(|_, v| *v != id);
+                        if let Some(tx) = call.report {
+                            let media = call.meter.figures();
+                            let (local, remote, rtcp_received) = (self.local, call.remote, call.rtcp_received);
+                            let _ = tx.send(PlainReport { local, remote, media, rtcp_received });
+                        }
+                    }
+                    // A frame event of a stopped call: its end event is queued.
+                    Some(_) => {}
+                    None => {
+                        // Every frame is sent, late ones at once (as a Burst interval would).
+                        let payload = call.tone.frame(call.frame_no);
+                        let (pt, seq, ts, ssrc) = (PCMU, call.seq, call.ts, call.ssrc);
+                        RtpPacket { marker: call.frame_no == 0, pt, seq, ts, ssrc, payload }.write(&mut packet);
+                        call.meter.on_sent(payload, Instant::now());
+                        sender.push(&packet, call.remote);
+                        call.frame_no += 1;
+                        call.seq = call.seq.wrapping_add(1);
+                        call.ts = call.ts.wrapping_add(call.tone.samples_per_frame);
+                        call.next += FRAME;
+                        due.push(Reverse((call.next, id)));
+                    }
+                }
+            }
+            // The frames due now, in one system call (a refused one is loss, not failure).
+            sender.flush(&self.rtp);
+            if !open && calls.is_empty() {
+                return;
+            }
+            // Wake for the next event, and at least every READ_EVERY while calls are up.
+            let next = due.peek().map(|Reverse((at, _))| *at);
+            let wake = if calls.is_empty() {
+                next
+            } else {
+                Some(next.map_or(now + READ_EVERY, |at| at.min(now + READ_EVERY)))
+            };
+            if let Some(at) = wake {
+                sleep.as_mut().reset(at);
+            }
+            tokio::select! {
+                c = self.commands.recv(), if open => match c {
+                    Some(Command::Start { id, remote, tone, tail, report }) => {
+                        let rnd = super::random_bytes::<10>();
+                        let next = tokio::time::Instant::now();
+                        by_source.insert(remote, id);
+                        calls.insert(id, PortCall {
+                            remote,
+                            tone,
+                            meter: EchoMeter::new(8000),
+                            ssrc: u32::from_be_bytes([rnd[0], rnd[1], rnd[2], rnd[3]]),
+                            ts: u32::from_be_bytes([rnd[4], rnd[5], rnd[6], rnd[7]]),
+                            seq: u16::from_be_bytes([rnd[8], rnd[9]]),
+                            frame_no: 0,
+                            next,
+                            tail,
+                            end: None,
+                            rtcp_received: 0,
+                            report: Some(report),
+                        });
+                        due.push(Reverse((next, id)));
+                    }
+                    Some(Command::Stop { id }) => {
+                        if let Some(call) = calls.get_mut(&id).filter(|c| c.end.is_none()) {
+                            let end = tokio::time::Instant::now() + call.tail;
+                            call.end = Some(end);
+                            due.push(Reverse((end, id)));
+                        }
+                    }
+                    None => open = false,
+                },
+                _ = &mut sleep, if wake.is_some() => {}
+            }
+        }
+    }
+}
+
+/// Longest a port with calls up leaves what arrived unread (the datagrams keep the kernel's
+/// arrival times, so this bounds only the buffer they wait in).
+const READ_EVERY: Duration = Duration::from_millis(2);
+
+/// 20 ms of audio per packet.
+const FRAME: Duration = Duration::from_millis(20);
+
+/// The call a datagram from `from` belongs to: by its source address, else (the first datagram
+/// from another address of the server) the only call on the port, or the one call whose answer
+/// named that port less `offset` (0 for RTP, 1 for RTCP on the port above); learnt for the next
+/// time.
+fn call_of(
+    by_source: &mut HashMap<SocketAddr, u64>,
+    calls: &HashMap<u64, PortCall>,
+    from: SocketAddr,
+    offset: u16,
+) -> Option<u64> {
+    if let Some(id) = by_source.get(&from) {
+        return Some(*id);
+    }
+    // The only call on the port takes anything, as a port of its own would (one `verify --call`).
+    let id = match calls.keys().next() {
+        Some(id) if calls.len() == 1 => *id,
+        _ => {
+            let port = from.port().checked_sub(offset)?;
+            let mut matching = calls.iter().filter(|(_, c)| c.remote.port() == port);
+            let (id, _) = matching.next()?;
+            if matching.next().is_some() {
+                return None;
+            }
+            *id
+        }
+    };
+    by_source.insert(from, id);
+    Some(id)
+}
+
 /// An offer made, waiting for its answer.
 pub struct PlainRtpSession {
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
-    local: SocketAddr,
+    port: RtpPortHandle,
     remote: Option<SocketAddr>,
     tone: Arc<ToneLoop>,
 }
 
 impl PlainRtpSession {
-    /// Binds an even RTP port and the odd one above it on `ip`, and writes the SDP offer
-    /// (PCMU and telephone-event, 20 ms).
-    pub async fn offer(ip: IpAddr, tone: Arc<ToneLoop>) -> Result<(PlainRtpSession, String), RtpError> {
-        let err = |source| RtpError::Socket { addr: ip, source };
-        let (rtp, rtcp) = bind_pair(ip).await.map_err(err)?;
-        let local = rtp.local_addr().map_err(err)?;
-        Ok((PlainRtpSession { rtp, rtcp, local, remote: None, tone }, pcmu_sdp(local)))
+    /// A call on `port` (whose SDP it names), and the SDP offer (PCMU and telephone-event,
+    /// 20 ms).
+    pub fn offer(port: &RtpPortHandle, tone: Arc<ToneLoop>) -> (PlainRtpSession, String) {
+        (PlainRtpSession { port: port.clone(), remote: None, tone }, pcmu_sdp(port.local))
     }
 
     /// Our RTP address.
     pub fn local(&self) -> SocketAddr {
-        self.local
+        self.port.local
     }
 
     /// Reads where to send from the answer and checks it accepted PCMU.
@@ -88,58 +333,22 @@ impl PlainRtpSession {
         Ok(remote)
     }
 
-    /// Sends the tone every 20 ms until `plan.stop` fires (then listens `plan.tail` more).
-    pub async fn run(self, mut plan: RunPlan) -> PlainReport {
-        let Some(remote) = self.remote else {
-            return PlainReport {
-                local: self.local,
-                remote: self.local,
-                media: MediaFigures::default(),
-                rtcp_received: 0,
-            };
-        };
-        let mut meter = EchoMeter::new(8000);
-        let rnd = super::random_bytes::<10>();
-        let ssrc = u32::from_be_bytes([rnd[0], rnd[1], rnd[2], rnd[3]]);
-        let mut ts = u32::from_be_bytes([rnd[4], rnd[5], rnd[6], rnd[7]]);
-        let mut seq = u16::from_be_bytes([rnd[8], rnd[9]]);
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut end: Option<tokio::time::Instant> = None;
-        let (mut buf, mut rtcp_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
-        let mut rtcp_received = 0;
-        let mut frame_no = 0u64;
-        let mut packet = Vec::with_capacity(12 + 160);
-        loop {
-            tokio::select! {
-                _ = tick.tick(), if end.is_none() => {
-                    let payload = self.tone.frame(frame_no);
-                    RtpPacket { marker: frame_no == 0, pt: PCMU, seq, ts, ssrc, payload }.write(&mut packet);
-                    meter.on_sent(payload, Instant::now());
-                    // A send error (ICMP unreachable from an earlier packet) is loss, not failure.
-                    let _ = self.rtp.send_to(&packet, remote).await;
-                    frame_no += 1;
-                    seq = seq.wrapping_add(1);
-                    ts = ts.wrapping_add(self.tone.samples_per_frame);
-                }
-                r = self.rtp.recv_from(&mut buf) => {
-                    let at = Instant::now();
-                    if let Ok((n, _from)) = r {
-                        if let Some(p) = RtpPacket::parse(&buf[..n]).filter(|p| p.pt == PCMU) {
-                            meter.on_received(p.payload, at, p.ts, p.seq);
-                        }
-                    }
-                }
-                r = self.rtcp.recv_from(&mut rtcp_buf) => {
-                    if r.is_ok() {
-                        rtcp_received += 1;
-                    }
-                }
-                _ = &mut plan.stop, if end.is_none() => end = Some(tokio::time::Instant::now() + plan.tail),
-                _ = tokio::time::sleep_until(end.unwrap_or_else(tokio::time::Instant::now)), if end.is_some() => break,
-            }
+    /// Has the port send the tone every 20 ms until `plan.stop` fires (then listen `plan.tail`
+    /// more); its report. Nothing measured when the port is gone.
+    pub async fn run(self, plan: RunPlan) -> PlainReport {
+        let local = self.port.local;
+        let nothing = |remote| PlainReport { local, remote, media: MediaFigures::default(), rtcp_received: 0 };
+        let Some(remote) = self.remote else { return nothing(local) };
+        let id = self.port.ids.fetch_add(1, Ordering::Relaxed);
+        let (report, reported) = oneshot::channel();
+        let start = Command::Start { id, remote, tone: self.tone, tail: plan.tail, report };
+        if self.port.commands.send(start).is_err() {
+            return nothing(remote);
         }
-        PlainReport { local: self.local, remote, media: meter.figures(), rtcp_received }
+        // This task sleeps until the call ends; the port does the media.
+        let _ = plan.stop.await;
+        let _ = self.port.commands.send(Command::Stop { id });
+        reported.await.unwrap_or_else(|_| nothing(remote))
     }
 }
 
@@ -259,10 +468,70 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_offer_binds_an_even_odd_pair_and_names_pcmu() {
+    async fn the_offer_names_the_ports_even_rtp_port_and_pcmu() {
         let tone = Arc::new(ToneLoop::ulaw(10));
-        let (session, sdp) = PlainRtpSession::offer("127.0.0.1".parse().unwrap(), tone).await.unwrap();
+        let (_port, handle) = RtpPort::bind("127.0.0.1".parse().unwrap()).await.unwrap();
+        let (session, sdp) = PlainRtpSession::offer(&handle, tone);
         assert_eq!(session.local().port() % 2, 0);
         assert!(sdp.contains(&format!("m=audio {} RTP/AVP 0 101", session.local().port())), "{sdp}");
+    }
+
+    /// Two echoes on loopback, each sending back what it gets; `mangle` echoes from another
+    /// port than the one the answer named (as a stranger would).
+    async fn echo(stranger: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let out = if stranger { &other } else { &sock };
+                let _ = out.send_to(&buf[..n], from).await;
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn calls_sharing_a_port_each_get_their_own_echo_and_nobody_a_strangers() {
+        let (port, handle) = RtpPort::bind("127.0.0.1".parse().unwrap()).await.unwrap();
+        let served = tokio::spawn(port.run());
+        let tone = Arc::new(ToneLoop::ulaw(50));
+        let (a, b, c) = (echo(false).await, echo(false).await, echo(true).await);
+        let mut runs = Vec::new();
+        for (remote, _) in [&a, &b, &c] {
+            let (mut session, _) = PlainRtpSession::offer(&handle, tone.clone());
+            let sdp = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 0\r\n", remote.port());
+            session.accept_answer(&sdp).unwrap();
+            let (stop, stopped) = oneshot::channel();
+            let plan = RunPlan { stop: stopped, tail: Duration::from_millis(200), connect_timeout: Duration::ZERO };
+            runs.push((stop, tokio::spawn(session.run(plan))));
+            // The stranger's call joins a port that already has two (the only call on a port
+            // takes anything, as a port of its own would).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(handle);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // All stop at once: none is alone on the port while it still sends.
+        let (stops, runs): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
+        for stop in stops {
+            let _ = stop.send(());
+        }
+        let mut reports = Vec::new();
+        for run in runs {
+            reports.push(run.await.unwrap());
+        }
+        for (r, remote) in reports.iter().zip([a.0, b.0, c.0]) {
+            assert_eq!(r.remote, remote);
+            assert!(r.media.sent > 0, "{r:?}");
+        }
+        // Each echoed call matched every packet it got back to one it sent: none of the other's.
+        for r in &reports[..2] {
+            assert!(r.media.received > 0 && r.media.matched == r.media.received, "{r:?}");
+        }
+        // The echo from a port no answer named, with two other calls on the port: nobody's.
+        assert_eq!(reports[2].media.received, 0, "{:?}", reports[2]);
+        // The port's future ends with its last call once every handle is gone.
+        served.await.unwrap();
     }
 }

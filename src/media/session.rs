@@ -28,6 +28,7 @@ use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 
 use super::audio::{ToneLoop, LOOP_FRAMES};
+use super::rtp::RtpPortHandle;
 use super::sdp::{self, CandidateInfo};
 use super::stats::{EchoMeter, MediaFigures};
 use super::turn::{Allocation, Link, TurnError, TurnServer, TurnStream};
@@ -76,6 +77,9 @@ pub struct SharedMedia {
     pub opus: Arc<ToneLoop>,
     /// The G.711 µ-law tone loop.
     pub ulaw: Arc<ToneLoop>,
+    /// The RTP port plain SIP calls from its address share ([`super::rtp::RtpPort`]); without one, each
+    /// call serves a port of its own.
+    pub rtp_port: Option<RtpPortHandle>,
 }
 
 impl SharedMedia {
@@ -91,6 +95,7 @@ impl SharedMedia {
             dtls_cert,
             opus: Arc::new(ToneLoop::opus(LOOP_FRAMES)?),
             ulaw: Arc::new(ToneLoop::ulaw(LOOP_FRAMES)),
+            rtp_port: None,
         })
     }
 }
