@@ -1577,6 +1577,16 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     let status = call.in_dialog("BYE", &real);
     assert!(status.starts_with("SIP/2.0 200"), "the call's BYE: {status}");
 
+    // The other way: the pool hangs up a call (the member's channel hung up by hand), and its
+    // BYE reaches the caller through the edge — the caller is a party too.
+    let other = RawDialog::call(edge, &stack.plan.tls.domain, "3001", &stack.password("3001"), &echo);
+    for m in &stack.cluster().members {
+        stack.exec(&m.name, &["asterisk", "-rx", "channel request hangup all"]);
+    }
+    let bye = next_request(&other.sock, Duration::from_secs(5));
+    eprintln!("from the pool to the caller: {:?}", bye.as_deref().and_then(|r| r.lines().next()));
+    assert!(bye.as_deref().is_some_and(|r| r.starts_with("BYE ")), "the pool's BYE never reached the caller: {bye:?}");
+
     // Before the callee answers (here: 3002 registered at a socket that never replies), the
     // dialog matches any To tag: a request made up with one may go only to the caller.
     let phone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
