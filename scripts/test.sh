@@ -35,6 +35,29 @@ if [ "$skipped" -gt 0 ]; then
   sed 's/^/  /' "$skips"
 fi
 [ "$ignored" -gt 0 ] && echo "($ignored long run(s) not run here: make bench, make fuzz)"
+if [ "$failed" -gt 0 ]; then
+  # Each failed test's panic message again, cut to fit: a CI log is often read from its end
+  # only, and the messages sit far above it, among the passing tests' output.
+  echo
+  echo "why each test failed (its message, cut at ${ASTRTC_DIGEST_CHARS:-1500} characters in all):"
+  awk -v budget="${ASTRTC_DIGEST_CHARS:-1500}" '
+    # Only inside the failure sections of cargo test ("---- NAME stdout ----" up to the next one or to the
+    # list of failures); a message ends at the backtrace, the hint to set RUST_BACKTRACE (printed
+    # for the first panic only) or the "--- " banners of a test (its service logs, after it).
+    /^---- .* stdout ----$/ { n++; name[n] = $2; section = 1; inmsg = 0; next }
+    /^failures:$/ { section = 0; inmsg = 0 }
+    /^(stack backtrace:|note: run with|---- |--- )/ { inmsg = 0 }
+    section && / panicked at / { inmsg = 1; next }
+    inmsg && NF { msg[n] = msg[n] "    " $0 "\n" }
+    END {
+      if (!n) { print "  no test message found: a build error or a crashed test binary (see above)"; exit }
+      per = int(budget / n)
+      for (i = 1; i <= n; i++) {
+        printf "  %s:\n%s", name[i], substr(msg[i], 1, per)
+        if (length(msg[i]) > per) printf "\n    [cut: %d more characters, in the whole message above]\n", length(msg[i]) - per
+      }
+    }' "$log"
+fi
 echo "$passed passed, $failed failed, $skipped skipped"
 if [ "$failed" -gt 0 ]; then exit 1; fi
 if [ "$skipped" -gt 0 ] && [ -n "${CI:-}" ] && [ "${CI}" != "false" ] && [ "${CI}" != "0" ]; then

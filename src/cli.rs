@@ -269,6 +269,20 @@ pub struct BenchCallsArgs {
     /// Write an SVG plot of CPU and loss against concurrency to this file.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// WebRTC kinds: how the calls' media reaches the network — one UDP port served by one task
+    /// for every call (str0m's sessions told apart by Asterisk's address), or a socket and a task
+    /// per call (as `verify --call`).
+    #[arg(long, value_enum, default_value_t = BenchWebrtcMedia::SharedPort)]
+    pub webrtc_media: BenchWebrtcMedia,
+}
+
+/// `bench calls --webrtc-media`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchWebrtcMedia {
+    /// One UDP port and one task for every call's media.
+    SharedPort,
+    /// A socket and a task per call.
+    PerCall,
 }
 
 /// A running deployment of a spec, and how to reach it from here (`verify`, `bench`).

@@ -113,7 +113,8 @@ pub struct Listeners {
     pub sip_udp_public: bool,
     /// The address `transport-udp` binds.
     pub sip_udp_bind: String,
-    /// Whether a phone uses SIP over TLS (`transport-tls` on `network.sip_tls_port`).
+    /// Whether a phone uses SIP over TLS (`transport-tls` on `network.sip_tls_port`; in a cluster
+    /// the edge's listener on that port, the pool has none).
     pub sip_tls: bool,
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use astrtc::certs::acme::{Event, Progress};
 use astrtc::certs::lifecycle::{Job, Outcome};
 use astrtc::image::build::BuildEvent;
-use astrtc::plan::Plan;
+use astrtc::plan::{Plan, Transport};
 use astrtc::spec::{AcmeChallenge, EndpointKind, TlsMode};
 
 /// What `astrtc turn-credentials` prints for a person: the credential, when it expires, and
@@ -45,6 +45,9 @@ pub fn info_text(plan: &Plan, spec: &Path, secrets: &Path, out: &Path) -> String
     let mut t = String::new();
     let _ = writeln!(t, "WSS URL:    wss://{}:{}/ws", plan.tls.domain, plan.network.wss_port);
     let _ = writeln!(t, "SIP (UDP):  {}:{}", plan.tls.domain, plan.network.sip_port);
+    if plan.listeners.sip_tls {
+        let _ = writeln!(t, "SIP (TLS):  sip:{}:{};transport=tls", plan.tls.domain, plan.network.sip_tls_port);
+    }
     let _ = writeln!(
         t,
         "phone:      https://{}:{}/static/phone/index.html (demo softphone, served by Asterisk)",
@@ -52,9 +55,10 @@ pub fn info_text(plan: &Plan, spec: &Path, secrets: &Path, out: &Path) -> String
     );
     let _ = writeln!(t, "endpoints:");
     for e in &plan.endpoints {
-        let how = match e.kind {
-            EndpointKind::Webrtc => "browser, WSS",
-            EndpointKind::Sip => "SIP phone, UDP",
+        let how = match (e.kind, e.transport) {
+            (EndpointKind::Webrtc, _) => "browser, WSS",
+            (EndpointKind::Sip, Transport::Tls) => "SIP phone, TLS (register over TLS; SRTP required)",
+            (EndpointKind::Sip, _) => "SIP phone, UDP",
         };
         let _ = writeln!(t, "  {:<12} {how}", e.id);
     }

@@ -5,11 +5,20 @@
 //! them). Its negative twin: the same run with a password the deployment does not know sets up
 //! nothing and exits 1. Bad input (an unknown kind, a level beyond the RTP range, the WSS session
 //! limit or another kind's endpoint) exits 2 before any call is placed. The deployment sets
-//! `performance.opus_complexity`, and the image's opus encoder is shown to take it.
+//! `performance.opus_complexity`, and the image's opus encoder is shown to take it. The WebRTC
+//! kinds run with their calls' media on one shared port (the default) and, once, with a socket
+//! per call; and calls placed through one [`WebrtcPort`] must each get their own echo back.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use astrtc::bench::{BenchReport, Kind};
+use astrtc::media::session::Offer;
+use astrtc::media::webrtc_port::WebrtcPort;
+use astrtc::media::{netif, CallFailure, CallSetup, LegSetup, SharedMedia};
+use astrtc::plan::Plan;
 use astrtc::testing;
 
 use crate::common::docker::{deployment_with, ensure_image};
@@ -24,6 +33,8 @@ const HOLD: &str = "3";
 fn bench(dir: &Path, container: &str, kind: &str, extra: &[&str]) -> (i32, Option<BenchReport>, String) {
     let json = dir.join(format!("bench-{kind}.json"));
     let plot = dir.join(format!("bench-{kind}.svg"));
+    // Never a report left by an earlier run of the same kind.
+    let _ = std::fs::remove_file(&json);
     let out = astrtc()
         .args(["bench", "calls", "--spec"])
         .arg(dir.join("astrtc.toml"))
@@ -57,7 +68,7 @@ fn assert_whole(kind: Kind, code: i32, report: Option<BenchReport>, text: &str) 
     let l = &r.levels[0];
     assert_eq!((l.calls, l.set_up), (5, 5), "{l:#?}");
     assert_eq!(l.setup_percent, 100.0);
-    assert!(l.failures.is_empty(), "{:?}", l.failures);
+    assert!(l.failures.is_empty(), "{:?}: {:#?}", l.failures, l.failed_calls);
     let codec = match kind {
         Kind::SipEcho => "PCMU/8000",
         Kind::WebrtcEcho | Kind::WebrtcToSip => "opus/48000/2",
@@ -104,6 +115,10 @@ async fn each_kind_of_call_runs_a_short_bench_and_a_wrong_password_sets_up_nothi
         let (code, report, text) = bench(dir.path(), asterisk.id(), kind.name(), &[]);
         assert_whole(kind, code, report, &text);
     }
+    // The WebRTC calls' media with a socket and a task each, as before the shared port.
+    let (code, report, text) = bench(dir.path(), asterisk.id(), "webrtc-echo", &["--webrtc-media", "per-call"]);
+    assert_whole(Kind::WebrtcEcho, code, report, &text);
+    calls_through_one_port_each_get_their_own_echo(dir.path(), &plan).await;
     // The image's codec logs the complexity of the first encoder it makes, read back from libopus
     // (images/asterisk/build/patch-opus). That one is Asterisk's own, made at load to price the
     // translation; every later encoder (a transcoded call's) reads the same variable the same way.
@@ -126,6 +141,70 @@ async fn each_kind_of_call_runs_a_short_bench_and_a_wrong_password_sets_up_nothi
     assert_eq!(l.set_up, 0);
     assert_eq!(l.failures.get("auth_rejected"), Some(&5), "{:?}", l.failures);
     assert!(!l.carried);
+}
+
+/// Places [`PORT_CALLS`] WebRTC calls at once through one [`WebrtcPort`], as `bench calls` does:
+/// each must connect ICE from the port's address to a candidate of its own channel (no two calls
+/// the same), get DTLS up with its own keys and audio back, every packet matched to one it sent. A
+/// datagram handed to the wrong call's `Rtc` is a STUN check with another's username, a DTLS
+/// record of another handshake or SRTP under other keys: that call fails or loses audio.
+async fn calls_through_one_port_each_get_their_own_echo(dir: &Path, plan: &Plan) {
+    const PORT_CALLS: usize = 8;
+    let wss = SocketAddr::from(([127, 0, 0, 1], plan.network.wss_port));
+    // The address bench calls offers for a server on this host: a LAN one (Asterisk never
+    // offers loopback candidates).
+    let ip: IpAddr = netif::host_ips(netif::CandidateSet::Lan).unwrap().into_iter().next().expect("a LAN address");
+    let (port, handle) = WebrtcPort::bind(ip).unwrap();
+    let served = tokio::spawn(port.run());
+    let mut shared = SharedMedia::new().unwrap();
+    shared.webrtc_port = Some(handle.clone());
+    let caller = plan.endpoints.iter().find(|e| e.id == "199").expect("the fixture's WebRTC endpoint");
+    let ca_pem = std::fs::read_to_string(dir.join("deploy/keys/ca.crt")).unwrap();
+    let setup = Arc::new(CallSetup {
+        leg: LegSetup::Webrtc { wss, ca_pem: Arc::from(ca_pem.as_str()), local_ips: vec![ip], relay: None },
+        domain: plan.tls.domain.clone(),
+        user: caller.id.clone(),
+        password: caller.password.clone(),
+        extension: plan.dialplan.echo_extension.clone(),
+        hold: Duration::from_secs(4),
+        register: false,
+        offer: Offer::OpusThenPcmu,
+        reencoded: false,
+        release: None,
+    });
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..PORT_CALLS {
+        let (setup, shared) = (setup.clone(), shared.clone());
+        calls.spawn(async move { astrtc::media::call(&setup, &shared).await });
+    }
+    drop(shared);
+    let mut remotes = Vec::new();
+    while let Some(report) = calls.join_next().await {
+        let r = report.unwrap();
+        // Set up, ICE and DTLS connected, audio back. How much came back is Asterisk's echo on a
+        // loaded host (it stops echoing a channel now and then, with a socket per call as well);
+        // that packets came back at all, each one this call's, is the port's.
+        assert!(r.failure.is_none() || matches!(r.failure, Some(CallFailure::Loss { .. })), "{r:#?}");
+        assert!(r.dtls_connected_ms.is_some(), "{r:#?}");
+        assert_eq!(r.codec.as_deref(), Some("opus/48000/2"));
+        // Our one candidate is the port's; the pair ICE chose is from it, to one of this call's
+        // channel's candidates.
+        assert_eq!(r.local_candidates.iter().map(|c| c.addr).collect::<Vec<_>>(), [handle.local()], "{r:#?}");
+        let pair = r.pair.clone().expect("a selected pair");
+        assert_eq!(pair.local.addr, handle.local());
+        assert!(r.remote_candidates.iter().any(|c| c.addr == pair.remote.addr), "{r:#?}");
+        // Every packet that came back is one this call sent.
+        let m = r.media.clone().unwrap();
+        assert!(m.received > 0 && m.matched == m.received, "{m:?}");
+        assert!(m.rtt_ms.is_some(), "{m:?}");
+        remotes.push(pair.remote.addr);
+    }
+    remotes.sort();
+    remotes.dedup();
+    assert_eq!(remotes.len(), PORT_CALLS, "each call on a channel (an Asterisk port) of its own: {remotes:?}");
+    // The port's future ends with its last call once every handle is gone.
+    drop(handle);
+    served.await.unwrap();
 }
 
 /// Runs `bench calls` on the rendered `host-alt-ports` fixture (RTP 40000-40999: 500 channels)

@@ -596,3 +596,22 @@ fn a_cluster_bench_from_a_covered_address_is_refused_before_it_floods_the_edge()
     let (_, text) = bench("127.0.0.1");
     assert!(!text.contains("the calls would come from"), "loopback was refused too: {text}");
 }
+
+/// `info` tells a phone with `transport = "tls"` to register over TLS, and where (a cluster: the
+/// edge's SIP-over-TLS port); a UDP phone stays a UDP phone.
+#[test]
+fn info_tells_a_tls_phone_to_register_over_tls() {
+    let dir = fixture_copy("cluster-compose");
+    let spec = dir.path().join("astrtc.toml");
+    astrtc().args(["render", "--spec"]).arg(&spec).assert().success();
+    let out = astrtc().args(["info", "--spec"]).arg(&spec).assert().success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    for want in [
+        "SIP (TLS):  sip:localhost:15061;transport=tls",
+        "  3010         SIP phone, TLS (register over TLS; SRTP required)",
+        "  3001         SIP phone, UDP",
+    ] {
+        assert!(lines.contains(&want), "no line {want:?} in:\n{stdout}");
+    }
+}

@@ -218,14 +218,20 @@ fn start_baresip(
 
 /// RMS (0..1) of the decoded audio baresip dumped (16-bit PCM WAV), skipping the first second.
 pub(crate) fn received_rms(dir: &Path) -> f64 {
+    decoded_rms(dir).unwrap_or_else(|| panic!("baresip wrote no decoded audio in {}", dir.display()))
+}
+
+/// [`received_rms`], or `None` when baresip decoded no packet at all (it opens its dump file at
+/// the first decoded frame) or its file has no complete header.
+pub(crate) fn decoded_rms(dir: &Path) -> Option<f64> {
     let snd = dir.join("baresip-audio");
-    let wav = std::fs::read_dir(&snd)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| panic!("baresip wrote no decoded audio in {}", snd.display()));
+    let wav =
+        std::fs::read_dir(&snd).ok()?.map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with("-dec.wav"))?;
     let bytes = std::fs::read(wav).unwrap();
-    assert_eq!(&bytes[0..4], b"RIFF");
+    // A file cut short (baresip killed while writing it) counts as nothing decoded.
+    if bytes.len() < 44 || &bytes[0..4] != b"RIFF" {
+        return None;
+    }
     let channels = u16::from_le_bytes([bytes[22], bytes[23]]) as usize;
     let rate = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]) as usize;
     assert_eq!(u16::from_le_bytes([bytes[34], bytes[35]]), 16, "expected 16-bit PCM");
@@ -233,9 +239,9 @@ pub(crate) fn received_rms(dir: &Path) -> f64 {
     let skip = (rate * channels).min(samples.len());
     let tail = &samples[skip..];
     if tail.is_empty() {
-        return 0.0;
+        return Some(0.0);
     }
-    (tail.iter().map(|s| (f64::from(*s) / 32768.0).powi(2)).sum::<f64>() / tail.len() as f64).sqrt()
+    Some((tail.iter().map(|s| (f64::from(*s) / 32768.0).powi(2)).sum::<f64>() / tail.len() as f64).sqrt())
 }
 
 async fn wait_registered(asterisk: &AsteriskContainer, aor: &str) {

@@ -34,13 +34,13 @@
 //! 9. a phone registered over UDP from behind a NAT (its Contact a private address, not the one
 //!    it sends from) gets the edge's keepalive OPTIONS every `cluster.natping_seconds`, at the
 //!    address it sends from; a phone not behind a NAT gets none, nor does one behind a NAT that
-//!    registered over TCP (its connection held open; its contact not flagged for keepalives);
+//!    registered over TLS (its connection held open; its contact not flagged for keepalives);
 //! 10. a renewed certificate (a new leaf from the deployment's CA in deploy/keys) is served by
 //!     the edge's WSS listener without a restart, while a WebSocket opened before still carries
 //!     SIP;
 //! 11. a UDP flood of OPTIONS from one address (above `cluster.flood_requests_per_second`) is
 //!     dropped while it lasts (not banned: a UDP source can be forged), while another address is
-//!     served and loopback's flood is served whole; a flood over a connection (WSS, TCP) bans its
+//!     served and loopback's flood is served whole; a flood over a connection (WSS, TLS) bans its
 //!     address (no answer over UDP or a new connection) until `security.ban_seconds` have passed,
 //!     while another address is served;
 //! 12. `astrtc apply` adds a user and changes a password by writing the database: the new user
@@ -48,6 +48,14 @@
 //!     container, start time and PID), a WebSocket and a call opened before stay up and an earlier
 //!     registration stays in `location`; a request URI written to change the edge's user query is
 //!     no user.
+//!
+//! 16. a phone over TLS (baresip, SRTP required) registers at the edge's SIP-over-TLS port and
+//!     calls the echo extension: SDES-SRTP on its leg (no plain RTP or SIP on its link, which a
+//!     UDP twin's capture does show), plain RTP to the pool; SIP over TCP to the SIP port is
+//!     refused and raw SIP over TLS on the WSS port unanswered; `verify` checks the edge's SIP-TLS
+//!     certificate;
+//! 17. and 18. the TLS phone calls a browser (DTLS-SRTP on the browser's leg) and a UDP phone
+//!     (plain RTP on its leg), user to user through the relay, audio both ways.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 
@@ -63,7 +71,9 @@ use astrtc::plan::Plan;
 use serde_json::Value;
 
 use crate::clients::{artifacts, browser_home, tools_missing};
-use crate::common::docker::{ensure_cluster_images, ensure_image, test_image, ComposeProject, HostPorts};
+use crate::common::docker::{
+    cluster_test_images_spec, ensure_cluster_images, ensure_image, test_image, ComposeProject, HostPorts,
+};
 use crate::common::sip::SipConnection;
 use crate::common::*;
 
@@ -126,7 +136,12 @@ impl Stack {
         let moved = moved
             .replacen("name = \"astrtc-cluster\"", &format!("name = {project:?}\nimage = {:?}", test_image()), 1)
             .replace("subnet = \"172.29.0.0/24\"", &format!("subnet = {:?}", free_subnet()))
-            .replace("relay_control_port = 12223", &format!("relay_control_port = {}", ports::free_port()));
+            .replace(
+                "relay_control_port = 12223\n",
+                &format!("relay_control_port = {}\n{}", ports::free_port(), cluster_test_images_spec()),
+            )
+            .replace("sip_tls_port = 15061", &format!("sip_tls_port = {}", ports::free_port()));
+        assert!(moved.contains("edge_image = "), "the fixture's [cluster] has no relay_control_port line to follow");
         std::fs::write(&spec, edit(moved)).unwrap();
         let plan = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
         let deploy = dir.path().join("deploy");
@@ -163,7 +178,12 @@ impl Stack {
         let mut all = vec!["exec", "-T", service];
         all.extend_from_slice(args);
         let out = self.project.run(&all);
-        assert!(out.status.success(), "{service} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{service} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -306,14 +326,7 @@ fn two_browsers_call_each_other_through_the_edge_and_the_relay() {
     let art = artifacts("cluster_two_browsers");
     // The demo phone page, as the Asterisk image serves it, loaded from a file (a secure context):
     // in a cluster browsers reach only the edge, which serves no pages.
-    let page_dir = tempfile::tempdir().unwrap();
-    let out = Command::new("docker")
-        .args(["cp", &format!("{}:/usr/share/asterisk/static-http/phone/.", container_of(&stack, "asterisk-1"))])
-        .arg(page_dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let page = format!("file://{}/index.html", page_dir.path().display());
+    let (_page_dir, page) = demo_page(&stack);
     let home = browser_home(Some(&stack.dir.path().join("deploy/keys/ca.crt")));
     let browsers = Browsers { stack: &stack, seat: &seat, home: home.path(), page: &page };
     let before: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
@@ -390,9 +403,22 @@ fn two_browsers_call_each_other_through_the_edge_and_the_relay() {
 
 /// Packets rtpengine has relayed in userspace since it started (its ng `statistics` command,
 /// `totalstatistics.relayedpackets_user`; counted when a call ends).
+/// The demo phone page as the Asterisk image serves it, copied out of a pool member: its
+/// directory (kept while the page is used) and its `file://` URL.
+fn demo_page(stack: &Stack) -> (tempfile::TempDir, String) {
+    let page_dir = tempfile::tempdir().unwrap();
+    let out = Command::new("docker")
+        .args(["cp", &format!("{}:/usr/share/asterisk/static-http/phone/.", container_of(stack, "asterisk-1"))])
+        .arg(page_dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = format!("file://{}/index.html", page_dir.path().display());
+    (page_dir, page)
+}
+
 fn relay_packets(stack: &Stack) -> u64 {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let sock = local_socket(Duration::from_secs(3));
     let control = (Ipv4Addr::LOCALHOST, stack.cluster().relay_control_port);
     sock.send_to(b"astrtc-test d7:command10:statisticse", control).unwrap();
     let mut buf = vec![0u8; 65535];
@@ -654,13 +680,15 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
     // A module a member lost (no call uses it now): verify names it and the member.
     let out = stack.exec(&members[0].name, &["asterisk", "-rx", "module unload codec_opus_open_source.so"]);
     eprintln!("module unload on {}: {}", members[0].name, out.trim());
-    // A password the database does not have (as after a spec change never applied).
+    // A password and a transport the database does not have (as after a spec change never
+    // applied).
     stack.sql("UPDATE subscriber SET ha1 = md5('3001:x:old') WHERE username = '3001'");
+    stack.sql("UPDATE astrtc_user SET transport = 'tls' WHERE username = '3002'");
     let (code, report) = verify(&stack, &[]);
     assert_ne!(code, 0, "{report:#}");
     let (status, detail) = check_of(&report, "users");
     assert_eq!(status, "fail", "{detail}");
-    assert!(detail.contains("another password or max_contacts for 3001"), "{detail}");
+    assert!(detail.contains("another password, max_contacts or transport for 3001, 3002"), "{detail}");
     let (status, detail) = check_of(&report, &format!("modules {}", members[0].name));
     eprintln!("modules {}: {status}: {detail}", members[0].name);
     assert_eq!(status, "fail", "{detail}");
@@ -678,7 +706,7 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
     assert_eq!(check_of(&report, &format!("pool {}", members[0].name)).0, "pass");
     let (status, detail) = check_of(&report, "users");
     assert_eq!(status, "fail", "{detail}");
-    assert!(detail.contains("[198, 199, 3001]") && detail.contains("[198, 199, 3001, 3002]"), "{detail}");
+    assert!(detail.contains("[198, 199, 3001, 3010]") && detail.contains("[198, 199, 3001, 3002, 3010]"), "{detail}");
 }
 
 /// Registers `id` over UDP from `sock` with `contact` as its Contact, answering the challenge;
@@ -699,7 +727,7 @@ fn register_from(sock: &std::net::UdpSocket, to: SocketAddr, id: &str, password:
     register_with(&via, exchange, to, id, password, contact)
 }
 
-/// [`register_from`] over a connection held open (TCP or WSS).
+/// [`register_from`] over a connection held open (TLS or WSS).
 fn register_over(conn: &mut SipConnection, to: SocketAddr, id: &str, password: &str, contact: &str) -> String {
     let via = conn.via().to_string();
     let exchange = |request: &str| {
@@ -714,7 +742,7 @@ fn register_over(conn: &mut SipConnection, to: SocketAddr, id: &str, password: &
     register_with(&via, exchange, to, id, password, contact)
 }
 
-/// A REGISTER from `via` (`UDP address:port`, `TCP …`), then one with the answer to its
+/// A REGISTER from `via` (`UDP address:port`, `TLS …`), then one with the answer to its
 /// challenge, each through `exchange` (sends a request, returns its final answer); the last answer.
 fn register_with(
     via: &str,
@@ -727,8 +755,12 @@ fn register_with(
     use crate::common::sip::digest_authorization;
     let uri = format!("sip:{to}");
     let transport = via.split(' ').next().unwrap_or_default();
+    // CSeq numbers rise across calls, as a phone's do: a refresh with the Call-ID of an earlier
+    // REGISTER and a CSeq not above its own would be taken for a retransmission.
+    static CSEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let first = CSEQ.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
     let mut auth = String::new();
-    for cseq in 1..=2 {
+    for cseq in first..=first + 1 {
         let register = format!(
             "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/{via};branch=z9hG4bK-{id}-{cseq};rport\r\nMax-Forwards: 70\r\n\
              From: <sip:{id}@{to}>;tag={id}\r\nTo: <sip:{id}@{to}>\r\nCall-ID: nat-{id}-{transport}@test\r\nCSeq: {cseq} REGISTER\r\n\
@@ -761,33 +793,37 @@ fn next_request(sock: &std::net::UdpSocket, limit: Duration) -> Option<String> {
     None
 }
 
-#[test]
-fn a_nated_udp_phone_is_kept_alive_and_tcp_or_direct_ones_are_not() {
-    // 3001 has two phones behind the NAT (max_contacts 2): one over TCP, one over UDP.
-    let Some(stack) = Stack::start("natping", |s| {
+/// A cluster whose user 3001 has `max_contacts = 2`.
+fn stack_with_two_contacts_for_3001(test: &str) -> Option<Stack> {
+    let stack = Stack::start(test, |s| {
         s.replacen("id = \"3001\"\nkind = \"sip\"\n", "id = \"3001\"\nkind = \"sip\"\nmax_contacts = 2\n", 1)
-    }) else {
-        return;
-    };
-    let both = stack.plan.endpoints.iter().find(|e| e.id == "3001").map(|e| e.max_contacts);
-    assert_eq!(both, Some(2), "the spec edit did not take");
+    })?;
+    let limit = stack.plan.endpoints.iter().find(|e| e.id == "3001").map(|e| e.max_contacts);
+    assert_eq!(limit, Some(2), "the spec edit did not take");
+    Some(stack)
+}
+
+#[test]
+fn a_nated_udp_phone_is_kept_alive_and_tls_or_direct_ones_are_not() {
+    // Two phones behind the NAT: 3010 over TLS (its transport), 3001 over UDP.
+    let Some(stack) = Stack::start("natping", |s| s) else { return };
     let edge = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
+    let edge_tls = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_tls_port);
     let every = Duration::from_secs(u64::from(stack.cluster().natping_seconds));
-    // Behind a NAT over TCP, first: its Contact a private address, its connection held open. The
+    // Behind a NAT over TLS, first: its Contact a private address, its connection held open. The
     // edge flags it as behind a NAT but, the connection being the phone's to keep, never pings it.
-    let mut over_tcp = SipConnection::tcp(edge).expect("a TCP connection to the edge");
-    let tcp_contact = "sip:3001@10.77.0.7:5060;transport=tcp";
-    let answer = register_over(&mut over_tcp, edge, "3001", &stack.password("3001"), tcp_contact);
+    let mut over_tls =
+        SipConnection::tls(edge_tls, &stack.plan.tls.domain, &stack.ca_pem()).expect("a TLS connection to the edge");
+    let tls_contact = "sip:3010@10.77.0.7:5061;transport=tls";
+    let answer = register_over(&mut over_tls, edge_tls, "3010", &stack.password("3010"), tls_contact);
     assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
     // Behind a NAT over UDP: the Contact names a private address the edge cannot reach; the edge
     // keeps the address the REGISTER came from (received) and flags the contact.
-    let nated = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    nated.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let nated = local_socket(Duration::from_secs(5));
     let answer = register_from(&nated, edge, "3001", &stack.password("3001"), "sip:3001@10.77.0.5:5060");
     assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
     // Not behind one: the Contact is the address it sends from.
-    let direct = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    direct.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let direct = local_socket(Duration::from_secs(5));
     let contact = format!("sip:3002@{}", direct.local_addr().unwrap());
     let answer = register_from(&direct, edge, "3002", &stack.password("3002"), &contact);
     assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
@@ -804,36 +840,36 @@ fn a_nated_udp_phone_is_kept_alive_and_tcp_or_direct_ones_are_not() {
     // The direct phone got none in the same time.
     let direct_got = next_request(&direct, Duration::from_millis(10));
     assert!(direct_got.is_none(), "a phone not behind a NAT was pinged: {direct_got:?}");
-    // Nor did the TCP phone, registered before both UDP phones: the keepalive timer went over
+    // Nor did the TLS phone, registered before both UDP phones: the keepalive timer went over
     // the contacts at least twice meanwhile (the UDP phone's two OPTIONS).
-    let mut over_tcp_got = Vec::new();
-    while let Some(message) = over_tcp.next(Duration::from_millis(10)).expect("the TCP connection stays open") {
-        over_tcp_got.push(message);
+    let mut over_tls_got = Vec::new();
+    while let Some(message) = over_tls.next(Duration::from_millis(10)).expect("the TLS connection stays open") {
+        over_tls_got.push(message);
     }
-    eprintln!("messages on the TCP phone's connection since its registration: {}", over_tcp_got.len());
-    assert!(over_tcp_got.is_empty(), "a phone behind a NAT over TCP was pinged: {over_tcp_got:?}");
-    // The edge's part in that: of the two contacts behind a NAT (both still registered: the UDP
-    // phone did not replace the TCP one), only the UDP one is flagged for keepalives (FLB_NATB,
+    eprintln!("messages on the TLS phone's connection since its registration: {}", over_tls_got.len());
+    assert!(over_tls_got.is_empty(), "a phone behind a NAT over TLS was pinged: {over_tls_got:?}");
+    // The edge's part in that: of the two contacts behind a NAT, only the UDP one is flagged for
+    // keepalives (FLB_NATB,
     // branch flag 6: bit 64 of `cflags`). nathelper itself skips a contact whose address names
-    // TCP, so the flag is what the edge's config decides.
+    // TCP or TLS, so the flag is what the edge's config decides.
     let row = |contact: &str| {
         let out = stack.sql(&format!("SELECT cflags, received FROM location WHERE contact = '{contact}'"));
         let (cflags, received) = out.trim().split_once('|').unwrap_or_else(|| panic!("{contact} is not registered"));
         (cflags.parse::<u32>().unwrap() & 64 != 0, received.to_string())
     };
-    let (tcp_flagged, tcp_received) = row(tcp_contact);
+    let (tls_flagged, tls_received) = row(tls_contact);
     let (udp_flagged, udp_received) = row("sip:3001@10.77.0.5:5060");
-    eprintln!("flagged for keepalives: over TCP {tcp_flagged} (received {tcp_received}), over UDP {udp_flagged} (received {udp_received})");
-    assert!(tcp_received.ends_with(";transport=tcp"), "the TCP phone was not taken as behind a NAT: {tcp_received:?}");
+    eprintln!("flagged for keepalives: over TLS {tls_flagged} (received {tls_received}), over UDP {udp_flagged} (received {udp_received})");
+    assert!(tls_received.ends_with(";transport=tls"), "the TLS phone was not taken as behind a NAT: {tls_received:?}");
     assert!(udp_flagged, "the UDP phone behind a NAT is not flagged for keepalives");
     assert!(
-        !tcp_flagged,
-        "the TCP phone behind a NAT is flagged for keepalives (FLB_NATB): the edge sets it over UDP only"
+        !tls_flagged,
+        "the TLS phone behind a NAT is flagged for keepalives (FLB_NATB): the edge sets it over UDP only"
     );
 }
 
 #[test]
-fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
+fn a_renewed_certificate_reaches_both_edge_listeners_and_their_connections_stay() {
     use astrtc::media::ws::WsConn;
     let Some(stack) = Stack::start("certs", |s| s) else { return };
     // The edge's start time and process: a restart in place keeps the container's id, not these.
@@ -841,9 +877,12 @@ fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
     let edge_before = pid();
     let domain = stack.plan.tls.domain.clone();
     let wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.wss_port);
+    let sip_tls = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_tls_port);
     let ca = stack.ca_pem();
-    let serial = || astrtc::verify::check_tls(wss, &domain, &ca).expect("the edge's TLS").leaf.serial;
+    let serial_on = |at: SocketAddr| astrtc::verify::check_tls(at, &domain, &ca).expect("the edge's TLS").leaf.serial;
+    let serial = || serial_on(wss);
     let before = serial();
+    assert_eq!(serial_on(sip_tls), before, "the SIP-over-TLS port serves another certificate than the WSS port");
     let rt = runtime();
     // A browser's connection, opened before the renewal: it carries a REGISTER (answered 401).
     let register = |n: u32| {
@@ -860,6 +899,15 @@ fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
         tokio::time::timeout(Duration::from_secs(5), held.recv_text()).await
     });
     assert!(matches!(&answer, Ok(Ok(a)) if a.starts_with("SIP/2.0 401")), "{answer:?}");
+    // A phone's SIP-over-TLS connection, opened before the renewal too: an OPTIONS is answered.
+    let mut phone = SipConnection::tls(sip_tls, &domain, &ca).expect("a SIP-over-TLS connection to the edge");
+    let options = |phone: &mut SipConnection, n: usize| {
+        let via = phone.via().to_string();
+        phone.send(&flood_options(&via, sip_tls, n)).unwrap();
+        phone.next(Duration::from_secs(5))
+    };
+    let answer = options(&mut phone, 1);
+    assert!(matches!(&answer, Ok(Some(a)) if a.starts_with("SIP/2.0 ")), "{answer:?}");
 
     // First a pair that does not match (a new certificate, the old key): the reload fails and the
     // old certificate stays in use.
@@ -877,6 +925,7 @@ fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
         edge_log(&stack)
     );
     assert_eq!(serial(), before, "a mismatched pair replaced the certificate");
+    assert_eq!(serial_on(sip_tls), before, "a mismatched pair replaced the SIP-over-TLS certificate");
     // Then the key that matches.
     crate::common::docker::overwrite_keep_mode(&keys.join("asterisk.key"), &new_key);
     let took = wait_until(Duration::from_secs(30), || serial() != before);
@@ -886,6 +935,20 @@ fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
     eprintln!("the edge served the new certificate {took:.1?} after the files changed (was serial {before})");
     assert!(log.contains("astrtc-edge: the certificate changed; tls.reload"), "{log}");
     assert_eq!(pid(), edge_before, "the edge was restarted");
+    // The SIP-over-TLS port serves the new certificate too (one reload for both listeners).
+    let new = serial();
+    let on_sip_tls = wait_until(Duration::from_secs(10), || serial_on(sip_tls) == new);
+    assert!(
+        on_sip_tls.is_some(),
+        "the SIP-over-TLS port still serves serial {} after the WSS port took {new}",
+        serial_on(sip_tls)
+    );
+    eprintln!("the SIP-over-TLS port serves the new certificate (serial {new}) too");
+    let answer = options(&mut phone, 2);
+    assert!(
+        matches!(&answer, Ok(Some(a)) if a.starts_with("SIP/2.0 ")),
+        "the SIP-over-TLS connection opened before the renewal no longer carries SIP: {answer:?}"
+    );
     // The connection from before still carries SIP.
     let answer = rt.block_on(async {
         held.send_text(&register(2)).await.unwrap();
@@ -898,7 +961,7 @@ fn a_renewed_certificate_reaches_the_edge_and_its_websockets_stay() {
     rt.block_on(held.close());
 }
 
-/// OPTIONS number `i` of a flood from `via` (`UDP address:port`, `TCP …`, `WSS …`) to `to`.
+/// OPTIONS number `i` of a flood from `via` (`UDP address:port`, `TLS …`, `WSS …`) to `to`.
 fn flood_options(via: &str, to: SocketAddr, i: usize) -> String {
     format!(
         "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/{via};branch=z9hG4bK-flood-{i};rport\r\nMax-Forwards: 70\r\n\
@@ -971,12 +1034,20 @@ fn flood_over(conn: &mut SipConnection, to: SocketAddr, n: usize) -> (usize, Opt
     (answered.len(), last)
 }
 
-/// Whether an OPTIONS over a new connection (TCP, or a WebSocket when `wss` has the edge's name
-/// and CA) to `to` is answered within `limit`.
-fn options_over_new_connection(to: SocketAddr, wss: Option<(&str, &str)>, limit: Duration) -> bool {
-    let mut conn = match wss {
-        Some((domain, ca)) => SipConnection::wss(to, domain, ca),
-        None => SipConnection::tcp(to),
+/// A connection a phone or a browser opens to the edge, with the edge's name and CA.
+#[derive(Clone, Copy)]
+enum Over<'a> {
+    /// SIP over TLS, as phones with `transport = "tls"` use (on `network.sip_tls_port`).
+    Tls(&'a str, &'a str),
+    /// SIP over a secure WebSocket, as browsers use (on `network.wss_port`).
+    Wss(&'a str, &'a str),
+}
+
+/// Whether an OPTIONS over a new connection to `to` is answered within `limit`.
+fn options_over_new_connection(to: SocketAddr, over: Over<'_>, limit: Duration) -> bool {
+    let mut conn = match over {
+        Over::Tls(domain, ca) => SipConnection::tls(to, domain, ca),
+        Over::Wss(domain, ca) => SipConnection::wss(to, domain, ca),
     }
     .expect("a connection to the edge (a ban drops requests, not connections)");
     let via = conn.via().to_string();
@@ -1056,19 +1127,24 @@ fn a_udp_flood_is_dropped_not_banned_and_others_are_served() {
 fn a_flood_over_a_connection_bans_its_address_and_spares_others() {
     use crate::common::attacker::Peer;
     use crate::common::sip::options_over_udp;
-    let Some([tcp_flooder, wss_flooder, bystander]) = peers_first(["tflood", "wflood", "bystand"]) else { return };
+    let Some([tls_flooder, wss_flooder, bystander]) = peers_first(["tflood", "wflood", "bystand"]) else { return };
     const RATE: usize = 20;
     const BAN_SECONDS: u64 = 20;
     let Some(stack) = flood_stack("connflood", RATE, BAN_SECONDS) else { return };
-    let (sip, wss, domain, ca) =
-        (stack.plan.network.sip_port, stack.plan.network.wss_port, stack.plan.tls.domain.clone(), stack.ca_pem());
+    let (sip, sip_tls, wss, domain, ca) = (
+        stack.plan.network.sip_port,
+        stack.plan.network.sip_tls_port,
+        stack.plan.network.wss_port,
+        stack.plan.tls.domain.clone(),
+        stack.ca_pem(),
+    );
     const SENT: usize = 400;
-    // Whether `peer` is answered: OPTIONS over UDP, and over a new TCP connection.
+    // Whether `peer` is answered: OPTIONS over UDP, and over a new TLS connection (a phone's).
     let answered = |peer: &Peer| {
-        let to = peer.to(sip);
+        let (to, to_tls, d, c) = (peer.to(sip), peer.to(sip_tls), domain.clone(), ca.clone());
         peer.run(move || {
             let limit = Duration::from_secs(1);
-            (options_over_udp(to, limit).is_some(), options_over_new_connection(to, None, limit))
+            (options_over_udp(to, limit).is_some(), options_over_new_connection(to_tls, Over::Tls(&d, &c), limit))
         })
     };
     let banned_line = |peer: &Peer, proto: &str| {
@@ -1077,7 +1153,7 @@ fn a_flood_over_a_connection_bans_its_address_and_spares_others() {
 
     // 1. Over a WebSocket (the browsers' transport), 400 OPTIONS at 100 a second on one
     //    connection: the first are answered, then the address is banned: no answer over UDP, a
-    //    new TCP connection or a new WebSocket.
+    //    new TLS connection or a new WebSocket.
     let (to, d, c) = (wss_flooder.to(wss), domain.clone(), ca.clone());
     let (wss_answered, _) = wss_flooder.run(move || {
         let mut conn = SipConnection::wss(to, &d, &c).expect("a WebSocket to the edge");
@@ -1088,48 +1164,48 @@ fn a_flood_over_a_connection_bans_its_address_and_spares_others() {
     assert!(log.contains(&banned_line(&wss_flooder, "wss")), "no ban logged for {}:\n{log}", wss_flooder.ip);
     assert!(wss_answered > 0, "the WebSocket carried no SIP before its flood was seen");
     assert!(wss_answered < SENT / 2, "the flood over WSS was answered: {wss_answered} of {SENT}");
-    assert_eq!(answered(&wss_flooder), (false, false), "the WSS flooder is answered (UDP, new TCP connection)");
+    assert_eq!(answered(&wss_flooder), (false, false), "the WSS flooder is answered (UDP, new TLS connection)");
     let (to, d, c) = (wss_flooder.to(wss), domain.clone(), ca.clone());
-    let again = wss_flooder.run(move || options_over_new_connection(to, Some((&d, &c)), Duration::from_secs(1)));
+    let again = wss_flooder.run(move || options_over_new_connection(to, Over::Wss(&d, &c), Duration::from_secs(1)));
     assert!(!again, "the WSS flooder is answered on a new WebSocket");
     // Everyone else is served.
-    assert_eq!(answered(&bystander), (true, true), "a bystander is not answered (UDP, TCP)");
+    assert_eq!(answered(&bystander), (true, true), "a bystander is not answered (UDP, TLS)");
 
-    // 2. The same over SIP over TCP.
-    let to = tcp_flooder.to(sip);
-    let (tcp_answered, last_answer) = tcp_flooder.run(move || {
-        let mut conn = SipConnection::tcp(to).expect("a TCP connection to the edge");
+    // 2. The same over SIP over TLS (a phone's transport).
+    let (to, d, c) = (tls_flooder.to(sip_tls), domain.clone(), ca.clone());
+    let (tls_answered, last_answer) = tls_flooder.run(move || {
+        let mut conn = SipConnection::tls(to, &d, &c).expect("a TLS connection to the edge");
         flood_over(&mut conn, to, SENT)
     });
-    eprintln!("OPTIONS flood over TCP from {}: {tcp_answered} of {SENT} answered", tcp_flooder.ip);
+    eprintln!("OPTIONS flood over TLS from {}: {tls_answered} of {SENT} answered", tls_flooder.ip);
     // The ban was set right after the last answer (the next request set it).
-    let banned_at = last_answer.expect("no request of the TCP flood was answered");
+    let banned_at = last_answer.expect("no request of the TLS flood was answered");
     let log = edge_log(&stack);
-    assert!(log.contains(&banned_line(&tcp_flooder, "tcp")), "no ban logged for {}:\n{log}", tcp_flooder.ip);
-    assert!(tcp_answered < SENT / 2, "the flood over TCP was answered: {tcp_answered} of {SENT}");
-    assert_eq!(answered(&tcp_flooder), (false, false), "the TCP flooder is answered (UDP, new TCP connection)");
-    assert_eq!(answered(&bystander), (true, true), "a bystander is not answered (UDP, TCP)");
+    assert!(log.contains(&banned_line(&tls_flooder, "tls")), "no ban logged for {}:\n{log}", tls_flooder.ip);
+    assert!(tls_answered < SENT / 2, "the flood over TLS was answered: {tls_answered} of {SENT}");
+    assert_eq!(answered(&tls_flooder), (false, false), "the TLS flooder is answered (UDP, new TLS connection)");
+    assert_eq!(answered(&bystander), (true, true), "a bystander is not answered (UDP, TLS)");
     assert!(!log.contains("astrtc: banned 127.0.0.1"), "loopback was banned:\n{log}");
     assert!(!log.contains(&format!("banned {} ", bystander.ip)), "the bystander was banned");
 
-    // 3. The TCP flooder's ban holds for ban_seconds and then lifts: asked again and again (each
-    //    time an OPTIONS over UDP and one over a new TCP connection), it is first answered no
+    // 3. The TLS flooder's ban holds for ban_seconds and then lifts: asked again and again (each
+    //    time an OPTIONS over UDP and one over a new TLS connection), it is first answered no
     //    earlier than ban_seconds after the ban (less a second's margin for when the test saw the
     //    ban set: slowness only makes the figure larger).
     let mut unanswered = 0;
     let lifted = wait_until(Duration::from_secs(BAN_SECONDS + 20), || {
-        let (udp, tcp) = answered(&tcp_flooder);
-        unanswered += usize::from(!udp && !tcp);
-        udp || tcp
+        let (udp, tls) = answered(&tls_flooder);
+        unanswered += usize::from(!udp && !tls);
+        udp || tls
     });
     let after = banned_at.elapsed();
     assert!(
         lifted.is_some(),
         "{} is still banned {after:.1?} after its flood (ban_seconds = {BAN_SECONDS})",
-        tcp_flooder.ip
+        tls_flooder.ip
     );
     eprintln!(
-        "the TCP flooder was answered again {after:.1?} after its ban (ban_seconds = {BAN_SECONDS}; {unanswered} asks unanswered before)"
+        "the TLS flooder was answered again {after:.1?} after its ban (ban_seconds = {BAN_SECONDS}; {unanswered} asks unanswered before)"
     );
     assert!(
         unanswered > 0,
@@ -1139,8 +1215,8 @@ fn a_flood_over_a_connection_bans_its_address_and_spares_others() {
         after >= Duration::from_secs(BAN_SECONDS - 1),
         "the ban lifted {after:.1?} after it was set, before ban_seconds = {BAN_SECONDS}"
     );
-    let both = wait_until(Duration::from_secs(5), || answered(&tcp_flooder) == (true, true));
-    assert!(both.is_some(), "after its ban the TCP flooder is answered over one transport only");
+    let both = wait_until(Duration::from_secs(5), || answered(&tls_flooder) == (true, true));
+    assert!(both.is_some(), "after its ban the TLS flooder is answered over one transport only");
 }
 
 #[test]
@@ -1492,15 +1568,12 @@ fn the_edge_bans_password_guessers_and_spares_everyone_else() {
 
 #[test]
 fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
-    use std::net::UdpSocket;
     let Some(stack) = Stack::start("dialogs", |s| s) else { return };
     let edge = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
     // Where a forged request would be sent on to: a socket of the test's own.
-    let target = UdpSocket::bind("127.0.0.1:0").unwrap();
-    target.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let target = local_socket(Duration::from_secs(3));
     let target_addr = target.local_addr().unwrap();
-    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
-    attacker.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let attacker = local_socket(Duration::from_secs(3));
     let me = attacker.local_addr().unwrap();
     for (n, method) in ["INVITE", "BYE", "UPDATE"].into_iter().enumerate() {
         // An in-dialog request (To tag) of no call the edge knows, routed through the edge (a
@@ -1558,16 +1631,27 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     let aliased = format!("{};alias=127.0.0.1~{}~1", real.split(";alias=").next().unwrap(), target_addr.port());
     for (what, uri) in [("a request URI at another host", format!("sip:victim@{target_addr}")), ("an alias", aliased)] {
         let status = call.in_dialog("INFO", &uri);
-        eprintln!("in-dialog INFO with {what} ({uri}): {status}");
-        let mut buf = [0u8; 4096];
-        let relayed =
-            target.recv_from(&mut buf).map(|(len, from)| (from, String::from_utf8_lossy(&buf[..len]).into_owned()));
-        assert!(relayed.is_err(), "the edge sent a party's in-dialog INFO with {what} on: {relayed:?}");
-        assert!(status.starts_with("SIP/2.0 403"), "an in-dialog INFO with {what} got: {status}");
+        refused_and_not_relayed(&target, &format!("a party's in-dialog INFO with {what} ({uri})"), &status);
     }
     let status = call.in_dialog("INFO", &real);
     eprintln!("in-dialog INFO to the call's target ({real}): {status}");
     assert!(status.starts_with("SIP/2.0 200"), "the call's own INFO was not answered by the pool: {status}");
+    // Nor back to the caller itself (relayed, it would reach the caller's socket, which never
+    // answers: 408, not 403).
+    let own = format!("sip:raw@{}", call.sock.local_addr().unwrap());
+    let status = call.in_dialog("INFO", &own);
+    eprintln!("in-dialog INFO from the caller to itself ({own}): {status}");
+    assert!(status.starts_with("SIP/2.0 403"), "the caller's in-dialog INFO to itself got: {status}");
+    // Someone who knows the call's Call-ID, tags and route set but sends from an address of
+    // their own (an eavesdropper on the UDP path) cannot end it: their BYE to the call's real
+    // target is refused, and the call is still up at the pool (its INFO answered 200, not 481).
+    let mut eavesdropper = call.sent_elsewhere();
+    let status = eavesdropper.in_dialog("BYE", &real);
+    eprintln!("the call's BYE from another address ({}): {status}", eavesdropper.sock.local_addr().unwrap());
+    assert!(status.starts_with("SIP/2.0 403"), "a BYE from an address not a party to the call got: {status}");
+    call.cseq = eavesdropper.cseq;
+    let status = call.in_dialog("INFO", &real);
+    assert!(status.starts_with("SIP/2.0 200"), "the call did not outlive the eavesdropper's BYE: {status}");
     // The two parties are kept with the dialog in the database (an edge restart keeps the check).
     let vars = stack.sql("SELECT dialog_key || '=' || dialog_value FROM dialog_vars ORDER BY dialog_key");
     eprintln!("dialog_vars: {vars:?}");
@@ -1587,10 +1671,23 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     eprintln!("from the pool to the caller: {:?}", bye.as_deref().and_then(|r| r.lines().next()));
     assert!(bye.as_deref().is_some_and(|r| r.starts_with("BYE ")), "the pool's BYE never reached the caller: {bye:?}");
 
+    // A phone that keeps the edge as a preloaded Route calls a user who is not registered: the
+    // edge's 480 (sent within a transaction) is taken back by the phone's ACK, Route and all, so
+    // the edge does not send it again (over UDP it would, from half a second on, until an ACK).
+    let mut offline = RawDialog::invite_routed(edge, &stack.plan.tls.domain, "3001", &stack.password("3001"), "3010");
+    let answer = offline.final_answer();
+    eprintln!("a call to a user not registered: {}", answer.lines().next().unwrap_or_default());
+    assert!(answer.starts_with("SIP/2.0 480"), "a call to a user not registered got: {answer}");
+    let uri = format!("sip:3010@{}", stack.plan.tls.domain);
+    offline.ack_failure(&answer, &uri);
+    offline.sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 4096];
+    let again = offline.sock.recv_from(&mut buf).map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(again.is_err(), "the edge sent its failure answer again after the routed ACK: {again:?}");
+
     // Before the callee answers (here: 3002 registered at a socket that never replies), the
     // dialog matches any To tag: a request made up with one may go only to the caller.
-    let phone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    phone.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let phone = local_socket(Duration::from_secs(5));
     let contact = format!("sip:3002@{}", phone.local_addr().unwrap());
     let registered = register_from(&phone, edge, "3002", &stack.password("3002"), &contact);
     assert!(registered.starts_with("SIP/2.0 200"), "3002 could not register: {registered}");
@@ -1600,20 +1697,52 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     ringing.to = format!("<sip:3002@{}>;tag=made-up", stack.plan.tls.domain);
     ringing.routes = vec![format!("<sip:{edge};lr>")];
     let status = ringing.in_dialog("INFO", &format!("sip:victim@{target_addr}"));
-    eprintln!("in-dialog INFO (a made-up To tag) before the answer: {status}");
+    refused_and_not_relayed(&target, "an in-dialog INFO (a made-up To tag) before the answer", &status);
+
+    // A browser's WebSocket closes mid-call (an edge restart closes them all) and it comes back
+    // from another port of the same address: its BYE is taken (over a connection, whose address
+    // cannot be forged, the sender's address is enough).
+    let wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.wss_port);
+    let (domain, ca) = (stack.plan.tls.domain.clone(), stack.ca_pem());
+    let open = || SipConnection::wss(wss, &domain, &ca).expect("a WebSocket to the edge");
+    let mut browser = RawDialog::call_over(Some(open()), edge, &domain, "199", &stack.password("199"), &echo);
+    browser.conn = Some(open());
+    let target_of_call = browser.target.clone();
+    let status = browser.in_dialog("BYE", &target_of_call);
+    eprintln!("the call's BYE over a new WebSocket from the same address: {status}");
+    assert!(status.starts_with("SIP/2.0 200"), "a BYE over the caller's new WebSocket got: {status}");
+
+    let log = edge_log(&stack);
+    let refused = |what: &str, why: &str| log.lines().filter(|l| l.contains(what) && l.contains(why)).count();
+    let (info, bye) = ("astrtc: refused an in-dialog INFO", "astrtc: refused an in-dialog BYE");
+    assert_eq!(refused(info, ": not the other party to call"), 4, "the edge did not log every misdirected INFO");
+    assert_eq!(refused(bye, ": not a party to call"), 1, "the edge did not log the eavesdropper's BYE");
+}
+
+/// A UDP socket on loopback whose reads wait at most `timeout`: a phone, a target or an
+/// attacker of the test's.
+fn local_socket(timeout: Duration) -> std::net::UdpSocket {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    sock
+}
+
+/// A party's in-dialog request (`what`) was answered `status`: it must be 403 with nothing
+/// reaching `target` (whose read waits its timeout).
+fn refused_and_not_relayed(target: &std::net::UdpSocket, what: &str, status: &str) {
+    eprintln!("{what}: {status}");
     let mut buf = [0u8; 4096];
     let relayed =
         target.recv_from(&mut buf).map(|(len, from)| (from, String::from_utf8_lossy(&buf[..len]).into_owned()));
-    assert!(relayed.is_err(), "the edge sent an in-dialog INFO of an unanswered call on: {relayed:?}");
-    assert!(status.starts_with("SIP/2.0 403"), "an in-dialog INFO of an unanswered call got: {status}");
-
-    let refused = edge_log(&stack).lines().filter(|l| l.contains("astrtc: refused an in-dialog INFO")).count();
-    assert_eq!(refused, 3, "the edge did not log every refusal");
+    assert!(relayed.is_err(), "the edge sent {what} on: {relayed:?}");
+    assert!(status.starts_with("SIP/2.0 403"), "{what} got: {status}");
 }
 
 /// A call placed by hand over UDP through the edge (no media): what its in-dialog requests need.
 struct RawDialog {
     sock: std::net::UdpSocket,
+    /// A connection (WSS) the dialog's requests go over instead of `sock`.
+    conn: Option<SipConnection>,
     edge: SocketAddr,
     call_id: String,
     from: String,
@@ -1629,7 +1758,19 @@ impl RawDialog {
     /// INVITEs `extension` through the edge as `user` (answering the challenge), then ACKs
     /// the 200 OK.
     fn call(edge: SocketAddr, domain: &str, user: &str, password: &str, extension: &str) -> RawDialog {
-        let mut d = RawDialog::invite(edge, domain, user, password, extension);
+        RawDialog::call_over(None, edge, domain, user, password, extension)
+    }
+
+    /// [`RawDialog::call`] over `conn` when given (a WebSocket), else UDP.
+    fn call_over(
+        conn: Option<SipConnection>,
+        edge: SocketAddr,
+        domain: &str,
+        user: &str,
+        password: &str,
+        extension: &str,
+    ) -> RawDialog {
+        let mut d = RawDialog::invite_over(conn, edge, domain, user, password, extension);
         let answer = d.final_answer();
         assert!(answer.starts_with("SIP/2.0 200"), "the call was not answered: {answer}");
         d.to = header_of(&answer, "To").unwrap().to_string();
@@ -1643,16 +1784,44 @@ impl RawDialog {
         d.routes = routes;
         let target = d.target.clone();
         let ack = d.request("ACK", &target, "", "");
-        d.sock.send_to(ack.as_bytes(), edge).unwrap();
+        d.transmit(&ack);
         d
     }
 
     /// Sends the INVITE, answers the edge's challenge and sends it again with credentials; does
     /// not wait for the call's answer.
     fn invite(edge: SocketAddr, domain: &str, user: &str, password: &str, extension: &str) -> RawDialog {
+        RawDialog::invite_over(None, edge, domain, user, password, extension)
+    }
+
+    /// [`RawDialog::invite`] from a phone that keeps the edge as a preloaded Route (baresip with
+    /// an outbound proxy): every request it sends, ACKs to failures included, carries it.
+    fn invite_routed(edge: SocketAddr, domain: &str, user: &str, password: &str, extension: &str) -> RawDialog {
+        RawDialog::start_over(None, edge, domain, user, password, extension, vec![format!("<sip:{edge};lr>")])
+    }
+
+    fn invite_over(
+        conn: Option<SipConnection>,
+        edge: SocketAddr,
+        domain: &str,
+        user: &str,
+        password: &str,
+        extension: &str,
+    ) -> RawDialog {
+        RawDialog::start_over(conn, edge, domain, user, password, extension, Vec::new())
+    }
+
+    fn start_over(
+        conn: Option<SipConnection>,
+        edge: SocketAddr,
+        domain: &str,
+        user: &str,
+        password: &str,
+        extension: &str,
+        routes: Vec<String>,
+    ) -> RawDialog {
         use crate::common::sip::digest_authorization;
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let sock = local_socket(Duration::from_secs(10));
         let me = sock.local_addr().unwrap();
         let uri = format!("sip:{extension}@{domain}");
         let sdp = format!(
@@ -1662,16 +1831,18 @@ impl RawDialog {
         );
         let mut d = RawDialog {
             sock,
+            conn,
             edge,
             call_id: format!("raw-{}-{}@test", std::process::id(), me.port()),
             from: format!("<sip:{user}@{domain}>;tag=raw-{}", me.port()),
             to: format!("<{uri}>"),
-            routes: Vec::new(),
+            routes,
             target: uri.clone(),
             cseq: 1,
         };
         let ctype = "Content-Type: application/sdp\r\n";
-        let answer = d.send(&d.request("INVITE", &uri, ctype, &sdp));
+        let invite = d.request("INVITE", &uri, ctype, &sdp);
+        let answer = d.send(&invite);
         let (name, reply) = if answer.starts_with("SIP/2.0 401") {
             ("WWW-Authenticate", "Authorization")
         } else {
@@ -1683,29 +1854,58 @@ impl RawDialog {
         let auth = format!("{reply}: {}\r\n", digest_authorization(challenge, "INVITE", &uri, user, password).unwrap());
         d.cseq += 1;
         let invite = d.request("INVITE", &uri, &format!("{auth}{ctype}"), &sdp);
-        d.sock.send_to(invite.as_bytes(), edge).unwrap();
+        d.transmit(&invite);
         d
     }
 
-    /// The next final answer on the socket (provisional ones skipped).
-    fn final_answer(&self) -> String {
+    /// The next final answer (provisional ones and requests skipped).
+    fn final_answer(&mut self) -> String {
         let mut buf = [0u8; 8192];
         loop {
-            let (n, _) = self.sock.recv_from(&mut buf).expect("no final answer in 10 s");
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let text = match self.conn.as_mut() {
+                Some(conn) => conn.next(Duration::from_secs(10)).unwrap().expect("no final answer in 10 s"),
+                None => {
+                    let (n, _) = self.sock.recv_from(&mut buf).expect("no final answer in 10 s");
+                    String::from_utf8_lossy(&buf[..n]).into_owned()
+                }
+            };
             if text.starts_with("SIP/2.0") && !text.starts_with("SIP/2.0 1") {
                 return text;
             }
         }
     }
 
+    /// Writes a message to the edge, over the connection if there is one.
+    fn transmit(&mut self, msg: &str) {
+        match self.conn.as_mut() {
+            Some(conn) => conn.send(msg).unwrap(),
+            None => {
+                self.sock.send_to(msg.as_bytes(), self.edge).unwrap();
+            }
+        }
+    }
+
+    /// This end as Via (`UDP address:port`, `WSS name.invalid`) and as a Contact URI.
+    fn me(&self) -> (String, String) {
+        match &self.conn {
+            Some(conn) => {
+                let host = conn.via().split(' ').nth(1).unwrap_or_default().to_string();
+                (conn.via().to_string(), format!("sip:raw@{host};transport=ws"))
+            }
+            None => {
+                let me = self.sock.local_addr().unwrap();
+                (format!("UDP {me}"), format!("sip:raw@{me}"))
+            }
+        }
+    }
+
     fn request(&self, method: &str, uri: &str, extra: &str, body: &str) -> String {
-        let me = self.sock.local_addr().unwrap();
+        let (via, contact) = self.me();
         let routes: String = self.routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
         format!(
-            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{}-{method}-{};rport\r\n{routes}\
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{via};branch=z9hG4bK-{}-{method}-{};rport\r\n{routes}\
              Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n\
-             Contact: <sip:raw@{me}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+             Contact: <{contact}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
             self.call_id.len(),
             self.cseq,
             self.from,
@@ -1717,21 +1917,41 @@ impl RawDialog {
     }
 
     /// Sends a request; its final answer (requests from the far end are skipped).
-    fn send(&self, msg: &str) -> String {
-        self.sock.send_to(msg.as_bytes(), self.edge).unwrap();
+    fn send(&mut self, msg: &str) -> String {
+        self.transmit(msg);
         self.final_answer()
     }
 
-    fn ack_failure(&self, answer: &str, uri: &str) {
-        let me = self.sock.local_addr().unwrap();
+    /// The ACK to a failure answer: the INVITE's Via and route set, the answer's To (RFC 3261
+    /// 17.1.1.3).
+    fn ack_failure(&mut self, answer: &str, uri: &str) {
+        let (_, contact) = self.me();
         let via = header_of(answer, "Via").unwrap_or_default();
         let to = header_of(answer, "To").unwrap_or_default();
+        let routes: String = self.routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
         let ack = format!(
-            "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\n\
-             CSeq: {} ACK\r\nContact: <sip:raw@{me}>\r\nContent-Length: 0\r\n\r\n",
+            "ACK {uri} SIP/2.0\r\nVia: {via}\r\n{routes}Max-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\n\
+             Call-ID: {}\r\nCSeq: {} ACK\r\nContact: <{contact}>\r\nContent-Length: 0\r\n\r\n",
             self.from, self.call_id, self.cseq
         );
-        self.sock.send_to(ack.as_bytes(), self.edge).unwrap();
+        self.transmit(&ack);
+    }
+
+    /// The same dialog sent from another socket (another source port): what someone who saw the
+    /// call's headers could send.
+    fn sent_elsewhere(&self) -> RawDialog {
+        let sock = local_socket(Duration::from_secs(10));
+        RawDialog {
+            sock,
+            conn: None,
+            edge: self.edge,
+            call_id: self.call_id.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            routes: self.routes.clone(),
+            target: self.target.clone(),
+            cseq: self.cseq,
+        }
     }
 
     /// An in-dialog request (next CSeq) to `uri`; the status line of its final answer.
@@ -1853,11 +2073,13 @@ fn apply_writes_users_into_the_database_without_restarting_the_edge() {
     eprintln!("astrtc apply ({took:.1?}):\n{stdout}");
     assert!(out.status.success(), "apply failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        stdout.contains("users: 5 written to the database (1 added: 3003, 0 removed, 1 password(s) changed: 3002"),
+        stdout.contains("users: 6 written to the database (1 added: 3003, 0 removed, 1 password(s) changed: 3002"),
         "{stdout}"
     );
     assert!(stdout.contains("edge: unchanged, not restarted"), "{stdout}");
-    assert!(stdout.contains("pool: asterisk-1, asterisk-2 reloaded in place"), "{stdout}");
+    // The pool holds no user (render::a_clusters_pool_holds_no_user_and_no_password): nothing to
+    // reload there.
+    assert!(stdout.contains("pool: asterisk-1, asterisk-2 unchanged"), "{stdout}");
     assert!(!stdout.contains("only a restart applies"), "{stdout}");
 
     // After: 3003 registers; 3002's old password is refused and the new one taken.
@@ -1893,7 +2115,10 @@ fn apply_writes_users_into_the_database_without_restarting_the_edge() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("astrtc apply again:\n{stdout}");
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("(0 added, 0 removed, 0 password(s) changed, 0 max_contacts changed)"), "{stdout}");
+    assert!(
+        stdout.contains("(0 added, 0 removed, 0 password(s) changed, 0 max_contacts changed, 0 transport(s) changed)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("pool: asterisk-1, asterisk-2 unchanged"), "{stdout}");
     // The same members: the dispatcher is not reloaded (a reload would reset what its probes
     // and failovers learnt about each member).
@@ -2124,13 +2349,13 @@ fn a_member_that_stops_answering_fails_its_call_over_and_every_call_succeeds() {
     assert_eq!(stack.processed(&other.name) - before, 4, "{} did not answer every call", other.name);
 }
 
-/// The edge's bans outlive a restart: written to the database as Kamailio shuts down, read back as
-/// it starts, with their expiry.
+/// The edge's bans outlive a restart and a kill: each written to the database as it is made, read
+/// back with its expiry as the edge starts.
 #[test]
 fn the_edges_bans_outlive_its_restart() {
     use crate::common::attacker::Peer;
     use crate::common::sip::{options_over_udp, Registrar};
-    let Some([guesser, bystander]) = peers_first(["keep", "other"]) else { return };
+    let Some([guesser, bystander, second]) = peers_first(["keep", "other", "kill"]) else { return };
     const BAN_SECONDS: u64 = 600;
     let Some(stack) = Stack::start("banstay", |s| {
         format!("{s}\n[security]\nban_after = 2\nfind_seconds = 60\nban_seconds = {BAN_SECONDS}\n")
@@ -2142,25 +2367,30 @@ fn the_edges_bans_outlive_its_restart() {
         let to = peer.to(sip);
         peer.run(move || options_over_udp(to, Duration::from_secs(2)))
     };
-    assert!(options(&guesser).is_some(), "the edge does not answer the guesser before any guess");
     // Wrong passwords over UDP until the edge stops answering: exactly 2 answered.
-    let answered = {
-        let to = guesser.to(sip);
+    let guess = |peer: &Peer| {
+        let to = peer.to(sip);
         let domain = domain.clone();
-        guesser.run(move || {
+        peer.run(move || {
             let mut session = Registrar::udp(to, &domain, "3001", "wrong-password-xxxxxxxx").unwrap();
             (0..10).take_while(|_| session.register().is_ok()).count()
         })
     };
-    assert_eq!(answered, 2, "wrong passwords answered before the ban");
+    let rows = || stack.sql("SELECT key_name || ' ' || (expires - extract(epoch FROM now())::int) FROM htable");
+    assert!(options(&guesser).is_some(), "the edge does not answer the guesser before any guess");
+    assert_eq!(guess(&guesser), 2, "wrong passwords answered before the ban");
     assert!(options(&guesser).is_none(), "the guesser is not banned");
     assert!(options(&bystander).is_some(), "the bystander is not answered");
+    // The ban is in the database as soon as it is made (the edge still runs).
+    let written = rows();
+    eprintln!("htable rows while the edge runs (address, seconds left): {written:?}");
+    assert!(written.contains(&guesser.ip.to_string()), "the ban was not written as it was made: {written:?}");
 
-    // The edge restarts (docker compose stop, then up: Kamailio shuts down and writes its bans).
+    // The edge restarts (docker compose stop, then up).
     let edge = container_of(&stack, "edge");
     let before = started_and_pid(&edge);
     // The edge stops within its grace period (compose's 5 s) by itself — exit 0, not Docker's
-    // SIGKILL (137) — which is what lets Kamailio write the bans.
+    // SIGKILL (137): Kamailio's shutdown (dialogs, registrations) runs.
     let stopping = Instant::now();
     let out = stack.project.run(&["stop", "edge"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -2171,17 +2401,518 @@ fn the_edges_bans_outlive_its_restart() {
     let out = stack.project.run(&["up", "-d", "--wait", "--wait-timeout", "60", "edge"]);
     assert!(out.status.success(), "the edge did not come back: {}", String::from_utf8_lossy(&out.stderr));
     assert_ne!(started_and_pid(&container_of(&stack, "edge")), before, "the edge did not restart");
-    let rows = stack.sql("SELECT key_name || ' ' || (expires - extract(epoch FROM now())::int) FROM htable");
-    eprintln!("htable rows after the restart (address, seconds left): {rows:?}");
-    if !rows.contains(&guesser.ip.to_string()) {
+    let after = rows();
+    eprintln!("htable rows after the restart (address, seconds left): {after:?}");
+    if !after.contains(&guesser.ip.to_string()) {
         stack.save_logs("cluster_banstay");
     }
-    assert!(rows.contains(&guesser.ip.to_string()), "the ban is not in the database: {rows:?}");
+    assert!(after.contains(&guesser.ip.to_string()), "the ban is not in the database: {after:?}");
     // The bystander is answered by the new edge; the guesser still is not.
     let back = wait_until(Duration::from_secs(10), || options(&bystander).is_some());
     assert!(back.is_some(), "the restarted edge does not answer the bystander");
     assert!(options(&guesser).is_none(), "the restart lifted the guesser's ban");
-    let banned = stack.exec("edge", &["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "htable.dump", "ipban"]);
+    let ipban = || stack.exec("edge", &["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "htable.dump", "ipban"]);
+    let banned = ipban();
     eprintln!("the restarted edge's ipban: {}", banned.split_whitespace().collect::<Vec<_>>().join(" "));
     assert!(banned.contains(&guesser.ip.to_string()), "the restarted edge has no ban for the guesser: {banned}");
+
+    // A second guesser is banned by the restarted edge, which is then killed (SIGKILL: no
+    // shutdown at all) and started again: both bans hold.
+    assert_eq!(guess(&second), 2, "wrong passwords answered before the second ban");
+    assert!(options(&second).is_none(), "the second guesser is not banned");
+    let edge = container_of(&stack, "edge");
+    let out = Command::new("docker").args(["kill", "--signal", "KILL", &edge]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = stack.project.run(&["up", "-d", "--wait", "--wait-timeout", "60", "edge"]);
+    assert!(out.status.success(), "the killed edge did not come back: {}", String::from_utf8_lossy(&out.stderr));
+    let back = wait_until(Duration::from_secs(10), || options(&bystander).is_some());
+    assert!(back.is_some(), "the edge started after the kill does not answer the bystander");
+    let banned = ipban();
+    eprintln!(
+        "the ipban of the edge started after the kill: {}",
+        banned.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    for (who, peer) in [("the first guesser", &guesser), ("the second guesser", &second)] {
+        assert!(options(peer).is_none(), "the kill lifted {who}'s ban");
+        assert!(
+            banned.contains(&peer.ip.to_string()),
+            "the edge started after the kill has no ban for {who}: {banned}"
+        );
+    }
+}
+
+#[test]
+fn a_user_is_refused_over_a_transport_the_spec_does_not_give_it() {
+    use crate::common::sip::Registrar;
+    // (3002 may hold two registrations: one over its old transport, one over its new.)
+    let Some(stack) = Stack::start("transport", |s| {
+        s.replacen("id = \"3002\"\nkind = \"sip\"\n", "id = \"3002\"\nkind = \"sip\"\nmax_contacts = 2\n", 1)
+    }) else {
+        return;
+    };
+    let domain = stack.plan.tls.domain.clone();
+    let udp = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
+    let wss = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.wss_port);
+    let ca = stack.ca_pem();
+    let over_udp =
+        |user: &str| Registrar::udp(udp, &domain, user, &stack.password(user)).and_then(|mut r| r.register());
+    let over_wss =
+        |user: &str| Registrar::open(wss, &domain, &ca, user, &stack.password(user)).and_then(|mut r| r.register());
+    // Each user over its own transport registers; over another one, with the right password, it
+    // gets 403 and is not registered: the TLS phone 3010 over UDP, the browser 199 over UDP, the
+    // UDP phone 3001 over WSS.
+    assert_eq!(over_udp("3001"), Ok(200), "3001 over UDP (its transport)");
+    assert_eq!(over_wss("199"), Ok(200), "199 over WSS (its transport)");
+    for (user, how, status) in
+        [("3010", "UDP", over_udp("3010")), ("199", "UDP", over_udp("199")), ("3001", "WSS", over_wss("3001"))]
+    {
+        eprintln!("{user} registering over {how}: {status:?}");
+        assert_eq!(status, Ok(403), "{user} registering over {how}, a transport the spec does not give it");
+    }
+    // The browser over SIP-TLS (a port for phones) is refused as well.
+    let edge_tls = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_tls_port);
+    let mut tls = SipConnection::tls(edge_tls, &domain, &ca).expect("a TLS connection to the edge");
+    let answer =
+        register_over(&mut tls, edge_tls, "199", &stack.password("199"), "sip:199@10.77.0.9:5061;transport=tls");
+    eprintln!("199 registering over TLS: {}", answer.lines().next().unwrap_or_default());
+    assert!(answer.starts_with("SIP/2.0 403"), "199 registering over TLS got: {answer}");
+    let rows = stack.sql("SELECT username || ' ' || contact FROM location ORDER BY username");
+    eprintln!("location: {rows:?}");
+    let of = |user: &str| rows.lines().filter(|l| l.starts_with(&format!("{user} "))).collect::<Vec<_>>();
+    assert!(of("3010").is_empty(), "3010 was registered over UDP: {rows}");
+    assert!(of("3001").iter().all(|l| !l.contains("transport=ws")), "3001 was registered over WSS: {rows}");
+    assert!(of("199").len() == 1 && of("199")[0].contains("transport=ws"), "199 is not only its WSS contact: {rows}");
+    // Nor can a user call over the wrong one: the TLS phone's INVITE over UDP (its offer's SDES
+    // keys in the clear) gets 403 once its credentials are checked.
+    let mut call =
+        RawDialog::invite(udp, &domain, "3010", &stack.password("3010"), &stack.plan.dialplan.echo_extension);
+    let answer = call.final_answer();
+    eprintln!("3010 calling over UDP: {}", answer.lines().next().unwrap_or_default());
+    assert!(answer.starts_with("SIP/2.0 403"), "3010 calling over UDP got: {answer}");
+
+    // The spec moves 3002 from UDP to TLS while a UDP phone is registered as 3002: `astrtc apply`
+    // says so, and the edge no longer rings that registration (the caller gets 480, nothing
+    // reaches the phone) nor takes 3002 over UDP again.
+    let phone = local_socket(Duration::from_secs(3));
+    let contact = format!("sip:3002@{}", phone.local_addr().unwrap());
+    let answer = register_from(&phone, udp, "3002", &stack.password("3002"), &contact);
+    assert!(answer.starts_with("SIP/2.0 200"), "3002 over UDP before the change: {answer}");
+    let spec = stack.dir.path().join("astrtc.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let edited =
+        text.replacen("id = \"3002\"\nkind = \"sip\"\n", "id = \"3002\"\nkind = \"sip\"\ntransport = \"tls\"\n", 1);
+    assert_ne!(edited, text, "the spec edit did not take");
+    std::fs::write(&spec, edited).unwrap();
+    let out = astrtc().args(["apply", "--spec"]).arg(&spec).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("astrtc apply:\n{stdout}");
+    assert!(out.status.success(), "apply failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 transport(s) changed: 3002)"), "{stdout}");
+    let mut call = RawDialog::invite(udp, &domain, "3001", &stack.password("3001"), "3002");
+    let answer = call.final_answer();
+    eprintln!("a call to 3002, registered over UDP only: {}", answer.lines().next().unwrap_or_default());
+    let reached = next_request(&phone, Duration::from_secs(2));
+    assert!(reached.is_none(), "the call reached 3002's UDP registration: {reached:?}");
+    assert!(answer.starts_with("SIP/2.0 480"), "a call to 3002 registered over UDP only got: {answer}");
+    let answer = register_from(&phone, udp, "3002", &stack.password("3002"), &contact);
+    assert!(answer.starts_with("SIP/2.0 403"), "3002 over UDP after the change: {answer}");
+    // 3002 registers over TLS as well: a call rings that registration, and still not the UDP one.
+    let mut tls_phone = SipConnection::tls(edge_tls, &domain, &ca).expect("a TLS connection to the edge");
+    let tls_contact = "sip:3002@10.77.0.8:5061;transport=tls";
+    let answer = register_over(&mut tls_phone, edge_tls, "3002", &stack.password("3002"), tls_contact);
+    assert!(answer.starts_with("SIP/2.0 200"), "3002 over TLS after the change: {answer}");
+    let _ringing = RawDialog::invite(udp, &domain, "3001", &stack.password("3001"), "3002");
+    let invite = loop {
+        match tls_phone.next(Duration::from_secs(5)).expect("the TLS connection stays open") {
+            Some(m) if m.starts_with("INVITE ") => break Some(m),
+            Some(_) => continue,
+            None => break None,
+        }
+    };
+    eprintln!("3002's TLS registration got: {:?}", invite.as_deref().and_then(|m| m.lines().next()));
+    assert!(invite.is_some(), "a call to 3002 did not ring its TLS registration");
+    let reached = next_request(&phone, Duration::from_secs(2));
+    assert!(reached.is_none(), "the call reached 3002's UDP registration too: {reached:?}");
+    // A user the database has no astrtc_user row for (written by hand) is refused, not let
+    // through over any transport.
+    stack.sql("DELETE FROM astrtc_user WHERE username = '3001'");
+    assert_eq!(over_udp("3001"), Ok(500), "3001 without its astrtc_user row");
+    let log = edge_log(&stack);
+    // (Counted once per request, by the log prefix's method, CSeq and Call-ID: a retransmission
+    // of one is logged again.)
+    let once = |what: &[&str]| -> Vec<&str> {
+        let mut requests: Vec<&str> = log
+            .lines()
+            .filter(|l| what.iter().all(|w| l.contains(w)))
+            .filter_map(|l| l.split_once('{')?.1.split_once('}'))
+            .map(|(p, _)| p)
+            .collect();
+        requests.sort_unstable();
+        requests.dedup();
+        requests
+    };
+    let refused: &[&str] = &["astrtc: refused", "the spec gives it"];
+    for (what, want) in [(refused, 6), (&["astrtc: not ringing 3002 "], 2), (&["has no row in astrtc_user"], 1)] {
+        let requests = once(what);
+        assert_eq!(requests.len(), want, "the edge did not log {what:?} once for each request: {requests:#?}");
+    }
+}
+
+/// A user with `max_contacts = 2` and both taken: a refresh of one keeps both; a third device's
+/// REGISTER is taken (200, not the registrar's 503) and the registration refreshed longest ago
+/// makes room, as Asterisk's `remove_existing` does.
+#[test]
+fn a_new_device_past_max_contacts_replaces_the_one_refreshed_longest_ago() {
+    use std::net::UdpSocket;
+    let Some(stack) = stack_with_two_contacts_for_3001("room") else { return };
+    let edge = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
+    let password = stack.password("3001");
+    let phones: Vec<UdpSocket> = (0..3).map(|_| local_socket(Duration::from_secs(5))).collect();
+    let contact = |i: usize| format!("sip:3001@{}", phones[i].local_addr().unwrap());
+    let register = |i: usize| {
+        let answer = register_from(&phones[i], edge, "3001", &password, &contact(i));
+        answer.lines().next().unwrap_or_default().to_string()
+    };
+    let registered = || {
+        let rows = stack.sql("SELECT contact FROM location WHERE username = '3001' ORDER BY contact");
+        let mut v: Vec<String> = rows.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        v.sort();
+        v
+    };
+    let want = |ids: &[usize]| {
+        let mut v: Vec<String> = ids.iter().map(|i| contact(*i)).collect();
+        v.sort();
+        v
+    };
+    // The registrar keeps whole seconds: registrations a second apart, so one is the oldest.
+    let next_second = || {
+        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let start = now();
+        assert!(wait_until(Duration::from_secs(3), || now() > start).is_some(), "the clock stood still");
+    };
+    assert_eq!(register(0), "SIP/2.0 200 OK", "the first device");
+    next_second();
+    assert_eq!(register(1), "SIP/2.0 200 OK", "the second device");
+    assert_eq!(registered(), want(&[0, 1]));
+    next_second();
+    // At the limit, a refresh of a registered device needs no room: both stay, and the first is
+    // now the one refreshed last.
+    assert_eq!(register(0), "SIP/2.0 200 OK", "the first device's refresh");
+    assert_eq!(registered(), want(&[0, 1]), "a refresh at the limit removed a registration");
+    next_second();
+    // A third device: taken, and the second (refreshed longest ago) makes room.
+    let third = register(2);
+    eprintln!("a third device with max_contacts = 2: {third}");
+    if third != "SIP/2.0 200 OK" {
+        stack.save_logs("cluster_room");
+    }
+    assert_eq!(third, "SIP/2.0 200 OK", "a new device past max_contacts was refused");
+    assert_eq!(registered(), want(&[0, 2]), "not the registration refreshed longest ago made room");
+    let log = edge_log(&stack);
+    let made_room = log.matches("astrtc: 3001 has 2 registrations: the one refreshed longest ago makes room").count();
+    assert_eq!(
+        made_room, 1,
+        "the edge made room {made_room} times for one new device (a refresh taken for a new one?)"
+    );
+}
+
+/// Length of a UDP datagram of plain G.711 RTP in 20 ms packets (12 bytes of header and 160 of
+/// audio), what baresip (g711 only) and the pool send; SRTP adds its authentication tag to it.
+const PLAIN_G711_RTP: usize = 172;
+
+/// The lengths of the UDP datagrams in a capture, as tcpdump reads it.
+fn udp_lengths(pcap: &Path) -> Vec<usize> {
+    let out = Command::new("tcpdump").args(["-n", "-r"]).arg(pcap).arg("udp").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit_once("UDP, length ").and_then(|(_, n)| n.trim().parse().ok()))
+        .collect()
+}
+
+/// Two phones' namespaces (for a TLS and a UDP phone), each routed through the host (the relay's
+/// media address is one of the host's), and a cluster; None after a SKIP.
+fn phones_and_stack(test: &str) -> Option<(crate::common::attacker::Peer, crate::common::attacker::Peer, Stack)> {
+    let [tls_net, udp_net] = peers_first(["tlsph", "udpph"])?;
+    if let Some(why) = phone_tools_missing() {
+        skip(&why);
+        return None;
+    }
+    tls_net.route_all_to_host();
+    udp_net.route_all_to_host();
+    let stack = Stack::start(test, |s| s)?;
+    Some((tls_net, udp_net, stack))
+}
+
+/// What the TLS phone's test needs beside Docker and namespaces, if anything is missing.
+fn phone_tools_missing() -> Option<String> {
+    [("/usr/bin/tcpdump", "tcpdump"), ("/usr/bin/baresip", "baresip-core")]
+        .into_iter()
+        .find(|(tool, _)| !Path::new(tool).exists())
+        .map(|(tool, package)| format!("{tool} is not installed (Debian package {package}: make deps-audit)"))
+}
+
+#[test]
+fn a_tls_phone_calls_the_pool_over_srtp_and_the_edge_takes_sip_only_on_its_ports() {
+    use crate::common::attacker::Peer;
+    use crate::common::phone::{cleartext_in, Capture, Phone};
+    let Some((tls_net, udp_net, stack)) = phones_and_stack("tlsphone") else { return };
+    let plan = &stack.plan;
+    let art = artifacts("cluster-tls-phone");
+    let ca = stack.dir.path().join("deploy/keys/ca.crt");
+    let (domain, ca_pem) = (plan.tls.domain.clone(), stack.ca_pem());
+
+    // A call to the echo extension from baresip in `peer` as `user`, everything on its link
+    // captured: baresip's log, whether the call was established, the cleartext SIP in the
+    // capture, its number of packets and the lengths of its UDP datagrams.
+    let captured_call = |peer: &Peer, user: &str, transport: &str, port: u16, dir: &Path, seconds: u32| {
+        let pcap = dir.join(format!("{user}.pcap"));
+        let capture = Capture::start(peer, "ip", pcap.clone());
+        let password = stack.password(user);
+        let phone = Phone { peer, user, password: &password, server_port: port, transport, ca: &ca, dir };
+        let (log, established) = phone.call(&plan.dialplan.echo_extension, seconds);
+        std::fs::write(dir.join("baresip.log"), &log).unwrap();
+        let (bytes, packets) = capture.finish();
+        (log, established, cleartext_in(&bytes), packets, udp_lengths(&pcap))
+    };
+
+    // 1. 3010 (transport = "tls") registers over TLS and calls the echo extension (a pool
+    //    member) with SRTP required.
+    let (log, established, seen, packets, lengths) =
+        captured_call(&tls_net, "3010", "tls", plan.network.sip_tls_port, &art, 6);
+    if !established {
+        stack.save_logs("cluster-tls-phone");
+    }
+    assert!(log.contains("200 OK"), "3010 did not register over TLS through the edge:\n{log}");
+    assert!(established, "the call over TLS was not established:\n{log}");
+    assert!(log.contains("SRTP is Enabled"), "the call's media was not SRTP:\n{log}");
+    let rms = crate::clients::received_rms(&art);
+    assert!(rms > 0.01, "the TLS phone heard silence from the echo (RMS {rms})");
+    let plain = lengths.iter().filter(|&&n| n == PLAIN_G711_RTP).count();
+    let srtp = lengths.iter().filter(|&&n| n > PLAIN_G711_RTP && n <= PLAIN_G711_RTP + 16).count();
+    eprintln!(
+        "TLS phone 3010 -> echo through the edge: echo RMS {rms:.3}; {packets} packets on its link, {} UDP: \
+         {srtp} of SRTP's length (RTP + tag), {plain} of plain G.711 RTP's; cleartext SIP seen: {seen:?}",
+        lengths.len()
+    );
+    assert!(srtp >= 100, "only {srtp} SRTP-sized datagrams on the TLS phone's link: {lengths:?}");
+    assert_eq!(plain, 0, "plain G.711 RTP ({PLAIN_G711_RTP} bytes) on the TLS phone's link");
+    assert!(seen.is_empty(), "cleartext SIP on the TLS phone's link: {seen:?}");
+
+    // The twin: a UDP phone's call (3001), captured the same way, shows plain RTP and SIP.
+    let twin = art.join("udp-twin");
+    std::fs::create_dir_all(&twin).unwrap();
+    let (log, established, seen, _, lengths) = captured_call(&udp_net, "3001", "udp", plan.network.sip_port, &twin, 3);
+    assert!(established, "the UDP twin's call failed:\n{log}");
+    let plain = lengths.iter().filter(|&&n| n == PLAIN_G711_RTP).count();
+    eprintln!("the UDP twin (3001): {plain} datagrams of plain G.711 RTP, cleartext SIP seen: {seen:?}");
+    assert!(plain >= 50, "the capture missed the UDP phone's plain RTP: {lengths:?}");
+    assert!(seen.contains(&"INVITE sip:"), "the capture missed the UDP phone's SIP: {seen:?}");
+
+    // 2. SIP over TCP on the SIP port: nothing listens (connection refused), from the host and
+    //    from a peer.
+    let sip_tcp = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), plan.network.sip_port);
+    let refused = |r: std::io::Result<std::net::TcpStream>| match r {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => true,
+        Err(e) => panic!("SIP over TCP to the edge failed otherwise than refused: {e}"),
+        Ok(_) => false,
+    };
+    let limit = Duration::from_secs(5);
+    assert!(refused(std::net::TcpStream::connect_timeout(&sip_tcp, limit)), "the edge takes TCP on {sip_tcp}");
+    let to = udp_net.to(plan.network.sip_port);
+    let from_peer = udp_net.run(move || std::net::TcpStream::connect_timeout(&to, limit));
+    assert!(refused(from_peer), "the edge takes TCP on {to}");
+
+    // 3. Raw SIP over TLS on the WSS port: the handshake completes (the socket is TLS) but an
+    //    OPTIONS gets no answer; the same OPTIONS over TLS on the SIP-over-TLS port, and over a
+    //    WebSocket on the WSS port, are answered.
+    let host = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let (wss, sip_tls) = (host(plan.network.wss_port), host(plan.network.sip_tls_port));
+    let raw_on_wss = options_over_new_connection(wss, Over::Tls(&domain, &ca_pem), Duration::from_secs(3));
+    let raw_on_sip_tls = options_over_new_connection(sip_tls, Over::Tls(&domain, &ca_pem), Duration::from_secs(3));
+    let ws_on_wss = options_over_new_connection(wss, Over::Wss(&domain, &ca_pem), Duration::from_secs(3));
+    eprintln!("OPTIONS answered: raw TLS on the WSS port {raw_on_wss}, raw TLS on the SIP-TLS port {raw_on_sip_tls}, WebSocket on the WSS port {ws_on_wss}");
+    assert!(!raw_on_wss, "raw SIP over TLS on the WSS port {wss} is answered");
+    assert!(raw_on_sip_tls, "SIP over TLS on {sip_tls} is not answered");
+    assert!(ws_on_wss, "SIP over a WebSocket on {wss} is not answered");
+
+    // 4. `astrtc verify` checks the edge's SIP-over-TLS certificate as it does Asterisk's.
+    let (_, report) = verify(&stack, &[]);
+    let (status, detail) = check_of(&report, "sip tls");
+    eprintln!("verify: sip tls {status}: {detail}");
+    assert_eq!(status, "pass", "{detail}");
+    assert!(detail.contains(&format!(":{}, certificate for {domain}", plan.network.sip_tls_port)), "{detail}");
+}
+
+#[test]
+fn a_tls_phone_and_a_browser_call_each_other_with_sdes_on_one_side_and_dtls_on_the_other() {
+    use crate::common::phone::Phone;
+    if let Some(reason) = tools_missing().or_else(phone_tools_missing) {
+        skip(&reason);
+        return;
+    }
+    let Some([seat, tls_net]) = peers_first(["brow", "tlsph"]) else { return };
+    seat.route_all_to_host();
+    tls_net.route_all_to_host();
+    let Some(stack) = Stack::start("tlsbrowser", |s| s) else { return };
+    let art = artifacts("cluster-tls-phone-to-browser");
+    let (_page_dir, page) = demo_page(&stack);
+    let ca = stack.dir.path().join("deploy/keys/ca.crt");
+    let home = browser_home(Some(&ca));
+    let browsers = Browsers { stack: &stack, seat: &seat, home: home.path(), page: &page };
+    let before: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+
+    // The browser (198) answers one call; 3010 calls it over TLS with SRTP required.
+    let callee = browser(&browsers, "198", None, 5, &art.join("browser"));
+    let registered = wait_until(Duration::from_secs(30), || {
+        stack.sql("SELECT count(*) FROM location WHERE username = '198'").trim() == "1"
+    });
+    assert!(registered.is_some(), "the browser never registered at the edge");
+    let pw = stack.password("3010");
+    let phone = Phone {
+        peer: &tls_net,
+        user: "3010",
+        password: &pw,
+        server_port: stack.plan.network.sip_tls_port,
+        transport: "tls",
+        ca: &ca,
+        dir: &art,
+    };
+    let (log, established) = phone.call("198", 9);
+    std::fs::write(art.join("baresip.log"), &log).unwrap();
+    let (r, ok) = finish(callee);
+    stack.save_logs("cluster-tls-phone-to-browser");
+    let last = r["samples"].as_array().and_then(|s| s.last()).cloned().unwrap_or(Value::Null);
+    eprintln!(
+        "TLS phone 3010 -> browser 198: phone established {established}; browser ok {ok}, DTLS {}, codec {}, \
+         packets received {}, sent {}",
+        last["dtlsState"], last["codec"], last["packetsReceived"], last["packetsSent"]
+    );
+    assert!(established, "the TLS phone's call to the browser was not established:\n{log}");
+    assert!(log.contains("SRTP is Enabled"), "the TLS phone's media was not SRTP:\n{log}");
+    let rms = crate::clients::received_rms(&art);
+    eprintln!("the TLS phone heard the browser at RMS {rms:.3}");
+    assert!(ok, "the browser failed: {r:#}");
+    assert_eq!(last["dtlsState"], "connected", "{last}");
+    let received = last["packetsReceived"].as_u64().unwrap_or(0);
+    assert!(received >= 100, "the browser received only {received} packets from the TLS phone");
+    assert!(rms > 0.01, "the TLS phone heard silence from the browser (RMS {rms})");
+
+    // The other way: the browser calls 3010, which answers on its TLS connection.
+    let callee_dir = art.join("tls-callee");
+    let child = answering(&stack, &Phone { dir: &callee_dir, ..phone }, 40);
+    let (r, ok) = finish(browser(&browsers, "198", Some("3010"), 5, &art.join("browser-caller")));
+    let log = Phone::stop(child);
+    std::fs::write(callee_dir.join("baresip.log"), &log).unwrap();
+    stack.save_logs("cluster-tls-phone-to-browser");
+    let last = r["samples"].as_array().and_then(|s| s.last()).cloned().unwrap_or(Value::Null);
+    let rms = crate::clients::decoded_rms(&callee_dir);
+    eprintln!(
+        "browser 198 -> TLS phone 3010: browser ok {ok}, DTLS {}, packets received {}; the phone heard RMS {rms:.3?}",
+        last["dtlsState"], last["packetsReceived"]
+    );
+    assert!(ok, "the browser's call to the TLS phone failed: {r:#}");
+    assert_eq!(last["dtlsState"], "connected", "{last}");
+    let received = last["packetsReceived"].as_u64().unwrap_or(0);
+    assert!(received >= 100, "the browser received only {received} packets from the TLS phone");
+    let media = crate::common::phone::media_lines(&log);
+    assert!(log.contains("Call established"), "the TLS phone did not answer the browser:\n{media}");
+    assert!(log.contains("SRTP is Enabled"), "the TLS phone's media from the browser was not SRTP:\n{media}");
+    assert!(rms.is_some_and(|rms| rms > 0.01), "the TLS phone heard silence from the browser (RMS {rms:?}):\n{media}");
+    let after: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    assert_eq!(before, after, "a call between users went through the pool");
+}
+
+#[test]
+fn a_tls_phone_and_a_udp_phone_call_each_other_with_srtp_on_the_tls_leg_and_rtp_on_the_other() {
+    use crate::common::phone::Phone;
+    let Some((tls_net, udp_net, stack)) = phones_and_stack("tlstoudp") else { return };
+    let plan = &stack.plan;
+    let art = artifacts("cluster-tls-phone-to-udp-phone");
+    let ca = stack.dir.path().join("deploy/keys/ca.crt");
+    let before: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    let (udp_pw, tls_pw) = (stack.password("3001"), stack.password("3010"));
+    let dirs = ["tls-caller", "udp-callee", "udp-caller", "tls-callee"].map(|d| art.join(d));
+    let phone = |tls: bool, dir: usize| Phone {
+        peer: if tls { &tls_net } else { &udp_net },
+        user: if tls { "3010" } else { "3001" },
+        password: if tls { &tls_pw } else { &udp_pw },
+        server_port: if tls { plan.network.sip_tls_port } else { plan.network.sip_port },
+        transport: if tls { "tls" } else { "udp" },
+        ca: &ca,
+        dir: &dirs[dir],
+    };
+    // 3010 (TLS, SRTP required) calls 3001 (UDP); then 3001 calls 3010, whose answer comes back
+    // over its TLS connection (the edge gives it the connection's alias, as a browser's).
+    phone_calls_phone(&stack, &phone(true, 0), &phone(false, 1));
+    phone_calls_phone(&stack, &phone(false, 2), &phone(true, 3));
+    let after: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    assert_eq!(before, after, "a call between users went through the pool");
+}
+
+/// `phone` answering whatever call comes for `seconds`, once registered at the edge by this run of
+/// baresip (a row an earlier run of the same user may have left is not it).
+fn answering(stack: &Stack, phone: &crate::common::phone::Phone, seconds: u32) -> std::process::Child {
+    let rows = || stack.sql(&format!("SELECT ruid FROM location WHERE username = '{}'", phone.user));
+    let before = rows();
+    let child = phone.answer(seconds);
+    let registered = wait_until(Duration::from_secs(20), || {
+        rows().lines().map(str::trim).any(|r| !r.is_empty() && before.lines().all(|b| b.trim() != r))
+    });
+    assert!(registered.is_some(), "{} ({}) never registered at the edge", phone.user, phone.transport);
+    child
+}
+
+/// `callee` registers and answers; `caller` calls it for 9 s: both calls established, SRTP on
+/// the TLS phone's leg only, each phone hearing the other's tone. On failure the message opens
+/// with what each phone's link carried (media only: UDP but SIP and DNS), then each phone's log in one
+/// line, so a cut log still shows which hop lost the media.
+fn phone_calls_phone(stack: &Stack, caller: &crate::common::phone::Phone, callee: &crate::common::phone::Phone) {
+    use crate::common::phone::{media_lines, media_summary, Capture};
+    let what = format!("{} phone {} -> {} phone {}", caller.transport, caller.user, callee.transport, callee.user);
+    // Media only: UDP but SIP (port 5080) and DNS.
+    let capture = |phone: &crate::common::phone::Phone| {
+        Capture::start(phone.peer, "udp and not port 5080 and not port 53", phone.dir.join("media.pcap"))
+    };
+    let captures = [capture(caller), capture(callee)];
+    // (Answering for up to 45 s, stopped once the call is over: a slow registration on a loaded
+    // host (up to 20 s) must not end it mid-call.)
+    let answering = answering(stack, callee, 45);
+    let (log, established) = caller.call(callee.user, 9);
+    std::fs::write(caller.dir.join("baresip.log"), &log).unwrap();
+    let callee_log = crate::common::phone::Phone::stop(answering);
+    std::fs::write(callee.dir.join("baresip.log"), &callee_log).unwrap();
+    stack.save_logs("cluster-tls-phone-to-udp-phone");
+    let links: Vec<String> = captures
+        .into_iter()
+        .zip([("caller", caller), ("callee", callee)])
+        .map(|(c, (who, phone))| {
+            let ip = phone.peer.ip;
+            let n = c.finish_counting(&[&format!("src host {ip}"), &format!("dst host {ip}")]);
+            format!("the {who} sent {} and received {} media packets", n[0], n[1])
+        })
+        .collect();
+    let (by_caller, by_callee) = (crate::clients::decoded_rms(caller.dir), crate::clients::decoded_rms(callee.dir));
+    let facts = format!(
+        "{what}: {}; the caller heard RMS {by_caller:.3?}, the callee {by_callee:.3?} (None: not one packet \
+         decoded)\n  caller: {}\n  callee: {}",
+        links.join(", "),
+        media_summary(&log),
+        media_summary(&callee_log)
+    );
+    eprintln!("{facts}");
+    let logs = format!("the caller's media log:\n{}\nthe callee's:\n{}", media_lines(&log), media_lines(&callee_log));
+    assert!(established, "{facts}\nthe call was not established:\n{log}");
+    assert!(callee_log.contains("Call established"), "{facts}\nthe callee did not answer:\n{callee_log}");
+    for (phone, log) in [(caller, &log), (callee, &callee_log)] {
+        let srtp = log.contains("SRTP is Enabled");
+        assert_eq!(
+            srtp,
+            phone.transport == "tls",
+            "{facts}\nSRTP on the {} phone's leg: {srtp}:\n{log}",
+            phone.transport
+        );
+    }
+    for (who, rms) in [("caller", by_caller), ("callee", by_callee)] {
+        assert!(rms.is_some_and(|rms| rms > 0.01), "{facts}\nthe {who} heard silence\n{logs}");
+    }
 }

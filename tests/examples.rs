@@ -23,7 +23,12 @@ fn run_example(cmd: &mut Command, what: &str) {
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the {what} example failed:\n{text}");
+    // Its error lines first: the whole output follows, and a log read from its end is cut.
+    let mut errors: Vec<&str> = text.lines().map(str::trim).filter(|l| l.contains("Error")).collect();
+    let mut seen = std::collections::HashSet::new();
+    errors.retain(|l| seen.insert(*l));
+    errors.truncate(6);
+    assert!(out.status.success(), "the {what} example failed: {}\n{text}", errors.join("\n"));
     eprintln!("{what} example:\n{text}");
     let left = Command::new("docker").args(["ps", "-aq", "--filter", "label=io.astrtc.testenv"]).output().unwrap();
     assert!(left.stdout.is_empty(), "the {what} example left a test environment running");

@@ -501,7 +501,6 @@ fn generated() -> BoxedStrategy<Generated> {
             g.spec.network.bridge_address = None;
             g.spec.network.public_address = None;
             g.spec.network.local_nets = None;
-            g.spec.network.sip_tls_port = None;
             g.spec.rtp.stun = None;
             g.spec.rtp.turn = None;
             g.spec.rtp.turn_username = None;
@@ -511,7 +510,6 @@ fn generated() -> BoxedStrategy<Generated> {
             g.spec.security.guard = None;
             for e in &mut g.spec.endpoints {
                 e.codec_preference = None;
-                e.transport = None;
             }
         }
         g.spec.topology = topology;
@@ -605,21 +603,28 @@ fn cluster(level: Level) -> BoxedStrategy<(Option<Topology>, Option<ClusterSpec>
         maybe(2, prop_oneof![6 => 10i64..=100_000, 1 => -2i64..20].boxed()),
         maybe(2, port()),
         maybe(2, ip()),
+        (
+            maybe(3, text(level, "image", &["astrtc/edge:0.1.0", "registry.example:5000/pbx/edge:1"])),
+            maybe(3, text(level, "image", &["astrtc/relay:0.1.0", "localhost:5000/relay"])),
+            maybe(3, text(level, "image", &["astrtc/db:0.1.0", "registry.example/pbx/db:17"])),
+        ),
     )
-        .prop_map(
-            |(pool_size, subnet, probe_seconds, natping_seconds, flood_requests_per_second, relay_control_port, relay_address)| {
-                ClusterSpec {
-                    pool_size,
-                    subnet,
-                    probe_seconds,
-                    natping_seconds,
-                    flood_requests_per_second,
-                    relay_control_port,
-                    relay_address,
-                    database: None,
-                }
-            },
-        );
+        .prop_map(|(pool_size, subnet, probe_seconds, natping_seconds, flood, relay_control_port, relay_address, images)| {
+            let (edge_image, relay_image, db_image) = images;
+            ClusterSpec {
+                pool_size,
+                subnet,
+                probe_seconds,
+                natping_seconds,
+                flood_requests_per_second: flood,
+                relay_control_port,
+                relay_address,
+                database: None,
+                edge_image,
+                relay_image,
+                db_image,
+            }
+        });
     prop_oneof![
         8 => Just((None, None, None)).boxed(),
         1 => Just((Some(Topology::Single), None, None)).boxed(),
@@ -836,13 +841,15 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     let p = "pjsip.conf";
     let udp_bind = if plan.listeners.sip_udp_public { "0.0.0.0" } else { "127.0.0.1" };
     expect_values(p, &pjsip, "transport-udp", "bind", &s(&format!("{udp_bind}:{}", plan.network.sip_port)))?;
-    let tls_bind = if plan.listeners.sip_tls { s(&format!("0.0.0.0:{}", plan.network.sip_tls_port)) } else { vec![] };
+    // In a cluster SIP over TLS is the edge's (edge/listen.cfg), never the pool's.
+    let pool_tls = plan.listeners.sip_tls && plan.cluster.is_none();
+    let tls_bind = if pool_tls { s(&format!("0.0.0.0:{}", plan.network.sip_tls_port)) } else { vec![] };
     expect_values(p, &pjsip, "transport-tls", "bind", &tls_bind)?;
     let mut nat_transports = vec!["transport-wss"];
     if plan.listeners.sip_udp_public {
         nat_transports.push("transport-udp");
     }
-    if plan.listeners.sip_tls {
+    if pool_tls {
         nat_transports.push("transport-tls");
     }
     for transport in nat_transports {
@@ -859,6 +866,13 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     let mut extens = s(&format!("{},1,Answer()", plan.dialplan.echo_extension));
     for e in &plan.endpoints {
         let id = &e.id;
+        if plan.cluster.is_some() {
+            // A pool member holds no user and no password (the edge authenticates users).
+            let none = Vec::<String>::new();
+            expect_values(p, &pjsip, id, "type", &none)?;
+            expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "password", &none)?;
+            continue;
+        }
         let transport = match e.transport {
             astrtc::plan::Transport::Wss => "transport-wss",
             astrtc::plan::Transport::Udp => "transport-udp",
@@ -1068,6 +1082,10 @@ fn cluster_values_in_place(
         expect_complexity(plan, compose, &at("environment/ASTRTC_OPUS_COMPLEXITY"))?;
     }
     expect_json("compose.yaml", compose, "/services/db/networks/pool/ipv4_address", json!(cluster.database_address))?;
+    for (service, image) in [("edge", &cluster.edge_image), ("relay", &cluster.relay_image), ("db", &cluster.db_image)]
+    {
+        expect_json("compose.yaml", compose, &format!("/services/{service}/image"), json!(image))?;
+    }
     expect_json("compose.yaml", compose, "/networks/pool/ipam/config/0/subnet", json!(cluster.subnet))?;
     let text = |p: &str| b.text(p).ok_or_else(|| fail(format!("{p} is missing")));
     let url = format!("postgres://kamailio:{}@{}:5432/kamailio", cluster.database_password, cluster.database_address);
@@ -1095,6 +1113,17 @@ fn cluster_values_in_place(
             "edge/kamailio.cfg: the flood limit is not twice the spec's per second: {density:?}"
         )));
     }
+    let listen: Vec<&str> = text("edge/listen.cfg")?.lines().filter(|l| !l.starts_with('#')).collect();
+    let mut want = vec![
+        format!("listen=udp:ADDRESS:{}", plan.network.sip_port),
+        format!("listen=tls:ADDRESS:{}", plan.network.wss_port),
+    ];
+    if plan.listeners.sip_tls {
+        want.push(format!("listen=tls:ADDRESS:{}", plan.network.sip_tls_port));
+    }
+    if listen != want {
+        return Err(fail(format!("edge/listen.cfg: want {want:?}, got {listen:?}")));
+    }
     let list: Vec<&str> = text("edge/dispatcher.list")?.lines().filter(|l| !l.starts_with('#')).collect();
     let want: Vec<String> = cluster
         .members
@@ -1115,6 +1144,7 @@ fn cluster_values_in_place(
         ("/pool/replicas", json!(cluster.pool_size)),
         ("/ports/sip", json!(plan.network.sip_port)),
         ("/ports/wss", json!(plan.network.wss_port)),
+        ("/ports/sipTls", json!(if plan.listeners.sip_tls { plan.network.sip_tls_port } else { 0 })),
         ("/rtp/start", json!(plan.rtp.start)),
         ("/rtp/end", json!(plan.rtp.end)),
         ("/tls/domain", json!(plan.tls.domain)),
@@ -1130,9 +1160,17 @@ fn cluster_values_in_place(
     let image = plan.image_ref();
     expect_json("values.yaml", &values, "/pool/image/repository", json!(image.repository))?;
     expect_json("values.yaml", &values, "/pool/image/tag", json!(image.tag))?;
+    for (key, reference) in
+        [("edge", &cluster.edge_image), ("relay", &cluster.relay_image), ("database", &cluster.db_image)]
+    {
+        let image = astrtc::image::ImageRef::parse(reference);
+        expect_json("values.yaml", &values, &format!("/{key}/image/repository"), json!(image.repository))?;
+        expect_json("values.yaml", &values, &format!("/{key}/image/tag"), json!(image.tag))?;
+    }
     for (copy, original) in [
         ("helm/astrtc/files/edge/kamailio.cfg", "edge/kamailio.cfg"),
         ("helm/astrtc/files/edge/tls.cfg", "edge/tls.cfg"),
+        ("helm/astrtc/files/edge/listen.cfg", "edge/listen.cfg"),
         ("helm/astrtc/files/relay/rtpengine.conf", "relay/rtpengine.conf"),
         ("helm/astrtc/files/db/schema.sql", "db/schema.sql"),
         ("helm/astrtc/files/db-secret/subscribers.sql", "db/subscribers.sql"),

@@ -1157,7 +1157,7 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
 
     // podman ignores fsGroup: the password and key files must be readable without it.
     let gateway = format!("{POD_POOL_SUBNET}.1");
-    let sets = [
+    let mut sets = vec![
         "database.host=127.0.0.1".to_string(),
         "database.existingSecret=pg-edge".to_string(),
         format!("edge.sourceCidrs={{{gateway}/32}}"),
@@ -1165,6 +1165,16 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
         format!("pool.image.repository={repository}"),
         format!("pool.image.tag={tag}"),
     ];
+    // The cluster images as the tests build them.
+    use crate::common::docker::cluster_test_image;
+    use astrtc::image::ClusterImage::{Database, Edge, Relay};
+    let (edge_image, relay_image, db_image) =
+        (cluster_test_image(Edge), cluster_test_image(Relay), cluster_test_image(Database));
+    for (key, reference) in [("edge", &edge_image), ("relay", &relay_image), ("database", &db_image)] {
+        let (repository, tag) = reference.rsplit_once(':').unwrap();
+        sets.push(format!("{key}.image.repository={repository}"));
+        sets.push(format!("{key}.image.tag={tag}"));
+    }
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let (ok, manifests) = template(&t, &chart, &sets);
     assert!(ok, "{manifests}");
@@ -1289,7 +1299,7 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
          image: {}\n    volumeMounts:\n    - name: files\n      mountPath: /etc/astrtc-db\n      readOnly: true\n    \
          - name: db-data\n      mountPath: /var/lib/postgresql/data\n  volumes:\n  - name: files\n    secret:\n      \
          secretName: astrtc-test-db\n      defaultMode: 292\n  - name: db-data\n    emptyDir: {{}}\n",
-        astrtc::image::ClusterImage::Database.tag()
+        db_image
     ))
     .unwrap();
     files.push(("db.yaml".into(), yaml(&[&db_pod])));
@@ -1319,12 +1329,7 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
     // The runner: its /proc/sys writable (netavark sets the bridge's sysctls in the runner's own
     // network namespace).
     let name = format!("astrtc-podman-cl-{}", std::process::id());
-    let images = [
-        image,
-        astrtc::image::ClusterImage::Edge.tag(),
-        astrtc::image::ClusterImage::Relay.tag(),
-        astrtc::image::ClusterImage::Database.tag(),
-    ];
+    let images = [image, &edge_image, &relay_image, &db_image];
     let runner = PodRunner::start(&name, &["--security-opt", "systempaths=unconfined"], &images);
     let must = |args: &[&str]| {
         let out = runner.exec(args);

@@ -211,6 +211,9 @@ fn fields() -> Vec<Field> {
         f("password (cluster user)", Cluster, Secrets, "endpoints.3001", "fixture-sip-3001{V}-password", "x"),
         f("cluster.subnet", Cluster, Spec, "cluster.subnet", "172.29.7.0/2{V}", "4"),
         f("cluster.relay_address", Cluster, Spec, "cluster.relay_address", "192.0.2.7{V}", "0"),
+        f("cluster.edge_image", Cluster, Spec, "cluster.edge_image", "registry.example.test:5000/pbx/ed{V}ge:1", "x"),
+        f("cluster.relay_image", Cluster, Spec, "cluster.relay_image", "localhost/rel{V}ay", "x"),
+        f("cluster.db_image", Cluster, Spec, "cluster.db_image", "astrtc/db:17{V}", "x"),
         f("tls.domain (cluster)", Cluster, Spec, "tls.domain", "pbx{V}.example.test", "x"),
         f("echo_extension (cluster)", Cluster, Spec, "dialplan.echo_extension", "91{V}96", "x"),
     ]

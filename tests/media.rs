@@ -283,6 +283,31 @@ fn an_unknown_endpoint_is_bad_input_and_nothing_is_called() {
     assert!(err.contains("no endpoint 4242") && err.contains("199, 3001, 3002"), "{err}");
 }
 
+/// A SIP phone over TLS is refused as a `verify --call` or bench endpoint (their SIP legs are UDP,
+/// which a cluster's edge refuses such a user), before anything is called; by default the first
+/// SIP phone over UDP is taken instead.
+#[test]
+fn a_tls_phone_is_bad_input_for_a_udp_call_and_nothing_is_called() {
+    let dir = crate::common::fixture_copy("cluster-compose");
+    let spec = dir.path().join("astrtc.toml");
+    astrtc().current_dir(dir.path()).arg("render").arg("--spec").arg(&spec).assert().success();
+    for args in [
+        vec!["verify", "--call", "--endpoint", "3010"],
+        vec!["bench", "calls", "--kind", "sip-echo", "--caller", "3010", "--levels", "1", "--hold", "1"],
+    ] {
+        let out = astrtc().current_dir(dir.path()).args(&args).arg("--spec").arg(&spec).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("3010 is a SIP phone over TLS"), "{args:?}: {err}");
+    }
+    // (The TLS phone put first, where "the first SIP endpoint" would take it.)
+    let mut plan = crate::common::plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap();
+    plan.endpoints.sort_by_key(|e| e.transport != astrtc::spec::valid::Transport::Tls);
+    let picked: Vec<&str> =
+        astrtc::verify::call::select_endpoints(&plan, &[]).unwrap().iter().map(|e| e.id.as_str()).collect();
+    assert!(!picked.contains(&"3010"), "the default endpoints include the TLS phone: {picked:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn through_the_spec_s_turn_relay_a_blocked_rtp_range_still_carries_webrtc_audio() {
     if docker_off() {

@@ -414,3 +414,55 @@ fn the_pool_size_moves_no_cluster_service_digest_and_the_probe_interval_moves_th
     assert_ne!(base[3], probe[3], "a probe interval change must restart the edge: {base:?} {probe:?}");
     assert_eq!(base[..3], probe[..3], "a probe interval change restarts only the edge");
 }
+
+/// A cluster's pool holds no user and no password: the edge authenticates users, and every call
+/// reaches a member as the edge's endpoint. Neither a pool file compose mounts nor a file of the
+/// chart's pool (its configs and Secret) carries an endpoint's password, and the pool's pjsip.conf
+/// and dialplan name no user; the edge's endpoint is there. A user-only change leaves the pool's
+/// files as they were (so `astrtc apply` reloads nothing there).
+#[test]
+fn a_clusters_pool_holds_no_user_and_no_password() {
+    let dir = fixture_copy("cluster-compose");
+    let spec = dir.path().join("astrtc.toml");
+    let plan = plan_for(&spec, ROOT).unwrap();
+    let b = bundle_for(&plan);
+    assert!(plan.endpoints.len() >= 4, "the fixture has few endpoints");
+    let pool_files: Vec<_> = b
+        .files()
+        .iter()
+        .filter(|(p, _)| {
+            ["asterisk", "helm/astrtc/files/asterisk", "helm/astrtc/files/secrets"].iter().any(|d| p.starts_with(d))
+        })
+        .collect();
+    assert!(
+        pool_files.iter().any(|(p, _)| p.starts_with("helm/astrtc/files/secrets/pjsip_auth.conf")),
+        "the chart's copy of pjsip_auth.conf is not where this test looks"
+    );
+    assert!(pool_files.len() > 5, "no pool files: {:?}", b.files().keys().collect::<Vec<_>>());
+    for (path, file) in &pool_files {
+        let text = String::from_utf8_lossy(&file.bytes);
+        for e in &plan.endpoints {
+            assert!(!text.contains(&e.password), "{} holds {}'s password", path.display(), e.id);
+            assert!(!text.contains(&format!("[{}]", e.id)), "{} has a section for user {}", path.display(), e.id);
+            assert!(!text.contains(&format!("PJSIP/{}", e.id)), "{} dials user {}", path.display(), e.id);
+        }
+    }
+    let pjsip = b.text("asterisk/pjsip.conf").unwrap();
+    assert!(pjsip.contains("[edge]\ntype = endpoint"), "the pool has no edge endpoint:\n{pjsip}");
+
+    // 3003 added and 3002's password changed: no pool file changes.
+    let secrets = dir.path().join("astrtc.secrets.toml");
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    let edited = text.replacen("[endpoints]\n", "[endpoints]\n3003 = \"render-sip-3003-password-xyz\"\n", 1);
+    let old = &plan.endpoints.iter().find(|e| e.id == "3002").unwrap().password;
+    let edited = edited.replacen(old.as_str(), "render-sip-3002-password-new", 1);
+    assert_eq!(edited.matches("render-sip-").count(), 2, "the secrets file was not edited: {edited}");
+    std::fs::write(&secrets, edited).unwrap();
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, format!("{text}\n[[endpoints]]\nid = \"3003\"\nkind = \"sip\"\n")).unwrap();
+    let after = bundle_for(&plan_for(&spec, ROOT).unwrap());
+    for (path, file) in &pool_files {
+        let now = after.files().get(*path).map(|f| &f.bytes);
+        assert_eq!(now, Some(&file.bytes), "{} changed with a user change", path.display());
+    }
+}

@@ -23,6 +23,7 @@ use astrtc::plan::Plan;
 
 use crate::common::attacker::{self, Peer};
 use crate::common::docker::{ensure_guard, ensure_image, ComposeProject, HostPorts};
+use crate::common::phone::{cleartext_in, Capture, Phone};
 use crate::common::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -512,71 +513,6 @@ impl Call {
 
 // ---------------------------------------------------------------------------------------------
 // Tools.
-
-/// A baresip run inside `peer`: registers `user` over `transport` and calls `target` for
-/// `seconds`. Returns its log and whether the call was established.
-struct Phone<'a> {
-    peer: &'a Peer,
-    user: &'a str,
-    password: &'a str,
-    server_port: u16,
-    transport: &'a str,
-    ca: &'a Path,
-    dir: &'a Path,
-}
-
-impl Phone<'_> {
-    fn call(&self, target: &str, seconds: u32) -> (String, bool) {
-        let cfg = self.dir.join("baresip");
-        let snd = self.dir.join("baresip-audio");
-        let _ = std::fs::remove_dir_all(&snd);
-        std::fs::create_dir_all(&cfg).unwrap();
-        std::fs::create_dir_all(&snd).unwrap();
-        let srtp = if self.transport == "tls" { "module srtp.so\n" } else { "" };
-        std::fs::write(
-            cfg.join("config"),
-            format!(
-                "poll_method epoll\nsip_listen {ip}:{port}\nsip_cafile {ca}\naudio_player aubridge,nil\n\
-                 audio_source ausine,440\naudio_alert aubridge,nil\nausrc_srate 48000\nauplay_srate 48000\n\
-                 ausrc_channels 2\nauplay_channels 2\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
-                 module ausine.so\nmodule aubridge.so\nmodule sndfile.so\n{srtp}module_app account.so\n\
-                 module_app menu.so\nsnd_path {snd}\n",
-                ip = self.peer.ip,
-                port = 5080,
-                ca = self.ca.display(),
-                snd = snd.display(),
-            ),
-        )
-        .unwrap();
-        let media = if self.transport == "tls" { ";mediaenc=srtp-mand" } else { "" };
-        std::fs::write(
-            cfg.join("accounts"),
-            format!(
-                "<sip:{user}@localhost;transport={t}>;auth_pass={pw};outbound=\"sip:{server}:{port};transport={t}\"\
-                 {media};answermode=auto;regint=60\n",
-                user = self.user,
-                t = self.transport,
-                pw = self.password,
-                server = self.peer.server,
-                port = self.server_port,
-            ),
-        )
-        .unwrap();
-        std::fs::write(cfg.join("contacts"), "").unwrap();
-        let out = self
-            .peer
-            .command("baresip")
-            .arg("-f")
-            .arg(&cfg)
-            .args(["-t", &seconds.to_string(), "-e", &format!("/dial sip:{target}@localhost")])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let established = log.contains("Call established");
-        (log, established)
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The tests.
@@ -1252,58 +1188,6 @@ fn nmap_udp(peer: &Peer, port: u16) -> String {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or_else(|| panic!("nmap printed no verdict:\n{text}"))
         .to_string()
-}
-
-/// A capture of `filter` on the link to `peer`, as tcpdump writes it.
-struct Capture {
-    child: std::process::Child,
-    file: std::path::PathBuf,
-}
-
-impl Capture {
-    fn start(peer: &Peer, filter: &str, file: std::path::PathBuf) -> Capture {
-        let _ = std::fs::remove_file(&file);
-        let child = Command::new("tcpdump")
-            .args(["-i", peer.link(), "-U", "-n", "-s", "0", "-w"])
-            .arg(&file)
-            .arg(filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !file.exists() {
-            assert!(Instant::now() < deadline, "tcpdump did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        Capture { child, file }
-    }
-
-    /// Stops the capture; the file's bytes and the number of packets in it.
-    fn finish(mut self) -> (Vec<u8>, usize) {
-        std::thread::sleep(Duration::from_millis(500));
-        // SAFETY: SIGINT to the tcpdump this capture started, so it flushes and closes the file.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        let bytes = std::fs::read(&self.file).unwrap();
-        let out = Command::new("tcpdump").args(["-n", "-r"]).arg(&self.file).output().unwrap();
-        (bytes, String::from_utf8_lossy(&out.stdout).lines().count())
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What a SIP message in the clear would show in a capture.
-const CLEARTEXT_SIP: &[&str] = &["SIP/2.0", "REGISTER sip:", "INVITE sip:", "Digest ", "m=audio", "a=crypto"];
-
-fn cleartext_in(bytes: &[u8]) -> Vec<&'static str> {
-    CLEARTEXT_SIP.iter().copied().filter(|s| bytes.windows(s.len()).any(|w| w == s.as_bytes())).collect()
 }
 
 /// A phone over SIP-TLS with SRTP calls the echo extension and hears itself; a capture of the

@@ -49,14 +49,23 @@ export async function browserTrusting(caFile) {
  * lands mid-navigation Playwright reports it as a navigation "interrupted by another navigation"
  * (to chrome-error://chromewebdata/, Chromium's network error page, or to the same URL, which
  * Chromium reloads by itself after a network change): retried as well.
- * A server that stays unreachable still fails, after the fourth attempt. */
-export async function gotoRetrying(page, url) {
+ * Retried for up to 30 s (a host where many environments start at once changes its interfaces
+ * many times in a row); any other error, or the last one, is thrown with every attempt's. */
+export async function gotoRetrying(page, url, { withinMs = 30_000 } = {}) {
+  const deadline = Date.now() + withinMs;
+  const seen = [];
   for (let attempt = 1; ; attempt++) {
     try {
       return await page.goto(url);
     } catch (e) {
+      const first = e.message.split('\n')[0];
+      seen.push(`attempt ${attempt}: ${first}`);
       const networkChanged = e.message.includes('ERR_NETWORK_CHANGED') || e.message.includes('is interrupted by another navigation to');
-      if (attempt >= 4 || !networkChanged) throw e;
+      if (!networkChanged || Date.now() >= deadline) {
+        e.message = `loading ${url} failed (${seen.join('; ')})\n${e.message}`;
+        throw e;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 500));
     }
   }
 }

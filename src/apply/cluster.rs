@@ -160,6 +160,8 @@ pub struct UsersWritten {
     pub password_changed: Vec<String>,
     /// Users whose `max_contacts` changed.
     pub max_contacts_changed: Vec<String>,
+    /// Users whose transport changed.
+    pub transport_changed: Vec<String>,
 }
 
 impl UsersWritten {
@@ -168,12 +170,14 @@ impl UsersWritten {
         !(self.added.is_empty()
             && self.removed.is_empty()
             && self.password_changed.is_empty()
-            && self.max_contacts_changed.is_empty())
+            && self.max_contacts_changed.is_empty()
+            && self.transport_changed.is_empty())
     }
 }
 
-/// One user as the database holds it: HA1 digest and max_contacts (0: no astrtc_user row).
-type Stored = BTreeMap<String, (String, u32)>;
+/// One user as the database holds it: HA1 digest, max_contacts and transport (`-` for both: no
+/// astrtc_user row), as [`crate::render::cluster::USER_ROW`] gives them.
+type Stored = BTreeMap<String, (String, String, String)>;
 
 /// Marks the lines of the old users in psql's output.
 const ROW_MARK: &str = "astrtc-user ";
@@ -184,10 +188,8 @@ const ROW_MARK: &str = "astrtc-user ";
 pub async fn write_users(docker: &Docker, db: &Running, plan: &Plan) -> Result<UsersWritten, ApplyError> {
     let schema = format!("--file={}/schema.sql", image::DB_CONFIG_DIR);
     let users = format!("--file={}/subscribers.sql", image::DB_CONFIG_DIR);
-    let read = format!(
-        "--command=SELECT '{ROW_MARK}' || s.username || ' ' || s.ha1 || ' ' || coalesce(u.max_contacts, 0) \
-         FROM subscriber s LEFT JOIN astrtc_user u ON u.username = s.username"
-    );
+    use crate::render::cluster::{USER_ROW, USER_ROWS_FROM};
+    let read = format!("--command=SELECT '{ROW_MARK}' || {USER_ROW} {USER_ROWS_FROM}");
     let cmd = [
         "psql",
         "--no-psqlrc",
@@ -213,32 +215,33 @@ pub async fn write_users(docker: &Docker, db: &Running, plan: &Plan) -> Result<U
             output: if errors.is_empty() { format!("psql exited with {code}") } else { errors.join("\n") },
         });
     }
-    let before: Stored = out
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.strip_prefix(ROW_MARK)?.split(' ');
-            let (user, ha1, max) = (f.next()?, f.next()?, f.next()?.parse().ok()?);
-            Some((user.to_string(), (ha1.to_string(), max)))
-        })
-        .collect();
+    let before: Stored = out.lines().filter_map(|l| stored(l.strip_prefix(ROW_MARK)?)).collect();
     Ok(compare(&before, &wanted(plan)))
+}
+
+/// A user's row, split.
+fn stored(row: &str) -> Option<(String, (String, String, String))> {
+    let mut f = row.split(' ');
+    let (user, ha1, max, transport) = (f.next()?, f.next()?, f.next()?, f.next()?);
+    Some((user.to_string(), (ha1.to_string(), max.to_string(), transport.to_string())))
 }
 
 /// The users a plan puts in the database.
 fn wanted(plan: &Plan) -> Stored {
-    plan.endpoints
-        .iter()
-        .map(|e| (e.id.clone(), (crate::render::cluster::ha1(&e.id, &plan.tls.domain, &e.password), e.max_contacts)))
-        .collect()
+    plan.endpoints.iter().filter_map(|e| stored(&crate::render::cluster::user_row(plan, e))).collect()
 }
 
 /// What going from `before` to `after` changes.
 fn compare(before: &Stored, after: &Stored) -> UsersWritten {
     let mut w = UsersWritten { total: after.len(), ..Default::default() };
-    for (user, (ha1, max)) in after {
+    for (user, (ha1, max, transport)) in after {
         match before.get(user) {
             None => w.added.push(user.clone()),
-            Some((old_ha1, old_max)) => {
+            Some((old_ha1, old_max, old_transport)) => {
+                // (A row from before the column, or none: set now, not changed.)
+                if old_transport != transport && old_transport != "any" && old_transport != "-" {
+                    w.transport_changed.push(user.clone());
+                }
                 if old_ha1 != ha1 {
                     w.password_changed.push(user.clone());
                 }
@@ -289,17 +292,21 @@ mod tests {
 
     #[test]
     fn added_removed_and_changed_users_are_told_apart() {
-        let s = |v: &[(&str, &str, u32)]| -> Stored {
-            v.iter().map(|(u, h, m)| (u.to_string(), (h.to_string(), *m))).collect()
-        };
-        let before = s(&[("a", "h1", 1), ("b", "h2", 1), ("c", "h3", 1)]);
-        let after = s(&[("a", "h1", 1), ("b", "h9", 1), ("c", "h3", 2), ("d", "h4", 1)]);
+        let s = |v: &[&str]| -> Stored { v.iter().filter_map(|row| stored(row)).collect() };
+        let before = s(&["a h1 1 udp", "b h2 1 udp", "c h3 1 udp", "e h5 1 tls", "f h6 1 any", "g h7 - -"]);
+        let after =
+            s(&["a h1 1 udp", "b h9 1 udp", "c h3 2 udp", "d h4 1 wss", "e h5 1 udp", "f h6 1 tls", "g h7 1 wss"]);
         let w = compare(&before, &after);
-        assert_eq!(w.total, 4);
+        assert_eq!(w.total, 7);
         assert_eq!(w.added, ["d"]);
         assert!(w.removed.is_empty());
         assert_eq!(w.password_changed, ["b"]);
-        assert_eq!(w.max_contacts_changed, ["c"]);
+        assert_eq!(w.max_contacts_changed, ["c", "g"]);
+        assert_eq!(
+            w.transport_changed,
+            ["e"],
+            "a transport from before the column (any) or none (-) is set, not changed"
+        );
         assert!(w.changed());
         let w = compare(&after, &before);
         assert_eq!(w.removed, ["d"]);

@@ -1,7 +1,8 @@
 //! `astrtc bench calls`: how many simultaneous calls a running deployment carries, and what each
 //! costs it. Calls are placed by [`crate::media`] from this one process on the caller's tokio
 //! runtime (a task per call; the RTP of `sip-echo` calls on one port served by one more task,
-//! [`crate::media::rtp::RtpPort`]), ramped up at a fixed rate so that setup storms do not dominate;
+//! [`crate::media::rtp::RtpPort`], and the WebRTC calls' on one port served by one more task,
+//! [`crate::media::webrtc_port::WebrtcPort`], unless asked otherwise), ramped up at a fixed rate so that setup storms do not dominate;
 //! once every call of a level is up, a measurement window of `hold` seconds reads the CPU
 //! counters (cgroups) of the deployment's services — one Asterisk container, or in a cluster
 //! every pool member, the edge, the relay and the database — and this process's own
@@ -28,6 +29,7 @@ use tokio::task::JoinSet;
 use crate::media::answer::{AnswerFigures, AnsweringPhone};
 use crate::media::rtp::{RtpError, RtpPort};
 use crate::media::session::Offer;
+use crate::media::webrtc_port::WebrtcPort;
 use crate::media::{self, CallReport, CallSetup, LegSetup, SharedMedia};
 pub use cpu::CgroupCpu;
 
@@ -182,6 +184,9 @@ pub struct Options {
     pub settle: Duration,
     /// What a level must reach to count towards the capacity.
     pub criteria: Criteria,
+    /// WebRTC kinds: every call's media on one UDP port served by one task
+    /// ([`crate::media::webrtc_port::WebrtcPort`]), not a socket and a task per call.
+    pub shared_webrtc_port: bool,
 }
 
 /// When a level counts as carried.
@@ -404,8 +409,8 @@ pub enum BenchError {
     /// The shared media (DTLS certificate, tones) could not be made.
     #[error("failed to prepare the media")]
     Media(#[source] media::session::SessionError),
-    /// The RTP port the plain SIP calls share could not be bound.
-    #[error("failed to bind the RTP port of the calls")]
+    /// The port the calls' media share could not be bound.
+    #[error("failed to bind the media port of the calls")]
     RtpPort(#[source] RtpError),
     /// The answering phone of webrtc-to-sip could not register.
     #[error("failed to register endpoint {id} to answer the calls")]
@@ -435,6 +440,12 @@ pub async fn run(
         let (port, handle) = RtpPort::bind(ip).await.map_err(BenchError::RtpPort)?;
         tokio::spawn(port.run());
         shared.rtp_port = Some(handle);
+    }
+    // The WebRTC kinds: every call's media on one port, the calls' one host candidate.
+    if options.kind.uses_wss() && options.shared_webrtc_port {
+        let (port, handle) = WebrtcPort::bind(target.local_ip).map_err(BenchError::RtpPort)?;
+        tokio::spawn(port.run());
+        shared.webrtc_port = Some(handle);
     }
     let asterisks: Vec<&Counter> = counters.iter().filter(|c| c.role == Role::Asterisk).collect();
     let source = match asterisks.as_slice() {

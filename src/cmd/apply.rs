@@ -122,7 +122,7 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
     let list = |v: &[String]| if v.is_empty() { String::new() } else { format!(": {}", v.join(", ")) };
     println!(
         "users: {} written to the database ({} added{}, {} removed{}, {} password(s) changed{}, {} max_contacts \
-         changed{}); the edge reads them from there",
+         changed{}, {} transport(s) changed{}); the edge reads them from there",
         users.total,
         users.added.len(),
         list(&users.added),
@@ -132,6 +132,8 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
         list(&users.password_changed),
         users.max_contacts_changed.len(),
         list(&users.max_contacts_changed),
+        users.transport_changed.len(),
+        list(&users.transport_changed),
     );
     for service in &unchanged {
         println!("{service}: unchanged, not restarted");
@@ -234,7 +236,8 @@ fn cluster_restart_announcement(service: &str, container: &str) -> String {
              progress"
         }
         "db" => {
-            "pg_hba.conf, the database password or its service in compose.yaml changed: the edge cannot \
+            "pg_hba.conf, the database password, schema.sql (a new astrtc's tables) or its service in \
+             compose.yaml changed: the edge cannot \
              authenticate, register or route to users while it restarts (a few seconds)"
         }
         _ => "its service in compose.yaml changed",

@@ -13,6 +13,7 @@ use astrtc::bench::{self, Account, CgroupCpu, Counter, Kind, Options, Role, Targ
 use astrtc::cli::{BenchCallsArgs, BenchKind, RunningDeployment};
 use astrtc::media::netif;
 use astrtc::plan::{Endpoint, Plan};
+use astrtc::spec::valid::Transport;
 use astrtc::spec::EndpointKind;
 
 use super::{load_plan, out_dir, CmdError};
@@ -46,10 +47,18 @@ fn endpoint<'a>(plan: &'a Plan, id: Option<&str>, want: EndpointKind, flag: &str
             if ep.kind != want {
                 return Err(CmdError::BadArgument(format!("{flag} {id}: endpoint {id} is not a {kind_name} endpoint")));
             }
+            if ep.transport == Transport::Tls {
+                return Err(CmdError::BadArgument(format!(
+                    "{flag} {id}: endpoint {id} is a SIP phone over TLS; the bench's SIP legs are UDP only"
+                )));
+            }
             Ok(ep)
         }
-        None => plan.endpoints.iter().find(|e| e.kind == want).ok_or_else(|| {
-            CmdError::BadArgument(format!("this kind of call needs a {kind_name} endpoint, and the spec has none"))
+        None => plan.endpoints.iter().find(|e| e.kind == want && e.transport != Transport::Tls).ok_or_else(|| {
+            CmdError::BadArgument(format!(
+                "this kind of call needs a {kind_name} endpoint{}, and the spec has none",
+                if want == EndpointKind::Sip { " over UDP" } else { "" }
+            ))
         }),
     }
 }
@@ -277,6 +286,7 @@ pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
         rate: args.rate,
         settle: Duration::from_secs(3),
         criteria: bench::Criteria::default(),
+        shared_webrtc_port: args.webrtc_media == astrtc::cli::BenchWebrtcMedia::SharedPort,
     };
     crate::ui::bench_start(&options, &target, &counters);
     let report = bench::run(&options, &target, counters, &crate::ui::bench_progress).await?;

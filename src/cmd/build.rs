@@ -38,9 +38,9 @@ pub async fn run(
         let turn = image::build_turn(&docker, image::TURN_IMAGE, &progress).await?;
         println!("built {} (the TURN relay) in {:.0?}", turn.tag, turn.elapsed);
     }
-    if plan.cluster.is_some() {
+    if let Some(cluster) = &plan.cluster {
         for which in image::ClusterImage::ALL {
-            let built = image::build_cluster_image(&docker, which, which.tag(), &progress).await?;
+            let built = image::build_cluster_image(&docker, which, cluster.image(which), &progress).await?;
             println!("built {} ({}) in {:.0?}", built.tag, which.what(), built.elapsed);
         }
     }

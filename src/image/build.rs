@@ -292,7 +292,8 @@ impl ClusterImage {
     /// All three.
     pub const ALL: [ClusterImage; 3] = [ClusterImage::Edge, ClusterImage::Relay, ClusterImage::Database];
 
-    /// The tag astrtc runs it under.
+    /// The reference astrtc builds and runs it under unless the spec names another
+    /// (`cluster.edge_image`, `relay_image`, `db_image`).
     pub fn tag(self) -> &'static str {
         match self {
             ClusterImage::Edge => super::EDGE_IMAGE,
@@ -327,11 +328,16 @@ pub async fn build_cluster_image(
     tag: &str,
     progress: &dyn Fn(BuildEvent<'_>),
 ) -> Result<Built, ImageError> {
+    build_tar(docker, cluster_context_tar(image)?, tag, &super::cluster_build_args(), progress).await
+}
+
+/// The build context of a cluster image, as [`build_cluster_image`] sends it (its build
+/// arguments are [`super::cluster_build_args`]).
+pub fn cluster_context_tar(image: ClusterImage) -> Result<Vec<u8>, ImageError> {
     let entries = crate::assets::files_under(&crate::assets::IMAGES, image.context())
         .into_iter()
         .map(|a| (a.path.to_string(), a.mode(), a.contents.into()));
-    let body = tar_of(entries).map_err(|source| ImageError::Context { path: "build context".into(), source })?;
-    build_tar(docker, body, tag, &super::cluster_build_args(), progress).await
+    tar_of(entries).map_err(|source| ImageError::Context { path: "build context".into(), source })
 }
 
 async fn build_tar(

@@ -7,8 +7,8 @@
 pub mod build;
 
 pub use build::{
-    build, build_cluster_image, build_guard, build_prometheus, build_sidecar, build_turn, connect, context_tar,
-    sidecar_context_tar, BuildContext, Built, ClusterImage, ImageError, EXTRA_CA_FILE, HOST_CA_BUNDLE,
+    build, build_cluster_image, build_guard, build_prometheus, build_sidecar, build_turn, cluster_context_tar, connect,
+    context_tar, sidecar_context_tar, BuildContext, Built, ClusterImage, ImageError, EXTRA_CA_FILE, HOST_CA_BUNDLE,
 };
 
 /// Expands to the Asterisk version as a literal (for `concat!`).

@@ -4,17 +4,20 @@
 //! - [`ws`]: SIP over secure WebSocket (TLS trusting the deployment's CA, the `sip` upgrade).
 //! - [`sip`]: the user agent — REGISTER, OPTIONS, INVITE/ACK/BYE with digest auth, over WSS or
 //!   UDP ([`sip::digest`], [`sip::message`]).
-//! - [`session`]: WebRTC media with str0m (ICE, DTLS-SRTP, opus), one socket set per call.
+//! - [`session`]: WebRTC media with str0m (ICE, DTLS-SRTP, opus), a socket set per call or a
+//!   shared [`webrtc_port`].
 //! - [`rtp`]: plain RTP with G.711 µ-law for SIP phones, on a port many calls can share.
 //! - [`sdp`]: the facts read from an SDP answer.
 //! - [`audio`]: the tone, encoded once per run; [`stats`]: echo matching, RTT, loss, jitter.
 //! - [`netif`]: this host's addresses; [`probe`]: one call end to end and its report.
 //! - [`answer`]: a SIP phone that answers every call it gets and echoes it (load tests).
 //! - [`udp_batch`]: `recvmmsg`/`sendmmsg` with kernel arrival times, for a port many calls share.
+//! - [`webrtc_port`]: one UDP port and one future for the media of many WebRTC calls (str0m's
+//!   `Rtc`s demultiplexed by source address).
 //!
 //! Must not: read the spec or the plan (callers pass what a call needs), keep global state (a
 //! call owns its sockets and connection; what calls share is passed in as
-//! [`session::SharedMedia`], a plain call's RTP port included), spawn tasks or print. Nothing here panics on what the network
+//! [`session::SharedMedia`], a plain call's RTP port and the WebRTC calls' port included), spawn tasks or print. Nothing here panics on what the network
 //! sends.
 
 pub mod answer;
@@ -28,6 +31,7 @@ pub mod sip;
 pub mod stats;
 pub mod turn;
 pub mod udp_batch;
+pub mod webrtc_port;
 pub mod ws;
 
 use std::time::Duration;

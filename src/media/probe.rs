@@ -7,7 +7,9 @@
 //! connection, and shares only what [`SharedMedia`] holds — so a load generator can run hundreds
 //! of them at once with `join_all` or one task each. A plain SIP call's RTP goes through the
 //! shared [`RtpPort`] when `SharedMedia` has one on its address, else through a port of its own
-//! that the call's future serves beside it. Diagnosing a failure for a particular
+//! that the call's future serves beside it. A WebRTC call offering just the address of
+//! `SharedMedia`'s [`super::webrtc_port::WebrtcPort`] (and no relay) has its media served there;
+//! any other has sockets of its own. Diagnosing a failure for a particular
 //! deployment (which spec key to change) is the caller's job: this module knows no spec.
 
 use std::net::{IpAddr, SocketAddr};
@@ -522,7 +524,14 @@ async fn webrtc_call(
         (Some(turn), true) => netif::route_to(turn.addr).map(|ip| vec![ip]).unwrap_or_default(),
         (None, true) => default_candidates(wss),
     };
-    let (mut session, offer) = match WebrtcSession::offer(&ips, shared, relay, setup.offer).await {
+    // The run's shared port when the call offers just its address (no relay); else sockets of
+    // the call's own.
+    let port = shared.webrtc_port.as_ref().filter(|p| relay.is_none() && ips == [p.local().ip()]);
+    let offered = match port {
+        Some(port) => WebrtcSession::offer_on_port(port, shared, setup.offer),
+        None => WebrtcSession::offer(&ips, shared, relay, setup.offer).await,
+    };
+    let (mut session, offer) = match offered {
         Ok(s) => s,
         Err(e @ SessionError::Turn(_)) => {
             report.failure = Some(relay_failure(&e));

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::audio::ToneLoop;
 use super::sdp;
 use super::stats::{EchoMeter, MediaFigures};
-use super::udp_batch::{stamp_arrivals, BatchReceiver, BatchSender};
+use super::udp_batch::{next_wake, stamp_arrivals, BatchReceiver, BatchSender};
 use super::RunPlan;
 
 /// PCMU's static payload type.
@@ -217,12 +217,7 @@ impl RtpPort {
                 return;
             }
             // Wake for the next event, and at least every READ_EVERY while calls are up.
-            let next = due.peek().map(|Reverse((at, _))| *at);
-            let wake = if calls.is_empty() {
-                next
-            } else {
-                Some(next.map_or(now + READ_EVERY, |at| at.min(now + READ_EVERY)))
-            };
+            let wake = next_wake(due.peek().map(|Reverse((at, _))| *at), !calls.is_empty(), now, READ_EVERY);
             if let Some(at) = wake {
                 sleep.as_mut().reset(at);
             }

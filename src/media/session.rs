@@ -32,6 +32,8 @@ use super::rtp::RtpPortHandle;
 use super::sdp::{self, CandidateInfo};
 use super::stats::{EchoMeter, MediaFigures};
 use super::turn::{Allocation, Link, TurnError, TurnServer, TurnStream};
+use super::udp_batch::BatchSender;
+use super::webrtc_port::WebrtcPortHandle;
 use super::RunPlan;
 
 /// Why the WebRTC media could not start or stopped.
@@ -80,6 +82,9 @@ pub struct SharedMedia {
     /// The RTP port plain SIP calls from its address share ([`super::rtp::RtpPort`]); without one, each
     /// call serves a port of its own.
     pub rtp_port: Option<RtpPortHandle>,
+    /// The UDP port WebRTC calls from its address share, relay-less ([`super::webrtc_port::WebrtcPort`]);
+    /// without one, each call binds sockets of its own.
+    pub webrtc_port: Option<WebrtcPortHandle>,
 }
 
 impl SharedMedia {
@@ -96,6 +101,7 @@ impl SharedMedia {
             opus: Arc::new(ToneLoop::opus(LOOP_FRAMES)?),
             ulaw: Arc::new(ToneLoop::ulaw(LOOP_FRAMES)),
             rtp_port: None,
+            webrtc_port: None,
         })
     }
 }
@@ -151,6 +157,11 @@ impl SocketSet {
             sockets.push((sock.local_addr().map_err(err)?, sock));
         }
         Ok(SocketSet { sockets, buf: vec![0u8; 2048].into_boxed_slice(), next: 0, relay: None, stream: None })
+    }
+
+    /// No socket: the call's datagrams go through a [`WebrtcPortHandle`]'s port.
+    fn none() -> SocketSet {
+        SocketSet { sockets: Vec::new(), buf: Box::default(), next: 0, relay: None, stream: None }
     }
 
     /// Allocates a relay on `server` from the first socket (or over a new stream, for TCP and
@@ -304,6 +315,8 @@ pub struct WebrtcSession {
     ulaw: Arc<ToneLoop>,
     /// How the TURN server is reached (with a relay).
     transport: String,
+    /// The shared port the call's datagrams go through (then `sockets` is empty).
+    port: Option<WebrtcPortHandle>,
 }
 
 /// What a WebRTC call offers.
@@ -405,14 +418,7 @@ impl WebrtcSession {
         if ips.is_empty() {
             return Err(SessionError::NoCandidates);
         }
-        let mut rtc = Rtc::builder()
-            .set_crypto_provider(shared.crypto.clone())
-            .set_dtls_cert(shared.dtls_cert.clone())
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_pcmu(codecs == Offer::OpusThenPcmu, false)
-            .set_stats_interval(Some(Duration::from_millis(500)))
-            .build(Instant::now());
+        let mut rtc = new_rtc(shared, codecs);
         let mut local = Vec::new();
         let sockets = match relay {
             Some(server) => {
@@ -428,14 +434,38 @@ impl WebrtcSession {
             None => {
                 let sockets = SocketSet::bind(ips).await?;
                 for addr in sockets.addrs() {
-                    let cand = Candidate::host(addr, "udp").map_err(|e| SessionError::BadAnswer(e.to_string()))?;
-                    if rtc.add_local_candidate(cand).is_some() {
-                        local.push(CandidateInfo { kind: "host".into(), addr });
-                    }
+                    add_host_candidate(&mut rtc, addr, &mut local)?;
                 }
                 sockets
             }
         };
+        let transport = relay.map(|r| r.transport.to_string()).unwrap_or_default();
+        WebrtcSession::offered(rtc, sockets, None, local, shared, transport)
+    }
+
+    /// Like [`WebrtcSession::offer`] with no relay, its one host candidate the shared `port`'s
+    /// address: the call binds no socket, its datagrams go through the port, which serves it
+    /// once [`WebrtcSession::run`] hands it over.
+    pub fn offer_on_port(
+        port: &WebrtcPortHandle,
+        shared: &SharedMedia,
+        codecs: Offer,
+    ) -> Result<(WebrtcSession, String), SessionError> {
+        let mut rtc = new_rtc(shared, codecs);
+        let mut local = Vec::new();
+        add_host_candidate(&mut rtc, port.local(), &mut local)?;
+        WebrtcSession::offered(rtc, SocketSet::none(), Some(port.clone()), local, shared, String::new())
+    }
+
+    /// Makes the offer of an `Rtc` whose candidates are added.
+    fn offered(
+        mut rtc: Rtc,
+        sockets: SocketSet,
+        port: Option<WebrtcPortHandle>,
+        local: Vec<CandidateInfo>,
+        shared: &SharedMedia,
+        transport: String,
+    ) -> Result<(WebrtcSession, String), SessionError> {
         let first = local.first().ok_or(SessionError::NoCandidates)?.addr;
         let mut change = rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
@@ -452,7 +482,8 @@ impl WebrtcSession {
             answer_pts: Vec::new(),
             opus: shared.opus.clone(),
             ulaw: shared.ulaw.clone(),
-            transport: relay.map(|r| r.transport.to_string()).unwrap_or_default(),
+            transport,
+            port,
         };
         Ok((session, sdp))
     }
@@ -516,48 +547,39 @@ impl WebrtcSession {
     }
 
     /// Runs the media until `plan.stop` fires (then `plan.tail` more), measuring the echo.
-    pub async fn run(self, plan: RunPlan) -> WebrtcReport {
-        let mut driver = Driver {
-            report: WebrtcReport {
-                ice_checking: None,
-                ice_connected: None,
-                dtls_connected: None,
-                ice_state: "New".into(),
-                codec: None,
-                pair: None,
-                media: MediaFigures::default(),
-                remote_report: None,
-                local_candidates: self.local.clone(),
-                remote_candidates: self.remote.clone(),
-                relay: self.relay(),
-                datagrams_in: Datagrams::default(),
-                datagrams_out: Datagrams::default(),
-                failure: None,
-            },
-            session: self,
-            meter: EchoMeter::new(48_000),
-            codec: None,
-            frame_no: 0,
-            unsignalled: None,
-            heard: false,
-        };
+    pub async fn run(mut self, plan: RunPlan) -> WebrtcReport {
+        if let Some(port) = self.port.take() {
+            return port.serve(Driver::new(self), plan).await;
+        }
+        let mut driver = Driver::new(self);
         let result = driver.run(plan).await;
         let release = driver.session.sockets.relay.as_ref().map(|(a, _)| vec![a.release()]);
         if let Some(release) = release {
             driver.session.sockets.send_to_relay_server(release).await;
         }
-        let mut report = driver.report;
-        report.failure = match result {
-            Err(e) => Some(MediaFailure::Rtc(e.to_string())),
-            Ok(()) if report.ice_connected.is_none() => {
-                Some(MediaFailure::IceNotConnected { state: report.ice_state.clone() })
-            }
-            Ok(()) if report.dtls_connected.is_none() => Some(MediaFailure::DtlsNotConnected),
-            Ok(()) => None,
-        };
-        report.media = driver.meter.figures();
-        report
+        driver.finish(result)
     }
+}
+
+/// An `Rtc` as a browser's: the shared certificate, opus (then PCMU), stats every 500 ms.
+fn new_rtc(shared: &SharedMedia, codecs: Offer) -> Rtc {
+    Rtc::builder()
+        .set_crypto_provider(shared.crypto.clone())
+        .set_dtls_cert(shared.dtls_cert.clone())
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_pcmu(codecs == Offer::OpusThenPcmu, false)
+        .set_stats_interval(Some(Duration::from_millis(500)))
+        .build(Instant::now())
+}
+
+/// Adds `addr` as a host candidate (str0m skips a duplicate).
+fn add_host_candidate(rtc: &mut Rtc, addr: SocketAddr, local: &mut Vec<CandidateInfo>) -> Result<(), SessionError> {
+    let cand = Candidate::host(addr, "udp").map_err(|e| SessionError::BadAnswer(e.to_string()))?;
+    if rtc.add_local_candidate(cand).is_some() {
+        local.push(CandidateInfo { kind: "host".into(), addr });
+    }
+    Ok(())
 }
 
 /// The codec a call sends, and its tone.
@@ -568,8 +590,9 @@ struct SendCodec {
     tone: Arc<ToneLoop>,
 }
 
-/// The run loop's state: the session and what it has measured so far.
-struct Driver {
+/// The run loop's state: the session and what it has measured so far. Driven by its own loop
+/// ([`Driver::run`], the call's sockets) or by a shared port's ([`super::webrtc_port`]).
+pub(crate) struct Driver {
     session: WebrtcSession,
     report: WebrtcReport,
     meter: EchoMeter,
@@ -579,9 +602,122 @@ struct Driver {
     unsignalled: Option<u32>,
     /// Audio has come in (str0m decrypted and delivered some).
     heard: bool,
+    /// The latest time the `Rtc` was given: str0m's clock must not go back, and a datagram read
+    /// in a batch arrived before the timeouts handled since ([`super::webrtc_port`]).
+    clock: Instant,
+    /// The arrival times of the last RTP packets, by sequence number: the echo meter's receive
+    /// time (str0m's `network_time` is the clock's, which may be later).
+    arrivals: [(u16, Instant); ARRIVALS],
 }
 
+/// RTP arrival times kept (a second of one stream at 20 ms).
+const ARRIVALS: usize = 64;
+
 impl Driver {
+    fn new(session: WebrtcSession) -> Driver {
+        Driver {
+            report: WebrtcReport {
+                ice_checking: None,
+                ice_connected: None,
+                dtls_connected: None,
+                ice_state: "New".into(),
+                codec: None,
+                pair: None,
+                media: MediaFigures::default(),
+                remote_report: None,
+                local_candidates: session.local.clone(),
+                remote_candidates: session.remote.clone(),
+                relay: session.relay(),
+                datagrams_in: Datagrams::default(),
+                datagrams_out: Datagrams::default(),
+                failure: None,
+            },
+            session,
+            meter: EchoMeter::new(48_000),
+            codec: None,
+            frame_no: 0,
+            unsignalled: None,
+            heard: false,
+            clock: Instant::now(),
+            arrivals: [(0, Instant::now()); ARRIVALS],
+        }
+    }
+
+    /// `t`, or the `Rtc`'s clock when `t` is earlier; the clock moves to it.
+    fn tick_to(&mut self, t: Instant) -> Instant {
+        self.clock = self.clock.max(t);
+        self.clock
+    }
+
+    /// The report of a run that ended with `result`.
+    pub(crate) fn finish(self, result: Result<(), RtcError>) -> WebrtcReport {
+        let mut report = self.report;
+        report.failure = match result {
+            Err(e) => Some(MediaFailure::Rtc(e.to_string())),
+            Ok(()) if report.ice_connected.is_none() => {
+                Some(MediaFailure::IceNotConnected { state: report.ice_state.clone() })
+            }
+            Ok(()) if report.dtls_connected.is_none() => Some(MediaFailure::DtlsNotConnected),
+            Ok(()) => None,
+        };
+        report.media = self.meter.figures();
+        report
+    }
+
+    /// The report so far, failed with `why` (the port serving the call went away).
+    pub(crate) fn failed_report(&self, why: &str) -> WebrtcReport {
+        WebrtcReport { failure: Some(MediaFailure::Rtc(why.into())), ..self.report.clone() }
+    }
+
+    /// Asterisk's candidate addresses from the answer.
+    pub(crate) fn remote_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.session.remote.iter().map(|c| c.addr)
+    }
+
+    /// Whether the call's `Rtc` takes `input` (a datagram from an address no answer named).
+    pub(crate) fn accepts(&self, input: &Input) -> bool {
+        self.session.rtc.accepts(input)
+    }
+
+    /// Whether DTLS is up.
+    pub(crate) fn dtls_connected(&self) -> bool {
+        self.report.dtls_connected.is_some()
+    }
+
+    /// Once DTLS is up, picks the codec to send (once); true when it did just now.
+    pub(crate) fn pick_codec(&mut self) -> bool {
+        if self.report.dtls_connected.is_none() || self.codec.is_some() {
+            return false;
+        }
+        let Some(codec) = self.session.send_codec() else { return false };
+        self.report.codec = Some(codec.name.clone());
+        // Nothing was sent or received yet: measure on the codec's clock.
+        self.meter = EchoMeter::new(codec.clock.get());
+        self.codec = Some(codec);
+        true
+    }
+
+    /// Polls the `Rtc` until its next timeout, queueing what it transmits on `out` (from the
+    /// shared port: every transmit's source is the port's address).
+    pub(crate) fn drain_into(&mut self, out: &mut BatchSender) -> Result<Instant, RtcError> {
+        loop {
+            match self.session.rtc.poll_output()? {
+                Output::Timeout(t) => return Ok(t),
+                Output::Transmit(t) => {
+                    self.report.datagrams_out.count(&t.contents);
+                    out.push(&t.contents, t.destination);
+                }
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+    }
+
+    /// Feeds the `Rtc` the time.
+    pub(crate) fn on_timeout(&mut self, now: Instant) -> Result<(), RtcError> {
+        let now = self.tick_to(now);
+        self.session.rtc.handle_input(Input::Timeout(now))
+    }
+
     /// The canonical str0m loop: drain `poll_output` to a timeout, then wait for ONE of a
     /// datagram, the timeout, the 20 ms audio tick or the end; feed it in; repeat.
     async fn run(&mut self, mut plan: RunPlan) -> Result<(), RtcError> {
@@ -594,22 +730,16 @@ impl Driver {
         let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
         loop {
             let timeout = self.drain().await?;
-            if self.report.dtls_connected.is_some() && self.codec.is_none() {
-                if let Some(codec) = self.session.send_codec() {
-                    self.report.codec = Some(codec.name.clone());
-                    // Nothing was sent or received yet: measure on the codec's clock.
-                    self.meter = EchoMeter::new(codec.clock.get());
-                    self.codec = Some(codec);
-                    // The interval idled until now: with Burst it would fire every missed tick.
-                    tick.reset_immediately();
-                }
+            if self.pick_codec() {
+                // The interval idled until now: with Burst it would fire every missed tick.
+                tick.reset_immediately();
             }
             let sending = self.codec.is_some() && end.is_none();
             let connecting = self.report.dtls_connected.is_none() && end.is_none();
             tokio::select! {
                 d = self.session.sockets.recv() => self.on_datagram(d)?,
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(timeout)) => {
-                    self.session.rtc.handle_input(Input::Timeout(Instant::now()))?;
+                    self.on_timeout(Instant::now())?;
                 }
                 _ = tick.tick(), if sending => self.send_frame()?,
                 _ = refresh.tick(), if relayed => {
@@ -640,10 +770,24 @@ impl Driver {
     }
 
     fn on_datagram(&mut self, d: Datagram) -> Result<(), RtcError> {
-        let data = match &d.relayed {
-            Some(bytes) => bytes.as_slice(),
-            None => &self.session.sockets.buf[..d.len],
-        };
+        if let Some(bytes) = &d.relayed {
+            return self.on_receive(d.at, d.source, d.destination, bytes);
+        }
+        // The bytes are in the socket set's buffer: lend it out for the call (no copy).
+        let buf = std::mem::take(&mut self.session.sockets.buf);
+        let result = self.on_receive(d.at, d.source, d.destination, &buf[..d.len]);
+        self.session.sockets.buf = buf;
+        result
+    }
+
+    /// A datagram from `source` to our `destination` that arrived `at`.
+    pub(crate) fn on_receive(
+        &mut self,
+        at: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), RtcError> {
         self.report.datagrams_in.count(data);
         let Ok(contents) = data.try_into() else { return Ok(()) };
         // Every datagram goes in. `accepts()` is for demultiplexing several `Rtc`s on one
@@ -651,10 +795,11 @@ impl Driver {
         // Asterisk (DTLS client, `a=setup:active`) sends its ClientHello as soon as our first
         // check reaches it, often before that check's response is back to us, and dropping it
         // costs Asterisk's 1 s DTLS retransmit (seen in about one call in four).
-        let input = Input::Receive(
-            d.at,
-            Receive { proto: Protocol::Udp, source: d.source, destination: d.destination, contents },
-        );
+        if let Some(seq) = rtp_seq(data) {
+            self.arrivals[usize::from(seq) % ARRIVALS] = (seq, at);
+        }
+        let now = self.tick_to(at);
+        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
         // RTP of an SSRC the answer never named: only once ICE and DTLS are up, and only from
         // the address the ICE agent sends to (or another validated pair).
         if let Some(ssrc) = rtp_ssrc(data) {
@@ -666,7 +811,7 @@ impl Driver {
         self.session.rtc.handle_input(input)
     }
 
-    fn send_frame(&mut self) -> Result<(), RtcError> {
+    pub(crate) fn send_frame(&mut self) -> Result<(), RtcError> {
         let Some(codec) = &self.codec else { return Ok(()) };
         let data = codec.tone.frame(self.frame_no).to_vec();
         let now = Instant::now();
@@ -680,7 +825,7 @@ impl Driver {
         // starved caller whose ticks fire in a burst writes faster than it handles timeouts,
         // and after 512 pending frames str0m refuses the write (WriteWithoutPoll; seen for 50
         // of 200 calls in `bench calls` on a loaded host, which had sent half their frames).
-        self.session.rtc.handle_input(Input::Timeout(now))
+        self.on_timeout(now)
     }
 
     fn on_event(&mut self, e: Event) {
@@ -704,8 +849,12 @@ impl Driver {
             }
             Event::MediaData(d) => {
                 self.heard = true;
-                let seq = *d.seq_range.start();
-                self.meter.on_received(&d.data, d.network_time, d.time.numer() as u32, *seq as u16);
+                let seq = **d.seq_range.start() as u16;
+                let at = match self.arrivals[usize::from(seq) % ARRIVALS] {
+                    (s, at) if s == seq => at.min(d.network_time),
+                    _ => d.network_time,
+                };
+                self.meter.on_received(&d.data, at, d.time.numer() as u32, seq);
             }
             Event::PeerStats(s) => {
                 if let Some(p) = s.selected_candidate_pair {
@@ -773,6 +922,11 @@ fn expect_unsignalled(rtc: &mut Rtc, mid: Mid, taken: &mut Option<u32>, heard: b
 fn rtp_ssrc(data: &[u8]) -> Option<u32> {
     let rtp = data.len() >= 12 && (128..=191).contains(&data[0]) && !(64..=95).contains(&(data[1] & 0x7f));
     rtp.then(|| u32::from_be_bytes([data[8], data[9], data[10], data[11]]))
+}
+
+/// The sequence number of an RTP packet (as [`rtp_ssrc`] tells RTP from the rest).
+fn rtp_seq(data: &[u8]) -> Option<u16> {
+    rtp_ssrc(data).map(|_| u16::from_be_bytes([data[2], data[3]]))
 }
 
 /// Asterisk writes `a=fingerprint:SHA-256`; str0m up to 0.24 compared the hash name

@@ -32,6 +32,20 @@ pub fn stamp_arrivals(sock: &UdpSocket) -> std::io::Result<()> {
     }
 }
 
+/// When a port that many calls share wakes next: at its next event, and while calls are up
+/// (`busy`) at least `read_every` from `now` to read what arrived (its socket is outside tokio's
+/// reactor: no datagram wakes it). `None`: nothing to wake for.
+pub fn next_wake<T>(next_event: Option<T>, busy: bool, now: T, read_every: Duration) -> Option<T>
+where
+    T: Copy + Ord + std::ops::Add<Duration, Output = T>,
+{
+    if !busy {
+        return next_event;
+    }
+    let read = now + read_every;
+    Some(next_event.map_or(read, |at| at.min(read)))
+}
+
 /// Reads datagrams in batches; reused from one read to the next.
 pub struct BatchReceiver {
     data: Vec<u8>,
@@ -255,6 +269,18 @@ impl BatchSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_port_wakes_for_its_next_event_or_to_read_whichever_is_first() {
+        let ms = Duration::from_millis;
+        let now = Instant::now();
+        assert_eq!(next_wake(Some(now + ms(1)), true, now, ms(2)), Some(now + ms(1)));
+        assert_eq!(next_wake(Some(now + ms(9)), true, now, ms(2)), Some(now + ms(2)));
+        assert_eq!(next_wake(None, true, now, ms(2)), Some(now + ms(2)));
+        // No call up: only for an event (a call's end), or not at all.
+        assert_eq!(next_wake(Some(now + ms(9)), false, now, ms(2)), Some(now + ms(9)));
+        assert_eq!(next_wake(None, false, now, ms(2)), None);
+    }
 
     #[test]
     fn a_batch_goes_out_and_comes_back_in_order_with_arrival_times() {

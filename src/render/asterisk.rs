@@ -161,10 +161,15 @@ pub fn metrics_context(plan: &Plan) -> Value {
     context! { metrics_password => &plan.metrics.password }
 }
 
-/// The context of `pjsip_auth.conf`: the endpoints' ids and passwords, nothing else.
+/// The context of `pjsip_auth.conf`: the endpoints' ids and passwords, nothing else. A cluster's
+/// pool member gets none: the edge authenticates the users (against HA1 digests in the
+/// database), and every call reaches the pool as the edge's endpoint, so no member holds a
+/// password or takes a user's credentials from anyone who reaches it directly.
 pub fn auth_context(plan: &Plan) -> Value {
-    let auth: Vec<_> = plan.endpoints.iter().map(|e| context! { id => &e.id, password => &e.password }).collect();
-    context! { endpoints => auth }
+    let pool = plan.cluster.is_some();
+    let auth: Vec<_> =
+        plan.endpoints.iter().filter(|_| !pool).map(|e| context! { id => &e.id, password => &e.password }).collect();
+    context! { endpoints => auth, pool => pool }
 }
 
 /// The context of `rtp_turn.conf`: the TURN password, nothing else.

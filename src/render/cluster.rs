@@ -34,12 +34,15 @@ pub const DATABASE_PORT: u16 = 5432;
 /// with the outputs only their restart applies: everything the edge reads but its certificate
 /// and its dispatcher list (its config and the database URL: Kamailio reloads neither; the
 /// certificate is reloaded in place, `tls.reload`, by the edge's entrypoint when its files
-/// change, the list by `astrtc apply`, [`RELOADED_IN_PLACE`]), the relay's config, the database's access rules and password. Not in any: `db/schema.sql` and
+/// change, the list by `astrtc apply`, [`RELOADED_IN_PLACE`]), the relay's config, the
+/// database's access rules, password and schema (a new astrtc's schema reaches a database that
+/// `docker compose up -d` alone would leave as it was, while it starts an edge that reads the new
+/// one; `astrtc apply` writes it first, then restarts the database once). Not in any:
 /// `db/subscribers.sql`, which `astrtc apply` writes into the running database (the edge reads
 /// the users from there). The digests of secret files are in a container label: anyone who can
 /// read labels can read the files themselves (`docker exec`), and the password is 190 random bits.
 pub const RESTART_VIEWS: &[(&str, &[&str])] =
-    &[("db", &["db/pg_hba.conf", "db/password"]), ("relay", &["relay/"]), ("edge", &["edge/"])];
+    &[("db", &["db/pg_hba.conf", "db/password", "db/schema.sql"]), ("relay", &["relay/"]), ("edge", &["edge/"])];
 
 /// Outputs inside a [`RESTART_VIEWS`] directory that are left out of its view: the edge's
 /// dispatcher list, which `astrtc apply` has the running edge reload (`dispatcher.reload`) once
@@ -98,6 +101,20 @@ pub fn secret_context(plan: &Plan) -> Value {
     }
 }
 
+/// One user as `astrtc apply` and `astrtc verify` read it back from the database:
+/// `username ha1 max_contacts transport` (`-` for each of the last two when the user has no
+/// `astrtc_user` row); put [`USER_ROWS_FROM`] after it.
+pub const USER_ROW: &str = "s.username || ' ' || s.ha1 || ' ' || COALESCE(u.max_contacts::text, '-') || ' ' \
+                            || COALESCE(u.transport, '-')";
+/// Where [`USER_ROW`] reads from: every subscriber, by name.
+pub const USER_ROWS_FROM: &str = "FROM subscriber s LEFT JOIN astrtc_user u ON u.username = s.username \
+                                  ORDER BY s.username";
+
+/// The [`USER_ROW`] the database holds for `e` once `plan` is written.
+pub fn user_row(plan: &Plan, e: &crate::plan::Endpoint) -> String {
+    format!("{} {} {} {}", e.id, ha1(&e.id, &plan.tls.domain, &e.password), e.max_contacts, e.transport.as_str())
+}
+
 /// HA1 of RFC 2617 digest authentication: MD5 of `user:realm:password`, in hex.
 pub fn ha1(user: &str, realm: &str, password: &str) -> String {
     let mut h = Md5::new();
@@ -106,13 +123,20 @@ pub fn ha1(user: &str, realm: &str, password: &str) -> String {
 }
 
 /// The context of `db/subscribers.sql`: each endpoint as a user with its HA1 for the realm
-/// browsers and phones authenticate in (the TLS domain) and its `max_contacts`.
+/// browsers and phones authenticate in (the TLS domain), its `max_contacts` and its transport.
 pub fn subscribers_context(plan: &Plan) -> Value {
     let realm = &plan.tls.domain;
     let subscribers: Vec<Value> = plan
         .endpoints
         .iter()
-        .map(|e| context! { username => &e.id, ha1 => ha1(&e.id, realm, &e.password), max_contacts => e.max_contacts })
+        .map(|e| {
+            context! {
+                username => &e.id,
+                ha1 => ha1(&e.id, realm, &e.password),
+                max_contacts => e.max_contacts,
+                transport => e.transport.as_str(),
+            }
+        })
         .collect();
     context! { realm => realm, subscribers => subscribers }
 }

@@ -75,18 +75,18 @@ pub fn context(plan: &Plan) -> Value {
         .iter()
         .map(|f| context! { source => format!("./guard/{f}"), target => format!("{}/{f}", image::GUARD_CONFIG_DIR) })
         .collect();
-    let cluster = plan.cluster.as_ref().map(|_| {
+    let cluster = plan.cluster.as_ref().map(|c| {
         context! {
             network => CLUSTER_NETWORK_NAME,
-            db_image => image::DB_IMAGE,
+            db_image => &c.db_image,
             db_config_dir => image::DB_CONFIG_DIR,
             db_data_dir => image::DB_DATA_DIR,
             db_run_tmpfs => format!("/run/postgresql:uid={},gid={},mode=2775", image::DB_UID, image::DB_UID),
             db_healthcheck => Value::from(Serde(["CMD", image::DB_HEALTHCHECK])),
-            relay_image => image::RELAY_IMAGE,
+            relay_image => &c.relay_image,
             relay_config_dir => image::RELAY_CONFIG_DIR,
             relay_healthcheck => Value::from(Serde(["CMD", image::RELAY_HEALTHCHECK])),
-            edge_image => image::EDGE_IMAGE,
+            edge_image => &c.edge_image,
             edge_config_dir => image::EDGE_CONFIG_DIR,
             edge_keys_dir => image::EDGE_KEYS_DIR,
             edge_run_tmpfs => format!("{}:uid={},gid={},mode=0700", image::EDGE_RUN_DIR, image::EDGE_UID, image::ASTERISK_UID),

@@ -13,7 +13,7 @@ use minijinja::context;
 use minijinja::value::{Serde, Value};
 
 use super::{Bundle, BundleFile, FileKind};
-use crate::image::{self, ImageRef};
+use crate::image::{self, ClusterImage, ImageRef};
 use crate::plan::{Acme, Plan};
 use crate::spec::validate::MAX_BRIDGE_RTP_PORTS;
 use crate::spec::{AcmeChallenge, NetworkMode};
@@ -146,9 +146,8 @@ pub const CLUSTER_TEMPLATES: &str = "helm-cluster/";
 /// their users, the values the schema pins.
 pub fn cluster_context(plan: &Plan) -> Value {
     let asterisk = plan.image_ref();
-    let edge = ImageRef::parse(image::EDGE_IMAGE);
-    let relay = ImageRef::parse(image::RELAY_IMAGE);
-    let db = ImageRef::parse(image::DB_IMAGE);
+    let of = |which: ClusterImage| ImageRef::parse(plan.cluster.as_ref().map_or(which.tag(), |c| c.image(which)));
+    let (edge, relay, db) = (of(ClusterImage::Edge), of(ClusterImage::Relay), of(ClusterImage::Database));
     let pool_size = plan.cluster.as_ref().map_or(0, |c| c.pool_size);
     context! {
         plan => Value::from(Serde(plan)),
@@ -178,7 +177,7 @@ pub fn cluster_chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
                 FileKind::Public => format!("{CHART_DIR}/files/asterisk/{name}"),
                 FileKind::Secret | FileKind::SecretExecutable => format!("{CHART_DIR}/files/secrets/{name}"),
             },
-            "edge/kamailio.cfg" | "edge/tls.cfg" => format!("{CHART_DIR}/files/edge/{name}"),
+            "edge/kamailio.cfg" | "edge/tls.cfg" | "edge/listen.cfg" => format!("{CHART_DIR}/files/edge/{name}"),
             "relay/rtpengine.conf" => format!("{CHART_DIR}/files/relay/{name}"),
             "db/schema.sql" => format!("{CHART_DIR}/files/db/{name}"),
             crate::render::cluster::DB_SUBSCRIBERS_FILE => format!("{CHART_DIR}/files/db-secret/{name}"),

@@ -111,6 +111,13 @@ pub struct ClusterSpec {
     /// `bundled` (the only mode for compose: PostgreSQL deployed with the stack; its password
     /// lives in the secrets file).
     pub database: Option<DatabaseMode>,
+    /// Image reference of the edge's image (Kamailio; `astrtc build` tags it, compose and the
+    /// chart run it) [default: astrtc/edge:VERSION].
+    pub edge_image: Option<String>,
+    /// Image reference of the relay's image (rtpengine) [default: astrtc/relay:VERSION].
+    pub relay_image: Option<String>,
+    /// Image reference of the bundled database's image (PostgreSQL) [default: astrtc/db:VERSION].
+    pub db_image: Option<String>,
 }
 
 /// Where the cluster's database runs.

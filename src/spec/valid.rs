@@ -77,6 +77,23 @@ pub struct Cluster {
     /// The edge's database password (secrets file); never serialized.
     #[serde(skip_serializing)]
     pub database_password: String,
+    /// The edge's image reference.
+    pub edge_image: String,
+    /// The relay's image reference.
+    pub relay_image: String,
+    /// The database's image reference.
+    pub db_image: String,
+}
+
+impl Cluster {
+    /// The reference `astrtc build` tags `which` with and compose and the chart run.
+    pub fn image(&self, which: crate::image::ClusterImage) -> &str {
+        match which {
+            crate::image::ClusterImage::Edge => &self.edge_image,
+            crate::image::ClusterImage::Relay => &self.relay_image,
+            crate::image::ClusterImage::Database => &self.db_image,
+        }
+    }
 }
 
 /// One Asterisk server of the pool.
@@ -361,6 +378,17 @@ pub enum Transport {
     Udp,
     /// SIP over TLS, SRTP media.
     Tls,
+}
+
+impl Transport {
+    /// Its name in the spec (`wss`, `udp`, `tls`), as the cluster's database keeps it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Wss => "wss",
+            Transport::Udp => "udp",
+            Transport::Tls => "tls",
+        }
+    }
 }
 
 /// One endpoint, fully resolved.

@@ -23,6 +23,7 @@ use crate::media::sip::{Transport, UserAgent};
 use crate::media::turn::TurnServer;
 use crate::media::{self, CallFailure, CallReport, CallSetup, Leg, LegSetup, SharedMedia};
 use crate::plan::{Endpoint, Plan};
+use crate::spec::valid::Transport as SpecTransport;
 use crate::spec::EndpointKind;
 
 /// How long each reachability probe of an address waits.
@@ -41,19 +42,28 @@ pub struct CallOptions {
     pub relay: Option<TurnServer>,
 }
 
-/// The endpoints `ids` names, or by default the first of each kind; an unknown id is an error
-/// naming the endpoints the spec has.
+/// The endpoints `ids` names, or by default the first WebRTC one and the first SIP one over UDP;
+/// an unknown id is an error naming the endpoints the spec has, and so is a SIP phone over TLS
+/// (the call's SIP leg is UDP only, and a cluster's edge refuses a user over a transport the
+/// spec does not give it).
 pub fn select_endpoints<'a>(plan: &'a Plan, ids: &[String]) -> Result<Vec<&'a Endpoint>, String> {
     if ids.is_empty() {
-        let first = |kind| plan.endpoints.iter().find(|e| e.kind == kind);
+        let first = |kind| plan.endpoints.iter().find(|e| e.kind == kind && e.transport != SpecTransport::Tls);
         return Ok([first(EndpointKind::Webrtc), first(EndpointKind::Sip)].into_iter().flatten().collect());
     }
     ids.iter()
         .map(|id| {
-            plan.endpoints.iter().find(|e| &e.id == id).ok_or_else(|| {
+            let ep = plan.endpoints.iter().find(|e| &e.id == id).ok_or_else(|| {
                 let have: Vec<_> = plan.endpoints.iter().map(|e| e.id.as_str()).collect();
                 format!("--endpoint {id}: the spec has no endpoint {id} (it has {})", have.join(", "))
-            })
+            })?;
+            if ep.transport == SpecTransport::Tls {
+                return Err(format!(
+                    "--endpoint {id}: endpoint {id} is a SIP phone over TLS; `verify --call` places SIP calls over \
+                     UDP only (call it from a TLS phone instead)"
+                ));
+            }
+            Ok(ep)
         })
         .collect()
 }

@@ -484,11 +484,11 @@ async fn cluster_checks(plan: &Plan, cluster: &crate::spec::valid::Cluster) -> V
     match find("db").await {
         Err(why) => checks.push(Check::fail("users", why, "start the cluster: docker compose up -d --wait")),
         Ok(db) => {
-            // Each user's digest (its password for the realm) and max_contacts, as the edge reads
-            // them: a password changed in the spec but never applied shows here.
-            let query = "SELECT s.username || ' ' || s.ha1 || ' ' || COALESCE(u.max_contacts::text, '-') \
-                         FROM subscriber s LEFT JOIN astrtc_user u ON u.username = s.username ORDER BY s.username";
-            let cmd = vec!["psql", "--no-psqlrc", "-U", "postgres", "-d", "kamailio", "-tAc", query];
+            // Each user's digest (its password for the realm), max_contacts and transport, as the
+            // edge reads them: a password changed in the spec but never applied shows here.
+            use crate::render::cluster::{USER_ROW, USER_ROWS_FROM};
+            let query = format!("SELECT {USER_ROW} {USER_ROWS_FROM}");
+            let cmd = vec!["psql", "--no-psqlrc", "-U", "postgres", "-d", "kamailio", "-tAc", query.as_str()];
             match exec_checked(&docker, &db, cmd).await {
                 Err(e) => checks.push(Check::fail("users", e, "is PostgreSQL running in the db container?")),
                 Ok(out) => checks.push(users_check(plan, &out)),
@@ -498,17 +498,12 @@ async fn cluster_checks(plan: &Plan, cluster: &crate::spec::valid::Cluster) -> V
     checks
 }
 
-/// The edge's users (`username ha1 max_contacts` lines, by name) against the spec's endpoints.
+/// The edge's users (`username ha1 max_contacts transport` lines, by name) against the spec's
+/// endpoints.
 fn users_check(plan: &Plan, rows: &str) -> Check {
     let have: Vec<&str> = rows.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let mut want: Vec<(String, String)> = plan
-        .endpoints
-        .iter()
-        .map(|e| {
-            let ha1 = crate::render::cluster::ha1(&e.id, &plan.tls.domain, &e.password);
-            (e.id.clone(), format!("{} {ha1} {}", e.id, e.max_contacts))
-        })
-        .collect();
+    let mut want: Vec<(String, String)> =
+        plan.endpoints.iter().map(|e| (e.id.clone(), crate::render::cluster::user_row(plan, e))).collect();
     want.sort();
     let names = |rows: &[&str]| rows.iter().filter_map(|r| r.split(' ').next()).collect::<Vec<_>>().join(", ");
     let want_rows: Vec<&str> = want.iter().map(|(_, r)| r.as_str()).collect();
@@ -523,7 +518,7 @@ fn users_check(plan: &Plan, rows: &str) -> Check {
     let detail = if names(&have) != names(&want_rows) {
         format!("the edge's database has [{}], the spec has [{}]", names(&have), names(&want_rows))
     } else {
-        format!("the edge's database has another password or max_contacts for {}", wrong.join(", "))
+        format!("the edge's database has another password, max_contacts or transport for {}", wrong.join(", "))
     };
     Check::fail("users", detail, "re-run `astrtc render`, then `astrtc apply`")
 }

@@ -102,10 +102,40 @@ pub fn ensure_cluster_images() {
     build_image_once(&BUILT, "cluster", |docker| async move {
         let mut last = None;
         for which in astrtc::image::ClusterImage::ALL {
-            last = Some(astrtc::image::build_cluster_image(&docker, which, which.tag(), &|_| {}).await?);
+            let tag = cluster_test_image(which);
+            last = Some(astrtc::image::build_cluster_image(&docker, which, &tag, &|_| {}).await?);
         }
         Ok(last.expect("three images"))
     });
+}
+
+/// The tag the tests build and run a cluster image under (the spec's `cluster.edge_image`,
+/// `relay_image`, `db_image`): its name with a digest of its build context and arguments, as
+/// [`test_image`] does for Asterisk — so checkouts with different images (other branches' test
+/// runs on the same Docker engine) never replace each other's, and `astrtc/edge:VERSION` and the
+/// like are left to `astrtc build`.
+pub fn cluster_test_image(which: astrtc::image::ClusterImage) -> String {
+    use md5::{Digest, Md5};
+    let tar = astrtc::image::cluster_context_tar(which).unwrap();
+    let mut h = Md5::new();
+    h.update(&tar);
+    for (k, v) in astrtc::image::cluster_build_args() {
+        h.update(format!("{k}={v}\n").as_bytes());
+    }
+    let hex: String = h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let name = which.tag().rsplit_once(':').unwrap().0.rsplit('/').next().unwrap();
+    format!("astrtc-test/{name}:{}-{hex}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The spec lines (inside `[cluster]`) that have a test cluster run [`cluster_test_image`]s.
+pub fn cluster_test_images_spec() -> String {
+    use astrtc::image::ClusterImage::{Database, Edge, Relay};
+    format!(
+        "edge_image = {:?}\nrelay_image = {:?}\ndb_image = {:?}\n",
+        cluster_test_image(Edge),
+        cluster_test_image(Relay),
+        cluster_test_image(Database)
+    )
 }
 
 /// The monitoring profile's Prometheus image (Debian's package), built once per run.
@@ -218,6 +248,17 @@ impl ComposeProject {
 impl Drop for ComposeProject {
     fn drop(&mut self) {
         // Never a panic here (a panic while a test unwinds aborts the whole run).
+        if std::thread::panicking() {
+            // The test failed: what each service said last, in the test's own output (CI keeps
+            // that output, not the artifacts).
+            if let Ok(out) = Command::new("docker")
+                .args(["compose", "logs", "--no-color", "--timestamps", "--tail", "40"])
+                .current_dir(&self.dir)
+                .output()
+            {
+                eprintln!("--- the last 40 lines of each service's log ---\n{}", String::from_utf8_lossy(&out.stdout));
+            }
+        }
         let _ =
             Command::new("docker").args(["compose", "down", "-v", "--timeout", "5"]).current_dir(&self.dir).output();
     }

@@ -3,8 +3,8 @@
 //! deployments), [`pebble`] (a real ACME server), [`ports`] (free ports, never handed out twice),
 //! [`shape`] (outputs as their readers see them), [`certs`] (certificates with any names and
 //! validity), [`netns`] (clients on other networks: namespaces, NAT, firewalls), [`turn`] (a coturn
-//! TURN server), [`attacker`] (network namespaces as distinct sources on the Internet), [`sip`]
-//! (blocking SIP helpers for threads of their own).
+//! TURN server), [`attacker`] (network namespaces as distinct sources on the Internet), [`phone`] (baresip in
+//! one, and a capture of its link), [`sip`] (blocking SIP helpers for threads of their own).
 
 pub mod attacker;
 pub mod call;
@@ -12,6 +12,7 @@ pub mod certs;
 pub mod docker;
 pub mod netns;
 pub mod pebble;
+pub mod phone;
 pub mod ports;
 pub mod shape;
 pub mod sip;

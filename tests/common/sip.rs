@@ -1,6 +1,6 @@
 //! Blocking SIP helpers for tests that run code on threads of their own (e.g. inside a network
 //! namespace): OPTIONS over UDP, a WebSocket connection that REGISTERs with a given password
-//! until the server stops answering, and a connection (TCP or WebSocket) held open that carries
+//! until the server stops answering, and a connection (TLS or WebSocket) held open that carries
 //! whatever SIP a test writes. Built on astrtc's own user agent (`astrtc::media::sip`) and
 //! WebSocket, each call on a current-thread runtime of the calling thread, so its sockets live
 //! where that thread lives.
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use astrtc::media::sip::{SipError, Transport, UserAgent};
 use astrtc::media::ws::WsConn;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use astrtc::media::sip::digest::authorization as digest_authorization;
@@ -68,7 +68,7 @@ impl Registrar {
     }
 }
 
-/// SIP over one connection that stays open: TCP, or a secure WebSocket as browsers use. The test
+/// SIP over one connection that stays open: TLS as phones use, or a secure WebSocket as browsers use. The test
 /// writes each message itself; what the server sends (answers, and requests such as keepalives)
 /// is read one message at a time.
 pub struct SipConnection {
@@ -77,22 +77,40 @@ pub struct SipConnection {
     via: String,
 }
 
+/// A byte stream SIP is written on as it is (TLS over TCP).
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 enum Link {
-    Tcp { stream: TcpStream, buf: Vec<u8> },
+    Stream { stream: Box<dyn Stream>, buf: Vec<u8> },
     Wss(Box<WsConn>),
 }
 
 impl SipConnection {
-    /// SIP over TCP to `server`, from an ephemeral port of the calling thread's network namespace.
-    pub fn tcp(server: SocketAddr) -> Result<Self, String> {
+    /// SIP over TLS to `server` (no WebSocket: SIP written on the TLS stream, as phones do), the
+    /// certificate verified against `ca_pem` for `domain`.
+    pub fn tls(server: SocketAddr, domain: &str, ca_pem: &str) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let config = astrtc::certs::trust::client_config(ca_pem).map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from(domain.to_string()).map_err(|e| e.to_string())?;
         let stream = runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(server)).await })
-            .map_err(|_| format!("TCP to {server}: timed out"))?
-            .map_err(|e| format!("TCP to {server}: {e}"))?;
-        stream.set_nodelay(true).ok();
-        let me = stream.local_addr().map_err(|e| e.to_string())?;
-        Ok(SipConnection { runtime, link: Link::Tcp { stream, buf: Vec::new() }, via: format!("TCP {me}") })
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    let tcp = TcpStream::connect(server).await.map_err(|e| format!("TCP to {server}: {e}"))?;
+                    tcp.set_nodelay(true).ok();
+                    let me = tcp.local_addr().map_err(|e| e.to_string())?;
+                    let tls = tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("TLS to {server}: {e}"))?;
+                    Ok::<_, String>((tls, me))
+                })
+                .await
+            })
+            .map_err(|_| format!("TLS to {server}: timed out"))?;
+        let (stream, me) = stream?;
+        let link = Link::Stream { stream: Box::new(stream), buf: Vec::new() };
+        Ok(SipConnection { runtime, link, via: format!("TLS {me}") })
     }
 
     /// A WebSocket to `wss` (path `/ws`, TLS verified against `ca_pem` for `domain`).
@@ -103,7 +121,7 @@ impl SipConnection {
         Ok(SipConnection { runtime, link: Link::Wss(Box::new(conn)), via })
     }
 
-    /// This end as a Via header names it: `TCP address:port` or `WSS name.invalid`.
+    /// This end as a Via header names it: `TLS address:port` or `WSS name.invalid`.
     pub fn via(&self) -> &str {
         &self.via
     }
@@ -113,7 +131,7 @@ impl SipConnection {
         let SipConnection { runtime, link, .. } = self;
         runtime.block_on(async {
             match link {
-                Link::Tcp { stream, .. } => stream.write_all(message.as_bytes()).await.map_err(|e| e.to_string()),
+                Link::Stream { stream, .. } => stream.write_all(message.as_bytes()).await.map_err(|e| e.to_string()),
                 Link::Wss(conn) => conn.send_text(message).await.map_err(|e| e.to_string()),
             }
         })
@@ -125,7 +143,7 @@ impl SipConnection {
         let SipConnection { runtime, link, .. } = self;
         let read = async {
             match link {
-                Link::Tcp { stream, buf } => loop {
+                Link::Stream { stream, buf } => loop {
                     if let Some(message) = take_message(buf) {
                         return Ok(message);
                     }

@@ -1,5 +1,6 @@
 //! `topology` and `[cluster]`: the pool's size and network, the edge's probe interval, the relay's
-//! control port and address, the bundled database and its password (secrets file).
+//! control port and address, the bundled database and its password (secrets file), the edge's,
+//! relay's and database's image references.
 //!
 //! Owns: refusing what a cluster would silently ignore. The edge (Kamailio) and the relay
 //! (rtpengine) take over what one Asterisk did for clients, so settings that only Asterisk's own
@@ -15,8 +16,17 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::super::secrets::Secrets;
 use super::super::source::{KeyPath, Problem};
 use super::super::valid::{Cluster, PoolMember};
-use super::super::{defaults, CodecPreference, DatabaseMode, NetworkMode, SipTransport, Spec, TlsMode};
+use super::super::{defaults, ClusterSpec, CodecPreference, DatabaseMode, NetworkMode, Spec, TlsMode};
+use super::rules::image_reference;
 use super::{mask, p, parse_cidr, MIN_PORT};
+
+/// The cluster's image keys: (key, its value in `[cluster]`, its default).
+type ImageKey = (&'static str, fn(&ClusterSpec) -> &Option<String>, &'static str);
+const CLUSTER_IMAGE_KEYS: [ImageKey; 3] = [
+    ("cluster.edge_image", |c| &c.edge_image, crate::image::EDGE_IMAGE),
+    ("cluster.relay_image", |c| &c.relay_image, crate::image::RELAY_IMAGE),
+    ("cluster.db_image", |c| &c.db_image, crate::image::DB_IMAGE),
+];
 
 /// The most Asterisk servers a pool may have.
 pub const MAX_POOL_SIZE: i64 = 50;
@@ -154,6 +164,7 @@ pub(super) fn cluster(
             ("network.sip_port", n.sip_port.unwrap_or(defaults::SIP_PORT)),
             ("network.wss_port", n.wss_port.unwrap_or(defaults::WSS_PORT)),
             ("network.http_port", n.http_port.unwrap_or(defaults::HTTP_PORT)),
+            ("network.sip_tls_port", n.sip_tls_port.unwrap_or(defaults::SIP_TLS_PORT)),
         ];
         for (key, value) in used {
             if i64::from(port) == value {
@@ -180,6 +191,27 @@ pub(super) fn cluster(
         None => None,
     };
     let database = c.database.unwrap_or(DatabaseMode::Bundled);
+    let images = CLUSTER_IMAGE_KEYS.map(|(key, set, default)| {
+        let set = set(&c);
+        let image = set.clone().unwrap_or_else(|| default.to_string());
+        if let Err(e) = image_reference(&image) {
+            v.push(p(key, e).help(format!("e.g. {default:?} or \"registry.example:5000/pbx/edge:1\"")));
+        }
+        image
+    });
+    // Each image under its own reference: `astrtc build` tags every build with its reference, so
+    // two services sharing one would both run whichever was built last.
+    let asterisk = spec.image.clone().unwrap_or_else(|| defaults::IMAGE.to_string());
+    for (i, (key, _, _)) in CLUSTER_IMAGE_KEYS.iter().enumerate() {
+        let earlier = std::iter::once(("image", &asterisk))
+            .chain(CLUSTER_IMAGE_KEYS.iter().map(|(k, _, _)| *k).zip(images.iter()).take(i));
+        if let Some((other, _)) = earlier.into_iter().find(|(_, image)| **image == images[i]) {
+            v.push(
+                p(key, format!("{:?} is also {other}", images[i]))
+                    .help("each service needs an image of its own: `astrtc build` tags each build with its reference"),
+            );
+        }
+    }
 
     let database_password = match secrets.cluster.as_ref().map(|c| c.database_password.as_str()) {
         None => {
@@ -204,6 +236,7 @@ pub(super) fn cluster(
         return None;
     }
     let (subnet, edge_address, database_address) = addresses?;
+    let [edge_image, relay_image, db_image] = images;
     Some(Some(Cluster {
         pool_size: pool_size as u32,
         subnet,
@@ -217,6 +250,9 @@ pub(super) fn cluster(
         relay_address,
         database,
         database_password: database_password?,
+        edge_image,
+        relay_image,
+        db_image,
     }))
 }
 
@@ -249,7 +285,6 @@ fn refuse_single_only(spec: &Spec, v: &mut Vec<Problem>) {
         ("network.bridge_address", spec.network.bridge_address.is_some()),
         ("network.public_address", spec.network.public_address.is_some()),
         ("network.local_nets", spec.network.local_nets.is_some()),
-        ("network.sip_tls_port", spec.network.sip_tls_port.is_some()),
         ("rtp.stun", spec.rtp.stun.is_some()),
         ("rtp.turn", spec.rtp.turn.is_some()),
         ("rtp.turn_username", spec.rtp.turn_username.is_some()),
@@ -294,12 +329,6 @@ fn refuse_single_only(spec: &Spec, v: &mut Vec<Problem>) {
                 .help("the edge passes the clients' offers through; remove it"),
             );
         }
-        if ep.transport == Some(SipTransport::Tls) {
-            v.push(
-                Problem::at(at("transport"), "transport = \"tls\" is not used with topology = \"cluster\"")
-                    .help("the edge takes SIP over UDP and WSS; use transport = \"udp\""),
-            );
-        }
     }
 }
 
@@ -332,6 +361,21 @@ mod tests {
         assert_eq!(
             (c.edge_address.to_string(), c.database_address.to_string()),
             ("10.9.8.1".into(), "10.9.8.2".into())
+        );
+    }
+
+    #[test]
+    fn a_phone_over_tls_is_the_edges_and_its_port_is_kept_from_the_relay() {
+        let spec = "topology = \"cluster\"\n[network]\nsip_tls_port = 5062\n\
+                    [[endpoints]]\nid = \"3003\"\nkind = \"sip\"\ntransport = \"tls\"";
+        let (c, problems) = check(spec, Some(PW));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(c.is_some_and(|c| c.is_some()));
+        let spec = "topology = \"cluster\"\n[network]\nsip_tls_port = 5062\n[cluster]\nrelay_control_port = 5062";
+        let (_, problems) = check(spec, Some(PW));
+        assert!(
+            problems.iter().any(|p| p == "cluster.relay_control_port: port 5062 is also network.sip_tls_port"),
+            "{problems:?}"
         );
     }
 
@@ -385,5 +429,24 @@ mod tests {
         assert!(problems.iter().any(|p| p.contains("no room")), "{problems:?}");
         let (_, problems) = check("topology = \"cluster\"\n[cluster]\nrelay_address = \"::1\"", Some(PW));
         assert!(problems.iter().any(|p| p.starts_with("cluster.relay_address:")), "{problems:?}");
+    }
+
+    #[test]
+    fn each_image_has_a_reference_of_its_own() {
+        let (c, problems) =
+            check("topology = \"cluster\"\n[cluster]\nedge_image = \"registry.example/edge:1\"", Some(PW));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.unwrap().unwrap().edge_image, "registry.example/edge:1");
+        let shared = "topology = \"cluster\"\n[cluster]\nedge_image = \"x/one:1\"\nrelay_image = \"x/one:1\"";
+        let (_, problems) = check(shared, Some(PW));
+        assert!(
+            problems.iter().any(|p| p == "cluster.relay_image: \"x/one:1\" is also cluster.edge_image"),
+            "{problems:?}"
+        );
+        let asterisk = "topology = \"cluster\"\nimage = \"x/pbx:1\"\n[cluster]\ndb_image = \"x/pbx:1\"";
+        let (_, problems) = check(asterisk, Some(PW));
+        assert!(problems.iter().any(|p| p == "cluster.db_image: \"x/pbx:1\" is also image"), "{problems:?}");
+        let (_, problems) = check("topology = \"cluster\"\n[cluster]\nedge_image = \"Bad Image\"", Some(PW));
+        assert!(problems.iter().any(|p| p.starts_with("cluster.edge_image:")), "{problems:?}");
     }
 }
