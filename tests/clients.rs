@@ -184,9 +184,8 @@ fn start_baresip(
     dir: &Path,
 ) -> std::process::Child {
     let cfg = dir.join("baresip");
-    let snd = dir.join("baresip-audio");
     std::fs::create_dir_all(&cfg).unwrap();
-    std::fs::create_dir_all(&snd).unwrap();
+    let snd = crate::common::phone::audio_dir(dir);
     std::fs::write(
         cfg.join("config"),
         format!(
@@ -221,12 +220,16 @@ pub(crate) fn received_rms(dir: &Path) -> f64 {
     decoded_rms(dir).unwrap_or_else(|| panic!("baresip wrote no decoded audio in {}", dir.display()))
 }
 
-/// [`received_rms`], or `None` when baresip decoded no packet at all (it opens its dump file at
-/// the first decoded frame) or its file has no complete header.
+/// [`received_rms`], or `None` when baresip wrote no decoded audio (baresip 1.0 opens its dump
+/// files when a call's audio starts, with a header only) or its file has no complete header.
+/// Panics when the directory holds files but no decoded dump: their names were not baresip's.
 pub(crate) fn decoded_rms(dir: &Path) -> Option<f64> {
     let snd = dir.join("baresip-audio");
-    let wav =
-        std::fs::read_dir(&snd).ok()?.map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with("-dec.wav"))?;
+    let files: Vec<PathBuf> = std::fs::read_dir(&snd).ok()?.map(|e| e.unwrap().path()).collect();
+    let Some(wav) = files.iter().find(|p| p.to_string_lossy().ends_with("-dec.wav")) else {
+        assert!(files.is_empty(), "baresip's audio dumps in {} are not named *-dec.wav: {files:?}", snd.display());
+        return None;
+    };
     let bytes = std::fs::read(wav).unwrap();
     // A file cut short (baresip killed while writing it) counts as nothing decoded.
     if bytes.len() < 44 || &bytes[0..4] != b"RIFF" {

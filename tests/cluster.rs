@@ -2893,8 +2893,8 @@ fn phone_calls_phone(stack: &Stack, caller: &crate::common::phone::Phone, callee
         .collect();
     let (by_caller, by_callee) = (crate::clients::decoded_rms(caller.dir), crate::clients::decoded_rms(callee.dir));
     let facts = format!(
-        "{what}: {}; the caller heard RMS {by_caller:.3?}, the callee {by_callee:.3?} (None: not one packet \
-         decoded)\n  caller: {}\n  callee: {}",
+        "{what}: {}; the caller heard RMS {by_caller:.3?}, the callee {by_callee:.3?} (None: no decoded audio \
+         dumped)\n  caller: {}\n  callee: {}",
         links.join(", "),
         media_summary(&log),
         media_summary(&callee_log)

@@ -59,10 +59,8 @@ impl Phone<'_> {
     /// to `dir/baresip-audio`) and `args`.
     fn baresip(&self, args: &[&str]) -> Command {
         let cfg = self.dir.join("baresip");
-        let snd = self.dir.join("baresip-audio");
-        let _ = std::fs::remove_dir_all(&snd);
         std::fs::create_dir_all(&cfg).unwrap();
-        std::fs::create_dir_all(&snd).unwrap();
+        let snd = audio_dir(self.dir);
         let srtp = if self.transport == "tls" { "module srtp.so\n" } else { "" };
         std::fs::write(
             cfg.join("config"),
@@ -98,6 +96,33 @@ impl Phone<'_> {
         command.arg("-f").arg(&cfg).args(args).stdin(Stdio::null());
         command
     }
+}
+
+/// Where baresip should dump the audio of a run whose files go to `dir`: a new, short directory
+/// under the system's temporary directory, which `dir/baresip-audio` links to (replacing what an
+/// earlier run left there).
+///
+/// Not `dir/baresip-audio` itself: baresip 1.0's sndfile module builds each file's path in a
+/// 128-byte buffer and silently cuts what is longer, so under a deep checkout (CI's) the dumps of
+/// a call lost their `-dec.wav` ending, both went to one cut name, and the test read that as
+/// "nothing decoded" (stop 24's test 18, on both phones).
+pub fn audio_dir(dir: &Path) -> std::path::PathBuf {
+    let link = dir.join("baresip-audio");
+    std::fs::create_dir_all(dir).unwrap();
+    match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&link).unwrap(),
+        Ok(_) => std::fs::remove_file(&link).unwrap(),
+        Err(_) => {}
+    }
+    let short = tempfile::Builder::new().prefix("snd").tempdir().unwrap().keep();
+    // The dump's path: this directory, "/dump-YYYY-MM-DD-hh-mm-ss-dec.wav" (33 bytes), a NUL.
+    assert!(
+        short.as_os_str().len() + 33 < 128,
+        "{} is too long a directory for baresip's audio dumps (128 bytes with the file name)",
+        short.display()
+    );
+    std::os::unix::fs::symlink(&short, &link).unwrap();
+    short
 }
 
 /// The lines of a baresip log that say what happened to a call's media (its streams, SRTP, first
