@@ -712,8 +712,26 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
 /// Registers `id` over UDP from `sock` with `contact` as its Contact, answering the challenge;
 /// the final answer.
 fn register_from(sock: &std::net::UdpSocket, to: SocketAddr, id: &str, password: &str, contact: &str) -> String {
+    register_from_then(sock, to, id, password, contact, || {})
+}
+
+/// [`register_from`], calling `before_credentials` between the challenge and the REGISTER that
+/// answers it (threads meeting at a barrier there send their credentials at once).
+fn register_from_then(
+    sock: &std::net::UdpSocket,
+    to: SocketAddr,
+    id: &str,
+    password: &str,
+    contact: &str,
+    before_credentials: impl Fn(),
+) -> String {
     let via = format!("UDP {}", sock.local_addr().unwrap());
+    let mut sent = 0;
     let exchange = |request: &str| {
+        sent += 1;
+        if sent == 2 {
+            before_credentials();
+        }
         sock.send_to(request.as_bytes(), to).unwrap();
         let mut buf = [0u8; 4096];
         loop {
@@ -2614,6 +2632,53 @@ fn a_new_device_past_max_contacts_replaces_the_one_refreshed_longest_ago() {
         made_room, 1,
         "the edge made room {made_room} times for one new device (a refresh taken for a new one?)"
     );
+
+    // Two new devices at once, both past the limit, in five rounds: each is taken and the two are
+    // what is left (the edge makes room for one REGISTER of a user at a time; without that, both
+    // removed the same registration and the second save found no room: 503).
+    // (Every device's socket is kept to the end: a port freed could come back as a new device's,
+    // whose REGISTER would then be a registered contact's refresh.)
+    let mut devices: Vec<UdpSocket> = Vec::new();
+    for round in 0..5 {
+        next_second();
+        devices.extend((0..2).map(|_| local_socket(Duration::from_secs(5))));
+        let pair = &devices[devices.len() - 2..];
+        let contacts: Vec<String> = pair.iter().map(|p| format!("sip:3001@{}", p.local_addr().unwrap())).collect();
+        // Both challenged, then both credentials sent at once (a device not challenged within
+        // 10 s of the other does not hold it up: its answer fails the round).
+        let arrived = (std::sync::Mutex::new(0), std::sync::Condvar::new());
+        let together = || {
+            let mut n = arrived.0.lock().unwrap();
+            *n += 1;
+            arrived.1.notify_all();
+            let _ = arrived.1.wait_timeout_while(n, Duration::from_secs(10), |n| *n < 2).unwrap();
+        };
+        let answers: Vec<String> = std::thread::scope(|s| {
+            let threads: Vec<_> = pair
+                .iter()
+                .zip(&contacts)
+                .map(|(sock, contact)| {
+                    let (password, together) = (&password, &together);
+                    s.spawn(move || {
+                        let answer = register_from_then(sock, edge, "3001", password, contact, together);
+                        answer.lines().next().unwrap_or_default().to_string()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        eprintln!("two new devices at once, round {round}: {answers:?}");
+        if answers.iter().any(|a| a != "SIP/2.0 200 OK") {
+            stack.save_logs("cluster_room");
+        }
+        assert_eq!(answers, ["SIP/2.0 200 OK"; 2], "round {round}: two new devices at once past max_contacts");
+        let mut both = contacts.clone();
+        both.sort();
+        assert_eq!(registered(), both, "round {round}: not the two new devices are left");
+    }
+    let made_room =
+        edge_log(&stack).matches("astrtc: 3001 has 2 registrations: the one refreshed longest ago makes room").count();
+    assert_eq!(made_room, 11, "the edge made room {made_room} times for 11 new devices");
 }
 
 /// Length of a UDP datagram of plain G.711 RTP in 20 ms packets (12 bytes of header and 160 of

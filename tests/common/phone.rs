@@ -111,7 +111,17 @@ pub fn audio_dir(dir: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     match std::fs::symlink_metadata(&link) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(&link).unwrap(),
-        Ok(_) => std::fs::remove_file(&link).unwrap(),
+        Ok(_) => {
+            // An earlier run's link: its directory goes with it (only one this function made).
+            if let Ok(old) = std::fs::read_link(&link) {
+                let ours = old.parent() == Some(std::env::temp_dir().as_path())
+                    && old.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snd"));
+                if ours {
+                    let _ = std::fs::remove_dir_all(&old);
+                }
+            }
+            std::fs::remove_file(&link).unwrap()
+        }
         Err(_) => {}
     }
     let short = tempfile::Builder::new().prefix("snd").tempdir().unwrap().keep();
