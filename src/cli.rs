@@ -274,12 +274,16 @@ pub struct BenchCallsArgs {
     /// per call (as `verify --call`).
     #[arg(long, value_enum, default_value_t = BenchWebrtcMedia::SharedPort)]
     pub webrtc_media: BenchWebrtcMedia,
+    /// WebRTC kinds with `--webrtc-media shared-port`: how many such ports, each served by a task
+    /// of its own, the calls taking them in turn [default: this host's CPU count].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub webrtc_ports: Option<u32>,
 }
 
 /// `bench calls --webrtc-media`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchWebrtcMedia {
-    /// One UDP port and one task for every call's media.
+    /// Shared UDP ports (`--webrtc-ports`), one task each, for every call's media.
     SharedPort,
     /// A socket and a task per call.
     PerCall,

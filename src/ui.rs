@@ -282,6 +282,12 @@ pub fn bench_start(o: &astrtc::bench::Options, t: &astrtc::bench::Target, counte
         t.sip,
         t.local_ip
     );
+    if o.kind.uses_wss() {
+        match o.webrtc_ports {
+            0 => eprintln!("WebRTC media: a socket and a task per call"),
+            n => eprintln!("WebRTC media: {n} shared UDP port(s), a task each, the calls taking them in turn"),
+        }
+    }
     match counters {
         [] => eprintln!("Asterisk CPU: not measured"),
         [one] if one.role == astrtc::bench::Role::Asterisk => eprintln!("Asterisk CPU: {}", one.source),

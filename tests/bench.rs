@@ -6,8 +6,9 @@
 //! nothing and exits 1. Bad input (an unknown kind, a level beyond the RTP range, the WSS session
 //! limit or another kind's endpoint) exits 2 before any call is placed. The deployment sets
 //! `performance.opus_complexity`, and the image's opus encoder is shown to take it. The WebRTC
-//! kinds run with their calls' media on one shared port (the default) and, once, with a socket
-//! per call; and calls placed through one [`WebrtcPort`] must each get their own echo back.
+//! kinds run with their calls' media on shared ports (one per core, the default; once three)
+//! and, once, with a socket per call; and calls placed through two [`WebrtcPort`]s must take
+//! them in turn and each get their own echo back.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -111,14 +112,22 @@ async fn each_kind_of_call_runs_a_short_bench_and_a_wrong_password_sets_up_nothi
     assert_eq!(plan.performance.opus_complexity, Some(3));
     ensure_image();
     let asterisk = testing::start(&plan, &dir.path().join("deploy")).await.expect("container becomes healthy");
+    // The WebRTC kinds' media on shared ports, one per core unless told.
+    let cores = std::thread::available_parallelism().unwrap().get();
     for kind in [Kind::SipEcho, Kind::WebrtcEcho, Kind::WebrtcToSip] {
         let (code, report, text) = bench(dir.path(), asterisk.id(), kind.name(), &[]);
+        let ports = if kind == Kind::SipEcho { 0 } else { cores };
+        assert_eq!(report.as_ref().map(|r| r.webrtc_ports), Some(ports), "{text}");
         assert_whole(kind, code, report, &text);
     }
+    let (code, report, text) = bench(dir.path(), asterisk.id(), "webrtc-echo", &["--webrtc-ports", "3"]);
+    assert_eq!(report.as_ref().map(|r| r.webrtc_ports), Some(3), "{text}");
+    assert_whole(Kind::WebrtcEcho, code, report, &text);
     // The WebRTC calls' media with a socket and a task each, as before the shared port.
     let (code, report, text) = bench(dir.path(), asterisk.id(), "webrtc-echo", &["--webrtc-media", "per-call"]);
+    assert_eq!(report.as_ref().map(|r| r.webrtc_ports), Some(0), "{text}");
     assert_whole(Kind::WebrtcEcho, code, report, &text);
-    calls_through_one_port_each_get_their_own_echo(dir.path(), &plan).await;
+    calls_through_shared_ports_each_get_their_own_echo(dir.path(), &plan).await;
     // The image's codec logs the complexity of the first encoder it makes, read back from libopus
     // (images/asterisk/build/patch-opus). That one is Asterisk's own, made at load to price the
     // translation; every later encoder (a transcoded call's) reads the same variable the same way.
@@ -143,21 +152,28 @@ async fn each_kind_of_call_runs_a_short_bench_and_a_wrong_password_sets_up_nothi
     assert!(!l.carried);
 }
 
-/// Places [`PORT_CALLS`] WebRTC calls at once through one [`WebrtcPort`], as `bench calls` does:
-/// each must connect ICE from the port's address to a candidate of its own channel (no two calls
-/// the same), get DTLS up with its own keys and audio back, every packet matched to one it sent. A
-/// datagram handed to the wrong call's `Rtc` is a STUN check with another's username, a DTLS
-/// record of another handshake or SRTP under other keys: that call fails or loses audio.
-async fn calls_through_one_port_each_get_their_own_echo(dir: &Path, plan: &Plan) {
+/// Places [`PORT_CALLS`] WebRTC calls at once through [`PORTS`] shared [`WebrtcPort`]s, as `bench
+/// calls` does: the calls must take the ports in turn (as many on each); each must connect ICE
+/// from its port's address to a candidate of its own channel (no two calls the same), get DTLS up
+/// with its own keys and audio back, every packet matched to one it sent. A datagram handed to
+/// the wrong call's `Rtc` is a STUN check with another's username, a DTLS record of another
+/// handshake or SRTP under other keys: that call fails or loses audio.
+async fn calls_through_shared_ports_each_get_their_own_echo(dir: &Path, plan: &Plan) {
     const PORT_CALLS: usize = 8;
+    const PORTS: usize = 2;
     let wss = SocketAddr::from(([127, 0, 0, 1], plan.network.wss_port));
     // The address bench calls offers for a server on this host: a LAN one (Asterisk never
     // offers loopback candidates).
     let ip: IpAddr = netif::host_ips(netif::CandidateSet::Lan).unwrap().into_iter().next().expect("a LAN address");
-    let (port, handle) = WebrtcPort::bind(ip).unwrap();
-    let served = tokio::spawn(port.run());
     let mut shared = SharedMedia::new().unwrap();
-    shared.webrtc_port = Some(handle.clone());
+    let mut served = Vec::new();
+    for _ in 0..PORTS {
+        let (port, handle) = WebrtcPort::bind(ip).unwrap();
+        served.push(tokio::spawn(port.run()));
+        shared.webrtc_ports.push(handle);
+    }
+    let handles = shared.webrtc_ports.clone();
+    let ports: Vec<SocketAddr> = handles.iter().map(|h| h.local()).collect();
     let caller = plan.endpoints.iter().find(|e| e.id == "199").expect("the fixture's WebRTC endpoint");
     let ca_pem = std::fs::read_to_string(dir.join("deploy/keys/ca.crt")).unwrap();
     let setup = Arc::new(CallSetup {
@@ -178,7 +194,7 @@ async fn calls_through_one_port_each_get_their_own_echo(dir: &Path, plan: &Plan)
         calls.spawn(async move { astrtc::media::call(&setup, &shared).await });
     }
     drop(shared);
-    let mut remotes = Vec::new();
+    let (mut remotes, mut per_port) = (Vec::new(), vec![0; PORTS]);
     while let Some(report) = calls.join_next().await {
         let r = report.unwrap();
         // Set up, ICE and DTLS connected, audio back. How much came back is Asterisk's echo on a
@@ -187,11 +203,17 @@ async fn calls_through_one_port_each_get_their_own_echo(dir: &Path, plan: &Plan)
         assert!(r.failure.is_none() || matches!(r.failure, Some(CallFailure::Loss { .. })), "{r:#?}");
         assert!(r.dtls_connected_ms.is_some(), "{r:#?}");
         assert_eq!(r.codec.as_deref(), Some("opus/48000/2"));
-        // Our one candidate is the port's; the pair ICE chose is from it, to one of this call's
-        // channel's candidates.
-        assert_eq!(r.local_candidates.iter().map(|c| c.addr).collect::<Vec<_>>(), [handle.local()], "{r:#?}");
+        // Our one candidate is one of the ports'; the pair ICE chose is from it, to one of this
+        // call's channel's candidates.
+        let [ours] = r.local_candidates.iter().map(|c| c.addr).collect::<Vec<_>>()[..] else {
+            panic!("one local candidate: {r:#?}")
+        };
+        let Some(port) = ports.iter().position(|p| *p == ours) else {
+            panic!("the call's candidate {ours} is none of the shared ports {ports:?}")
+        };
+        per_port[port] += 1;
         let pair = r.pair.clone().expect("a selected pair");
-        assert_eq!(pair.local.addr, handle.local());
+        assert_eq!(pair.local.addr, ours);
         assert!(r.remote_candidates.iter().any(|c| c.addr == pair.remote.addr), "{r:#?}");
         // Every packet that came back is one this call sent.
         let m = r.media.clone().unwrap();
@@ -202,9 +224,12 @@ async fn calls_through_one_port_each_get_their_own_echo(dir: &Path, plan: &Plan)
     remotes.sort();
     remotes.dedup();
     assert_eq!(remotes.len(), PORT_CALLS, "each call on a channel (an Asterisk port) of its own: {remotes:?}");
-    // The port's future ends with its last call once every handle is gone.
-    drop(handle);
-    served.await.unwrap();
+    assert_eq!(per_port, [PORT_CALLS / PORTS; PORTS], "the calls take the shared ports {ports:?} in turn");
+    // Each port's future ends with its last call once every handle is gone.
+    drop(handles);
+    for s in served {
+        s.await.unwrap();
+    }
 }
 
 /// Runs `bench calls` on the rendered `host-alt-ports` fixture (RTP 40000-40999: 500 channels)
@@ -251,4 +276,13 @@ fn bad_input_is_refused_with_exit_2_and_says_why() {
     assert!(t.contains("--callee 4000: the spec has no endpoint 4000 (it has 199, 3001, 3002)"), "{t}");
     let t = refused(same, &["--kind", "sip-echo", "--levels", "0"]);
     assert!(t.contains("--levels"), "{t}");
+
+    // Shared ports counted for calls that share none; no port at all; more than 64.
+    let t =
+        refused(same, &["--kind", "webrtc-echo", "--levels", "1", "--webrtc-media", "per-call", "--webrtc-ports", "2"]);
+    assert!(t.contains("--webrtc-ports counts shared ports, and --webrtc-media per-call"), "{t}");
+    for n in ["0", "65"] {
+        let t = refused(same, &["--kind", "webrtc-echo", "--levels", "1", "--webrtc-ports", n]);
+        assert!(t.contains(&format!("invalid value '{n}' for '--webrtc-ports")), "{t}");
+    }
 }

@@ -1,8 +1,9 @@
 //! `astrtc bench calls`: how many simultaneous calls a running deployment carries, and what each
 //! costs it. Calls are placed by [`crate::media`] from this one process on the caller's tokio
 //! runtime (a task per call; the RTP of `sip-echo` calls on one port served by one more task,
-//! [`crate::media::rtp::RtpPort`], and the WebRTC calls' on one port served by one more task,
-//! [`crate::media::webrtc_port::WebrtcPort`], unless asked otherwise), ramped up at a fixed rate so that setup storms do not dominate;
+//! [`crate::media::rtp::RtpPort`], and the WebRTC calls' on a few ports, one per core by
+//! default, each served by one more task, [`crate::media::webrtc_port::WebrtcPort`], unless
+//! asked otherwise), ramped up at a fixed rate so that setup storms do not dominate;
 //! once every call of a level is up, a measurement window of `hold` seconds reads the CPU
 //! counters (cgroups) of the deployment's services — one Asterisk container, or in a cluster
 //! every pool member, the edge, the relay and the database — and this process's own
@@ -184,9 +185,10 @@ pub struct Options {
     pub settle: Duration,
     /// What a level must reach to count towards the capacity.
     pub criteria: Criteria,
-    /// WebRTC kinds: every call's media on one UDP port served by one task
-    /// ([`crate::media::webrtc_port::WebrtcPort`]), not a socket and a task per call.
-    pub shared_webrtc_port: bool,
+    /// WebRTC kinds: how many UDP ports carry the calls' media, each served by a task of its own
+    /// ([`crate::media::webrtc_port::WebrtcPort`]), the calls taking them in turn; 0: a socket and
+    /// a task per call.
+    pub webrtc_ports: usize,
 }
 
 /// When a level counts as carried.
@@ -355,6 +357,10 @@ pub struct BenchReport {
     pub criteria: Criteria,
     /// CPUs this host has (the generator and Asterisk share them when both run here).
     pub host_cpus: usize,
+    /// WebRTC kinds: the UDP ports (and tasks) the calls' media shared; 0: a socket and a task
+    /// per call.
+    #[serde(default)]
+    pub webrtc_ports: usize,
     /// Where Asterisk's CPU was read, or why it was not.
     pub asterisk_cpu_source: String,
     /// Cores Asterisk (every Asterisk server) kept busy idle, before the first level.
@@ -441,11 +447,14 @@ pub async fn run(
         tokio::spawn(port.run());
         shared.rtp_port = Some(handle);
     }
-    // The WebRTC kinds: every call's media on one port, the calls' one host candidate.
-    if options.kind.uses_wss() && options.shared_webrtc_port {
-        let (port, handle) = WebrtcPort::bind(target.local_ip).map_err(BenchError::RtpPort)?;
-        tokio::spawn(port.run());
-        shared.webrtc_port = Some(handle);
+    // The WebRTC kinds: every call's media on one of the shared ports (its one host candidate),
+    // each port a task of its own, so that the media can use as many cores as there are ports.
+    if options.kind.uses_wss() {
+        for _ in 0..options.webrtc_ports {
+            let (port, handle) = WebrtcPort::bind(target.local_ip).map_err(BenchError::RtpPort)?;
+            tokio::spawn(port.run());
+            shared.webrtc_ports.push(handle);
+        }
     }
     let asterisks: Vec<&Counter> = counters.iter().filter(|c| c.role == Role::Asterisk).collect();
     let source = match asterisks.as_slice() {
@@ -500,6 +509,7 @@ pub async fn run(
         rate: options.rate,
         criteria: options.criteria,
         host_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        webrtc_ports: if options.kind.uses_wss() { options.webrtc_ports } else { 0 },
         asterisk_cpu_source: source,
         asterisk_idle_cores: asterisk_idle,
         services,

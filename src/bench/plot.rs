@@ -200,6 +200,7 @@ mod tests {
             rate: 20.0,
             criteria: Criteria::default(),
             host_cpus: 2,
+            webrtc_ports: 2,
             asterisk_cpu_source: "test".into(),
             asterisk_idle_cores: Some(0.01),
             services: Vec::new(),

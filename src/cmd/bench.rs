@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use astrtc::bench::{self, Account, CgroupCpu, Counter, Kind, Options, Role, Target};
-use astrtc::cli::{BenchCallsArgs, BenchKind, RunningDeployment};
+use astrtc::cli::{BenchCallsArgs, BenchKind, BenchWebrtcMedia, RunningDeployment};
 use astrtc::media::netif;
 use astrtc::plan::{Endpoint, Plan};
 use astrtc::spec::valid::Transport;
@@ -246,6 +246,17 @@ pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
             ));
         }
     }
+    let webrtc_ports = match (args.webrtc_media, args.webrtc_ports) {
+        (BenchWebrtcMedia::PerCall, Some(_)) => {
+            return Err(CmdError::BadArgument(
+                "--webrtc-ports counts shared ports, and --webrtc-media per-call gives each call sockets of its own:                  use one or the other"
+                    .into(),
+            ))
+        }
+        (BenchWebrtcMedia::PerCall, None) => 0,
+        (BenchWebrtcMedia::SharedPort, Some(n)) => n as usize,
+        (BenchWebrtcMedia::SharedPort, None) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
     let caller_kind = if kind == Kind::SipEcho { EndpointKind::Sip } else { EndpointKind::Webrtc };
     let caller = endpoint(&plan, args.caller.as_deref(), caller_kind, "--caller")?;
     let callee = match kind {
@@ -286,7 +297,7 @@ pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
         rate: args.rate,
         settle: Duration::from_secs(3),
         criteria: bench::Criteria::default(),
-        shared_webrtc_port: args.webrtc_media == astrtc::cli::BenchWebrtcMedia::SharedPort,
+        webrtc_ports,
     };
     crate::ui::bench_start(&options, &target, &counters);
     let report = bench::run(&options, &target, counters, &crate::ui::bench_progress).await?;

@@ -8,8 +8,8 @@
 //! of them at once with `join_all` or one task each. A plain SIP call's RTP goes through the
 //! shared [`RtpPort`] when `SharedMedia` has one on its address, else through a port of its own
 //! that the call's future serves beside it. A WebRTC call offering just the address of
-//! `SharedMedia`'s [`super::webrtc_port::WebrtcPort`] (and no relay) has its media served there;
-//! any other has sockets of its own. Diagnosing a failure for a particular
+//! `SharedMedia`'s [`super::webrtc_port::WebrtcPort`]s (and no relay) has its media served by the
+//! next of them in turn; any other has sockets of its own. Diagnosing a failure for a particular
 //! deployment (which spec key to change) is the caller's job: this module knows no spec.
 
 use std::net::{IpAddr, SocketAddr};
@@ -524,9 +524,9 @@ async fn webrtc_call(
         (Some(turn), true) => netif::route_to(turn.addr).map(|ip| vec![ip]).unwrap_or_default(),
         (None, true) => default_candidates(wss),
     };
-    // The run's shared port when the call offers just its address (no relay); else sockets of
-    // the call's own.
-    let port = shared.webrtc_port.as_ref().filter(|p| relay.is_none() && ips == [p.local().ip()]);
+    // The next of the run's shared ports when the call offers just their address (no relay); else
+    // sockets of the call's own.
+    let port = shared.webrtc_port().filter(|p| relay.is_none() && ips == [p.local().ip()]);
     let offered = match port {
         Some(port) => WebrtcSession::offer_on_port(port, shared, setup.offer),
         None => WebrtcSession::offer(&ips, shared, relay, setup.offer).await,

@@ -13,6 +13,7 @@
 
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -82,9 +83,12 @@ pub struct SharedMedia {
     /// The RTP port plain SIP calls from its address share ([`super::rtp::RtpPort`]); without one, each
     /// call serves a port of its own.
     pub rtp_port: Option<RtpPortHandle>,
-    /// The UDP port WebRTC calls from its address share, relay-less ([`super::webrtc_port::WebrtcPort`]);
-    /// without one, each call binds sockets of its own.
-    pub webrtc_port: Option<WebrtcPortHandle>,
+    /// The UDP ports WebRTC calls from their address share, relay-less
+    /// ([`super::webrtc_port::WebrtcPort`], each served by a task of its own), taken in turn
+    /// ([`SharedMedia::webrtc_port`]); without any, each call binds sockets of its own.
+    pub webrtc_ports: Vec<WebrtcPortHandle>,
+    /// The next of `webrtc_ports` a call takes.
+    next_webrtc_port: Arc<AtomicUsize>,
 }
 
 impl SharedMedia {
@@ -101,8 +105,19 @@ impl SharedMedia {
             opus: Arc::new(ToneLoop::opus(LOOP_FRAMES)?),
             ulaw: Arc::new(ToneLoop::ulaw(LOOP_FRAMES)),
             rtp_port: None,
-            webrtc_port: None,
+            webrtc_ports: Vec::new(),
+            next_webrtc_port: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The shared WebRTC port a new call uses: each of `webrtc_ports` in turn, so the calls'
+    /// media is spread evenly over the ports' tasks (and so over the cores); `None` without any.
+    pub fn webrtc_port(&self) -> Option<&WebrtcPortHandle> {
+        if self.webrtc_ports.is_empty() {
+            return None;
+        }
+        let turn = self.next_webrtc_port.fetch_add(1, Ordering::Relaxed);
+        self.webrtc_ports.get(turn % self.webrtc_ports.len())
     }
 }
 
