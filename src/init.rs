@@ -191,11 +191,14 @@ pub fn init(dir: &Path, domain: &str, force: bool, acme: Option<&InitAcme>) -> R
 
 /// What a secret `fill_secrets` generated is for.
 pub const TURN_SECRET_NAME: &str = "[turn] secret";
+/// What the pool's key for the edge is called when `fill_secrets` generates it.
+pub const EDGE_KEY_NAME: &str = "the pool's key for the edge";
 
 /// Adds generated passwords for endpoints that have none, the metrics password when it is
 /// missing and `metrics` is on, the TURN shared secret when `turn_secret` is asked for and
-/// missing, and the cluster's database password when `cluster` is on and it is missing; returns
-/// what was added (endpoint ids, `metrics`, [`TURN_SECRET_NAME`], the database).
+/// missing, and the cluster's database password and the pool's key for the edge when `cluster`
+/// is on and they are missing; returns what was added (endpoint ids, `metrics`,
+/// [`TURN_SECRET_NAME`], the database, [`EDGE_KEY_NAME`]).
 pub fn fill_secrets(
     path: &Path,
     existing: Option<Secrets>,
@@ -222,8 +225,13 @@ pub fn fill_secrets(
         added.push(TURN_SECRET_NAME.to_string());
     }
     if cluster && s.cluster.is_none() {
-        s.cluster = Some(ClusterSecrets { database_password: generate_password() });
+        s.cluster = Some(ClusterSecrets { database_password: generate_password(), edge_key: None });
         added.push("the cluster's database".to_string());
+    }
+    // The pool's key for the edge, also for a cluster whose secrets file predates it.
+    if let Some(c) = s.cluster.as_mut().filter(|c| cluster && c.edge_key.is_none()) {
+        c.edge_key = Some(generate_password());
+        added.push(EDGE_KEY_NAME.to_string());
     }
     if !added.is_empty() {
         fsx::write_atomic(path, s.to_toml().as_bytes(), 0o600)

@@ -615,3 +615,43 @@ fn info_tells_a_tls_phone_to_register_over_tls() {
         assert!(lines.contains(&want), "no line {want:?} in:\n{stdout}");
     }
 }
+
+/// The pool's key for the edge: a cluster secrets file without one (written before it existed)
+/// is refused by `render` (exit 2, at `[cluster]`, naming `astrtc secrets`); `astrtc secrets`
+/// adds 32 letters and digits from the OS random source without printing them, to a file still
+/// 0600; two renders write the same key, in secret files only (0640), and `secrets` again keeps it.
+#[test]
+fn a_clusters_edge_key_is_generated_once_kept_across_renders_and_never_printed() {
+    let dir = fixture_copy("cluster-compose");
+    let (spec, secrets) = (dir.path().join("astrtc.toml"), dir.path().join("astrtc.secrets.toml"));
+    let text = fs::read_to_string(&secrets).unwrap();
+    let without: String = text.lines().filter(|l| !l.starts_with("edge_key")).map(|l| format!("{l}\n")).collect();
+    assert_ne!(without, text, "the fixture has no edge_key line");
+    fs::write(&secrets, without).unwrap();
+    let refused = astrtc().args(["render", "--spec"]).arg(&spec).assert().code(2);
+    let shown = all_output(&refused);
+    assert!(shown.contains("needs [cluster] edge_key") && shown.contains("astrtc secrets"), "{shown}");
+
+    let out = astrtc().args(["secrets", "--spec"]).arg(&spec).assert().success();
+    assert!(all_output(&out).contains("the pool's key for the edge"), "{}", all_output(&out));
+    assert_eq!(mode(&secrets), 0o600);
+    let parsed: astrtc::spec::secrets::Secrets = toml::from_str(&fs::read_to_string(&secrets).unwrap()).unwrap();
+    let key = parsed.cluster.unwrap().edge_key.unwrap();
+    assert!(key.len() == 32 && key.chars().all(|c| c.is_ascii_alphanumeric()), "not 32 letters and digits");
+    assert!(!all_output(&out).contains(&key), "secrets printed the key");
+
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for out in [&a, &b] {
+        let rendered = render(&spec, out, false).success();
+        assert!(!all_output(&rendered).contains(&key), "render printed the key");
+    }
+    for file in ["edge/edge_key.cfg", "asterisk/extensions_edge.conf"] {
+        let first = fs::read_to_string(a.join(file)).unwrap();
+        assert!(first.contains(&key), "{file} does not hold the key");
+        assert_eq!(first, fs::read_to_string(b.join(file)).unwrap(), "{file} changed between renders");
+        assert_eq!(mode(&a.join(file)), 0o640, "{file}");
+    }
+    astrtc().args(["secrets", "--spec"]).arg(&spec).assert().success();
+    let again: astrtc::spec::secrets::Secrets = toml::from_str(&fs::read_to_string(&secrets).unwrap()).unwrap();
+    assert_eq!(again.cluster.unwrap().edge_key.as_deref(), Some(key.as_str()), "secrets replaced the key");
+}

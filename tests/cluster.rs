@@ -1636,6 +1636,7 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     }
     assert_echoed("echo call", &report, 50);
     assert_eq!(report.hangup.as_deref(), Some("BYE answered 200 OK"), "{}", report.ladder.join("\n"));
+    pool_refuses_calls_without_the_edges_key(&stack, edge);
 
     // A party to a real call cannot have the edge send the call's requests elsewhere: an
     // in-dialog INFO with the right Call-ID, tags and route set but a request URI at the test's
@@ -1737,6 +1738,62 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     assert_eq!(refused(bye, ": not a party to call"), 1, "the edge did not log the eavesdropper's BYE");
 }
 
+/// The pool trusts the edge by its key, not by its address alone: any process on the host sends
+/// from the edge's address on the pool's network (the bridge's gateway, the edge endpoint's
+/// `match`). From there, straight to a pool member, an INVITE of the echo extension with an offer
+/// is refused 403 (the dialplan's `Hangup(21)`) and logged by the member, with a made-up key as
+/// without one; with the right key the same INVITE is answered 200 (so the refusal is the key's,
+/// not the address's). A client that writes its own `X-Astrtc-Edge` into a call through the edge
+/// (a wrong key) is answered 200 — the edge removed it and sent its own — and nothing of the key
+/// comes back.
+fn pool_refuses_calls_without_the_edges_key(stack: &Stack, edge: SocketAddr) {
+    let cluster = stack.cluster();
+    let (domain, echo) = (&stack.plan.tls.domain, &stack.plan.dialplan.echo_extension);
+    let member = &cluster.members[0];
+    let to = SocketAddr::new(IpAddr::V4(member.address), stack.plan.network.sip_port);
+    let from_host = || {
+        let sock = std::net::UdpSocket::bind((cluster.edge_address, 0)).expect("a socket at the host's pool address");
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock
+    };
+    let forged = "X-Astrtc-Edge: forgedForgedForgedForged0123456789\r\n";
+    for (what, headers) in [("without a key", ""), ("with a made-up key", forged)] {
+        let (d, answer) = RawDialog::invite_direct(from_host(), to, domain, echo, headers);
+        let status = answer.lines().next().unwrap_or_default().to_string();
+        eprintln!("a direct INVITE {what} from {} to {} at {to}: {status}", d.sock.local_addr().unwrap(), member.name);
+        assert!(
+            status.starts_with("SIP/2.0 403"),
+            "a direct INVITE {what} from the host's pool address (the edge's match) to {} was not refused 403 \
+             (the pool took the edge's address alone for the edge): {answer}",
+            member.name
+        );
+    }
+    let right = format!("X-Astrtc-Edge: {}\r\n", cluster.edge_key);
+    let (_, answer) = RawDialog::invite_direct(from_host(), to, domain, echo, &right);
+    eprintln!("a direct INVITE with the edge's key: {}", answer.lines().next().unwrap_or_default());
+    assert!(answer.starts_with("SIP/2.0 200"), "a direct INVITE with the edge's key was not answered: {answer}");
+    let log = {
+        let out = stack.project.run(&["logs", "--no-color", &member.name]);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains(&format!("astrtc: refused a call to {echo} from {}:", cluster.edge_address)))
+        .count();
+    assert_eq!(refusals, 2, "{} did not log each refusal (\"astrtc: refused a call to {echo} from …\")", member.name);
+
+    let (mut call, answer) = RawDialog::call_carrying(edge, domain, "3001", &stack.password("3001"), echo, forged);
+    eprintln!("a call through the edge carrying a made-up key: {}", answer.lines().next().unwrap_or_default());
+    assert!(
+        !answer.to_ascii_lowercase().contains("x-astrtc-edge"),
+        "the edge relayed the header to the caller: {answer}"
+    );
+    assert!(!answer.contains(&cluster.edge_key), "the edge's key reached the caller: {answer}");
+    let target = call.target.clone();
+    let status = call.in_dialog("BYE", &target);
+    assert!(status.starts_with("SIP/2.0 200"), "the call's BYE: {status}");
+}
+
 /// A UDP socket on loopback whose reads wait at most `timeout`: a phone, a target or an
 /// attacker of the test's.
 fn local_socket(timeout: Duration) -> std::net::UdpSocket {
@@ -1770,6 +1827,8 @@ struct RawDialog {
     /// The answer's Contact URI.
     target: String,
     cseq: u32,
+    /// Header lines every request of this dialog carries besides its own (each ending CRLF).
+    headers: String,
 }
 
 impl RawDialog {
@@ -1791,8 +1850,32 @@ impl RawDialog {
         let mut d = RawDialog::invite_over(conn, edge, domain, user, password, extension);
         let answer = d.final_answer();
         assert!(answer.starts_with("SIP/2.0 200"), "the call was not answered: {answer}");
-        d.to = header_of(&answer, "To").unwrap().to_string();
-        d.target = header_of(&answer, "Contact").unwrap().trim_start_matches('<').split('>').next().unwrap().into();
+        d.answered(&answer);
+        d
+    }
+
+    /// [`RawDialog::call`] with `headers` in every request: the dialog and the INVITE's 200 OK.
+    fn call_carrying(
+        edge: SocketAddr,
+        domain: &str,
+        user: &str,
+        password: &str,
+        extension: &str,
+        headers: &str,
+    ) -> (RawDialog, String) {
+        let mut d =
+            RawDialog::start_over(None, edge, domain, user, password, extension, |d| d.headers = headers.into());
+        let answer = d.final_answer();
+        assert!(answer.starts_with("SIP/2.0 200"), "the call carrying {headers:?} was not answered: {answer}");
+        d.answered(&answer);
+        (d, answer)
+    }
+
+    /// Takes the dialog's tag, target and route set from its 200 OK, and ACKs it.
+    fn answered(&mut self, answer: &str) {
+        let d = self;
+        d.to = header_of(answer, "To").unwrap().to_string();
+        d.target = header_of(answer, "Contact").unwrap().trim_start_matches('<').split('>').next().unwrap().into();
         let mut routes: Vec<String> = answer
             .lines()
             .filter_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("Record-Route")))
@@ -1803,7 +1886,6 @@ impl RawDialog {
         let target = d.target.clone();
         let ack = d.request("ACK", &target, "", "");
         d.transmit(&ack);
-        d
     }
 
     /// Sends the INVITE, answers the edge's challenge and sends it again with credentials; does
@@ -1815,7 +1897,9 @@ impl RawDialog {
     /// [`RawDialog::invite`] from a phone that keeps the edge as a preloaded Route (baresip with
     /// an outbound proxy): every request it sends, ACKs to failures included, carries it.
     fn invite_routed(edge: SocketAddr, domain: &str, user: &str, password: &str, extension: &str) -> RawDialog {
-        RawDialog::start_over(None, edge, domain, user, password, extension, vec![format!("<sip:{edge};lr>")])
+        RawDialog::start_over(None, edge, domain, user, password, extension, |d| {
+            d.routes = vec![format!("<sip:{edge};lr>")]
+        })
     }
 
     fn invite_over(
@@ -1826,7 +1910,7 @@ impl RawDialog {
         password: &str,
         extension: &str,
     ) -> RawDialog {
-        RawDialog::start_over(conn, edge, domain, user, password, extension, Vec::new())
+        RawDialog::start_over(conn, edge, domain, user, password, extension, |_| {})
     }
 
     fn start_over(
@@ -1836,28 +1920,12 @@ impl RawDialog {
         user: &str,
         password: &str,
         extension: &str,
-        routes: Vec<String>,
+        setup: impl FnOnce(&mut RawDialog),
     ) -> RawDialog {
         use crate::common::sip::digest_authorization;
-        let sock = local_socket(Duration::from_secs(10));
-        let me = sock.local_addr().unwrap();
-        let uri = format!("sip:{extension}@{domain}");
-        let sdp = format!(
-            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
-            me.port() + 2
-        );
-        let mut d = RawDialog {
-            sock,
-            conn,
-            edge,
-            call_id: format!("raw-{}-{}@test", std::process::id(), me.port()),
-            from: format!("<sip:{user}@{domain}>;tag=raw-{}", me.port()),
-            to: format!("<{uri}>"),
-            routes,
-            target: uri.clone(),
-            cseq: 1,
-        };
+        let (mut d, uri, sdp) =
+            RawDialog::unsent(local_socket(Duration::from_secs(10)), conn, edge, domain, user, extension);
+        setup(&mut d);
         let ctype = "Content-Type: application/sdp\r\n";
         let invite = d.request("INVITE", &uri, ctype, &sdp);
         let answer = d.send(&invite);
@@ -1874,6 +1942,67 @@ impl RawDialog {
         let invite = d.request("INVITE", &uri, &format!("{auth}{ctype}"), &sdp);
         d.transmit(&invite);
         d
+    }
+
+    /// An INVITE of `extension` with an offer (G.711), sent without credentials from `sock`
+    /// straight to `to` carrying `headers`: the dialog and the INVITE's final answer (a failure
+    /// ACKed, a 200 OK ACKed and its call ended with a BYE).
+    fn invite_direct(
+        sock: std::net::UdpSocket,
+        to: SocketAddr,
+        domain: &str,
+        extension: &str,
+        headers: &str,
+    ) -> (RawDialog, String) {
+        let (mut d, uri, sdp) = RawDialog::unsent(sock, None, to, domain, "attacker", extension);
+        d.headers = headers.to_string();
+        // A CSeq of its own, so a branch of its own (the Via branch is made of the Call-ID's
+        // length and the CSeq): pjsip matches a transaction by branch alone, and took a second
+        // call's INVITE for the first's.
+        d.cseq = u32::from(d.sock.local_addr().unwrap().port());
+        let invite = d.request("INVITE", &uri, "Content-Type: application/sdp\r\n", &sdp);
+        let answer = d.send(&invite);
+        if answer.starts_with("SIP/2.0 200") {
+            d.answered(&answer);
+            let target = d.target.clone();
+            let bye = d.in_dialog("BYE", &target);
+            eprintln!("the direct call's BYE: {bye}");
+        } else {
+            d.ack_failure(&answer, &uri);
+        }
+        (d, answer)
+    }
+
+    /// A dialog whose first INVITE (to `extension`) is not sent yet: the dialog, the request URI
+    /// and the INVITE's offer.
+    fn unsent(
+        sock: std::net::UdpSocket,
+        conn: Option<SipConnection>,
+        edge: SocketAddr,
+        domain: &str,
+        user: &str,
+        extension: &str,
+    ) -> (RawDialog, String, String) {
+        let me = sock.local_addr().unwrap();
+        let uri = format!("sip:{extension}@{domain}");
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+            me.port() + 2
+        );
+        let d = RawDialog {
+            sock,
+            conn,
+            edge,
+            call_id: format!("raw-{}-{}@test", std::process::id(), me.port()),
+            from: format!("<sip:{user}@{domain}>;tag=raw-{}", me.port()),
+            to: format!("<{uri}>"),
+            routes: Vec::new(),
+            target: uri.clone(),
+            cseq: 1,
+            headers: String::new(),
+        };
+        (d, uri, sdp)
     }
 
     /// The next final answer (provisional ones and requests skipped).
@@ -1923,13 +2052,14 @@ impl RawDialog {
         format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{via};branch=z9hG4bK-{}-{method}-{};rport\r\n{routes}\
              Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n\
-             Contact: <{contact}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+             Contact: <{contact}>\r\n{}{extra}Content-Length: {}\r\n\r\n{body}",
             self.call_id.len(),
             self.cseq,
             self.from,
             self.to,
             self.call_id,
             self.cseq,
+            self.headers,
             body.len()
         )
     }
@@ -1969,6 +2099,7 @@ impl RawDialog {
             routes: self.routes.clone(),
             target: self.target.clone(),
             cseq: self.cseq,
+            headers: self.headers.clone(),
         }
     }
 

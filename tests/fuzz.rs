@@ -514,11 +514,15 @@ fn generated() -> BoxedStrategy<Generated> {
         }
         g.spec.topology = topology;
         g.spec.cluster = cluster;
-        g.secrets.cluster = pw.map(|database_password| ClusterSecrets { database_password });
+        g.secrets.cluster =
+            pw.map(|database_password| ClusterSecrets { database_password, edge_key: Some(FUZZ_EDGE_KEY.to_string()) });
         g
     })
     .boxed()
 }
+
+/// The pool's key for the edge in every generated cluster (letters and digits, as generated).
+const FUZZ_EDGE_KEY: &str = "fuzzClusterEdgeKey0123456789abcdefXYZ";
 
 fn generated_at(level: Level) -> BoxedStrategy<Generated> {
     (
@@ -863,7 +867,9 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     }
     let auth = conf(b, "asterisk/pjsip_auth.conf")?;
     let ext = conf(b, "asterisk/extensions.conf")?;
-    let mut extens = s(&format!("{},1,Answer()", plan.dialplan.echo_extension));
+    // A pool member's extensions check the edge's key first (the check's own context is apart).
+    let first = if plan.cluster.is_some() { "Gosub(astrtc-edge-check,s,1(${EXTEN}))" } else { "Answer()" };
+    let mut extens = s(&format!("{},1,{first}", plan.dialplan.echo_extension));
     for e in &plan.endpoints {
         let id = &e.id;
         if plan.cluster.is_some() {
@@ -1095,6 +1101,25 @@ fn cluster_values_in_place(
     }
     if text("db/password")? != format!("{}\n", cluster.database_password) {
         return Err(fail("db/password is not the password alone"));
+    }
+    // The pool's key for the edge: one define for the edge, one global for the pool, secret both,
+    // and in no public file.
+    let edge_key: Vec<&str> = text("edge/edge_key.cfg")?.lines().filter(|l| !l.starts_with("# ")).collect();
+    if edge_key != [format!("#!define EDGE_KEY \"{}\"", cluster.edge_key)] {
+        return Err(fail(format!(
+            "edge/edge_key.cfg: want the one define of the edge's key, got {} lines",
+            edge_key.len()
+        )));
+    }
+    let globals: Vec<&str> = text("asterisk/extensions_edge.conf")?.lines().filter(|l| !l.starts_with(';')).collect();
+    if globals != [format!("ASTRTC_EDGE_KEY = {}", cluster.edge_key)] {
+        return Err(fail(format!("asterisk/extensions_edge.conf: want the one global, got {} lines", globals.len())));
+    }
+    for (path, file) in b.files() {
+        let holds = String::from_utf8_lossy(&file.bytes).contains(&cluster.edge_key);
+        if holds && file.kind == astrtc::render::FileKind::Public {
+            return Err(fail(format!("{} (public) holds the edge's key", path.display())));
+        }
     }
     let natping: Vec<&str> = text("edge/kamailio.cfg")?
         .lines()

@@ -1451,6 +1451,36 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
         play.elapsed()
     );
 
+    // The relay answers the edge: the edge and the relay start together in their pod, and an
+    // edge that found the relay not yet listening passes calls on without a relay until it
+    // pings it again. `rtpengine.ping` asks the edge to ping it now (and takes it back in when
+    // it answers), so the calls below start with a relay that answered the edge.
+    let relay_ready = loop {
+        let out = runner.exec(&[
+            "podman",
+            "exec",
+            &edge_container,
+            "kamcmd",
+            "-s",
+            "unix:/run/kamailio/kamailio_ctl",
+            "rtpengine.ping",
+            "all",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("success") {
+            break play.elapsed();
+        }
+        if play.elapsed() > Duration::from_secs(120) {
+            panic!(
+                "the relay never answered the edge's ping: {text}{}\nrelay's log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                logs("relay")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("podman cluster: the relay answered the edge's ping {relay_ready:.2?} after play");
+
     // Calls through the edge on the runner's address: SIP over UDP with G.711, then WebRTC.
     let echo = plan.dialplan.echo_extension.clone();
     let password = |id: &str| plan.endpoints.iter().find(|e| e.id == id).unwrap().password.clone();
@@ -1641,6 +1671,21 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
     }
     let mut secrets: Vec<String> = plan.endpoints.iter().map(|e| e.password.clone()).collect();
     secrets.extend(plan.endpoints.iter().map(|e| astrtc::render::cluster::ha1(&e.id, &plan.tls.domain, &e.password)));
+    // The pool's key for the edge: in two Secrets (the edge's, mounted into the edge container,
+    // and the pool's auth Secret), in no ConfigMap.
+    secrets.push(cluster.edge_key.clone());
+    let holds_key = |key: &str| {
+        docs.iter().filter(|d| d["kind"].as_str() == Some("Secret")).filter_map(|d| d["data"][key].as_str()).any(
+            |b64| {
+                use base64::Engine;
+                let text = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
+                String::from_utf8_lossy(&text).contains(&cluster.edge_key)
+            },
+        )
+    };
+    assert!(holds_key("edge_key.cfg") && holds_key("extensions_edge.conf"), "the edge's key is not in both Secrets");
+    let key_volume = volumes.iter().find(|v| v["name"].as_str() == Some("edge-key")).expect("no edge-key volume");
+    assert!(key_volume["secret"]["secretName"].as_str().is_some_and(|n| n.ends_with("-edge-key")), "{key_volume:?}");
     for walk in walkdir(&chart) {
         let text = std::fs::read_to_string(&walk).unwrap_or_default();
         assert!(!text.contains(&cluster.database_password), "{} holds the database password", walk.display());

@@ -208,6 +208,7 @@ fn fields() -> Vec<Field> {
             "fixture-cluster-database{V}-password-0123",
             "x",
         ),
+        f("edge key (cluster)", Cluster, Secrets, "cluster.edge_key", "fixtureClusterEdgeKey{V}0123456789abcdef", "x"),
         f("password (cluster user)", Cluster, Secrets, "endpoints.3001", "fixture-sip-3001{V}-password", "x"),
         f("cluster.subnet", Cluster, Spec, "cluster.subnet", "172.29.7.0/2{V}", "4"),
         f("cluster.relay_address", Cluster, Spec, "cluster.relay_address", "192.0.2.7{V}", "0"),

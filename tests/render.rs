@@ -466,3 +466,84 @@ fn a_clusters_pool_holds_no_user_and_no_password() {
         assert_eq!(now, Some(&file.bytes), "{} changed with a user change", path.display());
     }
 }
+
+/// The pool trusts the edge by a key, not by its address alone (which every process on the host
+/// shares): the edge strips any `X-Astrtc-Edge` a client sends before anything else, adds its own
+/// on each branch to the pool only, and strips it from replies; each member's dialplan checks it
+/// first in every extension; the key is only in secret files (the chart: Secrets, never a
+/// ConfigMap's copy). The cluster tests send the attacker's INVITE
+/// (`cluster::in_dialog_requests_pass_only_for_the_edges_own_calls`).
+#[test]
+fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copies() {
+    use astrtc::render::FileKind;
+    let dir = fixture_copy("cluster-compose");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let b = bundle_for(&plan);
+    let key = &plan.cluster.as_ref().unwrap().edge_key;
+    assert!(key.len() >= 32, "the fixture's key is short");
+
+    // The edge: the header removed as the first statement of the request route and from every
+    // reply; added in the branch route only for a branch to the pool, which route[TOPOOL] marks.
+    let cfg = b.text("edge/kamailio.cfg").unwrap();
+    let block = |name: &str| -> String {
+        let start = cfg.find(&format!("\n{name} {{")).unwrap_or_else(|| panic!("no {name} in kamailio.cfg"));
+        let body = &cfg[start + 1..];
+        body[..body.find("\n}\n").unwrap() + 2].to_string()
+    };
+    let statements = |block: &str| -> Vec<String> {
+        block
+            .lines()
+            .skip(1)
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(statements(&block("request_route"))[0], "remove_hf(\"X-Astrtc-Edge\");", "not first in request_route");
+    assert_eq!(statements(&block("reply_route"))[0], "remove_hf(\"X-Astrtc-Edge\");", "replies keep the header");
+    let appends: Vec<_> = cfg.lines().filter(|l| l.contains("append_hf(\"X-Astrtc-Edge")).collect();
+    assert_eq!(appends.len(), 1, "the header is added elsewhere too: {appends:?}");
+    let branch = block("branch_route[MANAGE_BRANCH]");
+    assert!(branch.contains("if ($avp(to_pool) == 1) {\n\t\t$var(edge_key) = EDGE_KEY;\n\t\tappend_hf(\"X-Astrtc-Edge: $var(edge_key)\\r\\n\");"), "{branch}");
+    let topool = block("route[TOPOOL]");
+    assert!(topool.contains("$avp(to_pool) = 1;") && topool.contains("t_on_branch(\"MANAGE_BRANCH\");"), "{topool}");
+    assert!(!block("route[TOUSER]").contains("to_pool"), "a user's branch is marked for the pool");
+    assert!(cfg.contains("#!include_file \"/etc/astrtc-edge/edge_key.cfg\""), "kamailio.cfg does not include the key");
+
+    // The pool: every extension of the context the edge lands in checks the key first.
+    let ext = b.text("asterisk/extensions.conf").unwrap();
+    assert!(ext.contains("[globals]\n; extensions_edge.conf (secret, mode 0640): the key the edge sends in X-Astrtc-Edge.\n#include extensions_edge.conf\n"), "{ext}");
+    let context = &ext[ext.find(&format!("\n[{}]\n", plan.dialplan.context)).unwrap()..];
+    let firsts: Vec<_> = context.lines().filter(|l| l.starts_with("exten =>")).collect();
+    assert!(!firsts.is_empty(), "no extension in {context}");
+    for line in firsts {
+        assert!(line.ends_with(",1,Gosub(astrtc-edge-check,s,1(${EXTEN}))"), "an extension without the check: {line}");
+    }
+    assert!(ext.contains(" same => n,Hangup(21)\n same => n(edge),Return()\n"), "{ext}");
+
+    // The key: in the secret files only, and in the chart's Secrets only.
+    let holders: Vec<String> = b
+        .files()
+        .iter()
+        .filter(|(_, f)| String::from_utf8_lossy(&f.bytes).contains(key.as_str()))
+        .map(|(p, f)| {
+            assert_eq!(f.kind, FileKind::Secret, "{} holds the edge's key", p.display());
+            p.display().to_string()
+        })
+        .collect();
+    assert_eq!(
+        holders,
+        [
+            "asterisk/extensions_edge.conf",
+            "edge/edge_key.cfg",
+            "helm/astrtc/files/edge-secret/edge_key.cfg",
+            "helm/astrtc/files/secrets/extensions_edge.conf"
+        ]
+    );
+    assert_eq!(b.text("edge/edge_key.cfg").unwrap().lines().last().unwrap(), format!("#!define EDGE_KEY \"{key}\""));
+    let configmap = b.text("helm/astrtc/templates/edge-configmap.yaml").unwrap();
+    assert!(
+        configmap.contains("kind: Secret\nmetadata:\n  name: {{ include \"astrtc.fullname\" . }}-edge-key"),
+        "{configmap}"
+    );
+}

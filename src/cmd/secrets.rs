@@ -1,6 +1,7 @@
 //! `astrtc secrets`: passwords for endpoints added to the spec later (and for `/metrics`), and the
-//! TURN shared secret once the spec has a `[turn]` section, the cluster's database password once
-//! it has `topology = "cluster"`.
+//! TURN shared secret once the spec has a `[turn]` section, the cluster's database password and
+//! the pool's key for the edge once it has `topology = "cluster"` (the key also for a secrets file
+//! written before it existed).
 
 use std::path::Path;
 

@@ -1,9 +1,10 @@
 //! The Asterisk configuration directory (`deploy/asterisk/`, mounted at `/etc/asterisk`): the
 //! context each of its templates sees, and the modules it does not load.
 //!
-//! Owns: keeping secrets apart. Passwords reach only `pjsip_auth.conf` and `rtp_turn.conf`
-//! (mode 0640), through contexts of their own; the public files `#include` them, so configs can
-//! be shared or put in a ConfigMap without passwords.
+//! Owns: keeping secrets apart. Passwords reach only `pjsip_auth.conf` and `rtp_turn.conf`, and a
+//! cluster's key for the edge only `extensions_edge.conf` (mode 0640), through contexts of their
+//! own; the public files `#include` them, so configs can be shared or put in a ConfigMap without
+//! passwords.
 
 use minijinja::context;
 use minijinja::value::{Serde, Value};
@@ -116,6 +117,10 @@ pub fn context(plan: &Plan) -> Value {
         tls_ciphers => Value::from(Serde(TLS_CIPHERS)),
         security_log => image::SECURITY_LOG,
         metrics_secrets_file => METRICS_SECRETS_FILE,
+        edge_key_file => EDGE_KEY_FILE,
+        edge_key_header => super::cluster::EDGE_KEY_HEADER,
+        edge_check => EDGE_CHECK_CONTEXT,
+        edge_key_variable => EDGE_KEY_VARIABLE,
     }
 }
 
@@ -171,6 +176,21 @@ pub fn auth_context(plan: &Plan) -> Value {
         plan.endpoints.iter().filter(|_| !pool).map(|e| context! { id => &e.id, password => &e.password }).collect();
     context! { endpoints => auth, pool => pool }
 }
+
+/// The context of `extensions_edge.conf` (a cluster's pool member): the pool's key for the edge,
+/// nothing else. It is a `[globals]` value, so the key stays out of `extensions.conf` (and out of
+/// the chart's ConfigMap).
+pub fn edge_key_context(plan: &Plan) -> Value {
+    context! { edge_key => plan.cluster.as_ref().map(|c| c.edge_key.clone()), variable => EDGE_KEY_VARIABLE }
+}
+
+/// `extensions_edge.conf`, as extensions.conf's `[globals]` includes it (secret).
+pub const EDGE_KEY_FILE: &str = "extensions_edge.conf";
+/// The global variable holding the pool's key for the edge.
+pub const EDGE_KEY_VARIABLE: &str = "ASTRTC_EDGE_KEY";
+/// The dialplan subroutine every extension of a pool member's context runs first: it hangs up
+/// (cause 21, call rejected: 403) a call that does not carry the edge's key.
+pub const EDGE_CHECK_CONTEXT: &str = "astrtc-edge-check";
 
 /// The context of `rtp_turn.conf`: the TURN password, nothing else.
 pub fn turn_context(plan: &Plan) -> Value {

@@ -1,14 +1,17 @@
 //! The cluster's outputs (`topology = "cluster"`): `deploy/edge/` (Kamailio's `kamailio.cfg`,
-//! `tls.cfg`, the dispatcher list and, secret, `database.cfg`), `deploy/relay/rtpengine.conf`,
-//! `deploy/db/` (Kamailio's schema, `pg_hba.conf` and, secret, the users' HA1 digests and the
-//! database password) and `deploy/cluster/topology.mmd` (the topology as a Mermaid diagram).
+//! `tls.cfg`, the dispatcher list and, secret, `database.cfg` and `edge_key.cfg`),
+//! `deploy/relay/rtpengine.conf`, `deploy/db/` (Kamailio's schema, `pg_hba.conf` and, secret, the
+//! users' HA1 digests and the database password) and `deploy/cluster/topology.mmd` (the topology
+//! as a Mermaid diagram).
 //!
 //! Owns: the contexts of those templates, keeping secrets apart (the database password reaches
 //! only `edge/database.cfg` and `db/password`, the endpoints' digests only `db/subscribers.sql`,
-//! each through a context of its own). Every value is one validation restricted to characters
-//! that cannot end a Kamailio string, an SQL literal or a Mermaid label (ids, DNS names,
-//! addresses, numbers, the URL-unreserved database password); no passwords in clear anywhere:
-//! users are stored as HA1 digests.
+//! the pool's key for the edge only `edge/edge_key.cfg` and the pool's
+//! `asterisk/extensions_edge.conf`, each through a context of its own). Every value is one
+//! validation restricted to characters that cannot end a Kamailio string, an SQL literal or a
+//! Mermaid label (ids, DNS names, addresses, numbers, the URL-unreserved database password, the
+//! edge's key of letters and digits); no passwords in clear anywhere: users are stored as HA1
+//! digests.
 
 use md5::{Digest, Md5};
 use minijinja::context;
@@ -23,6 +26,11 @@ pub const EDGE_DATABASE_FILE: &str = "edge/database.cfg";
 pub const DB_SUBSCRIBERS_FILE: &str = "db/subscribers.sql";
 /// `db/password` (secret): the edge's database password alone.
 pub const DB_PASSWORD_FILE: &str = "db/password";
+/// `edge/edge_key.cfg` (secret): the pool's key for the edge, as a Kamailio define.
+pub const EDGE_KEY_FILE: &str = "edge/edge_key.cfg";
+/// The header the edge puts the pool's key in, on every request it sends to a pool member (and
+/// removes from every message it receives).
+pub const EDGE_KEY_HEADER: &str = "X-Astrtc-Edge";
 /// `cluster/topology.mmd`: the topology diagram.
 pub const TOPOLOGY_FILE: &str = "cluster/topology.mmd";
 /// The output directories that exist only in a cluster.
@@ -70,6 +78,7 @@ pub fn context(plan: &Plan) -> Value {
         tls_ciphers => super::asterisk::TLS_CIPHERS.join(":"),
         never_banned => never_banned(plan),
         flood_exempt => flood_exempt(plan),
+        edge_key_header => EDGE_KEY_HEADER,
     }
 }
 
@@ -99,6 +108,11 @@ pub fn secret_context(plan: &Plan) -> Value {
             c.database_password, c.database_address
         ),
     }
+}
+
+/// The context of `edge/edge_key.cfg`: the pool's key for the edge, nothing else.
+pub fn edge_key_context(plan: &Plan) -> Value {
+    context! { edge_key => plan.cluster.as_ref().map(|c| c.edge_key.clone()) }
 }
 
 /// One user as `astrtc apply` and `astrtc verify` read it back from the database:

@@ -164,8 +164,9 @@ pub fn cluster_context(plan: &Plan) -> Value {
 }
 
 /// The copies a cluster's chart carries of the files compose mounts: the pool's configs (passwords
-/// into a Secret), the edge's Kamailio config and TLS settings, the relay's config, Kamailio's
-/// schema and (secret) the users' HA1 digests, the certificate. Not copied: what names compose's
+/// into a Secret, the pool's key for the edge among them), the edge's Kamailio config and TLS
+/// settings and (secret) its copy of that key, the relay's config, Kamailio's schema and
+/// (secret) the users' HA1 digests, the certificate. Not copied: what names compose's
 /// fixed addresses or holds the database password (`edge/dispatcher.list`, `edge/database.cfg`,
 /// `asterisk/pjsip_edge.conf`, `db/pg_hba.conf`, `db/password`): the chart writes its own from
 /// its values, and the password comes from an existing Secret.
@@ -181,6 +182,7 @@ pub fn cluster_chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
             "relay/rtpengine.conf" => format!("{CHART_DIR}/files/relay/{name}"),
             "db/schema.sql" => format!("{CHART_DIR}/files/db/{name}"),
             crate::render::cluster::DB_SUBSCRIBERS_FILE => format!("{CHART_DIR}/files/db-secret/{name}"),
+            crate::render::cluster::EDGE_KEY_FILE => format!("{CHART_DIR}/files/edge-secret/{name}"),
             "keys/asterisk.crt" | "keys/asterisk.key" | "keys/ca.crt" => format!("{CHART_DIR}/files/keys/{name}"),
             _ => return None,
         };

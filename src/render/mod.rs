@@ -91,6 +91,8 @@ pub const SECRET_FILES: &[&str] = &[
     cluster::EDGE_DATABASE_FILE,
     cluster::DB_SUBSCRIBERS_FILE,
     cluster::DB_PASSWORD_FILE,
+    cluster::EDGE_KEY_FILE,
+    templates::EXTENSIONS_EDGE_CONF,
     "keys/asterisk.key",
     "keys/asterisk.pem",
 ];
@@ -116,7 +118,7 @@ pub(crate) fn render_template(
 fn wanted(plan: &Plan, inputs: &Inputs, path: &str) -> bool {
     if path == templates::RTP_TURN_CONF {
         plan.rtp.turn.is_some()
-    } else if path == templates::PJSIP_EDGE_CONF {
+    } else if path == templates::PJSIP_EDGE_CONF || path == templates::EXTENSIONS_EDGE_CONF {
         plan.cluster.is_some()
     } else if path == templates::PROMETHEUS_AUTH_CONF || path.starts_with("prometheus/") {
         plan.metrics.enabled
@@ -253,6 +255,8 @@ struct Contexts {
     cluster: minijinja::Value,
     cluster_secret: minijinja::Value,
     subscribers: minijinja::Value,
+    edge_key: minijinja::Value,
+    pool_edge_key: minijinja::Value,
 }
 
 impl Contexts {
@@ -279,6 +283,8 @@ impl Contexts {
             cluster: cluster::context(plan),
             cluster_secret: cluster::secret_context(plan),
             subscribers: cluster::subscribers_context(plan),
+            edge_key: cluster::edge_key_context(plan),
+            pool_edge_key: asterisk::edge_key_context(plan),
         })
     }
 
@@ -289,6 +295,8 @@ impl Contexts {
             turn::SECRET_FILE => self.turn_secret.clone(),
             cluster::EDGE_DATABASE_FILE | cluster::DB_PASSWORD_FILE => self.cluster_secret.clone(),
             cluster::DB_SUBSCRIBERS_FILE => self.subscribers.clone(),
+            cluster::EDGE_KEY_FILE => self.edge_key.clone(),
+            templates::EXTENSIONS_EDGE_CONF => self.pool_edge_key.clone(),
             _ if cluster::is_cluster_file(path) => self.cluster.clone(),
             _ if path.starts_with("turn/") => self.turn.clone(),
             templates::PROMETHEUS_AUTH_CONF | templates::PROMETHEUS_PASSWORD => self.metrics_secret.clone(),

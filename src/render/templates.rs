@@ -40,6 +40,9 @@ pub const PJSIP_AUTH_CONF: &str = "asterisk/pjsip_auth.conf";
 pub const PJSIP_EDGE_CONF: &str = "asterisk/pjsip_edge.conf";
 /// `asterisk/extensions.conf`.
 pub const EXTENSIONS_CONF: &str = "asterisk/extensions.conf";
+/// `asterisk/extensions_edge.conf` (secret; a cluster's pool): the pool's key for the edge, a
+/// `[globals]` value extensions.conf includes.
+pub const EXTENSIONS_EDGE_CONF: &str = "asterisk/extensions_edge.conf";
 /// `helm/astrtc/files/ingress/http.conf`: http.conf behind a TLS-terminating Ingress.
 pub const HTTP_INGRESS_CONF: &str = "helm/astrtc/files/ingress/http.conf";
 /// `helm/astrtc/Chart.yaml`.

@@ -36,6 +36,12 @@ pub struct Secrets {
 pub struct ClusterSecrets {
     /// The password the edge logs in to PostgreSQL with (role `kamailio`).
     pub database_password: String,
+    /// The key the pool knows the edge by: the edge sends it in an `X-Astrtc-Edge` header on
+    /// every request to a pool member, and each member refuses a call without it (the edge's
+    /// address alone is shared by every process on the host). `None` in a secrets file from
+    /// before it existed: `astrtc secrets` adds one; there is no default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_key: Option<String>,
 }
 
 /// `[metrics]` in the secrets file.
@@ -112,6 +118,7 @@ impl Secrets {
              # Keep this file private (mode 0600) and out of version control.\n\
              # [turn] secret: the TURN server's shared secret (short-lived credentials are made from it).\n\
              # [cluster] database_password: the edge's PostgreSQL password (A-Z a-z 0-9 - _ . ~, 32-128).\n\
+             # [cluster] edge_key: the key the pool knows the edge by (A-Z a-z 0-9, 32-128).\n\
              # Passwords: 16-128 characters of A-Z a-z 0-9 - _ . ~ + / ! @ % ^ * ( ) , : ?\n\n",
         );
         text.push_str(&toml::to_string(self).expect("secrets serialize"));

@@ -77,6 +77,10 @@ pub struct Cluster {
     /// The edge's database password (secrets file); never serialized.
     #[serde(skip_serializing)]
     pub database_password: String,
+    /// The pool's key for the edge (secrets file): sent by the edge in `X-Astrtc-Edge`, required
+    /// by each pool member's dialplan; never serialized.
+    #[serde(skip_serializing)]
+    pub edge_key: String,
     /// The edge's image reference.
     pub edge_image: String,
     /// The relay's image reference.

@@ -406,11 +406,14 @@ pub fn configmap_sources(docs: &[serde_json::Value]) -> Vec<(String, String, Str
             if value.as_str() == Some(stub.as_str()) {
                 continue;
             }
-            // A cluster's chart writes these from its values (and the edge's database.cfg is
-            // a stub pointing at the one written at start): no file of the bundle is their source.
+            // A cluster's chart writes these from its values (and the edge's database.cfg and
+            // edge_key.cfg are stubs pointing at the one written at start and at the edge's key
+            // Secret): no file of the bundle is their source.
             let generated = match name {
                 _ if name.ends_with("-pool-config") => key == "pjsip_edge.conf",
-                _ if name.ends_with("-edge-config") => key == "database.cfg" || key == "dispatcher.list",
+                _ if name.ends_with("-edge-config") => {
+                    key == "database.cfg" || key == "dispatcher.list" || key == "edge_key.cfg"
+                }
                 _ => false,
             };
             if generated {

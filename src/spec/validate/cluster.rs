@@ -49,6 +49,20 @@ pub fn database_password(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the pool's key for the edge is safe everywhere it is written: 32-128 letters and
+/// digits. It goes into a Kamailio string, an Asterisk `[globals]` value and a dialplan
+/// comparison, and the pool compares it with the header's value filtered to the same letters
+/// and digits, so nothing in it can change those files or that comparison.
+pub fn edge_key(s: &str) -> Result<(), String> {
+    if !(32..=128).contains(&s.len()) {
+        return Err(format!("the edge's key is {} characters; it must be 32-128", s.len()));
+    }
+    if let Some(c) = s.chars().find(|c| !c.is_ascii_alphanumeric()) {
+        return Err(format!("the edge's key contains {c:?}; use only A-Z a-z 0-9"));
+    }
+    Ok(())
+}
+
 /// The cluster, `Some(None)` for one Asterisk; `None` when invalid.
 /// The longest `tls.domain` a cluster takes (Kamailio's `domain` columns are VARCHAR(64)).
 const MAX_DOMAIN: usize = 64;
@@ -232,6 +246,24 @@ pub(super) fn cluster(
         },
     };
 
+    let edge_key = match secrets.cluster.as_ref().map(|c| c.edge_key.as_deref()) {
+        // No [cluster] at all is reported once, above.
+        None => None,
+        Some(None) => {
+            s.push(p("cluster", "topology = \"cluster\" needs [cluster] edge_key here (the pool's key for the edge)").help(
+                "run `astrtc secrets` to generate one (secrets files written before the pool checked the edge's key lack it)",
+            ));
+            None
+        }
+        Some(Some(key)) => match edge_key(key) {
+            Ok(()) => Some(key.to_string()),
+            Err(e) => {
+                s.push(p("cluster.edge_key", e).help("run `astrtc secrets` after removing it to generate one"));
+                None
+            }
+        },
+    };
+
     if (v.len(), s.len()) != before {
         return None;
     }
@@ -250,6 +282,7 @@ pub(super) fn cluster(
         relay_address,
         database,
         database_password: database_password?,
+        edge_key: edge_key?,
         edge_image,
         relay_image,
         db_image,
@@ -340,7 +373,8 @@ mod tests {
     fn check(spec_text: &str, password: Option<&str>) -> (Option<Option<Cluster>>, Vec<String>) {
         let spec: Spec = toml::from_str(spec_text).unwrap();
         let secrets = Secrets {
-            cluster: password.map(|p| ClusterSecrets { database_password: p.to_string() }),
+            cluster: password
+                .map(|p| ClusterSecrets { database_password: p.to_string(), edge_key: Some(KEY.to_string()) }),
             ..Default::default()
         };
         let (mut v, mut s) = (Vec::new(), Vec::new());
@@ -349,6 +383,36 @@ mod tests {
     }
 
     const PW: &str = "abcdefghijklmnopqrstuvwxyz012345";
+    const KEY: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
+
+    #[test]
+    fn edge_keys_are_letters_and_digits_and_long() {
+        assert!(edge_key(KEY).is_ok());
+        assert!(edge_key(&crate::spec::secrets::generate_password()).is_ok());
+        for bad in [
+            &KEY[..31],
+            &format!("{KEY}-"),
+            &format!("{KEY}\""),
+            &format!("{KEY} "),
+            &format!("{KEY}\n"),
+            &"a".repeat(129),
+        ] {
+            assert!(edge_key(bad).is_err(), "{bad:?}");
+        }
+        let spec: Spec = toml::from_str("topology = \"cluster\"").unwrap();
+        for (key, want) in
+            [(None, "cluster: topology = \"cluster\" needs [cluster] edge_key"), (Some("short"), "cluster.edge_key:")]
+        {
+            let secrets = Secrets {
+                cluster: Some(ClusterSecrets { database_password: PW.to_string(), edge_key: key.map(str::to_string) }),
+                ..Default::default()
+            };
+            let (mut v, mut s) = (Vec::new(), Vec::new());
+            assert!(cluster(&spec, &secrets, &mut v, &mut s).is_none());
+            let problems: Vec<String> = v.into_iter().chain(s).map(|p| format!("{}: {}", p.path, p.message)).collect();
+            assert!(problems.iter().any(|p| p.starts_with(want)), "{key:?}: {problems:?}");
+        }
+    }
 
     #[test]
     fn a_cluster_gets_members_at_fixed_addresses() {
