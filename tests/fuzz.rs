@@ -1112,11 +1112,13 @@ fn cluster_values_in_place(
         )));
     }
     let globals: Vec<&str> = text("asterisk/extensions_edge.conf")?.lines().filter(|l| !l.starts_with(';')).collect();
-    if globals != [format!("ASTRTC_EDGE_KEY = {}", cluster.edge_key)] {
+    let sha1 = astrtc::render::cluster::edge_key_sha1(&cluster.edge_key);
+    if globals != [format!("ASTRTC_EDGE_KEY_SHA1 = {sha1}")] {
         return Err(fail(format!("asterisk/extensions_edge.conf: want the one global, got {} lines", globals.len())));
     }
     for (path, file) in b.files() {
-        let holds = String::from_utf8_lossy(&file.bytes).contains(&cluster.edge_key);
+        let text = String::from_utf8_lossy(&file.bytes);
+        let holds = text.contains(&cluster.edge_key) || text.contains(&sha1);
         if holds && file.kind == astrtc::render::FileKind::Public {
             return Err(fail(format!("{} (public) holds the edge's key", path.display())));
         }

@@ -1674,16 +1674,22 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
     // The pool's key for the edge: in two Secrets (the edge's, mounted into the edge container,
     // and the pool's auth Secret), in no ConfigMap.
     secrets.push(cluster.edge_key.clone());
-    let holds_key = |key: &str| {
+    // (The pool's Secret holds the key's SHA-1, which the members compare the header's with.)
+    let sha1 = astrtc::render::cluster::edge_key_sha1(&cluster.edge_key);
+    secrets.push(sha1.clone());
+    let holds = |key: &str, value: &str| {
         docs.iter().filter(|d| d["kind"].as_str() == Some("Secret")).filter_map(|d| d["data"][key].as_str()).any(
             |b64| {
                 use base64::Engine;
                 let text = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
-                String::from_utf8_lossy(&text).contains(&cluster.edge_key)
+                String::from_utf8_lossy(&text).contains(value)
             },
         )
     };
-    assert!(holds_key("edge_key.cfg") && holds_key("extensions_edge.conf"), "the edge's key is not in both Secrets");
+    assert!(
+        holds("edge_key.cfg", &cluster.edge_key) && holds("extensions_edge.conf", &sha1),
+        "the edge's key is not in the edge's Secret, or its SHA-1 not in the pool's"
+    );
     let key_volume = volumes.iter().find(|v| v["name"].as_str() == Some("edge-key")).expect("no edge-key volume");
     assert!(key_volume["secret"]["secretName"].as_str().is_some_and(|n| n.ends_with("-edge-key")), "{key_volume:?}");
     for walk in walkdir(&chart) {

@@ -512,16 +512,45 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
 
     // The pool: every extension of the context the edge lands in checks the key first.
     let ext = b.text("asterisk/extensions.conf").unwrap();
-    assert!(ext.contains("[globals]\n; extensions_edge.conf (secret, mode 0640): the key the edge sends in X-Astrtc-Edge.\n#include extensions_edge.conf\n"), "{ext}");
+    assert!(ext.contains("[globals]\n; extensions_edge.conf (secret, mode 0640): the SHA-1 of the key the edge sends in X-Astrtc-Edge.\n#include extensions_edge.conf\n"), "{ext}");
+    // The check compares the header's SHA-1 with the key's, held as a global of 40 hex digits.
+    assert!(ext.contains("exten => s,1,GotoIf($[${LEN(${GLOBAL(ASTRTC_EDGE_KEY_SHA1)})} = 40 & \"${SHA1(${PJSIP_HEADER(read,X-Astrtc-Edge)})}\" = \"${GLOBAL(ASTRTC_EDGE_KEY_SHA1)}\"]?edge)\n"), "{ext}");
     let context = &ext[ext.find(&format!("\n[{}]\n", plan.dialplan.context)).unwrap()..];
     let firsts: Vec<_> = context.lines().filter(|l| l.starts_with("exten =>")).collect();
     assert!(!firsts.is_empty(), "no extension in {context}");
+    // Nothing else in it reaches the dialplan around the check: no `include =>`, `switch =>` or
+    // another context after it; only extensions, their steps, comments and blank lines.
+    for line in context.lines().skip(2) {
+        let t = line.trim_start();
+        assert!(
+            t.is_empty() || t.starts_with(';') || t.starts_with("exten =>") || t.starts_with("same =>"),
+            "a line in the edge's context that is neither an extension nor one of its steps: {line:?}\n{context}"
+        );
+    }
     for line in firsts {
         assert!(line.ends_with(",1,Gosub(astrtc-edge-check,s,1(${EXTEN}))"), "an extension without the check: {line}");
     }
     assert!(ext.contains(" same => n,Hangup(21)\n same => n(edge),Return()\n"), "{ext}");
 
-    // The key: in the secret files only, and in the chart's Secrets only.
+    // The key: in the edge's secret files only, and in the chart's edge Secret only; each pool
+    // member holds its SHA-1 (Python's hashlib.sha1 of the fixture's key), in secret files only.
+    assert_eq!(key, "fixtureClusterEdgeKey0123456789abcdef", "the fixture's key changed: recompute its SHA-1");
+    let sha1 = "eaf950c6dec0ba4f46447e522a19d89117468f59";
+    assert_eq!(astrtc::render::cluster::edge_key_sha1(key), sha1);
+    assert_eq!(
+        b.text("asterisk/extensions_edge.conf").unwrap().lines().last().unwrap(),
+        format!("ASTRTC_EDGE_KEY_SHA1 = {sha1}")
+    );
+    let hash_holders: Vec<String> = b
+        .files()
+        .iter()
+        .filter(|(_, f)| String::from_utf8_lossy(&f.bytes).contains(sha1))
+        .map(|(p, f)| {
+            assert_eq!(f.kind, FileKind::Secret, "{} holds the SHA-1 of the edge's key", p.display());
+            p.display().to_string()
+        })
+        .collect();
+    assert_eq!(hash_holders, ["asterisk/extensions_edge.conf", "helm/astrtc/files/secrets/extensions_edge.conf"]);
     let holders: Vec<String> = b
         .files()
         .iter()
@@ -531,15 +560,7 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
             p.display().to_string()
         })
         .collect();
-    assert_eq!(
-        holders,
-        [
-            "asterisk/extensions_edge.conf",
-            "edge/edge_key.cfg",
-            "helm/astrtc/files/edge-secret/edge_key.cfg",
-            "helm/astrtc/files/secrets/extensions_edge.conf"
-        ]
-    );
+    assert_eq!(holders, ["edge/edge_key.cfg", "helm/astrtc/files/edge-secret/edge_key.cfg"]);
     assert_eq!(b.text("edge/edge_key.cfg").unwrap().lines().last().unwrap(), format!("#!define EDGE_KEY \"{key}\""));
     let configmap = b.text("helm/astrtc/templates/edge-configmap.yaml").unwrap();
     assert!(

@@ -357,8 +357,8 @@ pub struct BenchReport {
     pub criteria: Criteria,
     /// CPUs this host has (the generator and Asterisk share them when both run here).
     pub host_cpus: usize,
-    /// WebRTC kinds: the UDP ports (and tasks) the calls' media shared; 0: a socket and a task
-    /// per call.
+    /// The shared UDP ports (each a task) opened for the calls' WebRTC media, counted as opened;
+    /// 0: none (a socket and a task per call, or a kind without a WebRTC leg).
     #[serde(default)]
     pub webrtc_ports: usize,
     /// Where Asterisk's CPU was read, or why it was not.
@@ -509,7 +509,7 @@ pub async fn run(
         rate: options.rate,
         criteria: options.criteria,
         host_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        webrtc_ports: if options.kind.uses_wss() { options.webrtc_ports } else { 0 },
+        webrtc_ports: shared.webrtc_ports.len(),
         asterisk_cpu_source: source,
         asterisk_idle_cores: asterisk_idle,
         services,

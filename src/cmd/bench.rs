@@ -224,6 +224,9 @@ async fn counters(plan: &Plan, container: Option<&str>) -> Result<Vec<Counter>, 
     Ok(out)
 }
 
+/// The most shared WebRTC ports a run opens (`--webrtc-ports` takes 1-64).
+const MAX_WEBRTC_PORTS: usize = 64;
+
 /// Runs `bench calls`.
 pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
     let RunningDeployment { spec, out, host, ca, container } = args.deployment;
@@ -246,17 +249,26 @@ pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
             ));
         }
     }
-    let webrtc_ports = match (args.webrtc_media, args.webrtc_ports) {
-        (BenchWebrtcMedia::PerCall, Some(_)) => {
-            return Err(CmdError::BadArgument(
-                "--webrtc-ports counts shared ports, and --webrtc-media per-call gives each call sockets of its own:                  use one or the other"
+    let webrtc_ports =
+        match (args.webrtc_media, args.webrtc_ports) {
+            (_, Some(_)) if !kind.uses_wss() => {
+                return Err(CmdError::BadArgument(format!(
+                    "--webrtc-ports is for the WebRTC kinds; a {} call has no WebRTC leg (its RTP shares one port)",
+                    kind.name()
+                )))
+            }
+            (BenchWebrtcMedia::PerCall, Some(_)) => return Err(CmdError::BadArgument(
+                "--webrtc-ports counts shared ports, and --webrtc-media per-call gives each call sockets of its own: \
+                 use one or the other"
                     .into(),
-            ))
-        }
-        (BenchWebrtcMedia::PerCall, None) => 0,
-        (BenchWebrtcMedia::SharedPort, Some(n)) => n as usize,
-        (BenchWebrtcMedia::SharedPort, None) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    };
+            )),
+            (BenchWebrtcMedia::PerCall, None) => 0,
+            (BenchWebrtcMedia::SharedPort, Some(n)) => n as usize,
+            // One per core, within what --webrtc-ports takes.
+            (BenchWebrtcMedia::SharedPort, None) => {
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_WEBRTC_PORTS)
+            }
+        };
     let caller_kind = if kind == Kind::SipEcho { EndpointKind::Sip } else { EndpointKind::Webrtc };
     let caller = endpoint(&plan, args.caller.as_deref(), caller_kind, "--caller")?;
     let callee = match kind {

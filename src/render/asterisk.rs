@@ -1,9 +1,9 @@
 //! The Asterisk configuration directory (`deploy/asterisk/`, mounted at `/etc/asterisk`): the
 //! context each of its templates sees, and the modules it does not load.
 //!
-//! Owns: keeping secrets apart. Passwords reach only `pjsip_auth.conf` and `rtp_turn.conf`, and a
-//! cluster's key for the edge only `extensions_edge.conf` (mode 0640), through contexts of their
-//! own; the public files `#include` them, so configs can be shared or put in a ConfigMap without
+//! Owns: keeping secrets apart. Passwords reach only `pjsip_auth.conf` and `rtp_turn.conf`, and
+//! the SHA-1 of a cluster's key for the edge only `extensions_edge.conf` (mode 0640), through
+//! contexts of their own; the public files `#include` them, so configs can be shared or put in a ConfigMap without
 //! passwords.
 
 use minijinja::context;
@@ -177,17 +177,22 @@ pub fn auth_context(plan: &Plan) -> Value {
     context! { endpoints => auth, pool => pool }
 }
 
-/// The context of `extensions_edge.conf` (a cluster's pool member): the pool's key for the edge,
-/// nothing else. It is a `[globals]` value, so the key stays out of `extensions.conf` (and out of
-/// the chart's ConfigMap).
+/// The context of `extensions_edge.conf` (a cluster's pool member): the SHA-1 of the pool's key
+/// for the edge, nothing else (the member compares the header's SHA-1 with it, and holds no key).
+/// It is a `[globals]` value, so it stays out of `extensions.conf` (and out of the chart's
+/// ConfigMap).
 pub fn edge_key_context(plan: &Plan) -> Value {
-    context! { edge_key => plan.cluster.as_ref().map(|c| c.edge_key.clone()), variable => EDGE_KEY_VARIABLE }
+    context! {
+        edge_key_sha1 => plan.cluster.as_ref().map(|c| super::cluster::edge_key_sha1(&c.edge_key)),
+        variable => EDGE_KEY_VARIABLE,
+    }
 }
 
-/// `extensions_edge.conf`, as extensions.conf's `[globals]` includes it (secret).
+/// `extensions_edge.conf`, as extensions.conf's `[globals]` includes it (secret: the SHA-1 of the
+/// edge's key).
 pub const EDGE_KEY_FILE: &str = "extensions_edge.conf";
-/// The global variable holding the pool's key for the edge.
-pub const EDGE_KEY_VARIABLE: &str = "ASTRTC_EDGE_KEY";
+/// The global variable holding the SHA-1 of the pool's key for the edge.
+pub const EDGE_KEY_VARIABLE: &str = "ASTRTC_EDGE_KEY_SHA1";
 /// The dialplan subroutine every extension of a pool member's context runs first: it hangs up
 /// (cause 21, call rejected: 403) a call that does not carry the edge's key.
 pub const EDGE_CHECK_CONTEXT: &str = "astrtc-edge-check";

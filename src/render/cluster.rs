@@ -6,7 +6,7 @@
 //!
 //! Owns: the contexts of those templates, keeping secrets apart (the database password reaches
 //! only `edge/database.cfg` and `db/password`, the endpoints' digests only `db/subscribers.sql`,
-//! the pool's key for the edge only `edge/edge_key.cfg` and the pool's
+//! the pool's key for the edge only `edge/edge_key.cfg`, and its SHA-1 only the pool's
 //! `asterisk/extensions_edge.conf`, each through a context of its own). Every value is one
 //! validation restricted to characters that cannot end a Kamailio string, an SQL literal or a
 //! Mermaid label (ids, DNS names, addresses, numbers, the URL-unreserved database password, the
@@ -108,6 +108,14 @@ pub fn secret_context(plan: &Plan) -> Value {
             c.database_password, c.database_address
         ),
     }
+}
+
+/// The SHA-1 of the pool's key for the edge, in lower-case hex as Asterisk's `SHA1()` gives it:
+/// what each pool member holds and compares the header's SHA-1 with (so a member holds no key,
+/// and its check's expression holds only hex, whatever the header).
+pub fn edge_key_sha1(key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, key.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The context of `edge/edge_key.cfg`: the pool's key for the edge, nothing else.
