@@ -280,9 +280,10 @@ fn bad_input_is_refused_with_exit_2_and_says_why() {
     // Shared ports counted for calls that share none; no port at all; more than 64.
     let t =
         refused(same, &["--kind", "webrtc-echo", "--levels", "1", "--webrtc-media", "per-call", "--webrtc-ports", "2"]);
-    assert!(t.contains("--webrtc-ports counts shared ports, and --webrtc-media per-call gives each call sockets of its own: use one or the other"), "{t}");
+    assert!(t.contains("--webrtc-ports counts shared ports, and --webrtc-media per-call"), "{t}");
+    assert!(t.contains("use one or the other"), "{t}");
     let t = refused(same, &["--kind", "sip-echo", "--levels", "1", "--webrtc-ports", "2"]);
-    assert!(t.contains("--webrtc-ports is for the WebRTC kinds; a sip-echo call has no WebRTC leg"), "{t}");
+    assert!(t.contains("--webrtc-ports is for the WebRTC kinds") && t.contains("sip-echo call has no"), "{t}");
     for n in ["0", "65"] {
         let t = refused(same, &["--kind", "webrtc-echo", "--levels", "1", "--webrtc-ports", n]);
         assert!(t.contains(&format!("invalid value '{n}' for '--webrtc-ports")), "{t}");
