@@ -1411,16 +1411,14 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
     // Both members resolved by name and active in the edge's dispatcher, probed (`AP`: their
     // OPTIONS probes answered; `AX`, a member not yet probed, is not enough).
     let edge_container = format!("{edge_pod}-edge");
+    // One RPC to the edge's Kamailio, through its control socket.
+    let kamcmd = |args: &[&str]| {
+        let mut command = vec!["podman", "exec", &edge_container, "kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl"];
+        command.extend_from_slice(args);
+        runner.exec(&command)
+    };
     let flags = loop {
-        let out = runner.exec(&[
-            "podman",
-            "exec",
-            &edge_container,
-            "kamcmd",
-            "-s",
-            "unix:/run/kamailio/kamailio_ctl",
-            "dispatcher.list",
-        ]);
+        let out = kamcmd(&["dispatcher.list"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let flags = astrtc::verify::parse_dispatcher_list(&text);
         let active = |dns: &str| flags.iter().any(|(u, f)| u.contains(dns) && f == "AP");
@@ -1456,16 +1454,7 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
     // pings it again. `rtpengine.ping` asks the edge to ping it now (and takes it back in when
     // it answers), so the calls below start with a relay that answered the edge.
     let relay_ready = loop {
-        let out = runner.exec(&[
-            "podman",
-            "exec",
-            &edge_container,
-            "kamcmd",
-            "-s",
-            "unix:/run/kamailio/kamailio_ctl",
-            "rtpengine.ping",
-            "all",
-        ]);
+        let out = kamcmd(&["rtpengine.ping", "all"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() && text.contains("success") {
             break play.elapsed();
