@@ -312,7 +312,7 @@ fn instance_spec(i: &SpecInputs<'_>) -> Result<(String, Vec<String>), TestenvErr
 }
 
 /// Starts an instance and returns once it is ready: its TLS listener completes a handshake
-/// verified against the test CA, and Asterisk has loaded every endpoint.
+/// verified against the test CA, Asterisk has loaded every endpoint and has fully booted.
 pub async fn up(opts: &Options) -> Result<Instance, TestenvError> {
     let started = Instant::now();
     let docker = image::connect().await?;
@@ -534,8 +534,8 @@ fn container_body(
     }
 }
 
-/// Polls until the TLS listener completes a verified handshake and Asterisk has loaded every
-/// endpoint; fails at once when the container stops.
+/// Polls until the TLS listener completes a verified handshake, Asterisk has loaded every
+/// endpoint and has fully booted; fails at once when the container stops.
 async fn wait_ready(
     docker: &Docker,
     plan: &Plan,
@@ -567,10 +567,13 @@ async fn wait_ready(
                 Ok(out) => {
                     let mut have = crate::verify::parse_endpoints(&out);
                     have.sort();
-                    if have == want {
+                    if have != want {
+                        reason = format!("Asterisk has loaded [{}] of [{}]", have.join(", "), want.join(", "));
+                    } else if fully_booted(docker, container).await {
                         return Ok(());
+                    } else {
+                        reason = "Asterisk has not fully booted".into();
                     }
-                    reason = format!("Asterisk has loaded [{}] of [{}]", have.join(", "), want.join(", "));
                 }
                 Err(e) => reason = format!("asterisk -rx failed: {e}"),
             },
@@ -583,6 +586,16 @@ async fn wait_ready(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(TestenvError::NotReady { name: name.to_string(), reason, log_tail: log_tail(docker, container).await })
+}
+
+/// Whether Asterisk says it has fully booted. Until then its SIP stack drops every request it
+/// receives (res_pjsip's distributor: "Let the peer retransmit messages until we are ready"), and
+/// over WSS nothing is retransmitted: a REGISTER sent in that window is never answered (a CI run
+/// of the pytest example saw exactly that). `core waitfullybooted` blocks until then, so it is
+/// given half a second per poll.
+async fn fully_booted(docker: &Docker, container: &str) -> bool {
+    let wait = crate::verify::asterisk_rx(docker, container, "core waitfullybooted");
+    matches!(tokio::time::timeout(Duration::from_millis(500), wait).await, Ok(Ok(out)) if out.contains("fully booted"))
 }
 
 async fn log_tail(docker: &Docker, container: &str) -> String {
