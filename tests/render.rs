@@ -472,7 +472,7 @@ fn a_clusters_pool_holds_no_user_and_no_password() {
 /// on each branch to the pool only, and strips it from replies; each member's dialplan checks it
 /// first in every extension; the key is only in secret files (the chart: Secrets, never a
 /// ConfigMap's copy). The cluster tests send the attacker's INVITE
-/// (`cluster::in_dialog_requests_pass_only_for_the_edges_own_calls`).
+/// (`cluster::security::in_dialog_requests_pass_only_for_the_edges_own_calls`).
 #[test]
 fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copies() {
     use astrtc::render::FileKind;
