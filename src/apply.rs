@@ -10,6 +10,7 @@
 //! go on for up to `lifecycle.drain_seconds`). The asking for confirmation is the command's.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -236,13 +237,62 @@ pub fn compose_up(plan: &Plan, out: &Path, remove_orphans: bool) -> Result<Durat
         ApplyError::Compose { args: args[1..].join(" "), dir: out.display().to_string(), output: e.to_string() }
     })?;
     if !output.status.success() {
+        let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         return Err(ApplyError::Compose {
             args: args[1..].join(" "),
             dir: out.display().to_string(),
-            output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-                .trim()
-                .to_string(),
+            output: format!("{}{}", printed.trim(), not_ready_report(out)),
         });
     }
     Ok(started.elapsed())
+}
+
+/// After a failed `docker compose up --wait`: each of the project's containers that is not
+/// running, or whose healthcheck does not pass, with its last healthchecks as Docker keeps them
+/// (exit code and output, each cut at 300 characters) — what compose's "is unhealthy" leaves out.
+/// Only the healthchecks' own output, never a container's log (a service may log its settings).
+pub fn not_ready_report(out: &Path) -> String {
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .current_dir(out)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let Some(ids) = docker(&["compose", "ps", "-aq"]) else { return String::new() };
+    let mut ids: Vec<&str> = ids.split_whitespace().collect();
+    if ids.is_empty() {
+        return String::new();
+    }
+    ids.insert(0, "inspect");
+    let Some(json) = docker(&ids) else { return String::new() };
+    let containers: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
+    let mut report = String::new();
+    for c in &containers {
+        let state = &c["State"];
+        let (status, health) = (state["Status"].as_str().unwrap_or("?"), state["Health"]["Status"].as_str());
+        if status == "running" && health.is_none_or(|h| h == "healthy") {
+            continue;
+        }
+        let name = c["Name"].as_str().unwrap_or("?").trim_start_matches('/');
+        let _ = write!(report, "\n{name}: {status}");
+        if let Some(h) = health {
+            let _ = write!(report, ", {h}; its last healthchecks:");
+            for check in state["Health"]["Log"].as_array().into_iter().flatten() {
+                let output: String = check["Output"].as_str().unwrap_or("").trim().chars().take(300).collect();
+                let _ = write!(
+                    report,
+                    "\n  {} exit {}: {}",
+                    check["Start"].as_str().unwrap_or("?"),
+                    check["ExitCode"].as_i64().map_or("?".into(), |c| c.to_string()),
+                    output.replace('\n', " | ")
+                );
+            }
+        } else if let Some(code) = state["ExitCode"].as_i64() {
+            let _ = write!(report, " (exit code {code})");
+        }
+    }
+    report
 }

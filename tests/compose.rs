@@ -159,3 +159,43 @@ fn the_turn_service_is_host_networked_read_only_and_unprivileged() {
     assert_eq!(turn["volumes"][1]["source"].as_str(), Some("keys"));
     assert_eq!(turn["volumes"][1]["volume"]["nocopy"].as_bool(), Some(true));
 }
+
+/// When `docker compose up --wait` fails (what `astrtc apply` runs to restart a service), the
+/// error names each container that is not healthy with its last healthchecks' exit codes and
+/// outputs — compose itself says only "is unhealthy" (a CI run of the cluster's apply test left
+/// nothing else to go on). A project of one container whose healthcheck prints a line and fails,
+/// beside one that is healthy (not named).
+#[test]
+fn a_failed_wait_names_the_unhealthy_container_and_its_healthchecks() {
+    if docker_off() || !compose_available() {
+        return;
+    }
+    let base = "debian:trixie-slim";
+    let present = Command::new("docker").args(["image", "inspect", base]).output().is_ok_and(|o| o.status.success());
+    if !present {
+        skip(&format!("{base} is not loaded (scripts/host-setup.sh builds it)"));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("astrtc-notready-{}", std::process::id());
+    let service = |name: &str, test: &str| {
+        format!(
+            "  {name}:\n    image: {base}\n    command: [\"sleep\", \"300\"]\n    init: true\n    healthcheck:\n      \
+             test: [\"CMD-SHELL\", \"{test}\"]\n      interval: 1s\n      timeout: 2s\n      retries: 2\n"
+        )
+    };
+    let yaml = format!(
+        "name: {name}\nservices:\n{}{}",
+        service("sick", "echo the control socket did not answer; exit 1"),
+        service("well", "true")
+    );
+    std::fs::write(dir.path().join("compose.yaml"), yaml).unwrap();
+    let project = crate::common::docker::ComposeProject { dir: dir.path().to_path_buf() };
+    let up = project.run(&["up", "-d", "--wait", "--wait-timeout", "60"]);
+    assert!(!up.status.success(), "the unhealthy project came up: {}", String::from_utf8_lossy(&up.stderr));
+    let report = astrtc::apply::not_ready_report(dir.path());
+    eprintln!("the report:{report}");
+    assert!(report.contains(&format!("\n{name}-sick-1: running, unhealthy; its last healthchecks:")), "{report}");
+    assert!(report.contains(" exit 1: the control socket did not answer"), "{report}");
+    assert!(!report.contains("well"), "a healthy container was named: {report}");
+}

@@ -403,6 +403,9 @@ fn apply_writes_users_into_the_database_without_restarting_the_edge() {
     let out = astrtc().args(["apply", "--yes", "--spec"]).arg(&spec).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("astrtc apply --yes ({:.1?}):\n{stdout}", started.elapsed());
+    if !out.status.success() {
+        stack.save_logs("cluster_apply");
+    }
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("restarted: every service healthy"), "{stdout}");
     let edge_now = container_of(&stack, "edge");
