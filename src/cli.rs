@@ -92,11 +92,24 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Generate passwords for endpoints of the spec that have none in the secrets file.
+    /// Generate passwords for endpoints of the spec that have none in the secrets file; or rotate
+    /// a cluster's key for the edge in two steps, each followed by `astrtc apply`: `--rotate
+    /// edge-key` (a new key; the pool takes the old one too, so no call is refused while the edge
+    /// restarts with the new), then `--finish-rotation edge-key` (the old one no longer taken).
+    /// Nothing secret is printed.
+    #[command(after_help = "Examples:\n  astrtc secrets --spec pbx/astrtc.toml\n  \
+                            astrtc secrets --spec pbx/astrtc.toml --rotate edge-key && astrtc apply --spec pbx/astrtc.toml\n  \
+                            astrtc secrets --spec pbx/astrtc.toml --finish-rotation edge-key && astrtc apply --spec pbx/astrtc.toml")]
     Secrets {
         /// The spec file.
         #[arg(long, default_value = "astrtc.toml")]
         spec: PathBuf,
+        /// Start a rotation: a new key, the current one kept as the previous (still taken).
+        #[arg(long, value_name = "SECRET", conflicts_with = "finish_rotation")]
+        rotate: Option<RotatableSecret>,
+        /// Finish a rotation: the previous key removed (no longer taken).
+        #[arg(long, value_name = "SECRET")]
+        finish_rotation: Option<RotatableSecret>,
     },
     /// Build the Asterisk image (Asterisk 22 from source, bundled pjproject, opus) and tag it as
     /// the spec's `image`; in ACME mode also the sidecar image (astrtc/astrtc:VERSION) from this
@@ -209,6 +222,13 @@ pub enum Command {
     /// Print the manual page (roff) to stdout.
     #[command(after_help = "Example:\n  astrtc man > /usr/local/share/man/man1/astrtc.1")]
     Man,
+}
+
+/// A secret `astrtc secrets` rotates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RotatableSecret {
+    /// A cluster's key for the edge (`[cluster] edge_key`).
+    EdgeKey,
 }
 
 /// `verify --relay-transport`.

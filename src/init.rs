@@ -47,6 +47,15 @@ pub enum InitError {
         /// The flag combination that makes the spec invalid, and the problem.
         reason: String,
     },
+    /// A rotation the secrets file cannot take (no cluster, one already under way, none to finish).
+    #[error("{reason}")]
+    #[diagnostic(code(astrtc::secrets::rotation), help("{help}"))]
+    Rotation {
+        /// Why not.
+        reason: String,
+        /// What to do.
+        help: String,
+    },
     /// Writing failed.
     #[error("failed to write {}", path.display())]
     Write {
@@ -61,7 +70,10 @@ pub enum InitError {
 impl InitError {
     /// True for errors in the user's flags (exit code 2).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, InitError::Exists { .. } | InitError::Domain { .. } | InitError::Flags { .. })
+        matches!(
+            self,
+            InitError::Exists { .. } | InitError::Domain { .. } | InitError::Flags { .. } | InitError::Rotation { .. }
+        )
     }
 }
 
@@ -194,6 +206,50 @@ pub const TURN_SECRET_NAME: &str = "[turn] secret";
 /// What the pool's key for the edge is called when `fill_secrets` generates it.
 pub const EDGE_KEY_NAME: &str = "the pool's key for the edge";
 
+/// A step of a secret's rotation (`astrtc secrets --rotate`, `--finish-rotation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// The current key becomes the previous one (still taken) and a new one is generated.
+    Start,
+    /// The previous key is removed (no longer taken).
+    Finish,
+}
+
+/// Rotates the pool's key for the edge in the secrets file at `path` (written atomically, 0600):
+/// [`Rotation::Start`] keeps the current key as `edge_key_previous` and generates a new
+/// `edge_key`; [`Rotation::Finish`] removes `edge_key_previous`. Refused — nothing written — for
+/// a secrets file with no cluster key, a start while a rotation is under way (its previous key
+/// would be lost while pool members may still need it) and a finish with none under way.
+pub fn rotate_edge_key(path: &Path, mut s: Secrets, step: Rotation) -> Result<(), InitError> {
+    let refuse = |reason: &str, help: &str| InitError::Rotation { reason: reason.to_string(), help: help.to_string() };
+    let Some(c) = s.cluster.as_mut().filter(|c| c.edge_key.is_some()) else {
+        return Err(refuse(
+            "the secrets file has no [cluster] edge_key to rotate",
+            "a cluster spec (topology = \"cluster\") gets one from `astrtc secrets`",
+        ));
+    };
+    match (step, c.edge_key_previous.is_some()) {
+        (Rotation::Start, true) => {
+            return Err(refuse(
+                "a rotation of the edge's key is under way (edge_key_previous is set)",
+                "finish it first: `astrtc apply`, then `astrtc secrets --finish-rotation edge-key` and `astrtc apply`",
+            ))
+        }
+        (Rotation::Finish, false) => {
+            return Err(refuse(
+                "no rotation of the edge's key is under way (no edge_key_previous)",
+                "start one with `astrtc secrets --rotate edge-key`",
+            ))
+        }
+        (Rotation::Start, false) => {
+            c.edge_key_previous = c.edge_key.replace(generate_password());
+        }
+        (Rotation::Finish, true) => c.edge_key_previous = None,
+    }
+    fsx::write_atomic(path, s.to_toml().as_bytes(), 0o600)
+        .map_err(|source| InitError::Write { path: path.to_path_buf(), source })
+}
+
 /// Adds generated passwords for endpoints that have none, the metrics password when it is
 /// missing and `metrics` is on, the TURN shared secret when `turn_secret` is asked for and
 /// missing, and the cluster's database password and the pool's key for the edge when `cluster`
@@ -225,7 +281,8 @@ pub fn fill_secrets(
         added.push(TURN_SECRET_NAME.to_string());
     }
     if cluster && s.cluster.is_none() {
-        s.cluster = Some(ClusterSecrets { database_password: generate_password(), edge_key: None });
+        s.cluster =
+            Some(ClusterSecrets { database_password: generate_password(), edge_key: None, edge_key_previous: None });
         added.push("the cluster's database".to_string());
     }
     // The pool's key for the edge, also for a cluster whose secrets file predates it.

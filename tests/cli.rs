@@ -657,3 +657,73 @@ fn a_clusters_edge_key_is_generated_once_kept_across_renders_and_never_printed()
     let again: astrtc::spec::secrets::Secrets = toml::from_str(&fs::read_to_string(&secrets).unwrap()).unwrap();
     assert_eq!(again.cluster.unwrap().edge_key.as_deref(), Some(key.as_str()), "secrets replaced the key");
 }
+
+/// `astrtc secrets --rotate edge-key` keeps the key as `edge_key_previous` and writes a new one
+/// (0600, neither printed); the render gives the pool both SHA-1s and the edge only the new key;
+/// a second start while one is under way is refused with nothing written (its previous key would
+/// be lost while members may still need it); `--finish-rotation edge-key` removes the previous
+/// key (the render's previous global empty again), and a second finish, a rotation of a spec
+/// without a cluster and both flags at once are refused.
+#[test]
+fn the_edges_key_rotates_in_two_steps_and_a_step_out_of_turn_is_refused() {
+    let dir = fixture_copy("cluster-compose");
+    let (spec, secrets) = (dir.path().join("astrtc.toml"), dir.path().join("astrtc.secrets.toml"));
+    let read = || -> astrtc::spec::secrets::ClusterSecrets {
+        let s: astrtc::spec::secrets::Secrets = toml::from_str(&fs::read_to_string(&secrets).unwrap()).unwrap();
+        s.cluster.unwrap()
+    };
+    let old = read().edge_key.unwrap();
+    let rotate = |flag: &str| astrtc().args(["secrets", "--spec"]).arg(&spec).args([flag, "edge-key"]).assert();
+
+    let out = rotate("--rotate").success();
+    let c = read();
+    let new = c.edge_key.clone().unwrap();
+    assert_eq!(c.edge_key_previous.as_deref(), Some(old.as_str()), "the previous key is not the old one");
+    assert!(new != old && new.len() == 32 && new.chars().all(|c| c.is_ascii_alphanumeric()), "not a new key");
+    assert_eq!(mode(&secrets), 0o600);
+    let shown = all_output(&out);
+    assert!(!shown.contains(&new) && !shown.contains(&old), "secrets printed a key: {shown}");
+    assert!(shown.contains("--finish-rotation edge-key") && shown.contains("astrtc apply"), "{shown}");
+
+    let rendered = dir.path().join("rotating");
+    assert!(!all_output(&render(&spec, &rendered, false).success()).contains(&new), "render printed the key");
+    let globals = fs::read_to_string(rendered.join("asterisk/extensions_edge.conf")).unwrap();
+    let sha1 = astrtc::render::cluster::edge_key_sha1;
+    assert!(globals.contains(&format!("ASTRTC_EDGE_KEY_SHA1 = {}\n", sha1(&new))), "{globals}");
+    assert!(globals.contains(&format!("ASTRTC_EDGE_KEY_PREVIOUS_SHA1 = {}\n", sha1(&old))), "{globals}");
+    let edge = fs::read_to_string(rendered.join("edge/edge_key.cfg")).unwrap();
+    assert!(edge.contains(&new) && !edge.contains(&old), "the edge does not send the new key alone");
+
+    let before = fs::read(&secrets).unwrap();
+    let again = rotate("--rotate").code(2);
+    assert!(all_output(&again).contains("under way"), "{}", all_output(&again));
+    assert_eq!(fs::read(&secrets).unwrap(), before, "a refused rotation changed the secrets file");
+
+    rotate("--finish-rotation").success();
+    let c = read();
+    assert_eq!((c.edge_key.as_deref(), c.edge_key_previous.as_deref()), (Some(new.as_str()), None));
+    let finished = dir.path().join("finished");
+    render(&spec, &finished, false).success();
+    let globals = fs::read_to_string(finished.join("asterisk/extensions_edge.conf")).unwrap();
+    assert!(globals.ends_with("ASTRTC_EDGE_KEY_PREVIOUS_SHA1 = \n"), "{globals}");
+    let before = fs::read(&secrets).unwrap();
+    let again = rotate("--finish-rotation").code(2);
+    assert!(all_output(&again).contains("no rotation"), "{}", all_output(&again));
+    assert_eq!(fs::read(&secrets).unwrap(), before);
+
+    let both = astrtc()
+        .args(["secrets", "--spec"])
+        .arg(&spec)
+        .args(["--rotate", "edge-key", "--finish-rotation", "edge-key"])
+        .assert()
+        .code(2);
+    assert!(all_output(&both).contains("cannot be used with"), "{}", all_output(&both));
+    let single = fixture_copy("webrtc-only");
+    let refused = astrtc()
+        .args(["secrets", "--spec"])
+        .arg(single.path().join("astrtc.toml"))
+        .args(["--rotate", "edge-key"])
+        .assert();
+    let shown = all_output(&refused.code(2));
+    assert!(shown.contains("no [cluster] edge_key"), "{shown}");
+}

@@ -514,8 +514,11 @@ fn generated() -> BoxedStrategy<Generated> {
         }
         g.spec.topology = topology;
         g.spec.cluster = cluster;
-        g.secrets.cluster =
-            pw.map(|database_password| ClusterSecrets { database_password, edge_key: Some(FUZZ_EDGE_KEY.to_string()) });
+        g.secrets.cluster = pw.map(|database_password| ClusterSecrets {
+            database_password,
+            edge_key: Some(FUZZ_EDGE_KEY.to_string()),
+            edge_key_previous: None,
+        });
         g
     })
     .boxed()
@@ -1113,8 +1116,9 @@ fn cluster_values_in_place(
     }
     let globals: Vec<&str> = text("asterisk/extensions_edge.conf")?.lines().filter(|l| !l.starts_with(';')).collect();
     let sha1 = astrtc::render::cluster::edge_key_sha1(&cluster.edge_key);
-    if globals != [format!("ASTRTC_EDGE_KEY_SHA1 = {sha1}")] {
-        return Err(fail(format!("asterisk/extensions_edge.conf: want the one global, got {} lines", globals.len())));
+    let previous = cluster.edge_key_previous.as_deref().map(astrtc::render::cluster::edge_key_sha1).unwrap_or_default();
+    if globals != [format!("ASTRTC_EDGE_KEY_SHA1 = {sha1}"), format!("ASTRTC_EDGE_KEY_PREVIOUS_SHA1 = {previous}")] {
+        return Err(fail(format!("asterisk/extensions_edge.conf: want the two globals, got {} lines", globals.len())));
     }
     for (path, file) in b.files() {
         let text = String::from_utf8_lossy(&file.bytes);

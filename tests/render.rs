@@ -512,7 +512,8 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
 
     // The pool: every extension of the context the edge lands in checks the key first.
     let ext = b.text("asterisk/extensions.conf").unwrap();
-    assert!(ext.contains("[globals]\n; extensions_edge.conf (secret, mode 0640): the SHA-1 of the key the edge sends in X-Astrtc-Edge.\n#include extensions_edge.conf\n"), "{ext}");
+    assert!(ext.contains("[globals]\n; extensions_edge.conf (secret, mode 0640): the SHA-1 of the key the edge sends in X-Astrtc-Edge,\n"), "{ext}");
+    assert!(ext.contains("\n#include extensions_edge.conf\n\n"), "{ext}");
     // The check compares the header's SHA-1 with the key's, held as a global of 40 hex digits.
     assert!(ext.contains("exten => s,1,GotoIf($[${LEN(${GLOBAL(ASTRTC_EDGE_KEY_SHA1)})} = 40 & \"${SHA1(${PJSIP_HEADER(read,X-Astrtc-Edge)})}\" = \"${GLOBAL(ASTRTC_EDGE_KEY_SHA1)}\"]?edge)\n"), "{ext}");
     let context = &ext[ext.find(&format!("\n[{}]\n", plan.dialplan.context)).unwrap()..];
@@ -530,17 +531,25 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
     for line in firsts {
         assert!(line.ends_with(",1,Gosub(astrtc-edge-check,s,1(${EXTEN}))"), "an extension without the check: {line}");
     }
-    assert!(ext.contains(" same => n,Hangup(21)\n same => n(edge),Return()\n"), "{ext}");
+    // The previous key (a rotation under way) the same way, with its own global.
+    assert!(ext.contains("\n same => n,GotoIf($[${LEN(${GLOBAL(ASTRTC_EDGE_KEY_PREVIOUS_SHA1)})} = 40 & \"${SHA1(${PJSIP_HEADER(read,X-Astrtc-Edge)})}\" = \"${GLOBAL(ASTRTC_EDGE_KEY_PREVIOUS_SHA1)}\"]?previous)\n"), "{ext}");
+    assert!(ext.contains(" same => n,Hangup(21)\n same => n(previous),Log(NOTICE,astrtc: a call to ${ARG1} came with the edge's previous key (a rotation under way))\n same => n(edge),Return()\n"), "{ext}");
 
     // The key: in the edge's secret files only, and in the chart's edge Secret only; each pool
     // member holds its SHA-1 (Python's hashlib.sha1 of the fixture's key), in secret files only.
     assert_eq!(key, "fixtureClusterEdgeKey0123456789abcdef", "the fixture's key changed: recompute its SHA-1");
     let sha1 = "eaf950c6dec0ba4f46447e522a19d89117468f59";
     assert_eq!(astrtc::render::cluster::edge_key_sha1(key), sha1);
-    assert_eq!(
-        b.text("asterisk/extensions_edge.conf").unwrap().lines().last().unwrap(),
-        format!("ASTRTC_EDGE_KEY_SHA1 = {sha1}")
-    );
+    // Both globals always set (Asterisk keeps a global the file stops setting): the previous
+    // one empty with no rotation under way.
+    let globals: Vec<String> = b
+        .text("asterisk/extensions_edge.conf")
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with(';'))
+        .map(String::from)
+        .collect();
+    assert_eq!(globals, [format!("ASTRTC_EDGE_KEY_SHA1 = {sha1}"), "ASTRTC_EDGE_KEY_PREVIOUS_SHA1 = ".to_string()]);
     let hash_holders: Vec<String> = b
         .files()
         .iter()
@@ -562,6 +571,28 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
         .collect();
     assert_eq!(holders, ["edge/edge_key.cfg", "helm/astrtc/files/edge-secret/edge_key.cfg"]);
     assert_eq!(b.text("edge/edge_key.cfg").unwrap().lines().last().unwrap(), format!("#!define EDGE_KEY \"{key}\""));
+
+    // A rotation under way: the pool holds the previous key's SHA-1 (hashlib again) beside the
+    // new key's, in its secret files only; the previous key itself is nowhere (the edge sends
+    // only the new one).
+    let previous = "fixturePreviousEdgeKey0123456789abcd";
+    let secrets = dir.path().join("astrtc.secrets.toml");
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    std::fs::write(&secrets, text.replace("edge_key = ", &format!("edge_key_previous = \"{previous}\"\nedge_key = ")))
+        .unwrap();
+    let rotating = bundle_for(&plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap());
+    let previous_sha1 = "f4b49476db86f4383d8abc364ecec89314cc4ed6";
+    assert_eq!(astrtc::render::cluster::edge_key_sha1(previous), previous_sha1);
+    let edge_conf = rotating.text("asterisk/extensions_edge.conf").unwrap();
+    assert!(edge_conf.ends_with(&format!("ASTRTC_EDGE_KEY_PREVIOUS_SHA1 = {previous_sha1}\n")), "{edge_conf}");
+    for (p, f) in rotating.files() {
+        let text = String::from_utf8_lossy(&f.bytes);
+        assert!(!text.contains(previous), "{} holds the previous key", p.display());
+        if text.contains(previous_sha1) {
+            assert_eq!(f.kind, FileKind::Secret, "{} holds the previous key's SHA-1", p.display());
+        }
+    }
+    assert_eq!(rotating.text("edge/edge_key.cfg"), b.text("edge/edge_key.cfg"), "the edge's key changed");
     let configmap = b.text("helm/astrtc/templates/edge-configmap.yaml").unwrap();
     assert!(
         configmap.contains("kind: Secret\nmetadata:\n  name: {{ include \"astrtc.fullname\" . }}-edge-key"),

@@ -227,7 +227,7 @@ fn is_pool_member(service: &str) -> bool {
 fn cluster_restart_announcement(service: &str, container: &str) -> String {
     let what = match service {
         "edge" => {
-            "what Kamailio reads only at start changed (kamailio.cfg, tls.cfg, database.cfg, or its service in \
+            "what Kamailio reads only at start changed (kamailio.cfg, tls.cfg, database.cfg, edge_key.cfg, or its service in \
              compose.yaml): the restart closes every browser's WebSocket (browsers \
              reconnect and register again); registrations and answered calls are kept in the database"
         }

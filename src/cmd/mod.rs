@@ -192,7 +192,15 @@ pub fn run(command: Command) -> Result<(), CmdError> {
                 verify::run(&spec, out, host, ca, container, json, call).await
             }
             Command::Certs { command } => certs::run(command).await,
-            Command::Secrets { spec } => secrets::run(&spec),
+            Command::Secrets { spec, rotate, finish_rotation } => match (rotate, finish_rotation) {
+                (Some(astrtc::cli::RotatableSecret::EdgeKey), _) => {
+                    secrets::rotate(&spec, astrtc::init::Rotation::Start)
+                }
+                (_, Some(astrtc::cli::RotatableSecret::EdgeKey)) => {
+                    secrets::rotate(&spec, astrtc::init::Rotation::Finish)
+                }
+                (None, None) => secrets::run(&spec),
+            },
             Command::Testenv { command } => testenv::run(command).await,
             Command::TurnCredentials { spec, user, ttl, json } => turn::credentials(&spec, &user, ttl, json),
             Command::Bench { command: astrtc::cli::BenchCommand::Calls(args) } => bench::calls(args).await,

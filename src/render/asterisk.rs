@@ -121,6 +121,7 @@ pub fn context(plan: &Plan) -> Value {
         edge_key_header => super::cluster::EDGE_KEY_HEADER,
         edge_check => EDGE_CHECK_CONTEXT,
         edge_key_variable => EDGE_KEY_VARIABLE,
+        edge_key_previous_variable => EDGE_KEY_PREVIOUS_VARIABLE,
     }
 }
 
@@ -178,13 +179,21 @@ pub fn auth_context(plan: &Plan) -> Value {
 }
 
 /// The context of `extensions_edge.conf` (a cluster's pool member): the SHA-1 of the pool's key
-/// for the edge, nothing else (the member compares the header's SHA-1 with it, and holds no key).
+/// for the edge and, during a rotation, of the previous key (else empty), nothing else (the
+/// member compares the header's SHA-1 with them, and holds no key).
 /// It is a `[globals]` value, so it stays out of `extensions.conf` (and out of the chart's
 /// ConfigMap).
 pub fn edge_key_context(plan: &Plan) -> Value {
     context! {
         edge_key_sha1 => plan.cluster.as_ref().map(|c| super::cluster::edge_key_sha1(&c.edge_key)),
+        previous_sha1 => plan
+            .cluster
+            .as_ref()
+            .and_then(|c| c.edge_key_previous.as_deref())
+            .map(super::cluster::edge_key_sha1)
+            .unwrap_or_default(),
         variable => EDGE_KEY_VARIABLE,
+        previous_variable => EDGE_KEY_PREVIOUS_VARIABLE,
     }
 }
 
@@ -193,6 +202,9 @@ pub fn edge_key_context(plan: &Plan) -> Value {
 pub const EDGE_KEY_FILE: &str = "extensions_edge.conf";
 /// The global variable holding the SHA-1 of the pool's key for the edge.
 pub const EDGE_KEY_VARIABLE: &str = "ASTRTC_EDGE_KEY_SHA1";
+/// The global variable holding the SHA-1 of the key before a rotation, empty when none is under
+/// way.
+pub const EDGE_KEY_PREVIOUS_VARIABLE: &str = "ASTRTC_EDGE_KEY_PREVIOUS_SHA1";
 /// The dialplan subroutine every extension of a pool member's context runs first: it hangs up
 /// (cause 21, call rejected: 403) a call that does not carry the edge's key.
 pub const EDGE_CHECK_CONTEXT: &str = "astrtc-edge-check";

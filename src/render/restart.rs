@@ -48,7 +48,9 @@ pub fn apply_of(file: &str) -> Apply {
         "pjsip.conf" => Apply::Partly(Part::SectionsOfType(&["transport", "system"])),
         "rtp.conf" => Apply::Partly(Part::Keys(&["rtpstart", "rtpend"])),
         "pjsip_auth.conf" | "pjsip_edge.conf" => Apply::Reload("module reload res_pjsip.so"),
-        "extensions.conf" => Apply::Reload("dialplan reload"),
+        // A cluster's key for the edge (its SHA-1, a global extensions.conf includes): a new key
+        // is taken by the dialplan's reload, so its rotation restarts no pool member.
+        "extensions.conf" | "extensions_edge.conf" => Apply::Reload("dialplan reload"),
         "rtp_turn.conf" => Apply::Reload("module reload res_rtp_asterisk.so"),
         "prometheus.conf" | "prometheus_auth.conf" => Apply::Reload("module reload res_prometheus.so"),
         "logger.conf" => Apply::Reload("logger reload"),

@@ -42,6 +42,11 @@ pub struct ClusterSecrets {
     /// before it existed: `astrtc secrets` adds one; there is no default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge_key: Option<String>,
+    /// The key before `astrtc secrets --rotate edge-key` replaced it: the pool takes it too until
+    /// `astrtc secrets --finish-rotation edge-key` removes it, so no call is refused between the
+    /// pool's reload and the edge's restart that a rotation's `apply` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_key_previous: Option<String>,
 }
 
 /// `[metrics]` in the secrets file.
@@ -118,7 +123,8 @@ impl Secrets {
              # Keep this file private (mode 0600) and out of version control.\n\
              # [turn] secret: the TURN server's shared secret (short-lived credentials are made from it).\n\
              # [cluster] database_password: the edge's PostgreSQL password (A-Z a-z 0-9 - _ . ~, 32-128).\n\
-             # [cluster] edge_key: the key the pool knows the edge by (A-Z a-z 0-9, 32-128).\n\
+             # [cluster] edge_key: the key the pool knows the edge by (A-Z a-z 0-9, 32-128);\n\
+             #   edge_key_previous: the key before a rotation, taken too until the rotation is finished.\n\
              # Passwords: 16-128 characters of A-Z a-z 0-9 - _ . ~ + / ! @ % ^ * ( ) , : ?\n\n",
         );
         text.push_str(&toml::to_string(self).expect("secrets serialize"));

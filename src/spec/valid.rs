@@ -81,6 +81,10 @@ pub struct Cluster {
     /// by each pool member's dialplan; never serialized.
     #[serde(skip_serializing)]
     pub edge_key: String,
+    /// The key before a rotation (secrets file), which the pool takes too until the rotation
+    /// is finished; never serialized.
+    #[serde(skip_serializing)]
+    pub edge_key_previous: Option<String>,
     /// The edge's image reference.
     pub edge_image: String,
     /// The relay's image reference.

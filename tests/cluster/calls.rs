@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use astrtc::media::probe;
+use astrtc::media::probe::{self, CallFailure, CallSetup};
 use astrtc::media::session::SharedMedia;
 use serde_json::Value;
 
@@ -14,7 +14,7 @@ use crate::clients::{artifacts, browser_home, tools_missing};
 use crate::common::*;
 
 use super::{
-    assert_echoed, check_of, container_of, figures, local_socket, options_over_new_connection, peers_first,
+    assert_echoed, check_of, container_of, edge_log, figures, local_socket, options_over_new_connection, peers_first,
     runtime, verify, wait_until, Over, Stack,
 };
 
@@ -229,6 +229,81 @@ fn echo_calls_spread_over_the_pool() {
         assert!(report.dtls_connected_ms.is_some(), "webrtc call {}: DTLS never connected", i + 1);
         assert_echoed(&format!("webrtc call {}", i + 1), &report, 50);
     }
+}
+
+/// The relay down (stopped with `docker stop`): a call through the edge, SIP or WebRTC, is
+/// refused `503 Media Relay Unavailable` and no pool member is called — not set up with SDP the
+/// relay never took (the pool's plain RTP answered to a browser, DTLS offered to the pool) — and
+/// the edge logs why; once the relay is back and the edge's `rtpengine.ping` takes it in again,
+/// a call is echoed.
+#[test]
+fn with_the_relay_down_a_call_is_refused_503_and_after_it_is_back_echoed() {
+    let Some(stack) = Stack::start("relaydown", |s| s) else { return };
+    let echo = stack.plan.dialplan.echo_extension.clone();
+    let members: Vec<String> = stack.cluster().members.iter().map(|m| m.name.clone()).collect();
+    let rt = runtime();
+    let shared = SharedMedia::new().unwrap();
+    let call = |setup: CallSetup| rt.block_on(probe::call(&setup, &shared));
+    assert_echoed("before the relay stops", &call(stack.sip_setup("3001", &echo, Duration::from_secs(1))), 25);
+
+    let relay = container_of(&stack, "relay");
+    assert!(!relay.is_empty(), "no relay container");
+    let stop = Command::new("docker").args(["stop", "-t", "5", &relay]).output().unwrap();
+    assert!(stop.status.success(), "docker stop {relay}: {}", String::from_utf8_lossy(&stop.stderr));
+    let taken_before: Vec<u64> = members.iter().map(|m| stack.processed(m)).collect();
+    for (kind, setup) in [
+        ("SIP", stack.sip_setup("3001", &echo, Duration::from_secs(1))),
+        ("WebRTC", stack.webrtc_setup("199", &echo, Duration::from_secs(1))),
+    ] {
+        let report = call(setup);
+        let refused = matches!(
+            &report.failure,
+            Some(CallFailure::Rejected { method, code: 503, reason, .. })
+                if method == "INVITE" && reason == "Media Relay Unavailable"
+        );
+        if !refused {
+            stack.save_logs("cluster_relay_down");
+        }
+        assert!(
+            refused,
+            "a {kind} call with the relay down was not refused 503 Media Relay Unavailable: {:?}\n{}",
+            report.failure,
+            report.ladder.join("\n")
+        );
+    }
+    let taken_after: Vec<u64> = members.iter().map(|m| stack.processed(m)).collect();
+    assert_eq!(taken_after, taken_before, "a pool member was called with the relay down");
+    let log = edge_log(&stack);
+    assert!(
+        log.contains("astrtc: the media relay did not take the offer (INVITE from")
+            && log.contains("refused 503 Media Relay Unavailable"),
+        "the edge did not log why it refused:\n{log}"
+    );
+
+    let start = Command::new("docker").args(["start", &relay]).output().unwrap();
+    assert!(start.status.success(), "docker start {relay}: {}", String::from_utf8_lossy(&start.stderr));
+    // The edge takes the relay back in when a ping of its own is answered (a call after the
+    // module's 10 s would retry it too); a failed ping exits kamcmd non-zero.
+    let back = wait_until(Duration::from_secs(30), || {
+        let out = stack.project.run(&[
+            "exec",
+            "-T",
+            "edge",
+            "kamcmd",
+            "-s",
+            "unix:/run/kamailio/kamailio_ctl",
+            "rtpengine.ping",
+            "all",
+        ]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("success")
+    });
+    assert!(back.is_some(), "the edge never took the restarted relay back in");
+    eprintln!("the relay answered the edge's ping {:.1?} after its start", back.unwrap());
+    let report = call(stack.sip_setup("3001", &echo, Duration::from_secs(1)));
+    if !report.healthy() {
+        stack.save_logs("cluster_relay_down");
+    }
+    assert_echoed("after the relay is back", &report, 25);
 }
 
 /// Length of a UDP datagram of plain G.711 RTP in 20 ms packets (12 bytes of header and 160 of

@@ -56,15 +56,20 @@
 //!     certificate;
 //! 17. and 18. the TLS phone calls a browser (DTLS-SRTP on the browser's leg) and a UDP phone
 //!     (plain RTP on its leg), user to user through the relay, audio both ways.
+//! 21. a rotation of the edge's key (`secrets --rotate edge-key`, `apply --yes`) reloads the pool
+//!     in place and restarts the edge, a call held across it keeps its audio, both keys are taken
+//!     until `--finish-rotation edge-key` and `apply` (which restart nothing), the old one not after;
+//! 22. with the relay down, a call through the edge is refused 503 Media Relay Unavailable (not
+//!     answered without a media path) and the pool is not called; with it back, a call is echoed.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 //!
 //! The tests by subject (with the numbers of the proofs above they hold), a file each with the
 //! helpers only it uses; what several files share is here:
-//! - `calls`: browsers and phones calling each other and the echo extension (1, 2, 16 to 18);
+//! - `calls`: browsers and phones calling each other and the echo extension, the relay down (1, 2, 16 to 18, 22);
 //! - `pool`: the pool at work: draining, failover, `bench`, `verify`, `apply` of users and members (3, 7, 8, 12);
 //! - `edge`: the edge itself: a restart, NAT keepalives, a renewed certificate, `max_contacts` (4, 9, 10);
-//! - `security`: floods, bans, password guessers, forged in-dialog requests, the edge's key, transports (5, 6, 11).
+//! - `security`: floods, bans, password guessers, forged in-dialog requests, the edge's key and its rotation, transports (5, 6, 11, 21).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;

@@ -623,6 +623,107 @@ fn pool_refuses_calls_without_the_edges_key(stack: &Stack, edge: SocketAddr) {
     assert!(status.starts_with("SIP/2.0 200"), "the call's BYE: {status}");
 }
 
+/// The status line a pool member's answer to a direct INVITE of the echo extension gets, sent
+/// from the host's pool address (the edge's match) carrying `key` in `X-Astrtc-Edge`.
+fn direct_invite_with_key(stack: &Stack, key: &str) -> String {
+    let cluster = stack.cluster();
+    let to = SocketAddr::new(IpAddr::V4(cluster.members[0].address), stack.plan.network.sip_port);
+    let sock = std::net::UdpSocket::bind((cluster.edge_address, 0)).expect("a socket at the host's pool address");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let headers = format!("X-Astrtc-Edge: {key}\r\n");
+    let (_, answer) =
+        RawDialog::invite_direct(sock, to, &stack.plan.tls.domain, &stack.plan.dialplan.echo_extension, &headers);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+/// A rotation of the edge's key, as the README gives it: `astrtc secrets --rotate edge-key` and
+/// `astrtc apply --yes` reload the pool in place (same start and PID: no pool member restarts)
+/// and restart the edge with the new key, while a call held through the edge across it keeps its
+/// audio; a member then takes the new key and the previous one (its calls logged) and refuses a
+/// made-up one; a new call through the restarted edge is echoed. `--finish-rotation edge-key`
+/// and `apply --yes` again restart nothing, and the previous key is refused 403 from then on.
+#[test]
+fn the_edges_key_rotates_without_restarting_the_pool_or_dropping_a_call() {
+    let Some(stack) = Stack::start("rotate", |s| s) else { return };
+    let spec = stack.dir.path().join("astrtc.toml");
+    let secrets = stack.dir.path().join("astrtc.secrets.toml");
+    let old_key = stack.cluster().edge_key.clone();
+    let members: Vec<String> = stack.cluster().members.iter().map(|m| m.name.clone()).collect();
+    let echo = stack.plan.dialplan.echo_extension.clone();
+    let starts = |services: &[String]| -> Vec<String> {
+        services.iter().map(|s| started_and_pid(&container_of(&stack, s))).collect()
+    };
+    let pool_before = starts(&members);
+    let edge_before = starts(&["edge".to_string()]);
+    let step = |flag: &str| {
+        let out = astrtc().args(["secrets", "--spec"]).arg(&spec).args([flag, "edge-key"]).output().unwrap();
+        assert!(out.status.success(), "secrets {flag}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = astrtc().args(["apply", "--yes", "--spec"]).arg(&spec).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("astrtc apply --yes after secrets {flag}:\n{stdout}");
+        if !out.status.success() {
+            stack.save_logs("cluster_rotate");
+        }
+        assert!(out.status.success(), "apply after {flag}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+
+    // A call held through the edge across the rotation (12 s; the rotation's apply takes less).
+    let held = {
+        let setup = stack.sip_setup("3001", &echo, Duration::from_secs(12));
+        std::thread::spawn(move || runtime().block_on(probe::call(&setup, &SharedMedia::new().unwrap())))
+    };
+    let up = wait_until(Duration::from_secs(10), || members.iter().map(|m| stack.active(m)).sum::<u64>() >= 1);
+    assert!(up.is_some(), "the held call never reached the pool");
+
+    let applied = step("--rotate");
+    let parsed: astrtc::spec::secrets::Secrets = toml::from_str(&std::fs::read_to_string(&secrets).unwrap()).unwrap();
+    let new_key = parsed.cluster.unwrap().edge_key.unwrap();
+    assert_ne!(new_key, old_key);
+    assert!(!applied.contains(&new_key) && !applied.contains(&old_key), "apply printed a key");
+    assert!(applied.contains("reloaded in place"), "the pool was not reloaded: {applied}");
+    assert_eq!(starts(&members), pool_before, "a pool member restarted for the key's rotation");
+    assert_ne!(starts(&["edge".to_string()]), edge_before, "the edge did not restart with the new key");
+
+    let report = held.join().unwrap();
+    if !report.healthy() {
+        stack.save_logs("cluster_rotate");
+    }
+    assert_echoed("the call held across the rotation", &report, 500);
+
+    // A rotation under way: both keys taken, a made-up one refused.
+    for (what, key, want) in [
+        ("the new key", new_key.as_str(), "SIP/2.0 200"),
+        ("the previous key", old_key.as_str(), "SIP/2.0 200"),
+        ("a made-up key", "madeUpMadeUpMadeUp0123456789abcdef", "SIP/2.0 403"),
+    ] {
+        let status = direct_invite_with_key(&stack, key);
+        eprintln!("rotation under way: a direct INVITE with {what}: {status}");
+        assert!(status.starts_with(want), "rotation under way: a direct INVITE with {what} was answered {status}");
+    }
+    let log = {
+        let out = stack.project.run(&["logs", "--no-color", &members[0]]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(log.contains("came with the edge's previous key"), "{} did not log the previous key's call", members[0]);
+    let report = runtime()
+        .block_on(probe::call(&stack.sip_setup("3001", &echo, Duration::from_secs(1)), &SharedMedia::new().unwrap()));
+    assert_echoed("a call through the edge with the new key", &report, 25);
+
+    // Finished: nothing restarts, the previous key is refused, the new one taken.
+    let all: Vec<String> = ["edge", "relay", "db"].iter().map(|s| s.to_string()).chain(members.clone()).collect();
+    let before_finish = starts(&all);
+    let applied = step("--finish-rotation");
+    assert_eq!(starts(&all), before_finish, "finishing the rotation restarted a service: {applied}");
+    for (what, key, want) in
+        [("the previous key", old_key.as_str(), "SIP/2.0 403"), ("the new key", new_key.as_str(), "SIP/2.0 200")]
+    {
+        let status = direct_invite_with_key(&stack, key);
+        eprintln!("rotation finished: a direct INVITE with {what}: {status}");
+        assert!(status.starts_with(want), "rotation finished: a direct INVITE with {what} was answered {status}");
+    }
+}
+
 /// A party's in-dialog request (`what`) was answered `status`: it must be 403 with nothing
 /// reaching `target` (whose read waits its timeout).
 fn refused_and_not_relayed(target: &std::net::UdpSocket, what: &str, status: &str) {

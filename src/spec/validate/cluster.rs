@@ -264,6 +264,26 @@ pub(super) fn cluster(
         },
     };
 
+    let edge_key_previous = match secrets.cluster.as_ref().and_then(|c| c.edge_key_previous.as_deref()) {
+        None => Some(None),
+        Some(old) => match self::edge_key(old) {
+            Err(e) => {
+                s.push(p("cluster.edge_key_previous", e).help(
+                    "remove it (`astrtc secrets --finish-rotation edge-key`): it only keeps the key before a rotation",
+                ));
+                None
+            }
+            Ok(()) if edge_key.as_deref() == Some(old) => {
+                s.push(
+                    p("cluster.edge_key_previous", "the previous key is the key itself")
+                        .help("start a rotation with `astrtc secrets --rotate edge-key`, or remove the line"),
+                );
+                None
+            }
+            Ok(()) => Some(Some(old.to_string())),
+        },
+    };
+
     if (v.len(), s.len()) != before {
         return None;
     }
@@ -283,6 +303,7 @@ pub(super) fn cluster(
         database,
         database_password: database_password?,
         edge_key: edge_key?,
+        edge_key_previous: edge_key_previous?,
         edge_image,
         relay_image,
         db_image,
@@ -373,8 +394,11 @@ mod tests {
     fn check(spec_text: &str, password: Option<&str>) -> (Option<Option<Cluster>>, Vec<String>) {
         let spec: Spec = toml::from_str(spec_text).unwrap();
         let secrets = Secrets {
-            cluster: password
-                .map(|p| ClusterSecrets { database_password: p.to_string(), edge_key: Some(KEY.to_string()) }),
+            cluster: password.map(|p| ClusterSecrets {
+                database_password: p.to_string(),
+                edge_key: Some(KEY.to_string()),
+                edge_key_previous: None,
+            }),
             ..Default::default()
         };
         let (mut v, mut s) = (Vec::new(), Vec::new());
@@ -404,7 +428,11 @@ mod tests {
             [(None, "cluster: topology = \"cluster\" needs [cluster] edge_key"), (Some("short"), "cluster.edge_key:")]
         {
             let secrets = Secrets {
-                cluster: Some(ClusterSecrets { database_password: PW.to_string(), edge_key: key.map(str::to_string) }),
+                cluster: Some(ClusterSecrets {
+                    database_password: PW.to_string(),
+                    edge_key: key.map(str::to_string),
+                    edge_key_previous: None,
+                }),
                 ..Default::default()
             };
             let (mut v, mut s) = (Vec::new(), Vec::new());
