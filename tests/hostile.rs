@@ -27,6 +27,16 @@ fn report(err: &SpecError) -> String {
     out
 }
 
+/// The values of a secrets file: the text between each pair of double quotes after an `=` (a
+/// file the corpus wrote broken on purpose is not TOML).
+fn quoted_values(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split_once('=').map(|(_, v)| v.trim()))
+        .filter_map(|v| v.strip_prefix('"').and_then(|v| v.rsplit_once('"')).map(|(inner, _)| inner.to_string()))
+        .filter(|v| v.chars().count() >= 6)
+        .collect()
+}
+
 /// Marks an `# expect:` key that is in the secrets file.
 const IN_SECRETS: &str = " (in the secrets file)";
 
@@ -74,6 +84,21 @@ fn every_hostile_spec_is_refused_at_its_key_with_a_position() {
                 && l.split(".toml:").nth(1).is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
         });
         assert!(has_position, "{name}: no line:column in\n{shown}");
+        // No value of the secrets file is shown — the refused one nor a neighbour in the snippet
+        // (a live key beside a malformed previous one) — in whole or in a part of 12 characters.
+        if let Some(secrets) =
+            text.lines().find_map(|l| l.strip_prefix("secrets = \"")).map(|s| s.trim_end_matches('"'))
+        {
+            let secret_text = fs::read_to_string(dir.join(secrets)).unwrap();
+            // (The files' own paths are shown: the directory, and names like their values.)
+            let shown = shown.replace(&dir.display().to_string(), "").replace(name.trim_end_matches(".toml"), "");
+            for value in quoted_values(&secret_text) {
+                let chars: Vec<char> = value.chars().collect();
+                for part in chars.windows(12.min(chars.len())).map(|w| w.iter().collect::<String>()) {
+                    assert!(!shown.contains(&part), "{name}: the error shows {part:?} of a secret:\n{shown}");
+                }
+            }
+        }
         count += 1;
     }
     assert!(wrong.is_empty(), "refused for another reason:\n{}", wrong.join("\n"));

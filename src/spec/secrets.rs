@@ -92,7 +92,7 @@ pub struct LoadedSecrets {
 
 /// Reads and parses a secrets file.
 pub fn load(path: &Path) -> Result<LoadedSecrets, SpecError> {
-    let source = SourceFile::read(path)?;
+    let source = SourceFile::read(path)?.secret();
     let secrets = source.parse::<Secrets>()?;
     Ok(LoadedSecrets { secrets, source })
 }

@@ -21,6 +21,8 @@ pub struct SourceFile {
     pub path: PathBuf,
     /// Its whole text.
     pub text: String,
+    /// A secrets file: an error's snippet shows its text with every value masked ([`redacted`]).
+    pub secret: bool,
 }
 
 /// A child of a TOML table or array: its path step, its key's span, its value.
@@ -88,7 +90,13 @@ impl fmt::Display for KeyPath {
 impl SourceFile {
     /// Wraps text that is already in memory.
     pub fn new(path: PathBuf, text: String) -> Self {
-        SourceFile { path, text }
+        SourceFile { path, text, secret: false }
+    }
+
+    /// This file as a secrets file: its values never appear in an error's snippet.
+    pub fn secret(mut self) -> Self {
+        self.secret = true;
+        self
     }
 
     /// Reads a file.
@@ -184,8 +192,28 @@ impl SourceFile {
     }
 
     fn named(&self) -> NamedSource<String> {
-        NamedSource::new(self.path.display().to_string(), self.text.clone()).with_language("TOML")
+        let text = if self.secret { redacted(&self.text) } else { self.text.clone() };
+        NamedSource::new(self.path.display().to_string(), text).with_language("TOML")
     }
+}
+
+/// A secrets file's text as an error may show it: on every line that is not blank, a comment or
+/// a table header, everything after the first `=` (on a line without one — a multi-line
+/// string's — everything) replaced byte for byte by `*`, so every span still points at the same
+/// line and column and no password, key or part of one is printed.
+pub fn redacted(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| {
+            let body = line.trim_end_matches(['\n', '\r']);
+            let end = &line[body.len()..];
+            let t = body.trim_start();
+            if t.is_empty() || t.starts_with('#') || (t.starts_with('[') && !body.contains('=')) {
+                return line.to_string();
+            }
+            let keep = body.find('=').map_or(0, |i| i + 1);
+            format!("{}{}{end}", &body[..keep], "*".repeat(body.len() - keep))
+        })
+        .collect()
 }
 
 /// One thing wrong with the input, located in the file.
@@ -293,5 +321,18 @@ mod tests {
         );
         assert_eq!(parse_problem("[rtp]\nports = 5\n").path, KeyPath::parse("rtp.ports"));
         assert_eq!(parse_problem("[rtp\n").path, KeyPath::default());
+    }
+
+    /// A secrets file's values are masked byte for byte (each line keeps its length, so every
+    /// span still points where it did); keys, headers, comments and blank lines stay.
+    #[test]
+    fn redaction_masks_every_value_and_keeps_every_position() {
+        let text =
+            "# header\n[endpoints]\n3001 = \"s3cr\u{e9}t-p\u{e4}ss\"\r\n\n[cluster]\nedge_key = \"abc\"\n  \"\"\"x\n";
+        let masked = redacted(text);
+        assert_eq!(masked.len(), text.len());
+        assert_eq!(masked.lines().map(str::len).collect::<Vec<_>>(), text.lines().map(str::len).collect::<Vec<_>>());
+        assert!(!masked.contains("s3cr") && !masked.contains("abc") && !masked.contains('x'), "{masked}");
+        assert!(masked.starts_with("# header\n[endpoints]\n3001 =*") && masked.contains("\n[cluster]\nedge_key =*"));
     }
 }
