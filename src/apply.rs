@@ -50,6 +50,23 @@ pub enum ApplyError {
         /// What the reloader printed.
         output: String,
     },
+    /// The running image's reloader would restart for a file this astrtc reloads in place: an
+    /// image built by an older astrtc. Taking the reload path with it would leave the file
+    /// unloaded (and a rotated edge key refusing every call); nothing was done.
+    #[error("{container} runs an image whose reloader does not reload {}: it was built by an older astrtc", files.join(", "))]
+    #[diagnostic(
+        code(astrtc::apply::stale_image),
+        help(
+            "rebuild the image with `astrtc build --spec ...`, then `astrtc apply` again (the new image restarts the \
+             container); nothing was changed"
+        )
+    )]
+    StaleImage {
+        /// The container.
+        container: String,
+        /// The files it would not reload.
+        files: Vec<String>,
+    },
     /// psql in the database container refused the users (nothing was written: one transaction).
     #[error("writing the users into the database ({container}) failed: {output}")]
     #[diagnostic(
@@ -107,6 +124,31 @@ pub struct Pending {
     pub file: String,
     /// Its reload command, or `restart`.
     pub action: String,
+}
+
+/// The changed files the running image's reloader would restart for although astrtc's table
+/// ([`crate::render::restart::apply_of`]) reloads them in place: its `astrtc-reload` is older
+/// than this astrtc. Empty when they agree.
+pub fn stale_reloads(pending: &[Pending]) -> Vec<String> {
+    use crate::render::restart::{apply_of, Apply};
+    pending
+        .iter()
+        .filter(|p| p.action == "restart")
+        .filter(|p| !p.file.starts_with("keys/"))
+        .filter(|p| !matches!(apply_of(p.file.trim_start_matches("secrets/")), Apply::Restart))
+        .map(|p| p.file.clone())
+        .collect()
+}
+
+/// [`pending`], refused with [`ApplyError::StaleImage`] when the image's reloader would not
+/// reload what astrtc reloads (checked before anything is done).
+pub async fn pending_checked(docker: &Docker, running: &Running) -> Result<Vec<Pending>, ApplyError> {
+    let pending = pending(docker, running).await?;
+    let files = stale_reloads(&pending);
+    if !files.is_empty() {
+        return Err(ApplyError::StaleImage { container: running.name.clone(), files });
+    }
+    Ok(pending)
 }
 
 /// The running Asterisk container of the plan's compose project, if any.
@@ -295,4 +337,30 @@ pub fn not_ready_report(out: &Path) -> String {
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(file: &str, action: &str) -> Pending {
+        Pending { file: file.to_string(), action: action.to_string() }
+    }
+
+    /// An image whose reloader restarts for a file astrtc reloads (one built before
+    /// `extensions_edge.conf` was reloadable) is named; one that agrees, a file astrtc restarts for
+    /// too, and the certificate are not.
+    #[test]
+    fn a_reloader_older_than_astrtc_is_caught_file_by_file() {
+        let old_image = [
+            p("extensions_edge.conf", "restart"),
+            p("secrets/extensions_edge.conf", "restart"),
+            p("pjsip_auth.conf", "module reload res_pjsip.so"),
+            p("modules.conf", "restart"),
+            p("keys/asterisk.crt", "module reload http"),
+        ];
+        assert_eq!(stale_reloads(&old_image), ["extensions_edge.conf", "secrets/extensions_edge.conf"]);
+        let current = [p("extensions_edge.conf", "dialplan reload"), p("modules.conf", "restart")];
+        assert!(stale_reloads(&current).is_empty());
+    }
 }

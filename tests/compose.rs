@@ -164,7 +164,7 @@ fn the_turn_service_is_host_networked_read_only_and_unprivileged() {
 /// error names each container that is not healthy with its last healthchecks' exit codes and
 /// outputs — compose itself says only "is unhealthy" (a CI run of the cluster's apply test left
 /// nothing else to go on). A project of one container whose healthcheck prints a line and fails,
-/// beside one that is healthy (not named).
+/// beside one that runs without a healthcheck (not named).
 #[test]
 fn a_failed_wait_names_the_unhealthy_container_and_its_healthchecks() {
     if docker_off() || !compose_available() {
@@ -178,16 +178,14 @@ fn a_failed_wait_names_the_unhealthy_container_and_its_healthchecks() {
     }
     let dir = tempfile::tempdir().unwrap();
     let name = format!("astrtc-notready-{}", std::process::id());
-    let service = |name: &str, test: &str| {
-        format!(
-            "  {name}:\n    image: {base}\n    command: [\"sleep\", \"300\"]\n    init: true\n    healthcheck:\n      \
-             test: [\"CMD-SHELL\", \"{test}\"]\n      interval: 1s\n      timeout: 2s\n      retries: 2\n"
-        )
-    };
+    let service =
+        |name: &str| format!("  {name}:\n    image: {base}\n    command: [\"sleep\", \"300\"]\n    init: true\n");
+    // `well` has no healthcheck (running is all it can be: never "starting" when `sick` fails).
     let yaml = format!(
-        "name: {name}\nservices:\n{}{}",
-        service("sick", "echo the control socket did not answer; exit 1"),
-        service("well", "true")
+        "name: {name}\nservices:\n{}    healthcheck:\n      test: [\"CMD-SHELL\", \"echo the control socket did not \
+         answer; exit 1\"]\n      interval: 1s\n      timeout: 2s\n      retries: 2\n{}",
+        service("sick"),
+        service("well")
     );
     std::fs::write(dir.path().join("compose.yaml"), yaml).unwrap();
     let project = crate::common::docker::ComposeProject { dir: dir.path().to_path_buf() };

@@ -34,6 +34,11 @@ pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), Cmd
     let wanted = apply::rendered_digest(&out);
     let pending = apply::pending(&docker, &running).await?;
     if wanted.is_some() && running.restart_digest == wanted {
+        // Reloads only: the image's reloader must take each file as astrtc does.
+        let stale = apply::stale_reloads(&pending);
+        if !stale.is_empty() {
+            return Err(apply::ApplyError::StaleImage { container: running.name.clone(), files: stale }.into());
+        }
         if pending.is_empty() {
             println!("{rendered}; {} already runs it: nothing to apply", running.name);
             return Ok(());
@@ -107,6 +112,12 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
              calls in progress go on for up to {}s)",
             plan.lifecycle.drain_seconds
         ));
+    }
+    // Before anything is done: each member to be reloaded must reload what astrtc reloads (an
+    // image built by an older astrtc would leave a file unloaded — a rotated key refusing calls
+    // once the edge restarts with the new one).
+    for (_, c) in &reloads {
+        apply::pending_checked(&docker, c).await?;
     }
     println!("{rendered}; applying to the running cluster {:?}:", plan.name);
     if !restarts.is_empty() {

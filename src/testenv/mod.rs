@@ -569,7 +569,7 @@ async fn wait_ready(
                     have.sort();
                     if have != want {
                         reason = format!("Asterisk has loaded [{}] of [{}]", have.join(", "), want.join(", "));
-                    } else if fully_booted(docker, container).await {
+                    } else if fully_booted(docker, container, deadline).await {
                         return Ok(());
                     } else {
                         reason = "Asterisk has not fully booted".into();
@@ -592,10 +592,11 @@ async fn wait_ready(
 /// receives (res_pjsip's distributor: "Let the peer retransmit messages until we are ready"), and
 /// over WSS nothing is retransmitted: a REGISTER sent in that window is never answered (a CI run
 /// of the pytest example saw exactly that). `core waitfullybooted` blocks until then, so it is
-/// given half a second per poll.
-async fn fully_booted(docker: &Docker, container: &str) -> bool {
+/// waited on until the readiness deadline (a readiness condition of its own).
+async fn fully_booted(docker: &Docker, container: &str, deadline: Instant) -> bool {
     let wait = crate::verify::asterisk_rx(docker, container, "core waitfullybooted");
-    matches!(tokio::time::timeout(Duration::from_millis(500), wait).await, Ok(Ok(out)) if out.contains("fully booted"))
+    let left = deadline.saturating_duration_since(Instant::now());
+    matches!(tokio::time::timeout(left, wait).await, Ok(Ok(out)) if out.contains("fully booted"))
 }
 
 async fn log_tail(docker: &Docker, container: &str) -> String {

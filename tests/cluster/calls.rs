@@ -251,6 +251,8 @@ fn with_the_relay_down_a_call_is_refused_503_and_after_it_is_back_echoed() {
     let stop = Command::new("docker").args(["stop", "-t", "5", &relay]).output().unwrap();
     assert!(stop.status.success(), "docker stop {relay}: {}", String::from_utf8_lossy(&stop.stderr));
     let taken_before: Vec<u64> = members.iter().map(|m| stack.processed(m)).collect();
+    // The call before counted (the figure is read, not a parse failure's 0).
+    assert!(taken_before.iter().sum::<u64>() >= 1, "no pool member counted the call before: {taken_before:?}");
     for (kind, setup) in [
         ("SIP", stack.sip_setup("3001", &echo, Duration::from_secs(1))),
         ("WebRTC", stack.webrtc_setup("199", &echo, Duration::from_secs(1))),
