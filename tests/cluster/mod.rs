@@ -60,7 +60,9 @@
 //!     in place and restarts the edge, a call held across it keeps its audio, both keys are taken
 //!     until `--finish-rotation edge-key` and `apply` (which restart nothing), the old one not after;
 //! 22. with the relay down, a call through the edge is refused 503 Media Relay Unavailable (not
-//!     answered without a media path) and the pool is not called; with it back, a call is echoed.
+//!     answered without a media path) and the pool is not called; with it back, a call is echoed;
+//! 23. user to user, the edge's header reaches no user (nor its key), and one a user's reply
+//!     carries is stripped before the other user gets it.
 //!
 //! Figures (packets, times) are printed; the only time limits are bounded waits for readiness.
 //!
@@ -69,7 +71,7 @@
 //! - `calls`: browsers and phones calling each other and the echo extension, the relay down (1, 2, 16 to 18, 22);
 //! - `pool`: the pool at work: draining, failover, `bench`, `verify`, `apply` of users and members (3, 7, 8, 12);
 //! - `edge`: the edge itself: a restart, NAT keepalives, a renewed certificate, `max_contacts` (4, 9, 10);
-//! - `security`: floods, bans, password guessers, forged in-dialog requests, the edge's key and its rotation, transports (5, 6, 11, 21).
+//! - `security`: floods, bans, password guessers, forged in-dialog requests, the edge's key and its rotation, transports (5, 6, 11, 21, 23).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;

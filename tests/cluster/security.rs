@@ -623,6 +623,79 @@ fn pool_refuses_calls_without_the_edges_key(stack: &Stack, edge: SocketAddr) {
     assert!(status.starts_with("SIP/2.0 200"), "the call's BYE: {status}");
 }
 
+/// A reply to `request` (`status`, e.g. `200 OK`) as a UDP phone sends it: the request's Via and
+/// Record-Route headers, From, To with `tag`, Call-ID and CSeq, then `extra` headers and `sdp`.
+fn reply_to(request: &str, status: &str, tag: &str, contact: &str, extra: &str, sdp: &str) -> String {
+    let copied: String = request
+        .lines()
+        .filter(|l| {
+            let name = l.split(':').next().unwrap_or_default().trim().to_ascii_lowercase();
+            ["via", "v", "record-route", "from", "f", "call-id", "i", "cseq"].contains(&name.as_str())
+        })
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let to = header_of(request, "To").expect("a To header");
+    let body = if sdp.is_empty() { String::new() } else { "Content-Type: application/sdp\r\n".to_string() };
+    format!(
+        "SIP/2.0 {status}\r\n{copied}To: {to};tag={tag}\r\nContact: <{contact}>\r\n{extra}{body}Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// The edge's key never reaches a user, and a header of that name from one never reaches
+/// another: 3001 calls 3002 (a UDP socket of the test's, registered through the edge), user to
+/// user; the INVITE 3002 receives carries no `X-Astrtc-Edge` and not the key, and its 200 OK —
+/// sent with `X-Astrtc-Edge: <made-up>` — reaches 3001 without it (the edge's `reply_route`
+/// strips it from every reply); the call ends with its BYE answered.
+#[test]
+fn a_users_reply_loses_its_copy_of_the_edges_header_and_no_user_gets_the_key() {
+    let Some(stack) = Stack::start("replyhdr", |s| s) else { return };
+    let edge = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
+    let key = stack.cluster().edge_key.clone();
+    let callee = local_socket(Duration::from_secs(10));
+    let contact = format!("sip:3002@{}", callee.local_addr().unwrap());
+    let registered = register_from(&callee, edge, "3002", &stack.password("3002"), &contact);
+    assert!(registered.starts_with("SIP/2.0 200"), "3002 did not register: {registered}");
+    let made_up = "upstreamCopyOfTheEdgesHeader0123456789";
+    let phone = std::thread::spawn(move || {
+        let invite = next_request(&callee, Duration::from_secs(15)).expect("3002 was never called");
+        assert!(invite.starts_with("INVITE "), "3002 got {invite}");
+        let port = callee.local_addr().unwrap().port();
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+            port + 2
+        );
+        let extra = format!("X-Astrtc-Edge: {made_up}\r\n");
+        let ok = reply_to(&invite, "200 OK", "callee", &contact, &extra, &sdp);
+        let from = header_of(&invite, "Via").and_then(|v| v.split_whitespace().nth(1)).expect("a Via").to_string();
+        let to: SocketAddr = from.split(';').next().unwrap().parse().expect("the edge's Via address");
+        callee.send_to(ok.as_bytes(), to).unwrap();
+        // The ACK, then the BYE, answered.
+        let mut bye = None;
+        while let Some(request) = next_request(&callee, Duration::from_secs(15)) {
+            if request.starts_with("BYE ") {
+                callee.send_to(reply_to(&request, "200 OK", "callee", &contact, "", "").as_bytes(), to).unwrap();
+                bye = Some(request);
+                break;
+            }
+        }
+        (invite, bye.is_some())
+    });
+    let (mut call, answer) =
+        RawDialog::call_carrying(edge, &stack.plan.tls.domain, "3001", &stack.password("3001"), "3002", "");
+    eprintln!("3001's answer from 3002 through the edge:\n{answer}");
+    assert!(!answer.contains(made_up), "a user's X-Astrtc-Edge reached the other user: {answer}");
+    assert!(!answer.to_ascii_lowercase().contains("x-astrtc-edge"), "the reply kept an X-Astrtc-Edge: {answer}");
+    let target = call.target.clone();
+    let status = call.in_dialog("BYE", &target);
+    assert!(status.starts_with("SIP/2.0 200"), "the call's BYE: {status}");
+    let (invite, bye_reached) = phone.join().unwrap();
+    assert!(!invite.to_ascii_lowercase().contains("x-astrtc-edge"), "the edge sent a user its header: {invite}");
+    assert!(!invite.contains(&key), "the edge sent a user its key: {invite}");
+    assert!(bye_reached, "3001's BYE never reached 3002");
+}
+
 /// The status line a pool member's answer to a direct INVITE of the echo extension gets, sent
 /// from the host's pool address (the edge's match) carrying `key` in `X-Astrtc-Edge`.
 fn direct_invite_with_key(stack: &Stack, key: &str) -> String {
@@ -677,6 +750,8 @@ fn the_edges_key_rotates_without_restarting_the_pool_or_dropping_a_call() {
     assert!(up.is_some(), "the held call never reached the pool");
 
     let applied = step("--rotate");
+    // The call was still up when the edge had restarted and the pool reloaded: it spans both.
+    assert!(!held.is_finished(), "the held call ended before the rotation's apply did (hold longer)");
     let parsed: astrtc::spec::secrets::Secrets = toml::from_str(&std::fs::read_to_string(&secrets).unwrap()).unwrap();
     let new_key = parsed.cluster.unwrap().edge_key.unwrap();
     assert_ne!(new_key, old_key);
