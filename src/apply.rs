@@ -67,6 +67,29 @@ pub enum ApplyError {
         /// The files it would not reload.
         files: Vec<String>,
     },
+    /// The edge's key would change with no rotation holding the key the running edge sends:
+    /// between the pool's reload and the edge's restart every call would be refused. Refused
+    /// before anything is written.
+    #[error(
+        "the edge's key changes with no rotation under way: the pool would refuse every call the running edge \
+         ({edge}) sends until it had restarted; nothing was written"
+    )]
+    #[diagnostic(
+        code(astrtc::apply::unstaged_key_change),
+        help(
+            "rotate the key in two steps, applying each: `astrtc secrets --rotate edge-key`, `astrtc apply`, then \
+             `astrtc secrets --finish-rotation edge-key`, `astrtc apply`. If a rotation was finished before it was \
+             applied, set `edge_key_previous` in the secrets file's [cluster] to the key in {deployed} and apply \
+             (then finish again). To drop the running key at once, accepting refused calls until the edge is back: \
+             `docker compose stop edge` in the deployment's directory, then `astrtc apply`"
+        )
+    )]
+    UnstagedKeyChange {
+        /// The running edge's container.
+        edge: String,
+        /// The rendered file holding the key the running edge sends.
+        deployed: String,
+    },
     /// psql in the database container refused the users (nothing was written: one transaction).
     #[error("writing the users into the database ({container}) failed: {output}")]
     #[diagnostic(

@@ -71,7 +71,7 @@ pub fn urls(turn: &TurnService) -> Vec<String> {
 
 /// The `iceServers` entry for `user`, valid for `ttl` from `now`.
 pub fn ice_server(turn: &TurnService, user: &str, ttl: Duration, now: SystemTime) -> (IceServer, Credential) {
-    let cred = mint(&turn.secret, user, ttl, now);
+    let cred = mint(turn.secret.expose(), user, ttl, now);
     (IceServer { urls: urls(turn), username: cred.username.clone(), credential: cred.password.clone() }, cred)
 }
 

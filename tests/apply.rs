@@ -81,7 +81,7 @@ impl Stack {
         CallSpec {
             sip: format!("127.0.0.1:{}", self.plan.network.sip_port).parse().unwrap(),
             user: user.into(),
-            password: self.plan.endpoints.iter().find(|e| e.id == user).unwrap().password.clone(),
+            password: self.plan.endpoints.iter().find(|e| e.id == user).unwrap().password.expose().to_string(),
             target: target.into(),
             skip_every: None,
         }

@@ -180,7 +180,7 @@ async fn calls_through_shared_ports_each_get_their_own_echo(dir: &Path, plan: &P
         leg: LegSetup::Webrtc { wss, ca_pem: Arc::from(ca_pem.as_str()), local_ips: vec![ip], relay: None },
         domain: plan.tls.domain.clone(),
         user: caller.id.clone(),
-        password: caller.password.clone(),
+        password: caller.password.expose().to_string(),
         extension: plan.dialplan.echo_extension.clone(),
         hold: Duration::from_secs(4),
         register: false,

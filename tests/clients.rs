@@ -94,7 +94,7 @@ pub(crate) struct BrowserCall<'a> {
 pub(crate) fn browser_call(c: &BrowserCall<'_>) -> (Value, bool, Duration) {
     let port = c.plan.network.wss_port;
     let domain = &c.plan.tls.domain;
-    let password = &c.plan.endpoints.iter().find(|e| e.id == c.user).unwrap().password;
+    let password = &c.plan.endpoints.iter().find(|e| e.id == c.user).unwrap().password.expose();
     let profile = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut node = match c.netns {
@@ -198,7 +198,7 @@ fn start_baresip(
         ),
     )
     .unwrap();
-    let password = &plan.endpoints.iter().find(|e| e.id == user).unwrap().password;
+    let password = &plan.endpoints.iter().find(|e| e.id == user).unwrap().password.expose();
     let sip = plan.network.sip_port;
     std::fs::write(
         cfg.join("accounts"),

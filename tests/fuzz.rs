@@ -28,6 +28,7 @@ use astrtc::certs::CertLayout;
 use astrtc::plan::Plan;
 use astrtc::render::{Bundle, Inputs};
 use astrtc::spec::secrets::{ClusterSecrets, MetricsSecrets, Secrets, TurnSecrets};
+use astrtc::spec::valid::Secret;
 use astrtc::spec::validate::KNOWN_CODECS;
 use astrtc::spec::{
     AcmeChallenge, AcmeSpec, ClusterSpec, CodecPreference, DialplanSpec, EndpointKind, EndpointSpec, LifecycleSpec,
@@ -711,7 +712,7 @@ fn canonical(plan: &Plan) -> Plan {
     if let Some(t) = &mut c.rtp.turn {
         t.address = "turn.canonical.test:3478".into();
         t.username = "canonical".into();
-        t.password = "canonical-turn-password".into();
+        t.password = Secret::new("canonical-turn-password");
     }
     c.tls.domain = "canonical.test".into();
     for (i, n) in c.tls.names.iter_mut().enumerate() {
@@ -727,7 +728,7 @@ fn canonical(plan: &Plan) -> Plan {
     }
     if let Some(t) = &mut c.turn {
         t.host = "turn.canonical.test".into();
-        t.secret = "canonical-turn-shared-secret-0123456789abcdef".into();
+        t.secret = Secret::new("canonical-turn-shared-secret-0123456789abcdef");
         if let Some(b) = &mut t.bundled {
             b.realm = "canonical.test".into();
         }
@@ -743,13 +744,13 @@ fn canonical(plan: &Plan) -> Plan {
         g.ignore.truncate(2);
         g.ignore.extend(c.security.allow.iter().cloned());
     }
-    c.metrics.password = "canonical-metrics-password".into();
+    c.metrics.password = Secret::new("canonical-metrics-password");
     c.dialplan.context = "canonical-context".into();
     c.dialplan.echo_extension = "canonical-echo".into();
     for (i, e) in c.endpoints.iter_mut().enumerate() {
         e.id = format!("canonical-{i}");
         e.display_name = format!("Canonical {i}");
-        e.password = format!("canonical-password-{i:04}");
+        e.password = Secret::new(format!("canonical-password-{i:04}"));
     }
     c
 }
@@ -903,7 +904,7 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
         expect_values(p, &pjsip, id, "codec_prefs_incoming_offer", &prefs)?;
         expect_values(p, &pjsip, id, "codec_prefs_outgoing_offer", &prefs)?;
         expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "username", &s(id))?;
-        expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "password", &s(&e.password))?;
+        expect_values("pjsip_auth.conf", &auth, &format!("{id}-auth"), "password", &s(&e.password.expose()))?;
         extens.push(format!("{id},1,Dial(PJSIP/{id},30)"));
     }
     expect_values("extensions.conf", &ext, &plan.dialplan.context, "exten", &extens)?;
@@ -923,14 +924,14 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     )?;
     if let Some(t) = turn {
         let rtp_turn = conf(b, "asterisk/rtp_turn.conf")?;
-        expect_values("rtp_turn.conf", &rtp_turn, "", "turnpassword", &s(&t.password))?;
+        expect_values("rtp_turn.conf", &rtp_turn, "", "turnpassword", &s(&t.password.expose()))?;
     }
     if plan.metrics.enabled {
         let auth = conf(b, "asterisk/prometheus_auth.conf")?;
-        expect_values("prometheus_auth.conf", &auth, "", "auth_password", &s(&plan.metrics.password))?;
+        expect_values("prometheus_auth.conf", &auth, "", "auth_password", &s(&plan.metrics.password.expose()))?;
         let file =
             b.text("prometheus/metrics-password").ok_or_else(|| fail("prometheus/metrics-password is missing"))?;
-        if file != format!("{}\n", plan.metrics.password) {
+        if file != format!("{}\n", plan.metrics.password.expose()) {
             return Err(fail(format!("prometheus/metrics-password: want {:?}, got {file:?}", plan.metrics.password)));
         }
     }
@@ -1097,18 +1098,22 @@ fn cluster_values_in_place(
     }
     expect_json("compose.yaml", compose, "/networks/pool/ipam/config/0/subnet", json!(cluster.subnet))?;
     let text = |p: &str| b.text(p).ok_or_else(|| fail(format!("{p} is missing")));
-    let url = format!("postgres://kamailio:{}@{}:5432/kamailio", cluster.database_password, cluster.database_address);
+    let url = format!(
+        "postgres://kamailio:{}@{}:5432/kamailio",
+        cluster.database_password.expose(),
+        cluster.database_address
+    );
     let defines: Vec<&str> = text("edge/database.cfg")?.lines().filter(|l| !l.starts_with("# ")).collect();
     if defines != [format!("#!define DBURL \"{url}\""), format!("#!define SQLCON \"ca=>{url}\"")] {
         return Err(fail(format!("edge/database.cfg: want the two defines of {url:?}, got {defines:?}")));
     }
-    if text("db/password")? != format!("{}\n", cluster.database_password) {
+    if text("db/password")? != format!("{}\n", cluster.database_password.expose()) {
         return Err(fail("db/password is not the password alone"));
     }
     // The pool's key for the edge: one define for the edge, one global for the pool, secret both,
     // and in no public file.
     let edge_key: Vec<&str> = text("edge/edge_key.cfg")?.lines().filter(|l| !l.starts_with("# ")).collect();
-    if edge_key != [format!("#!define EDGE_KEY \"{}\"", cluster.edge_key)] {
+    if edge_key != [format!("#!define EDGE_KEY \"{}\"", cluster.edge_key.expose())] {
         return Err(fail(format!(
             "edge/edge_key.cfg: want the one define of the edge's key, got {} lines",
             edge_key.len()
@@ -1122,7 +1127,7 @@ fn cluster_values_in_place(
     }
     for (path, file) in b.files() {
         let text = String::from_utf8_lossy(&file.bytes);
-        let holds = text.contains(&cluster.edge_key) || text.contains(&sha1);
+        let holds = text.contains(cluster.edge_key.expose()) || text.contains(&sha1);
         if holds && file.kind == astrtc::render::FileKind::Public {
             return Err(fail(format!("{} (public) holds the edge's key", path.display())));
         }
@@ -1213,7 +1218,7 @@ fn cluster_values_in_place(
         }
     }
     for (path, file) in b.files().iter().filter(|(p, _)| p.starts_with("helm")) {
-        if String::from_utf8_lossy(&file.bytes).contains(&cluster.database_password) {
+        if String::from_utf8_lossy(&file.bytes).contains(cluster.database_password.expose()) {
             return Err(fail(format!("{} holds the database password", path.display())));
         }
     }
@@ -1261,7 +1266,7 @@ fn turn_values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
     want("external-ip", relay.external_ip.iter().cloned().collect())?;
     want("static-auth-secret", vec![])?;
     want("use-auth-secret", vec![String::new()])?;
-    if b.text("turn/auth-secret") != Some(&format!("{}\n", t.secret)) {
+    if b.text("turn/auth-secret") != Some(&format!("{}\n", t.secret.expose())) {
         return Err(fail("turn/auth-secret is not exactly the secret"));
     }
     expect_json("values.yaml", &values, "/turn/host", json!(t.host))?;

@@ -869,7 +869,7 @@ fn the_turn_relay_runs_beside_asterisk_with_its_config_secret_and_certificate() 
         let cm = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "pbx-astrtc-turn").unwrap();
         let rendered_conf = std::fs::read_to_string(dir.path().join("deploy/turn/turnserver.conf")).unwrap();
         assert_eq!(cm["data"]["turnserver.conf"].as_str().unwrap(), rendered_conf);
-        assert!(!manifests.contains(&turn.secret), "{mode}: the shared secret appears in clear");
+        assert!(!manifests.contains(turn.secret.expose()), "{mode}: the shared secret appears in clear");
         let secret = docs.iter().find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "pbx-astrtc-turn").unwrap();
         assert!(secret["data"]["auth-secret"].as_str().is_some_and(|s| !s.is_empty()));
     }
@@ -1063,7 +1063,7 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     assert!(anonymous.starts_with("HTTP/1.1 401"), "{}", anonymous.lines().next().unwrap_or(""));
     let auth = format!(
         "Authorization: Basic {}\r\n",
-        crate::metrics::base64(format!("{}:{}", plan.metrics.username, plan.metrics.password).as_bytes())
+        crate::metrics::base64(format!("{}:{}", plan.metrics.username, plan.metrics.password.expose()).as_bytes())
     );
     let scraped = astrtc::verify::tls::https_get_with(wss, &plan.tls.domain, &ca, "/metrics", &auth).unwrap();
     assert!(scraped.starts_with("HTTP/1.1 200"), "{}", scraped.lines().next().unwrap_or(""));
@@ -1472,7 +1472,7 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
 
     // Calls through the edge on the runner's address: SIP over UDP with G.711, then WebRTC.
     let echo = plan.dialplan.echo_extension.clone();
-    let password = |id: &str| plan.endpoints.iter().find(|e| e.id == id).unwrap().password.clone();
+    let password = |id: &str| plan.endpoints.iter().find(|e| e.id == id).unwrap().password.expose().to_string();
     let ca_pem = std::fs::read_to_string(dir.path().join("deploy/keys/ca.crt")).unwrap();
     let webrtc = CallSetup {
         leg: LegSetup::Webrtc {
@@ -1658,11 +1658,11 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
             assert!(!name.contains("PASS") && e.get("valueFrom").is_none(), "{name}: a secret in the environment");
         }
     }
-    let mut secrets: Vec<String> = plan.endpoints.iter().map(|e| e.password.clone()).collect();
+    let mut secrets: Vec<String> = plan.endpoints.iter().map(|e| e.password.expose().to_string()).collect();
     secrets.extend(plan.endpoints.iter().map(|e| astrtc::render::cluster::ha1(&e.id, &plan.tls.domain, &e.password)));
     // The pool's key for the edge: in two Secrets (the edge's, mounted into the edge container,
     // and the pool's auth Secret), in no ConfigMap.
-    secrets.push(cluster.edge_key.clone());
+    secrets.push(cluster.edge_key.expose().to_string());
     // (The pool's Secret holds the key's SHA-1, which the members compare the header's with.)
     let sha1 = astrtc::render::cluster::edge_key_sha1(&cluster.edge_key);
     secrets.push(sha1.clone());
@@ -1683,9 +1683,9 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
     assert!(key_volume["secret"]["secretName"].as_str().is_some_and(|n| n.ends_with("-edge-key")), "{key_volume:?}");
     for walk in walkdir(&chart) {
         let text = std::fs::read_to_string(&walk).unwrap_or_default();
-        assert!(!text.contains(&cluster.database_password), "{} holds the database password", walk.display());
+        assert!(!text.contains(cluster.database_password.expose()), "{} holds the database password", walk.display());
     }
-    assert!(!manifests.contains(&cluster.database_password), "the manifests hold the database password");
+    assert!(!manifests.contains(cluster.database_password.expose()), "the manifests hold the database password");
     let values = std::fs::read_to_string(chart.join("values.yaml")).unwrap();
     for d in docs.iter().filter(|d| d["kind"].as_str() == Some("ConfigMap")) {
         let text = serde_yaml_ng::to_string(&d["data"]).unwrap();

@@ -108,7 +108,7 @@ fn prometheus_scrapes_asterisk_and_call_metrics_rise_and_fall() {
         &["monitoring"],
     );
     let plan = &stack.plan;
-    let auth = (plan.metrics.username.as_str(), plan.metrics.password.as_str());
+    let auth = (plan.metrics.username.as_str(), plan.metrics.password.expose());
 
     // /metrics needs the password, on the loopback HTTP listener and on the public TLS one.
     let http = plan.network.http_port;

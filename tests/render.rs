@@ -151,6 +151,54 @@ fn secret_files_are_group_readable_only() {
     }
 }
 
+/// No `{:?}` of a plan shows a secret: every value of every fixture's secrets file (passwords,
+/// the TURN secret, the cluster's database password and edge key, a rotation's previous key) is
+/// absent from the plan's `Debug`, while the values beside them (user names, ids) are in it.
+#[test]
+fn a_plans_debug_shows_no_value_of_the_secrets_file() {
+    fn strings(v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::String(s) => out.push(s.clone()),
+            toml::Value::Table(t) => t.values().for_each(|v| strings(v, out)),
+            toml::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut seen = 0;
+    for case in fixture_cases() {
+        let dir = fixture_copy(&case);
+        let secrets = dir.path().join("astrtc.secrets.toml");
+        let mut text = std::fs::read_to_string(&secrets).unwrap();
+        if text.contains("edge_key = ") {
+            // A rotation under way, so the previous key is held too.
+            text = text.replacen(
+                "edge_key = ",
+                "edge_key_previous = \"debugPreviousEdgeKey0123456789abc\"\nedge_key = ",
+                1,
+            );
+            std::fs::write(&secrets, &text).unwrap();
+        }
+        let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+        let debug = format!("{plan:?}");
+        let mut values = Vec::new();
+        strings(&toml::from_str(&text).unwrap(), &mut values);
+        assert!(!values.is_empty(), "{case}: no secret to look for");
+        for value in &values {
+            assert!(
+                !debug.contains(value.as_str()),
+                "{case}: the plan's Debug shows a secret ({} characters)",
+                value.len()
+            );
+            seen += 1;
+        }
+        assert!(debug.contains("Secret(<redacted>)"), "{case}: no secret in the plan at all?");
+        for e in &plan.endpoints {
+            assert!(debug.contains(&format!("id: \"{}\"", e.id)), "{case}: the Debug lost endpoint {}", e.id);
+        }
+    }
+    assert!(seen >= 20, "only {seen} secret values looked for");
+}
+
 #[test]
 fn write_replaces_the_output_atomically_and_keeps_the_leaf() {
     let dir = fixture_copy("webrtc-self-signed");
@@ -442,7 +490,7 @@ fn a_clusters_pool_holds_no_user_and_no_password() {
     for (path, file) in &pool_files {
         let text = String::from_utf8_lossy(&file.bytes);
         for e in &plan.endpoints {
-            assert!(!text.contains(&e.password), "{} holds {}'s password", path.display(), e.id);
+            assert!(!text.contains(e.password.expose()), "{} holds {}'s password", path.display(), e.id);
             assert!(!text.contains(&format!("[{}]", e.id)), "{} has a section for user {}", path.display(), e.id);
             assert!(!text.contains(&format!("PJSIP/{}", e.id)), "{} dials user {}", path.display(), e.id);
         }
@@ -455,7 +503,7 @@ fn a_clusters_pool_holds_no_user_and_no_password() {
     let text = std::fs::read_to_string(&secrets).unwrap();
     let edited = text.replacen("[endpoints]\n", "[endpoints]\n3003 = \"render-sip-3003-password-xyz\"\n", 1);
     let old = &plan.endpoints.iter().find(|e| e.id == "3002").unwrap().password;
-    let edited = edited.replacen(old.as_str(), "render-sip-3002-password-new", 1);
+    let edited = edited.replacen(old.expose(), "render-sip-3002-password-new", 1);
     assert_eq!(edited.matches("render-sip-").count(), 2, "the secrets file was not edited: {edited}");
     std::fs::write(&secrets, edited).unwrap();
     let text = std::fs::read_to_string(&spec).unwrap();
@@ -479,7 +527,7 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
     let dir = fixture_copy("cluster-compose");
     let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
     let b = bundle_for(&plan);
-    let key = &plan.cluster.as_ref().unwrap().edge_key;
+    let key = plan.cluster.as_ref().unwrap().edge_key.expose();
     assert!(key.len() >= 32, "the fixture's key is short");
 
     // The edge: the header removed as the first statement of the request route and from every
@@ -563,7 +611,7 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
     let holders: Vec<String> = b
         .files()
         .iter()
-        .filter(|(_, f)| String::from_utf8_lossy(&f.bytes).contains(key.as_str()))
+        .filter(|(_, f)| String::from_utf8_lossy(&f.bytes).contains(key))
         .map(|(p, f)| {
             assert_eq!(f.kind, FileKind::Secret, "{} holds the edge's key", p.display());
             p.display().to_string()

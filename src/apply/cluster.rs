@@ -255,9 +255,50 @@ fn compare(before: &Stored, after: &Stored) -> UsersWritten {
     w
 }
 
+/// The key the edge rendered in `out` sends (`edge/edge_key.cfg`'s `EDGE_KEY`), read before a
+/// new render replaces it: the key the running edge was started with, when the last render of
+/// `out` was applied.
+pub fn deployed_edge_key(out: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(out.join(crate::render::cluster::EDGE_KEY_FILE)).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("#!define EDGE_KEY \"")?.strip_suffix('"').map(str::to_string))
+}
+
+/// Whether the plan changes the edge's key from `deployed` with no rotation holding it (the key
+/// is neither the new key nor the new previous one): the pool, reloaded before the edge
+/// restarts, would refuse every call the running edge sends until it had restarted. A key
+/// finished (`--finish-rotation`) before its rotation was applied, or edited by hand.
+pub fn unstaged_key_change(deployed: &str, cluster: &crate::plan::Cluster) -> bool {
+    unheld(deployed, cluster.edge_key.expose(), cluster.edge_key_previous.as_ref().map(|p| p.expose()))
+}
+
+fn unheld(deployed: &str, key: &str, previous: Option<&str>) -> bool {
+    deployed != key && previous != Some(deployed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deployed_key_is_read_from_the_rendered_file_and_an_unheld_change_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(deployed_edge_key(dir.path()), None, "no render yet");
+        std::fs::create_dir(dir.path().join("edge")).unwrap();
+        let file = dir.path().join(crate::render::cluster::EDGE_KEY_FILE);
+        std::fs::write(&file, "# the key\n#!define EDGE_KEY \"oldKey0123\"\n").unwrap();
+        assert_eq!(deployed_edge_key(dir.path()).as_deref(), Some("oldKey0123"));
+        std::fs::write(&file, "#!define EDGE_KEY \"\"\n").unwrap();
+        assert_eq!(deployed_edge_key(dir.path()).as_deref(), Some(""), "an empty key is a key");
+        std::fs::write(&file, "#!define EDGE_KEYS \"x\"\n").unwrap();
+        assert_eq!(deployed_edge_key(dir.path()), None, "another define");
+        // The same key, a rotation holding the running key, the rotation's finish: held. A
+        // finish before its rotation was applied, a key edited by hand: not held.
+        assert!(!unheld("a", "a", None));
+        assert!(!unheld("a", "b", Some("a")));
+        assert!(!unheld("b", "b", Some("a")));
+        assert!(unheld("a", "b", None));
+        assert!(unheld("a", "c", Some("b")));
+    }
 
     #[test]
     fn each_service_gets_its_own_label() {

@@ -17,6 +17,9 @@ use crate::ui;
 pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), CmdError> {
     let plan = load_plan(spec)?;
     let out = out_dir(spec, out);
+    if let Some(c) = &plan.cluster {
+        refuse_unstaged_key_change(c, &plan, &out).await?;
+    }
     let written = deploy::write(&plan, &out)?;
     let rendered = match written {
         Written::Changed => format!("rendered {}", out.display()),
@@ -58,6 +61,25 @@ pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), Cmd
     let took = apply::restart(&plan, &out)?;
     println!("restarted: the new Asterisk is healthy after {}", ui::human_duration(took));
     Ok(())
+}
+
+/// Before anything is written: a key the running edge sends that the new pool would not take
+/// (a rotation finished before it was applied, a key edited by hand) is refused while that edge
+/// runs. With no edge running there is no call to refuse.
+async fn refuse_unstaged_key_change(c: &astrtc::plan::Cluster, plan: &Plan, out: &Path) -> Result<(), CmdError> {
+    let Some(deployed) = apply::cluster::deployed_edge_key(out) else { return Ok(()) };
+    if !apply::cluster::unstaged_key_change(&deployed, c) {
+        return Ok(());
+    }
+    let docker = astrtc::image::connect().await?;
+    match apply::cluster::find_services(&docker, plan).await?.remove("edge") {
+        Some(edge) => Err(apply::ApplyError::UnstagedKeyChange {
+            edge: edge.name,
+            deployed: out.join(astrtc::render::cluster::EDGE_KEY_FILE).display().to_string(),
+        }
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// A cluster: the users into the database, the pool reloaded in place, and every service whose

@@ -168,7 +168,8 @@ impl CmdError {
             CmdError::NotAcme { .. }
             | CmdError::AcmeConfig { .. }
             | CmdError::BadArgument(_)
-            | CmdError::RestartNotConfirmed { .. } => 2,
+            | CmdError::RestartNotConfirmed { .. }
+            | CmdError::Apply(astrtc::apply::ApplyError::UnstagedKeyChange { .. }) => 2,
             _ => 1,
         }
     }

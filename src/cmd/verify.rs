@@ -113,7 +113,8 @@ fn relay_server(
             _ => turn.host.as_str(),
         };
         let addr = resolve(name, port, "[turn] host")?;
-        let cred = astrtc::turn::mint(&turn.secret, VERIFY_TURN_USER, Duration::from_secs(600), SystemTime::now());
+        let cred =
+            astrtc::turn::mint(turn.secret.expose(), VERIFY_TURN_USER, Duration::from_secs(600), SystemTime::now());
         let transport = match transport {
             RelayTransport::Udp => TurnTransport::Udp,
             RelayTransport::Tcp => TurnTransport::Tcp,
@@ -135,7 +136,7 @@ fn relay_server(
     };
     let (name, port) = turn.address.rsplit_once(':').unwrap_or((turn.address.as_str(), "3478"));
     let addr = resolve(name, port.parse().unwrap_or(3478), "rtp.turn")?;
-    Ok(TurnServer { addr, username: turn.username.clone(), password: turn.password.clone(), transport })
+    Ok(TurnServer { addr, username: turn.username.clone(), password: turn.password.expose().to_string(), transport })
 }
 
 /// The CA the WSS certificate must chain to when `--ca` is not given: in self-signed mode the

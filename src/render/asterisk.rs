@@ -164,7 +164,7 @@ pub const EDGE_ENDPOINT: &str = "edge";
 /// The context of `prometheus_auth.conf` and the monitoring profile's password file: the
 /// metrics password, nothing else.
 pub fn metrics_context(plan: &Plan) -> Value {
-    context! { metrics_password => &plan.metrics.password }
+    context! { metrics_password => plan.metrics.password.expose() }
 }
 
 /// The context of `pjsip_auth.conf`: the endpoints' ids and passwords, nothing else. A cluster's
@@ -173,8 +173,12 @@ pub fn metrics_context(plan: &Plan) -> Value {
 /// password or takes a user's credentials from anyone who reaches it directly.
 pub fn auth_context(plan: &Plan) -> Value {
     let pool = plan.cluster.is_some();
-    let auth: Vec<_> =
-        plan.endpoints.iter().filter(|_| !pool).map(|e| context! { id => &e.id, password => &e.password }).collect();
+    let auth: Vec<_> = plan
+        .endpoints
+        .iter()
+        .filter(|_| !pool)
+        .map(|e| context! { id => &e.id, password => e.password.expose() })
+        .collect();
     context! { endpoints => auth, pool => pool }
 }
 
@@ -185,11 +189,11 @@ pub fn auth_context(plan: &Plan) -> Value {
 /// ConfigMap).
 pub fn edge_key_context(plan: &Plan) -> Value {
     context! {
-        edge_key_sha1 => plan.cluster.as_ref().map(|c| super::cluster::edge_key_sha1(&c.edge_key)),
+        edge_key_sha1 => plan.cluster.as_ref().map(|c| super::cluster::edge_key_sha1(c.edge_key.expose())),
         previous_sha1 => plan
             .cluster
             .as_ref()
-            .and_then(|c| c.edge_key_previous.as_deref())
+            .and_then(|c| c.edge_key_previous.as_ref().map(crate::spec::valid::Secret::expose))
             .map(super::cluster::edge_key_sha1)
             .unwrap_or_default(),
         variable => EDGE_KEY_VARIABLE,
@@ -211,7 +215,7 @@ pub const EDGE_CHECK_CONTEXT: &str = "astrtc-edge-check";
 
 /// The context of `rtp_turn.conf`: the TURN password, nothing else.
 pub fn turn_context(plan: &Plan) -> Value {
-    context! { turn_password => plan.rtp.turn.as_ref().map(|t| t.password.clone()) }
+    context! { turn_password => plan.rtp.turn.as_ref().map(|t| t.password.expose()) }
 }
 
 /// `pjsip_auth.conf`, as pjsip.conf includes it.

@@ -102,10 +102,10 @@ fn never_banned(plan: &Plan) -> Vec<String> {
 pub fn secret_context(plan: &Plan) -> Value {
     let Some(c) = &plan.cluster else { return context! {} };
     context! {
-        password => &c.database_password,
+        password => c.database_password.expose(),
         database_url => format!(
             "postgres://kamailio:{}@{}:{DATABASE_PORT}/kamailio",
-            c.database_password, c.database_address
+            c.database_password.expose(), c.database_address
         ),
     }
 }
@@ -120,7 +120,7 @@ pub fn edge_key_sha1(key: &str) -> String {
 
 /// The context of `edge/edge_key.cfg`: the pool's key for the edge, nothing else.
 pub fn edge_key_context(plan: &Plan) -> Value {
-    context! { edge_key => plan.cluster.as_ref().map(|c| c.edge_key.clone()) }
+    context! { edge_key => plan.cluster.as_ref().map(|c| c.edge_key.expose()) }
 }
 
 /// One user as `astrtc apply` and `astrtc verify` read it back from the database:
@@ -134,7 +134,13 @@ pub const USER_ROWS_FROM: &str = "FROM subscriber s LEFT JOIN astrtc_user u ON u
 
 /// The [`USER_ROW`] the database holds for `e` once `plan` is written.
 pub fn user_row(plan: &Plan, e: &crate::plan::Endpoint) -> String {
-    format!("{} {} {} {}", e.id, ha1(&e.id, &plan.tls.domain, &e.password), e.max_contacts, e.transport.as_str())
+    format!(
+        "{} {} {} {}",
+        e.id,
+        ha1(&e.id, &plan.tls.domain, e.password.expose()),
+        e.max_contacts,
+        e.transport.as_str()
+    )
 }
 
 /// HA1 of RFC 2617 digest authentication: MD5 of `user:realm:password`, in hex.
@@ -154,7 +160,7 @@ pub fn subscribers_context(plan: &Plan) -> Value {
         .map(|e| {
             context! {
                 username => &e.id,
-                ha1 => ha1(&e.id, realm, &e.password),
+                ha1 => ha1(&e.id, realm, e.password.expose()),
                 max_contacts => e.max_contacts,
                 transport => e.transport.as_str(),
             }

@@ -67,5 +67,5 @@ pub fn context(plan: &Plan) -> Value {
 
 /// The context of `auth-secret`: the shared secret, nothing else.
 pub fn secret_context(plan: &Plan) -> Value {
-    context! { secret => plan.turn.as_ref().map(|t| t.secret.clone()) }
+    context! { secret => plan.turn.as_ref().map(|t| t.secret.expose()) }
 }

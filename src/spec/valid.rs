@@ -13,6 +13,53 @@ use serde::{Deserialize, Serialize};
 
 use super::{AcmeChallenge, CodecPreference, DatabaseMode, EndpointKind, NetworkMode, TlsMode, TurnMode};
 
+/// A value from the secrets file (a password, a key, a shared secret). Its `Debug` shows none of
+/// it, so a `{:?}` of any spec value — in a log line, a panic, a test failure — cannot print a
+/// secret; it has no `Display` and no `Serialize` (the fields holding one are `skip_serializing`):
+/// a template gets a secret only through its own context, from [`Secret::expose`]. `Deref` to
+/// `str` lets a caller pass it where a `&str` is taken (a login, a digest).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value read from the secrets file.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that must use it (a rendered secret file, a digest,
+    /// a login).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for Secret {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Secret {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 /// A valid spec and its secrets.
 #[derive(Debug, Clone)]
 pub struct Valid {
@@ -76,15 +123,15 @@ pub struct Cluster {
     pub database: DatabaseMode,
     /// The edge's database password (secrets file); never serialized.
     #[serde(skip_serializing)]
-    pub database_password: String,
+    pub database_password: Secret,
     /// The pool's key for the edge (secrets file): sent by the edge in `X-Astrtc-Edge`, required
     /// by each pool member's dialplan; never serialized.
     #[serde(skip_serializing)]
-    pub edge_key: String,
+    pub edge_key: Secret,
     /// The key before a rotation (secrets file), which the pool takes too until the rotation
     /// is finished; never serialized.
     #[serde(skip_serializing)]
-    pub edge_key_previous: Option<String>,
+    pub edge_key_previous: Option<Secret>,
     /// The edge's image reference.
     pub edge_image: String,
     /// The relay's image reference.
@@ -130,7 +177,7 @@ pub struct TurnService {
     /// The shared secret REST credentials are made with (secrets file); never serialized (only
     /// the TURN service's own secret file gets it, through its own context).
     #[serde(skip_serializing)]
-    pub secret: String,
+    pub secret: Secret,
 }
 
 /// How the bundled coturn runs.
@@ -224,7 +271,7 @@ pub struct Metrics {
     pub username: String,
     /// Basic-auth password (from the secrets file); never serialized.
     #[serde(skip_serializing)]
-    pub password: String,
+    pub password: Secret,
     /// The compose `monitoring` profile's Prometheus port (127.0.0.1).
     pub prometheus_port: u16,
     /// The compose `monitoring` profile's node exporter port (127.0.0.1).
@@ -308,7 +355,7 @@ pub struct Turn {
     /// Password (from the secrets file); never serialized (only `rtp_turn.conf` gets it, through
     /// its own context).
     #[serde(skip_serializing)]
-    pub password: String,
+    pub password: Secret,
 }
 
 /// The WSS certificate.
@@ -422,5 +469,5 @@ pub struct Endpoint {
     pub codec_preference: CodecPreference,
     /// Digest password; never serialized (templates get passwords through their own context).
     #[serde(skip_serializing)]
-    pub password: String,
+    pub password: Secret,
 }

@@ -451,7 +451,7 @@ async fn start(
         endpoints: plan
             .endpoints
             .iter()
-            .map(|e| InstanceEndpoint { id: e.id.clone(), kind: e.kind, password: e.password.clone() })
+            .map(|e| InstanceEndpoint { id: e.id.clone(), kind: e.kind, password: e.password.expose().to_string() })
             .collect(),
         echo_extension: plan.dialplan.echo_extension.clone(),
         spec: spec_path,

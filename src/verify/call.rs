@@ -118,7 +118,7 @@ pub async fn call_checks(
                 leg,
                 domain: plan.tls.domain.clone(),
                 user: ep.id.clone(),
-                password: ep.password.clone(),
+                password: ep.password.expose().to_string(),
                 extension: target,
                 hold: options.hold,
                 register: true,

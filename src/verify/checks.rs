@@ -119,7 +119,7 @@ pub async fn verify(plan: &Plan, target: &Target) -> Report {
                 report.push(Check::skip(name, "the WebSocket upgrade failed"));
                 continue;
             }
-            report.push(register_check(name, wss, &domain, &target.ca_pem, &ep.id, &ep.password).await);
+            report.push(register_check(name, wss, &domain, &target.ca_pem, &ep.id, ep.password.expose()).await);
         }
     } else {
         report.push(Check::skip("websocket", "TLS failed"));

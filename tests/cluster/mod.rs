@@ -184,7 +184,7 @@ impl Stack {
     }
 
     fn password(&self, id: &str) -> String {
-        self.plan.endpoints.iter().find(|e| e.id == id).unwrap().password.clone()
+        self.plan.endpoints.iter().find(|e| e.id == id).unwrap().password.expose().to_string()
     }
 
     fn ca_pem(&self) -> String {

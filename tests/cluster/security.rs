@@ -597,7 +597,7 @@ fn pool_refuses_calls_without_the_edges_key(stack: &Stack, edge: SocketAddr) {
             member.name
         );
     }
-    let right = format!("X-Astrtc-Edge: {}\r\n", cluster.edge_key);
+    let right = format!("X-Astrtc-Edge: {}\r\n", cluster.edge_key.expose());
     let (_, answer) = RawDialog::invite_direct(from_host(), to, domain, echo, &right);
     eprintln!("a direct INVITE with the edge's key: {}", answer.lines().next().unwrap_or_default());
     assert!(answer.starts_with("SIP/2.0 200"), "a direct INVITE with the edge's key was not answered: {answer}");
@@ -617,7 +617,7 @@ fn pool_refuses_calls_without_the_edges_key(stack: &Stack, edge: SocketAddr) {
         !answer.to_ascii_lowercase().contains("x-astrtc-edge"),
         "the edge relayed the header to the caller: {answer}"
     );
-    assert!(!answer.contains(&cluster.edge_key), "the edge's key reached the caller: {answer}");
+    assert!(!answer.contains(cluster.edge_key.expose()), "the edge's key reached the caller: {answer}");
     let target = call.target.clone();
     let status = call.in_dialog("BYE", &target);
     assert!(status.starts_with("SIP/2.0 200"), "the call's BYE: {status}");
@@ -651,7 +651,7 @@ fn reply_to(request: &str, status: &str, tag: &str, contact: &str, extra: &str, 
 fn a_users_reply_loses_its_copy_of_the_edges_header_and_no_user_gets_the_key() {
     let Some(stack) = Stack::start("replyhdr", |s| s) else { return };
     let edge = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
-    let key = stack.cluster().edge_key.clone();
+    let key = stack.cluster().edge_key.expose().to_string();
     let callee = local_socket(Duration::from_secs(10));
     let contact = format!("sip:3002@{}", callee.local_addr().unwrap());
     let registered = register_from(&callee, edge, "3002", &stack.password("3002"), &contact);
@@ -714,13 +714,15 @@ fn direct_invite_with_key(stack: &Stack, key: &str) -> String {
 /// and restart the edge with the new key, while a call held through the edge across it keeps its
 /// audio; a member then takes the new key and the previous one (its calls logged) and refuses a
 /// made-up one; a new call through the restarted edge is echoed. `--finish-rotation edge-key`
-/// and `apply --yes` again restart nothing, and the previous key is refused 403 from then on.
+/// and `apply --yes` again restart nothing, and the previous key is refused 403 from then on. A
+/// rotation finished before it was applied is refused by `apply` (exit 2, nothing written or
+/// restarted) while the edge runs, and the remedy its help names applies.
 #[test]
 fn the_edges_key_rotates_without_restarting_the_pool_or_dropping_a_call() {
     let Some(stack) = Stack::start("rotate", |s| s) else { return };
     let spec = stack.dir.path().join("astrtc.toml");
     let secrets = stack.dir.path().join("astrtc.secrets.toml");
-    let old_key = stack.cluster().edge_key.clone();
+    let old_key = stack.cluster().edge_key.expose().to_string();
     let members: Vec<String> = stack.cluster().members.iter().map(|m| m.name.clone()).collect();
     let echo = stack.plan.dialplan.echo_extension.clone();
     let starts = |services: &[String]| -> Vec<String> {
@@ -796,6 +798,59 @@ fn the_edges_key_rotates_without_restarting_the_pool_or_dropping_a_call() {
         let status = direct_invite_with_key(&stack, key);
         eprintln!("rotation finished: a direct INVITE with {what}: {status}");
         assert!(status.starts_with(want), "rotation finished: a direct INVITE with {what} was answered {status}");
+    }
+
+    // A rotation finished before it was applied: the pool, reloaded first, would refuse the
+    // running edge's key until the edge restarted. apply refuses it while the edge runs, writing
+    // nothing and touching no service; the remedy its help gives (the running key as the
+    // previous one) then applies.
+    let secrets_step = |flag: &str| {
+        let out = astrtc().args(["secrets", "--spec"]).arg(&spec).args([flag, "edge-key"]).output().unwrap();
+        assert!(out.status.success(), "secrets {flag}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    secrets_step("--rotate");
+    secrets_step("--finish-rotation");
+    let newest = {
+        let parsed: astrtc::spec::secrets::Secrets =
+            toml::from_str(&std::fs::read_to_string(&secrets).unwrap()).unwrap();
+        parsed.cluster.unwrap().edge_key.unwrap()
+    };
+    assert_ne!(newest, new_key);
+    let deploy = stack.dir.path().join("deploy");
+    let rendered = |file: &str| std::fs::read(deploy.join(file)).unwrap();
+    let files = ["edge/edge_key.cfg", "asterisk/extensions_edge.conf", "compose.yaml"];
+    let files_before: Vec<Vec<u8>> = files.iter().map(|f| rendered(f)).collect();
+    let before_refusal = starts(&all);
+    let out = astrtc().args(["apply", "--yes", "--spec"]).arg(&spec).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("apply after a rotation finished unapplied: {:?}\n{stderr}", out.status.code());
+    assert_eq!(out.status.code(), Some(2), "apply took a key the running edge's calls would be refused for: {stderr}");
+    assert!(stderr.contains("no rotation under way"), "the refusal does not say why: {stderr}");
+    assert!(!stderr.contains(&newest) && !stderr.contains(&new_key), "the refusal printed a key");
+    let files_after: Vec<Vec<u8>> = files.iter().map(|f| rendered(f)).collect();
+    assert!(files_after == files_before, "the refused apply wrote into {}", deploy.display());
+    assert_eq!(starts(&all), before_refusal, "the refused apply restarted a service");
+    let status = direct_invite_with_key(&stack, &new_key);
+    assert!(status.starts_with("SIP/2.0 200"), "after the refusal the running key was answered {status}");
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    std::fs::write(
+        &secrets,
+        text.replacen("edge_key = ", &format!("edge_key_previous = \"{new_key}\"\nedge_key = "), 1),
+    )
+    .unwrap();
+    let applied = {
+        let out = astrtc().args(["apply", "--yes", "--spec"]).arg(&spec).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "apply with the help's remedy: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    assert!(applied.contains("reloaded in place"), "the remedy's apply did not reload the pool: {applied}");
+    for (what, key) in
+        [("the running edge's key, now the previous", new_key.as_str()), ("the newest key", newest.as_str())]
+    {
+        let status = direct_invite_with_key(&stack, key);
+        eprintln!("the remedy applied: a direct INVITE with {what}: {status}");
+        assert!(status.starts_with("SIP/2.0 200"), "the remedy applied: a direct INVITE with {what}: {status}");
     }
 }
 

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::super::secrets::Secrets;
 use super::super::source::{KeyPath, Problem};
-use super::super::valid::{Cluster, PoolMember};
+use super::super::valid::{Cluster, PoolMember, Secret};
 use super::super::{defaults, ClusterSpec, CodecPreference, DatabaseMode, NetworkMode, Spec, TlsMode};
 use super::rules::image_reference;
 use super::{mask, p, parse_cidr, MIN_PORT};
@@ -301,9 +301,9 @@ pub(super) fn cluster(
         relay_control_port: control_port?,
         relay_address,
         database,
-        database_password: database_password?,
-        edge_key: edge_key?,
-        edge_key_previous: edge_key_previous?,
+        database_password: Secret::new(database_password?),
+        edge_key: Secret::new(edge_key?),
+        edge_key_previous: edge_key_previous?.map(Secret::new),
         edge_image,
         relay_image,
         db_image,

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use super::super::secrets::Secrets;
 use super::super::source::{KeyPath, Problem};
-use super::super::valid::{Dialplan, Endpoint, Transport};
+use super::super::valid::{Dialplan, Endpoint, Secret, Transport};
 use super::super::{defaults, CodecPreference, EndpointKind, SipTransport, Spec};
 use super::{display_name, endpoint_id, p, password, simple_token, KNOWN_CODECS, WEBRTC_CODECS};
 
@@ -123,7 +123,7 @@ pub(super) fn endpoints(
                 rtp_timeout,
                 rtp_timeout_hold,
                 codec_preference: ep.codec_preference.unwrap_or(CodecPreference::Client),
-                password,
+                password: Secret::new(password),
             }),
             _ => ok = false,
         }

@@ -3,7 +3,7 @@
 
 use super::super::secrets::Secrets;
 use super::super::source::Problem;
-use super::super::valid::{Lifecycle, Metrics, Network};
+use super::super::valid::{Lifecycle, Metrics, Network, Secret};
 use super::super::{defaults, Spec};
 use super::{p, password, MIN_PORT};
 
@@ -75,7 +75,7 @@ pub(super) fn metrics(
     Some(Metrics {
         enabled,
         username: defaults::METRICS_USERNAME.to_string(),
-        password: pw?,
+        password: Secret::new(pw?),
         prometheus_port: prometheus_port?,
         exporter_port: exporter_port?,
     })

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use super::super::secrets::Secrets;
 use super::super::source::{KeyPath, Problem};
-use super::super::valid::{Bridge, Nat, Network, Rtp, Turn};
+use super::super::valid::{Bridge, Nat, Network, Rtp, Secret, Turn};
 use super::super::{defaults, NetworkMode, Spec};
 use super::{host_port, in_v4_subnet, mask, p, parse_cidr, password, simple_token, MAX_BRIDGE_RTP_PORTS, MIN_PORT};
 
@@ -218,7 +218,7 @@ pub(super) fn rtp(
             };
             match (host_port(address), username, password) {
                 (Ok(()), Some(username), Some(password)) => {
-                    Some(Some(Turn { address: address.clone(), username, password }))
+                    Some(Some(Turn { address: address.clone(), username, password: Secret::new(password) }))
                 }
                 _ => None,
             }

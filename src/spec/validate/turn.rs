@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use super::super::secrets::Secrets;
 use super::super::source::{KeyPath, Problem};
-use super::super::valid::{BundledTurn, Network, Rtp, Tls, TurnService};
+use super::super::valid::{BundledTurn, Network, Rtp, Secret, Tls, TurnService};
 use super::super::{defaults, NetworkMode, Spec, TurnMode};
 use super::{dns_name, p, password, simple_token, MIN_PORT};
 
@@ -126,7 +126,7 @@ pub(super) fn turn(
     }
     match (port, tls_port, bundled_settings, secret) {
         (Some(port), Some(tls_port), Some(bundled), Some(secret)) => {
-            Some(Some(TurnService { mode, host, port, tls_port, bundled, secret }))
+            Some(Some(TurnService { mode, host, port, tls_port, bundled, secret: Secret::new(secret) }))
         }
         _ => None,
     }
@@ -309,7 +309,7 @@ mod tests {
         );
         assert_eq!(b.allowed_peers, ["10.0.0.5".parse::<std::net::IpAddr>().unwrap(), "203.0.113.10".parse().unwrap()]);
         assert_eq!(b.external_ip.as_deref(), Some("203.0.113.10/10.0.0.5"));
-        assert_eq!(t.secret, SECRET);
+        assert_eq!(t.secret.expose(), SECRET);
         // Bridge mode: the container's address is a peer; coturn (on the host) maps only the public one.
         let v = check(
             "[network]\nmode = \"bridge\"\npublic_address = \"203.0.113.10\"\n[rtp]\nstart = 10000\nend = 10099\n[turn]\n",
