@@ -333,6 +333,24 @@ fn the_opus_complexity_reaches_the_asterisk_container() {
     assert!(!ok && out.contains("opusComplexity"), "the schema let a complexity in past the spec: {out}");
 }
 
+/// A copy of fixture `case` with its spec (read from `spec`) and secrets file edited, rendered
+/// into its `deploy/`.
+fn edited_render(
+    case: &str,
+    spec: &Path,
+    edit: &dyn Fn(String) -> String,
+    secrets: &dyn Fn(String) -> String,
+) -> tempfile::TempDir {
+    let d = fixture_copy(case);
+    let s = d.path().join("astrtc.toml");
+    std::fs::write(&s, edit(std::fs::read_to_string(spec).unwrap())).unwrap();
+    let sp = d.path().join("astrtc.secrets.toml");
+    std::fs::write(&sp, secrets(std::fs::read_to_string(&sp).unwrap())).unwrap();
+    let plan = plan_for(&s, ROOT).unwrap();
+    astrtc::deploy::write(&plan, &d.path().join("deploy")).unwrap();
+    d
+}
+
 /// Pod deletion drains: a preStop hook runs astrtc-drain, the grace period is the spec's drain
 /// plus 30 s, readiness (not liveness) turns false while draining; configs, passwords and the
 /// certificate are directory mounts (updates reach the pod), and only the restart digest rolls it.
@@ -381,13 +399,7 @@ fn the_chart_drains_on_pod_deletion_and_reloads_without_restarts() {
     // change alters it (the pod rolls, draining).
     let spec = dir.path().join("astrtc.toml");
     let render = |edit: &dyn Fn(String) -> String, secrets: &dyn Fn(String) -> String| -> String {
-        let d = fixture_copy("webrtc-self-signed");
-        let s = d.path().join("astrtc.toml");
-        std::fs::write(&s, edit(std::fs::read_to_string(&spec).unwrap())).unwrap();
-        let sp = d.path().join("astrtc.secrets.toml");
-        std::fs::write(&sp, secrets(std::fs::read_to_string(&sp).unwrap())).unwrap();
-        let plan = plan_for(&s, ROOT).unwrap();
-        astrtc::deploy::write(&plan, &d.path().join("deploy")).unwrap();
+        let d = edited_render("webrtc-self-signed", &spec, edit, secrets);
         std::fs::read_to_string(d.path().join("deploy/helm/astrtc/files/restart-digest")).unwrap()
     };
     let same = |t: String| t;
@@ -1520,6 +1532,39 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
             logs("relay")
         );
     }
+    // Each member runs its reloader beside Asterisk, and it reaches that Asterisk's CLI (through
+    // the shared run directory): a pass of its own (`once`) succeeds in every member (podman names
+    // a Pod's containers `<pod>-<name>`). `once` alone would pass without the CLI when it finds no
+    // record of what Asterisk loaded (it records one and reloads nothing), hence the CLI asked too.
+    let listed = must(&["podman", "ps", "--format", "{{.Names}}"]);
+    for (pod_name, _, _) in &members {
+        let reloader = format!("{pod_name}-reloader");
+        assert!(
+            listed.lines().any(|l| l.trim() == reloader),
+            "no reloader container {reloader} runs in the pool member: podman ps lists\n{listed}"
+        );
+        let cli = runner.exec(&["podman", "exec", &reloader, "/usr/sbin/asterisk", "-rx", "core show uptime"]);
+        assert!(
+            cli.status.success() && String::from_utf8_lossy(&cli.stdout).contains("System uptime"),
+            "{reloader} does not reach its member's Asterisk CLI: {}{}",
+            String::from_utf8_lossy(&cli.stdout),
+            String::from_utf8_lossy(&cli.stderr)
+        );
+        let out = runner.exec(&["podman", "exec", &reloader, "/usr/local/bin/astrtc-reload", "once"]);
+        assert!(
+            out.status.success(),
+            "{reloader}: astrtc-reload once failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let log = runner.exec(&["podman", "logs", &reloader]);
+        let log = format!("{}{}", String::from_utf8_lossy(&log.stdout), String::from_utf8_lossy(&log.stderr));
+        eprintln!(
+            "podman cluster: {reloader}: astrtc-reload once: {}; its log: {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            log.trim().replace('\n', " | ")
+        );
+    }
     eprintln!("podman cluster: whole run {:.2?}", started.elapsed());
 }
 
@@ -1700,6 +1745,201 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
         cluster.pool_size,
         list.len(),
         secrets.len()
+    );
+}
+
+/// The pool reloads in place, as the single chart's pod does: a `reloader` container beside each
+/// member's Asterisk (the same image, security context and directory mounts of the configs, the
+/// passwords, the certificate and the run directory), and `checksum/restart` — the restart digest
+/// of the pool's configs, the chart's `files/restart-digest` — the only checksum on the pod. So a
+/// new endpoint with its password, a dialplan change and a rotation of the edge's key (its SHA-1
+/// is in the pool's auth Secret, `extensions_edge.conf`) keep the digest and roll no member, while
+/// an RTP range change moves it (the members roll, each draining). The edge rolls on a new
+/// endpoint and on the key's rotation (its `checksum/config` covers the users' and the edge-key
+/// Secrets): its init container loads the users, and Kamailio reads the key once.
+#[test]
+fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
+    let Some(t) = tools() else { return };
+    let (dir, chart) = rendered("cluster-compose");
+    let (ok, manifests) = cluster_manifests(&t, &chart, &[]);
+    assert!(ok, "{manifests}");
+    let docs = parsed(&manifests);
+    let pool = doc(&docs, "StatefulSet", "-pool");
+    let pod = &pool["spec"]["template"];
+    let containers = pod["spec"]["containers"].as_sequence().unwrap();
+    let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["asterisk", "reloader"], "the pool pod's containers");
+    let (asterisk, reloader) = (&containers[0], &containers[1]);
+    let strings = |v: &serde_yaml_ng::Value| -> Vec<String> {
+        v.as_sequence().into_iter().flatten().map(|s| s.as_str().unwrap_or("").to_string()).collect()
+    };
+    assert_eq!(strings(&reloader["command"]), ["/usr/local/bin/astrtc-reload", "watch"], "the reloader's command");
+    let env: Vec<(&str, &str)> = reloader["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|e| (e["name"].as_str().unwrap_or(""), e["value"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        env,
+        [("ASTRTC_RELOAD_INTERVAL", "5"), ("ASTRTC_SECRETS_DIR", "/etc/asterisk-secrets")],
+        "the reloader's environment"
+    );
+    assert_eq!(reloader["image"], asterisk["image"], "the reloader runs the pool's Asterisk image");
+    assert_eq!(reloader["imagePullPolicy"], asterisk["imagePullPolicy"]);
+    assert_eq!(reloader["securityContext"], asterisk["securityContext"], "the reloader's security context");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(reloader[probe]["exec"]["command"].is_sequence(), "the reloader has no {probe}");
+    }
+    assert!(reloader["resources"]["limits"]["memory"].is_string(), "the reloader has no memory limit");
+
+    // The reloader sees what Asterisk loaded, through the same volumes, each a directory mount
+    // (a subPath mount never sees an update), and Asterisk's run directory for the CLI socket.
+    let mounts = |c: &serde_yaml_ng::Value| -> Vec<(String, String, Option<String>)> {
+        c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_string(),
+                    m["mountPath"].as_str().unwrap().to_string(),
+                    m["subPath"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    };
+    let (asterisk_mounts, reloader_mounts) = (mounts(asterisk), mounts(reloader));
+    for (volume, path) in [
+        ("config", "/etc/asterisk"),
+        ("auth", "/etc/asterisk-secrets"),
+        ("keys", "/etc/asterisk-keys"),
+        ("run", "/run/asterisk"),
+    ] {
+        let want = (volume.to_string(), path.to_string(), None);
+        assert!(
+            asterisk_mounts.contains(&want),
+            "Asterisk does not mount {volume} at {path} whole: {asterisk_mounts:?}"
+        );
+        assert!(
+            reloader_mounts.contains(&want),
+            "the reloader does not mount {volume} at {path} whole: {reloader_mounts:?}"
+        );
+    }
+    for (container, list) in [("asterisk", &asterisk_mounts), ("reloader", &reloader_mounts)] {
+        assert!(
+            list.iter().all(|(_, _, sub)| sub.is_none()),
+            "{container}: a subPath mount never sees updates: {list:?}"
+        );
+    }
+    let volumes = pod["spec"]["volumes"].as_sequence().unwrap();
+    let volume = |name: &str| volumes.iter().find(|v| v["name"].as_str() == Some(name)).unwrap();
+    let pool_name = pool["metadata"]["name"].as_str().unwrap();
+    assert_eq!(volume("config")["configMap"]["name"].as_str(), Some(format!("{pool_name}-config").as_str()));
+    assert_eq!(volume("auth")["secret"]["secretName"].as_str(), Some(format!("{pool_name}-auth").as_str()));
+
+    // The restart digest is the pod's one checksum: a changed config or Secret alone rolls nothing.
+    let digest = std::fs::read_to_string(chart.join("files/restart-digest")).unwrap();
+    let annotations = pod["metadata"]["annotations"].as_mapping().cloned().unwrap_or_default();
+    let checksums: Vec<&str> =
+        annotations.keys().filter_map(|k| k.as_str()).filter(|k| k.starts_with("checksum/")).collect();
+    assert_eq!(checksums, ["checksum/restart"], "the pool pod's checksums (checksum/config or checksum/auth roll it)");
+    assert_eq!(
+        annotations.get("checksum/restart").and_then(|v| v.as_str()),
+        Some(digest.trim()),
+        "checksum/restart is not the chart's restart digest"
+    );
+
+    // Re-rendered with edits to the spec and the secrets file: the pool's digest (file and
+    // annotation), the edge's checksum and the pool's auth Secret's copy of the key's SHA-1.
+    let spec = dir.path().join("astrtc.toml");
+    let render = |edit: &dyn Fn(String) -> String, secrets: &dyn Fn(String) -> String| -> Outcome {
+        let d = edited_render("cluster-compose", &spec, edit, secrets);
+        let chart = d.path().join("deploy/helm/astrtc");
+        let (ok, manifests) = cluster_manifests(&t, &chart, &[]);
+        assert!(ok, "{manifests}");
+        let docs = parsed(&manifests);
+        let annotation = |kind: &str, name: &str, key: &str| {
+            doc(&docs, kind, name)["spec"]["template"]["metadata"]["annotations"][key]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        let auth =
+            doc(&docs, "Secret", "-pool-auth")["data"]["extensions_edge.conf"].as_str().unwrap_or("").to_string();
+        Outcome {
+            digest: std::fs::read_to_string(chart.join("files/restart-digest")).unwrap(),
+            pool: annotation("StatefulSet", "-pool", "checksum/restart"),
+            edge: annotation("Deployment", "-edge", "checksum/config"),
+            config: serde_yaml_ng::to_string(&doc(&docs, "ConfigMap", "-pool-config")["data"]).unwrap(),
+            auth,
+        }
+    };
+    #[derive(Debug, PartialEq)]
+    struct Outcome {
+        /// The chart's `files/restart-digest`.
+        digest: String,
+        /// The pool pod's `checksum/restart`.
+        pool: String,
+        /// The edge pod's `checksum/config`.
+        edge: String,
+        /// The pool's ConfigMap's files.
+        config: String,
+        /// The pool's auth Secret's `extensions_edge.conf` (base64).
+        auth: String,
+    }
+    let same = |t: String| t;
+    let base = render(&same, &same);
+    assert_eq!(base.digest, digest, "the restart digest is not the same render after render");
+    assert_eq!(base.pool, digest.trim());
+    assert_eq!(render(&same, &same), base, "a render of the same spec differs");
+
+    // (a) A new endpoint and its password: the pool holds no user (the edge authenticates them),
+    // so nothing of the pool's moves; the edge rolls, its init container loading the users.
+    let added = render(&|t| t + "\n[[endpoints]]\nid = \"4001\"\nkind = \"sip\"\n", &|t| {
+        t.replace("[endpoints]", "[endpoints]\n4001 = \"fixture-sip-4001-password\"")
+    });
+    assert_eq!(
+        (&added.digest, &added.pool),
+        (&base.digest, &base.pool),
+        "adding an endpoint and its password must not roll the pool"
+    );
+    assert_ne!(added.edge, base.edge, "a new endpoint must roll the edge (its init container loads the users)");
+    // A dialplan change: in the pool's ConfigMap (extensions.conf), reloaded (`dialplan reload`).
+    let dialplan = render(&|t| t + "\n[dialplan]\necho_extension = \"601\"\n", &same);
+    assert_ne!(dialplan.config, base.config, "the dialplan change did not reach the pool's ConfigMap");
+    assert_eq!(
+        (&dialplan.digest, &dialplan.pool),
+        (&base.digest, &base.pool),
+        "a dialplan change must not roll the pool (the reloader's `dialplan reload` takes it)"
+    );
+    // (b) The edge's key rotated (`astrtc secrets --rotate edge-key`: the old key kept as
+    // edge_key_previous, a new one): the pool's Secret changes, its digest does not.
+    let old_key = "fixtureClusterEdgeKey0123456789abcdef";
+    let new_key = "RotatedEdgeKey0123456789abcdefgh";
+    assert_eq!(new_key.len(), 32);
+    let rotated = render(&same, &|t| {
+        assert!(t.contains(old_key), "the fixture's edge_key is not {old_key}");
+        t.replace(
+            &format!("edge_key = \"{old_key}\""),
+            &format!("edge_key = \"{new_key}\"\nedge_key_previous = \"{old_key}\""),
+        )
+    });
+    assert_ne!(rotated.auth, base.auth, "the rotation did not reach the pool's auth Secret (extensions_edge.conf)");
+    assert_eq!(
+        (&rotated.digest, &rotated.pool),
+        (&base.digest, &base.pool),
+        "rotating the edge's key must not roll the pool (the reloader's `dialplan reload` takes the new SHA-1)"
+    );
+    assert_ne!(rotated.edge, base.edge, "rotating the edge's key must roll the edge (Kamailio reads it once)");
+    // (c) The RTP range: only a restart applies it.
+    let range = render(&|t| t.replacen("end = 40999", "end = 40899", 1), &same);
+    assert_ne!(range.digest, base.digest, "an RTP range change must roll the pool");
+    assert_eq!(range.pool, range.digest.trim(), "the annotation does not follow the digest");
+    eprintln!(
+        "cluster pool: asterisk + reloader, checksum/restart {} kept by a new endpoint (which rolls the edge), a \
+         dialplan change and an edge-key rotation (which rolls the edge), moved by the RTP range",
+        base.pool
     );
 }
 

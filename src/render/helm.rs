@@ -21,7 +21,10 @@ use crate::spec::{AcmeChallenge, NetworkMode};
 /// Where the chart goes in the output.
 pub const CHART_DIR: &str = "helm/astrtc";
 /// The restart digest in the chart (`files/restart-digest`): the pod annotation
-/// `checksum/restart`, so a `helm upgrade` restarts the pod exactly when a change needs it.
+/// `checksum/restart`, so a `helm upgrade` restarts the pod exactly when a change needs it. Both
+/// charts carry it: the single topology's Asterisk pod and a cluster's pool members (the digest of
+/// the pool's Asterisk configs, whose restart view compose's pool members' labels also hash); every
+/// other change reaches the running pods through their `reloader` containers.
 pub const RESTART_DIGEST_FILE: &str = "files/restart-digest";
 
 /// The context of the chart's generated files.
@@ -169,7 +172,8 @@ pub fn cluster_context(plan: &Plan) -> Value {
 /// (secret) the users' HA1 digests, the certificate. Not copied: what names compose's
 /// fixed addresses or holds the database password (`edge/dispatcher.list`, `edge/database.cfg`,
 /// `asterisk/pjsip_edge.conf`, `db/pg_hba.conf`, `db/password`): the chart writes its own from
-/// its values, and the password comes from an existing Secret.
+/// its values, and the password comes from an existing Secret. The pool's restart digest is
+/// written beside them as the single chart's is ([`RESTART_DIGEST_FILE`]).
 pub fn cluster_chart_files(bundle: &Bundle) -> Vec<(PathBuf, BundleFile)> {
     copies(bundle, |p, name, f| {
         let to = match p {
