@@ -52,13 +52,14 @@ pub enum ApplyError {
     },
     /// The running image's reloader would restart for a file this astrtc reloads in place: an
     /// image built by an older astrtc. Taking the reload path with it would leave the file
-    /// unloaded (and a rotated edge key refusing every call); nothing was done.
+    /// unloaded (and a rotated edge key refusing every call); no container was touched (the new
+    /// files are rendered, as `astrtc render` would).
     #[error("{container} runs an image whose reloader does not reload {}: it was built by an older astrtc", files.join(", "))]
     #[diagnostic(
         code(astrtc::apply::stale_image),
         help(
             "rebuild the image with `astrtc build --spec ...`, then `astrtc apply` again (the new image restarts the \
-             container); nothing was changed"
+             container); no container was touched, only the rendered files are new"
         )
     )]
     StaleImage {

@@ -349,6 +349,41 @@ fn the_reloader_and_astrtc_agree_on_each_files_reload() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "module reload http");
 }
 
+/// The reloader's first pass records what Asterisk loaded, and says so only when the record was
+/// written: a run directory it cannot write (here a missing one) fails the pass (exit 1, a
+/// `failed:` line), where it used to print "nothing changed (baseline recorded)" and exit 0 —
+/// and every later pass would then have found no record and "recorded" again, reloading nothing.
+#[test]
+fn the_reloaders_first_pass_fails_when_it_cannot_record_what_was_loaded() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/asterisk/runtime/astrtc-reload");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("extensions.conf"), "[default]\n").unwrap();
+    let once = |state: &Path| {
+        Command::new("sh")
+            .arg(&script)
+            .arg("once")
+            .env("ASTRTC_CONFIG_DIR", &conf)
+            .env("ASTRTC_KEYS_DIR", dir.path().join("keys"))
+            .env("ASTRTC_SECRETS_DIR", dir.path().join("secrets"))
+            .env("ASTRTC_RELOAD_STATE", state)
+            .output()
+            .unwrap()
+    };
+    let out = once(&dir.path().join("missing/astrtc-loaded"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "a record it could not write passed: {stdout}{stderr}");
+    assert!(stderr.contains("failed: recording the loaded files"), "{stderr}");
+    assert!(!stdout.contains("baseline recorded"), "{stdout}");
+    let state = dir.path().join("astrtc-loaded");
+    let out = once(&state);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing changed (baseline recorded)");
+    let record = std::fs::read_to_string(&state).unwrap();
+    assert!(record.contains(" extensions.conf"), "the record: {record}");
+}
+
 /// A render that re-issues the self-signed leaf (here: a name added) reaches the running
 /// container like any other change: `apply` reloads the HTTPS listener, which then serves the new
 /// certificate; Asterisk keeps running.

@@ -646,13 +646,16 @@ fn reply_to(request: &str, status: &str, tag: &str, contact: &str, extra: &str, 
 /// another: 3001 calls 3002 (a UDP socket of the test's, registered through the edge), user to
 /// user; the INVITE 3002 receives carries no `X-Astrtc-Edge` and not the key, and its 200 OK —
 /// sent with `X-Astrtc-Edge: <made-up>` — reaches 3001 without it (the edge's `reply_route`
-/// strips it from every reply); the call ends with its BYE answered.
+/// strips it from every reply); the call ends with its BYE answered. A call to 3002 from a pool
+/// member's own address is refused 403 (the pool starts nothing) and never reaches 3002.
 #[test]
 fn a_users_reply_loses_its_copy_of_the_edges_header_and_no_user_gets_the_key() {
     let Some(stack) = Stack::start("replyhdr", |s| s) else { return };
     let edge = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), stack.plan.network.sip_port);
     let key = stack.cluster().edge_key.expose().to_string();
     let callee = local_socket(Duration::from_secs(10));
+    let callee_copy = callee.try_clone().unwrap();
+    callee_copy.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let contact = format!("sip:3002@{}", callee.local_addr().unwrap());
     let registered = register_from(&callee, edge, "3002", &stack.password("3002"), &contact);
     assert!(registered.starts_with("SIP/2.0 200"), "3002 did not register: {registered}");
@@ -694,6 +697,95 @@ fn a_users_reply_loses_its_copy_of_the_edges_header_and_no_user_gets_the_key() {
     assert!(!invite.to_ascii_lowercase().contains("x-astrtc-edge"), "the edge sent a user its header: {invite}");
     assert!(!invite.contains(&key), "the edge sent a user its key: {invite}");
     assert!(bye_reached, "3001's BYE never reached 3002");
+
+    // The pool starts nothing: a call to 3002 sent from a pool member's own address and SIP port
+    // (written whole, from a raw socket in the member's network namespace — its Asterisk holds
+    // the port — as a member, or whoever can send from its address, would) is refused and
+    // logged, and nothing reaches 3002. (The edge's 403 goes to the member's Asterisk, which
+    // drops it: no transaction of its own.)
+    let member = stack.cluster().members[0].clone();
+    let pid = {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &container_of(&stack, &member.name)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let sip_port = stack.plan.network.sip_port;
+    let edge_on_pool = std::net::SocketAddrV4::new(stack.cluster().edge_address, sip_port);
+    let from = std::net::SocketAddrV4::new(member.address, sip_port);
+    let domain = &stack.plan.tls.domain;
+    let invite = format!(
+        "INVITE sip:3002@{domain} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-forged-{pid};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:600@{domain}>;tag=forged\r\nTo: <sip:3002@{domain}>\r\n\
+         Call-ID: forged-from-the-pool-{pid}\r\nCSeq: 1 INVITE\r\nContact: <sip:600@{from}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+        FORGED_SDP.len(),
+        FORGED_SDP
+    );
+    let name = member.name.clone();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("the member's network namespace");
+        // SAFETY: setns on a valid namespace fd changes only this thread's namespace.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns into {name}'s namespace: {}", std::io::Error::last_os_error());
+        send_udp_from(from, edge_on_pool, invite.as_bytes());
+    })
+    .join()
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let reached = callee_copy.recv_from(&mut buf).map(|(len, _)| String::from_utf8_lossy(&buf[..len]).into_owned());
+    eprintln!("a call to 3002 from {from} ({}'s address and port): reached 3002: {reached:?}", member.name);
+    assert!(reached.is_err(), "a call from a pool member's address reached 3002 (no login asked): {reached:?}");
+    let logged = wait_until(Duration::from_secs(5), || {
+        let out = stack.project.run(&["logs", "--no-color", "edge"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("refused a INVITE from the pool's address {}", from.ip()))
+    });
+    assert!(logged.is_some(), "the edge did not log refusing the INVITE from {from}");
+}
+
+/// The offer of the call [`a_users_reply_loses_its_copy_of_the_edges_header_and_no_user_gets_the_key`]
+/// forges from a pool member's address.
+const FORGED_SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                          m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
+
+/// Sends `payload` in one UDP datagram from `from` to `to`, the IPv4 and UDP headers written
+/// here (a raw socket; the kernel fills the IP checksum, the UDP checksum is left 0, which IPv4
+/// allows): a source address and port no socket of this process holds.
+fn send_udp_from(from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, payload: &[u8]) {
+    let total = 20 + 8 + payload.len();
+    let mut packet = Vec::with_capacity(total);
+    packet.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    packet.extend_from_slice(&from.ip().octets());
+    packet.extend_from_slice(&to.ip().octets());
+    packet.extend_from_slice(&from.port().to_be_bytes());
+    packet.extend_from_slice(&to.port().to_be_bytes());
+    packet.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(payload);
+    // SAFETY: a raw socket used for one sendto of a buffer that outlives the call, then closed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "a raw socket: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        let sent = libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(sent, packet.len() as isize, "sending the datagram: {err}");
+    }
 }
 
 /// The status line a pool member's answer to a direct INVITE of the echo extension gets, sent
