@@ -659,7 +659,7 @@ fn a_clusters_edge_key_is_generated_once_kept_across_renders_and_never_printed()
 }
 
 /// `astrtc secrets --rotate edge-key` keeps the key as `edge_key_previous` and writes a new one
-/// (0600, neither printed); the render gives the pool both SHA-1s and the edge only the new key;
+/// (0600, neither printed); the render gives the pool both SHA-1s and the edge both keys (the new one first);
 /// a second start while one is under way is refused with nothing written (its previous key would
 /// be lost while members may still need it); `--finish-rotation edge-key` removes the previous
 /// key (the render's previous global empty again), and a second finish, a rotation of a spec
@@ -692,7 +692,13 @@ fn the_edges_key_rotates_in_two_steps_and_a_step_out_of_turn_is_refused() {
     assert!(globals.contains(&format!("ASTRTC_EDGE_KEY_SHA1 = {}\n", sha1(&new))), "{globals}");
     assert!(globals.contains(&format!("ASTRTC_EDGE_KEY_PREVIOUS_SHA1 = {}\n", sha1(&old))), "{globals}");
     let edge = fs::read_to_string(rendered.join("edge/edge_key.cfg")).unwrap();
-    assert!(edge.contains(&new) && !edge.contains(&old), "the edge does not send the new key alone");
+    // The edge sends the new key, and the previous one in a second header (a member that has not
+    // reloaded yet knows only that).
+    assert!(
+        edge.contains(&format!("#!define EDGE_KEY \"{new}\"\n"))
+            && edge.contains(&format!("#!define EDGE_KEY_PREVIOUS \"{old}\"\n")),
+        "the edge does not send the new key and the previous one"
+    );
 
     let before = fs::read(&secrets).unwrap();
     let again = rotate("--rotate").code(2);

@@ -515,10 +515,11 @@ fn generated() -> BoxedStrategy<Generated> {
         }
         g.spec.topology = topology;
         g.spec.cluster = cluster;
+        // A rotation under way in about half the clusters (by the generated password's length).
         g.secrets.cluster = pw.map(|database_password| ClusterSecrets {
+            edge_key_previous: (database_password.len() % 2 == 0).then(|| FUZZ_EDGE_KEY_PREVIOUS.to_string()),
             database_password,
             edge_key: Some(FUZZ_EDGE_KEY.to_string()),
-            edge_key_previous: None,
         });
         g
     })
@@ -527,6 +528,9 @@ fn generated() -> BoxedStrategy<Generated> {
 
 /// The pool's key for the edge in every generated cluster (letters and digits, as generated).
 const FUZZ_EDGE_KEY: &str = "fuzzClusterEdgeKey0123456789abcdefXYZ";
+
+/// The previous key of a generated cluster with a rotation under way.
+const FUZZ_EDGE_KEY_PREVIOUS: &str = "fuzzPreviousEdgeKey0123456789abcdefXY";
 
 fn generated_at(level: Level) -> BoxedStrategy<Generated> {
     (
@@ -1110,12 +1114,14 @@ fn cluster_values_in_place(
     if text("db/password")? != format!("{}\n", cluster.database_password.expose()) {
         return Err(fail("db/password is not the password alone"));
     }
-    // The pool's key for the edge: one define for the edge, one global for the pool, secret both,
-    // and in no public file.
+    // The pool's key for the edge: one define for the edge (two during a rotation: the previous
+    // key, which it sends too), one global for the pool, secret both, and in no public file.
     let edge_key: Vec<&str> = text("edge/edge_key.cfg")?.lines().filter(|l| !l.starts_with("# ")).collect();
-    if edge_key != [format!("#!define EDGE_KEY \"{}\"", cluster.edge_key.expose())] {
+    let mut want = vec![format!("#!define EDGE_KEY \"{}\"", cluster.edge_key.expose())];
+    want.extend(cluster.edge_key_previous.as_ref().map(|p| format!("#!define EDGE_KEY_PREVIOUS \"{}\"", p.expose())));
+    if edge_key != want {
         return Err(fail(format!(
-            "edge/edge_key.cfg: want the one define of the edge's key, got {} lines",
+            "edge/edge_key.cfg: want the define of the edge's key (and of its previous one), got {} lines",
             edge_key.len()
         )));
     }

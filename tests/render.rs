@@ -549,10 +549,13 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
     };
     assert_eq!(statements(&block("request_route"))[0], "remove_hf(\"X-Astrtc-Edge\");", "not first in request_route");
     assert_eq!(statements(&block("reply_route"))[0], "remove_hf(\"X-Astrtc-Edge\");", "replies keep the header");
+    // Added in one block only: the key, then during a rotation (EDGE_KEY_PREVIOUS defined) the
+    // previous key in a second header.
     let appends: Vec<_> = cfg.lines().filter(|l| l.contains("append_hf(\"X-Astrtc-Edge")).collect();
-    assert_eq!(appends.len(), 1, "the header is added elsewhere too: {appends:?}");
+    assert_eq!(appends.len(), 2, "the header is added elsewhere too: {appends:?}");
     let branch = block("branch_route[MANAGE_BRANCH]");
-    assert!(branch.contains("if ($avp(to_pool) == 1) {\n\t\t$var(edge_key) = EDGE_KEY;\n\t\tappend_hf(\"X-Astrtc-Edge: $var(edge_key)\\r\\n\");"), "{branch}");
+    assert!(branch.contains("if ($avp(to_pool) == 1) {\n\t\t$var(edge_key) = EDGE_KEY;\n\t\tappend_hf(\"X-Astrtc-Edge: $var(edge_key)\\r\\n\");\n#!ifdef EDGE_KEY_PREVIOUS\n"), "{branch}");
+    assert!(branch.contains("\t\t$var(edge_key) = EDGE_KEY_PREVIOUS;\n\t\tappend_hf(\"X-Astrtc-Edge: $var(edge_key)\\r\\n\");\n#!endif\n\t}\n"), "{branch}");
     let topool = block("route[TOPOOL]");
     assert!(topool.contains("$avp(to_pool) = 1;") && topool.contains("t_on_branch(\"MANAGE_BRANCH\");"), "{topool}");
     assert!(!block("route[TOUSER]").contains("to_pool"), "a user's branch is marked for the pool");
@@ -581,6 +584,9 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
     }
     // The previous key (a rotation under way) the same way, with its own global.
     assert!(ext.contains("\n same => n,GotoIf($[${LEN(${GLOBAL(ASTRTC_EDGE_KEY_PREVIOUS_SHA1)})} = 40 & \"${SHA1(${PJSIP_HEADER(read,X-Astrtc-Edge)})}\" = \"${GLOBAL(ASTRTC_EDGE_KEY_PREVIOUS_SHA1)}\"]?previous)\n"), "{ext}");
+    // The edge's second header (its previous key, during a rotation) against the key: a member
+    // that has not reloaded knows only that one.
+    assert!(ext.contains("\n same => n,GotoIf($[${LEN(${GLOBAL(ASTRTC_EDGE_KEY_SHA1)})} = 40 & \"${SHA1(${PJSIP_HEADER(read,X-Astrtc-Edge,2)})}\" = \"${GLOBAL(ASTRTC_EDGE_KEY_SHA1)}\"]?previous)\n"), "{ext}");
     assert!(ext.contains(" same => n,Hangup(21)\n same => n(previous),Log(NOTICE,astrtc: a call to ${ARG1} came with the edge's previous key (a rotation under way))\n same => n(edge),Return()\n"), "{ext}");
 
     // The key: in the edge's secret files only, and in the chart's edge Secret only; each pool
@@ -618,11 +624,14 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
         })
         .collect();
     assert_eq!(holders, ["edge/edge_key.cfg", "helm/astrtc/files/edge-secret/edge_key.cfg"]);
-    assert_eq!(b.text("edge/edge_key.cfg").unwrap().lines().last().unwrap(), format!("#!define EDGE_KEY \"{key}\""));
+    let defines = |b: &astrtc::render::Bundle| -> Vec<String> {
+        b.text("edge/edge_key.cfg").unwrap().lines().filter(|l| !l.starts_with("# ")).map(String::from).collect()
+    };
+    assert_eq!(defines(&b), [format!("#!define EDGE_KEY \"{key}\"")]);
 
     // A rotation under way: the pool holds the previous key's SHA-1 (hashlib again) beside the
-    // new key's, in its secret files only; the previous key itself is nowhere (the edge sends
-    // only the new one).
+    // new key's, in its secret files only; the edge holds the previous key too (it sends both),
+    // in its secret files only.
     let previous = "fixturePreviousEdgeKey0123456789abcd";
     let secrets = dir.path().join("astrtc.secrets.toml");
     let text = std::fs::read_to_string(&secrets).unwrap();
@@ -635,12 +644,34 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
     assert!(edge_conf.ends_with(&format!("ASTRTC_EDGE_KEY_PREVIOUS_SHA1 = {previous_sha1}\n")), "{edge_conf}");
     for (p, f) in rotating.files() {
         let text = String::from_utf8_lossy(&f.bytes);
-        assert!(!text.contains(previous), "{} holds the previous key", p.display());
+        if text.contains(previous) {
+            assert!(
+                ["edge/edge_key.cfg", "helm/astrtc/files/edge-secret/edge_key.cfg"].contains(&p.to_str().unwrap()),
+                "{} holds the previous key",
+                p.display()
+            );
+            assert_eq!(f.kind, FileKind::Secret, "{} holds the previous key", p.display());
+        }
         if text.contains(previous_sha1) {
             assert_eq!(f.kind, FileKind::Secret, "{} holds the previous key's SHA-1", p.display());
         }
     }
-    assert_eq!(rotating.text("edge/edge_key.cfg"), b.text("edge/edge_key.cfg"), "the edge's key changed");
+    assert_eq!(
+        defines(&rotating),
+        [format!("#!define EDGE_KEY \"{key}\""), format!("#!define EDGE_KEY_PREVIOUS \"{previous}\"")]
+    );
+    // The previous key is out of the edge's restart view (finishing a rotation restarts no edge);
+    // the key is in it (a rotation restarts the edge, which reads it once).
+    let edge_label = |b: &astrtc::render::Bundle| -> String {
+        let compose = b.text("compose.yaml").unwrap();
+        let edge = compose.split("\n  edge:\n").nth(1).expect("an edge service");
+        edge.lines().find_map(|l| l.trim().strip_prefix("io.astrtc.restart-digest: ")).unwrap().to_string()
+    };
+    assert_eq!(edge_label(&rotating), edge_label(&b), "the previous key's define restarts the edge");
+    let text = std::fs::read_to_string(&secrets).unwrap();
+    std::fs::write(&secrets, text.replace(key, "fixtureAnotherEdgeKey0123456789abcd")).unwrap();
+    let rekeyed = bundle_for(&plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap());
+    assert_ne!(edge_label(&rekeyed), edge_label(&rotating), "a new key does not restart the edge");
     let configmap = b.text("helm/astrtc/templates/edge-configmap.yaml").unwrap();
     assert!(
         configmap.contains("kind: Secret\nmetadata:\n  name: {{ include \"astrtc.fullname\" . }}-edge-key"),

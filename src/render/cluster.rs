@@ -56,6 +56,18 @@ pub const RESTART_VIEWS: &[(&str, &[&str])] =
 /// dispatcher list, which `astrtc apply` has the running edge reload (`dispatcher.reload`) once
 /// the pool's members it names are up — adding or removing a member restarts nothing else.
 pub const RELOADED_IN_PLACE: &[&str] = &[DISPATCHER_LIST_FILE];
+/// What of a file in a [`RESTART_VIEWS`] directory is in its view: the whole file, except
+/// `edge/edge_key.cfg`, whose previous key (sent, during a rotation, beside the key) is left out:
+/// finishing a rotation then restarts no edge — the running one goes on sending the previous key,
+/// which no member takes any more, until it next starts.
+pub fn restart_view_of<'a>(path: &str, text: &'a str) -> std::borrow::Cow<'a, str> {
+    if path == EDGE_KEY_FILE {
+        text.lines().filter(|l| l.starts_with("#!define EDGE_KEY \"")).map(|l| format!("{l}\n")).collect()
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// `edge/dispatcher.list`: the pool, one line per member.
 pub const DISPATCHER_LIST_FILE: &str = "edge/dispatcher.list";
 
@@ -118,9 +130,14 @@ pub fn edge_key_sha1(key: &str) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The context of `edge/edge_key.cfg`: the pool's key for the edge, nothing else.
+/// The context of `edge/edge_key.cfg`: the pool's key for the edge and, during a rotation, the
+/// previous one, nothing else.
 pub fn edge_key_context(plan: &Plan) -> Value {
-    context! { edge_key => plan.cluster.as_ref().map(|c| c.edge_key.expose()) }
+    let c = plan.cluster.as_ref();
+    context! {
+        edge_key => c.map(|c| c.edge_key.expose()),
+        edge_key_previous => c.and_then(|c| c.edge_key_previous.as_ref()).map(|k| k.expose()),
+    }
 }
 
 /// One user as `astrtc apply` and `astrtc verify` read it back from the database:

@@ -202,7 +202,8 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
                         continue;
                     }
                     if outputs.iter().any(|o| if o.ends_with('/') { p.starts_with(o) } else { p == *o }) {
-                        view.push_str(&format!("==> {p}\n{}\n", String::from_utf8_lossy(&file.bytes)));
+                        let text = String::from_utf8_lossy(&file.bytes);
+                        view.push_str(&format!("==> {p}\n{}\n", cluster::restart_view_of(&p, &text)));
                     }
                 }
                 view.push_str(&format!("==> compose service\n{}", compose_service(&compose, name)));
