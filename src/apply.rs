@@ -80,8 +80,9 @@ pub enum ApplyError {
         help(
             "rotate the key in two steps, applying each: `astrtc secrets --rotate edge-key`, `astrtc apply`, then \
              `astrtc secrets --finish-rotation edge-key`, `astrtc apply`. If a rotation was finished before it was \
-             applied, set `edge_key_previous` in the secrets file's [cluster] to the key in {deployed} and apply \
-             (then finish again). To drop the running key at once, accepting refused calls until the edge is back: \
+             applied, set `edge_key_previous` in the secrets file's [cluster] to the key the running edge sends \
+             (the EDGE_KEY in {deployed}, unless an unconfirmed apply or a render has replaced it since) and apply, \
+             then finish again. To drop the running key at once, accepting refused calls until the edge is back: \
              `docker compose stop edge` in the deployment's directory, then `astrtc apply`"
         )
     )]

@@ -595,7 +595,7 @@ async fn compose_with_the_sidecar_serves_pebbles_certificate_and_renews_without_
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     let before = state(&asterisk_id);
-    let password = plan.endpoints.iter().find(|e| e.id == "199").unwrap().password.clone();
+    let password = plan.endpoints.iter().find(|e| e.id == "199").unwrap().password.expose().to_string();
     let conn = WsConn::connect(wss, "localhost", &root, "/ws").await.unwrap();
     let mut session = UserAgent::new(Transport::wss(conn), "199", &password, "localhost");
     session.register(60).await.expect("registered before the renewal");

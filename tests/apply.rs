@@ -176,7 +176,7 @@ fn a_call_survives_an_apply_that_adds_an_endpoint_changes_a_password_and_the_dia
         target: target.into(),
         skip_every: None,
     };
-    let pw = |id: &str| plan.endpoints.iter().find(|e| e.id == id).unwrap().password.clone();
+    let pw = |id: &str| plan.endpoints.iter().find(|e| e.id == id).unwrap().password.expose().to_string();
     assert_eq!(register_status(&as_user("3003", &pw("3003"), "")), 200, "the new endpoint");
     assert_eq!(register_status(&old_3002), 401, "the old password of 3002");
     assert_eq!(register_status(&as_user("3002", &pw("3002"), "")), 200, "the new password of 3002");

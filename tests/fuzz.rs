@@ -1126,8 +1126,12 @@ fn cluster_values_in_place(
         )));
     }
     let globals: Vec<&str> = text("asterisk/extensions_edge.conf")?.lines().filter(|l| !l.starts_with(';')).collect();
-    let sha1 = astrtc::render::cluster::edge_key_sha1(&cluster.edge_key);
-    let previous = cluster.edge_key_previous.as_deref().map(astrtc::render::cluster::edge_key_sha1).unwrap_or_default();
+    let sha1 = astrtc::render::cluster::edge_key_sha1(cluster.edge_key.expose());
+    let previous = cluster
+        .edge_key_previous
+        .as_ref()
+        .map(|p| astrtc::render::cluster::edge_key_sha1(p.expose()))
+        .unwrap_or_default();
     if globals != [format!("ASTRTC_EDGE_KEY_SHA1 = {sha1}"), format!("ASTRTC_EDGE_KEY_PREVIOUS_SHA1 = {previous}")] {
         return Err(fail(format!("asterisk/extensions_edge.conf: want the two globals, got {} lines", globals.len())));
     }

@@ -1291,14 +1291,14 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
         s["stringData"] = serde_yaml_ng::Value::Mapping(map);
         s
     };
-    let edge_secret = secret("pg-edge", &[("password", &cluster.database_password)]);
+    let edge_secret = secret("pg-edge", &[("password", cluster.database_password.expose())]);
     let (schema, subscribers) = (db_file("schema.sql"), db_file("subscribers.sql"));
     let db_secret = secret(
         "astrtc-test-db",
         &[
             ("schema.sql", &schema),
             ("subscribers.sql", &subscribers),
-            ("password", &cluster.database_password),
+            ("password", cluster.database_password.expose()),
             ("pg_hba.conf", hba),
         ],
     );
@@ -1704,12 +1704,14 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
         }
     }
     let mut secrets: Vec<String> = plan.endpoints.iter().map(|e| e.password.expose().to_string()).collect();
-    secrets.extend(plan.endpoints.iter().map(|e| astrtc::render::cluster::ha1(&e.id, &plan.tls.domain, &e.password)));
+    secrets.extend(
+        plan.endpoints.iter().map(|e| astrtc::render::cluster::ha1(&e.id, &plan.tls.domain, e.password.expose())),
+    );
     // The pool's key for the edge: in two Secrets (the edge's, mounted into the edge container,
     // and the pool's auth Secret), in no ConfigMap.
     secrets.push(cluster.edge_key.expose().to_string());
     // (The pool's Secret holds the key's SHA-1, which the members compare the header's with.)
-    let sha1 = astrtc::render::cluster::edge_key_sha1(&cluster.edge_key);
+    let sha1 = astrtc::render::cluster::edge_key_sha1(cluster.edge_key.expose());
     secrets.push(sha1.clone());
     let holds = |key: &str, value: &str| {
         docs.iter().filter(|d| d["kind"].as_str() == Some("Secret")).filter_map(|d| d["data"][key].as_str()).any(
@@ -1721,7 +1723,7 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
         )
     };
     assert!(
-        holds("edge_key.cfg", &cluster.edge_key) && holds("extensions_edge.conf", &sha1),
+        holds("edge_key.cfg", cluster.edge_key.expose()) && holds("extensions_edge.conf", &sha1),
         "the edge's key is not in the edge's Secret, or its SHA-1 not in the pool's"
     );
     let key_volume = volumes.iter().find(|v| v["name"].as_str() == Some("edge-key")).expect("no edge-key volume");

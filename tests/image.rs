@@ -166,7 +166,7 @@ async fn a_replaced_certificate_is_served_after_the_reloader_sees_it_and_wss_ses
     let before = asterisk.check_tls().unwrap().leaf.serial;
     // An established WSS session, with a SIP transaction before and after the renewal.
     let ca_pem = std::fs::read_to_string(dir.path().join("deploy/keys").join(files::CA)).unwrap();
-    let password = plan.endpoints.iter().find(|e| e.id == "199").unwrap().password.clone();
+    let password = plan.endpoints.iter().find(|e| e.id == "199").unwrap().password.expose().to_string();
     let conn = WsConn::connect(asterisk.wss_addr(), &plan.tls.domain, &ca_pem, "/ws").await.unwrap();
     let mut session = UserAgent::new(Transport::wss(conn), "199", &password, &plan.tls.domain);
     session.register(60).await.expect("registered before the renewal");

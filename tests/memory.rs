@@ -41,7 +41,7 @@ struct Storm {
 /// `count` registrations of `user` (REGISTER → 401 → REGISTER with digest → 200) offered at
 /// `rate`/s by SIPp from 127.0.0.1, bounded in count and time.
 fn storm(plan: &Plan, user: &str, count: u32, rate: u32, dir: &Path) -> Storm {
-    let password = &plan.endpoints.iter().find(|e| e.id == user).unwrap().password;
+    let password = plan.endpoints.iter().find(|e| e.id == user).unwrap().password.expose();
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/register-digest.xml");
     let stat = dir.join("stat.csv");
     let _ = std::fs::remove_file(&stat);

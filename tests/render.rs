@@ -668,6 +668,11 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
         edge.lines().find_map(|l| l.trim().strip_prefix("io.astrtc.restart-digest: ")).unwrap().to_string()
     };
     assert_eq!(edge_label(&rotating), edge_label(&b), "the previous key's define restarts the edge");
+    // The edge's container is labelled with which key it sends (what `apply` compares a new key
+    // with): a fingerprint of its own, not the pool's SHA-1 (which is in secret files only, above).
+    let print = astrtc::render::cluster::edge_key_fingerprint(key);
+    assert_eq!(print.len(), 64);
+    assert!(b.text("compose.yaml").unwrap().contains(&format!("\n      io.astrtc.edge-key: \"{print}\"\n")));
     let text = std::fs::read_to_string(&secrets).unwrap();
     std::fs::write(&secrets, text.replace(key, "fixtureAnotherEdgeKey0123456789abcd")).unwrap();
     let rekeyed = bundle_for(&plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap());

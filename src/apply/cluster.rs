@@ -24,7 +24,7 @@ use bollard::Docker;
 use super::{exec_apart, ApplyError, Running};
 use crate::image;
 use crate::plan::Plan;
-use crate::render::compose::RESTART_DIGEST_LABEL;
+use crate::render::compose::{EDGE_KEY_LABEL, RESTART_DIGEST_LABEL};
 
 /// The database service's name in compose.yaml.
 pub const DB_SERVICE: &str = "db";
@@ -255,24 +255,46 @@ fn compare(before: &Stored, after: &Stored) -> UsersWritten {
     w
 }
 
-/// The key the edge rendered in `out` sends (`edge/edge_key.cfg`'s `EDGE_KEY`), read before a
-/// new render replaces it: the key the running edge was started with, when the last render of
-/// `out` was applied.
+/// The key the edge rendered in `out` sends (`edge/edge_key.cfg`'s `EDGE_KEY`): the key the
+/// running edge was started with only if the last render of `out` was applied — the fallback
+/// for an edge created before its [`EDGE_KEY_LABEL`].
 pub fn deployed_edge_key(out: &Path) -> Option<String> {
     let text = std::fs::read_to_string(out.join(crate::render::cluster::EDGE_KEY_FILE)).ok()?;
     text.lines().find_map(|l| l.strip_prefix("#!define EDGE_KEY \"")?.strip_suffix('"').map(str::to_string))
 }
 
-/// Whether the plan changes the edge's key from `deployed` with no rotation holding it (the key
-/// is neither the new key nor the new previous one): the pool, reloaded before the edge
-/// restarts, would refuse every call the running edge sends until it had restarted. A key
-/// finished (`--finish-rotation`) before its rotation was applied, or edited by hand.
-pub fn unstaged_key_change(deployed: &str, cluster: &crate::plan::Cluster) -> bool {
-    unheld(deployed, cluster.edge_key.expose(), cluster.edge_key_previous.as_ref().map(|p| p.expose()))
+/// The running edge of the plan's cluster, if one runs: its container's name and the fingerprint
+/// of the key it was created with ([`EDGE_KEY_LABEL`]; none on an edge created before it).
+pub async fn running_edge_key(docker: &Docker, plan: &Plan) -> Result<Option<(String, Option<String>)>, ApplyError> {
+    let labels = vec![format!("com.docker.compose.project={}", plan.name), "com.docker.compose.service=edge".into()];
+    let filters = HashMap::from([("label".to_string(), labels)]);
+    let list = docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+        .await
+        .map_err(|source| ApplyError::Api { doing: "listing containers".into(), source })?;
+    Ok(list.into_iter().next().map(|c| {
+        let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_default();
+        let sha1 = c.labels.and_then(|l| l.get(EDGE_KEY_LABEL).cloned());
+        (name.trim_start_matches('/').to_string(), sha1)
+    }))
 }
 
-fn unheld(deployed: &str, key: &str, previous: Option<&str>) -> bool {
-    deployed != key && previous != Some(deployed)
+/// Whether the plan changes the edge's key from the one whose fingerprint is `sent` (the running
+/// edge's, [`crate::render::cluster::edge_key_fingerprint`]) with no rotation holding it —
+/// `sent` is neither the new key's nor the new previous one's: the pool, reloaded before the
+/// edge restarts, would refuse every call the running edge sends until it had restarted. A
+/// rotation finished (`--finish-rotation`) before it was applied, or a key edited by hand.
+pub fn unstaged_key_change(sent: &str, cluster: &crate::plan::Cluster) -> bool {
+    let print = crate::render::cluster::edge_key_fingerprint;
+    unheld(
+        sent,
+        &print(cluster.edge_key.expose()),
+        cluster.edge_key_previous.as_ref().map(|p| print(p.expose())).as_deref(),
+    )
+}
+
+fn unheld(sent: &str, key: &str, previous: Option<&str>) -> bool {
+    sent != key && previous != Some(sent)
 }
 
 #[cfg(test)]

@@ -65,21 +65,27 @@ pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), Cmd
 
 /// Before anything is written: a key the running edge sends that the new pool would not take
 /// (a rotation finished before it was applied, a key edited by hand) is refused while that edge
-/// runs. With no edge running there is no call to refuse.
+/// runs. The key it sends is its container's label (the fingerprint of the key it was created with):
+/// the rendered files may be newer (an apply that wrote them and was not confirmed); an edge
+/// created before the label is taken to run the rendered key. No edge running: no call to refuse.
 async fn refuse_unstaged_key_change(c: &astrtc::plan::Cluster, plan: &Plan, out: &Path) -> Result<(), CmdError> {
-    let Some(deployed) = apply::cluster::deployed_edge_key(out) else { return Ok(()) };
-    if !apply::cluster::unstaged_key_change(&deployed, c) {
+    let docker = astrtc::image::connect().await?;
+    let Some((edge, label)) = apply::cluster::running_edge_key(&docker, plan).await? else { return Ok(()) };
+    let sent = match label {
+        Some(print) => print,
+        None => match apply::cluster::deployed_edge_key(out) {
+            Some(key) => astrtc::render::cluster::edge_key_fingerprint(&key),
+            None => return Ok(()),
+        },
+    };
+    if !apply::cluster::unstaged_key_change(&sent, c) {
         return Ok(());
     }
-    let docker = astrtc::image::connect().await?;
-    match apply::cluster::find_services(&docker, plan).await?.remove("edge") {
-        Some(edge) => Err(apply::ApplyError::UnstagedKeyChange {
-            edge: edge.name,
-            deployed: out.join(astrtc::render::cluster::EDGE_KEY_FILE).display().to_string(),
-        }
-        .into()),
-        None => Ok(()),
+    Err(apply::ApplyError::UnstagedKeyChange {
+        edge,
+        deployed: out.join(astrtc::render::cluster::EDGE_KEY_FILE).display().to_string(),
     }
+    .into())
 }
 
 /// A cluster: the users into the database, the pool reloaded in place, and every service whose

@@ -130,6 +130,14 @@ pub fn edge_key_sha1(key: &str) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The edge container's label for its key (`io.astrtc.edge-key`, in the public compose.yaml):
+/// SHA-256 of the key behind a prefix of astrtc's, so it tells which key an edge was created
+/// with and is not the hash a pool member compares (that one stays in secret files).
+pub fn edge_key_fingerprint(key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("astrtc edge key label\n{key}").as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The context of `edge/edge_key.cfg`: the pool's key for the edge and, during a rotation, the
 /// previous one, nothing else.
 pub fn edge_key_context(plan: &Plan) -> Value {

@@ -94,6 +94,7 @@ pub fn context(plan: &Plan) -> Value {
             db_restart_digest => restart_digest_placeholder("db"),
             relay_restart_digest => restart_digest_placeholder("relay"),
             edge_restart_digest => restart_digest_placeholder("edge"),
+            edge_key_fingerprint => super::cluster::edge_key_fingerprint(c.edge_key.expose()),
         }
     });
     context! {
@@ -174,6 +175,10 @@ pub fn restart_digest_placeholder(service: &str) -> String {
 }
 /// The label on the Asterisk container (and a cluster's edge, relay and database) naming the restart digest it was created with.
 pub const RESTART_DIGEST_LABEL: &str = "io.astrtc.restart-digest";
+/// The label on a cluster's edge naming the key it was created with (the key it sends), as
+/// [`super::cluster::edge_key_fingerprint`]: what `astrtc apply` compares a new key with,
+/// whatever the rendered files say since.
+pub const EDGE_KEY_LABEL: &str = "io.astrtc.edge-key";
 
 /// The context of the monitoring profile's `prometheus.yml`: Asterisk's loopback HTTP listener
 /// as the target (Prometheus shares Asterisk's network namespace).

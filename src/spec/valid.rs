@@ -16,8 +16,8 @@ use super::{AcmeChallenge, CodecPreference, DatabaseMode, EndpointKind, NetworkM
 /// A value from the secrets file (a password, a key, a shared secret). Its `Debug` shows none of
 /// it, so a `{:?}` of any spec value — in a log line, a panic, a test failure — cannot print a
 /// secret; it has no `Display` and no `Serialize` (the fields holding one are `skip_serializing`):
-/// a template gets a secret only through its own context, from [`Secret::expose`]. `Deref` to
-/// `str` lets a caller pass it where a `&str` is taken (a login, a digest).
+/// a template gets a secret only through its own context, from [`Secret::expose`], the one way to
+/// the value (so every use of one can be found by that name).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -31,26 +31,6 @@ impl Secret {
     /// a login).
     pub fn expose(&self) -> &str {
         &self.0
-    }
-}
-
-impl std::ops::Deref for Secret {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq<str> for Secret {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for Secret {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
     }
 }
 
