@@ -279,9 +279,9 @@ fn every_mode_runs_the_reloader_beside_asterisk() {
     let containers = |sets: &[&str]| -> Vec<String> {
         let docs = docs_of(&t, &chart, sets);
         let deploy = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
-        deploy["spec"]["template"]["spec"]["containers"]
-            .as_sequence()
-            .unwrap()
+        let containers = deploy["spec"]["template"]["spec"]["containers"].as_sequence().unwrap();
+        both_record_the_mounted_passwords(containers, &format!("single chart {sets:?}"));
+        containers
             .iter()
             .map(|c| c["name"].as_str().unwrap().to_string())
             // The guard (fail2ban) is there in every mode; this test is about the reloader.
@@ -297,6 +297,34 @@ fn every_mode_runs_the_reloader_beside_asterisk() {
         // No node exporter sidecar unless asked for (metrics.exporter.enabled is off by default).
         assert_eq!(containers(&sets), ["asterisk", "reloader"], "{sets:?}");
     }
+}
+
+/// Asterisk's entrypoint records what Asterisk loaded; the reloader compares with that record. Both
+/// must look at the password files where the auth Secret is mounted, or the reloader's first pass
+/// finds them unrecorded and reloads them.
+fn both_record_the_mounted_passwords(containers: &[serde_yaml_ng::Value], what: &str) {
+    let secrets_dir = |name: &str| -> Option<String> {
+        let c = containers.iter().find(|c| c["name"] == name)?;
+        let env = c["env"].as_sequence()?;
+        let e = env.iter().find(|e| e["name"] == "ASTRTC_SECRETS_DIR")?;
+        e["value"].as_str().map(str::to_string)
+    };
+    let asterisk = containers.iter().find(|c| c["name"] == "asterisk").expect("an asterisk container");
+    let auth_mount = asterisk["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "auth")
+        .and_then(|m| m["mountPath"].as_str())
+        .map(str::to_string);
+    assert!(auth_mount.is_some(), "{what}: Asterisk does not mount the auth Secret");
+    assert_eq!(
+        secrets_dir("asterisk"),
+        auth_mount,
+        "{what}: Asterisk's ASTRTC_SECRETS_DIR is not where the passwords are mounted (its record of what it \
+         loaded would leave them out)"
+    );
+    assert_eq!(secrets_dir("reloader"), auth_mount, "{what}: the reloader's ASTRTC_SECRETS_DIR");
 }
 
 /// `performance.opus_complexity` reaches the Asterisk container as the variable its codec reads
@@ -966,6 +994,18 @@ impl PodRunner {
     }
 }
 
+/// The log of a reloader container, asserted to hold no reload: it starts with Asterisk, so a
+/// reload there means its record and the entrypoint's differ (the passwords left out of one).
+fn reloaded_nothing(runner: &PodRunner, reloader: &str) -> String {
+    let log = runner.exec(&["podman", "logs", reloader]);
+    let log = format!("{}{}", String::from_utf8_lossy(&log.stdout), String::from_utf8_lossy(&log.stderr));
+    assert!(
+        log.contains("astrtc-reload: watching") && !log.contains("reloaded:") && !log.contains("failed"),
+        "{reloader} reloaded or failed with nothing changed since Asterisk started: {log}"
+    );
+    log
+}
+
 impl Drop for PodRunner {
     fn drop(&mut self) {
         let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
@@ -1067,9 +1107,12 @@ async fn the_chart_runs_as_a_pod_under_podman() {
     assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "10060");
     let touch = runner.exec(&["podman", "exec", "pbx-astrtc-pod-asterisk", "touch", "/etc/astrtc-write-test"]);
     assert!(!touch.status.success(), "the root filesystem is writable");
-    // The reloader runs beside Asterisk and reaches its CLI.
+    // The reloader runs beside Asterisk and reaches its CLI; nothing changed since Asterisk started,
+    // so it has reloaded nothing (its record and the entrypoint's cover the same files).
     let diff = runner.exec(&["podman", "exec", "pbx-astrtc-pod-reloader", "/usr/local/bin/astrtc-reload", "once"]);
     assert!(diff.status.success(), "the reloader: {}", String::from_utf8_lossy(&diff.stderr));
+    assert_eq!(String::from_utf8_lossy(&diff.stdout).trim(), "nothing changed", "the reloader's pass");
+    reloaded_nothing(&runner, "pbx-astrtc-pod-reloader");
     // /metrics on the pod's port: the password is needed, and with it Asterisk's metrics come.
     let anonymous = astrtc::verify::tls::https_get(wss, &plan.tls.domain, &ca, "/metrics").unwrap();
     assert!(anonymous.starts_with("HTTP/1.1 401"), "{}", anonymous.lines().next().unwrap_or(""));
@@ -1557,8 +1600,8 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
         );
-        let log = runner.exec(&["podman", "logs", &reloader]);
-        let log = format!("{}{}", String::from_utf8_lossy(&log.stdout), String::from_utf8_lossy(&log.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing changed", "{reloader}'s pass");
+        let log = reloaded_nothing(&runner, &reloader);
         eprintln!(
             "podman cluster: {reloader}: astrtc-reload once: {}; its log: {}",
             String::from_utf8_lossy(&out.stdout).trim(),
@@ -1771,6 +1814,7 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
     let containers = pod["spec"]["containers"].as_sequence().unwrap();
     let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["asterisk", "reloader"], "the pool pod's containers");
+    both_record_the_mounted_passwords(containers, "cluster pool");
     let (asterisk, reloader) = (&containers[0], &containers[1]);
     let strings = |v: &serde_yaml_ng::Value| -> Vec<String> {
         v.as_sequence().into_iter().flatten().map(|s| s.as_str().unwrap_or("").to_string()).collect()
