@@ -353,8 +353,10 @@ fn the_reloader_and_astrtc_agree_on_each_files_reload() {
 /// written: a run directory it cannot write (here a missing one) fails the pass (exit 1, a
 /// `failed:` line), where it used to print "nothing changed (baseline recorded)" and exit 0 —
 /// and every later pass would then have found no record and "recorded" again, reloading nothing.
+/// A later pass (after a change) that cannot write its record fails the same way and leaves the
+/// old record, so the next pass finds the change again.
 #[test]
-fn the_reloaders_first_pass_fails_when_it_cannot_record_what_was_loaded() {
+fn the_reloaders_pass_fails_when_it_cannot_record_what_was_loaded() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/asterisk/runtime/astrtc-reload");
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("conf");
@@ -382,6 +384,25 @@ fn the_reloaders_first_pass_fails_when_it_cannot_record_what_was_loaded() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing changed (baseline recorded)");
     let record = std::fs::read_to_string(&state).unwrap();
     assert!(record.contains(" extensions.conf"), "the record: {record}");
+
+    // A later pass that cannot record what it applied fails too, and the change stays unrecorded,
+    // so the next pass applies it again. A change only a restart applies (modules.conf) asks
+    // nothing of Asterisk; a directory where the record's temporary file goes stops even root.
+    std::fs::write(conf.join("modules.conf"), "[modules]\nautoload = yes\n").unwrap();
+    let blocker = dir.path().join("astrtc-loaded.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let out = once(&state);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "a pass whose record could not be written passed: {stdout}{stderr}");
+    assert!(stderr.contains("failed: recording the reloaded files"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), record, "the record changed though it could not be written");
+    std::fs::remove_dir(&blocker).unwrap();
+    let out = once(&state);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "restart needed: modules.conf", "the unrecorded change is not found again");
+    let out = once(&state);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing changed", "the change was not recorded");
 }
 
 /// A render that re-issues the self-signed leaf (here: a name added) reaches the running
