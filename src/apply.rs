@@ -345,6 +345,12 @@ pub fn not_ready_report(out: &Path) -> String {
         }
         let name = c["Name"].as_str().unwrap_or("?").trim_start_matches('/');
         let _ = write!(report, "\n{name}: {status}");
+        // A container that exited and was restarted reads "unhealthy" while it restarts (Docker
+        // stops its health monitor on exit) though no healthcheck failed: say so.
+        if let Some(restarts) = c["RestartCount"].as_i64().filter(|n| *n > 0) {
+            let code = state["ExitCode"].as_i64().map_or("?".into(), |c| c.to_string());
+            let _ = write!(report, ", restarted {restarts} times (last exit code {code})");
+        }
         if let Some(h) = health {
             let _ = write!(report, ", {h}; its last healthchecks:");
             for check in state["Health"]["Log"].as_array().into_iter().flatten() {

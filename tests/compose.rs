@@ -181,9 +181,11 @@ fn a_failed_wait_names_the_unhealthy_container_and_its_healthchecks() {
     let service =
         |name: &str| format!("  {name}:\n    image: {base}\n    command: [\"sleep\", \"300\"]\n    init: true\n");
     // `well` has no healthcheck (running is all it can be: never "starting" when `sick` fails).
+    // `crashy` exits at once and is restarted (Docker calls it unhealthy meanwhile, no check failed).
     let yaml = format!(
         "name: {name}\nservices:\n{}    healthcheck:\n      test: [\"CMD-SHELL\", \"echo the control socket did not \
-         answer; exit 1\"]\n      interval: 1s\n      timeout: 2s\n      retries: 2\n{}",
+         answer; exit 1\"]\n      interval: 1s\n      timeout: 2s\n      retries: 2\n{}  crashy:\n    image: {base}\n    \
+         command: [\"sh\", \"-c\", \"exit 3\"]\n    restart: always\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n",
         service("sick"),
         service("well")
     );
@@ -196,4 +198,21 @@ fn a_failed_wait_names_the_unhealthy_container_and_its_healthchecks() {
     assert!(report.contains(&format!("\n{name}-sick-1: running, unhealthy; its last healthchecks:")), "{report}");
     assert!(report.contains(" exit 1: the control socket did not answer"), "{report}");
     assert!(!report.contains("well"), "a healthy container was named: {report}");
+    // The restarted one is named with its restarts and how it last exited (asked again while
+    // Docker has it running between two exits, when its last exit code reads 0).
+    let crashy = format!("\n{name}-crashy-1: ");
+    let named = |r: &str| {
+        r.lines().any(|l| {
+            l.starts_with(&crashy[1..]) && l.contains(", restarted ") && l.contains(" times (last exit code 3)")
+        })
+    };
+    let mut report = report;
+    for _ in 0..50 {
+        if named(&report) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        report = astrtc::apply::not_ready_report(dir.path());
+    }
+    assert!(named(&report), "a restarted container's restarts are not named: {report}");
 }

@@ -515,6 +515,25 @@ fn a_clusters_pool_holds_no_user_and_no_password() {
     }
 }
 
+/// The edge binds every address its entrypoint listed even if one has gone before Kamailio binds
+/// it (`ip_free_bind`, in the global section: before the first module): otherwise a Docker network
+/// or VPN taken down in that moment failed the bind and the edge exited. Kamailio's behaviour
+/// itself was checked by hand in the edge image (a listen on an absent address: "Cannot assign
+/// requested address", exit 255, without the line; started with it); only the line is tested here.
+#[test]
+fn the_edge_binds_an_address_that_went_away_while_it_started() {
+    let dir = fixture_copy("cluster-compose");
+    let plan = plan_for(&dir.path().join("astrtc.toml"), ROOT).unwrap();
+    let b = bundle_for(&plan);
+    let cfg = b.text("edge/kamailio.cfg").unwrap();
+    let global = &cfg[..cfg.find("\nloadmodule ").expect("a loadmodule line")];
+    assert_eq!(
+        global.lines().filter(|l| l.trim() == "ip_free_bind=1").count(),
+        1,
+        "the edge's global section does not set ip_free_bind=1"
+    );
+}
+
 /// The pool trusts the edge by a key, not by its address alone (which every process on the host
 /// shares): the edge strips any `X-Astrtc-Edge` a client sends before anything else, adds its own
 /// on each branch to the pool only, and strips it from replies; each member's dialplan checks it

@@ -385,13 +385,32 @@ fn register_from_then(
         if sent == 2 {
             before_credentials();
         }
-        sock.send_to(request.as_bytes(), to).unwrap();
+        // Sent again when no answer comes within the socket's timeout, as a phone does over UDP
+        // (a database stall on a loaded host must not fail a REGISTER the edge would take); only
+        // the final answer with this request's CSeq counts (a resent challenge's second 401 is not
+        // the answer to the credentials).
+        let cseq = request.lines().find(|l| l.starts_with("CSeq: ")).expect("a CSeq").to_string();
         let mut buf = [0u8; 4096];
-        loop {
-            let (n, _) = sock.recv_from(&mut buf).expect("an answer to REGISTER");
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if !text.starts_with("SIP/2.0 1") {
-                break text;
+        let mut tries = 0;
+        'send: loop {
+            tries += 1;
+            sock.send_to(request.as_bytes(), to).unwrap();
+            loop {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, _)) => {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if !text.starts_with("SIP/2.0 1") && text.lines().any(|l| l == cseq) {
+                            break 'send text;
+                        }
+                    }
+                    Err(e)
+                        if tries < 6
+                            && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    {
+                        continue 'send
+                    }
+                    Err(e) => panic!("no answer to REGISTER ({cseq}) in {tries} tries: {e}"),
+                }
             }
         }
     };
