@@ -14,6 +14,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::TurnService;
+use crate::spec::valid::Secret;
 
 /// coturn's default separator between the expiry and the user (`rest-api-separator`).
 pub const SEPARATOR: char = ':';
@@ -27,7 +28,7 @@ pub struct Credential {
     /// `EXPIRY:USER`.
     pub username: String,
     /// base64(HMAC-SHA1(secret, username)).
-    pub password: String,
+    pub password: Secret,
     /// Unix seconds after which the TURN server refuses it.
     pub expires: u64,
 }
@@ -39,8 +40,9 @@ pub struct IceServer {
     pub urls: Vec<String>,
     /// The user name.
     pub username: String,
-    /// The password.
-    pub credential: String,
+    /// The password: in the JSON as the plain string a browser takes; never in `Debug`.
+    #[serde(with = "crate::spec::valid::plain_secret")]
+    pub credential: Secret,
 }
 
 /// Checks a user id for credentials: 1-64 letters, digits or `._-@`, so it cannot contain the
@@ -55,7 +57,11 @@ pub fn mint(secret: &str, user: &str, ttl: Duration, now: SystemTime) -> Credent
     let username = format!("{expires}{SEPARATOR}{user}");
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
     let tag = ring::hmac::sign(&key, username.as_bytes());
-    Credential { username, password: base64::engine::general_purpose::STANDARD.encode(tag.as_ref()), expires }
+    Credential {
+        username,
+        password: Secret::new(base64::engine::general_purpose::STANDARD.encode(tag.as_ref())),
+        expires,
+    }
 }
 
 /// The URLs clients use: TURN over UDP and TCP on `port`, TURN over TLS on `tls_port`.
@@ -86,7 +92,30 @@ mod tests {
         let c = mint("north-wind-harbor-lamp-0123456789", "alice", Duration::from_secs(3600), now);
         assert_eq!(c.username, "1700003600:alice");
         assert_eq!(c.expires, 1_700_003_600);
-        assert_eq!(c.password, "EEEJfW/BATCZ6ZWnYrbKaGELUPM=");
+        assert_eq!(c.password.expose(), "EEEJfW/BATCZ6ZWnYrbKaGELUPM=");
+    }
+
+    #[test]
+    fn a_credentials_debug_hides_its_password() {
+        let c = Credential {
+            username: "1700003600:alice".into(),
+            password: Secret::new("pw-7f3a9c-not-in-debug"),
+            expires: 1,
+        };
+        assert!(!format!("{c:?}").contains("pw-7f3a9c"), "Credential's Debug shows its password: {c:?}");
+    }
+
+    #[test]
+    fn an_ice_server_entry_shows_its_credential_in_json_not_in_debug() {
+        let entry = IceServer {
+            urls: vec!["turn:turn.example:3478?transport=udp".into()],
+            username: "1700003600:alice".into(),
+            credential: Secret::new("pw-7f3a9c-not-in-debug"),
+        };
+        assert!(!format!("{entry:?}").contains("pw-7f3a9c"), "IceServer's Debug shows its credential: {entry:?}");
+        let json = r#"{"urls":["turn:turn.example:3478?transport=udp"],"username":"1700003600:alice","credential":"pw-7f3a9c-not-in-debug"}"#;
+        assert_eq!(serde_json::to_string(&entry).unwrap(), json);
+        assert_eq!(serde_json::from_str::<IceServer>(json).unwrap(), entry);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub fn turn_credentials_text(
         let _ = writeln!(t, "  {:<11} {url}", if i == 0 { "urls" } else { "" });
     }
     let _ = writeln!(t, "  {:<11} {}", "username", entry.username);
-    let _ = writeln!(t, "  {:<11} {}", "credential", entry.credential);
+    let _ = writeln!(t, "  {:<11} {}", "credential", entry.credential.expose());
     let _ = writeln!(t, "iceServers entry (the demo phone's \"ICE servers\" field takes it; --json prints only this):");
     let _ = writeln!(t, "{}", serde_json::to_string(entry).unwrap_or_default());
     t

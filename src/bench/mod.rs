@@ -32,6 +32,7 @@ use crate::media::rtp::{RtpError, RtpPort};
 use crate::media::session::Offer;
 use crate::media::webrtc_port::WebrtcPort;
 use crate::media::{self, CallReport, CallSetup, LegSetup, SharedMedia};
+use crate::spec::valid::Secret;
 pub use cpu::CgroupCpu;
 
 /// What kind of call a run places.
@@ -146,7 +147,7 @@ pub struct Account {
     /// Endpoint id.
     pub id: String,
     /// Its digest password.
-    pub password: String,
+    pub password: Secret,
 }
 
 /// Where the deployment is and who calls whom.
@@ -592,7 +593,7 @@ fn call_setup(options: &Options, target: &Target, max_hold: Duration, release: w
         leg,
         domain: target.domain.clone(),
         user: target.caller.id.clone(),
-        password: target.caller.password.clone(),
+        password: target.caller.password.expose().to_string(),
         extension,
         hold: max_hold,
         // Calls authenticate their INVITE; a REGISTER per call would only add load.
@@ -615,7 +616,7 @@ async fn run_level(
     // webrtc-to-sip: the phone every call rings, registered afresh for each level.
     let answering = match (&target.callee, options.kind) {
         (Some(callee), Kind::WebrtcToSip) => {
-            let phone = AnsweringPhone::register(target.sip, &callee.id, &callee.password, &target.domain)
+            let phone = AnsweringPhone::register(target.sip, &callee.id, callee.password.expose(), &target.domain)
                 .await
                 .map_err(|source| BenchError::Answer { id: callee.id.clone(), source })?;
             let (stop, stopped) = oneshot::channel();
@@ -782,6 +783,12 @@ pub fn raise_fd_limit() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_accounts_debug_hides_its_password() {
+        let a = Account { id: "3001".into(), password: Secret::new("pw-7f3a9c-not-in-debug") };
+        assert!(!format!("{a:?}").contains("pw-7f3a9c"), "Account's Debug shows its password: {a:?}");
+    }
 
     #[test]
     fn the_rtp_range_holds_one_channel_per_even_port() {

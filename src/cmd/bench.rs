@@ -284,7 +284,7 @@ pub async fn calls(args: BenchCallsArgs) -> Result<(), CmdError> {
     let wss = resolve(&host, plan.network.wss_port)?;
     check_flood_limit(&plan, wss, args.rate, &args.levels)?;
     let sip = resolve(&host, plan.network.sip_port)?;
-    let account = |e: &Endpoint| Account { id: e.id.clone(), password: e.password.expose().to_string() };
+    let account = |e: &Endpoint| Account { id: e.id.clone(), password: e.password.clone() };
     let target = Target {
         wss,
         sip,

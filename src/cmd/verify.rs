@@ -136,7 +136,7 @@ fn relay_server(
     };
     let (name, port) = turn.address.rsplit_once(':').unwrap_or((turn.address.as_str(), "3478"));
     let addr = resolve(name, port.parse().unwrap_or(3478), "rtp.turn")?;
-    Ok(TurnServer { addr, username: turn.username.clone(), password: turn.password.expose().to_string(), transport })
+    Ok(TurnServer { addr, username: turn.username.clone(), password: turn.password.clone(), transport })
 }
 
 /// The CA the WSS certificate must chain to when `--ca` is not given: in self-signed mode the

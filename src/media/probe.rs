@@ -68,8 +68,8 @@ pub enum LegSetup {
     },
 }
 
-/// Who calls whom, and for how long.
-#[derive(Debug, Clone)]
+/// Who calls whom, and for how long. Its `Debug` shows no password.
+#[derive(Clone)]
 pub struct CallSetup {
     /// Transport and media kind.
     pub leg: LegSetup,
@@ -77,7 +77,8 @@ pub struct CallSetup {
     pub domain: String,
     /// Endpoint to call as.
     pub user: String,
-    /// Its digest password.
+    /// Its digest password (a plain `String`: the integration tests build setups from the
+    /// plan's `Secret`s; `Debug` redacts it).
     pub password: String,
     /// Extension to call; it must echo (the spec's echo extension).
     pub extension: String,
@@ -93,6 +94,25 @@ pub struct CallSetup {
     /// Hang up when this turns true, even before `hold` has passed (a load generator ends its
     /// calls together).
     pub release: Option<watch::Receiver<bool>>,
+}
+
+impl std::fmt::Debug for CallSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field named, so a new one cannot be left out (nor a second secret let in) unseen.
+        let CallSetup { leg, domain, user, password: _, extension, hold, register, offer, reencoded, release } = self;
+        f.debug_struct("CallSetup")
+            .field("leg", leg)
+            .field("domain", domain)
+            .field("user", user)
+            .field("password", &format_args!("<redacted>"))
+            .field("extension", extension)
+            .field("hold", hold)
+            .field("register", register)
+            .field("offer", offer)
+            .field("reencoded", reencoded)
+            .field("release", release)
+            .finish()
+    }
 }
 
 /// How setting up a TURN relay failed.
@@ -661,4 +681,41 @@ fn default_candidates(server: SocketAddr) -> Vec<IpAddr> {
         }
     }
     ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::turn::TurnTransport;
+    use crate::spec::valid::Secret;
+
+    #[test]
+    fn a_call_setups_debug_hides_its_password() {
+        let (_release, released) = watch::channel(false);
+        let setup = CallSetup {
+            leg: LegSetup::Webrtc {
+                wss: "127.0.0.1:8089".parse().unwrap(),
+                ca_pem: Arc::from("ca"),
+                local_ips: vec![],
+                relay: Some(TurnServer {
+                    addr: "192.0.2.9:3478".parse().unwrap(),
+                    username: "turn-user".into(),
+                    password: Secret::new("pw-7f3a9c-not-in-debug-either"),
+                    transport: TurnTransport::Udp,
+                }),
+            },
+            domain: "example.test".into(),
+            user: "3001".into(),
+            password: "pw-7f3a9c-not-in-debug".into(),
+            extension: "600".into(),
+            hold: Duration::from_secs(1),
+            register: true,
+            offer: Offer::OpusThenPcmu,
+            reencoded: false,
+            release: Some(released),
+        };
+        let debug = format!("{setup:?}");
+        assert!(!debug.contains("pw-7f3a9c"), "CallSetup's Debug shows a password: {debug}");
+        assert!(debug.contains("user: \"3001\"") && debug.contains("extension: \"600\""), "{debug}");
+    }
 }

@@ -22,6 +22,8 @@ use md5::{Digest, Md5};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::spec::valid::Secret;
+
 /// The STUN magic cookie (RFC 5389).
 const MAGIC: u32 = 0x2112_A442;
 
@@ -58,7 +60,7 @@ pub struct TurnServer {
     /// User name.
     pub username: String,
     /// Password.
-    pub password: String,
+    pub password: Secret,
     /// UDP, TCP or TLS.
     pub transport: TurnTransport,
 }
@@ -288,8 +290,8 @@ pub struct Allocation {
     username: String,
     realm: Vec<u8>,
     nonce: Vec<u8>,
-    key: Vec<u8>,
-    password: String,
+    key: LongTermKey,
+    password: Secret,
     /// The relayed address: peers send here, the ICE candidate of type relay.
     pub relayed: SocketAddr,
     /// Our address as the TURN server saw it (server-reflexive).
@@ -298,6 +300,17 @@ pub struct Allocation {
     /// Peers the server would not let us reach (a 403 to their CreatePermission), with the
     /// answer's code and reason.
     pub refused: Vec<(IpAddr, u16, String)>,
+}
+
+/// The long-term credential key ([`long_term_key`]): as good as the password to the server,
+/// so its `Debug` shows none of it.
+#[derive(Clone)]
+struct LongTermKey(Vec<u8>);
+
+impl std::fmt::Debug for LongTermKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LongTermKey(<redacted>)")
+    }
 }
 
 /// Where the control exchanges go: the call's UDP socket, or its stream to the server.
@@ -488,7 +501,7 @@ impl Allocation {
             }
             None => return Err(TurnError::Incomplete { server: addr, request: "Allocate", missing: "a challenge" }),
         };
-        let key = long_term_key(&server.username, &realm, &server.password);
+        let key = long_term_key(&server.username, &realm, server.password.expose());
         let mut alloc = Allocation {
             server: addr,
             username: server.username.clone(),
@@ -531,7 +544,7 @@ impl Allocation {
     ) -> Result<Message, TurnError> {
         for attempt in 0..2 {
             let msg = self.credentials(build());
-            let resp = exchange(link, self.server, request, &msg, Some(&self.key)).await?;
+            let resp = exchange(link, self.server, request, &msg, Some(&self.key.0)).await?;
             match resp.error() {
                 None if resp.kind & 0x0110 == SUCCESS => return Ok(resp),
                 None => return Err(TurnError::Incomplete { server: self.server, request, missing: "a result" }),
@@ -539,7 +552,7 @@ impl Allocation {
                     self.nonce = resp.get(ATTR_NONCE).unwrap_or_default().to_vec();
                     if let Some(realm) = resp.get(ATTR_REALM) {
                         self.realm = realm.to_vec();
-                        self.key = long_term_key(&self.username, &self.realm, &self.password);
+                        self.key = long_term_key(&self.username, &self.realm, self.password.expose());
                     }
                 }
                 Some((code @ (401 | 441), reason)) => {
@@ -593,16 +606,16 @@ impl Allocation {
     /// for the answers (an allocation lives 10 minutes, a permission 5).
     pub fn refreshes(&self) -> Vec<Vec<u8>> {
         let refresh = self.credentials(Message::new(REFRESH).attr(ATTR_LIFETIME, 600u32.to_be_bytes().to_vec()));
-        let mut out = vec![refresh.encode(Some(&self.key))];
+        let mut out = vec![refresh.encode(Some(&self.key.0))];
         if !self.peers.is_empty() {
-            out.push(self.credentials(permission(&self.peers)).encode(Some(&self.key)));
+            out.push(self.credentials(permission(&self.peers)).encode(Some(&self.key.0)));
         }
         out
     }
 
     /// The Refresh with lifetime 0 that frees the allocation.
     pub fn release(&self) -> Vec<u8> {
-        self.credentials(Message::new(REFRESH).attr(ATTR_LIFETIME, vec![0, 0, 0, 0])).encode(Some(&self.key))
+        self.credentials(Message::new(REFRESH).attr(ATTR_LIFETIME, vec![0, 0, 0, 0])).encode(Some(&self.key.0))
     }
 
     /// `data` for `peer` as a Send indication to the server.
@@ -642,14 +655,14 @@ fn permission(peers: &[IpAddr]) -> Message {
 }
 
 /// The long-term credential key: MD5(username ":" realm ":" password).
-fn long_term_key(username: &str, realm: &[u8], password: &str) -> Vec<u8> {
+fn long_term_key(username: &str, realm: &[u8], password: &str) -> LongTermKey {
     let mut h = Md5::new();
     h.update(username.as_bytes());
     h.update(b":");
     h.update(realm);
     h.update(b":");
     h.update(password.as_bytes());
-    h.finalize().to_vec()
+    LongTermKey(h.finalize().to_vec())
 }
 
 #[cfg(test)]
@@ -685,7 +698,7 @@ mod tests {
             ],
         };
         let key = long_term_key(username, &realm, "TheMatrIX");
-        let bytes = msg.encode(Some(&key));
+        let bytes = msg.encode(Some(&key.0));
         let tag = &bytes[bytes.len() - 20..];
         assert_eq!(
             tag,
@@ -705,8 +718,8 @@ mod tests {
             username: "u".into(),
             realm: vec![],
             nonce: vec![],
-            key: vec![],
-            password: String::new(),
+            key: LongTermKey(vec![]),
+            password: Secret::new(""),
             relayed: server,
             mapped: None,
             peers: vec![],
@@ -721,6 +734,39 @@ mod tests {
         {
             assert!(Allocation::unwrap(garbage).is_none());
         }
+    }
+
+    #[test]
+    fn a_turn_servers_debug_hides_its_password() {
+        let server = TurnServer {
+            addr: "192.0.2.9:3478".parse().unwrap(),
+            username: "1700003600:alice".into(),
+            password: Secret::new("pw-7f3a9c-not-in-debug"),
+            transport: TurnTransport::Udp,
+        };
+        assert!(!format!("{server:?}").contains("pw-7f3a9c"), "TurnServer's Debug shows its password: {server:?}");
+    }
+
+    #[test]
+    fn an_allocations_debug_hides_its_password_and_key() {
+        let server: SocketAddr = "192.0.2.9:3478".parse().unwrap();
+        let key = long_term_key("u", b"realm", "pw-7f3a9c-not-in-debug");
+        let key_bytes = format!("{:?}", key.0);
+        let a = Allocation {
+            server,
+            username: "u".into(),
+            realm: b"realm".to_vec(),
+            nonce: vec![],
+            key,
+            password: Secret::new("pw-7f3a9c-not-in-debug"),
+            relayed: server,
+            mapped: None,
+            peers: vec![],
+            refused: vec![],
+        };
+        let debug = format!("{a:?}");
+        assert!(!debug.contains("pw-7f3a9c"), "Allocation's Debug shows its password: {debug}");
+        assert!(!debug.contains(&key_bytes), "Allocation's Debug shows its long-term key: {debug}");
     }
 
     #[test]

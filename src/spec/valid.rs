@@ -40,6 +40,24 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A [`Secret`] field in JSON a client logs in with (`testenv up --json`, a browser's
+/// `iceServers`): the plain string, as before the field was a `Secret`. Named on the field
+/// (`#[serde(with = "crate::spec::valid::plain_secret")]`), so each such place is deliberate.
+pub mod plain_secret {
+    use super::Secret;
+    use serde::Deserialize;
+
+    /// Writes the value itself.
+    pub fn serialize<S: serde::Serializer>(secret: &Secret, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(secret.expose())
+    }
+
+    /// Reads the plain string back.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
 /// A valid spec and its secrets.
 #[derive(Debug, Clone)]
 pub struct Valid {

@@ -34,6 +34,7 @@ use thiserror::Error;
 use crate::image;
 use crate::plan::{HostFacts, Plan};
 use crate::spec::secrets::{generate_password, Secrets};
+use crate::spec::valid::Secret;
 use crate::spec::EndpointKind;
 
 pub use ports::PortRange;
@@ -81,8 +82,10 @@ pub struct InstanceEndpoint {
     pub id: String,
     /// `webrtc` (WSS) or `sip` (UDP).
     pub kind: EndpointKind,
-    /// Its digest password (generated for this instance, which is throwaway and local).
-    pub password: String,
+    /// Its digest password (generated for this instance, which is throwaway and local). In the
+    /// JSON as the plain string clients log in with; never in `Debug`.
+    #[serde(with = "crate::spec::valid::plain_secret")]
+    pub password: Secret,
 }
 
 /// A running instance: everything a test needs, as `testenv up --json` prints it.
@@ -451,7 +454,7 @@ async fn start(
         endpoints: plan
             .endpoints
             .iter()
-            .map(|e| InstanceEndpoint { id: e.id.clone(), kind: e.kind, password: e.password.expose().to_string() })
+            .map(|e| InstanceEndpoint { id: e.id.clone(), kind: e.kind, password: e.password.clone() })
             .collect(),
         echo_extension: plan.dialplan.echo_extension.clone(),
         spec: spec_path,
@@ -813,6 +816,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn endpoint_with_a_known_password() -> InstanceEndpoint {
+        InstanceEndpoint {
+            id: "3001".into(),
+            kind: EndpointKind::Webrtc,
+            password: Secret::new("pw-7f3a9c-not-in-debug"),
+        }
+    }
+
+    #[test]
+    fn an_instance_endpoints_debug_hides_its_password() {
+        let e = endpoint_with_a_known_password();
+        assert!(!format!("{e:?}").contains("pw-7f3a9c"), "InstanceEndpoint's Debug shows its password: {e:?}");
+    }
+
+    #[test]
+    fn an_instance_endpoints_json_still_carries_its_password() {
+        // `testenv up --json` is read by test suites in other languages (examples/pytest).
+        let json = r#"{"id":"3001","kind":"webrtc","password":"pw-7f3a9c-not-in-debug"}"#;
+        assert_eq!(serde_json::to_string(&endpoint_with_a_known_password()).unwrap(), json);
+        assert_eq!(serde_json::from_str::<InstanceEndpoint>(json).unwrap(), endpoint_with_a_known_password());
+    }
 
     #[test]
     fn durations() {
