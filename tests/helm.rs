@@ -1608,6 +1608,66 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
             log.trim().replace('\n', " | ")
         );
     }
+
+    // A new endpoint reaches the running edge with no restart: the users Secret changes under it
+    // (as the kubelet updates a mounted Secret after `helm upgrade`; podman keeps a Secret volume
+    // as a named volume, written here), the edge pod's `users` container loads it into the
+    // database, and the new user registers through the same edge process.
+    let users_container = format!("{edge_pod}-users");
+    let loaded_lines = || logs("users").lines().filter(|l| l.starts_with("astrtc-users: loaded ")).count();
+    assert_eq!(loaded_lines(), 1, "the users container did not load the users once at start:\n{}", logs("users"));
+    let edge_started = must(&["podman", "inspect", "--format", "{{.State.StartedAt}}", &format!("{edge_pod}-edge")]);
+    let mounts = must(&["podman", "inspect", "--format", "{{json .Mounts}}", &users_container]);
+    let mounts: serde_json::Value = serde_json::from_str(&mounts).unwrap();
+    let source = mounts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["Destination"] == "/etc/astrtc-users")
+        .and_then(|m| m["Source"].as_str())
+        .unwrap_or_else(|| panic!("the users container has no /etc/astrtc-users mount: {mounts}"))
+        .to_string();
+    let spec = dir.path().join("astrtc.toml");
+    let added =
+        edited_render("cluster-compose", &spec, &|t| t + "\n[[endpoints]]\nid = \"4001\"\nkind = \"sip\"\n", &|t| {
+            t.replace("[endpoints]", "[endpoints]\n4001 = \"fixture-sip-4001-password\"")
+        });
+    let new_users = added.path().join("deploy/helm/astrtc/files/db-secret/subscribers.sql");
+    assert!(std::fs::read_to_string(&new_users).unwrap().contains("('4001', "), "the new render lacks 4001");
+    let (ok, out) = run(Command::new("docker").arg("cp").arg(&new_users).arg(format!("{name}:/subscribers.sql")));
+    assert!(ok, "{out}");
+    must(&["sh", "-c", &format!("cat /subscribers.sql > '{source}/subscribers.sql.new' && mv '{source}/subscribers.sql.new' '{source}/subscribers.sql'")]);
+    let changed = Instant::now();
+    while loaded_lines() < 2 {
+        assert!(
+            changed.elapsed() < Duration::from_secs(60),
+            "the users container did not load the changed users within 60 s:\n{}",
+            logs("users")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let loaded_after = changed.elapsed();
+    let phone = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    phone.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let contact = format!("sip:4001@{runner_ip}:{}", phone.local_addr().unwrap().port());
+    let edge_sip = std::net::SocketAddr::new(runner_ip, plan.network.sip_port);
+    let answer = crate::cluster::register_from(&phone, edge_sip, "4001", "fixture-sip-4001-password", &contact);
+    assert!(
+        answer.starts_with("SIP/2.0 200"),
+        "the new endpoint's REGISTER through the running edge: {}\nusers container:\n{}",
+        answer.lines().next().unwrap_or_default(),
+        logs("users")
+    );
+    assert_eq!(
+        must(&["podman", "inspect", "--format", "{{.State.StartedAt}}", &format!("{edge_pod}-edge")]),
+        edge_started,
+        "the edge restarted"
+    );
+    eprintln!(
+        "podman cluster: a new endpoint loaded by the users container {loaded_after:.2?} after its Secret changed; \
+         it registered through the running edge ({})",
+        logs("users").lines().filter(|l| l.starts_with("astrtc-users:")).collect::<Vec<_>>().join(" | ")
+    );
     eprintln!("podman cluster: whole run {:.2?}", started.elapsed());
 }
 
@@ -1685,7 +1745,7 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
         pod["nodeSelector"]
     );
     let names: Vec<&str> = pod["containers"].as_sequence().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
-    assert_eq!(names, ["relay", "edge"]);
+    assert_eq!(names, ["users", "relay", "edge"]);
     assert_eq!(edge["spec"]["replicas"].as_i64(), Some(1));
     assert_eq!(edge["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
 
@@ -1793,15 +1853,68 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
     );
 }
 
+/// The edge pod's `users` container loads the users Secret as its init container does (the same
+/// image, SQL file, database settings, mounts and security context), in a loop that loads it
+/// again when it changes; the users Secret is outside the edge's `checksum/config` (its own
+/// template), so the edge does not roll for it. The podman run changes the Secret under a running
+/// edge and registers the new user.
+#[test]
+fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
+    let Some(t) = tools() else { return };
+    let (_dir, chart) = rendered("cluster-compose");
+    let (ok, manifests) = cluster_manifests(&t, &chart, &[]);
+    assert!(ok, "{manifests}");
+    let docs = parsed(&manifests);
+    let spec = &doc(&docs, "Deployment", "-edge")["spec"]["template"]["spec"];
+    let init = spec["initContainers"].as_sequence().unwrap().iter().find(|c| c["name"] == "schema").unwrap();
+    let containers = spec["containers"].as_sequence().unwrap();
+    let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["users", "relay", "edge"], "the edge pod's containers");
+    let users = &containers[0];
+    assert_eq!(users["image"], init["image"], "the users container runs the database image");
+    assert_eq!(users["env"], init["env"], "the users container's database settings");
+    assert_eq!(users["securityContext"], init["securityContext"], "the users container's security context");
+    let mounts = |c: &serde_yaml_ng::Value| -> Vec<(String, String)> {
+        c["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["subPath"].is_null())
+            .map(|m| (m["name"].as_str().unwrap().to_string(), m["mountPath"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let (init_mounts, users_mounts) = (mounts(init), mounts(users));
+    for name in ["users", "database"] {
+        let want = init_mounts.iter().find(|(n, _)| n == name).unwrap();
+        assert!(users_mounts.contains(want), "the users container does not mount {want:?} whole: {users_mounts:?}");
+    }
+    let script = users["command"][2].as_str().unwrap_or_default();
+    for line in [
+        "file=/etc/astrtc-users/subscribers.sql",
+        "if out=\"$(psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --single-transaction --file=\"$file\" 2>&1)\"; then",
+        "PGPASSWORD=\"$(cat /etc/astrtc-db-secret/password)\"",
+    ] {
+        assert!(script.lines().any(|l| l.trim() == line), "the users container's script lacks `{line}`:\n{script}");
+    }
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(users[probe]["exec"]["command"].is_sequence(), "the users container has no {probe}");
+    }
+    assert!(users["resources"]["limits"]["memory"].is_string(), "the users container has no memory limit");
+    // The users Secret is its own template, outside what the edge's checksum covers.
+    let configmap = std::fs::read_to_string(chart.join("templates/edge-configmap.yaml")).unwrap();
+    assert!(!configmap.contains("subscribers.sql"), "the users are back in the edge's checksummed template");
+    assert!(doc(&docs, "Secret", "-users")["data"]["subscribers.sql"].is_string());
+}
+
 /// The pool reloads in place, as the single chart's pod does: a `reloader` container beside each
 /// member's Asterisk (the same image, security context and directory mounts of the configs, the
 /// passwords, the certificate and the run directory), and `checksum/restart` — the restart digest
 /// of the pool's configs, the chart's `files/restart-digest` — the only checksum on the pod. So a
 /// new endpoint with its password, a dialplan change and a rotation of the edge's key (its SHA-1
 /// is in the pool's auth Secret, `extensions_edge.conf`) keep the digest and roll no member, while
-/// an RTP range change moves it (the members roll, each draining). The edge rolls on a new
-/// endpoint and on the key's rotation (its `checksum/config` covers the users' and the edge-key
-/// Secrets): its init container loads the users, and Kamailio reads the key once.
+/// an RTP range change moves it (the members roll, each draining). The edge rolls on the key's
+/// rotation (its `checksum/config` covers the edge-key Secret: Kamailio reads the key once), not
+/// on a new endpoint (its `users` container loads the users Secret).
 #[test]
 fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
     let Some(t) = tools() else { return };
@@ -1913,12 +2026,14 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         };
         let auth =
             doc(&docs, "Secret", "-pool-auth")["data"]["extensions_edge.conf"].as_str().unwrap_or("").to_string();
+        let users = doc(&docs, "Secret", "-users")["data"]["subscribers.sql"].as_str().unwrap_or("").to_string();
         Outcome {
             digest: std::fs::read_to_string(chart.join("files/restart-digest")).unwrap(),
             pool: annotation("StatefulSet", "-pool", "checksum/restart"),
             edge: annotation("Deployment", "-edge", "checksum/config"),
             config: serde_yaml_ng::to_string(&doc(&docs, "ConfigMap", "-pool-config")["data"]).unwrap(),
             auth,
+            users,
         }
     };
     #[derive(Debug, PartialEq)]
@@ -1933,6 +2048,8 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         config: String,
         /// The pool's auth Secret's `extensions_edge.conf` (base64).
         auth: String,
+        /// The users Secret's `subscribers.sql` (base64), which the edge pod's `users` container loads.
+        users: String,
     }
     let same = |t: String| t;
     let base = render(&same, &same);
@@ -1941,7 +2058,8 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
     assert_eq!(render(&same, &same), base, "a render of the same spec differs");
 
     // (a) A new endpoint and its password: the pool holds no user (the edge authenticates them),
-    // so nothing of the pool's moves; the edge rolls, its init container loading the users.
+    // so nothing of the pool's moves; nor does the edge (its `users` container loads the users
+    // Secret into the database when it changes; a roll would drop every call through the edge).
     let added = render(&|t| t + "\n[[endpoints]]\nid = \"4001\"\nkind = \"sip\"\n", &|t| {
         t.replace("[endpoints]", "[endpoints]\n4001 = \"fixture-sip-4001-password\"")
     });
@@ -1950,7 +2068,8 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         (&base.digest, &base.pool),
         "adding an endpoint and its password must not roll the pool"
     );
-    assert_ne!(added.edge, base.edge, "a new endpoint must roll the edge (its init container loads the users)");
+    assert_eq!(added.edge, base.edge, "a new endpoint must not roll the edge (its calls would drop)");
+    assert_ne!(added.users, base.users, "the new endpoint did not reach the users Secret");
     // A dialplan change: in the pool's ConfigMap (extensions.conf), reloaded (`dialplan reload`).
     let dialplan = render(&|t| t + "\n[dialplan]\necho_extension = \"601\"\n", &same);
     assert_ne!(dialplan.config, base.config, "the dialplan change did not reach the pool's ConfigMap");
@@ -1983,8 +2102,8 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
     assert_ne!(range.digest, base.digest, "an RTP range change must roll the pool");
     assert_eq!(range.pool, range.digest.trim(), "the annotation does not follow the digest");
     eprintln!(
-        "cluster pool: asterisk + reloader, checksum/restart {} kept by a new endpoint (which rolls the edge), a \
-         dialplan change and an edge-key rotation (which rolls the edge), moved by the RTP range",
+        "cluster pool: asterisk + reloader, checksum/restart {} kept by a new endpoint (which rolls no edge either), \
+         a dialplan change and an edge-key rotation (which rolls the edge), moved by the RTP range",
         base.pool
     );
 }

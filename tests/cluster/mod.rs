@@ -364,7 +364,13 @@ fn check_of(report: &Value, name: &str) -> (String, String) {
 
 /// Registers `id` over UDP from `sock` with `contact` as its Contact, answering the challenge;
 /// the final answer.
-fn register_from(sock: &std::net::UdpSocket, to: SocketAddr, id: &str, password: &str, contact: &str) -> String {
+pub(crate) fn register_from(
+    sock: &std::net::UdpSocket,
+    to: SocketAddr,
+    id: &str,
+    password: &str,
+    contact: &str,
+) -> String {
     register_from_then(sock, to, id, password, contact, || {})
 }
 
