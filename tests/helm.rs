@@ -1186,8 +1186,25 @@ const POD_POOL_SUBNET: &str = "10.89.7";
 /// ignores `/etc/hosts`, so this is the path a cluster takes. The database is the db image as a
 /// pod of its own (`database.host` 127.0.0.1, the password in the Secret `database.existingSecret`
 /// names); the edge's init container loads the schema and the users into it.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
+#[test]
+fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
+    // Its future is large (a debug build keeps every local held across an await): on the heap,
+    // polled on a thread with room (a test thread's 2 MiB overflowed once the pool-growth phase
+    // came).
+    let run = std::thread::Builder::new()
+        .name("the_cluster_chart_runs_under_podman".into())
+        .stack_size(16 << 20)
+        .spawn(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+            rt.block_on(Box::pin(cluster_chart_under_podman()))
+        })
+        .unwrap();
+    if let Err(panic) = run.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn cluster_chart_under_podman() {
     use astrtc::media::probe::{self, CallSetup, LegSetup};
     use astrtc::media::session::{Offer, SharedMedia};
     use std::time::{Duration, Instant};
@@ -1281,9 +1298,12 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
     let members: Vec<(String, String, String)> = (0..cluster.pool_size)
         .map(|i| (format!("{pool_name}-{i}"), format!("{POD_POOL_SUBNET}.{}", 11 + i), dns_names[i as usize].clone()))
         .collect();
+    // A member more than the spec's, played later: the pool grown under a running edge.
+    let (grown_pod, grown_address) =
+        (format!("{pool_name}-{}", cluster.pool_size), format!("{POD_POOL_SUBNET}.{}", 11 + cluster.pool_size));
     let mut files: Vec<(String, String)> = Vec::new();
     let pool_config = named("ConfigMap", &format!("{pool_name}-config"));
-    for (pod_name, _, _) in &members {
+    for pod_name in members.iter().map(|(pod_name, _, _)| pod_name).chain([&grown_pod]) {
         let mut spec = pool["spec"]["template"]["spec"].clone();
         spec["hostname"] = serde_yaml_ng::Value::from(pod_name.as_str());
         // podman gives an emptyDir to the user of the container that mounts it when that
@@ -1419,6 +1439,7 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
         "--listen-address=127.0.0.1".into(),
         "--bind-interfaces".into(),
         "--user=root".into(),
+        "--pid-file=/run/astrtc-dnsmasq.pid".into(),
     ];
     dnsmasq.extend(members.iter().map(|(_, address, dns)| format!("--host-record={dns},{address}")));
     must(&dnsmasq.iter().map(String::as_str).collect::<Vec<_>>());
@@ -1554,7 +1575,7 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
     };
     let shared = SharedMedia::new().unwrap();
     for (label, setup) in [("SIP/UDP", &sip), ("WebRTC", &webrtc)] {
-        let r = probe::call(setup, &shared).await;
+        let r = Box::pin(probe::call(setup, &shared)).await;
         let m = r.media.as_ref();
         let echoed = m.map(|m| m.matched).unwrap_or(0);
         eprintln!(
@@ -1614,29 +1635,41 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
     // as a named volume, written here), the edge pod's `users` container loads it into the
     // database, and the new user registers through the same edge process.
     let users_container = format!("{edge_pod}-users");
+    // Replaces `file` in the volume a container mounts at `destination` with `text`, in one step
+    // (a rename), as the kubelet switches a Secret's or ConfigMap's files.
+    let replace_in_volume = |container: &str, destination: &str, file: &str, text: &str| {
+        let mounts = must(&["podman", "inspect", "--format", "{{json .Mounts}}", container]);
+        let mounts: serde_json::Value = serde_json::from_str(&mounts).unwrap();
+        let source = mounts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["Destination"] == destination)
+            .and_then(|m| m["Source"].as_str())
+            .unwrap_or_else(|| panic!("{container} has no {destination} mount: {mounts}"))
+            .to_string();
+        let local = dir.path().join(format!("replaced-{file}"));
+        std::fs::write(&local, text).unwrap();
+        let (ok, out) = run(Command::new("docker").arg("cp").arg(&local).arg(format!("{name}:/replaced-{file}")));
+        assert!(ok, "{out}");
+        must(&[
+            "sh",
+            "-c",
+            &format!("cat '/replaced-{file}' > '{source}/{file}.new' && mv '{source}/{file}.new' '{source}/{file}'"),
+        ]);
+    };
     let loaded_lines = || logs("users").lines().filter(|l| l.starts_with("astrtc-users: loaded ")).count();
     assert_eq!(loaded_lines(), 1, "the users container did not load the users once at start:\n{}", logs("users"));
     let edge_started = must(&["podman", "inspect", "--format", "{{.State.StartedAt}}", &format!("{edge_pod}-edge")]);
-    let mounts = must(&["podman", "inspect", "--format", "{{json .Mounts}}", &users_container]);
-    let mounts: serde_json::Value = serde_json::from_str(&mounts).unwrap();
-    let source = mounts
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["Destination"] == "/etc/astrtc-users")
-        .and_then(|m| m["Source"].as_str())
-        .unwrap_or_else(|| panic!("the users container has no /etc/astrtc-users mount: {mounts}"))
-        .to_string();
     let spec = dir.path().join("astrtc.toml");
     let added =
         edited_render("cluster-compose", &spec, &|t| t + "\n[[endpoints]]\nid = \"4001\"\nkind = \"sip\"\n", &|t| {
             t.replace("[endpoints]", "[endpoints]\n4001 = \"fixture-sip-4001-password\"")
         });
     let new_users = added.path().join("deploy/helm/astrtc/files/db-secret/subscribers.sql");
-    assert!(std::fs::read_to_string(&new_users).unwrap().contains("('4001', "), "the new render lacks 4001");
-    let (ok, out) = run(Command::new("docker").arg("cp").arg(&new_users).arg(format!("{name}:/subscribers.sql")));
-    assert!(ok, "{out}");
-    must(&["sh", "-c", &format!("cat /subscribers.sql > '{source}/subscribers.sql.new' && mv '{source}/subscribers.sql.new' '{source}/subscribers.sql'")]);
+    let new_users = std::fs::read_to_string(&new_users).unwrap();
+    assert!(new_users.contains("('4001', "), "the new render lacks 4001");
+    replace_in_volume(&users_container, "/etc/astrtc-users", "subscribers.sql", &new_users);
     let changed = Instant::now();
     while loaded_lines() < 2 {
         assert!(
@@ -1667,6 +1700,84 @@ async fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
         "podman cluster: a new endpoint loaded by the users container {loaded_after:.2?} after its Secret changed; \
          it registered through the running edge ({})",
         logs("users").lines().filter(|l| l.starts_with("astrtc-users:")).collect::<Vec<_>>().join(" | ")
+    );
+
+    // The pool grown by a member with no restart of the edge: the member's pod played and its
+    // name resolving (as the StatefulSet's new pod and cluster DNS would), the edge's list changed
+    // under it (the chart rendered for `pool_size + 1`, written into the ConfigMap's volume as the
+    // kubelet would), the `pool` container has the dispatcher reload it, the member is probed
+    // active, and a call lands on it.
+    let grown_render =
+        edited_render("cluster-compose", &spec, &|t| t.replacen("pool_size = 2", "pool_size = 3", 1), &|t| t);
+    let (ok, grown_manifests) = template(&t, &grown_render.path().join("deploy/helm/astrtc"), &sets);
+    assert!(ok, "{grown_manifests}");
+    let grown_docs = parsed(&grown_manifests);
+    let grown_list =
+        doc(&grown_docs, "ConfigMap", "-edge-config")["data"]["dispatcher.list"].as_str().unwrap().to_string();
+    let grown_dns = grown_list
+        .lines()
+        .filter_map(|l| l.strip_prefix("1 sip:"))
+        .map(|l| l.split(':').next().unwrap().to_string())
+        .find(|dns| !members.iter().any(|(_, _, d)| d == dns))
+        .unwrap_or_else(|| panic!("the grown list names no new member: {grown_list}"));
+    must(&["podman", "kube", "play", "--network", "pool", "--ip", &grown_address, &format!("/{grown_pod}.yaml")]);
+    must(&["sh", "-c", "kill $(cat /run/astrtc-dnsmasq.pid)"]);
+    dnsmasq.push(format!("--host-record={grown_dns},{grown_address}"));
+    let restarted = Instant::now();
+    while !runner.exec(&dnsmasq.iter().map(String::as_str).collect::<Vec<_>>()).status.success() {
+        assert!(restarted.elapsed() < Duration::from_secs(10), "dnsmasq did not start again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replace_in_volume(&format!("{edge_pod}-pool"), "/etc/astrtc-edge", "dispatcher.list", &grown_list);
+    let grown_at = Instant::now();
+    let reloaded = |log: &str| {
+        log.lines().any(|l| l.starts_with("astrtc-pool: the pool's list changed: dispatcher.reload, 3 members"))
+    };
+    while !reloaded(&logs("pool")) {
+        assert!(
+            grown_at.elapsed() < Duration::from_secs(60),
+            "the pool container did not have the dispatcher reload the grown list within 60 s:\n{}",
+            logs("pool")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let reload_after = grown_at.elapsed();
+    let flags = loop {
+        let out = kamcmd(&["dispatcher.list"]);
+        let flags = astrtc::verify::parse_dispatcher_list(&String::from_utf8_lossy(&out.stdout));
+        if flags.iter().any(|(u, f)| u.contains(&grown_dns) && f == "AP") {
+            break flags;
+        }
+        assert!(
+            grown_at.elapsed() < Duration::from_secs(90),
+            "the new member is not active in the edge's dispatcher: {flags:?}\npool container:\n{}",
+            logs("pool")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let active_after = grown_at.elapsed();
+    // Round robin over three active members: three calls, one of them on the new member.
+    for i in 0..3 {
+        let r = Box::pin(probe::call(&sip, &shared)).await;
+        assert!(r.healthy(), "call {i} after the pool grew: {:?}\n{}", r.failure, r.ladder.join("\n"));
+    }
+    let calls =
+        must(&["podman", "exec", &format!("{grown_pod}-asterisk"), "/usr/sbin/asterisk", "-rx", "core show calls"]);
+    let processed: u32 = calls
+        .lines()
+        .find_map(|l| l.trim().strip_suffix(" calls processed").or_else(|| l.trim().strip_suffix(" call processed")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(processed >= 1, "no call of three landed on the new member: {calls}; the edge's dispatcher: {flags:?}");
+    assert_eq!(
+        must(&["podman", "inspect", "--format", "{{.State.StartedAt}}", &format!("{edge_pod}-edge")]),
+        edge_started,
+        "the edge restarted"
+    );
+    eprintln!(
+        "podman cluster: the pool grown to 3 under the running edge: reloaded {reload_after:.2?}, the new member \
+         active {active_after:.2?} after the list changed; {processed} of 3 calls on it ({})",
+        logs("pool").lines().filter(|l| l.starts_with("astrtc-pool:")).collect::<Vec<_>>().join(" | ")
     );
     eprintln!("podman cluster: whole run {:.2?}", started.elapsed());
 }
@@ -1745,7 +1856,7 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
         pod["nodeSelector"]
     );
     let names: Vec<&str> = pod["containers"].as_sequence().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
-    assert_eq!(names, ["users", "relay", "edge"]);
+    assert_eq!(names, ["users", "pool", "relay", "edge"]);
     assert_eq!(edge["spec"]["replicas"].as_i64(), Some(1));
     assert_eq!(edge["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
 
@@ -1856,8 +1967,9 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
 /// The edge pod's `users` container loads the users Secret as its init container does (the same
 /// image, SQL file, database settings, mounts and security context), in a loop that loads it
 /// again when it changes; the users Secret is outside the edge's `checksum/config` (its own
-/// template), so the edge does not roll for it. The podman run changes the Secret under a running
-/// edge and registers the new user.
+/// template), so the edge does not roll for it. Its `pool` container has the dispatcher reload the
+/// pool's list when it changes. The podman run changes the Secret under a running edge and
+/// registers the new user, then grows the pool by a member that takes a call.
 #[test]
 fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
     let Some(t) = tools() else { return };
@@ -1869,7 +1981,7 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
     let init = spec["initContainers"].as_sequence().unwrap().iter().find(|c| c["name"] == "schema").unwrap();
     let containers = spec["containers"].as_sequence().unwrap();
     let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
-    assert_eq!(names, ["users", "relay", "edge"], "the edge pod's containers");
+    assert_eq!(names, ["users", "pool", "relay", "edge"], "the edge pod's containers");
     let users = &containers[0];
     assert_eq!(users["image"], init["image"], "the users container runs the database image");
     assert_eq!(users["env"], init["env"], "the users container's database settings");
@@ -1888,18 +2000,49 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
         let want = init_mounts.iter().find(|(n, _)| n == name).unwrap();
         assert!(users_mounts.contains(want), "the users container does not mount {want:?} whole: {users_mounts:?}");
     }
-    let script = users["command"][2].as_str().unwrap_or_default();
-    for line in [
-        "file=/etc/astrtc-users/subscribers.sql",
-        "if out=\"$(psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --single-transaction --file=\"$file\" 2>&1)\"; then",
-        "PGPASSWORD=\"$(cat /etc/astrtc-db-secret/password)\"",
-    ] {
-        assert!(script.lines().any(|l| l.trim() == line), "the users container's script lacks `{line}`:\n{script}");
+    // A watcher's script holds each of `lines`; it has probes and a memory limit.
+    let watcher = |c: &serde_yaml_ng::Value, what: &str, lines: &[&str]| {
+        let script = c["command"][2].as_str().unwrap_or_default();
+        for line in lines {
+            assert!(
+                script.lines().any(|l| l.trim() == *line),
+                "the {what} container's script lacks `{line}`:\n{script}"
+            );
+        }
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert!(c[probe]["exec"]["command"].is_sequence(), "the {what} container has no {probe}");
+        }
+        assert!(c["resources"]["limits"]["memory"].is_string(), "the {what} container has no memory limit");
+    };
+    watcher(
+        users,
+        "users",
+        &[
+            "file=/etc/astrtc-users/subscribers.sql",
+            "if out=\"$(psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --single-transaction --file=\"$file\" 2>&1)\"; then",
+            "PGPASSWORD=\"$(cat /etc/astrtc-db-secret/password)\"",
+        ],
+    );
+    // The `pool` container: Kamailio's image, user and security context, the edge's config
+    // directory (the list) and run directory (the control socket), and a dispatcher reload.
+    let pool = &containers[1];
+    let edge = &containers[3];
+    assert_eq!(pool["image"], edge["image"], "the pool container runs the edge image (kamcmd)");
+    assert_eq!(pool["securityContext"], edge["securityContext"], "the pool container's security context");
+    let edge_mounts = mounts(edge);
+    for path in ["/etc/astrtc-edge", "/run/kamailio"] {
+        let want = edge_mounts.iter().find(|(_, p)| p == path).unwrap();
+        assert!(mounts(pool).contains(want), "the pool container does not mount {want:?} whole: {:?}", mounts(pool));
     }
-    for probe in ["readinessProbe", "livenessProbe"] {
-        assert!(users[probe]["exec"]["command"].is_sequence(), "the users container has no {probe}");
-    }
-    assert!(users["resources"]["limits"]["memory"].is_string(), "the users container has no memory limit");
+    watcher(
+        pool,
+        "pool",
+        &[
+            "list=/etc/astrtc-edge/dispatcher.list",
+            "out=\"$(timeout 10 kamcmd -s unix:/run/kamailio/kamailio_ctl dispatcher.reload 2>&1)\"",
+            "until getent hosts \"$name\" >/dev/null; do",
+        ],
+    );
     // The users Secret is its own template, outside what the edge's checksum covers.
     let configmap = std::fs::read_to_string(chart.join("templates/edge-configmap.yaml")).unwrap();
     assert!(!configmap.contains("subscribers.sql"), "the users are back in the edge's checksummed template");
@@ -2027,6 +2170,8 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         let auth =
             doc(&docs, "Secret", "-pool-auth")["data"]["extensions_edge.conf"].as_str().unwrap_or("").to_string();
         let users = doc(&docs, "Secret", "-users")["data"]["subscribers.sql"].as_str().unwrap_or("").to_string();
+        let list =
+            doc(&docs, "ConfigMap", "-edge-config")["data"]["dispatcher.list"].as_str().unwrap_or("").to_string();
         Outcome {
             digest: std::fs::read_to_string(chart.join("files/restart-digest")).unwrap(),
             pool: annotation("StatefulSet", "-pool", "checksum/restart"),
@@ -2034,6 +2179,7 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
             config: serde_yaml_ng::to_string(&doc(&docs, "ConfigMap", "-pool-config")["data"]).unwrap(),
             auth,
             users,
+            list,
         }
     };
     #[derive(Debug, PartialEq)]
@@ -2050,6 +2196,8 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         auth: String,
         /// The users Secret's `subscribers.sql` (base64), which the edge pod's `users` container loads.
         users: String,
+        /// The edge's `dispatcher.list`, which the edge pod's `pool` container has reloaded.
+        list: String,
     }
     let same = |t: String| t;
     let base = render(&same, &same);
@@ -2097,6 +2245,12 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         "rotating the edge's key must not roll the pool (the reloader's `dialplan reload` takes the new SHA-1)"
     );
     assert_ne!(rotated.edge, base.edge, "rotating the edge's key must roll the edge (Kamailio reads it once)");
+    // A third pool member: the StatefulSet grows, the edge's list names it, and the edge does not
+    // roll (its `pool` container has the dispatcher reload the list); no member rolls.
+    let grown = render(&|t| t.replacen("pool_size = 2", "pool_size = 3", 1), &same);
+    assert_eq!(grown.list.lines().filter(|l| l.starts_with("1 sip:")).count(), 3, "the grown list: {}", grown.list);
+    assert_eq!(grown.edge, base.edge, "a new pool member must not roll the edge (its calls would drop)");
+    assert_eq!((&grown.digest, &grown.pool), (&base.digest, &base.pool), "a new pool member rolled the pool");
     // (c) The RTP range: only a restart applies it.
     let range = render(&|t| t.replacen("end = 40999", "end = 40899", 1), &same);
     assert_ne!(range.digest, base.digest, "an RTP range change must roll the pool");
