@@ -347,9 +347,13 @@ pub fn not_ready_report(out: &Path) -> String {
         let _ = write!(report, "\n{name}: {status}");
         // A container that exited and was restarted reads "unhealthy" while it restarts (Docker
         // stops its health monitor on exit) though no healthcheck failed: say so.
-        if let Some(restarts) = c["RestartCount"].as_i64().filter(|n| *n > 0) {
-            let code = state["ExitCode"].as_i64().map_or("?".into(), |c| c.to_string());
-            let _ = write!(report, ", restarted {restarts} times (last exit code {code})");
+        // (Its exit code only while it is not running: a running container's reads 0.)
+        let restarts = c["RestartCount"].as_i64().filter(|n| *n > 0);
+        if let Some(restarts) = restarts {
+            let _ = write!(report, ", restarted {restarts} times");
+            if let Some(code) = state["ExitCode"].as_i64().filter(|_| status != "running") {
+                let _ = write!(report, " (last exit code {code})");
+            }
         }
         if let Some(h) = health {
             let _ = write!(report, ", {h}; its last healthchecks:");
@@ -363,7 +367,7 @@ pub fn not_ready_report(out: &Path) -> String {
                     output.replace('\n', " | ")
                 );
             }
-        } else if let Some(code) = state["ExitCode"].as_i64() {
+        } else if let Some(code) = state["ExitCode"].as_i64().filter(|_| restarts.is_none()) {
             let _ = write!(report, " (exit code {code})");
         }
     }

@@ -1702,11 +1702,13 @@ async fn cluster_chart_under_podman() {
         logs("users").lines().filter(|l| l.starts_with("astrtc-users:")).collect::<Vec<_>>().join(" | ")
     );
 
-    // The pool grown by a member with no restart of the edge: the member's pod played and its
-    // name resolving (as the StatefulSet's new pod and cluster DNS would), the edge's list changed
-    // under it (the chart rendered for `pool_size + 1`, written into the ConfigMap's volume as the
-    // kubelet would), the `pool` container has the dispatcher reload it, the member is probed
-    // active, and a call lands on it.
+    // The pool grown by a member with no restart of the edge: the edge's list changes under it
+    // (the chart rendered for `pool_size + 1`, written into the ConfigMap's volume as the kubelet
+    // would) while the new member's pod is not up and its name does not resolve (a pod not yet
+    // scheduled): the `pool` container has the dispatcher reload the list, which leaves the name
+    // out. Then the pod is played and its name resolves (as cluster DNS would): the `pool`
+    // container sees a member of the list its dispatcher does not hold and reloads again; the
+    // member is probed active and a call lands on it.
     let grown_render =
         edited_render("cluster-compose", &spec, &|t| t.replacen("pool_size = 2", "pool_size = 3", 1), &|t| t);
     let (ok, grown_manifests) = template(&t, &grown_render.path().join("deploy/helm/astrtc"), &sets);
@@ -1720,6 +1722,27 @@ async fn cluster_chart_under_podman() {
         .map(|l| l.split(':').next().unwrap().to_string())
         .find(|dns| !members.iter().any(|(_, _, d)| d == dns))
         .unwrap_or_else(|| panic!("the grown list names no new member: {grown_list}"));
+    let pool_lines = || -> Vec<String> {
+        logs("pool").lines().filter(|l| l.starts_with("astrtc-pool:")).map(str::to_string).collect()
+    };
+    let wait_for_pool_line = |want: String, what: &str| {
+        let since = Instant::now();
+        while !pool_lines().contains(&want) {
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "the pool container did not have the dispatcher reload {what} within 60 s (want `{want}`):\n{}",
+                logs("pool")
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    replace_in_volume(&format!("{edge_pod}-pool"), "/etc/astrtc-edge", "dispatcher.list", &grown_list);
+    let grown_at = Instant::now();
+    wait_for_pool_line(
+        format!("astrtc-pool: dispatcher.reload: 3 members in the list, not resolving yet: {grown_dns}"),
+        "the grown list",
+    );
+    let first_reload = grown_at.elapsed();
     must(&["podman", "kube", "play", "--network", "pool", "--ip", &grown_address, &format!("/{grown_pod}.yaml")]);
     must(&["sh", "-c", "kill $(cat /run/astrtc-dnsmasq.pid)"]);
     dnsmasq.push(format!("--host-record={grown_dns},{grown_address}"));
@@ -1728,20 +1751,9 @@ async fn cluster_chart_under_podman() {
         assert!(restarted.elapsed() < Duration::from_secs(10), "dnsmasq did not start again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    replace_in_volume(&format!("{edge_pod}-pool"), "/etc/astrtc-edge", "dispatcher.list", &grown_list);
-    let grown_at = Instant::now();
-    let reloaded = |log: &str| {
-        log.lines().any(|l| l.starts_with("astrtc-pool: the pool's list changed: dispatcher.reload, 3 members"))
-    };
-    while !reloaded(&logs("pool")) {
-        assert!(
-            grown_at.elapsed() < Duration::from_secs(60),
-            "the pool container did not have the dispatcher reload the grown list within 60 s:\n{}",
-            logs("pool")
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let reload_after = grown_at.elapsed();
+    let resolving_at = Instant::now();
+    wait_for_pool_line("astrtc-pool: dispatcher.reload: 3 members in the list".into(), "when the new name resolved");
+    let reload_after = resolving_at.elapsed();
     let flags = loop {
         let out = kamcmd(&["dispatcher.list"]);
         let flags = astrtc::verify::parse_dispatcher_list(&String::from_utf8_lossy(&out.stdout));
@@ -1749,13 +1761,13 @@ async fn cluster_chart_under_podman() {
             break flags;
         }
         assert!(
-            grown_at.elapsed() < Duration::from_secs(90),
+            resolving_at.elapsed() < Duration::from_secs(90),
             "the new member is not active in the edge's dispatcher: {flags:?}\npool container:\n{}",
             logs("pool")
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let active_after = grown_at.elapsed();
+    let active_after = resolving_at.elapsed();
     // Round robin over three active members: three calls, one of them on the new member.
     for i in 0..3 {
         let r = Box::pin(probe::call(&sip, &shared)).await;
@@ -1775,9 +1787,10 @@ async fn cluster_chart_under_podman() {
         "the edge restarted"
     );
     eprintln!(
-        "podman cluster: the pool grown to 3 under the running edge: reloaded {reload_after:.2?}, the new member \
-         active {active_after:.2?} after the list changed; {processed} of 3 calls on it ({})",
-        logs("pool").lines().filter(|l| l.starts_with("astrtc-pool:")).collect::<Vec<_>>().join(" | ")
+        "podman cluster: the pool grown to 3 under the running edge: the list reloaded {first_reload:.2?} after it \
+         changed, again {reload_after:.2?} after the new name resolved, the member active {active_after:.2?} after \
+         that; {processed} of 3 calls on it ({})",
+        pool_lines().join(" | ")
     );
     eprintln!("podman cluster: whole run {:.2?}", started.elapsed());
 }
@@ -2029,6 +2042,12 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
     let edge = &containers[3];
     assert_eq!(pool["image"], edge["image"], "the pool container runs the edge image (kamcmd)");
     assert_eq!(pool["securityContext"], edge["securityContext"], "the pool container's security context");
+    let run_mount = pool["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == "/run/kamailio");
+    assert_eq!(
+        run_mount.and_then(|m| m["readOnly"].as_bool()),
+        Some(true),
+        "the pool container may write the edge's run directory (the database URL)"
+    );
     let edge_mounts = mounts(edge);
     for path in ["/etc/astrtc-edge", "/run/kamailio"] {
         let want = edge_mounts.iter().find(|(_, p)| p == path).unwrap();
@@ -2039,8 +2058,10 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
         "pool",
         &[
             "list=/etc/astrtc-edge/dispatcher.list",
-            "out=\"$(timeout 10 kamcmd -s unix:/run/kamailio/kamailio_ctl dispatcher.reload 2>&1)\"",
-            "until getent hosts \"$name\" >/dev/null; do",
+            "ctl=unix:/run/kamailio/kamailio_ctl",
+            "held=\"$(timeout 10 kamcmd -s \"$ctl\" dispatcher.list 2>&1)\" || continue",
+            "printf '%s\\n' \"$held\" | grep -qF \"URI: sip:$name:\" || absent=\"$absent $name\"",
+            "out=\"$(timeout 10 kamcmd -s \"$ctl\" dispatcher.reload 2>&1)\"",
         ],
     );
     // The users Secret is its own template, outside what the edge's checksum covers.
@@ -2175,7 +2196,8 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         Outcome {
             digest: std::fs::read_to_string(chart.join("files/restart-digest")).unwrap(),
             pool: annotation("StatefulSet", "-pool", "checksum/restart"),
-            edge: annotation("Deployment", "-edge", "checksum/config"),
+            // The whole pod template: any change of it rolls the edge, not only the checksum's.
+            edge: serde_yaml_ng::to_string(&doc(&docs, "Deployment", "-edge")["spec"]["template"]).unwrap(),
             config: serde_yaml_ng::to_string(&doc(&docs, "ConfigMap", "-pool-config")["data"]).unwrap(),
             auth,
             users,
@@ -2188,7 +2210,7 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         digest: String,
         /// The pool pod's `checksum/restart`.
         pool: String,
-        /// The edge pod's `checksum/config`.
+        /// The edge's pod template (its `checksum/config` among the rest).
         edge: String,
         /// The pool's ConfigMap's files.
         config: String,
