@@ -1773,13 +1773,20 @@ async fn cluster_chart_under_podman() {
         let r = Box::pin(probe::call(&sip, &shared)).await;
         assert!(r.healthy(), "call {i} after the pool grew: {:?}\n{}", r.failure, r.ladder.join("\n"));
     }
-    let calls =
-        must(&["podman", "exec", &format!("{grown_pod}-asterisk"), "/usr/sbin/asterisk", "-rx", "core show calls"]);
-    let processed: u32 = calls
-        .lines()
-        .find_map(|l| l.trim().strip_suffix(" calls processed").or_else(|| l.trim().strip_suffix(" call processed")))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
+    // Calls the new member's Asterisk has processed, and what it said.
+    let processed_on_grown = || -> (u32, String) {
+        let calls =
+            must(&["podman", "exec", &format!("{grown_pod}-asterisk"), "/usr/sbin/asterisk", "-rx", "core show calls"]);
+        let n = calls
+            .lines()
+            .find_map(|l| {
+                l.trim().strip_suffix(" calls processed").or_else(|| l.trim().strip_suffix(" call processed"))
+            })
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        (n, calls)
+    };
+    let (processed, calls) = processed_on_grown();
     assert!(processed >= 1, "no call of three landed on the new member: {calls}; the edge's dispatcher: {flags:?}");
     assert_eq!(
         must(&["podman", "inspect", "--format", "{{.State.StartedAt}}", &format!("{edge_pod}-edge")]),
@@ -1791,6 +1798,35 @@ async fn cluster_chart_under_podman() {
          changed, again {reload_after:.2?} after the new name resolved, the member active {active_after:.2?} after \
          that; {processed} of 3 calls on it ({})",
         pool_lines().join(" | ")
+    );
+
+    // And shrunk back (the chart rendered for the spec's `pool_size` again): the reload drops the
+    // member from the dispatcher, and new calls go to the others only (on Kubernetes its pod
+    // drains meanwhile; here it keeps running, so a call sent to it would be counted).
+    replace_in_volume(&format!("{edge_pod}-pool"), "/etc/astrtc-edge", "dispatcher.list", &list);
+    let shrunk_at = Instant::now();
+    wait_for_pool_line("astrtc-pool: dispatcher.reload: 2 members in the list".into(), "the shrunk list");
+    let shrink_reload = shrunk_at.elapsed();
+    let out = kamcmd(&["dispatcher.list"]);
+    let held = astrtc::verify::parse_dispatcher_list(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        held.len() == 2 && !held.iter().any(|(u, _)| u.contains(&grown_dns)),
+        "the edge's dispatcher after the pool shrank: {held:?}"
+    );
+    for i in 0..3 {
+        let r = Box::pin(probe::call(&sip, &shared)).await;
+        assert!(r.healthy(), "call {i} after the pool shrank: {:?}\n{}", r.failure, r.ladder.join("\n"));
+    }
+    let (after, calls) = processed_on_grown();
+    assert_eq!(after, processed, "a call landed on the member removed from the list: {calls}");
+    assert_eq!(
+        must(&["podman", "inspect", "--format", "{{.State.StartedAt}}", &format!("{edge_pod}-edge")]),
+        edge_started,
+        "the edge restarted"
+    );
+    eprintln!(
+        "podman cluster: the pool shrunk back to 2: reloaded {shrink_reload:.2?} after the list changed; 3 calls, none \
+         on the member removed"
     );
     eprintln!("podman cluster: whole run {:.2?}", started.elapsed());
 }
