@@ -1191,8 +1191,10 @@ fn the_cluster_chart_runs_under_podman_and_carries_a_call() {
     // Its future is large (a debug build keeps every local held across an await): on the heap,
     // polled on a thread with room (a test thread's 2 MiB overflowed once the pool-growth phase
     // came).
+    // The test's own name, which a SKIP line names (`skip` reads the current thread's).
+    let test = std::thread::current().name().unwrap_or("the_cluster_chart_runs_under_podman").to_string();
     let run = std::thread::Builder::new()
-        .name("the_cluster_chart_runs_under_podman".into())
+        .name(test)
         .stack_size(16 << 20)
         .spawn(|| {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
