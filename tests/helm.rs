@@ -1172,8 +1172,8 @@ async fn the_chart_runs_as_a_pod_under_podman() {
 }
 
 /// The pool's podman network in the cluster run: a bridge in the runner, no NAT, no DNS of
-/// podman's (the test's dnsmasq answers the pool's names); the edge reaches the pool from the
-/// bridge's address, `.1`.
+/// podman's (the test's dnsmasq answers the pool's Service name); the edge reaches the pool from
+/// the bridge's address, `.1`.
 const POD_POOL_SUBNET: &str = "10.89.7";
 
 /// The issue's proof test 4: the cluster chart's pods run under `podman kube play` (in the podman
@@ -1181,9 +1181,9 @@ const POD_POOL_SUBNET: &str = "10.89.7";
 /// a SIP call and a WebRTC call with audio echoed. podman has no StatefulSet and no cluster DNS,
 /// so the test turns the StatefulSet's template into one Pod per member, named as the
 /// StatefulSet names them, on a podman bridge network at fixed addresses, and has dnsmasq in the
-/// runner answer the dispatcher list's DNS names (`<pool>-N.<svc>.default.svc.cluster.local`)
-/// with those addresses, as cluster DNS would: Kamailio's own resolver reads `resolv.conf` and
-/// ignores `/etc/hosts`, so this is the path a cluster takes. The database is the db image as a
+/// runner answer the pool's headless Service name (`<svc>.default.svc.cluster.local`) with every
+/// member's address, as cluster DNS would (its hosts file changed and re-read to scale the pool);
+/// the edge pod's `pool` container resolves it through `resolv.conf`. The database is the db image as a
 /// pod of its own (`database.host` 127.0.0.1, the password in the Secret `database.existingSecret`
 /// names); the edge's init container loads the schema and the users into it.
 #[test]
@@ -1287,25 +1287,22 @@ async fn cluster_chart_under_podman() {
             .unwrap_or_else(|| panic!("no {kind} {name}"))
     };
 
-    // The StatefulSet's members as Pods, each at a fixed address; the names the dispatcher uses.
+    // The StatefulSet's members as Pods, each at a fixed address; the Service name whose
+    // addresses the edge pod's `pool` container follows.
     let pool = doc(&docs, "StatefulSet", "-pool");
     let pool_name = pool["metadata"]["name"].as_str().unwrap().to_string();
-    let list = doc(&docs, "ConfigMap", "-edge-config")["data"]["dispatcher.list"].as_str().unwrap().to_string();
-    let dns_names: Vec<String> = list
-        .lines()
-        .filter_map(|l| l.strip_prefix("1 sip:"))
-        .map(|l| l.split(':').next().unwrap().to_string())
-        .collect();
-    assert_eq!(dns_names.len(), cluster.pool_size as usize, "the dispatcher list: {list}");
-    let members: Vec<(String, String, String)> = (0..cluster.pool_size)
-        .map(|i| (format!("{pool_name}-{i}"), format!("{POD_POOL_SUBNET}.{}", 11 + i), dns_names[i as usize].clone()))
-        .collect();
+    let service_name =
+        format!("{}.default.svc.cluster.local", doc(&docs, "Service", "-pool")["metadata"]["name"].as_str().unwrap());
+    let members: Vec<(String, String)> =
+        (0..cluster.pool_size).map(|i| (format!("{pool_name}-{i}"), format!("{POD_POOL_SUBNET}.{}", 11 + i))).collect();
+    // A member's URI in the edge's dispatcher, as the `pool` container writes it.
+    let uri = |address: &str| format!("sip:{address}:{}", plan.network.sip_port);
     // A member more than the spec's, played later: the pool grown under a running edge.
     let (grown_pod, grown_address) =
         (format!("{pool_name}-{}", cluster.pool_size), format!("{POD_POOL_SUBNET}.{}", 11 + cluster.pool_size));
     let mut files: Vec<(String, String)> = Vec::new();
     let pool_config = named("ConfigMap", &format!("{pool_name}-config"));
-    for pod_name in members.iter().map(|(pod_name, _, _)| pod_name).chain([&grown_pod]) {
+    for pod_name in members.iter().map(|(pod_name, _)| pod_name).chain([&grown_pod]) {
         let mut spec = pool["spec"]["template"]["spec"].clone();
         spec["hostname"] = serde_yaml_ng::Value::from(pod_name.as_str());
         // podman gives an emptyDir to the user of the container that mounts it when that
@@ -1430,21 +1427,31 @@ async fn cluster_chart_under_podman() {
     must(&["podman", "network", "create", "--disable-dns", "--subnet", &format!("{POD_POOL_SUBNET}.0/24"), "pool"]);
     must(&["podman", "kube", "play", "/secrets.yaml"]);
     must(&["podman", "kube", "play", "/db.yaml"]);
-    for (pod_name, address, _) in &members {
+    for (pod_name, address) in &members {
         must(&["podman", "kube", "play", "--network", "pool", "--ip", address, &format!("/{pod_name}.yaml")]);
     }
-    // Cluster DNS's stand-in: each member's name to its pod's address, the runner's resolver.
-    let mut dnsmasq = vec![
-        "dnsmasq".to_string(),
-        "--no-resolv".into(),
-        "--no-hosts".into(),
-        "--listen-address=127.0.0.1".into(),
-        "--bind-interfaces".into(),
-        "--user=root".into(),
-        "--pid-file=/run/astrtc-dnsmasq.pid".into(),
+    // Cluster DNS's stand-in, the runner's resolver: the Service's name to every member's
+    // address, from a hosts file dnsmasq reads again on SIGHUP (a scaled pool: a line more or
+    // less, as the Service's endpoints change).
+    // Writes the hosts file for `addresses`; with `reread`, has the running dnsmasq read it again.
+    let dns_hosts = |addresses: &[&str], reread: bool| {
+        let text: String = addresses.iter().map(|a| format!("{a} {service_name}\n")).collect();
+        let hup = if reread { " && kill -HUP $(cat /run/astrtc-dnsmasq.pid)" } else { "" };
+        must(&["sh", "-c", &format!("printf '%s' '{text}' > /etc/astrtc-pool-hosts{hup}")]);
+    };
+    let addresses: Vec<&str> = members.iter().map(|(_, a)| a.as_str()).collect();
+    dns_hosts(&addresses, false);
+    let dnsmasq = [
+        "dnsmasq",
+        "--no-resolv",
+        "--no-hosts",
+        "--addn-hosts=/etc/astrtc-pool-hosts",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--user=root",
+        "--pid-file=/run/astrtc-dnsmasq.pid",
     ];
-    dnsmasq.extend(members.iter().map(|(_, address, dns)| format!("--host-record={dns},{address}")));
-    must(&dnsmasq.iter().map(String::as_str).collect::<Vec<_>>());
+    must(&dnsmasq);
     must(&["sh", "-c", "echo 'nameserver 127.0.0.1' > /etc/resolv.conf"]);
     // The database takes connections before the edge's init container loads the schema into it.
     loop {
@@ -1486,8 +1493,8 @@ async fn cluster_chart_under_podman() {
     ]);
     assert_eq!(users.trim(), plan.endpoints.len().to_string(), "users in the database");
 
-    // Both members resolved by name and active in the edge's dispatcher, probed (`AP`: their
-    // OPTIONS probes answered; `AX`, a member not yet probed, is not enough).
+    // Both members' addresses, from the Service's name, active in the edge's dispatcher, probed
+    // (`AP`: their OPTIONS probes answered; `AX`, a member not yet probed, is not enough).
     let edge_container = format!("{edge_pod}-edge");
     // One RPC to the edge's Kamailio, through its control socket.
     let kamcmd = |args: &[&str]| {
@@ -1499,30 +1506,27 @@ async fn cluster_chart_under_podman() {
         let out = kamcmd(&["dispatcher.list"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let flags = astrtc::verify::parse_dispatcher_list(&text);
-        let active = |dns: &str| flags.iter().any(|(u, f)| u.contains(dns) && f == "AP");
-        if members.iter().all(|(_, _, dns)| active(dns)) {
+        let active = |address: &str| flags.iter().any(|(u, f)| *u == uri(address) && f == "AP");
+        if members.iter().all(|(_, address)| active(address)) {
             break flags;
         }
         if play.elapsed() > Duration::from_secs(90) {
-            // The edge waits up to 120 s for each name before Kamailio starts: name the ones the
-            // runner's resolver (the edge's) does not answer.
-            let unresolved: Vec<&str> = members
-                .iter()
-                .map(|(_, _, dns)| dns.as_str())
-                .filter(|dns| !runner.exec(&["getent", "hosts", dns]).status.success())
-                .collect();
+            // What the runner's resolver (the edge pod's) answers for the Service's name.
+            let resolved = runner.exec(&["getent", "ahosts", &service_name]);
             panic!(
-                "not every pool member is active in the edge's dispatcher: {flags:?}; names that do not resolve: \
-                 {unresolved:?}\n{text}{}\nedge's log:\n{}",
+                "not every pool member is active in the edge's dispatcher: {flags:?}; {service_name} resolves to:\n{}\n\
+                 {text}{}\nedge's log:\n{}\npool container's log:\n{}",
+                String::from_utf8_lossy(&resolved.stdout),
                 String::from_utf8_lossy(&out.stderr),
-                logs("edge")
+                logs("edge"),
+                logs("pool")
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     eprintln!(
         "podman cluster: database healthy {db_ready:.2?} after play; edge played, {} users loaded by its init \
-         container, both members active by DNS name {:.2?} after play: {flags:?}",
+         container, both members active by the Service's addresses {:.2?} after play: {flags:?}",
         users.trim(),
         play.elapsed()
     );
@@ -1603,7 +1607,7 @@ async fn cluster_chart_under_podman() {
     // a Pod's containers `<pod>-<name>`). `once` alone would pass without the CLI when it finds no
     // record of what Asterisk loaded (it records one and reloads nothing), hence the CLI asked too.
     let listed = must(&["podman", "ps", "--format", "{{.Names}}"]);
-    for (pod_name, _, _) in &members {
+    for (pod_name, _) in &members {
         let reloader = format!("{pod_name}-reloader");
         assert!(
             listed.lines().any(|l| l.trim() == reloader),
@@ -1704,72 +1708,55 @@ async fn cluster_chart_under_podman() {
         logs("users").lines().filter(|l| l.starts_with("astrtc-users:")).collect::<Vec<_>>().join(" | ")
     );
 
-    // The pool grown by a member with no restart of the edge: the edge's list changes under it
-    // (the chart rendered for `pool_size + 1`, written into the ConfigMap's volume as the kubelet
-    // would) while the new member's pod is not up and its name does not resolve (a pod not yet
-    // scheduled): the `pool` container has the dispatcher reload the list, which leaves the name
-    // out. Then the pod is played and its name resolves (as cluster DNS would): the `pool`
-    // container sees a member of the list its dispatcher does not hold and reloads again; the
-    // member is probed active and a call lands on it.
-    let grown_render =
-        edited_render("cluster-compose", &spec, &|t| t.replacen("pool_size = 2", "pool_size = 3", 1), &|t| t);
-    let (ok, grown_manifests) = template(&t, &grown_render.path().join("deploy/helm/astrtc"), &sets);
-    assert!(ok, "{grown_manifests}");
-    let grown_docs = parsed(&grown_manifests);
-    let grown_list =
-        doc(&grown_docs, "ConfigMap", "-edge-config")["data"]["dispatcher.list"].as_str().unwrap().to_string();
-    let grown_dns = grown_list
-        .lines()
-        .filter_map(|l| l.strip_prefix("1 sip:"))
-        .map(|l| l.split(':').next().unwrap().to_string())
-        .find(|dns| !members.iter().any(|(_, _, d)| d == dns))
-        .unwrap_or_else(|| panic!("the grown list names no new member: {grown_list}"));
+    // The pool scaled up under a running edge, as `kubectl scale` or an autoscaler would: the
+    // Service's name resolves to one address more (its endpoints publish a pod as soon as it has
+    // an address, before its Asterisk answers), then the member's pod starts. The `pool` container
+    // writes the address into the edge's list and has the dispatcher reload it; the member is
+    // probed active once its Asterisk answers, and a call lands on it. No render, no upgrade.
     let pool_lines = || -> Vec<String> {
         logs("pool").lines().filter(|l| l.starts_with("astrtc-pool:")).map(str::to_string).collect()
     };
-    let wait_for_pool_line = |want: String, what: &str| {
+    let wait_for_pool_line = |want: &str, what: &str| {
         let since = Instant::now();
-        while !pool_lines().contains(&want) {
+        while !pool_lines().iter().any(|l| l == want) {
             assert!(
                 since.elapsed() < Duration::from_secs(60),
-                "the pool container did not have the dispatcher reload {what} within 60 s (want `{want}`):\n{}",
+                "the pool container did not {what} within 60 s (want `{want}`):\n{}",
                 logs("pool")
             );
             std::thread::sleep(Duration::from_millis(250));
         }
     };
-    replace_in_volume(&format!("{edge_pod}-pool"), "/etc/astrtc-edge", "dispatcher.list", &grown_list);
-    let grown_at = Instant::now();
-    wait_for_pool_line(
-        format!("astrtc-pool: dispatcher.reload: 3 members in the list, not resolving yet: {grown_dns}"),
-        "the grown list",
-    );
-    let first_reload = grown_at.elapsed();
-    must(&["podman", "kube", "play", "--network", "pool", "--ip", &grown_address, &format!("/{grown_pod}.yaml")]);
-    must(&["sh", "-c", "kill $(cat /run/astrtc-dnsmasq.pid)"]);
-    dnsmasq.push(format!("--host-record={grown_dns},{grown_address}"));
-    let restarted = Instant::now();
-    while !runner.exec(&dnsmasq.iter().map(String::as_str).collect::<Vec<_>>()).status.success() {
-        assert!(restarted.elapsed() < Duration::from_secs(10), "dnsmasq did not start again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let resolving_at = Instant::now();
-    wait_for_pool_line("astrtc-pool: dispatcher.reload: 3 members in the list".into(), "when the new name resolved");
-    let reload_after = resolving_at.elapsed();
-    let flags = loop {
+    let reload_line = |addresses: &[&str]| {
+        let mut uris: Vec<String> = addresses.iter().map(|a| uri(a)).collect();
+        uris.sort();
+        format!("astrtc-pool: dispatcher.reload: {} members: {}", uris.len(), uris.join(" "))
+    };
+    let held = || {
         let out = kamcmd(&["dispatcher.list"]);
-        let flags = astrtc::verify::parse_dispatcher_list(&String::from_utf8_lossy(&out.stdout));
-        if flags.iter().any(|(u, f)| u.contains(&grown_dns) && f == "AP") {
+        astrtc::verify::parse_dispatcher_list(&String::from_utf8_lossy(&out.stdout))
+    };
+    let mut grown: Vec<&str> = addresses.clone();
+    grown.push(&grown_address);
+    dns_hosts(&grown, true);
+    let scaled_at = Instant::now();
+    wait_for_pool_line(&reload_line(&grown), "have the dispatcher reload the scaled-up pool");
+    let reload_after = scaled_at.elapsed();
+    must(&["podman", "kube", "play", "--network", "pool", "--ip", &grown_address, &format!("/{grown_pod}.yaml")]);
+    let played_at = Instant::now();
+    let flags = loop {
+        let flags = held();
+        if flags.iter().any(|(u, f)| *u == uri(&grown_address) && f == "AP") {
             break flags;
         }
         assert!(
-            resolving_at.elapsed() < Duration::from_secs(90),
+            played_at.elapsed() < Duration::from_secs(90),
             "the new member is not active in the edge's dispatcher: {flags:?}\npool container:\n{}",
             logs("pool")
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let active_after = resolving_at.elapsed();
+    let active_after = played_at.elapsed();
     // Round robin over three active members: three calls, one of them on the new member.
     for i in 0..3 {
         let r = Box::pin(probe::call(&sip, &shared)).await;
@@ -1796,39 +1783,57 @@ async fn cluster_chart_under_podman() {
         "the edge restarted"
     );
     eprintln!(
-        "podman cluster: the pool grown to 3 under the running edge: the list reloaded {first_reload:.2?} after it \
-         changed, again {reload_after:.2?} after the new name resolved, the member active {active_after:.2?} after \
-         that; {processed} of 3 calls on it ({})",
+        "podman cluster: the pool scaled to 3 under the running edge: the list reloaded {reload_after:.2?} after the \
+         Service's name resolved to the new address, the member active {active_after:.2?} after its pod was played; \
+         {processed} of 3 calls on it ({})",
         pool_lines().join(" | ")
     );
 
-    // And shrunk back (the chart rendered for the spec's `pool_size` again): the reload drops the
-    // member from the dispatcher, and new calls go to the others only (on Kubernetes its pod
-    // drains meanwhile; here it keeps running, so a call sent to it would be counted).
-    replace_in_volume(&format!("{edge_pod}-pool"), "/etc/astrtc-edge", "dispatcher.list", &list);
+    // A failed lookup of the Service's name (cluster DNS down) leaves the list as it is: the
+    // resolver stopped, the `pool` container says so, and the dispatcher still holds the three
+    // members, a call goes through; then the resolver is back.
+    must(&["sh", "-c", "kill $(cat /run/astrtc-dnsmasq.pid)"]);
+    wait_for_pool_line(
+        &format!("astrtc-pool: {service_name} does not resolve; the list stays as it is"),
+        "notice the failed lookup",
+    );
+    let after_failure = held();
+    assert_eq!(after_failure.len(), 3, "a failed lookup changed the edge's dispatcher: {after_failure:?}");
+    let r = Box::pin(probe::call(&sip, &shared)).await;
+    assert!(r.healthy(), "a call while the Service's name did not resolve: {:?}\n{}", r.failure, r.ladder.join("\n"));
+    must(&dnsmasq);
+    eprintln!(
+        "podman cluster: the Service's name unresolvable: the list stayed ({after_failure:?}), a call went through"
+    );
+
+    // And scaled back down (the member's pod deleted, gone from the Service's name): the reload
+    // drops the member from the dispatcher, and new calls go to the others only (on Kubernetes
+    // its pod drains meanwhile; here it keeps running, so a call sent to it would be counted).
+    // (The call above may have landed on the third member: counted from here.)
+    let (processed, _) = processed_on_grown();
+    dns_hosts(&addresses, true);
     let shrunk_at = Instant::now();
-    wait_for_pool_line("astrtc-pool: dispatcher.reload: 2 members in the list".into(), "the shrunk list");
+    wait_for_pool_line(&reload_line(&addresses), "have the dispatcher reload the scaled-down pool");
     let shrink_reload = shrunk_at.elapsed();
-    let out = kamcmd(&["dispatcher.list"]);
-    let held = astrtc::verify::parse_dispatcher_list(&String::from_utf8_lossy(&out.stdout));
+    let after_shrink = held();
     assert!(
-        held.len() == 2 && !held.iter().any(|(u, _)| u.contains(&grown_dns)),
-        "the edge's dispatcher after the pool shrank: {held:?}"
+        after_shrink.len() == 2 && !after_shrink.iter().any(|(u, _)| *u == uri(&grown_address)),
+        "the edge's dispatcher after the pool shrank: {after_shrink:?}"
     );
     for i in 0..3 {
         let r = Box::pin(probe::call(&sip, &shared)).await;
         assert!(r.healthy(), "call {i} after the pool shrank: {:?}\n{}", r.failure, r.ladder.join("\n"));
     }
     let (after, calls) = processed_on_grown();
-    assert_eq!(after, processed, "a call landed on the member removed from the list: {calls}");
+    assert_eq!(after, processed, "a call landed on the member removed from the Service: {calls}");
     assert_eq!(
         must(&["podman", "inspect", "--format", "{{.State.StartedAt}}", &format!("{edge_pod}-edge")]),
         edge_started,
         "the edge restarted"
     );
     eprintln!(
-        "podman cluster: the pool shrunk back to 2: reloaded {shrink_reload:.2?} after the list changed; 3 calls, none \
-         on the member removed"
+        "podman cluster: the pool scaled back to 2: reloaded {shrink_reload:.2?} after the Service's name lost the \
+         address; 3 calls, none on the member removed"
     );
     eprintln!("podman cluster: whole run {:.2?}", started.elapsed());
 }
@@ -1913,7 +1918,6 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
 
     // The pool: replicas from the spec, under a headless Service, with a PodDisruptionBudget.
     let pool = doc(&docs, "StatefulSet", "-pool");
-    let pool_name = pool["metadata"]["name"].as_str().unwrap();
     assert_eq!(pool["spec"]["replicas"].as_u64(), Some(u64::from(cluster.pool_size)), "pool replicas");
     let service = doc(&docs, "Service", "-pool");
     assert_eq!(pool["spec"]["serviceName"].as_str(), service["metadata"]["name"].as_str());
@@ -1930,20 +1934,35 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
     assert!(selects(&pdb["spec"]["selector"]["matchLabels"]), "the PodDisruptionBudget does not select the pool");
     assert!(!selects(&edge["spec"]["selector"]["matchLabels"]), "the edge's selector takes pool pods");
 
-    // The edge's dispatcher list names each pool member by its DNS name under that Service.
+    // The edge's dispatcher list is no fixed file: the edge pod's `pool` container writes it from
+    // that Service's name (every member's address), into a volume the edge mounts read-only, and
+    // the edge's entrypoint hands its path to Kamailio.
     let edge_config = doc(&docs, "ConfigMap", "-edge-config");
-    let list: Vec<&str> =
-        edge_config["data"]["dispatcher.list"].as_str().unwrap().lines().filter(|l| !l.starts_with('#')).collect();
-    let want: Vec<String> = (0..cluster.pool_size)
-        .map(|i| {
-            format!(
-                "1 sip:{pool_name}-{i}.{pool_name}.default.svc.cluster.local:{} 0 0 name=asterisk-{}",
-                plan.network.sip_port,
-                i + 1
-            )
-        })
-        .collect();
-    assert_eq!(list, want, "the dispatcher list");
+    assert!(
+        edge_config["data"]["dispatcher.list"].is_null(),
+        "a fixed dispatcher list is back in the edge's ConfigMap"
+    );
+    let container =
+        |name: &str| pod["containers"].as_sequence().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    let env = |c: &serde_yaml_ng::Value, key: &str| -> Option<String> {
+        c["env"].as_sequence()?.iter().find(|e| e["name"] == key)?["value"].as_str().map(str::to_string)
+    };
+    let (pool_container, edge_container) = (container("pool"), container("edge"));
+    assert_eq!(
+        env(&pool_container, "POOL_SERVICE").as_deref(),
+        Some(format!("{}.default.svc.cluster.local", service["metadata"]["name"].as_str().unwrap()).as_str()),
+        "the pool container does not follow the pool's headless Service"
+    );
+    assert_eq!(env(&pool_container, "POOL_SIP_PORT"), Some(plan.network.sip_port.to_string()));
+    let list_file = "/run/astrtc-pool/dispatcher.list";
+    assert_eq!(env(&edge_container, "ASTRTC_EDGE_DISPATCHER_LIST").as_deref(), Some(list_file));
+    let mount = |c: &serde_yaml_ng::Value| {
+        c["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == "/run/astrtc-pool").cloned()
+    };
+    let (written, read) = (mount(&pool_container).unwrap(), mount(&edge_container).unwrap());
+    assert_eq!(written["name"], read["name"], "the edge does not mount the volume the pool container writes");
+    assert_eq!(written["readOnly"].as_bool(), None, "the pool container cannot write the list");
+    assert_eq!(read["readOnly"].as_bool(), Some(true), "the edge may write the pool's list");
     let pool_config = doc(&docs, "ConfigMap", "-pool-config");
     assert_eq!(
         pool_config["data"]["pjsip_edge.conf"]
@@ -2008,9 +2027,9 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
     }
     eprintln!(
         "cluster chart: edge + relay on the host network of astrtc.io/edge=true nodes, pool StatefulSet of {} \
-         behind a headless Service, PDB maxUnavailable 1, {} dispatcher lines, {} secrets in no ConfigMap",
+         behind a headless Service the edge's pool container follows, PDB maxUnavailable 1, {} secrets in no \
+         ConfigMap",
         cluster.pool_size,
-        list.len(),
         secrets.len()
     );
 }
@@ -2074,8 +2093,8 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
             "PGPASSWORD=\"$(cat /etc/astrtc-db-secret/password)\"",
         ],
     );
-    // The `pool` container: Kamailio's image, user and security context, the edge's config
-    // directory (the list) and run directory (the control socket), and a dispatcher reload.
+    // The `pool` container: Kamailio's image, user and security context, the list's volume the
+    // edge loads and the edge's run directory (the control socket), and a dispatcher reload.
     let pool = &containers[1];
     let edge = &containers[3];
     assert_eq!(pool["image"], edge["image"], "the pool container runs the edge image (kamcmd)");
@@ -2087,7 +2106,7 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
         "the pool container may write the edge's run directory (the database URL)"
     );
     let edge_mounts = mounts(edge);
-    for path in ["/etc/astrtc-edge", "/run/kamailio"] {
+    for path in ["/run/astrtc-pool", "/run/kamailio"] {
         let want = edge_mounts.iter().find(|(_, p)| p == path).unwrap();
         assert!(mounts(pool).contains(want), "the pool container does not mount {want:?} whole: {:?}", mounts(pool));
     }
@@ -2095,10 +2114,10 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
         pool,
         "pool",
         &[
-            "list=/etc/astrtc-edge/dispatcher.list",
+            "list=/run/astrtc-pool/dispatcher.list",
             "ctl=unix:/run/kamailio/kamailio_ctl",
+            "addresses=\"$(getent ahosts \"$POOL_SERVICE\" | awk '$1 ~ /^[0-9A-Fa-f.:]+$/ { print $1 }' | sort -u)\"",
             "held=\"$(timeout 10 kamcmd -s \"$ctl\" dispatcher.list 2>&1)\" || continue",
-            "printf '%s\\n' \"$held\" | grep -qF \"URI: sip:$name:\" || absent=\"$absent $name\"",
             "out=\"$(timeout 10 kamcmd -s \"$ctl\" dispatcher.reload 2>&1)\"",
         ],
     );
@@ -2229,8 +2248,6 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         let auth =
             doc(&docs, "Secret", "-pool-auth")["data"]["extensions_edge.conf"].as_str().unwrap_or("").to_string();
         let users = doc(&docs, "Secret", "-users")["data"]["subscribers.sql"].as_str().unwrap_or("").to_string();
-        let list =
-            doc(&docs, "ConfigMap", "-edge-config")["data"]["dispatcher.list"].as_str().unwrap_or("").to_string();
         Outcome {
             digest: std::fs::read_to_string(chart.join("files/restart-digest")).unwrap(),
             pool: annotation("StatefulSet", "-pool", "checksum/restart"),
@@ -2239,7 +2256,7 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
             config: serde_yaml_ng::to_string(&doc(&docs, "ConfigMap", "-pool-config")["data"]).unwrap(),
             auth,
             users,
-            list,
+            replicas: doc(&docs, "StatefulSet", "-pool")["spec"]["replicas"].as_u64().unwrap_or(0),
         }
     };
     #[derive(Debug, PartialEq)]
@@ -2256,8 +2273,8 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         auth: String,
         /// The users Secret's `subscribers.sql` (base64), which the edge pod's `users` container loads.
         users: String,
-        /// The edge's `dispatcher.list`, which the edge pod's `pool` container has reloaded.
-        list: String,
+        /// The pool's StatefulSet's replicas, whose pods the edge pod's `pool` container follows.
+        replicas: u64,
     }
     let same = |t: String| t;
     let base = render(&same, &same);
@@ -2305,10 +2322,10 @@ fn the_cluster_pool_reloads_in_place_and_rolls_only_for_its_restart_digest() {
         "rotating the edge's key must not roll the pool (the reloader's `dialplan reload` takes the new SHA-1)"
     );
     assert_ne!(rotated.edge, base.edge, "rotating the edge's key must roll the edge (Kamailio reads it once)");
-    // A third pool member: the StatefulSet grows, the edge's list names it, and the edge does not
-    // roll (its `pool` container has the dispatcher reload the list); no member rolls.
+    // A third pool member: the StatefulSet grows, and the edge does not roll (its `pool`
+    // container follows the pool's pods); no member rolls.
     let grown = render(&|t| t.replacen("pool_size = 2", "pool_size = 3", 1), &same);
-    assert_eq!(grown.list.lines().filter(|l| l.starts_with("1 sip:")).count(), 3, "the grown list: {}", grown.list);
+    assert_eq!((base.replicas, grown.replicas), (2, 3), "the StatefulSet's replicas");
     assert_eq!(grown.edge, base.edge, "a new pool member must not roll the edge (its calls would drop)");
     assert_eq!((&grown.digest, &grown.pool), (&base.digest, &base.pool), "a new pool member rolled the pool");
     // (c) The RTP range: only a restart applies it.

@@ -50,14 +50,6 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
-{{/* The pool members' DNS names, one a line: <pod>.<headless Service>.<namespace>.svc.<domain>. */}}
-{{- define "astrtc.poolNames" -}}
-{{- $pool := include "astrtc.pool" . }}
-{{- range $i := until (int .Values.pool.replicas) }}
-{{ printf "%s-%d.%s.%s.svc.%s" $pool $i $pool $.Release.Namespace $.Values.clusterDomain }}
-{{- end }}
-{{- end }}
-
 {{/* A file's text as one YAML double-quoted scalar that reads back byte for byte in any YAML
 reader: toJson escapes quotes, backslashes, C0 controls and U+2028/U+2029; the characters it
 leaves as they are but YAML treats as breaks (NEL) or refuses (DEL, the other C1 controls,
