@@ -402,3 +402,43 @@ fn a_new_device_past_max_contacts_replaces_the_one_refreshed_longest_ago() {
     let made_room = made_room_lines(&stack, &last_pair);
     assert_eq!(made_room, 21, "the edge made room {made_room} times for 21 new devices");
 }
+
+/// The edge's entrypoint takes the pool's list from `ASTRTC_EDGE_DISPATCHER_LIST` (the Helm
+/// chart's, written by the edge pod's `pool` container) and hands its path to `kamailio.cfg` as a
+/// define in quotes: a relative path, or one with a character that could end the define's
+/// string, is refused before Kamailio runs, and so is a list that is not there. (The list taken
+/// from the variable is what the podman run's dispatcher holds.)
+#[test]
+fn the_edges_entrypoint_refuses_a_dispatcher_list_it_cannot_hand_to_kamailio() {
+    if crate::common::docker_off() {
+        return;
+    }
+    crate::common::docker::ensure_cluster_images();
+    let image = crate::common::docker::cluster_test_image(astrtc::image::ClusterImage::Edge);
+    // The two files the entrypoint checks before the list, readable by the edge's user.
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["kamailio.cfg", "database.cfg"] {
+        std::fs::write(dir.path().join(file), "# not read: the entrypoint stops first\n").unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |list: Option<&str>| {
+        let mut command = std::process::Command::new("docker");
+        command.args(["run", "--rm", "-v"]).arg(format!("{}:/etc/astrtc-edge:ro", dir.path().display()));
+        if let Some(list) = list {
+            command.args(["-e", &format!("ASTRTC_EDGE_DISPATCHER_LIST={list}")]);
+        }
+        let out = command.arg(&image).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for (list, code, says) in [
+        (Some("run/astrtc-pool/dispatcher.list"), 64, "ASTRTC_EDGE_DISPATCHER_LIST must be an absolute path"),
+        (Some("/run/x\" -A \"WITH_EVIL"), 64, "ASTRTC_EDGE_DISPATCHER_LIST may hold only A-Z a-z 0-9 / . _ -"),
+        (Some("/run/astrtc-pool/dispatcher.list"), 65, "the pool's list /run/astrtc-pool/dispatcher.list is missing"),
+        (None, 65, "the pool's list /etc/astrtc-edge/dispatcher.list is missing"),
+    ] {
+        let (got, stderr) = run(list);
+        assert_eq!(got, Some(code), "ASTRTC_EDGE_DISPATCHER_LIST={list:?}: exit {got:?}, said: {stderr}");
+        assert!(stderr.contains(says), "ASTRTC_EDGE_DISPATCHER_LIST={list:?} said {stderr:?}, not {says:?}");
+    }
+}
