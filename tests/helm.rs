@@ -1716,9 +1716,12 @@ async fn cluster_chart_under_podman() {
     let pool_lines = || -> Vec<String> {
         logs("pool").lines().filter(|l| l.starts_with("astrtc-pool:")).map(str::to_string).collect()
     };
-    let wait_for_pool_line = |want: &str, what: &str| {
+    // Waits for one `want` line more than the log held before the step (`before`, its count then):
+    // an older line must not stand in for the one the step should make.
+    let count_of = |want: &str| pool_lines().iter().filter(|l| *l == want).count();
+    let wait_for_pool_line = |want: &str, before: usize, what: &str| {
         let since = Instant::now();
-        while !pool_lines().iter().any(|l| l == want) {
+        while count_of(want) <= before {
             assert!(
                 since.elapsed() < Duration::from_secs(60),
                 "the pool container did not {what} within 60 s (want `{want}`):\n{}",
@@ -1738,10 +1741,27 @@ async fn cluster_chart_under_podman() {
     };
     let mut grown: Vec<&str> = addresses.clone();
     grown.push(&grown_address);
+    let before = count_of(&reload_line(&grown));
     dns_hosts(&grown, true);
     let scaled_at = Instant::now();
-    wait_for_pool_line(&reload_line(&grown), "have the dispatcher reload the scaled-up pool");
+    wait_for_pool_line(&reload_line(&grown), before, "have the dispatcher reload the scaled-up pool");
     let reload_after = scaled_at.elapsed();
+    // A reload sets each member's state from the list: the new member, not yet answering, comes
+    // in inactive and probing (`IP`), so no call goes to it before its Asterisk answers a probe;
+    // the members already active stay active (`AP`, or `AX` until their next probe).
+    let reloaded = held();
+    let state = |address: &str| reloaded.iter().find(|(u, _)| *u == uri(address)).map(|(_, f)| f.clone());
+    assert_eq!(
+        state(&grown_address).as_deref(),
+        Some("IP"),
+        "the new member's state before its pod runs: {reloaded:?}"
+    );
+    for address in &addresses {
+        assert!(
+            state(address).is_some_and(|f| f.starts_with('A')),
+            "a member active before the reload is not active after it: {reloaded:?}"
+        );
+    }
     must(&["podman", "kube", "play", "--network", "pool", "--ip", &grown_address, &format!("/{grown_pod}.yaml")]);
     let played_at = Instant::now();
     let flags = loop {
@@ -1792,11 +1812,10 @@ async fn cluster_chart_under_podman() {
     // A failed lookup of the Service's name (cluster DNS down) leaves the list as it is: the
     // resolver stopped, the `pool` container says so, and the dispatcher still holds the three
     // members, a call goes through; then the resolver is back.
+    let lost = format!("astrtc-pool: {service_name}. does not resolve; the list stays as it is");
+    let before = count_of(&lost);
     must(&["sh", "-c", "kill $(cat /run/astrtc-dnsmasq.pid)"]);
-    wait_for_pool_line(
-        &format!("astrtc-pool: {service_name} does not resolve; the list stays as it is"),
-        "notice the failed lookup",
-    );
+    wait_for_pool_line(&lost, before, "notice the failed lookup");
     let after_failure = held();
     assert_eq!(after_failure.len(), 3, "a failed lookup changed the edge's dispatcher: {after_failure:?}");
     let r = Box::pin(probe::call(&sip, &shared)).await;
@@ -1814,9 +1833,10 @@ async fn cluster_chart_under_podman() {
     // its pod drains meanwhile; here it keeps running, so a call sent to it would be counted).
     // (The call above may have landed on the third member: counted from here.)
     let (processed, _) = processed_on_grown();
+    let before = count_of(&reload_line(&addresses));
     dns_hosts(&addresses, true);
     let shrunk_at = Instant::now();
-    wait_for_pool_line(&reload_line(&addresses), "have the dispatcher reload the scaled-down pool");
+    wait_for_pool_line(&reload_line(&addresses), before, "have the dispatcher reload the scaled-down pool");
     let shrink_reload = shrunk_at.elapsed();
     let after_shrink = held();
     assert!(
@@ -1953,8 +1973,8 @@ fn the_cluster_chart_places_edge_relay_and_pool_as_the_issue_asks() {
     let (pool_container, edge_container) = (container("pool"), container("edge"));
     assert_eq!(
         env(&pool_container, "POOL_SERVICE").as_deref(),
-        Some(format!("{}.default.svc.cluster.local", service["metadata"]["name"].as_str().unwrap()).as_str()),
-        "the pool container does not follow the pool's headless Service"
+        Some(format!("{}.default.svc.cluster.local.", service["metadata"]["name"].as_str().unwrap()).as_str()),
+        "the pool container does not follow the pool's headless Service (by its absolute name)"
     );
     assert_eq!(
         env(&pool_container, "POOL_SIP_PORT"),
@@ -2127,8 +2147,8 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
         &[
             "list=/run/astrtc-pool/dispatcher.list",
             "ctl=unix:/run/kamailio/kamailio_ctl",
-            "addresses=\"$(getent ahosts \"$POOL_SERVICE\" | awk '$1 ~ /^[0-9A-Fa-f.:]+$/ { print $1 }' | sort -u)\"",
-            "held=\"$(timeout 10 kamcmd -s \"$ctl\" dispatcher.list 2>&1)\" || continue",
+            "addresses=\"$(timeout 5 getent ahosts \"$POOL_SERVICE\" | awk '",
+            "if held=\"$(timeout 10 kamcmd -s \"$ctl\" dispatcher.list 2>&1)\"; then",
             "out=\"$(timeout 10 kamcmd -s \"$ctl\" dispatcher.reload 2>&1)\"",
         ],
     );

@@ -18,7 +18,7 @@ to 52 characters: the pool's pod names add "-pool-NN" and must stay DNS labels. 
 {{- end }}
 {{- end }}
 
-{{/* The pool's StatefulSet and headless Service (one name: the pods' DNS names hang off it). */}}
+{{/* The pool's StatefulSet and headless Service (one name, which resolves to every member's address). */}}
 {{- define "astrtc.pool" -}}
 {{- printf "%s-pool" (include "astrtc.fullname" .) }}
 {{- end }}
