@@ -104,14 +104,14 @@ pub enum ApplyError {
         /// psql's error lines (never the statements: they hold the users' digests).
         output: String,
     },
-    /// The edge's dispatcher could not be brought to the rendered pool.
-    #[error("the edge's dispatcher was not reloaded with the pool: {reason}")]
+    /// The edge's dispatcher did not come to hold the running pool.
+    #[error("the edge's dispatcher does not hold the running pool: {reason}")]
     #[diagnostic(
-        code(astrtc::apply::pool_not_reloaded),
+        code(astrtc::apply::pool_not_followed),
         help(
             "the pool's members are started or removed as the spec says, but the edge may still hold its old list \
-             (a member added gets no calls, one removed is still tried); run `astrtc apply` again, or reload it by \
-             hand: docker compose exec edge kamcmd -s unix:/run/kamailio/kamailio_ctl dispatcher.reload"
+             (a member added gets no calls, one removed is still tried): the pool watcher keeps it; see \
+             `docker compose logs pool-watch`"
         )
     )]
     PoolNotReloaded {

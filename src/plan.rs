@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::image::{self, ImageRef};
 pub use crate::spec::valid::{
     Acme, Bridge, BundledTurn, Cluster, Dialplan, Endpoint, Lifecycle, Logging, Metrics, Nat, Network, Performance,
-    PoolMember, Resources, Rtp, Security, Tls, Transport, Turn, TurnService, Valid,
+    Resources, Rtp, Security, Tls, Transport, Turn, TurnService, Valid,
 };
 use crate::spec::{LoadedSpec, SpecError};
 

@@ -21,16 +21,24 @@ fn every_fixture_compose_file_is_valid() {
         let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{case}: {e}"));
         assert!(doc.get("version").is_none(), "{case}: compose-spec files have no version key");
         if let Some(cluster) = &plan.cluster {
-            // A cluster: one service per pool member on the pool network, the edge and the relay
-            // on the host's, the database; no single `asterisk` service.
-            assert!(doc["services"].get("asterisk").is_none(), "{case}: a cluster has no single asterisk service");
-            assert_eq!(cluster.members.len(), cluster.pool_size as usize, "{case}");
-            for m in &cluster.members {
-                let svc = &doc["services"][m.name.as_str()];
-                assert_eq!(svc["image"].as_str(), Some(plan.image.as_str()), "{case}: {}", m.name);
-                assert_eq!(svc["volumes"][0]["target"].as_str(), Some("/etc/asterisk"), "{case}: {}", m.name);
-                assert!(svc["healthcheck"]["test"].is_sequence(), "{case}: {}", m.name);
-            }
+            // A cluster: the pool one `asterisk` service scaled to pool_size on the pool network
+            // (no fixed address), the pool watcher beside it, the edge and the relay on the
+            // host's, the database.
+            let svc = &doc["services"]["asterisk"];
+            assert_eq!(svc["image"].as_str(), Some(plan.image.as_str()), "{case}");
+            assert_eq!(svc["scale"].as_u64(), Some(u64::from(cluster.pool_size)), "{case}");
+            assert_eq!(svc["networks"][0].as_str(), Some("pool"), "{case}: on the pool's network, no fixed address");
+            assert_eq!(svc["volumes"][0]["target"].as_str(), Some("/etc/asterisk"), "{case}");
+            assert!(svc["healthcheck"]["test"].is_sequence(), "{case}");
+            assert!(doc["services"].get("asterisk-1").is_none(), "{case}: no member is a service of its own");
+            let pool = &doc["services"]["pool-watch"];
+            assert_eq!(pool["image"].as_str(), Some(cluster.edge_image.as_str()), "{case}");
+            assert_eq!(pool["environment"]["POOL_SERVICE"].as_str(), Some("asterisk."), "{case}");
+            assert_eq!(
+                doc["networks"]["pool"]["ipam"]["config"][0]["ip_range"].as_str(),
+                Some(cluster.pool_range.as_str()),
+                "{case}"
+            );
             for host in ["edge", "relay"] {
                 assert_eq!(doc["services"][host]["network_mode"].as_str(), Some("host"), "{case}: {host}");
             }

@@ -1073,7 +1073,8 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
 /// A cluster's values are exactly where they belong: each pool member's image and address, the
 /// database's address and the pool's subnet in compose.yaml; the database URL the two defines of
 /// `edge/database.cfg` (auth_db's and sqlops'), the password the one line of `db/password`; one
-/// dispatcher line per member; the keepalive interval the one `natping_interval` of
+/// pool service scaled to pool_size at no fixed address, the pool watcher at its own, no rendered
+/// dispatcher list; the keepalive interval the one `natping_interval` of
 /// `edge/kamailio.cfg`, the flood limit its one pike density (per 2 s); the chart pins what the
 /// spec says and holds no database password.
 fn cluster_values_in_place(
@@ -1083,10 +1084,11 @@ fn cluster_values_in_place(
     compose: &serde_json::Value,
 ) -> Result<(), TestCaseError> {
     use serde_json::json;
-    for m in &cluster.members {
-        let at = |k: &str| format!("/services/{}/{k}", m.name);
+    {
+        let at = |k: &str| format!("/services/asterisk/{k}");
         expect_json("compose.yaml", compose, &at("image"), json!(plan.image))?;
-        expect_json("compose.yaml", compose, &at("networks/pool/ipv4_address"), json!(m.address))?;
+        expect_json("compose.yaml", compose, &at("scale"), json!(cluster.pool_size))?;
+        expect_json("compose.yaml", compose, &at("networks"), json!(["pool"]))?;
         expect_json(
             "compose.yaml",
             compose,
@@ -1095,6 +1097,19 @@ fn cluster_values_in_place(
         )?;
         expect_complexity(plan, compose, &at("environment/ASTRTC_OPUS_COMPLEXITY"))?;
     }
+    expect_json(
+        "compose.yaml",
+        compose,
+        "/services/pool-watch/networks/pool/ipv4_address",
+        json!(cluster.watcher_address),
+    )?;
+    expect_json(
+        "compose.yaml",
+        compose,
+        "/services/pool-watch/environment/POOL_SIP_PORT",
+        json!(plan.network.sip_port.to_string()),
+    )?;
+    expect_json("compose.yaml", compose, "/networks/pool/ipam/config/0/ip_range", json!(cluster.pool_range))?;
     expect_json("compose.yaml", compose, "/services/db/networks/pool/ipv4_address", json!(cluster.database_address))?;
     for (service, image) in [("edge", &cluster.edge_image), ("relay", &cluster.relay_image), ("db", &cluster.db_image)]
     {
@@ -1170,14 +1185,8 @@ fn cluster_values_in_place(
     if listen != want {
         return Err(fail(format!("edge/listen.cfg: want {want:?}, got {listen:?}")));
     }
-    let list: Vec<&str> = text("edge/dispatcher.list")?.lines().filter(|l| !l.starts_with('#')).collect();
-    let want: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| format!("1 sip:{}:{} 0 0 name={}", m.address, plan.network.sip_port, m.name))
-        .collect();
-    if list != want {
-        return Err(fail(format!("edge/dispatcher.list: want {want:?}, got {list:?}")));
+    if b.files().keys().any(|p| p.to_string_lossy() == "edge/dispatcher.list") {
+        return Err(fail("edge/dispatcher.list is rendered: the pool watcher writes the edge's list"));
     }
     // The cluster's chart: what the schema pins is the spec's, its copies are the very files
     // compose mounts, and the database password is nowhere in it (it comes from a Secret).

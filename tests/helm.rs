@@ -2101,7 +2101,7 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
         let want = init_mounts.iter().find(|(n, _)| n == name).unwrap();
         assert!(users_mounts.contains(want), "the users container does not mount {want:?} whole: {users_mounts:?}");
     }
-    // A watcher's script holds each of `lines`; it has probes and a memory limit.
+    // The users container's script holds each of `lines`; it has probes and a memory limit.
     let watcher = |c: &serde_yaml_ng::Value, what: &str, lines: &[&str]| {
         let script = c["command"][2].as_str().unwrap_or_default();
         for line in lines {
@@ -2141,17 +2141,24 @@ fn the_edges_users_container_loads_the_users_as_the_init_container_does() {
         let want = edge_mounts.iter().find(|(_, p)| p == path).unwrap();
         assert!(mounts(pool).contains(want), "the pool container does not mount {want:?} whole: {:?}", mounts(pool));
     }
-    watcher(
-        pool,
-        "pool",
-        &[
-            "list=/run/astrtc-pool/dispatcher.list",
-            "ctl=unix:/run/kamailio/kamailio_ctl",
-            "addresses=\"$(timeout 5 getent ahosts \"$POOL_SERVICE\" | awk '",
-            "if held=\"$(timeout 10 kamcmd -s \"$ctl\" dispatcher.list 2>&1)\"; then",
-            "out=\"$(timeout 10 kamcmd -s \"$ctl\" dispatcher.reload 2>&1)\"",
-        ],
+    // Its script is the edge image's pool watcher (astrtc-pool-watch, which compose runs too),
+    // given the headless Service's absolute name and the SIP port; it has probes and a memory limit.
+    assert_eq!(
+        pool["command"],
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>("[/usr/local/bin/astrtc-pool-watch]").unwrap()
     );
+    let env: Vec<(String, String)> = pool["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    assert!(env.iter().any(|(n, v)| n == "POOL_SERVICE" && v.ends_with(".svc.cluster.local.")), "{env:?}");
+    assert!(env.iter().any(|(n, _)| n == "POOL_SIP_PORT"), "{env:?}");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(pool[probe]["exec"]["command"].is_sequence(), "the pool container has no {probe}");
+    }
+    assert!(pool["resources"]["limits"]["memory"].is_string(), "the pool container has no memory limit");
     // The users Secret is its own template, outside what the edge's checksum covers.
     let configmap = std::fs::read_to_string(chart.join("templates/edge-configmap.yaml")).unwrap();
     assert!(!configmap.contains("subscribers.sql"), "the users are back in the edge's checksummed template");

@@ -419,9 +419,10 @@ fn the_restart_digest_moves_with_the_opus_complexity_not_with_the_dialplan() {
     assert_ne!(base, complexity, "an opus complexity change must restart Asterisk");
 }
 
-/// A pool member added or removed moves none of the edge's, relay's, database's or other
-/// members' restart digests (`apply` starts or removes the member and has the edge's dispatcher reload its
-/// list), though the list itself changes; the probe interval (kamailio.cfg) moves the edge's.
+/// A pool member added or removed moves none of the edge's, relay's, database's, pool watcher's or
+/// members' restart digests (`apply` has compose scale the pool's service; the pool watcher has
+/// the edge's dispatcher follow), though the service's `scale` changes; the probe interval
+/// (kamailio.cfg) moves the edge's.
 #[test]
 fn the_pool_size_moves_no_cluster_service_digest_and_the_probe_interval_moves_the_edges() {
     let render = |edit: &dyn Fn(&str) -> String| {
@@ -439,28 +440,30 @@ fn the_pool_size_moves_no_cluster_service_digest_and_the_probe_interval_moves_th
                 service = name;
             }
             if let Some(d) = l.trim().strip_prefix("io.astrtc.restart-digest: ") {
-                if ["edge", "relay", "db", "asterisk-1"].contains(&service.trim_matches('"')) {
+                if ["edge", "relay", "db", "asterisk", "pool-watch"].contains(&service.trim_matches('"')) {
                     labels.push(format!("{service} {d}"));
                 }
             }
         }
-        assert_eq!(labels.len(), 4, "the database's, first member's, relay's and edge's labels: {labels:?}");
-        (labels, b.text("edge/dispatcher.list").unwrap().to_string())
+        let scale = compose.lines().find(|l| l.starts_with("    scale: ")).unwrap_or_default().to_string();
+        assert_eq!(labels.len(), 5, "the database's, pool's, pool watcher's, relay's and edge's labels: {labels:?}");
+        (labels, scale)
     };
-    let (base, list) = render(&|s| s.to_string());
-    let (three, list3) = render(&|s| {
+    let (base, scale) = render(&|s| s.to_string());
+    let (three, scale3) = render(&|s| {
         assert!(s.contains("pool_size = 2\n"), "the fixture's pool_size line was not found");
         s.replace("pool_size = 2\n", "pool_size = 3\n")
     });
-    assert_ne!(list, list3, "the dispatcher list did not name the third member");
-    assert_eq!(list3.lines().filter(|l| l.starts_with("1 sip:")).count(), 3, "{list3}");
+    assert_eq!((scale.as_str(), scale3.as_str()), ("    scale: 2", "    scale: 3"));
     assert_eq!(base, three, "adding a pool member must restart none of the database, members, relay or edge");
     let (probe, _) = render(&|s| {
         assert!(s.contains("probe_seconds = 1\n"), "the fixture's probe_seconds line was not found");
         s.replace("probe_seconds = 1\n", "probe_seconds = 2\n")
     });
-    assert_ne!(base[3], probe[3], "a probe interval change must restart the edge: {base:?} {probe:?}");
-    assert_eq!(base[..3], probe[..3], "a probe interval change restarts only the edge");
+    let edge = base.iter().position(|l| l.starts_with("edge ")).unwrap();
+    assert_ne!(base[edge], probe[edge], "a probe interval change must restart the edge: {base:?} {probe:?}");
+    let others = |v: &[String]| v.iter().filter(|l| !l.starts_with("edge ")).cloned().collect::<Vec<_>>();
+    assert_eq!(others(&base), others(&probe), "a probe interval change restarts only the edge");
 }
 
 /// A cluster's pool holds no user and no password: the edge authenticates users, and every call

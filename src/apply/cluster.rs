@@ -7,15 +7,16 @@
 //! files, so no password, digest or SQL value is on a command line or in a log; the edge reads
 //! the users from there at every REGISTER and call, so it needs no restart for them — and the
 //! restart decision for every service: its container's restart digest label against the one just
-//! rendered ([`crate::render::cluster::RESTART_VIEWS`] for the edge, relay and database, the
-//! Asterisk restart view for the pool). Equal: a pool member reloads what changed in place
-//! ([`super::reload`]), the others have nothing to do; different: only `docker compose up`
-//! applies it, which the command announces and has confirmed first; a member not running yet is
-//! started — and the pool as the edge's dispatcher holds it ([`loaded_pool`]) against the rendered
-//! list ([`rendered_pool`]): a different one is reloaded in place ([`reload_pool`]) once the
-//! members are up or gone, so a member added or removed restarts no other service.
+//! rendered ([`crate::render::cluster::RESTART_VIEWS`] for the edge, relay, database and pool
+//! watcher, the Asterisk restart view for the pool). Equal: a pool member reloads what changed in
+//! place ([`super::reload`]), the others have nothing to do; different: only `docker compose up`
+//! applies it, which the command announces and has confirmed first — and the pool's members
+//! ([`pool_members`]: the replicas of the pool's one service, `asterisk-N` by replica number)
+//! against the pool as the edge's dispatcher holds it ([`loaded_pool`]), which the pool watcher
+//! keeps to the running replicas, so a member added or removed restarts no other service.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
@@ -28,23 +29,87 @@ use crate::render::compose::{EDGE_KEY_LABEL, RESTART_DIGEST_LABEL};
 
 /// The database service's name in compose.yaml.
 pub const DB_SERVICE: &str = "db";
+/// The pool's service in compose.yaml: one service, its members its replicas.
+pub const POOL_SERVICE: &str = "asterisk";
 
-/// The running containers of the plan's compose project, by compose service name.
+/// The running containers of the plan's compose project, by compose service name, but for the
+/// pool's members ([`pool_members`]).
 pub async fn find_services(docker: &Docker, plan: &Plan) -> Result<BTreeMap<String, Running>, ApplyError> {
+    Ok(project_containers(docker, plan, false)
+        .await?
+        .into_iter()
+        .filter(|c| c.service != POOL_SERVICE)
+        .map(|c| (c.service, c.running))
+        .collect())
+}
+
+/// The name astrtc gives the pool's member with compose replica number `n`: `asterisk-N`.
+pub fn member_name(n: u32) -> String {
+    format!("{POOL_SERVICE}-{n}")
+}
+
+/// One member of the pool: a replica of its compose service.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// `asterisk-N`, N its compose replica number.
+    pub name: String,
+    /// Its container.
+    pub running: Running,
+    /// Docker's state of it (`running`, `exited`, …).
+    pub state: String,
+    /// Its address on the pool's network (none when it is not running).
+    pub address: Option<Ipv4Addr>,
+}
+
+/// Every member of the plan's pool that has a container, running or not, by replica number.
+pub async fn pool_members(docker: &Docker, plan: &Plan) -> Result<Vec<Member>, ApplyError> {
+    let mut members: Vec<(u32, Member)> = project_containers(docker, plan, true)
+        .await?
+        .into_iter()
+        .filter(|c| c.service == POOL_SERVICE)
+        .map(|c| {
+            let address = (c.state == "running").then_some(c.address).flatten();
+            (c.number, Member { name: member_name(c.number), running: c.running, state: c.state, address })
+        })
+        .collect();
+    members.sort_by_key(|(n, _)| *n);
+    Ok(members.into_iter().map(|(_, m)| m).collect())
+}
+
+/// A container of the plan's compose project.
+struct ProjectContainer {
+    service: String,
+    number: u32,
+    running: Running,
+    state: String,
+    address: Option<Ipv4Addr>,
+}
+
+/// The containers of the plan's compose project (`all`: stopped ones too).
+async fn project_containers(docker: &Docker, plan: &Plan, all: bool) -> Result<Vec<ProjectContainer>, ApplyError> {
     let filters = HashMap::from([("label".to_string(), vec![format!("com.docker.compose.project={}", plan.name)])]);
     let list = docker
-        .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+        .list_containers(Some(ListContainersOptionsBuilder::default().all(all).filters(&filters).build()))
         .await
         .map_err(|source| ApplyError::Api { doing: "listing containers".into(), source })?;
+    let network = format!("{}_{}", plan.name, crate::render::compose::CLUSTER_NETWORK_NAME);
     Ok(list
         .into_iter()
         .filter_map(|c| {
             let id = c.id?;
             let labels = c.labels.unwrap_or_default();
             let service = labels.get("com.docker.compose.service")?.clone();
+            let number = labels.get("com.docker.compose.container-number").and_then(|n| n.parse().ok()).unwrap_or(1);
             let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_else(|| id.clone());
             let restart_digest = labels.get(RESTART_DIGEST_LABEL).cloned();
-            Some((service, Running { id, name: name.trim_start_matches('/').to_string(), restart_digest }))
+            let address = c
+                .network_settings
+                .and_then(|s| s.networks)
+                .and_then(|n| n.get(&network).and_then(|e| e.ip_address.clone()))
+                .and_then(|a| a.parse().ok());
+            let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+            let running = Running { id, name: name.trim_start_matches('/').to_string(), restart_digest };
+            Some(ProjectContainer { service, number, running, state, address })
         })
         .collect())
 }
@@ -86,33 +151,6 @@ fn services_of(text: &str) -> Vec<(String, Option<String>)> {
 /// Kamailio's control socket in the edge container.
 const EDGE_CTL: &str = "unix:/run/kamailio/kamailio_ctl";
 
-/// The pool as rendered in `out` (`edge/dispatcher.list`): each member's compose service name and
-/// destination URI, in order. An unreadable or empty list is an error: it would read as a pool
-/// with every member removed.
-pub fn rendered_pool(out: &Path) -> Result<Vec<(String, String)>, ApplyError> {
-    let path = out.join(crate::render::cluster::DISPATCHER_LIST_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| ApplyError::PoolNotReloaded { reason: format!("cannot read {}: {e}", path.display()) })?;
-    let pool = pool_of(&text);
-    if pool.is_empty() {
-        return Err(ApplyError::PoolNotReloaded { reason: format!("{} names no member", path.display()) });
-    }
-    Ok(pool)
-}
-
-/// [`rendered_pool`] of a dispatcher list's text (`setid destination flags priority
-/// name=SERVICE`).
-fn pool_of(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let name = f.get(4)?.strip_prefix("name=")?;
-            Some((name.to_string(), f.get(1)?.to_string()))
-        })
-        .collect()
-}
-
 /// The pool as the running edge's dispatcher holds it: each destination's URI and flags
 /// (`AP`: active and probed, …), from `kamcmd dispatcher.list`.
 pub async fn loaded_pool(docker: &Docker, edge: &Running) -> Result<Vec<(String, String)>, ApplyError> {
@@ -127,10 +165,12 @@ pub async fn loaded_pool(docker: &Docker, edge: &Running) -> Result<Vec<(String,
     Ok(pool)
 }
 
-/// Has the running edge's dispatcher load its list file again (`dispatcher.reload`): members
-/// added are tried from now on, members removed no more; calls in progress are not touched.
-pub async fn reload_pool(docker: &Docker, edge: &Running) -> Result<(), ApplyError> {
-    kamcmd(docker, edge, "dispatcher.reload").await.map(drop)
+/// The addresses of the running members, as the edge's dispatcher names them
+/// (`sip:ADDRESS:PORT`).
+pub fn member_uris(members: &[Member], sip_port: u16) -> Vec<String> {
+    let mut uris: Vec<String> = members.iter().filter_map(|m| Some(format!("sip:{}:{sip_port}", m.address?))).collect();
+    uris.sort();
+    uris
 }
 
 /// Runs one kamcmd command in the edge container (10 s at most). kamcmd exits 0 when the RPC
@@ -335,22 +375,6 @@ mod tests {
                 ("edge".to_string(), Some("e1".to_string())),
             ]
         );
-    }
-
-    #[test]
-    fn the_pool_is_read_from_the_list_file() {
-        let list = "# Generated by astrtc\n# setid destination flags priority attributes\n\
-                    1 sip:172.29.0.11:5060 0 0 name=asterisk-1\n1 sip:172.29.0.12:5060 0 0 name=asterisk-2\n\n";
-        let pool = pool_of(list);
-        assert_eq!(
-            pool,
-            [
-                ("asterisk-1".to_string(), "sip:172.29.0.11:5060".to_string()),
-                ("asterisk-2".to_string(), "sip:172.29.0.12:5060".to_string())
-            ]
-        );
-        assert!(pool_of("").is_empty());
-        assert!(pool_of("1 sip:172.29.0.11:5060 0 0\n").is_empty(), "a line without a name is no member");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `astrtc apply`: render, then reload the running compose deployment in place or restart it
 //! gracefully (announced, confirmed), saying which; for a cluster, write the users into its
-//! database, reload its pool in place, start members added, have the edge's dispatcher reload
-//! the pool, restarting only what must be (announced, confirmed).
+//! database, reload its pool in place, scale the pool to the spec's size (the edge's pool watcher
+//! follows), restarting only what must be (announced, confirmed).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -99,37 +99,51 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
         return Ok(());
     };
     let wanted = apply::cluster::rendered_services(out);
-    let pool = apply::cluster::rendered_pool(out)?;
-    // The members the running edge's dispatcher already names: one of them not running was
-    // stopped, and starting it again is announced; a member it does not name is new.
-    let loaded: Vec<String> = match running.get("edge") {
-        Some(edge) => apply::cluster::loaded_pool(&docker, edge).await?.into_iter().map(|(uri, _)| uri).collect(),
-        None => Vec::new(),
-    };
-    let is_new = |service: &str| pool.iter().any(|(name, uri)| name == service && !loaded.contains(uri));
     // Each rendered service: reload (pool members with an unchanged digest), nothing (the edge,
-    // relay and database with an unchanged digest) or a restart (digest changed, or not running).
+    // relay, database and pool watcher with an unchanged digest) or a restart (digest changed, or
+    // not running); the pool scaled to the spec's size.
     let mut reloads = Vec::new();
     let mut unchanged = Vec::new();
     let mut restarts = Vec::new();
     let mut starts = Vec::new();
+    let pool_size = plan.cluster.as_ref().map_or(0, |c| c.pool_size as usize);
     for (service, digest) in &wanted {
-        let container = if service == apply::cluster::DB_SERVICE { Some(&db) } else { running.get(service) };
-        match container {
-            None if is_pool_member(service) && is_new(service) => starts.push(service.clone()),
-            None => restarts.push(format!("{service}: not running: started")),
-            Some(c) if digest.is_some() && c.restart_digest == *digest => {
-                if is_pool_member(service) {
-                    reloads.push((service.clone(), c.clone()));
+        if service == apply::cluster::POOL_SERVICE {
+            // Its replicas by number: compose keeps the first pool_size and removes the rest.
+            let members = apply::cluster::pool_members(&docker, plan).await?;
+            let n = members.len();
+            for m in members.iter().take(pool_size) {
+                if m.state != "running" {
+                    starts.push(format!("{} ({}, {})", m.name, m.running.name, m.state));
+                } else if digest.is_some() && m.running.restart_digest == *digest {
+                    reloads.push((m.name.clone(), m.running.clone()));
                 } else {
-                    unchanged.push(service.clone());
+                    let c = &m.running;
+                    let pending = apply::pending(&docker, c).await?;
+                    let calls = apply::calls_in_progress(&docker, c).await;
+                    restarts.push(ui::restart_announcement(&c.name, &pending, calls, plan.lifecycle.drain_seconds));
                 }
             }
-            Some(c) if is_pool_member(service) => {
-                let pending = apply::pending(&docker, c).await?;
-                let calls = apply::calls_in_progress(&docker, c).await;
-                restarts.push(ui::restart_announcement(&c.name, &pending, calls, plan.lifecycle.drain_seconds));
+            if n < pool_size {
+                starts.push(format!(
+                    "{} new pool member(s) (the spec's pool_size is {pool_size}, {n} run)",
+                    pool_size - n
+                ));
+            } else if n > pool_size {
+                let gone: Vec<&str> = members[pool_size..].iter().map(|m| m.name.as_str()).collect();
+                restarts.push(format!(
+                    "{}: the pool scaled from {n} to the spec's pool_size, {pool_size}: stopped and removed (each \
+                     drains: new calls get 503, calls in progress go on for up to {}s)",
+                    gone.join(", "),
+                    plan.lifecycle.drain_seconds
+                ));
             }
+            continue;
+        }
+        let container = if service == apply::cluster::DB_SERVICE { Some(&db) } else { running.get(service) };
+        match container {
+            None => restarts.push(format!("{service}: not running: started")),
+            Some(c) if digest.is_some() && c.restart_digest == *digest => unchanged.push(service.clone()),
             Some(c) => restarts.push(cluster_restart_announcement(service, &c.name)),
         }
     }
@@ -202,64 +216,63 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
             println!("{d}");
         }
     }
-    // A member removed leaves the dispatcher before it drains (no new call is tried on it); one
-    // added joins it once it is up.
-    if !orphans.is_empty() {
-        sync_pool(&docker, plan, out).await?;
-    }
     if !starts.is_empty() && restarts.is_empty() {
-        println!(
-            "starting the new pool member(s) {} (docker compose up; nothing else restarts) ...",
-            starts.join(", ")
-        );
+        println!("starting {} (docker compose up; nothing else restarts) ...", starts.join(", "));
         let took = apply::compose_up(plan, out, false)?;
         println!("started: every service healthy after {}", ui::human_duration(took));
     } else if !restarts.is_empty() {
         if !starts.is_empty() {
-            println!("starting the new pool member(s) {}", starts.join(", "));
+            println!("starting {}", starts.join(", "));
         }
         println!("restarting what changed (docker compose up; pool members drain first) ...");
         let took = apply::compose_up(plan, out, !orphans.is_empty())?;
         println!("restarted: every service healthy after {}", ui::human_duration(took));
     }
-    sync_pool(&docker, plan, out).await
+    pool_followed(&docker, plan).await
 }
 
-/// The pool in the running edge's dispatcher made the rendered one: when they differ (a member
-/// added and up, or removed), the dispatcher reloads its list in place — the edge keeps its
-/// connections, registrations and calls. Compared as sets: the dispatcher lists its members in
-/// its own order, and a reload resets every member's state until the next probe, so it is done
-/// only when the members differ.
-async fn sync_pool(docker: &bollard::Docker, plan: &Plan, out: &Path) -> Result<(), CmdError> {
-    use std::collections::BTreeSet;
+/// How long `apply` waits for the edge's dispatcher to hold the running pool: the pool watcher
+/// looks every 5 s.
+const POOL_FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the running edge's dispatcher holds the pool's running members, as the pool
+/// watcher keeps it (a member added, once up; one removed, once gone), and says what it holds.
+/// Compared as sets: the dispatcher lists its members in its own order.
+async fn pool_followed(docker: &bollard::Docker, plan: &Plan) -> Result<(), CmdError> {
     let running = apply::cluster::find_services(docker, plan).await?;
     let Some(edge) = running.get("edge") else {
         return Ok(());
     };
-    let failed = |e: apply::ApplyError| apply::ApplyError::PoolNotReloaded { reason: e.to_string() };
-    let wanted: BTreeSet<String> = apply::cluster::rendered_pool(out)?.into_iter().map(|(_, uri)| uri).collect();
-    let loaded: BTreeSet<String> =
-        apply::cluster::loaded_pool(docker, edge).await.map_err(failed)?.into_iter().map(|(uri, _)| uri).collect();
-    if loaded == wanted {
-        return Ok(());
+    let started = std::time::Instant::now();
+    loop {
+        let members = apply::cluster::pool_members(docker, plan).await?;
+        let want = apply::cluster::member_uris(&members, plan.network.sip_port);
+        let held = apply::cluster::loaded_pool(docker, edge).await;
+        let mut uris: Vec<String> = held.iter().flatten().map(|(uri, _)| uri.clone()).collect();
+        uris.sort();
+        if uris == want {
+            let held = held.unwrap_or_default();
+            println!(
+                "edge: its dispatcher holds the {} running member(s), not restarted: {}",
+                want.len(),
+                held.iter().map(|(uri, flags)| format!("{uri} {flags}")).collect::<Vec<_>>().join(", ")
+            );
+            return Ok(());
+        }
+        if started.elapsed() > POOL_FOLLOW_LIMIT {
+            let reason = match held {
+                Err(e) => e.to_string(),
+                Ok(_) => format!(
+                    "after {}s it holds [{}], the running members are [{}]",
+                    POOL_FOLLOW_LIMIT.as_secs(),
+                    uris.join(", "),
+                    want.join(", ")
+                ),
+            };
+            return Err(apply::ApplyError::PoolNotReloaded { reason }.into());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    let added: Vec<&str> = wanted.difference(&loaded).map(String::as_str).collect();
-    let removed: Vec<&str> = loaded.difference(&wanted).map(String::as_str).collect();
-    apply::cluster::reload_pool(docker, edge).await.map_err(failed)?;
-    let now = apply::cluster::loaded_pool(docker, edge).await.map_err(failed)?;
-    let show = |v: &[&str]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
-    println!(
-        "edge: its dispatcher reloaded the pool in place (added {}; removed {}), not restarted; now {}",
-        show(&added),
-        show(&removed),
-        now.iter().map(|(uri, flags)| format!("{uri} {flags}")).collect::<Vec<_>>().join(", ")
-    );
-    Ok(())
-}
-
-/// Whether a compose service is one of the pool's Asterisk servers.
-fn is_pool_member(service: &str) -> bool {
-    service.strip_prefix("asterisk-").is_some_and(|n| n.parse::<u32>().is_ok())
 }
 
 /// What restarting the edge, relay or database does to calls and clients.

@@ -200,20 +200,35 @@ async fn container_counter(docker: &bollard::Docker, id: &str) -> Result<(Cgroup
 }
 
 /// The services whose CPU a run reads: the one Asterisk container, or every service of a
-/// cluster (each pool member, the edge, the relay, the database), found by their compose
-/// project and service labels. A cluster is measured whole or not at all: a missing service is
-/// an error, since a sum without it would pass for the pool's.
+/// cluster (each running pool member, the edge, the relay, the database), found by their compose
+/// project and service labels. A cluster is measured whole or not at all: a missing service, or
+/// a pool member that is not running, is an error, since a sum without it would pass for the
+/// pool's.
 async fn counters(plan: &Plan, container: Option<&str>) -> Result<Vec<Counter>, String> {
-    let Some(cluster) = &plan.cluster else {
+    if plan.cluster.is_none() {
         let (docker, id) = astrtc::verify::local_container(plan, container).await?;
         let (cpu, source) = container_counter(&docker, &id).await?;
         return Ok(vec![Counter { name: "asterisk".into(), role: Role::Asterisk, cpu, source }]);
     };
     let docker =
         astrtc::image::connect().await.map_err(|_| "no local Docker engine (remote deployment?)".to_string())?;
-    let mut services: Vec<(String, Role)> = cluster.members.iter().map(|m| (m.name.clone(), Role::Asterisk)).collect();
-    services.extend([("edge".into(), Role::Edge), ("relay".into(), Role::Relay), ("db".into(), Role::Database)]);
     let mut out = Vec::new();
+    let members = astrtc::apply::cluster::pool_members(&docker, plan).await.map_err(|e| e.to_string())?;
+    if members.is_empty() {
+        return Err(format!("no member of the pool runs in compose project {:?}", plan.name));
+    }
+    for m in members {
+        if m.state != "running" {
+            return Err(format!(
+                "pool member {} ({}) is {}: start it, or scale the pool to fewer",
+                m.name, m.running.name, m.state
+            ));
+        }
+        let (cpu, source) = container_counter(&docker, &m.running.id).await.map_err(|e| format!("{}: {e}", m.name))?;
+        out.push(Counter { name: m.name, role: Role::Asterisk, cpu, source });
+    }
+    let services: [(String, Role); 3] =
+        [("edge".into(), Role::Edge), ("relay".into(), Role::Relay), ("db".into(), Role::Database)];
     for (name, role) in services {
         let id = astrtc::verify::compose_container(&docker, &plan.name, &name)
             .await?

@@ -87,8 +87,16 @@ pub const EDGE_UID: u32 = 10064;
 pub const EDGE_CONFIG_DIR: &str = "/etc/astrtc-edge";
 /// Where the edge reads the WSS certificate (mounted).
 pub const EDGE_KEYS_DIR: &str = "/etc/astrtc-edge-keys";
-/// The edge's runtime directory (tmpfs): Kamailio's control socket.
+/// The edge's runtime directory (in memory): Kamailio's control socket, which the pool watcher
+/// uses too.
 pub const EDGE_RUN_DIR: &str = "/run/kamailio";
+/// The pool watcher (`images/edge/runtime/astrtc-pool-watch`): keeps the edge's dispatcher list
+/// to the pool's members as the orchestrator has them.
+pub const POOL_WATCH: &str = "/usr/local/bin/astrtc-pool-watch";
+/// Where the pool watcher writes the list the edge loads (in memory, shared with the edge).
+pub const POOL_LIST_DIR: &str = "/run/astrtc-pool";
+/// The list the pool watcher writes and the edge loads (`ASTRTC_EDGE_DISPATCHER_LIST`).
+pub const POOL_LIST: &str = "/run/astrtc-pool/dispatcher.list";
 /// The edge image's healthcheck: Kamailio answers on its control socket.
 pub const EDGE_HEALTHCHECK: &str = "/usr/local/bin/astrtc-edge-healthcheck";
 /// The cluster's relay image (`images/relay`: Debian's rtpengine).

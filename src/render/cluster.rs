@@ -1,5 +1,5 @@
 //! The cluster's outputs (`topology = "cluster"`): `deploy/edge/` (Kamailio's `kamailio.cfg`,
-//! `tls.cfg`, the dispatcher list and, secret, `database.cfg` and `edge_key.cfg`),
+//! `tls.cfg` and, secret, `database.cfg` and `edge_key.cfg`),
 //! `deploy/relay/rtpengine.conf`, `deploy/db/` (Kamailio's schema, `pg_hba.conf` and, secret, the
 //! users' HA1 digests and the database password) and `deploy/cluster/topology.mmd` (the topology
 //! as a Mermaid diagram).
@@ -38,24 +38,24 @@ pub const DIRS: &[&str] = &["edge/", "relay/", "db/", "cluster/"];
 /// PostgreSQL's port on the pool's network.
 pub const DATABASE_PORT: u16 = 5432;
 
-/// The cluster's own services whose containers carry a restart digest (as the pool members do),
+/// The cluster's own services whose containers carry a restart digest (as the pool's members do),
 /// with the outputs only their restart applies: everything the edge reads but its certificate
-/// and its dispatcher list (its config and the database URL: Kamailio reloads neither; the
-/// certificate is reloaded in place, `tls.reload`, by the edge's entrypoint when its files
-/// change, the list by `astrtc apply`, [`RELOADED_IN_PLACE`]), the relay's config, the
+/// (its config and the database URL: Kamailio reloads neither; the certificate is reloaded in
+/// place, `tls.reload`, by the edge's entrypoint when its files change; its dispatcher list is
+/// not rendered: the pool watcher writes it), nothing but its service for the pool watcher, the
+/// relay's config, the
 /// database's access rules, password and schema (a new astrtc's schema reaches a database that
 /// `docker compose up -d` alone would leave as it was, while it starts an edge that reads the new
 /// one; `astrtc apply` writes it first, then restarts the database once). Not in any:
 /// `db/subscribers.sql`, which `astrtc apply` writes into the running database (the edge reads
 /// the users from there). The digests of secret files are in a container label: anyone who can
 /// read labels can read the files themselves (`docker exec`), and the password is 190 random bits.
-pub const RESTART_VIEWS: &[(&str, &[&str])] =
-    &[("db", &["db/pg_hba.conf", "db/password", "db/schema.sql"]), ("relay", &["relay/"]), ("edge", &["edge/"])];
-
-/// Outputs inside a [`RESTART_VIEWS`] directory that are left out of its view: the edge's
-/// dispatcher list, which `astrtc apply` has the running edge reload (`dispatcher.reload`) once
-/// the pool's members it names are up — adding or removing a member restarts nothing else.
-pub const RELOADED_IN_PLACE: &[&str] = &[DISPATCHER_LIST_FILE];
+pub const RESTART_VIEWS: &[(&str, &[&str])] = &[
+    ("db", &["db/pg_hba.conf", "db/password", "db/schema.sql"]),
+    ("relay", &["relay/"]),
+    ("edge", &["edge/"]),
+    ("pool-watch", &[]),
+];
 /// What of a file in a [`RESTART_VIEWS`] directory is in its view: the whole file, except
 /// `edge/edge_key.cfg`, whose previous key (sent, during a rotation, beside the key) is left out:
 /// finishing a rotation then restarts no edge — the running one goes on sending the previous key,
@@ -68,9 +68,6 @@ pub fn restart_view_of<'a>(path: &str, text: &'a str) -> std::borrow::Cow<'a, st
     }
 }
 
-/// `edge/dispatcher.list`: the pool, one line per member.
-pub const DISPATCHER_LIST_FILE: &str = "edge/dispatcher.list";
-
 /// Whether `path` is one of the cluster's outputs.
 pub fn is_cluster_file(path: &str) -> bool {
     DIRS.iter().any(|d| path.starts_with(d))
@@ -79,11 +76,9 @@ pub fn is_cluster_file(path: &str) -> bool {
 /// The context of the public cluster files: the plan (no secret in it) and the paths in the
 /// containers.
 pub fn context(plan: &Plan) -> Value {
-    let members = plan.cluster.as_ref().map(|c| c.members.clone()).unwrap_or_default();
     context! {
         plan => Value::from(Serde(plan)),
         cluster => Value::from(Serde(&plan.cluster)),
-        members => Value::from(Serde(members)),
         config_dir => image::EDGE_CONFIG_DIR,
         keys_dir => image::EDGE_KEYS_DIR,
         run_dir => image::EDGE_RUN_DIR,

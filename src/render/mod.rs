@@ -189,8 +189,13 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
         FileKind::Public,
     );
     if let Some(compose) = bundle.text(templates::COMPOSE_YAML).map(str::to_string) {
-        // A cluster's pool members differ only in name and address: the first stands for all.
-        let service = compose_service(&compose, if plan.cluster.is_some() { "asterisk-1" } else { "asterisk" });
+        // A cluster's pool is one service, scaled: its count starts or drains members and
+        // restarts none, so it is not in the digest.
+        let service: String = compose_service(&compose, "asterisk")
+            .lines()
+            .filter(|l| !(plan.cluster.is_some() && l.starts_with("    scale: ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let label = restart::digest(&format!("{view}==> compose service\n{service}"));
         let mut compose_out = compose.replace(compose::RESTART_DIGEST_PLACEHOLDER, &label);
         if plan.cluster.is_some() {
@@ -198,9 +203,6 @@ pub fn render(plan: &Plan, inputs: &Inputs) -> Result<Bundle, RenderError> {
                 let mut view = String::new();
                 for (path, file) in bundle.files() {
                     let p = path.to_string_lossy();
-                    if cluster::RELOADED_IN_PLACE.contains(&p.as_ref()) {
-                        continue;
-                    }
                     if outputs.iter().any(|o| if o.ends_with('/') { p.starts_with(o) } else { p == *o }) {
                         let text = String::from_utf8_lossy(&file.bytes);
                         view.push_str(&format!("==> {p}\n{}\n", cluster::restart_view_of(&p, &text)));

@@ -85,10 +85,12 @@ pub enum Topology {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
-    /// Asterisk servers in the pool (default 2).
+    /// Asterisk servers in the pool (default 2): compose starts so many replicas of its
+    /// `asterisk` service (`docker compose up --scale asterisk=N` runs another number; the edge
+    /// follows the replicas either way), the chart's StatefulSet so many pods.
     pub pool_size: Option<i64>,
-    /// The pool's network (IPv4 CIDR, /16-/28): the database and the pool members get fixed
-    /// addresses in it [default: 172.29.0.0/24].
+    /// The pool's network (IPv4 CIDR, /16-/28): the database gets a fixed address in its lower
+    /// half, the pool's members addresses from its upper half [default: 172.29.0.0/24].
     pub subnet: Option<String>,
     /// Seconds between the edge's OPTIONS probes of each pool member (1-60, default 2): a member
     /// that stops answering 2xx takes no new calls after about one interval.

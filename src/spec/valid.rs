@@ -94,7 +94,8 @@ pub struct Valid {
 }
 
 /// `topology = "cluster"`: a Kamailio edge and an rtpengine relay on the host network, PostgreSQL
-/// and a pool of Asterisk servers at fixed addresses on a network of their own.
+/// at a fixed address and a pool of Asterisk servers (one compose service, scaled) on a network of
+/// their own.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cluster {
     /// Asterisk servers in the pool.
@@ -105,8 +106,13 @@ pub struct Cluster {
     pub edge_address: Ipv4Addr,
     /// The database's fixed address on it.
     pub database_address: Ipv4Addr,
-    /// The pool members, in order.
-    pub members: Vec<PoolMember>,
+    /// The part of the pool's network Docker gives the pool's members their addresses from
+    /// (`address/prefix`, the subnet's upper half): so many members, and any number compose is
+    /// told to scale to, never take the database's or the pool watcher's fixed address.
+    pub pool_range: String,
+    /// The pool watcher's fixed address on the pool's network (it resolves the members' service
+    /// name with Docker's DNS there).
+    pub watcher_address: Ipv4Addr,
     /// Seconds between the edge's OPTIONS probes.
     pub probe_seconds: u32,
     /// Seconds between the edge's keepalives to phones registered over UDP from behind a NAT.
@@ -147,15 +153,6 @@ impl Cluster {
             crate::image::ClusterImage::Database => &self.db_image,
         }
     }
-}
-
-/// One Asterisk server of the pool.
-#[derive(Debug, Clone, Serialize)]
-pub struct PoolMember {
-    /// Its compose service name (`asterisk-1`, ...).
-    pub name: String,
-    /// Its fixed address on the pool's network.
-    pub address: Ipv4Addr,
 }
 
 /// The TURN relay browsers use (`[turn]`): where clients reach it and, when astrtc deploys it,

@@ -381,30 +381,17 @@ async fn asterisk_checks(plan: &Plan, target: &Target, report: &mut Report) {
 pub const POOL_MODULES: &[&str] =
     &["res_pjsip.so", "chan_pjsip.so", "res_rtp_asterisk.so", "codec_opus_open_source.so", "res_format_attr_opus.so"];
 
-/// Each pool member's modules ([`POOL_MODULES`]), through its container: one check per member.
-async fn pool_module_checks(
-    docker: &bollard::Docker,
-    plan: &Plan,
-    cluster: &crate::spec::valid::Cluster,
-) -> Vec<Check> {
+/// Each pool member's modules ([`POOL_MODULES`]), through its container: one check per member
+/// (failed for one that is not running).
+async fn pool_module_checks(docker: &bollard::Docker, members: &[crate::apply::cluster::Member]) -> Vec<Check> {
     let mut checks = Vec::new();
-    for m in &cluster.members {
+    for m in members {
         let name = format!("modules {}", m.name);
-        let id = match compose_container(docker, &plan.name, &m.name).await {
-            Ok(Some(id)) => id,
-            Ok(None) => {
-                checks.push(Check::fail(
-                    name,
-                    format!("no running container of service {} in compose project {:?}", m.name, plan.name),
-                    "start the cluster: docker compose up -d --wait",
-                ));
-                continue;
-            }
-            Err(e) => {
-                checks.push(Check::fail(name, e, "is the Docker engine running?"));
-                continue;
-            }
-        };
+        if m.state != "running" {
+            checks.push(not_running(name, m));
+            continue;
+        }
+        let id = m.running.id.clone();
         let mut rows = Vec::new();
         let mut errors = Vec::new();
         for pattern in ["pjsip", "rtp_asterisk", "opus"] {
@@ -432,9 +419,9 @@ async fn pool_module_checks(
                 name,
                 wrong.join(", "),
                 format!(
-                    "see `docker compose logs {}`; remove any `noload` of them from modules.conf, or rebuild the image \
-                     with `astrtc build`",
-                    m.name
+                    "see `docker logs {}`; remove any `noload` of them from modules.conf, or rebuild the image with \
+                     `astrtc build`",
+                    m.running.name
                 ),
             )
         });
@@ -464,23 +451,33 @@ async fn cluster_checks(plan: &Plan, cluster: &crate::spec::valid::Cluster) -> V
             }
         }
     };
+    let members = match crate::apply::cluster::pool_members(&docker, plan).await {
+        Ok(m) => m,
+        Err(e) => {
+            checks.push(Check::fail("pool", e.to_string(), "is the Docker engine running?"));
+            Vec::new()
+        }
+    };
     match find("edge").await {
         Err(why) => checks.push(Check::fail("pool", why, "start the cluster: docker compose up -d --wait")),
         Ok(edge) => {
             let cmd = vec!["kamcmd", "-s", "unix:/run/kamailio/kamailio_ctl", "dispatcher.list"];
             match exec_checked(&docker, &edge, cmd).await {
-                Err(e) => checks.push(Check::fail("pool", e, "is Kamailio running in the edge container?")),
-                Ok(out) => {
-                    let flags = parse_dispatcher_list(&out);
-                    for m in &cluster.members {
+                Err(e) if !e.contains("No Destination Sets") => {
+                    checks.push(Check::fail("pool", e, "is Kamailio running in the edge container?"))
+                }
+                result => {
+                    let flags = result.map(|out| parse_dispatcher_list(&out)).unwrap_or_default();
+                    checks.push(pool_size_check(&members, cluster.pool_size));
+                    for m in &members {
                         checks.push(member_check(m, &flags));
                     }
-                    checks.extend(strangers_check(cluster, &flags));
+                    checks.extend(strangers_check(&members, &flags));
                 }
             }
         }
     }
-    checks.extend(pool_module_checks(&docker, plan, cluster).await);
+    checks.extend(pool_module_checks(&docker, &members).await);
     match find("db").await {
         Err(why) => checks.push(Check::fail("users", why, "start the cluster: docker compose up -d --wait")),
         Ok(db) => {
@@ -523,10 +520,44 @@ fn users_check(plan: &Plan, rows: &str) -> Check {
     Check::fail("users", detail, "re-run `astrtc render`, then `astrtc apply`")
 }
 
+/// How many members run: none fails (the edge has nowhere to send a call); another number than
+/// the spec's passes and says so (`docker compose up --scale asterisk=N` runs N; `astrtc apply`
+/// scales back to the spec's).
+fn pool_size_check(members: &[crate::apply::cluster::Member], pool_size: u32) -> Check {
+    let running = members.iter().filter(|m| m.state == "running").count();
+    let detail = format!("{running} of the pool's service's replicas run (the spec's pool_size is {pool_size})");
+    if running == 0 {
+        Check::fail("pool", detail, "start the pool: docker compose up -d --wait")
+    } else {
+        Check::pass("pool", detail)
+    }
+}
+
+/// A failed check for a pool member that is not running.
+fn not_running(name: String, m: &crate::apply::cluster::Member) -> Check {
+    let state = if m.state.is_empty() { "not running" } else { m.state.as_str() };
+    Check::fail(
+        name,
+        format!("its container {} is {state}", m.running.name),
+        format!("see `docker logs {}`; start it: docker compose up -d --wait", m.running.name),
+    )
+}
+
 /// A pool member's state in the edge's dispatcher.
-fn member_check(m: &crate::spec::valid::PoolMember, flags: &[(String, String)]) -> Check {
+fn member_check(m: &crate::apply::cluster::Member, flags: &[(String, String)]) -> Check {
     let name = format!("pool {}", m.name);
-    let want = format!("sip:{}:", m.address);
+    let Some(address) = m.address.filter(|_| m.state == "running") else {
+        return Check::fail(
+            name,
+            format!(
+                "its container {} is {}",
+                m.running.name,
+                if m.state.is_empty() { "not running" } else { &m.state }
+            ),
+            format!("see `docker logs {}`; start it: docker compose up -d --wait", m.running.name),
+        );
+    };
+    let want = format!("sip:{address}:");
     match flags.iter().find(|(uri, _)| uri.starts_with(&want)) {
         Some((uri, f)) if f.starts_with('A') => {
             Check::pass(name, format!("{uri} active in the edge's dispatcher ({f})"))
@@ -537,32 +568,27 @@ fn member_check(m: &crate::spec::valid::PoolMember, flags: &[(String, String)]) 
                 "{uri} is not active in the edge's dispatcher ({f}): it does not answer the edge's OPTIONS probes \
                  with 2xx, or it drains"
             ),
-            format!("see `docker compose logs {}`; a member that drains answers 503 until it stops", m.name),
+            format!("see `docker logs {}`; a member that drains answers 503 until it stops", m.running.name),
         ),
         None => Check::fail(
             name,
-            format!("the edge's dispatcher has no destination at {}", m.address),
-            "run `astrtc apply`: it starts the member and has the edge's dispatcher reload its list",
+            format!("the edge's dispatcher has no destination at {address}"),
+            "the pool watcher adds a running member within 5 s: see `docker compose logs pool-watch`",
         ),
     }
 }
 
-/// Destinations in the edge's dispatcher that the spec's pool does not name (a member removed
-/// from the spec but not applied): one failed check naming them, or none.
-fn strangers_check(cluster: &crate::spec::valid::Cluster, flags: &[(String, String)]) -> Option<Check> {
-    let strangers: Vec<&str> = flags
-        .iter()
-        .filter(|(uri, _)| !cluster.members.iter().any(|m| uri.starts_with(&format!("sip:{}:", m.address))))
-        .map(|(uri, _)| uri.as_str())
-        .collect();
+/// Destinations in the edge's dispatcher that are no running member (one stopped or removed that
+/// the pool watcher has not taken out): one failed check naming them, or none.
+fn strangers_check(members: &[crate::apply::cluster::Member], flags: &[(String, String)]) -> Option<Check> {
+    let uris: Vec<String> = members.iter().filter_map(|m| Some(format!("sip:{}:", m.address?))).collect();
+    let strangers: Vec<&str> =
+        flags.iter().filter(|(uri, _)| !uris.iter().any(|u| uri.starts_with(u))).map(|(uri, _)| uri.as_str()).collect();
     (!strangers.is_empty()).then(|| {
         Check::fail(
             "pool",
-            format!(
-                "the edge's dispatcher still sends calls to {}, which the spec's pool does not name",
-                strangers.join(", ")
-            ),
-            "run `astrtc apply`: it drains and removes the member, then has the edge's dispatcher reload its list",
+            format!("the edge's dispatcher still sends calls to {}, which is no running member", strangers.join(", ")),
+            "the pool watcher takes a member out within 5 s of its stop: see `docker compose logs pool-watch`",
         )
     })
 }

@@ -41,7 +41,7 @@ fn two_browsers_call_each_other_through_the_edge_and_the_relay() {
     let (_page_dir, page) = demo_page(&stack);
     let home = browser_home(Some(&stack.dir.path().join("deploy/keys/ca.crt")));
     let browsers = Browsers { stack: &stack, seat: &seat, home: home.path(), page: &page };
-    let before: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    let before: Vec<u64> = stack.members().iter().map(|m| stack.processed(&m.name)).collect();
     let relayed_before = relay_packets(&stack);
 
     let seconds = 6;
@@ -92,7 +92,7 @@ fn two_browsers_call_each_other_through_the_edge_and_the_relay() {
         relayed >= received,
         "the relay relayed {relayed} packets, fewer than the {received} the browsers received"
     );
-    let after: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    let after: Vec<u64> = stack.members().iter().map(|m| stack.processed(&m.name)).collect();
     assert_eq!(before, after, "a call between users went through the pool");
 
     // A browser calling the echo extension: DTLS-SRTP to the relay, plain RTP to a pool member.
@@ -108,8 +108,7 @@ fn two_browsers_call_each_other_through_the_edge_and_the_relay() {
     assert_eq!(last["codec"], "audio/opus", "{last}");
     let received = last["packetsReceived"].as_u64().unwrap_or(0);
     assert!(received >= 100, "the browser got only {received} packets back from the echo");
-    let echoed: u64 =
-        stack.cluster().members.iter().map(|m| stack.processed(&m.name)).sum::<u64>() - after.iter().sum::<u64>();
+    let echoed: u64 = stack.members().iter().map(|m| stack.processed(&m.name)).sum::<u64>() - after.iter().sum::<u64>();
     assert_eq!(echoed, 1, "the echo call did not go to the pool");
 }
 
@@ -188,7 +187,7 @@ fn finish(child: std::process::Child) -> (Value, bool) {
 #[test]
 fn echo_calls_spread_over_the_pool() {
     let Some(stack) = Stack::start("spread", |s| s) else { return };
-    let members = stack.cluster().members.clone();
+    let members = stack.members();
     let before: Vec<u64> = members.iter().map(|m| stack.processed(&m.name)).collect();
     let echo = stack.plan.dialplan.echo_extension.clone();
     let rt = runtime();
@@ -240,7 +239,7 @@ fn echo_calls_spread_over_the_pool() {
 fn with_the_relay_down_a_call_is_refused_503_and_after_it_is_back_echoed() {
     let Some(stack) = Stack::start("relaydown", |s| s) else { return };
     let echo = stack.plan.dialplan.echo_extension.clone();
-    let members: Vec<String> = stack.cluster().members.iter().map(|m| m.name.clone()).collect();
+    let members: Vec<String> = stack.members().iter().map(|m| m.name.clone()).collect();
     let rt = runtime();
     let shared = SharedMedia::new().unwrap();
     let call = |setup: CallSetup| rt.block_on(probe::call(&setup, &shared));
@@ -451,7 +450,7 @@ fn a_tls_phone_and_a_browser_call_each_other_with_sdes_on_one_side_and_dtls_on_t
     let ca = stack.dir.path().join("deploy/keys/ca.crt");
     let home = browser_home(Some(&ca));
     let browsers = Browsers { stack: &stack, seat: &seat, home: home.path(), page: &page };
-    let before: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    let before: Vec<u64> = stack.members().iter().map(|m| stack.processed(&m.name)).collect();
 
     // The browser (198) answers one call; 3010 calls it over TLS with SRTP required.
     let callee = browser(&browsers, "198", None, 5, &art.join("browser"));
@@ -510,7 +509,7 @@ fn a_tls_phone_and_a_browser_call_each_other_with_sdes_on_one_side_and_dtls_on_t
     assert!(log.contains("Call established"), "the TLS phone did not answer the browser:\n{media}");
     assert!(log.contains("SRTP is Enabled"), "the TLS phone's media from the browser was not SRTP:\n{media}");
     assert!(rms.is_some_and(|rms| rms > 0.01), "the TLS phone heard silence from the browser (RMS {rms:?}):\n{media}");
-    let after: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    let after: Vec<u64> = stack.members().iter().map(|m| stack.processed(&m.name)).collect();
     assert_eq!(before, after, "a call between users went through the pool");
 }
 
@@ -521,7 +520,7 @@ fn a_tls_phone_and_a_udp_phone_call_each_other_with_srtp_on_the_tls_leg_and_rtp_
     let plan = &stack.plan;
     let art = artifacts("cluster-tls-phone-to-udp-phone");
     let ca = stack.dir.path().join("deploy/keys/ca.crt");
-    let before: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    let before: Vec<u64> = stack.members().iter().map(|m| stack.processed(&m.name)).collect();
     let (udp_pw, tls_pw) = (stack.password("3001"), stack.password("3010"));
     let dirs = ["tls-caller", "udp-callee", "udp-caller", "tls-callee"].map(|d| art.join(d));
     let phone = |tls: bool, dir: usize| Phone {
@@ -537,7 +536,7 @@ fn a_tls_phone_and_a_udp_phone_call_each_other_with_srtp_on_the_tls_leg_and_rtp_
     // over its TLS connection (the edge gives it the connection's alias, as a browser's).
     phone_calls_phone(&stack, &phone(true, 0), &phone(false, 1));
     phone_calls_phone(&stack, &phone(false, 2), &phone(true, 3));
-    let after: Vec<u64> = stack.cluster().members.iter().map(|m| stack.processed(&m.name)).collect();
+    let after: Vec<u64> = stack.members().iter().map(|m| stack.processed(&m.name)).collect();
     assert_eq!(before, after, "a call between users went through the pool");
 }
 

@@ -403,8 +403,8 @@ fn a_new_device_past_max_contacts_replaces_the_one_refreshed_longest_ago() {
     assert_eq!(made_room, 21, "the edge made room {made_room} times for 21 new devices");
 }
 
-/// The edge's entrypoint takes the pool's list from `ASTRTC_EDGE_DISPATCHER_LIST` (the Helm
-/// chart's, written by the edge pod's `pool` container) and hands its path to `kamailio.cfg` as a
+/// The edge's entrypoint takes the pool's list from `ASTRTC_EDGE_DISPATCHER_LIST` (compose's and
+/// the Helm chart's, written by the pool watcher) and hands its path to `kamailio.cfg` as a
 /// define in quotes: a relative path, or one with a character that could end the define's
 /// string, is refused before Kamailio runs, and so is a list that is not there. (The list taken
 /// from the variable is what the podman run's dispatcher holds.)
@@ -440,5 +440,44 @@ fn the_edges_entrypoint_refuses_a_dispatcher_list_it_cannot_hand_to_kamailio() {
         let (got, stderr) = run(list);
         assert_eq!(got, Some(code), "ASTRTC_EDGE_DISPATCHER_LIST={list:?}: exit {got:?}, said: {stderr}");
         assert!(stderr.contains(says), "ASTRTC_EDGE_DISPATCHER_LIST={list:?} said {stderr:?}, not {says:?}");
+    }
+}
+
+/// The pool watcher (`astrtc-pool-watch`, the edge image's; compose's `pool-watch` service and the
+/// chart's `pool` container run it) takes its settings from the environment and writes them into
+/// a file Kamailio loads and the commands it runs: a name, port, cap or path it could not use as
+/// given is refused (exit 64, saying which) before it resolves or writes anything. (What it does
+/// with good ones is what the compose scaling test and the podman run assert.)
+#[test]
+fn the_pool_watcher_refuses_settings_it_cannot_use() {
+    if crate::common::docker_off() {
+        return;
+    }
+    crate::common::docker::ensure_cluster_images();
+    let image = crate::common::docker::cluster_test_image(astrtc::image::ClusterImage::Edge);
+    let good = [("POOL_SERVICE", "asterisk."), ("POOL_SIP_PORT", "5060")];
+    let run = |env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new("docker");
+        command.args(["run", "--rm", "--network", "none", "--entrypoint", "timeout"]);
+        for (k, v) in good.iter().filter(|(k, _)| !env.iter().any(|(e, _)| e == k)).chain(env) {
+            command.args(["-e", &format!("{k}={v}")]);
+        }
+        // Bounded: a watcher that takes its settings runs on, until `timeout` ends it (exit 124).
+        let out = command.args([image.as_str(), "20", astrtc::image::POOL_WATCH]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for (env, says) in [
+        (&[("POOL_SERVICE", "")][..], "POOL_SERVICE must be a DNS name"),
+        (&[("POOL_SERVICE", "asterisk;reboot")][..], "POOL_SERVICE must be a DNS name"),
+        (&[("POOL_SERVICE", "-asterisk")][..], "POOL_SERVICE must be a DNS name"),
+        (&[("POOL_SIP_PORT", "50x")][..], "POOL_SIP_PORT must be a port number"),
+        (&[("POOL_SIP_PORT", "70000")][..], "POOL_SIP_PORT must be 1-65535"),
+        (&[("POOL_MAX_MEMBERS", "0")][..], "POOL_MAX_MEMBERS must be at least 1"),
+        (&[("POOL_LIST", "run/list")][..], "POOL_LIST must be an absolute path"),
+        (&[("POOL_LIST", "/run/a list")][..], "POOL_LIST may hold only"),
+    ] {
+        let (got, stderr) = run(env);
+        assert_eq!(got, Some(64), "{env:?}: exit {got:?}, said: {stderr}");
+        assert!(stderr.contains(says), "{env:?} said {stderr:?}, not {says:?}");
     }
 }

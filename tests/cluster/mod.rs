@@ -191,9 +191,40 @@ impl Stack {
         std::fs::read_to_string(self.dir.path().join("deploy/keys/ca.crt")).unwrap()
     }
 
-    /// `docker compose exec -T SERVICE ARGS`: its stdout (panics on failure).
+    /// The pool's running members (replicas of its `asterisk` service), by replica number: each
+    /// one's name (`asterisk-N`), container and address on the pool's network.
+    fn members(&self) -> Vec<Member> {
+        let out = self.project.run(&["ps", "-q", "asterisk"]);
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+        let network = format!("{}_pool", self.plan.name);
+        let mut members: Vec<(u32, Member)> = ids
+            .iter()
+            .map(|id| {
+                let format = format!(
+                    "{{{{index .Config.Labels \"com.docker.compose.container-number\"}}}} \
+                     {{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"
+                );
+                let out = Command::new("docker").args(["inspect", "-f", &format, id]).output().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                let (n, address) = text.split_once(' ').unwrap_or_else(|| panic!("docker inspect {id}: {text:?}"));
+                let n: u32 = n.parse().unwrap_or_else(|_| panic!("replica number of {id}: {text:?}"));
+                let address = address.parse().unwrap_or_else(|_| panic!("address of {id}: {text:?}"));
+                (n, Member { name: format!("asterisk-{n}"), id: id.clone(), address })
+            })
+            .collect();
+        members.sort_by_key(|(n, _)| *n);
+        members.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// `docker compose exec -T SERVICE ARGS` (a pool member by its name, `asterisk-N`: the
+    /// pool service's replica N): its stdout (panics on failure).
     fn exec(&self, service: &str, args: &[&str]) -> String {
-        let mut all = vec!["exec", "-T", service];
+        let index = service.strip_prefix("asterisk-").map(|n| format!("--index={n}"));
+        let mut all = vec!["exec", "-T"];
+        match &index {
+            Some(index) => all.extend([index.as_str(), "asterisk"]),
+            None => all.push(service),
+        }
         all.extend_from_slice(args);
         let out = self.project.run(&all);
         assert!(
@@ -229,9 +260,9 @@ impl Stack {
         astrtc::verify::parse_dispatcher_list(&out)
     }
 
-    /// Waits (20 s at most) until the edge's dispatcher holds every member active.
+    /// Waits (20 s at most) until the edge's dispatcher holds every running member active.
     fn wait_all_active(&self) {
-        let members = &self.cluster().members;
+        let members = &self.members();
         let all =
             wait_until(Duration::from_secs(20), || members.iter().all(|m| self.flags_of(m.address).starts_with('A')));
         assert!(all.is_some(), "not every member is active at the edge: {:?}", self.dispatcher_flags());
@@ -324,10 +355,25 @@ fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Option<Durati
     None
 }
 
-/// The container id of a compose service.
+/// The container id of a compose service, or of a pool member by its name (`asterisk-N`).
 fn container_of(stack: &Stack, service: &str) -> String {
+    if service.starts_with("asterisk-") {
+        let found = stack.members().into_iter().find(|m| m.name == service);
+        return found.unwrap_or_else(|| panic!("no running pool member {service}")).id;
+    }
     let out = stack.project.run(&["ps", "-q", service]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A running pool member ([`Stack::members`]).
+#[derive(Debug, Clone)]
+struct Member {
+    /// `asterisk-N`: replica N of the pool's service.
+    name: String,
+    /// Its container's id.
+    id: String,
+    /// Its address on the pool's network.
+    address: Ipv4Addr,
 }
 
 /// Runs `astrtc verify --json` (and `extra`) against the stack: exit code and report.

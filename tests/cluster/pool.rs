@@ -12,7 +12,9 @@ use serde_json::Value;
 
 use crate::common::*;
 
-use super::{assert_echoed, check_of, container_of, edge_log, runtime, started_and_pid, verify, wait_until, Stack};
+use super::{
+    assert_echoed, check_of, container_of, edge_log, runtime, started_and_pid, verify, wait_until, Member, Stack,
+};
 
 /// Runs `astrtc bench calls` against the stack; exit code, report (when written), output.
 fn bench(stack: &Stack, kind: &str, levels: &str, extra: &[&str]) -> (i32, Option<astrtc::bench::BenchReport>, String) {
@@ -41,7 +43,7 @@ fn bench(stack: &Stack, kind: &str, levels: &str, extra: &[&str]) -> (i32, Optio
 fn bench_calls_through_the_edge_reads_every_service() {
     use astrtc::bench::Role;
     let Some(stack) = Stack::start("bench", |s| s) else { return };
-    let members: Vec<String> = stack.cluster().members.iter().map(|m| m.name.clone()).collect();
+    let members: Vec<String> = stack.members().iter().map(|m| m.name.clone()).collect();
     // Refused before any call: a kind that never reaches the pool, and one container for many.
     let (code, report, text) = bench(&stack, "webrtc-to-sip", "2", &[]);
     assert_eq!(code, 2, "{text}");
@@ -101,7 +103,7 @@ fn bench_calls_through_the_edge_reads_every_service() {
 #[test]
 fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
     let Some(stack) = Stack::start("verify", |s| s) else { return };
-    let members: Vec<_> = stack.cluster().members.clone();
+    let members: Vec<_> = stack.members();
     let (code, report) = verify(&stack, &["--call", "--endpoint", "199", "--endpoint", "3001"]);
     eprintln!("{report:#}");
     let failed: Vec<&Value> = report["checks"].as_array().unwrap().iter().filter(|c| c["status"] != "pass").collect();
@@ -126,13 +128,12 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
     // Asterisk's own checks are a single deployment's: a cluster has none of them.
     assert!(report["checks"].as_array().unwrap().iter().all(|c| c["name"] != "endpoints"), "{report:#}");
 
-    // A member stopped (no call on it: its drain ends at once) is found inactive by the edge;
-    // verify names it, and only it.
+    // A member stopped (no call on it: its drain ends at once) is found inactive by the edge's
+    // probes, or taken out by the pool watcher; verify names it, and only it.
     let last = members.last().unwrap();
-    let out = stack.project.run(&["stop", &last.name]);
+    let out = Command::new("docker").args(["stop", &last.id]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let probe = Duration::from_secs(u64::from(stack.cluster().probe_seconds));
-    let inactive = wait_until(probe * 3 + Duration::from_secs(5), || !stack.flags_of(last.address).starts_with('A'));
+    let inactive = wait_until(Duration::from_secs(15), || !stack.flags_of(last.address).starts_with('A'));
     assert!(inactive.is_some(), "the edge never marked {} inactive", last.name);
     // A module a member lost (no call uses it now): verify names it and the member.
     let out = stack.exec(&members[0].name, &["asterisk", "-rx", "module unload codec_opus_open_source.so"]);
@@ -152,14 +153,14 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
     assert!(detail.contains("codec_opus_open_source.so not loaded"), "{detail}");
     let (status, detail) = check_of(&report, &format!("modules {}", last.name));
     assert_eq!(status, "fail", "the stopped member's modules: {detail}");
-    assert!(detail.contains("no running container"), "{detail}");
+    assert!(detail.contains("is exited"), "{detail}");
     // A user the database lost.
     stack.sql("DELETE FROM subscriber WHERE username = '3002'");
     let (code, report) = verify(&stack, &[]);
     assert_ne!(code, 0, "{report:#}");
     let (status, detail) = check_of(&report, &format!("pool {}", last.name));
     assert_eq!(status, "fail", "{detail}");
-    assert!(detail.contains("not active in the edge's dispatcher"), "{detail}");
+    assert!(detail.contains("is exited"), "{detail}");
     assert_eq!(check_of(&report, &format!("pool {}", members[0].name)).0, "pass");
     let (status, detail) = check_of(&report, "users");
     assert_eq!(status, "fail", "{detail}");
@@ -169,7 +170,7 @@ fn verify_checks_the_pool_and_the_users_and_calls_through_the_edge() {
 #[test]
 fn a_draining_member_takes_no_new_calls_and_keeps_its_call() {
     let Some(stack) = Stack::start("drain", |s| s) else { return };
-    let members = stack.cluster().members.clone();
+    let members = stack.members();
     let probe_seconds = stack.cluster().probe_seconds;
     let echo = stack.plan.dialplan.echo_extension.clone();
     let rt = runtime();
@@ -431,8 +432,44 @@ fn echo_calls(stack: &Stack, members: &[&str], n: usize) -> Vec<(String, u64)> {
     members.iter().zip(before).map(|(m, b)| (m.to_string(), stack.processed(m) - b)).collect()
 }
 
+/// `docker compose up -d --wait --scale asterisk=N` in the stack's directory, as an operator (or
+/// anything that drives compose) would scale the pool, without astrtc: its stdout and stderr.
+fn compose_scale(stack: &Stack, n: u32) -> String {
+    let scale = format!("asterisk={n}");
+    let started = Instant::now();
+    let out = stack.project.run(&["up", "-d", "--wait", "--wait-timeout", "120", "--scale", &scale]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("docker compose up --scale {scale}: {:.1?}", started.elapsed());
+    assert!(out.status.success(), "docker compose up --scale {scale} failed: {text}");
+    text
+}
+
+/// Waits (30 s at most: the pool watcher looks every 5 s) until the edge's dispatcher holds
+/// exactly the running members, every one active and probed (`AP`).
+fn wait_pool_is_the_running_members(stack: &Stack, what: &str) -> Vec<Member> {
+    let started = Instant::now();
+    let followed = wait_until(Duration::from_secs(30), || {
+        let mut want: Vec<String> =
+            stack.members().iter().map(|m| format!("sip:{}:{}", m.address, stack.plan.network.sip_port)).collect();
+        want.sort();
+        let pool = stack.dispatcher_flags();
+        let mut held: Vec<String> = pool.iter().map(|(u, _)| u.clone()).collect();
+        held.sort();
+        held == want && pool.iter().all(|(_, f)| f == "AP")
+    });
+    eprintln!("{what}: the dispatcher holds the running members, all AP, after {:.1?}", started.elapsed());
+    let members = stack.members();
+    assert!(
+        followed.is_some(),
+        "{what}: the edge's dispatcher does not hold the running members {:?}, all active: {:?}",
+        members.iter().map(|m| (&m.name, m.address)).collect::<Vec<_>>(),
+        stack.dispatcher_flags()
+    );
+    members
+}
+
 #[test]
-fn a_member_added_or_removed_by_apply_changes_the_pool_and_nothing_else() {
+fn the_edge_follows_the_pool_as_apply_or_compose_scales_it_and_nothing_else_restarts() {
     let Some(stack) = Stack::start("grow", |s| s) else { return };
     let rt = runtime();
     let spec = stack.dir.path().join("astrtc.toml");
@@ -461,82 +498,89 @@ fn a_member_added_or_removed_by_apply_changes_the_pool_and_nothing_else() {
 
     // Before: a WebSocket registered at the edge, a call held through the edge to the pool, the
     // edge's container as it started.
-    let Before { mut ws, edge, edge_before, held } = stack.before_a_change(&rt, "3002", Duration::from_secs(20));
-
-    let others = ["db", "relay", "asterisk-1", "asterisk-2"];
+    let Before { mut ws, edge, edge_before, held } = stack.before_a_change(&rt, "3002", Duration::from_secs(30));
+    let others = ["db", "relay", "pool-watch", "asterisk-1", "asterisk-2"];
     let others_before: Vec<String> = others.iter().map(|s| started_and_pid(&container_of(&stack, s))).collect();
-    // A third member: started, and the edge's dispatcher reloads its list — nothing restarts, so
-    // no --yes is needed (without a terminal a restart would be refused with exit 2).
+
+    // 1. The spec grows the pool to 3: apply starts a third replica and nothing restarts, so no
+    //    --yes is needed (without a terminal a restart would be refused with exit 2); the pool
+    //    watcher adds it to the edge's dispatcher, which apply waits for.
     set_pool_size(3);
-    let third = plan_for(&spec, astrtc::plan::HostFacts::detect()).unwrap().cluster.unwrap().members[2].clone();
     let (code, stdout, stderr) = apply(false);
     assert_eq!(code, Some(0), "apply refused or failed: {stdout}{stderr}");
     assert!(!stdout.contains("only a restart applies"), "{stdout}");
-    assert!(stdout.contains("starting the new pool member(s) asterisk-3"), "{stdout}");
+    assert!(stdout.contains("starting 1 new pool member(s) (the spec's pool_size is 3, 2 run)"), "{stdout}");
     assert!(stdout.contains("edge: unchanged, not restarted"), "{stdout}");
-    let uri = format!("sip:{}:{}", third.address, stack.plan.network.sip_port);
-    assert!(
-        stdout.contains(&format!("edge: its dispatcher reloaded the pool in place (added {uri}; removed none)")),
-        "{stdout}"
-    );
-    // The moment apply returns, the new member is active in the edge's dispatcher: no
-    // health-check interval to wait for (compose waited for it to be healthy first).
-    let flags = stack.flags_of(third.address);
-    eprintln!("asterisk-3 in the edge's dispatcher as apply returned: {flags:?}; all: {:?}", stack.dispatcher_flags());
-    assert!(
-        flags.starts_with('A'),
-        "asterisk-3 is not active in the edge's dispatcher: {:?}",
-        stack.dispatcher_flags()
-    );
-    // And the reloaded pool is probed (`P`), the new member with the others.
-    let probed = wait_until(Duration::from_secs(10), || {
-        let pool = stack.dispatcher_flags();
-        pool.len() == 3 && pool.iter().all(|(_, f)| f == "AP")
-    });
-    eprintln!("every member probed (AP) {probed:?} after apply returned: {:?}", stack.dispatcher_flags());
-    assert!(probed.is_some(), "the reloaded pool is not probed: {:?}", stack.dispatcher_flags());
+    assert!(stdout.contains("edge: its dispatcher holds the 3 running member(s), not restarted"), "{stdout}");
+    let members = wait_pool_is_the_running_members(&stack, "pool_size 3, applied");
+    assert_eq!(members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["asterisk-1", "asterisk-2", "asterisk-3"]);
     let taken = echo_calls(&stack, &["asterisk-1", "asterisk-2", "asterisk-3"], 12);
-    eprintln!("12 echo calls after the member was added: {taken:?}");
+    eprintln!("12 echo calls after apply added a member: {taken:?}");
     for (m, n) in &taken {
         assert!(*n >= 2, "{m} took {n} of 12 calls: {taken:?}");
     }
 
-    // Nothing else restarted: the database, the relay, the two members (same container, start and
-    // PID), the edge (the same, and the WebSocket still answered) and the call held through it all.
+    // 2. Compose alone scales the pool to 4 and back to 3 — no astrtc, no render: the edge
+    //    follows the replicas (Docker's DNS) and sends calls to the fourth, then none.
+    let log_before = stack.project.run(&["logs", "--no-color", "pool-watch"]);
+    let lines_before = String::from_utf8_lossy(&log_before.stdout).matches("dispatcher.reload:").count();
+    compose_scale(&stack, 4);
+    let members = wait_pool_is_the_running_members(&stack, "compose --scale asterisk=4");
+    assert_eq!(members.len(), 4, "{members:?}");
+    let fourth = members[3].clone();
+    assert_eq!(fourth.name, "asterisk-4");
+    let log = stack.project.run(&["logs", "--no-color", "pool-watch"]);
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        log.matches("dispatcher.reload:").count() > lines_before
+            && log.contains(&format!("sip:{}:{}", fourth.address, stack.plan.network.sip_port)),
+        "the pool watcher logged no reload naming the fourth member: {log}"
+    );
+    let taken = echo_calls(&stack, &["asterisk-1", "asterisk-2", "asterisk-3", "asterisk-4"], 8);
+    eprintln!("8 echo calls with compose's fourth member: {taken:?}");
+    assert!(taken[3].1 >= 1, "the fourth member took none of 8 calls: {taken:?}");
+    compose_scale(&stack, 3);
+    let members = wait_pool_is_the_running_members(&stack, "compose --scale asterisk=3");
+    assert!(!members.iter().any(|m| m.name == "asterisk-4"), "{members:?}");
+    assert!(
+        !stack.dispatcher_flags().iter().any(|(u, _)| u.starts_with(&format!("sip:{}:", fourth.address))),
+        "the removed member is still in the edge's dispatcher: {:?}",
+        stack.dispatcher_flags()
+    );
+
+    // Nothing else restarted: the database, the relay, the pool watcher, the two first members
+    // (same container, start and PID), the edge (the same, and the WebSocket still answered) and
+    // the call held through it all.
     let others_after: Vec<String> = others.iter().map(|s| started_and_pid(&container_of(&stack, s))).collect();
     assert_eq!(others_before, others_after, "one of {others:?} was restarted");
     assert_eq!(container_of(&stack, "edge"), edge, "the edge container was replaced");
     assert_eq!(started_and_pid(&edge), edge_before, "the edge was restarted");
-    assert_eq!(ws.register(), Ok(200), "the WebSocket opened before apply was closed");
+    assert_eq!(ws.register(), Ok(200), "the WebSocket opened before was closed");
     let held = rt.block_on(held).unwrap();
     if !held.healthy() {
         stack.save_logs("cluster_grow");
     }
-    // 20 s at 50 packets a second: a gap of 1 s or more would fail this.
-    assert_echoed("call held across apply", &held, 950);
+    // 30 s at 50 packets a second: a gap of 1 s or more would fail this.
+    assert_echoed("call held across the scaling", &held, 1450);
 
-    // Back to two: before apply, verify names the member the spec no longer has.
+    // 3. The spec shrinks the pool to 2: verify says how many run against the spec's size; apply
+    //    announces the member it drains and removes, refuses without --yes, does it with it.
     set_pool_size(2);
     let (_, report) = verify(&stack, &[]);
     let (status, detail) = check_of(&report, "pool");
     eprintln!("verify before apply: pool {status}: {detail}");
-    assert_eq!(status, "fail", "{detail}");
-    assert!(detail.contains(&uri), "{detail}");
-    // Removing a member stops it (a drain): announced, refused without --yes, done with it.
+    assert!(detail.contains("3 of") && detail.contains("pool_size is 2"), "{detail}");
+    let third = members[2].clone();
     let (code, stdout, stderr) = apply(false);
     assert_eq!(code, Some(2), "a member was removed without --yes: {stdout}{stderr}");
-    assert!(stdout.contains("asterisk-3: no longer in the spec"), "{stdout}");
+    assert!(stdout.contains("asterisk-3: the pool scaled from 3 to the spec's pool_size, 2"), "{stdout}");
     assert_eq!(stack.flags_of(third.address).get(..1), Some("A"), "asterisk-3 left the dispatcher without --yes");
     let (code, stdout, stderr) = apply(true);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(
-        stdout.contains(&format!("edge: its dispatcher reloaded the pool in place (added none; removed {uri})")),
-        "{stdout}"
-    );
-    let pool = stack.dispatcher_flags();
-    assert_eq!(pool.len(), 2, "{pool:?}");
-    assert!(pool.iter().all(|(_, f)| f.starts_with('A')), "{pool:?}");
-    let ps = stack.project.run(&["ps", "--all", "--format", "{{.Service}}"]);
+    assert!(stdout.contains("edge: its dispatcher holds the 2 running member(s), not restarted"), "{stdout}");
+    let members = wait_pool_is_the_running_members(&stack, "pool_size 2, applied");
+    assert_eq!(members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["asterisk-1", "asterisk-2"]);
+    let ps = stack.project.run(&["ps", "--all", "--format", "{{.Name}}"]);
     assert!(!String::from_utf8_lossy(&ps.stdout).contains("asterisk-3"), "asterisk-3 was not removed");
     assert_eq!(started_and_pid(&edge), edge_before, "removing a member restarted the edge");
     assert_eq!(ws.register(), Ok(200), "removing a member closed the WebSocket");
@@ -556,7 +600,7 @@ fn a_member_that_stops_answering_fails_its_call_over_and_every_call_succeeds() {
     }) else {
         return;
     };
-    let members = stack.cluster().members.clone();
+    let members = stack.members();
     let echo = stack.plan.dialplan.echo_extension.clone();
     let rt = runtime();
     let shared = SharedMedia::new().unwrap();

@@ -512,7 +512,7 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
     // The other way: the pool hangs up a call (the member's channel hung up by hand), and its
     // BYE reaches the caller through the edge — the caller is a party too.
     let other = RawDialog::call(edge, &stack.plan.tls.domain, "3001", &stack.password("3001"), &echo);
-    for m in &stack.cluster().members {
+    for m in &stack.members() {
         stack.exec(&m.name, &["asterisk", "-rx", "channel request hangup all"]);
     }
     let bye = next_request(&other.sock, Duration::from_secs(5));
@@ -578,7 +578,7 @@ fn in_dialog_requests_pass_only_for_the_edges_own_calls() {
 fn pool_refuses_calls_without_the_edges_key(stack: &Stack, edge: SocketAddr) {
     let cluster = stack.cluster();
     let (domain, echo) = (&stack.plan.tls.domain, &stack.plan.dialplan.echo_extension);
-    let member = &cluster.members[0];
+    let member = &stack.members()[0];
     let to = SocketAddr::new(IpAddr::V4(member.address), stack.plan.network.sip_port);
     let from_host = || {
         let sock = std::net::UdpSocket::bind((cluster.edge_address, 0)).expect("a socket at the host's pool address");
@@ -602,7 +602,7 @@ fn pool_refuses_calls_without_the_edges_key(stack: &Stack, edge: SocketAddr) {
     eprintln!("a direct INVITE with the edge's key: {}", answer.lines().next().unwrap_or_default());
     assert!(answer.starts_with("SIP/2.0 200"), "a direct INVITE with the edge's key was not answered: {answer}");
     let log = {
-        let out = stack.project.run(&["logs", "--no-color", &member.name]);
+        let out = Command::new("docker").args(["logs", &member.id]).output().unwrap();
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     };
     let refusals = log
@@ -702,7 +702,7 @@ fn a_users_reply_loses_its_copy_of_the_edges_header_and_no_user_gets_the_key() {
     // the port — as a member, or whoever can send from its address, would) is refused and
     // logged, and nothing reaches 3002. (The edge's 403 goes to the member's Asterisk, which
     // drops it: no transaction of its own.)
-    let member = stack.cluster().members[0].clone();
+    let member = stack.members()[0].clone();
     let pid = {
         let out = Command::new("docker")
             .args(["inspect", "-f", "{{.State.Pid}}", &container_of(&stack, &member.name)])
@@ -790,7 +790,7 @@ fn send_udp_from(from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, paylo
 /// from the host's pool address (the edge's match) carrying `key` in `X-Astrtc-Edge`.
 fn direct_invite_with_key(stack: &Stack, key: &str) -> String {
     let cluster = stack.cluster();
-    let to = SocketAddr::new(IpAddr::V4(cluster.members[0].address), stack.plan.network.sip_port);
+    let to = SocketAddr::new(IpAddr::V4(stack.members()[0].address), stack.plan.network.sip_port);
     let sock = std::net::UdpSocket::bind((cluster.edge_address, 0)).expect("a socket at the host's pool address");
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let headers = format!("X-Astrtc-Edge: {key}\r\n");
@@ -815,7 +815,7 @@ fn the_edges_key_rotates_without_restarting_the_pool_or_dropping_a_call() {
     let spec = stack.dir.path().join("astrtc.toml");
     let secrets = stack.dir.path().join("astrtc.secrets.toml");
     let old_key = stack.cluster().edge_key.expose().to_string();
-    let members: Vec<String> = stack.cluster().members.iter().map(|m| m.name.clone()).collect();
+    let members: Vec<String> = stack.members().iter().map(|m| m.name.clone()).collect();
     let echo = stack.plan.dialplan.echo_extension.clone();
     let starts = |services: &[String]| -> Vec<String> {
         services.iter().map(|s| started_and_pid(&container_of(&stack, s))).collect()
@@ -876,7 +876,7 @@ fn the_edges_key_rotates_without_restarting_the_pool_or_dropping_a_call() {
         assert!(status.starts_with(want), "rotation under way: a direct INVITE with {what} was answered {status}");
     }
     let log = {
-        let out = stack.project.run(&["logs", "--no-color", &members[0]]);
+        let out = Command::new("docker").args(["logs", &container_of(&stack, &members[0])]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(log.contains("came with the edge's previous key"), "{} did not log the previous key's call", members[0]);

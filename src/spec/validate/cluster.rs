@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::super::secrets::Secrets;
 use super::super::source::{KeyPath, Problem};
-use super::super::valid::{Cluster, PoolMember, Secret};
+use super::super::valid::{Cluster, Secret};
 use super::super::{defaults, ClusterSpec, CodecPreference, DatabaseMode, NetworkMode, Spec, TlsMode};
 use super::rules::image_reference;
 use super::{mask, p, parse_cidr, MIN_PORT};
@@ -30,10 +30,10 @@ const CLUSTER_IMAGE_KEYS: [ImageKey; 3] = [
 
 /// The most Asterisk servers a pool may have.
 pub const MAX_POOL_SIZE: i64 = 50;
-/// The first pool member's host number in the subnet (`.11`); the database is `.2`.
-pub const FIRST_MEMBER_HOST: u32 = 11;
-/// The database's host number in the subnet.
+/// The database's host number in the subnet (the edge, its gateway, is `.1`).
 pub const DATABASE_HOST: u32 = 2;
+/// The pool watcher's host number in the subnet.
+pub const WATCHER_HOST: u32 = 3;
 
 /// Whether a database password is safe everywhere it is written: 32-128 characters of
 /// `A-Z a-z 0-9 - _ . ~` (RFC 3986's unreserved set).
@@ -118,27 +118,25 @@ pub(super) fn cluster(
             None
         }
     };
-    let mut members = Vec::new();
     let mut addresses = None;
     if let (Some((base, prefix)), true) = (subnet, (1..=MAX_POOL_SIZE).contains(&pool_size)) {
+        // The members take their addresses from the upper half (Docker's `ip_range`), less the
+        // subnet's broadcast address; the fixed ones are in the lower half.
         let net = u32::from(base) & mask(prefix);
-        let hosts = 1u32 << (32 - prefix);
-        let last = FIRST_MEMBER_HOST + pool_size as u32 - 1;
-        if last >= hosts - 1 {
+        let half = 1u32 << (31 - prefix);
+        let room = half - 1;
+        if pool_size as u32 > room {
             v.push(p("cluster.subnet", format!("/{prefix} has no room for {pool_size} pool members")).help(format!(
-                "members take host numbers {FIRST_MEMBER_HOST}-{last}: use a larger network or a smaller pool"
+                "members take addresses from the subnet's upper half, {room} of them: use a larger network or a \
+                 smaller pool"
             )));
         } else {
-            for i in 0..pool_size as u32 {
-                members.push(PoolMember {
-                    name: format!("asterisk-{}", i + 1),
-                    address: Ipv4Addr::from(net + FIRST_MEMBER_HOST + i),
-                });
-            }
             addresses = Some((
                 format!("{}/{prefix}", Ipv4Addr::from(net)),
                 Ipv4Addr::from(net + 1),
                 Ipv4Addr::from(net + DATABASE_HOST),
+                Ipv4Addr::from(net + WATCHER_HOST),
+                format!("{}/{}", Ipv4Addr::from(net + half), prefix + 1),
             ));
         }
     }
@@ -287,14 +285,15 @@ pub(super) fn cluster(
     if (v.len(), s.len()) != before {
         return None;
     }
-    let (subnet, edge_address, database_address) = addresses?;
+    let (subnet, edge_address, database_address, watcher_address, pool_range) = addresses?;
     let [edge_image, relay_image, db_image] = images;
     Some(Some(Cluster {
         pool_size: pool_size as u32,
         subnet,
         edge_address,
         database_address,
-        members,
+        pool_range,
+        watcher_address,
         probe_seconds: probe as u32,
         natping_seconds: natping as u32,
         flood_requests_per_second: flood as u32,
@@ -443,17 +442,21 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_gets_members_at_fixed_addresses() {
+    fn a_cluster_gets_fixed_addresses_below_the_pools_range() {
         let (c, problems) =
             check("topology = \"cluster\"\n[cluster]\npool_size = 3\nsubnet = \"10.9.8.0/24\"", Some(PW));
         assert!(problems.is_empty(), "{problems:?}");
         let c = c.unwrap().unwrap();
-        let addresses: Vec<String> = c.members.iter().map(|m| format!("{} {}", m.name, m.address)).collect();
-        assert_eq!(addresses, ["asterisk-1 10.9.8.11", "asterisk-2 10.9.8.12", "asterisk-3 10.9.8.13"]);
         assert_eq!(
-            (c.edge_address.to_string(), c.database_address.to_string()),
-            ("10.9.8.1".into(), "10.9.8.2".into())
+            (c.edge_address.to_string(), c.database_address.to_string(), c.watcher_address.to_string()),
+            ("10.9.8.1".into(), "10.9.8.2".into(), "10.9.8.3".into())
         );
+        assert_eq!(c.pool_range, "10.9.8.128/25");
+        // A /28 has room for 7 members (.8-.14); .15 is its broadcast address.
+        let (c, problems) =
+            check("topology = \"cluster\"\n[cluster]\npool_size = 7\nsubnet = \"10.9.8.16/28\"", Some(PW));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.unwrap().unwrap().pool_range, "10.9.8.24/29");
     }
 
     #[test]
@@ -517,7 +520,7 @@ mod tests {
         let (_, problems) = check("topology = \"cluster\"\n[cluster]\nsubnet = \"fd00::/64\"", Some(PW));
         assert!(problems.iter().any(|p| p.starts_with("cluster.subnet:")), "{problems:?}");
         let (_, problems) =
-            check("topology = \"cluster\"\n[cluster]\nsubnet = \"10.0.0.0/28\"\npool_size = 5", Some(PW));
+            check("topology = \"cluster\"\n[cluster]\nsubnet = \"10.0.0.0/28\"\npool_size = 8", Some(PW));
         assert!(problems.iter().any(|p| p.contains("no room")), "{problems:?}");
         let (_, problems) = check("topology = \"cluster\"\n[cluster]\nrelay_address = \"::1\"", Some(PW));
         assert!(problems.iter().any(|p| p.starts_with("cluster.relay_address:")), "{problems:?}");
