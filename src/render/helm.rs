@@ -170,7 +170,7 @@ pub fn cluster_context(plan: &Plan) -> Value {
 /// into a Secret, the pool's key for the edge among them), the edge's Kamailio config and TLS
 /// settings and (secret) its copy of that key, the relay's config, Kamailio's schema and
 /// (secret) the users' HA1 digests, the certificate. Not copied: what names compose's
-/// fixed addresses or holds the database password (`edge/dispatcher.list`, `edge/database.cfg`,
+/// addresses or holds the database password (`edge/database.cfg`,
 /// `asterisk/pjsip_edge.conf`, `db/pg_hba.conf`, `db/password`): the chart writes its own from
 /// its values, and the password comes from an existing Secret. The pool's restart digest is
 /// written beside them as the single chart's is ([`RESTART_DIGEST_FILE`]).

@@ -11,8 +11,8 @@
 //!    both pool members, each at least 5, each with its audio echoed; then 4 WebRTC echo calls
 //!    from the probe (ICE and DTLS-SRTP with the relay, plain RTP on to the pool, whose SSRC the
 //!    relay's answer does not name) are echoed too;
-//! 3. a pool member stopped with `docker stop` (its drain: OPTIONS and INVITEs answered 503) is
-//!    marked inactive by the edge's probes and takes none of the new calls, while the call it
+//! 3. a pool member (a replica of the pool's `asterisk` service, `asterisk-N` here) stopped with
+//!    `docker stop` (its drain: OPTIONS and INVITEs answered 503) is marked inactive by the edge's probes and takes none of the new calls, while the call it
 //!    holds keeps its audio;
 //! 4. an edge restart keeps a UDP phone's registration (the PostgreSQL row is unchanged) and
 //!    the phone is called through the restarted edge with audio both ways; a call held across
@@ -48,6 +48,11 @@
 //!     container, start time and PID), a WebSocket and a call opened before stay up and an earlier
 //!     registration stays in `location`; a request URI written to change the edge's user query is
 //!     no user.
+//! 13. the pool grows and shrinks with nothing else restarted and a call held across it all:
+//!     `astrtc apply` with `pool_size` 3 starts a third replica, `docker compose up --scale
+//!     asterisk=4` (no astrtc) a fourth that takes calls, `--scale asterisk=3` removes it, and
+//!     `apply` with `pool_size` 2 drains and removes the third once `--yes` is given; each time
+//!     the edge's dispatcher holds exactly the running replicas (the pool watcher).
 //!
 //! 16. a phone over TLS (baresip, SRTP required) registers at the edge's SIP-over-TLS port and
 //!     calls the echo extension: SDES-SRTP on its leg (no plain RTP or SIP on its link, which a
@@ -69,7 +74,7 @@
 //! The tests by subject (with the numbers of the proofs above they hold), a file each with the
 //! helpers only it uses; what several files share is here:
 //! - `calls`: browsers and phones calling each other and the echo extension, the relay down (1, 2, 16 to 18, 22);
-//! - `pool`: the pool at work: draining, failover, `bench`, `verify`, `apply` of users and members (3, 7, 8, 12);
+//! - `pool`: the pool at work: draining, failover, `bench`, `verify`, `apply` of users, scaling by `apply` and compose (3, 7, 8, 12, 13, 14);
 //! - `edge`: the edge itself: a restart, NAT keepalives, a renewed certificate, `max_contacts` (4, 9, 10);
 //! - `security`: floods, bans, password guessers, forged in-dialog requests, the edge's key and its rotation, transports (5, 6, 11, 21, 23).
 

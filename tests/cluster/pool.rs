@@ -1,6 +1,6 @@
 //! The pool at work: a draining member, a member that stops answering, `bench` and `verify`
-//! through the edge, `apply` writing users and adding or removing members (proofs 3, 7, 8 and 12 in
-//! `cluster`'s doc).
+//! through the edge, `apply` writing users, the pool scaled by `apply` and by compose (proofs 3,
+//! 7, 8, 12, 13 and 14 in `cluster`'s doc).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
