@@ -104,6 +104,27 @@ pub enum ApplyError {
         /// psql's error lines (never the statements: they hold the users' digests).
         output: String,
     },
+    /// The running cluster's pool is one service per member, as an astrtc before the pool was one
+    /// scaled service made it: compose would remove those members (orphans) and recreate the
+    /// pool's network at once, so nothing is applied.
+    #[error(
+        "the running cluster's pool is {}: one service per member, from an astrtc before the pool was one \
+         service, `asterisk`, scaled to pool_size",
+        services.join(", ")
+    )]
+    #[diagnostic(
+        code(astrtc::apply::old_pool_layout),
+        help(
+            "nothing was applied. Move it once, when no call is in progress (calls end): in {dir}, `docker compose \
+             down` (the database's volume is kept), then `docker compose up -d --wait`"
+        )
+    )]
+    OldPoolLayout {
+        /// The old per-member services.
+        services: Vec<String>,
+        /// The compose directory.
+        dir: String,
+    },
     /// The edge's dispatcher did not come to hold the running pool.
     #[error("the edge's dispatcher does not hold the running pool: {reason}")]
     #[diagnostic(

@@ -1073,8 +1073,8 @@ fn values_in_place(plan: &Plan, b: &Bundle) -> Result<(), TestCaseError> {
 /// A cluster's values are exactly where they belong: each pool member's image and address, the
 /// database's address and the pool's subnet in compose.yaml; the database URL the two defines of
 /// `edge/database.cfg` (auth_db's and sqlops'), the password the one line of `db/password`; one
-/// pool service scaled to pool_size at no fixed address, the pool watcher at its own, no rendered
-/// dispatcher list; the keepalive interval the one `natping_interval` of
+/// pool service scaled to pool_size at no fixed address, the pool watcher beside it taking only
+/// the pool's network's addresses, no rendered dispatcher list; the keepalive interval the one `natping_interval` of
 /// `edge/kamailio.cfg`, the flood limit its one pike density (per 2 s); the chart pins what the
 /// spec says and holds no database password.
 fn cluster_values_in_place(
@@ -1097,12 +1097,8 @@ fn cluster_values_in_place(
         )?;
         expect_complexity(plan, compose, &at("environment/ASTRTC_OPUS_COMPLEXITY"))?;
     }
-    expect_json(
-        "compose.yaml",
-        compose,
-        "/services/pool-watch/networks/pool/ipv4_address",
-        json!(cluster.watcher_address),
-    )?;
+    expect_json("compose.yaml", compose, "/services/pool-watch/networks", json!(["pool"]))?;
+    expect_json("compose.yaml", compose, "/services/pool-watch/environment/POOL_CIDR", json!(cluster.subnet))?;
     expect_json(
         "compose.yaml",
         compose,

@@ -1886,8 +1886,9 @@ fn the_cluster_chart_lints_validates_and_passes_checkov() {
     for key in ["/database/host", "/database/existingSecret", "/edge/sourceCidrs"] {
         assert!(out.contains(key), "the error does not name {key}:\n{out}");
     }
-    let modes: [(&str, Vec<&str>); 3] = [
+    let modes: [(&str, Vec<&str>); 4] = [
         ("default", vec![]),
+        ("autoscaling", vec!["pool.autoscaling.enabled=true"]),
         ("existing-secret", vec!["certificates.mode=existingSecret", "certificates.existingSecret=pbx-tls"]),
         (
             "two-cidrs",
@@ -1902,6 +1903,8 @@ fn the_cluster_chart_lints_validates_and_passes_checkov() {
         for kind in ["StatefulSet", "Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "Secret"] {
             assert!(out.contains(&format!("ok   {kind}/")), "cluster/{mode}: no {kind} validated:\n{out}");
         }
+        let hpa = out.contains("ok   HorizontalPodAutoscaler/");
+        assert_eq!(hpa, mode == "autoscaling", "cluster/{mode}: a HorizontalPodAutoscaler validated: {hpa}\n{out}");
         let (skipped, problems) = annotation_skips(&manifests);
         assert!(problems.is_empty(), "cluster/{mode}:\n{}", problems.join("\n"));
         assert!(skipped.is_empty(), "cluster/{mode}: checks skipped in the manifests: {skipped:?}");
@@ -2391,6 +2394,51 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `pool.autoscaling`: off by default (no HorizontalPodAutoscaler; the StatefulSet's replicas are
+/// the spec's pool_size); on, an autoscaling/v2 HPA on the pool's CPU targets the pool's
+/// StatefulSet by name with the values' bounds and scales down one member a minute at most, and
+/// the StatefulSet's replicas are the live object's (`lookup`, which `helm template` has not, so
+/// pool_size here: what an upgrade against a cluster keeps is not tested); bounds that cross are
+/// refused with both named.
+#[test]
+fn the_cluster_pool_autoscaler_targets_the_pools_statefulset() {
+    let Some(t) = tools() else { return };
+    let (_dir, chart) = rendered("cluster-compose");
+    let (ok, out) = cluster_manifests(&t, &chart, &[]);
+    assert!(ok, "{out}");
+    let docs = parsed(&out);
+    assert!(!docs.iter().any(|d| d["kind"] == "HorizontalPodAutoscaler"), "an autoscaler by default");
+    assert_eq!(doc(&docs, "StatefulSet", "-pool")["spec"]["replicas"].as_u64(), Some(2));
+    let sets = [
+        "pool.autoscaling.enabled=true",
+        "pool.autoscaling.minReplicas=2",
+        "pool.autoscaling.maxReplicas=6",
+        "pool.autoscaling.targetCPUUtilizationPercentage=60",
+    ];
+    let (ok, out) = cluster_manifests(&t, &chart, &sets);
+    assert!(ok, "{out}");
+    let docs = parsed(&out);
+    let pool = doc(&docs, "StatefulSet", "-pool");
+    assert_eq!(pool["spec"]["replicas"].as_u64(), Some(2), "no live object to keep: pool.replicas");
+    let hpa = doc(&docs, "HorizontalPodAutoscaler", "-pool");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    let target = &hpa["spec"]["scaleTargetRef"];
+    assert_eq!((target["apiVersion"].as_str(), target["kind"].as_str()), (Some("apps/v1"), Some("StatefulSet")));
+    assert_eq!(target["name"], pool["metadata"]["name"], "the autoscaler targets another object");
+    assert_eq!((hpa["spec"]["minReplicas"].as_u64(), hpa["spec"]["maxReplicas"].as_u64()), (Some(2), Some(6)));
+    let metric = &hpa["spec"]["metrics"][0]["resource"];
+    assert_eq!((metric["name"].as_str(), metric["target"]["averageUtilization"].as_u64()), (Some("cpu"), Some(60)));
+    let down = &hpa["spec"]["behavior"]["scaleDown"]["policies"][0];
+    assert_eq!((down["type"].as_str(), down["value"].as_u64()), (Some("Pods"), Some(1)), "{down:?}");
+    let (ok, out) = cluster_manifests(
+        &t,
+        &chart,
+        &["pool.autoscaling.enabled=true", "pool.autoscaling.minReplicas=5", "pool.autoscaling.maxReplicas=3"],
+    );
+    assert!(!ok, "crossed bounds were accepted:\n{out}");
+    assert!(out.contains("pool.autoscaling.maxReplicas (3) is below pool.autoscaling.minReplicas (5)"), "{out}");
+}
+
 #[test]
 fn the_cluster_values_schema_refuses_what_contradicts_the_spec() {
     let Some(t) = tools() else { return };
@@ -2398,6 +2446,13 @@ fn the_cluster_values_schema_refuses_what_contradicts_the_spec() {
     let mut refused = 0;
     for (sets, expect) in [
         (vec!["pool.replicas=3"], "/pool/replicas"),
+        (vec!["pool.autoscaling.maxReplicas=65"], "/pool/autoscaling/maxReplicas"),
+        (vec!["pool.autoscaling.minReplicas=0"], "/pool/autoscaling/minReplicas"),
+        (
+            vec!["pool.autoscaling.targetCPUUtilizationPercentage=100"],
+            "/pool/autoscaling/targetCPUUtilizationPercentage",
+        ),
+        (vec!["pool.autoscaling.enabled=yes"], "/pool/autoscaling/enabled"),
         (vec!["ports.sip=5070"], "/ports/sip"),
         (vec!["ports.wss=443"], "/ports/wss"),
         (vec!["rtp.start=10000"], "/rtp/start"),

@@ -48,6 +48,16 @@ pub fn member_name(n: u32) -> String {
     format!("{POOL_SERVICE}-{n}")
 }
 
+/// Services of a pool from before it was one service (`asterisk-1` … `asterisk-N`, each at a
+/// fixed address), among the running services' names.
+pub fn old_pool_services<'a>(services: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    services
+        .into_iter()
+        .filter(|s| s.strip_prefix("asterisk-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        .cloned()
+        .collect()
+}
+
 /// One member of the pool: a replica of its compose service.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -57,7 +67,7 @@ pub struct Member {
     pub running: Running,
     /// Docker's state of it (`running`, `exited`, …).
     pub state: String,
-    /// Its address on the pool's network (none when it is not running).
+    /// Its address on the pool's network (none when it is neither running nor paused).
     pub address: Option<Ipv4Addr>,
 }
 
@@ -68,7 +78,8 @@ pub async fn pool_members(docker: &Docker, plan: &Plan) -> Result<Vec<Member>, A
         .into_iter()
         .filter(|c| c.service == POOL_SERVICE)
         .map(|c| {
-            let address = (c.state == "running").then_some(c.address).flatten();
+            // A paused member is still in the orchestrator's DNS, so in the edge's list.
+            let address = matches!(c.state.as_str(), "running" | "paused").then_some(c.address).flatten();
             (c.number, Member { name: member_name(c.number), running: c.running, state: c.state, address })
         })
         .collect();
@@ -98,6 +109,10 @@ async fn project_containers(docker: &Docker, plan: &Plan, all: bool) -> Result<V
         .filter_map(|c| {
             let id = c.id?;
             let labels = c.labels.unwrap_or_default();
+            // `docker compose run` containers are no service's.
+            if labels.get("com.docker.compose.oneoff").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+                return None;
+            }
             let service = labels.get("com.docker.compose.service")?.clone();
             let number = labels.get("com.docker.compose.container-number").and_then(|n| n.parse().ok()).unwrap_or(1);
             let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_else(|| id.clone());
@@ -375,6 +390,16 @@ mod tests {
                 ("edge".to_string(), Some("e1".to_string())),
             ]
         );
+    }
+
+    #[test]
+    fn a_pool_from_before_it_was_one_service_is_told_apart() {
+        let names: Vec<String> =
+            ["asterisk", "asterisk-1", "asterisk-12", "asterisk-x", "asterisk-", "db", "pool-watch"]
+                .map(String::from)
+                .into();
+        assert_eq!(old_pool_services(&names), ["asterisk-1", "asterisk-12"]);
+        assert!(old_pool_services(&names[..1]).is_empty());
     }
 
     #[test]

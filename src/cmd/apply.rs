@@ -98,6 +98,10 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
         println!("start it: cd {} && docker compose up -d --wait", out.display());
         return Ok(());
     };
+    let old = apply::cluster::old_pool_services(running.keys());
+    if !old.is_empty() {
+        return Err(apply::ApplyError::OldPoolLayout { services: old, dir: out.display().to_string() }.into());
+    }
     let wanted = apply::cluster::rendered_services(out);
     // Each rendered service: reload (pool members with an unchanged digest), nothing (the edge,
     // relay, database and pool watcher with an unchanged digest) or a restart (digest changed, or
@@ -109,12 +113,14 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
     let pool_size = plan.cluster.as_ref().map_or(0, |c| c.pool_size as usize);
     for (service, digest) in &wanted {
         if service == apply::cluster::POOL_SERVICE {
-            // Its replicas by number: compose keeps the first pool_size and removes the rest.
+            // Its replicas by number; compose picks which to remove when the pool shrinks.
             let members = apply::cluster::pool_members(&docker, plan).await?;
             let n = members.len();
-            for m in members.iter().take(pool_size) {
+            for (i, m) in members.iter().enumerate() {
                 if m.state != "running" {
-                    starts.push(format!("{} ({}, {})", m.name, m.running.name, m.state));
+                    if i < pool_size {
+                        starts.push(format!("{} ({}, {})", m.name, m.running.name, m.state));
+                    }
                 } else if digest.is_some() && m.running.restart_digest == *digest {
                     reloads.push((m.name.clone(), m.running.clone()));
                 } else {
@@ -130,11 +136,11 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
                     pool_size - n
                 ));
             } else if n > pool_size {
-                let gone: Vec<&str> = members[pool_size..].iter().map(|m| m.name.as_str()).collect();
                 restarts.push(format!(
-                    "{}: the pool scaled from {n} to the spec's pool_size, {pool_size}: stopped and removed (each \
-                     drains: new calls get 503, calls in progress go on for up to {}s)",
-                    gone.join(", "),
+                    "asterisk: the pool scales from {n} to the spec's pool_size, {pool_size}: {} member(s) stopped and \
+                     removed (compose picks which: the highest-numbered, unless some are to be recreated; each drains: \
+                     new calls get 503, calls in progress go on for up to {}s)",
+                    n - pool_size,
                     plan.lifecycle.drain_seconds
                 ));
             }

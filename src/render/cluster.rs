@@ -82,6 +82,7 @@ pub fn context(plan: &Plan) -> Value {
         config_dir => image::EDGE_CONFIG_DIR,
         keys_dir => image::EDGE_KEYS_DIR,
         run_dir => image::EDGE_RUN_DIR,
+        pool_list => image::POOL_LIST,
         tls_ciphers => super::asterisk::TLS_CIPHERS.join(":"),
         never_banned => never_banned(plan),
         flood_exempt => flood_exempt(plan),

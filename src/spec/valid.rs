@@ -106,13 +106,10 @@ pub struct Cluster {
     pub edge_address: Ipv4Addr,
     /// The database's fixed address on it.
     pub database_address: Ipv4Addr,
-    /// The part of the pool's network Docker gives the pool's members their addresses from
-    /// (`address/prefix`, the subnet's upper half): so many members, and any number compose is
-    /// told to scale to, never take the database's or the pool watcher's fixed address.
+    /// The part of the pool's network Docker gives the pool's members (and the pool watcher)
+    /// their addresses from (`address/prefix`, the subnet's upper half): so many members, and any
+    /// number compose is told to scale to, never take the database's fixed address.
     pub pool_range: String,
-    /// The pool watcher's fixed address on the pool's network (it resolves the members' service
-    /// name with Docker's DNS there).
-    pub watcher_address: Ipv4Addr,
     /// Seconds between the edge's OPTIONS probes.
     pub probe_seconds: u32,
     /// Seconds between the edge's keepalives to phones registered over UDP from behind a NAT.

@@ -659,3 +659,55 @@ async fn exec_with_code(docker: &bollard::Docker, id: &str, cmd: Vec<&str>) -> R
     let code = docker.inspect_exec(&created.id).await.map_err(|e| e.to_string())?.exit_code;
     Ok((out, code))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::cluster::Member;
+    use crate::verify::report::Status;
+
+    fn member(n: u32, state: &str, address: Option<&str>) -> Member {
+        Member {
+            name: crate::apply::cluster::member_name(n),
+            running: crate::apply::Running {
+                id: format!("id{n}"),
+                name: format!("pbx-asterisk-{n}"),
+                restart_digest: None,
+            },
+            state: state.to_string(),
+            address: address.map(|a| a.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_member_passes_only_while_the_edge_holds_it_active() {
+        let flags = vec![
+            ("sip:172.29.0.128:5060".to_string(), "AP".to_string()),
+            ("sip:172.29.0.129:5060".to_string(), "IP".to_string()),
+            ("sip:172.29.0.140:5060".to_string(), "AP".to_string()),
+        ];
+        let check = |m: &Member| {
+            let c = member_check(m, &flags);
+            (c.status, c.detail)
+        };
+        let (status, detail) = check(&member(1, "running", Some("172.29.0.128")));
+        assert_eq!(status, Status::Pass, "{detail}");
+        let (status, detail) = check(&member(2, "running", Some("172.29.0.129")));
+        assert_eq!(status, Status::Fail);
+        assert!(detail.contains("is not active in the edge's dispatcher (IP)"), "{detail}");
+        let (status, detail) = check(&member(3, "running", Some("172.29.0.130")));
+        assert_eq!(status, Status::Fail);
+        assert!(detail.contains("has no destination at 172.29.0.130"), "{detail}");
+        let (status, detail) = check(&member(4, "paused", Some("172.29.0.131")));
+        assert_eq!(status, Status::Fail);
+        assert!(detail.contains("pbx-asterisk-4 is paused"), "{detail}");
+        // A destination no member has: one check names it; a paused member's is no stranger.
+        let members = [member(1, "running", Some("172.29.0.128")), member(2, "paused", Some("172.29.0.129"))];
+        let strangers = strangers_check(&members, &flags).unwrap();
+        assert_eq!(strangers.status, Status::Fail);
+        assert!(strangers.detail.contains("sip:172.29.0.140:5060") && !strangers.detail.contains(".129"));
+        assert!(strangers_check(&members, &flags[..2]).is_none());
+        assert_eq!(pool_size_check(&members, 3).status, Status::Pass);
+        assert_eq!(pool_size_check(&members[1..], 3).status, Status::Fail, "no member runs");
+    }
+}

@@ -435,7 +435,7 @@ fn the_edges_entrypoint_refuses_a_dispatcher_list_it_cannot_hand_to_kamailio() {
         (Some("run/astrtc-pool/dispatcher.list"), 64, "ASTRTC_EDGE_DISPATCHER_LIST must be an absolute path"),
         (Some("/run/x\" -A \"WITH_EVIL"), 64, "ASTRTC_EDGE_DISPATCHER_LIST may hold only A-Z a-z 0-9 / . _ -"),
         (Some("/run/astrtc-pool/dispatcher.list"), 65, "the pool's list /run/astrtc-pool/dispatcher.list is missing"),
-        (None, 65, "the pool's list /etc/astrtc-edge/dispatcher.list is missing"),
+        (None, 65, "the pool's list /run/astrtc-pool/dispatcher.list is missing"),
     ] {
         let (got, stderr) = run(list);
         assert_eq!(got, Some(code), "ASTRTC_EDGE_DISPATCHER_LIST={list:?}: exit {got:?}, said: {stderr}");
@@ -475,9 +475,58 @@ fn the_pool_watcher_refuses_settings_it_cannot_use() {
         (&[("POOL_MAX_MEMBERS", "0")][..], "POOL_MAX_MEMBERS must be at least 1"),
         (&[("POOL_LIST", "run/list")][..], "POOL_LIST must be an absolute path"),
         (&[("POOL_LIST", "/run/a list")][..], "POOL_LIST may hold only"),
+        (&[("POOL_CIDR", "10.0.0.0/33")][..], "POOL_CIDR must be an IPv4 network"),
+        (&[("POOL_CIDR", "fd00::/64")][..], "POOL_CIDR must be an IPv4 network"),
     ] {
         let (got, stderr) = run(env);
         assert_eq!(got, Some(64), "{env:?}: exit {got:?}, said: {stderr}");
         assert!(stderr.contains(says), "{env:?} said {stderr:?}, not {says:?}");
     }
+}
+
+/// With settings it takes, the pool watcher writes the list from the name's addresses (here from
+/// the container's hosts file): with no Kamailio answering on the control socket, a member the
+/// list does not name yet goes in active (flags 0) and one the list holds inactive (9: what the
+/// probes last found) stays so, in C-locale order; an address outside `POOL_CIDR` is not taken
+/// and is logged.
+#[test]
+fn the_pool_watcher_writes_the_names_addresses_inside_its_network_only() {
+    if crate::common::docker_off() {
+        return;
+    }
+    crate::common::docker::ensure_cluster_images();
+    let image = crate::common::docker::cluster_test_image(astrtc::image::ClusterImage::Edge);
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let list = dir.path().join("dispatcher.list");
+    let run = || {
+        let out = std::process::Command::new("docker")
+            .args(["run", "--rm", "--network", "none", "--entrypoint", "timeout"])
+            .args(["--add-host", "asterisk:172.29.0.130", "--add-host", "asterisk:192.0.2.7"])
+            .args(["--add-host", "asterisk:172.29.0.129"])
+            .args(["-e", "POOL_SERVICE=asterisk", "-e", "POOL_SIP_PORT=5060", "-e", "POOL_CIDR=172.29.0.0/24"])
+            .args(["-e", "POOL_LIST=/out/dispatcher.list", "-v"])
+            .arg(format!("{}:/out", dir.path().display()))
+            // Its first look is at once; it is stopped during the wait for its second.
+            .args([image.as_str(), "4", astrtc::image::POOL_WATCH])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(124), "the watcher exited by itself: {stderr}");
+        stderr
+    };
+    let lines = || -> Vec<String> {
+        let text = std::fs::read_to_string(&list).unwrap_or_default();
+        text.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect()
+    };
+    let said = run();
+    eprintln!("pool watcher said: {said}");
+    assert!(said.contains("asterisk resolves to 192.0.2.7 outside 172.29.0.0/24: not taken"), "{said}");
+    assert_eq!(lines(), ["1 sip:172.29.0.129:5060 0 0", "1 sip:172.29.0.130:5060 0 0"]);
+    // What the probes found, as the list last held it: .129 inactive.
+    std::fs::write(&list, "# before\n1 sip:172.29.0.129:5060 9 0\n").unwrap();
+    std::fs::set_permissions(&list, std::fs::Permissions::from_mode(0o666)).unwrap();
+    run();
+    assert_eq!(lines(), ["1 sip:172.29.0.129:5060 9 0", "1 sip:172.29.0.130:5060 0 0"]);
 }

@@ -181,7 +181,12 @@ impl Stack {
             );
         }
         eprintln!("cluster {} up (every service healthy) in {:.1?}", plan.name, started.elapsed());
-        Some(Stack { project, dir, plan })
+        let stack = Stack { project, dir, plan };
+        // Every test finds the members as replicas: so many as the spec says run.
+        let names: Vec<String> = stack.members().into_iter().map(|m| m.name).collect();
+        let want: Vec<String> = (1..=stack.cluster().pool_size).map(|n| format!("asterisk-{n}")).collect();
+        assert_eq!(names, want, "the pool's running replicas");
+        Some(stack)
     }
 
     fn cluster(&self) -> &astrtc::plan::Cluster {

@@ -32,8 +32,6 @@ const CLUSTER_IMAGE_KEYS: [ImageKey; 3] = [
 pub const MAX_POOL_SIZE: i64 = 50;
 /// The database's host number in the subnet (the edge, its gateway, is `.1`).
 pub const DATABASE_HOST: u32 = 2;
-/// The pool watcher's host number in the subnet.
-pub const WATCHER_HOST: u32 = 3;
 
 /// Whether a database password is safe everywhere it is written: 32-128 characters of
 /// `A-Z a-z 0-9 - _ . ~` (RFC 3986's unreserved set).
@@ -121,21 +119,20 @@ pub(super) fn cluster(
     let mut addresses = None;
     if let (Some((base, prefix)), true) = (subnet, (1..=MAX_POOL_SIZE).contains(&pool_size)) {
         // The members take their addresses from the upper half (Docker's `ip_range`), less the
-        // subnet's broadcast address; the fixed ones are in the lower half.
+        // subnet's broadcast address and the pool watcher's; the fixed ones are in the lower half.
         let net = u32::from(base) & mask(prefix);
         let half = 1u32 << (31 - prefix);
-        let room = half - 1;
+        let room = half - 2;
         if pool_size as u32 > room {
             v.push(p("cluster.subnet", format!("/{prefix} has no room for {pool_size} pool members")).help(format!(
-                "members take addresses from the subnet's upper half, {room} of them: use a larger network or a \
-                 smaller pool"
+                "members take addresses from the subnet's upper half, {room} of them (one more is the pool \
+                 watcher's): use a larger network or a smaller pool"
             )));
         } else {
             addresses = Some((
                 format!("{}/{prefix}", Ipv4Addr::from(net)),
                 Ipv4Addr::from(net + 1),
                 Ipv4Addr::from(net + DATABASE_HOST),
-                Ipv4Addr::from(net + WATCHER_HOST),
                 format!("{}/{}", Ipv4Addr::from(net + half), prefix + 1),
             ));
         }
@@ -285,7 +282,7 @@ pub(super) fn cluster(
     if (v.len(), s.len()) != before {
         return None;
     }
-    let (subnet, edge_address, database_address, watcher_address, pool_range) = addresses?;
+    let (subnet, edge_address, database_address, pool_range) = addresses?;
     let [edge_image, relay_image, db_image] = images;
     Some(Some(Cluster {
         pool_size: pool_size as u32,
@@ -293,7 +290,6 @@ pub(super) fn cluster(
         edge_address,
         database_address,
         pool_range,
-        watcher_address,
         probe_seconds: probe as u32,
         natping_seconds: natping as u32,
         flood_requests_per_second: flood as u32,
@@ -448,13 +444,14 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         let c = c.unwrap().unwrap();
         assert_eq!(
-            (c.edge_address.to_string(), c.database_address.to_string(), c.watcher_address.to_string()),
-            ("10.9.8.1".into(), "10.9.8.2".into(), "10.9.8.3".into())
+            (c.edge_address.to_string(), c.database_address.to_string()),
+            ("10.9.8.1".into(), "10.9.8.2".into())
         );
         assert_eq!(c.pool_range, "10.9.8.128/25");
-        // A /28 has room for 7 members (.8-.14); .15 is its broadcast address.
+        // A /28 has room for 6 members (.24-.30 less the pool watcher's); .31 is its broadcast
+        // address.
         let (c, problems) =
-            check("topology = \"cluster\"\n[cluster]\npool_size = 7\nsubnet = \"10.9.8.16/28\"", Some(PW));
+            check("topology = \"cluster\"\n[cluster]\npool_size = 6\nsubnet = \"10.9.8.16/28\"", Some(PW));
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(c.unwrap().unwrap().pool_range, "10.9.8.24/29");
     }
@@ -520,7 +517,7 @@ mod tests {
         let (_, problems) = check("topology = \"cluster\"\n[cluster]\nsubnet = \"fd00::/64\"", Some(PW));
         assert!(problems.iter().any(|p| p.starts_with("cluster.subnet:")), "{problems:?}");
         let (_, problems) =
-            check("topology = \"cluster\"\n[cluster]\nsubnet = \"10.0.0.0/28\"\npool_size = 8", Some(PW));
+            check("topology = \"cluster\"\n[cluster]\nsubnet = \"10.0.0.0/28\"\npool_size = 7", Some(PW));
         assert!(problems.iter().any(|p| p.contains("no room")), "{problems:?}");
         let (_, problems) = check("topology = \"cluster\"\n[cluster]\nrelay_address = \"::1\"", Some(PW));
         assert!(problems.iter().any(|p| p.starts_with("cluster.relay_address:")), "{problems:?}");
