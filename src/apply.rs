@@ -104,19 +104,20 @@ pub enum ApplyError {
         /// psql's error lines (never the statements: they hold the users' digests).
         output: String,
     },
-    /// The running cluster's pool is one service per member, as an astrtc before the pool was one
-    /// scaled service made it: compose would remove those members (orphans) and recreate the
-    /// pool's network at once, so nothing is applied.
+    /// The cluster's pool is one service per member, as an astrtc before the pool was one scaled
+    /// service made it: compose would remove those members (orphans) and recreate the pool's
+    /// network at once, so nothing is written or applied.
     #[error(
-        "the running cluster's pool is {}: one service per member, from an astrtc before the pool was one \
-         service, `asterisk`, scaled to pool_size",
+        "the cluster's pool is {}: one service per member, from an astrtc before the pool was one service, \
+         `asterisk`, scaled to pool_size",
         services.join(", ")
     )]
     #[diagnostic(
         code(astrtc::apply::old_pool_layout),
         help(
-            "nothing was applied. Move it once, when no call is in progress (calls end): in {dir}, `docker compose \
-             down` (the database's volume is kept), then `docker compose up -d --wait`"
+            "nothing was written or applied. Move it once, when no call is in progress (calls end): in {dir}, \
+             with its files as they are, `docker compose down` (the database's volume is kept); then `astrtc \
+             apply` (it renders) and, in {dir}, `docker compose up -d --wait`"
         )
     )]
     OldPoolLayout {

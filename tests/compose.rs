@@ -34,7 +34,7 @@ fn every_fixture_compose_file_is_valid() {
             let pool = &doc["services"]["pool-watch"];
             assert_eq!(pool["image"].as_str(), Some(cluster.edge_image.as_str()), "{case}");
             assert_eq!(pool["environment"]["POOL_SERVICE"].as_str(), Some("asterisk."), "{case}");
-            assert_eq!(pool["environment"]["POOL_CIDR"].as_str(), Some(cluster.subnet.as_str()), "{case}");
+            assert_eq!(pool["environment"]["POOL_CIDR"].as_str(), Some(cluster.pool_range.as_str()), "{case}");
             assert_eq!(
                 doc["networks"]["pool"]["ipam"]["config"][0]["ip_range"].as_str(),
                 Some(cluster.pool_range.as_str()),

@@ -1098,7 +1098,7 @@ fn cluster_values_in_place(
         expect_complexity(plan, compose, &at("environment/ASTRTC_OPUS_COMPLEXITY"))?;
     }
     expect_json("compose.yaml", compose, "/services/pool-watch/networks", json!(["pool"]))?;
-    expect_json("compose.yaml", compose, "/services/pool-watch/environment/POOL_CIDR", json!(cluster.subnet))?;
+    expect_json("compose.yaml", compose, "/services/pool-watch/environment/POOL_CIDR", json!(cluster.pool_range))?;
     expect_json(
         "compose.yaml",
         compose,

@@ -2399,7 +2399,7 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
 /// StatefulSet by name with the values' bounds and scales down one member a minute at most, and
 /// the StatefulSet's replicas are the live object's (`lookup`, which `helm template` has not, so
 /// pool_size here: what an upgrade against a cluster keeps is not tested); bounds that cross are
-/// refused with both named.
+/// refused with both named, and so is an autoscaler on CPU with no CPU request.
 #[test]
 fn the_cluster_pool_autoscaler_targets_the_pools_statefulset() {
     let Some(t) = tools() else { return };
@@ -2437,6 +2437,10 @@ fn the_cluster_pool_autoscaler_targets_the_pools_statefulset() {
     );
     assert!(!ok, "crossed bounds were accepted:\n{out}");
     assert!(out.contains("pool.autoscaling.maxReplicas (3) is below pool.autoscaling.minReplicas (5)"), "{out}");
+    let (ok, out) =
+        cluster_manifests(&t, &chart, &["pool.autoscaling.enabled=true", "pool.resources.requests.cpu=null"]);
+    assert!(!ok, "an autoscaler on CPU with no CPU request was accepted:\n{out}");
+    assert!(out.contains("pool.autoscaling needs pool.resources.requests.cpu"), "{out}");
 }
 
 #[test]

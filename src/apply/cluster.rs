@@ -43,6 +43,15 @@ pub async fn find_services(docker: &Docker, plan: &Plan) -> Result<BTreeMap<Stri
         .collect())
 }
 
+/// The compose services of the plan's project that have a container, running or not, by name.
+pub async fn project_services(docker: &Docker, plan: &Plan) -> Result<Vec<String>, ApplyError> {
+    let mut services: Vec<String> =
+        project_containers(docker, plan, true).await?.into_iter().map(|c| c.service).collect();
+    services.sort();
+    services.dedup();
+    Ok(services)
+}
+
 /// The name astrtc gives the pool's member with compose replica number `n`: `asterisk-N`.
 pub fn member_name(n: u32) -> String {
     format!("{POOL_SERVICE}-{n}")

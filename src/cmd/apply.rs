@@ -18,6 +18,7 @@ pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), Cmd
     let plan = load_plan(spec)?;
     let out = out_dir(spec, out);
     if let Some(c) = &plan.cluster {
+        refuse_old_pool_layout(&plan, &out).await?;
         refuse_unstaged_key_change(c, &plan, &out).await?;
     }
     let written = deploy::write(&plan, &out)?;
@@ -63,6 +64,19 @@ pub async fn run(spec: &Path, out: Option<PathBuf>, yes: bool) -> Result<(), Cmd
     Ok(())
 }
 
+/// Before anything is written: a cluster whose pool is one compose service per member (running or
+/// stopped), as an astrtc before the pool was one scaled service made it, is refused; its
+/// compose.yaml stays the one that made it, so `docker compose down` there removes it whole.
+async fn refuse_old_pool_layout(plan: &Plan, out: &Path) -> Result<(), CmdError> {
+    let docker = astrtc::image::connect().await?;
+    let services = apply::cluster::project_services(&docker, plan).await?;
+    let old = apply::cluster::old_pool_services(&services);
+    if old.is_empty() {
+        return Ok(());
+    }
+    Err(apply::ApplyError::OldPoolLayout { services: old, dir: out.display().to_string() }.into())
+}
+
 /// Before anything is written: a key the running edge sends that the new pool would not take
 /// (a rotation finished before it was applied, a key edited by hand) is refused while that edge
 /// runs. The key it sends is its container's label (the fingerprint of the key it was created with):
@@ -98,10 +112,6 @@ async fn cluster(plan: &Plan, out: &Path, rendered: &str, yes: bool) -> Result<(
         println!("start it: cd {} && docker compose up -d --wait", out.display());
         return Ok(());
     };
-    let old = apply::cluster::old_pool_services(running.keys());
-    if !old.is_empty() {
-        return Err(apply::ApplyError::OldPoolLayout { services: old, dir: out.display().to_string() }.into());
-    }
     let wanted = apply::cluster::rendered_services(out);
     // Each rendered service: reload (pool members with an unchanged digest), nothing (the edge,
     // relay, database and pool watcher with an unchanged digest) or a restart (digest changed, or

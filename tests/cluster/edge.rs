@@ -477,6 +477,7 @@ fn the_pool_watcher_refuses_settings_it_cannot_use() {
         (&[("POOL_LIST", "/run/a list")][..], "POOL_LIST may hold only"),
         (&[("POOL_CIDR", "10.0.0.0/33")][..], "POOL_CIDR must be an IPv4 network"),
         (&[("POOL_CIDR", "fd00::/64")][..], "POOL_CIDR must be an IPv4 network"),
+        (&[("POOL_CIDR", "10.0.0.0/8\n10.1.0.0/16")][..], "POOL_CIDR must be an IPv4 network"),
     ] {
         let (got, stderr) = run(env);
         assert_eq!(got, Some(64), "{env:?}: exit {got:?}, said: {stderr}");
