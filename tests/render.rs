@@ -705,3 +705,35 @@ fn the_pool_takes_calls_only_with_the_edges_key_and_the_edge_strips_clients_copi
         "{configmap}"
     );
 }
+
+/// A cluster's chart carries a README that draws its topology from the spec (a Mermaid
+/// flowchart): the edge's ports, the probe interval, the relay's media ports and control port,
+/// the pool's size; a single deployment's chart keeps its own README.
+#[test]
+fn the_cluster_chart_readme_draws_the_topology_from_the_spec() {
+    let dir = fixture_copy("cluster-compose");
+    let spec = dir.path().join("astrtc.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(text.contains("pool_size = 2\n"), "the fixture's pool_size line was not found");
+    std::fs::write(&spec, text.replace("pool_size = 2\n", "pool_size = 5\n")).unwrap();
+    let plan = plan_for(&spec, ROOT).unwrap();
+    let b = bundle_for(&plan);
+    let readme = b.text("helm/astrtc/README.md").expect("the cluster chart has no README.md");
+    let mermaid = readme.split("```mermaid\n").nth(1).and_then(|r| r.split("\n```").next()).expect("no mermaid block");
+    assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
+    let c = plan.cluster.as_ref().unwrap();
+    for want in [
+        format!("WSS :{}", plan.network.wss_port),
+        format!("UDP :{}", plan.network.sip_port),
+        format!("TLS :{}", plan.network.sip_tls_port),
+        format!("probes every {} s", c.probe_seconds),
+        format!("media ports {}-{}", plan.rtp.start, plan.rtp.end),
+        format!("ng control :{}", c.relay_control_port),
+        "Asterisk × 5".to_string(),
+    ] {
+        assert!(mermaid.contains(&want), "the chart's topology lacks {want:?}:\n{mermaid}");
+    }
+    let single = bundle_for(&plan_for(&fixture_copy("webrtc-self-signed").path().join("astrtc.toml"), ROOT).unwrap());
+    let single = single.text("helm/astrtc/README.md").unwrap_or_default();
+    assert!(!single.contains("StatefulSet pool"), "a single deployment's chart has the cluster's README");
+}
