@@ -86,6 +86,15 @@ try {
       const networkChanged = e.message.includes('ERR_NETWORK_CHANGED') || e.message.includes('is interrupted by another navigation to');
       if (attempt < 4 && networkChanged) {
         consoleLines.push(`[retry] ${e.message.split('\n')[0]}`);
+        // Interrupted by Chromium's own reload of the same page: let that load finish and take it
+        // (another goto at once was interrupted in turn, four times within 2 s in a CI run).
+        if (e.message.includes(`interrupted by another navigation to "${args.page}"`)) {
+          const landed = await page
+            .waitForLoadState('load', { timeout: 10000 })
+            .then(() => page.url() === args.page)
+            .catch(() => false);
+          if (landed) break;
+        }
         continue;
       }
       throw new Error(`cannot load ${args.page}: ${e.message.split('\n')[0]}`);

@@ -205,9 +205,10 @@ pub fn file_shape(path: &Path, bytes: &[u8]) -> Shape {
     // The cluster's files in their own syntaxes (Kamailio's cfg, SQL, pg_hba.conf, rtpengine's
     // ini, the dispatcher list, Mermaid, the password): each line's structure, every word reduced
     // to `w` ([`line_structure`]), so a value can change words but never punctuation, quotes or
-    // line breaks. The same for the chart's copies of them.
-    let chart_copy =
-        ["edge", "db", "db-secret", "relay"].iter().any(|d| path.starts_with(format!("helm/astrtc/files/{d}")));
+    // line breaks. The same for the chart's copies of them and its README (the cluster chart's
+    // draws the topology in Mermaid).
+    let chart_copy = path == Path::new("helm/astrtc/README.md")
+        || ["edge", "db", "db-secret", "relay"].iter().any(|d| path.starts_with(format!("helm/astrtc/files/{d}")));
     if chart_copy || ["edge", "db", "relay", "cluster"].iter().any(|d| path.starts_with(d)) {
         return Shape::Conf(vec![(String::new(), text.split('\n').map(line_structure).collect())]);
     }
